@@ -43,5 +43,29 @@ def data(
     console.print(f"  test  {x_test.shape} {x_test.dtype}, first labels {y_test[:5].tolist()}")
 
 
+@app.command()
+def build(
+    out: Path = typer.Option(Path("dist"), "--out", help="Where to leave <assignment>/autograder.zip and the student files."),
+    update_assignments: bool = typer.Option(
+        False, "--update-assignments",
+        help="Also refresh what is committed from the build: assignments/ and examples/submissions/.",
+    ),
+) -> None:
+    """Run Otter Assign on every master notebook in solutions/."""
+    from autograder import build as builder
+
+    built = builder.build_all(out)
+    for b in built:
+        console.print(f"[bold]{b.name}[/bold]: student notebook {b.student_notebook}, autograder {b.autograder_zip}")
+    if update_assignments:
+        from autograder import samples
+
+        builder.sync_student_folders(built)
+        console.print(f"Student folders refreshed in {builder.ASSIGNMENTS_DIR}")
+        for b in built:
+            written = samples.write_samples(b.student_notebook, b.solution_notebook)
+            console.print(f"{len(written)} sample submissions written to {samples.SAMPLES_DIR}")
+
+
 def main() -> None:
     app()
