@@ -57,7 +57,19 @@ def build_assignment(master: Path, out_dir: Path) -> BuiltAssignment:
         shutil.copy(zips[0], target / "autograder.zip")
         (target / "solution").mkdir()
         shutil.copy(result / "autograder" / master.name, target / "solution" / master.name)
+    for notebook in (target / master.name, target / "solution" / master.name):
+        _stable_cell_ids(notebook)
     return BuiltAssignment(name, target, target / "autograder.zip", target / "solution" / master.name)
+
+
+def _stable_cell_ids(path: Path) -> None:
+    """Otter Assign draws random cell ids; number them so rebuilding changes nothing in git."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    for i, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{i:03d}"
+    nbformat.write(nb, path)
 
 
 def build_all(out_dir: Path, solutions_dir: Path = SOLUTIONS_DIR) -> list[BuiltAssignment]:

@@ -1,0 +1,136 @@
+"""The assignment end to end with Otter itself: build, student folder in sync, samples graded.
+
+``otter run`` (Otter's own non-container runner) grades every sample in
+``examples/submissions``.  Expected scores are not written down: each sample's metadata names
+the test cases it is designed to fail, and the expected score is derived from the point values
+in the built autograder's test files.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import re
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from autograder import build, checks, samples
+
+SAMPLE_NAMES = ["solution", "untouched", *(s.name for s in samples.SAMPLES)]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
+    return b
+
+
+def _sources(path: Path) -> list[tuple[str, str]]:
+    nb = nbformat.read(path, as_version=4)
+    return [(c.cell_type, c.source) for c in nb.cells]
+
+
+def test_build_leaves_zip_and_student_notebook(built):
+    assert built.autograder_zip.is_file() and built.student_notebook.is_file()
+    with zipfile.ZipFile(built.autograder_zip) as z:
+        names = set(z.namelist())
+    assert {"otter_config.json", "files/cnn_checks.py", "tests/training.py"} <= names
+
+
+def test_committed_student_folder_is_in_sync_with_solutions(built):
+    committed = build.ASSIGNMENTS_DIR / built.name
+    assert _sources(committed / f"{built.name}.ipynb") == _sources(built.student_notebook), (
+        "assignments/ is stale: run `python -m autograder build --update-assignments`"
+    )
+    cmp = filecmp.dircmp(committed, built.student_dir, ignore=["autograder.zip", "solution", "__pycache__", f"{built.name}.ipynb"])
+    assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
+    assert not filecmp.dircmp(committed / "tests", built.student_dir / "tests").diff_files
+
+
+def test_committed_samples_are_in_sync(built, tmp_path):
+    samples.write_samples(built.student_notebook, built.solution_notebook, tmp_path)
+    for name in SAMPLE_NAMES:
+        assert _sources(samples.SAMPLES_DIR / f"{name}.ipynb") == _sources(tmp_path / f"{name}.ipynb"), name
+
+
+def test_student_files_hold_no_hidden_tests_or_plain_answers(built):
+    student_text = "\n".join(p.read_text() for p in built.student_dir.rglob("*.py"))
+    student_text = re.sub(r"\b[0-9a-f]{64}\b", "<digest>", student_text)
+    test_text = "\n".join(p.read_text() for p in (built.student_dir / "tests").glob("*.py"))
+    assert "hidden=True" not in test_text
+    assert "from autograder.checks import" not in test_text  # hidden tests only
+    for answer in ("93322", "18496", "36928", "93088", "448", "[[1.0, 4.0], [3.0, 3.0]]", "(30, 30, 16)"):
+        assert answer not in student_text, answer
+
+
+def _test_points(zip_path: Path, tmp_path: Path) -> dict[str, dict[str, float]]:
+    """question -> {test case name: points}, as Otter resolves them from the built test files."""
+    from otter.test_files import create_test_file
+    from otter.nbmeta_config import NBMetadataConfig
+
+    with zipfile.ZipFile(zip_path) as z:
+        z.extractall(tmp_path)
+    points = {}
+    for path in sorted((tmp_path / "tests").glob("*.py")):
+        tf = create_test_file(str(path), NBMetadataConfig())
+        points[tf.name] = {tc.body.test_func.__name__: tc.points for tc in tf.test_cases}
+    return points
+
+
+@pytest.fixture(scope="module")
+def otter_results(built, tmp_path_factory):
+    import otter.run
+
+    out = {}
+    for name in SAMPLE_NAMES:
+        dest = tmp_path_factory.mktemp(f"otter-{name}")
+        out[name] = otter.run.main(str(samples.SAMPLES_DIR / f"{name}.ipynb"), autograder=str(built.autograder_zip),
+                                   output_dir=str(dest), no_logo=True)
+    return out
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_otter_run_gives_each_sample_its_designed_score(name, built, otter_results, tmp_path):
+    points = _test_points(built.autograder_zip, tmp_path)
+    meta = nbformat.read(samples.SAMPLES_DIR / f"{name}.ipynb", as_version=4).metadata[samples.METADATA_KEY]
+    failures = meta["expected_failures"]
+    results = otter_results[name]
+    expected_total = 0.0
+    for question, cases in points.items():
+        lost = set(cases) if failures == "all" else set(failures.get(question, []))
+        assert lost <= set(cases), f"sample names unknown test cases: {lost - set(cases)}"
+        expected = sum(p for case, p in cases.items() if case not in lost)
+        expected_total += expected
+        got = results.results[question].score
+        assert got == pytest.approx(expected), (name, question, results.results[question].test_case_results)
+        if question in meta["expected_feedback"]:
+            messages = "\n".join(r.message for r in results.results[question].test_case_results)
+            assert meta["expected_feedback"][question] in messages
+    assert results.total == pytest.approx(expected_total)
+
+
+def test_solution_gets_full_marks_and_untouched_gets_zero(otter_results):
+    assert otter_results["solution"].possible > 0
+    assert otter_results["solution"].total == otter_results["solution"].possible
+    assert otter_results["untouched"].total == 0
+
+
+def test_public_and_hidden_checks_agree_on_every_answer():
+    """The student-side digests and the trusted tolerance check judge the same answers alike."""
+    import importlib.util
+    import sys
+
+    src = checks.render_public_module()
+    spec = importlib.util.spec_from_loader("cnn_checks_under_test", loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    exec(compile(src, "cnn_checks.py", "exec"), mod.__dict__)
+    for key, answer in checks.ANSWERS.items():
+        checks.check_answer(key, answer.expected)
+        mod.check_answer(key, answer.expected)
+        for wrong, hint in answer.mistakes:
+            for judge in (checks.check_answer, mod.check_answer):
+                with pytest.raises(AssertionError, match="Likely mistake"):
+                    judge(key, wrong)
+    assert "cnn_checks_under_test" not in sys.modules
