@@ -1,0 +1,166 @@
+"""Grading engine: probe the submission in a sandbox, then judge the extracted data elsewhere.
+
+Otter 7 runs tests inside the student's kernel, after the student's code, with the hidden
+tests on the same disk; a submission can patch ``numpy``, return objects whose ``__eq__``
+lies, or write the results itself.  Here the same Otter test files run in a fresh process
+that never loaded student code (:mod:`autograder.judge`), on values that came out of the
+sandbox (:mod:`autograder.sandbox`) as plain data.
+
+:func:`grade_notebook` returns one JSON-able result per submission (schema in the README).
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from autograder import __version__
+from autograder.sandbox import Limits, probe
+
+RESULT_SCHEMA_VERSION = 1
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Autograder:
+    """The parts of an Otter autograder zip the engine needs, read once into memory."""
+
+    name: str
+    tests: dict[str, str]  # file name -> exception-format Otter test source
+    public_module: str  # files/cnn_checks.py
+    sha256: str
+
+    @classmethod
+    def from_zip(cls, path: str | os.PathLike) -> "Autograder":
+        raw = Path(path).read_bytes()
+        with zipfile.ZipFile(path) as z:
+            tests = {n.split("/", 1)[1]: z.read(n).decode() for n in z.namelist()
+                     if n.startswith("tests/") and n.endswith(".py")}
+            config = json.loads(z.read("otter_config.json"))
+            public = z.read("files/cnn_checks.py").decode()
+        return cls(config.get("assignment_name", Path(path).stem), tests, public, hashlib.sha256(raw).hexdigest())
+
+    def variables(self) -> list[str]:
+        """Every name a test function takes: the values to extract from the notebook."""
+        names: list[str] = []
+        for source in self.tests.values():
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, ast.FunctionDef):
+                    names += [a.arg for a in node.args.args if a.arg != "env" and a.arg not in names]
+        return names
+
+
+@dataclass
+class RetrainOptions:
+    """How the verifier retrains the submitted model (see :mod:`autograder.retrain`)."""
+
+    enabled: bool = True
+    max_epochs: int = 15
+    max_seconds: float = 1800.0
+    seeds: int = 1
+    cache_dir: str | None = "default"  # None: no cache
+
+    def for_judge(self) -> dict | None:
+        if not self.enabled:
+            return None
+        return {"max_epochs": self.max_epochs, "max_seconds": self.max_seconds, "seeds": self.seeds,
+                "cache_dir": self.cache_dir}
+
+
+def _function_plan(variables: list[str]) -> dict[str, list[dict]]:
+    from autograder import checks
+
+    return {name: checks.probe_plan(name) for name in checks.REFERENCE_FUNCTIONS if name in variables}
+
+
+def _grader_fingerprint(extra: list[Path]) -> str:
+    """Hash of the grader's own code and inputs: a submission must not be able to change them."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")) + extra:
+        if path.is_file():
+            h.update(str(path).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"cnn-autograder": __version__, "python": platform.python_version()}
+    for pkg in ("otter-grader", "numpy", "keras", "tensorflow", "jax"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _run_judge(request: dict, timeout: float) -> dict:
+    proc = subprocess.run([sys.executable, "-I", "-m", "autograder.judge"], input=json.dumps(request),
+                          capture_output=True, text=True, timeout=timeout)
+    marker = proc.stdout.rfind("\n@@JUDGE@@")
+    if proc.returncode != 0 or marker < 0:
+        raise RuntimeError(f"judge failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout[marker + len("\n@@JUDGE@@"):])
+
+
+def grade_notebook(
+    notebook: str | os.PathLike,
+    autograder: Autograder | str | os.PathLike,
+    *,
+    limits: Limits = Limits(),
+    retrain: RetrainOptions = RetrainOptions(),
+    real_fit: bool = False,
+) -> dict:
+    """Grade one notebook; never raises for anything the submission does."""
+    from autograder.data import ensure_mnist_npz
+
+    started = time.monotonic()
+    ag = autograder if isinstance(autograder, Autograder) else Autograder.from_zip(autograder)
+    zip_path = [] if isinstance(autograder, Autograder) else [Path(autograder)]
+    variables = ag.variables()
+    functions = _function_plan(variables)
+    before = _grader_fingerprint(zip_path)
+    result: dict = {
+        "schema": RESULT_SCHEMA_VERSION, "assignment": ag.name, "submission": str(notebook),
+        "status": "graded", "error": None, "score": 0.0, "max_score": 0.0, "questions": [],
+        "retrain": None, "limits_hit": [], "execution": {}, "isolation": [], "versions": _versions(),
+    }
+    probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, mnist_npz=ensure_mnist_npz())
+    result["limits_hit"] = probed.limits_hit
+    result["isolation"] = probed.isolation
+    result["execution"] = {"seconds": probed.seconds, "cells": probed.cells, "output_tail": probed.output[-20000:]}
+    if _grader_fingerprint(zip_path) != before:
+        result.update(status="error", error="the grader's files changed while the submission ran; not graded")
+        return _finish(result, started)
+    values = probed.values if probed.complete else {}
+    if not probed.complete:
+        result.update(status="error", error=probed.crashed)
+    request = {"tests": ag.tests, "public_module": ag.public_module, "values": values,
+               "functions": functions, "retrain": retrain.for_judge()}
+    try:
+        judged = _run_judge(request, timeout=retrain.max_seconds * max(retrain.seeds, 1) + 600)
+    except Exception as exc:
+        result.update(status="error", error=f"{result['error'] + '; ' if result['error'] else ''}{exc}")
+        return _finish(result, started)
+    result["questions"] = judged["questions"]
+    result["retrain"] = judged["retrain"]
+    result["score"] = round(sum(q["score"] for q in judged["questions"]), 6)
+    result["max_score"] = round(sum(q["max_score"] for q in judged["questions"]), 6)
+    return _finish(result, started)
+
+
+def _finish(result: dict, started: float) -> dict:
+    result["seconds"] = round(time.monotonic() - started, 3)
+    if not result["max_score"]:
+        result["max_score"] = None
+    return result

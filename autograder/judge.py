@@ -1,0 +1,157 @@
+"""Judge (trusted): run the assignment's Otter tests against extracted data, in a clean process.
+
+Started as ``python -I -m autograder.judge`` by :mod:`autograder.engine` after the submission's
+processes are gone.  It reads one JSON request on stdin: the Otter test files and the
+student-side check module (both read from the autograder zip before the submission ran), and
+the values the probe extracted.  It never imports or executes student code: values are plain
+data, functions are replays of recorded outputs, and the model is a description that the
+retraining verifier trains from scratch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import types
+from typing import Any
+
+import numpy as np
+
+from autograder.sandbox import decode_npy
+
+
+class ExtractionFailed:
+    """Stands for a variable the probe could not turn into data; tests using it fail with why."""
+
+    def __init__(self, name: str, message: str):
+        self.name, self.message = name, message
+
+
+def case_key(args, kwargs) -> str:
+    payload = json.dumps([[np.asarray(a, dtype=np.float64).tolist() for a in args], sorted(kwargs.items())])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class Replay:
+    """A student's function, replayed: returns what it returned in the sandbox for these inputs."""
+
+    def __init__(self, name: str, cases: list[dict], outputs: list[dict]):
+        self.__name__ = name
+        self._outputs = {}
+        for case, out in zip(cases, outputs or []):
+            self._outputs[case_key(case["args"], case["kwargs"])] = out
+
+    def __call__(self, *args, **kwargs):
+        out = self._outputs.get(case_key(args, kwargs))
+        if out is None:
+            raise AssertionError(f"{self.__name__} was not run on this input while grading")
+        if out.get("status") != "ok":
+            raise RuntimeError(str(out.get("message", "failed")))
+        return decode_npy(out["npy"])
+
+
+class _Iterations(int):
+    def numpy(self):
+        return int(self)
+
+
+class ExtractedModel:
+    """What the submission's Keras model *is* (config, compile and fit settings), not the object."""
+
+    def __init__(self, config_json: str, fits: list[dict], retrain_options: dict | None):
+        self._config_json = config_json
+        self.config = json.loads(config_json)
+        self.fits = [f for f in fits if isinstance(f, dict)]
+        self.retrain_options = retrain_options
+        self.optimizer = types.SimpleNamespace(iterations=_Iterations(len(self.fits)))
+        self.last_report: dict | None = None
+
+    def to_json(self) -> str:
+        return self._config_json
+
+    def measured_accuracy(self) -> tuple[float, str]:
+        if self.retrain_options is None:
+            raise AssertionError("Retraining is turned off for this run (--no-retrain), so accuracy was not measured.")
+        from autograder import retrain
+
+        report = retrain.verify(self.config, self.fits, **self.retrain_options)
+        self.last_report = report.as_dict()
+        if report.error:
+            raise AssertionError(report.error)
+        return report.accuracy, report.summary()
+
+
+def build_env(values: dict, functions: dict, retrain_options: dict | None) -> dict[str, Any]:
+    env: dict[str, Any] = {}
+    for name, data in values.items():
+        status = (data or {}).get("status")
+        try:
+            if status == "json":
+                env[name] = data["value"]
+            elif status == "array":
+                env[name] = decode_npy(data["npy"])
+            elif status == "function":
+                env[name] = Replay(name, functions.get(name, []), data.get("outputs"))
+            elif status == "model":
+                env[name] = ExtractedModel(data["config"], data.get("fits") or [], retrain_options)
+            elif status == "unanswered":
+                env[name] = ...
+            elif status == "error":
+                env[name] = ExtractionFailed(name, str(data.get("message")))
+            # "missing": left out, so Otter's convention (None) applies
+        except Exception as exc:
+            env[name] = ExtractionFailed(name, f"{type(exc).__name__}: {exc}")
+    return env
+
+
+def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
+    """Run each Otter test file case by case; points are resolved by Otter itself."""
+    from otter.test_files.abstract_test import TestCaseResult
+    from otter.test_files.exception_test import ExceptionTestFile
+
+    questions = []
+    for path, source in sorted(test_sources.items()):
+        test_file = ExceptionTestFile.from_string(source, path=path)
+        results = []
+        for tc in test_file.test_cases:
+            params = tc.body._get_func_params()
+            failed = [env[p] for p in params if isinstance(env.get(p), ExtractionFailed)]
+            try:
+                if failed:
+                    raise AssertionError(f"`{failed[0].name}` could not be read from the notebook: {failed[0].message}")
+                tc.body.call_func(env)
+                passed, message = True, "✅ Test case passed"
+            except Exception as exc:  # noqa: BLE001 - a failing check is a message, never a crash
+                detail = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
+                passed, message = False, f"❌ Test case failed\n{detail}"
+            results.append(TestCaseResult(test_case=tc, message=message, passed=passed))
+        test_file.test_case_results = results
+        questions.append({
+            "name": test_file.name,
+            "score": float(test_file.score),
+            "max_score": float(test_file.possible),
+            "cases": [{"name": r.test_case.body.test_func.__name__, "hidden": bool(r.test_case.hidden),
+                       "points": r.test_case.points, "passed": r.passed, "message": r.message} for r in results],
+        })
+    return questions
+
+
+def judge(request: dict) -> dict:
+    public = types.ModuleType("cnn_checks")
+    exec(compile(request["public_module"], "cnn_checks.py", "exec"), public.__dict__)
+    sys.modules["cnn_checks"] = public
+    env = build_env(request["values"], request["functions"], request.get("retrain"))
+    questions = run_tests(request["tests"], env)
+    retrain_reports = [v.last_report for v in env.values() if isinstance(v, ExtractedModel) and v.last_report]
+    return {"questions": questions, "retrain": retrain_reports[0] if retrain_reports else None}
+
+
+def main() -> None:
+    request = json.load(sys.stdin)
+    out = judge(request)
+    sys.stdout.write("\n@@JUDGE@@" + json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
