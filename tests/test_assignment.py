@@ -134,3 +134,30 @@ def test_public_and_hidden_checks_agree_on_every_answer():
                 with pytest.raises(AssertionError, match="Likely mistake"):
                     judge(key, wrong)
     assert "cnn_checks_under_test" not in sys.modules
+
+
+@pytest.fixture(scope="module")
+def engine_results(built, tmp_path_factory):
+    """Our engine on the same samples, retraining every model from scratch (fresh cache)."""
+    from autograder import engine
+
+    cache = tmp_path_factory.mktemp("retrain-cache")
+    options = engine.RetrainOptions(cache_dir=str(cache))
+    return {name: engine.grade_notebook(samples.SAMPLES_DIR / f"{name}.ipynb", built.autograder_zip, retrain=options)
+            for name in SAMPLE_NAMES}
+
+
+@pytest.mark.parametrize("name", SAMPLE_NAMES)
+def test_engine_scores_equal_otter_run_on_honest_submissions(name, otter_results, engine_results):
+    ours = {q["name"]: q["score"] for q in engine_results[name]["questions"]}
+    theirs = {q: r.score for q, r in otter_results[name].results.items()}
+    assert ours == pytest.approx(theirs)
+    assert engine_results[name]["max_score"] == pytest.approx(otter_results[name].possible)
+
+
+@pytest.mark.slow
+def test_solution_recipe_retrained_from_scratch_reaches_99(engine_results):
+    report = engine_results["solution"]["retrain"]
+    assert report["error"] is None and not report["cache_hit"]
+    assert report["accuracy"] >= 0.99, report
+    assert report["epochs"] == 10 and report["batch_size"] == 128

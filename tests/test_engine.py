@@ -1,0 +1,197 @@
+"""The grading engine against hostile submissions: no unearned credit, and the grader never stops.
+
+Each case is a notebook made from a bundled sample plus one attack cell.  The table in
+``ATTACKS`` says what Otter alone gives (measured below with ``otter run`` where that is safe
+to do) and what the engine gives.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from autograder import engine, samples
+from autograder.engine import RetrainOptions
+from autograder.sandbox import Limits
+
+NO_RETRAIN = RetrainOptions(enabled=False)
+FAST = Limits(cell_seconds=20, notebook_seconds=240, memory_mb=3072, max_processes=48)
+
+
+@pytest.fixture(scope="module")
+def autograder(tmp_path_factory):
+    from autograder import build
+
+    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
+    return b.autograder_zip
+
+
+def _notebook(tmp_path: Path, base: str, attack: str, *, position: int | None = None, replace: dict | None = None) -> Path:
+    nb = nbformat.read(samples.SAMPLES_DIR / f"{base}.ipynb", as_version=4)
+    for cell in nb.cells:
+        for old, new in (replace or {}).items():
+            if cell.cell_type == "code" and old in cell.source:
+                cell.source = cell.source.replace(old, new)
+    cell = nbformat.v4.new_code_cell(attack)
+    nb.cells.insert(len(nb.cells) - 2 if position is None else position, cell)
+    path = tmp_path / f"{base}-attack.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def _scores(result: dict) -> dict[str, float]:
+    return {q["name"]: q["score"] for q in result["questions"]}
+
+
+def _otter(notebook: Path, autograder: Path, tmp_path: Path):
+    import otter.run
+
+    return otter.run.main(str(notebook), autograder=str(autograder), output_dir=str(tmp_path), no_logo=True)
+
+
+WRONG = {"size_valid = 24": "size_valid = 25", "conv_small = np.array([[1, 4], [3, 3]])": "conv_small = np.zeros((2, 2))"}
+
+
+def test_patched_numpy_and_checks_fool_otter_but_not_the_engine(autograder, tmp_path):
+    attack = (
+        "import numpy, numpy.testing\n"
+        "numpy.allclose = lambda *a, **k: True\n"
+        "numpy.testing.assert_allclose = lambda *a, **k: None\n"
+        "import cnn_checks, autograder.checks as hidden\n"
+        "for mod in (cnn_checks, hidden):\n"
+        "    for fn in ('check_answer', 'check_function', 'check_model', 'check_training', 'check_accuracy'):\n"
+        "        setattr(mod, fn, lambda *a, **k: None)\n"
+    )
+    nb = _notebook(tmp_path, "by_hand_mistakes", attack, replace=WRONG)
+    otter_scores = {k: v.score for k, v in _otter(nb, autograder, tmp_path).results.items()}
+    result = engine.grade_notebook(nb, autograder, limits=FAST, retrain=NO_RETRAIN)
+    ours = _scores(result)
+    # Otter alone: every patched check passes, full marks on questions the sample gets wrong.
+    assert otter_scores["conv_small"] == 2 and otter_scores["output_sizes"] == 4 and otter_scores["conv2d_impl"] == 4
+    # The engine judges in a clean process: the same questions get nothing.
+    assert ours["conv_small"] == 0 and ours["conv2d_impl"] == 0 and ours["output_sizes"] < 4
+    assert result["status"] == "graded"
+
+
+def test_lying_objects_get_no_credit(autograder, tmp_path):
+    attack = (
+        "class AlwaysEqual(int):\n"
+        "    def __eq__(self, other): return True\n"
+        "    def __ne__(self, other): return False\n"
+        "    __hash__ = int.__hash__\n"
+        "size_valid = AlwaysEqual(7)\n"
+        "class Lie(np.ndarray):\n"
+        "    def __eq__(self, other): return np.ones(np.shape(other), bool)\n"
+        "    def tolist(self): return [[1.0, 4.0], [3.0, 3.0]]\n"
+        "conv_small = np.zeros((2, 2)).view(Lie)\n"
+        "class Fake(dict):\n"
+        "    def __eq__(self, other): return True\n"
+        "rgb_output_shape = Fake()\n"
+    )
+    nb = _notebook(tmp_path, "solution", attack, position=20)
+    result = engine.grade_notebook(nb, autograder, limits=FAST, retrain=NO_RETRAIN)
+    questions = {q["name"]: q for q in result["questions"]}
+    assert questions["conv_small"]["score"] == 0
+    assert questions["output_sizes"]["score"] == 3  # only size_valid lost
+    assert questions["rgb_conv"]["score"] == 1
+    messages = " ".join(c["message"] for c in questions["rgb_conv"]["cases"])
+    assert "could not be read" in messages or "should be a tuple" in messages
+
+
+def test_grader_files_cannot_be_read_or_rewritten(autograder, tmp_path):
+    import autograder.checks as checks_module
+
+    before = Path(checks_module.__file__).read_bytes()
+    attack = (
+        "import glob, os, autograder.checks as c\n"
+        "found = [p for p in glob.glob('/**/tests/*.py', recursive=False)] + glob.glob('../**/tests/*.py')\n"
+        "print('FOUND', found)\n"
+        "try:\n"
+        "    open(c.__file__, 'a').write('\\ncheck_answer = lambda *a, **k: None\\n')\n"
+        "    print('WROTE GRADER')\n"
+        "except OSError as e:\n"
+        "    print('DENIED', e)\n"
+        "for target in ('results.json', '../results/results.json'):\n"
+        "    try:\n"
+        "        open(target, 'w').write('{\"score\": 33}')\n"
+        "    except OSError:\n"
+        "        pass\n"
+    )
+    nb = _notebook(tmp_path, "by_hand_mistakes", attack)
+    result = engine.grade_notebook(nb, autograder, limits=FAST, retrain=NO_RETRAIN)
+    assert Path(checks_module.__file__).read_bytes() == before
+    if "WROTE GRADER" in result["execution"]["output_tail"]:  # no OS isolation here: caught by the fingerprint
+        assert result["status"] == "error" and "changed" in result["error"]
+    else:
+        assert _scores(result)["conv_small"] == 0
+    assert "hidden=True" not in result["execution"]["output_tail"]
+
+
+@pytest.mark.parametrize(
+    "name, attack, expect_status",
+    [
+        ("sys.exit", "import sys\nsys.exit(0)", "graded"),
+        ("raise", "raise RuntimeError('boom')", "graded"),
+        ("os._exit", "import os\nos._exit(0)", "error"),
+        ("segfault", "import ctypes\nctypes.string_at(0)", "error"),
+        ("infinite loop", "while True:\n    pass", "graded"),
+        ("loop ignoring interrupts", "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", "error"),
+        ("memory bomb", "hog = []\nwhile True:\n    hog.append(bytearray(200 * 1024 * 1024))", "error"),
+        ("huge output", "for _ in range(200):\n    print('x' * 1_000_000)", "graded"),
+    ],
+)
+def test_crashes_loops_and_bombs_cost_at_most_the_submission(name, attack, expect_status, autograder, tmp_path):
+    limits = Limits(cell_seconds=5, notebook_seconds=120, memory_mb=2048, max_processes=48)
+    nb = _notebook(tmp_path, "solution", attack, position=20)  # after the hand questions
+    result = engine.grade_notebook(nb, autograder, limits=limits, retrain=NO_RETRAIN)
+    assert result["status"] == expect_status, result["error"]
+    scores = _scores(result)
+    assert set(scores) >= {"conv_small", "training"}  # every question is reported, with its maximum
+    if expect_status == "graded":
+        assert scores["conv_small"] == 2 and scores["layer_table"] == 6  # answers around the attack still count
+    else:
+        assert result["error"] and result["score"] == 0
+    if name == "huge output":
+        assert len(result["execution"]["output_tail"]) <= 20000
+    if name == "infinite loop":
+        assert any("cell time limit" in hit for hit in result["limits_hit"])
+
+
+def test_fork_bomb_of_long_lived_children_is_reaped(autograder, tmp_path):
+    attack = (
+        "import subprocess\n"
+        "kids = [subprocess.Popen(['sleep', '987'], start_new_session=True) for _ in range(80)]\n"
+    )
+    nb = _notebook(tmp_path, "solution", attack, position=20)
+    result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=20, max_processes=40), retrain=NO_RETRAIN)
+    assert result["status"] == "error" and "process limit" in result["error"]
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[:2] == ["sleep", "987"]]
+    assert leftovers == []
+
+
+def test_printed_accuracy_and_fake_model_wrapper_count_for_nothing(autograder, tmp_path):
+    attack = (
+        "import keras\n"
+        "class Confident(keras.Sequential):\n"
+        "    def evaluate(self, *a, **k): return [0.0, 0.999]\n"
+        "    def predict(self, x, **k):\n"
+        "        (_, _), (_, y) = datasets.mnist.load_data()\n"
+        "        return np.eye(10)[y[:len(x)]]\n"
+        "fake = Confident(model.layers)\n"
+        "fake.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
+        "fake.fit(train_images, train_labels, epochs=1)\n"
+        "model = fake\n"
+        "print('test accuracy 0.999')\n"
+    )
+    nb = _notebook(tmp_path, "untouched", attack, replace={
+        "model = models.Sequential()\n...": "model = models.Sequential()\n" + samples.SEED_MODEL_CODE})
+    otter = _otter(nb, autograder, tmp_path)
+    result = engine.grade_notebook(nb, autograder, limits=FAST, retrain=RetrainOptions(cache_dir=str(tmp_path / "cache")))
+    assert otter.results["training"].score == otter.results["training"].possible  # Otter alone: fooled
+    training = next(q for q in result["questions"] if q["name"] == "training")
+    assert training["score"] < training["max_score"]
+    assert "not retrained" in " ".join(c["message"] for c in training["cases"])
