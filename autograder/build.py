@@ -18,12 +18,13 @@ ASSIGNMENTS_DIR = REPO_ROOT / "assignments"
 PUBLIC_MODULE_NAME = "cnn_checks.py"
 
 
-@dataclass(frozen=True)
+@dataclass
 class BuiltAssignment:
     name: str
     student_dir: Path  # notebook, cnn_checks.py, public tests: what students get
     autograder_zip: Path  # hidden tests included: instructors and the LMS only
     solution_notebook: Path  # Otter's solution notebook (answers filled, tests stripped)
+    gradescope_zip: Path | None = None  # Otter's zip, set up to grade with our engine
 
     @property
     def student_notebook(self) -> Path:
@@ -35,7 +36,7 @@ def master_notebooks(solutions_dir: Path = SOLUTIONS_DIR) -> list[Path]:
     return sorted(p for p in solutions_dir.glob("*/*.ipynb") if p.stem == p.parent.name)
 
 
-def build_assignment(master: Path, out_dir: Path) -> BuiltAssignment:
+def build_assignment(master: Path, out_dir: Path, *, gradescope: bool = True) -> BuiltAssignment:
     """Run Otter Assign on one master notebook; leave ``out_dir/<name>/`` and its autograder.zip."""
     import otter.assign
     from autograder.checks import render_public_module
@@ -59,7 +60,42 @@ def build_assignment(master: Path, out_dir: Path) -> BuiltAssignment:
         shutil.copy(result / "autograder" / master.name, target / "solution" / master.name)
     for notebook in (target / master.name, target / "solution" / master.name):
         _stable_cell_ids(notebook)
-    return BuiltAssignment(name, target, target / "autograder.zip", target / "solution" / master.name)
+    built = BuiltAssignment(name, target, target / "autograder.zip", target / "solution" / master.name)
+    if gradescope:
+        built.gradescope_zip = make_gradescope_zip(built.autograder_zip, target / "gradescope_autograder.zip")
+    return built
+
+
+GRADESCOPE_RUNNER = """\
+\"\"\"Gradescope entry point: grade with the cnn-autograder engine (isolated run, clean judge, retraining).\"\"\"
+import sys
+
+sys.path.insert(0, "/autograder/source/lib")  # the bundled autograder package
+from autograder.gradescope import main
+
+if __name__ == "__main__":
+    main()
+"""
+GRADESCOPE_REQUIREMENTS = ["tensorflow>=2.16", "psutil", "matplotlib", "pyyaml", "jinja2", "typer", "rich"]
+
+
+def make_gradescope_zip(otter_zip: Path, dest: Path) -> Path:
+    """Otter's autograder zip, set up to run our engine (bundled under ``lib/``) instead of Otter's runner."""
+    import zipfile
+
+    package = Path(__file__).resolve().parent
+    extra = "".join(f"      - {req}\n" for req in GRADESCOPE_REQUIREMENTS)
+    with zipfile.ZipFile(otter_zip) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "run_otter.py":
+                data = GRADESCOPE_RUNNER.encode()
+            elif item.filename == "environment.yml":
+                data = data.decode().replace("      - otter-grader", extra + "      - otter-grader").encode()
+            out.writestr(item, data)
+        for path in sorted(package.glob("*.py")):
+            out.write(path, f"lib/autograder/{path.name}")
+    return dest
 
 
 def _stable_cell_ids(path: Path) -> None:
@@ -72,11 +108,11 @@ def _stable_cell_ids(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def build_all(out_dir: Path, solutions_dir: Path = SOLUTIONS_DIR) -> list[BuiltAssignment]:
+def build_all(out_dir: Path, solutions_dir: Path = SOLUTIONS_DIR, *, gradescope: bool = True) -> list[BuiltAssignment]:
     masters = master_notebooks(solutions_dir)
     if not masters:
         raise FileNotFoundError(f"no master notebooks (solutions/<name>/<name>.ipynb) in {solutions_dir}")
-    return [build_assignment(m, out_dir) for m in masters]
+    return [build_assignment(m, out_dir, gradescope=gradescope) for m in masters]
 
 
 def sync_student_folders(built: list[BuiltAssignment], assignments_dir: Path = ASSIGNMENTS_DIR) -> None:
@@ -85,4 +121,4 @@ def sync_student_folders(built: list[BuiltAssignment], assignments_dir: Path = A
         dest = assignments_dir / b.name
         if dest.exists():
             shutil.rmtree(dest)
-        shutil.copytree(b.student_dir, dest, ignore=shutil.ignore_patterns("autograder.zip", "solution"))
+        shutil.copytree(b.student_dir, dest, ignore=shutil.ignore_patterns("*.zip", "solution"))

@@ -67,5 +67,70 @@ def build(
             console.print(f"{len(written)} sample submissions written to {samples.SAMPLES_DIR}")
 
 
+@app.command()
+def grade(
+    paths: list[Path] = typer.Argument(..., help="Notebooks, folders, zips, a Gradescope export or a Canvas download."),
+    out: Path = typer.Option(Path("grading-out"), "--out", help="Results, grades.csv, feedback/ and report.html."),
+    autograder_zip: Optional[Path] = typer.Option(
+        None, "--autograder", help="Autograder zip from `build` (default: build it from solutions/)."),
+    jobs: int = typer.Option(0, "--jobs", "-j", help="Submissions graded in parallel (0: one per core)."),
+    force: bool = typer.Option(False, "--force", help="Regrade submissions that already have a result."),
+    retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Retrain the model from scratch to verify accuracy."),
+    seeds: int = typer.Option(1, "--seeds", help="Retrain with k seeds and score the median."),
+    max_epochs: int = typer.Option(15, "--max-epochs", help="Cap on the epochs a recipe may train."),
+    retrain_seconds: float = typer.Option(1800, "--retrain-seconds", help="Wall-time cap per retrain."),
+    real_fit: bool = typer.Option(False, "--real-fit", help="Run the notebook's model.fit for real instead of recording it."),
+    cell_seconds: float = typer.Option(120, "--cell-timeout", help="Seconds one cell may run."),
+    notebook_seconds: float = typer.Option(600, "--notebook-timeout", help="Seconds a whole notebook may run."),
+    memory_mb: int = typer.Option(6144, "--memory-mb", help="Memory limit for a submission's processes."),
+) -> None:
+    """Grade submissions: isolated execution, clean-process judging, verified retraining."""
+    import os
+
+    from autograder import batch, build as builder
+    from autograder.engine import RetrainOptions
+    from autograder.sandbox import Limits
+
+    if autograder_zip is None:
+        built = builder.build_all(out / "_autograder")
+        autograder_zip = built[0].autograder_zip
+    options = batch.BatchOptions(
+        jobs=jobs or max(os.cpu_count() or 1, 1), force=force, real_fit=real_fit,
+        limits=Limits(cell_seconds=cell_seconds, notebook_seconds=notebook_seconds, memory_mb=memory_mb),
+        retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_seconds=retrain_seconds, seeds=seeds),
+    )
+    results = batch.run_batch(paths, autograder_zip, out, options)
+    _print_results(results)
+    console.print(f"\nGrade sheet: {out / 'grades.csv'}   Canvas import: {out / 'canvas_grades.csv'}")
+    console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}")
+
+
+def _print_results(results: list[dict]) -> None:
+    from rich.table import Table
+
+    if len(results) == 1 and results[0].get("questions"):
+        r = results[0]
+        table = Table(title=f"{r['student']['id']}: {r['score']:g} / {r['max_score']:g}")
+        table.add_column("question"), table.add_column("score", justify="right"), table.add_column("feedback")
+        for q in r["questions"]:
+            msgs = "; ".join(c["message"].replace("❌ Test case failed\n", "") for c in q["cases"] if not c["passed"])
+            table.add_row(q["name"], f"{q['score']:g} / {q['max_score']:g}", msgs[:300] or "all checks passed")
+        console.print(table)
+        if r.get("retrain") and r["retrain"].get("accuracy") is not None:
+            rt = r["retrain"]
+            console.print(f"Retrained: accuracy {rt['accuracy']:.4f}, {rt['epochs']} epochs, batch {rt['batch_size']}, "
+                          f"{rt['device']}, {'cache hit' if rt['cache_hit'] else str(rt['seconds']) + ' s'}")
+        return
+    table = Table(title=f"{len(results)} submissions")
+    for col in ("student", "score", "status", "retrained accuracy"):
+        table.add_column(col)
+    for r in sorted(results, key=lambda r: r["student"]["id"]):
+        acc = (r.get("retrain") or {}).get("accuracy")
+        table.add_row(r["student"]["id"], f"{r['score']:g} / {r['max_score'] or 0:g}",
+                      r["status"] + (f": {r['error'][:80]}" if r.get("error") else ""),
+                      f"{acc:.4f}" if acc is not None else "-")
+    console.print(table)
+
+
 def main() -> None:
     app()

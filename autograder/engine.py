@@ -105,7 +105,9 @@ def _versions() -> dict:
 
 
 def _run_judge(request: dict, timeout: float) -> dict:
-    proc = subprocess.run([sys.executable, "-I", "-m", "autograder.judge"], input=json.dumps(request),
+    # -I: no environment variables, no user site; the package is found where this one was loaded from
+    bootstrap = f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); from autograder.judge import main; main()"
+    proc = subprocess.run([sys.executable, "-I", "-c", bootstrap], input=json.dumps(request),
                           capture_output=True, text=True, timeout=timeout)
     marker = proc.stdout.rfind("\n@@JUDGE@@")
     if proc.returncode != 0 or marker < 0:

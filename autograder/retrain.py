@@ -332,11 +332,43 @@ def _write_entry(path: Path, result: dict) -> None:
     os.replace(tmp, path)
 
 
+def retrain_slots() -> int:
+    """How many retrains may run at once on this machine: one CPU retrain uses every core;
+    several small retrains share a GPU.  ``CNN_GRADER_RETRAIN_SLOTS`` overrides."""
+    if os.environ.get("CNN_GRADER_RETRAIN_SLOTS"):
+        return max(int(os.environ["CNN_GRADER_RETRAIN_SLOTS"]), 1)
+    return 4 if device_description().startswith("GPU") else 1
+
+
+class _Slot:
+    """A cross-process semaphore made of lock files: the retraining queue shared by all workers."""
+
+    def __init__(self, folder: Path, slots: int):
+        self.folder, self.slots, self.handle = folder, slots, None
+
+    def __enter__(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            for i in range(self.slots):
+                handle = open(self.folder / f"slot-{i}.lock", "w")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self.handle = handle
+                    return self
+                except BlockingIOError:
+                    handle.close()
+            time.sleep(0.2)
+
+    def __exit__(self, *exc):
+        self.handle.close()  # closing releases the lock, also when the process dies
+
+
 def train_seed_cached(config, fits, seed, max_epochs, max_seconds, cache_dir: Path | None, data_loader=_load_data):
     """One seed's training, through the content-addressed cache (locked, checksummed)."""
     key = cache_key(config, fits, seed, max_epochs, max_seconds)
     if cache_dir is None:
-        return {**_train_result(config, fits, seed, max_epochs, max_seconds, data_loader()), "cache_hit": False}
+        with _Slot(Path(os.environ.get("TMPDIR", "/tmp")) / "cnn-grader-slots", retrain_slots()):
+            return {**_train_result(config, fits, seed, max_epochs, max_seconds, data_loader()), "cache_hit": False}
     cache_dir.mkdir(parents=True, exist_ok=True)
     entry, lock = cache_dir / f"{key}.json", cache_dir / f"{key}.lock"
     with open(lock, "w") as lf:
@@ -344,7 +376,8 @@ def train_seed_cached(config, fits, seed, max_epochs, max_seconds, cache_dir: Pa
         cached = _read_entry(entry)
         if cached is not None:
             return {**cached, "cache_hit": True}
-        result = _train_result(config, fits, seed, max_epochs, max_seconds, data_loader())
+        with _Slot(cache_dir / "slots", retrain_slots()):
+            result = _train_result(config, fits, seed, max_epochs, max_seconds, data_loader())
         _write_entry(entry, result)
         return {**result, "cache_hit": False}
 

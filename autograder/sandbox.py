@@ -107,7 +107,8 @@ def _isolation_prefix() -> tuple[list[str], list[str]]:
                 notes.append("no network (own network namespace)")
                 break
     if os.geteuid() == 0 and shutil.which("setpriv"):
-        prefix += ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups"]
+        prefix += ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups",
+                   "--pdeathsig", "KILL"]
         notes.append("runs as an unprivileged user")
     if not notes:
         notes.append("no OS-level isolation available: limits and integrity checks only")
@@ -161,6 +162,10 @@ def _kill_everything(child: subprocess.Popen) -> None:
 
 def _rlimits(file_size_mb: int, unprivileged: bool):
     def apply() -> None:
+        try:  # if the grader dies (even by SIGKILL), the submission dies with it
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         size = file_size_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))

@@ -2,6 +2,10 @@
 # Install the package with its test extras into .venv (created if missing) and run the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  # for the test that renders feedback pages in a real headless browser
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --disable-pip-version-check -e '.[test]'

@@ -1,0 +1,128 @@
+"""Batch grading: a whole class in one command, in parallel, resumable after any kill.
+
+Each submission is graded by :func:`autograder.engine.grade_notebook` in a worker process and
+its result written atomically to ``OUT/results/<id>.json`` the moment it finishes.  Rerunning
+the same command skips every submission whose result exists (``force=True`` regrades), so a
+batch killed with SIGKILL loses at most the submissions that were in flight.  Retraining
+shares a small number of slots across workers (see :mod:`autograder.retrain`), so many
+workers do not fight over the CPU or GPU, and identical recipes retrain once thanks to the
+content-addressed cache.
+
+Reports (grade sheet, Canvas import, per-student feedback, summary) are rebuilt from the
+result files at the end of every run, so they never disagree with them.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from autograder.engine import RetrainOptions
+from autograder.sandbox import Limits
+from autograder.submissions import Submission, collect
+
+
+@dataclass
+class BatchOptions:
+    jobs: int = max(os.cpu_count() or 1, 1)
+    force: bool = False
+    limits: Limits = field(default_factory=Limits)
+    retrain: RetrainOptions = field(default_factory=RetrainOptions)
+    real_fit: bool = False
+    progress: bool = True
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def result_path(out: Path, sub_id: str) -> Path:
+    return out / "results" / f"{sub_id}.json"
+
+
+def _identity(sub: Submission) -> dict:
+    return {"id": sub.id, "source": sub.source, "name": sub.name, "email": sub.email, "extra": sub.extra}
+
+
+def _error_result(sub: Submission, message: str) -> dict:
+    return {"student": _identity(sub), "status": "error", "error": message, "score": 0.0, "max_score": None,
+            "questions": [], "retrain": None, "limits_hit": [], "execution": {}}
+
+
+def grade_one(sub: Submission, autograder_zip: str, out: str, options: BatchOptions) -> dict:
+    """Grade one submission and write its result file (runs in a worker process)."""
+    from autograder import engine
+
+    if sub.error:
+        result = _error_result(sub, sub.error)
+    else:
+        try:
+            result = engine.grade_notebook(sub.notebook, autograder_zip, limits=options.limits,
+                                           retrain=options.retrain, real_fit=options.real_fit)
+            result["student"] = _identity(sub)
+        except Exception as exc:  # the engine should not raise; if it does, the batch still goes on
+            result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}")
+    write_json_atomically(result_path(Path(out), sub.id), result)
+    return {"id": sub.id, "status": result["status"], "score": result["score"]}
+
+
+def _needs_grading(path: Path) -> bool:
+    try:
+        return bool(json.loads(path.read_text()).get("retry"))
+    except (OSError, ValueError):
+        return True  # missing, or unreadable: grade it
+
+
+def run_batch(paths: list[Path], autograder_zip: Path, out: Path, options: BatchOptions = BatchOptions()) -> list[dict]:
+    """Grade everything under ``paths`` into ``out``; returns every result (done before or now)."""
+    out.mkdir(parents=True, exist_ok=True)
+    subs = collect(paths, out)
+    todo = [s for s in subs if options.force or _needs_grading(result_path(out, s.id))]
+    started = time.monotonic()
+    if todo:
+        _run_parallel(todo, autograder_zip, out, options)
+    results = [json.loads(result_path(out, s.id).read_text()) for s in subs if result_path(out, s.id).is_file()]
+    from autograder import reports
+
+    reports.write_all(results, out, autograder_zip)
+    write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
+                                               "seconds": round(time.monotonic() - started, 2),
+                                               "options": asdict(options)})
+    return results
+
+
+def _run_parallel(todo: list[Submission], autograder_zip: Path, out: Path, options: BatchOptions) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = [TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}")]
+    with Progress(*columns, disable=not options.progress, transient=False) as progress:
+        task = progress.add_task("", total=len(todo))
+        if options.jobs <= 1:
+            for sub in todo:
+                done = grade_one(sub, str(autograder_zip), str(out), options)
+                progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
+            return
+        with cf.ProcessPoolExecutor(max_workers=options.jobs) as pool:
+            futures = {pool.submit(grade_one, s, str(autograder_zip), str(out), options): s for s in todo}
+            for fut in cf.as_completed(futures):
+                sub = futures[fut]
+                try:
+                    done = fut.result()
+                except Exception as exc:  # a worker died (e.g. killed): record it, keep going
+                    done = {"id": sub.id, "status": "error"}
+                    failed = _error_result(sub, f"worker failed: {exc}")
+                    failed["retry"] = True  # not the submission's fault: the next run grades it again
+                    write_json_atomically(result_path(out, sub.id), failed)
+                progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")

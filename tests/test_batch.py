@@ -1,0 +1,186 @@
+"""Batch grading: inputs of every kind, resumable after SIGKILL, reports, Gradescope layout."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from autograder import batch, gradescope, samples
+from autograder.engine import RetrainOptions
+from autograder.submissions import collect
+
+REPO = Path(__file__).resolve().parent.parent
+NO_RETRAIN = RetrainOptions(enabled=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from autograder import build
+
+    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
+    return b
+
+
+def _sample(name: str) -> Path:
+    return samples.SAMPLES_DIR / f"{name}.ipynb"
+
+
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    """A messy class: Canvas names, a stray PDF, an empty notebook, a corrupt zip, a duplicate."""
+    folder = tmp_path / "canvas"
+    folder.mkdir()
+    shutil.copy(_sample("shape_mistakes"), folder / "lovelaceada_1001_5001_cnn_mnist.ipynb")
+    shutil.copy(_sample("untouched"), folder / "turingalan_LATE_1002_5002_cnn_mnist.ipynb")
+    shutil.copy(_sample("untouched"), folder / "hopper_1003_5003_cnn_mnist.ipynb")  # identical bytes to 1002
+    shutil.copy(_sample("shape_mistakes"), folder / "lovelaceada_1001_5009_cnn_mnist-1.ipynb")  # second try
+    (folder / "knuth_1004_5004_report.pdf").write_bytes(b"%PDF-1.4 not a notebook")
+    nbformat.write(nbformat.v4.new_notebook(), folder / "empty_1005_5005_cnn_mnist.ipynb")
+    (folder / "broken_1006_5006_cnn_mnist.zip").write_bytes(b"PK\x03\x04 this is not a zip")
+    return folder
+
+
+def test_inputs_of_every_kind_become_rows(class_folder, tmp_path):
+    subs = {s.id: s for s in collect([class_folder], tmp_path)}
+    assert subs["1001"].error is None and subs["1002"].error is None
+    assert "duplicate" in subs["1001~2"].error
+    assert subs["1003"].extra["identical_to"] == "1002" and subs["1003"].error is None
+    assert "not a notebook" in subs["1004"].error
+    assert "no code cells" in subs["1005"].error
+    assert "corrupt zip" in next(s for k, s in subs.items() if k.startswith("broken")).error
+
+
+def test_gradescope_export_zip_uses_submission_metadata(tmp_path):
+    export = tmp_path / "export"
+    for folder, sid in (("submission_111", "s1"), ("submission_222", "s2")):
+        (export / folder).mkdir(parents=True)
+        shutil.copy(_sample("untouched"), export / folder / "cnn_mnist.ipynb")
+    (export / "submission_metadata.yml").write_text(
+        "submission_111:\n  :submitters:\n  - :name: Ada\n    :sid: s1\n    :email: ada@example.edu\n"
+        "submission_222:\n  :submitters:\n  - :name: Alan\n    :sid: s2\n")
+    archive = tmp_path / "gradescope_export.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in export.rglob("*"):
+            z.write(p, p.relative_to(export))
+    subs = {s.id: s for s in collect([archive], tmp_path / "work")}
+    assert set(subs) == {"s1", "s2"} and subs["s1"].name == "Ada" and subs["s1"].email == "ada@example.edu"
+
+
+def _run_cli(args: list[str], **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "autograder", "grade", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **kw)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_sigkill_midway_then_rerun_gives_the_same_grades(class_folder, built, tmp_path):
+    common = ["--autograder", str(built.autograder_zip), "--no-retrain", "--jobs", "2"]
+    clean = _run_cli([str(class_folder), "--out", str(tmp_path / "clean"), *common])
+    assert clean.wait(timeout=600) == 0
+
+    out = tmp_path / "killed"
+    victim = _run_cli([str(class_folder), "--out", str(out), *common])
+    deadline = time.monotonic() + 300
+    while not list((out / "results").glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(victim.pid, signal.SIGKILL)  # the whole batch dies at once, mid-run
+    victim.wait()
+    done_before = {p.name for p in (out / "results").glob("*.json")}
+    assert done_before and not (out / "grades.csv").exists()
+    for p in (out / "results").glob("*.json"):
+        json.loads(p.read_text())  # every result on disk is whole (atomic writes)
+
+    assert _run_cli([str(class_folder), "--out", str(out), *common]).wait(timeout=600) == 0
+    assert _rows(out / "grades.csv") == _rows(tmp_path / "clean" / "grades.csv")
+    statuses = {r["id"]: r["status"] for r in _rows(out / "grades.csv")}
+    assert statuses["1001"] == "graded" and statuses["1004"] == "error"
+
+
+def test_reports_and_feedback(class_folder, built, tmp_path):
+    out = tmp_path / "out"
+    results = batch.run_batch([class_folder], built.autograder_zip, out,
+                              batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
+    by_id = {r["student"]["id"]: r for r in results}
+    assert by_id["1001"]["score"] > 0 and by_id["1002"]["score"] == 0
+    rows = {r["id"]: r for r in _rows(out / "grades.csv")}
+    assert float(rows["1001"]["total"]) == by_id["1001"]["score"]
+    assert float(rows["1001"]["conv_small"]) == 2.0 and rows["1004"]["status"] == "error"
+    canvas = list(csv.reader(open(out / "canvas_grades.csv")))
+    assert canvas[0][:2] == ["Student", "ID"] and canvas[1][0] == "Points Possible"
+    assert any(row[1] == "1001" for row in canvas[2:])
+    page = (out / "feedback" / "1001.html").read_text()
+    assert "edge_output" in page and "rows and columns are swapped" in page
+    assert "not a notebook" in (out / "feedback" / "1004.html").read_text()
+    report = (out / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 2 and 'href="feedback/1001.html"' in report
+
+    # a second run grades nothing again (resumable) and --force regrades
+    again = batch.run_batch([class_folder], built.autograder_zip, out,
+                            batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
+    assert json.loads((out / "batch.json").read_text())["graded_now"] == 0
+    assert [r["score"] for r in again] == [r["score"] for r in results]
+
+
+def test_feedback_renders_in_a_headless_browser(class_folder, built, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is installed by scripts/test.sh (Debian package chromium)"
+    out = tmp_path / "out"
+    batch.run_batch([_sample("shape_mistakes")], built.autograder_zip, out,
+                    batch.BatchOptions(jobs=1, retrain=NO_RETRAIN, progress=False))
+    page = out / "feedback" / "shape_mistakes.html"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert 'id="questions"' in dom.stdout and "rows and columns are swapped" in dom.stdout
+    shot = tmp_path / "feedback.png"
+    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_gradescope_layout_writes_a_valid_results_json(built, tmp_path):
+    root = tmp_path / "autograder"
+    (root / "submission").mkdir(parents=True)
+    with zipfile.ZipFile(built.gradescope_zip) as z:
+        z.extractall(root / "source")
+        assert "lib/autograder/engine.py" in z.namelist()
+        assert "autograder.gradescope" in z.read("run_otter.py").decode()
+    shutil.copy(_sample("shape_mistakes"), root / "submission" / "cnn_mnist.ipynb")
+    proc = subprocess.run([sys.executable, "-m", "autograder.gradescope", "--root", str(root), "--no-retrain"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((root / "results" / "results.json").read_text())
+    assert isinstance(results["score"], float) and isinstance(results["execution_time"], int)
+    assert isinstance(results["output"], str) and results["tests"]
+    for t in results["tests"]:
+        assert set(t) == {"name", "score", "max_score", "output", "visibility"}
+        assert t["visibility"] in {"visible", "hidden", "after_due_date", "after_published"}
+        assert 0 <= t["score"] <= t["max_score"]
+    assert results["score"] == pytest.approx(sum(t["score"] for t in results["tests"]))
+    assert any(t["visibility"] == "after_published" for t in results["tests"])
+    edge = next(t for t in results["tests"] if t["name"] == "edge_output (public checks)")
+    assert edge["score"] == 0 and "swapped" in edge["output"]
+
+
+def test_gradescope_without_a_notebook_still_writes_results(tmp_path, built):
+    root = tmp_path / "autograder"
+    (root / "submission").mkdir(parents=True)
+    with zipfile.ZipFile(built.gradescope_zip) as z:
+        z.extractall(root / "source")
+    payload = gradescope.run(root, NO_RETRAIN)
+    assert payload["score"] == 0 and "found 0" in payload["output"]
+    assert json.loads((root / "results" / "results.json").read_text()) == payload
