@@ -137,11 +137,20 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _kill_everything(child: subprocess.Popen) -> None:
-    """Kill the child, its descendants, and any orphan that re-parented to this process."""
+def _my_children() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
+def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
+    """Kill the child, its descendants, and any orphan of it that re-parented to this process
+    (we are a subreaper); processes this grader had before the probe are left alone."""
     victims = _tree(child.pid)
     try:
-        victims += [p for p in psutil.Process().children(recursive=True) if p.pid != child.pid]
+        victims += [p for p in psutil.Process().children(recursive=True)
+                    if p.pid != child.pid and p.pid not in preexisting]
     except psutil.Error:
         pass
     for p in victims:
@@ -224,6 +233,7 @@ def probe(
         }
         if "KERAS_BACKEND" in os.environ:
             env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
+        preexisting = _my_children()
         status_r, status_w = os.pipe()
         cmd = [*prefix, sys.executable, "-I", str(RUNTIME), str(work / "job.json"), str(status_w)]
         child = subprocess.Popen(
@@ -305,7 +315,7 @@ def probe(
                 elif over > 10:  # the interrupt was ignored: give up on this submission
                     result.limits_hit.append(f"{state['step']} ignored the interrupt")
                     break
-        _kill_everything(child)
+        _kill_everything(child, preexisting)
         for t in threads:
             t.join(timeout=5)
         result.output = output.text()
