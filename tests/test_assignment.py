@@ -44,7 +44,7 @@ def test_committed_student_folder_is_in_sync_with_solutions(built):
     assert _sources(committed / f"{built.name}.ipynb") == _sources(built.student_notebook), (
         "assignments/ is stale: run `python -m autograder build --update-assignments`"
     )
-    cmp = filecmp.dircmp(committed, built.student_dir, ignore=["autograder.zip", "solution", "__pycache__", f"{built.name}.ipynb"])
+    cmp = filecmp.dircmp(committed, built.student_dir, ignore=["autograder.zip", "gradescope_autograder.zip", "solution", "__pycache__", f"{built.name}.ipynb"])
     assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
     assert not filecmp.dircmp(committed / "tests", built.student_dir / "tests").diff_files
 
