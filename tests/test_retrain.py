@@ -145,3 +145,27 @@ def test_k_seeds_score_the_median(tmp_path, monkeypatch):
     monkeypatch.setattr(retrain, "_load_data", lambda: None)
     report = retrain.verify(_config(_seed_model()), [{"epochs": 1}], seeds=3, seed=10, cache_dir=None)
     assert report.seeds == [10, 11, 12] and report.accuracy == 0.991
+
+
+def test_jax_backend_trains_the_same_config(tmp_path):
+    """The path a GPU machine without TensorFlow takes: the same JSON config, Keras on JAX."""
+    import subprocess
+    import sys
+
+    import jax  # noqa: F401  (installed with the test extras)
+    config = _config(_seed_model())
+    fits = [_fit(_seed_model(), 1, 256)]
+    (tmp_path / "job.json").write_text(json.dumps({"config": config, "fits": fits}))
+    code = (
+        "import json, sys; from autograder import retrain\n"
+        f"job = json.load(open({str(tmp_path / 'job.json')!r}))\n"
+        "r = retrain.verify(job['config'], job['fits'], max_seconds=6, cache_dir=None)\n"
+        "print(json.dumps(r.as_dict()))\n"
+    )
+    env = {**__import__("os").environ, "KERAS_BACKEND": "jax"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "jax" and report["device"].startswith("CPU") and report["error"] is None
+    assert 0.1 < report["accuracy"] <= 1.0
+    assert any("wall-time cap" in n for n in report["notes"])
