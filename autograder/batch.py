@@ -35,6 +35,8 @@ class BatchOptions:
     retrain: RetrainOptions = field(default_factory=RetrainOptions)
     real_fit: bool = False
     progress: bool = True
+    ray: bool = False  # spread the batch over a Ray cluster instead of the local process pool
+    ray_address: str | None = None  # None: start a local Ray instance
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -109,6 +111,10 @@ def _run_parallel(todo: list[Submission], autograder_zip: Path, out: Path, optio
                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}")]
     with Progress(*columns, disable=not options.progress, transient=False) as progress:
         task = progress.add_task("", total=len(todo))
+        if options.ray:
+            for done in _run_ray(todo, autograder_zip, out, options):
+                progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
+            return
         if options.jobs <= 1:
             for sub in todo:
                 done = grade_one(sub, str(autograder_zip), str(out), options)
@@ -126,3 +132,32 @@ def _run_parallel(todo: list[Submission], autograder_zip: Path, out: Path, optio
                     failed["retry"] = True  # not the submission's fault: the next run grades it again
                     write_json_atomically(result_path(out, sub.id), failed)
                 progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
+
+
+def _run_ray(todo: list[Submission], autograder_zip: Path, out: Path, options: BatchOptions):
+    """Grade on Ray (the ``ray`` extra): one task per submission; where the cluster has GPUs each
+    task asks for a quarter of one, so several retrains share a GPU.  ``out`` and the zip must be
+    on storage every node sees.  Yields each submission's summary as it finishes."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=options.ray_address, num_cpus=None if options.ray_address else options.jobs,
+                 include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        gpu_share = 0.25 if ray.cluster_resources().get("GPU") else 0
+        task = ray.remote(num_cpus=1, num_gpus=gpu_share, max_retries=1)(grade_one)
+        pending = {task.remote(s, str(autograder_zip), str(out), options): s for s in todo}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            sub = pending.pop(ready[0])
+            try:
+                yield ray.get(ready[0])
+            except Exception as exc:  # the task's worker died: keep going, grade it next run
+                failed = _error_result(sub, f"worker failed: {exc}")
+                failed["retry"] = True
+                write_json_atomically(result_path(out, sub.id), failed)
+                yield {"id": sub.id, "status": "error"}
+    finally:
+        if started_here:
+            ray.shutdown()

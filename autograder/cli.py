@@ -83,6 +83,8 @@ def grade(
     cell_seconds: float = typer.Option(120, "--cell-timeout", help="Seconds one cell may run."),
     notebook_seconds: float = typer.Option(600, "--notebook-timeout", help="Seconds a whole notebook may run."),
     memory_mb: int = typer.Option(6144, "--memory-mb", help="Memory limit for a submission's processes."),
+    ray: bool = typer.Option(False, "--ray", help="Spread the batch over Ray (pip install 'cnn-autograder[ray]')."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: start one)."),
 ) -> None:
     """Grade submissions: isolated execution, clean-process judging, verified retraining."""
     import os
@@ -95,7 +97,7 @@ def grade(
         built = builder.build_all(out / "_autograder")
         autograder_zip = built[0].autograder_zip
     options = batch.BatchOptions(
-        jobs=jobs or max(os.cpu_count() or 1, 1), force=force, real_fit=real_fit,
+        jobs=jobs or max(os.cpu_count() or 1, 1), force=force, real_fit=real_fit, ray=ray, ray_address=ray_address,
         limits=Limits(cell_seconds=cell_seconds, notebook_seconds=notebook_seconds, memory_mb=memory_mb),
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_seconds=retrain_seconds, seeds=seeds),
     )

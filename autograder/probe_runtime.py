@@ -76,6 +76,17 @@ def install_fit_recorder():
             compile_config = self.get_compile_config()
         except Exception:
             compile_config = None
+        import numbers
+
+        def as_int(v):
+            return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+
+        epochs, batch_size, initial_epoch = as_int(epochs), as_int(batch_size), as_int(initial_epoch)
+        if batch_size is None and hasattr(x, "_batch_size"):  # a batched tf.data.Dataset
+            try:
+                batch_size = int(x._batch_size)
+            except Exception:
+                pass
         record = {
             "epochs": epochs, "batch_size": batch_size, "initial_epoch": initial_epoch,
             "validation_split": validation_split, "has_validation_data": validation_data is not None,

@@ -192,7 +192,7 @@ def _plan(fits: list[dict], max_epochs: int) -> tuple[list[dict], list[str]]:
         if x.get("kind") == "array" and x.get("shape") and x["shape"][0] != 60000:
             notes.append(f"fit call {i + 1} trained on {x['shape'][0]} images; the grader trains on the 60,000 training images")
         if x.get("kind") == "array" and x.get("max", 0) > 1.5:
-            notes.append("the notebook trained on unscaled pixels; the grader scales by 1/255 as the assignment requires")
+            notes.append("the notebook trained on unscaled pixels (0-255)")
     return plan, notes
 
 
@@ -228,6 +228,10 @@ def _callbacks(fit: dict):
     return out
 
 
+def _scales_inside(config: dict) -> bool:
+    return any(l.get("class_name") == "Rescaling" for l in config.get("config", {}).get("layers", []))
+
+
 def _train_once(config, fits, seed, max_epochs, max_seconds, data) -> tuple[float, int, int | None, str, str, list[str]]:
     import keras
     import numpy as np
@@ -240,6 +244,9 @@ def _train_once(config, fits, seed, max_epochs, max_seconds, data) -> tuple[floa
     (x_train, y_train), (x_test, y_test) = data
     model = rebuild_model(config)
     plan, notes = _plan(fits, max_epochs)
+    if _scales_inside(config) and any((f.get("x") or {}).get("max", 0) > 1.5 for f in plan):
+        x_train, x_test = x_train * 255.0, x_test * 255.0  # the model rescales its own input
+        notes.append("the model scales its input itself (Rescaling layer), so it gets raw pixel values")
     if not plan:
         raise RefusedModel("the notebook never called model.fit, so there is no training recipe to verify")
     clock = _WallClock(max_seconds)

@@ -185,3 +185,19 @@ def test_gradescope_without_a_notebook_still_writes_results(tmp_path, built):
     payload = gradescope.run(root, NO_RETRAIN)
     assert payload["score"] == 0 and "found 0" in payload["output"]
     assert json.loads((root / "results" / "results.json").read_text()) == payload
+
+
+def test_ray_mode_on_a_local_instance_gives_the_same_grades(built, tmp_path):
+    import ray  # noqa: F401  (installed with the test extras)
+
+    folder = tmp_path / "class"
+    folder.mkdir()
+    for name in ("shape_mistakes", "untouched"):
+        shutil.copy(_sample(name), folder / f"{name}.ipynb")
+    (folder / "notes.txt").write_text("not a notebook")
+    local = batch.run_batch([folder], built.autograder_zip, tmp_path / "local",
+                            batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
+    on_ray = batch.run_batch([folder], built.autograder_zip, tmp_path / "ray",
+                             batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False, ray=True))
+    assert _rows(tmp_path / "ray" / "grades.csv") == _rows(tmp_path / "local" / "grades.csv")
+    assert len(on_ray) == len(local) == 3

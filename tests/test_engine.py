@@ -195,3 +195,61 @@ def test_printed_accuracy_and_fake_model_wrapper_count_for_nothing(autograder, t
     training = next(q for q in result["questions"] if q["name"] == "training")
     assert training["score"] < training["max_score"]
     assert "not retrained" in " ".join(c["message"] for c in training["cases"])
+
+
+VARIANTS = {
+    "functional API, int kernel sizes, tf.keras": (
+        "inputs = tf.keras.Input(shape=(28, 28, 1))\n"
+        "x = tf.keras.layers.Conv2D(32, 3, activation='relu')(inputs)\n"
+        "x = tf.keras.layers.MaxPool2D()(x)\n"
+        "x = tf.keras.layers.Conv2D(64, 3, activation='relu')(x)\n"
+        "x = tf.keras.layers.MaxPool2D()(x)\n"
+        "x = tf.keras.layers.Conv2D(64, 3, activation='relu')(x)\n"
+        "x = tf.keras.layers.Flatten()(x)\n"
+        "x = tf.keras.layers.Dense(64, activation='relu')(x)\n"
+        "model = tf.keras.Model(inputs, tf.keras.layers.Dense(10, activation='softmax')(x))\n",
+        "model.compile(optimizer=tf.keras.optimizers.Adam(1e-3), loss=tf.keras.losses.SparseCategoricalCrossentropy(),"
+        " metrics=['accuracy'])\nmodel.fit(x=train_images, y=train_labels, epochs=np.int64(3), batch_size=np.int32(64))"),
+    "separate Activation layers, list constructor, one-hot labels, validation split": (
+        "model = models.Sequential([layers.Input((28, 28, 1)), layers.Conv2D(32, (3, 3)), layers.Activation('relu'),"
+        " layers.MaxPooling2D(2), layers.Conv2D(64, (3, 3)), layers.ReLU(), layers.MaxPooling2D(2),"
+        " layers.Conv2D(64, (3, 3), activation='relu'), layers.Flatten(), layers.Dropout(0.25),"
+        " layers.Dense(64, activation='relu'), layers.Dense(10), layers.Softmax()])\n",
+        "model.compile('rmsprop', 'categorical_crossentropy', metrics=['accuracy'])\n"
+        "model.fit(train_images, tf.keras.utils.to_categorical(train_labels), epochs=2, validation_split=0.1,"
+        " callbacks=[tf.keras.callbacks.EarlyStopping(patience=1)])"),
+    "Rescaling inside the model, raw pixels": (
+        "model = models.Sequential([layers.Input((28, 28, 1)), layers.Rescaling(1 / 255),"
+        " layers.Conv2D(32, 3, activation='relu'), layers.MaxPooling2D(), layers.Conv2D(64, 3, activation='relu'),"
+        " layers.MaxPooling2D(), layers.Conv2D(64, 3, activation='relu'), layers.Flatten(),"
+        " layers.Dense(64, activation='relu'), layers.Dense(10, activation='softmax')])\n",
+        "model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
+        "model.fit(train_images * 255, train_labels, epochs=1)"),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_real_world_ways_of_writing_the_model_are_understood(variant, autograder, tmp_path):
+    build_code, train_code = VARIANTS[variant]
+    nb = nbformat.read(samples.SAMPLES_DIR / "untouched.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.startswith("model = models.Sequential()"):
+            cell.source = build_code
+        elif cell.cell_type == "code" and cell.source.strip() == "...":
+            cell.source = train_code
+    path = tmp_path / "variant.ipynb"
+    nbformat.write(nb, path)
+    result = engine.grade_notebook(path, autograder, limits=FAST, retrain=NO_RETRAIN)
+    questions = {q["name"]: q for q in result["questions"]}
+    assert questions["model_structure"]["score"] == questions["model_structure"]["max_score"], questions["model_structure"]
+    public_training = next(c for c in questions["training"]["cases"] if not c["hidden"])
+    assert public_training["passed"], public_training["message"]
+
+
+def test_recorded_recipes_are_replayed_faithfully():
+    from autograder import retrain
+
+    plan, notes = retrain._plan([{"epochs": 3, "batch_size": 64, "x": {"kind": "array", "shape": [60000, 28, 28, 1], "max": 255.0}}], 15)
+    assert plan[0]["epochs"] == 3 and plan[0]["batch_size"] == 64 and any("0-255" in n for n in notes)
+    config = {"config": {"layers": [{"class_name": "InputLayer"}, {"class_name": "Rescaling"}]}}
+    assert retrain._scales_inside(config) and not retrain._scales_inside({"config": {"layers": []}})
