@@ -228,6 +228,11 @@ def _callbacks(fit: dict):
     return out
 
 
+def deterministic() -> bool:
+    """Op determinism on TensorFlow (default on; ``CNN_GRADER_DETERMINISTIC=0`` turns it off)."""
+    return os.environ.get("CNN_GRADER_DETERMINISTIC", "1") != "0"
+
+
 def _scales_inside(config: dict) -> bool:
     return any(l.get("class_name") == "Rescaling" for l in config.get("config", {}).get("layers", []))
 
@@ -237,7 +242,7 @@ def _train_once(config, fits, seed, max_epochs, max_seconds, data) -> tuple[floa
     import numpy as np
 
     keras.utils.set_random_seed(seed)
-    if keras.backend.backend() == "tensorflow":
+    if keras.backend.backend() == "tensorflow" and deterministic():
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
@@ -310,7 +315,7 @@ def cache_key(config: dict, fits: list[dict], seed: int, max_epochs: int, max_se
         "verifier": VERIFIER_VERSION, "config": _strip_names(config), "fits": _strip_names(relevant_fits),
         "seed": seed, "max_epochs": max_epochs, "max_seconds": max_seconds, "data": DATASET_SHA256,
         "keras": keras.__version__, "backend": backend, "backend_version": version(backend if backend != "tensorflow" else "tensorflow"),
-        "device": device_description(),
+        "device": device_description(), "deterministic": deterministic(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
