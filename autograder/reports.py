@@ -41,7 +41,7 @@ FEEDBACK = ENV.from_string("""<!doctype html>
 {% for q in r.questions %}
 <tr><td>{{ q.name }}</td>
 <td class="{{ 'ok' if q.score == q.max_score else ('bad' if q.score == 0 else 'part') }}">{{ fmt(q.score) }} / {{ fmt(q.max_score) }}</td>
-<td>{% for c in q.cases if not c.passed %}<pre>{{ c.message }}</pre>{% else %}All checks passed.{% endfor %}</td></tr>
+<td>{% for c in q.cases if not c.passed %}<p class="muted">{{ "hidden check" if c.hidden else "public check" }}</p><pre>{{ clean(c.message) }}</pre>{% else %}All checks passed.{% endfor %}</td></tr>
 {% endfor %}</tbody></table>
 {% endif %}
 {% if r.retrain %}<div class="card" id="retrain"><h2>Model retrained by the grader</h2>
@@ -128,6 +128,9 @@ def _plots(results: list[dict]) -> list[tuple[str, str]]:
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.hist(scores, bins=min(20, max(len(set(scores)), 1)), color="#2f81f7", edgecolor="white")
     ax.set_xlabel("total score"), ax.set_ylabel("submissions")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     plots.append(("Score distribution", _png(fig)))
     qs = question_names(results)
     if qs:
@@ -146,13 +149,19 @@ def _plots(results: list[dict]) -> list[tuple[str, str]]:
         ax.hist(accs, bins=20, color="#8250df", edgecolor="white")
         ax.axvline(0.99, color="#cf222e", linestyle="--", label="threshold 0.99")
         ax.set_xlabel("test accuracy after retraining"), ax.legend()
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         plots.append(("Retrained test accuracy", _png(fig)))
     return plots
 
 
 def render_feedback(result: dict) -> str:
     failed = [c for c in (result.get("execution") or {}).get("cells", []) if c.get("error")]
-    return FEEDBACK.render(r=result, style=STYLE, fmt=fmt, failed_cells=failed)
+    return FEEDBACK.render(r=result, style=STYLE, fmt=fmt, failed_cells=failed, clean=_clean)
+
+
+def _clean(message: str) -> str:
+    """Otter's "❌ Test case failed" header says nothing the table does not say already."""
+    return message.replace("❌ Test case failed\n", "").strip()
 
 
 def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None) -> None:
