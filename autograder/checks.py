@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from autograder import public_checks, reference
-from autograder.public_checks import AnswerFormatError, canonical, digest
+from autograder.public_checks import canonical, digest
 from autograder.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
 
 # --- the givens shown in the notebook ----------------------------------------------------

@@ -7,7 +7,6 @@ to do) and what the engine gives.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
