@@ -146,23 +146,33 @@ def _my_children() -> set[int]:
 
 def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
     """Kill the child, its descendants, and any orphan of it that re-parented to this process
-    (we are a subreaper); processes this grader had before the probe are left alone."""
-    victims = _tree(child.pid)
-    try:
-        victims += [p for p in psutil.Process().children(recursive=True)
-                    if p.pid != child.pid and p.pid not in preexisting]
-    except psutil.Error:
-        pass
-    for p in victims:
+    (we are a subreaper); processes this grader had before the probe are left alone.
+
+    The child dies first so it cannot spawn more; then we sweep until nothing new appears,
+    because a process born between two looks would otherwise escape."""
+    me = psutil.Process()
+    for kill in (lambda: os.killpg(child.pid, signal.SIGKILL), child.kill):
         try:
-            p.kill()
+            kill()
+        except OSError:
+            pass
+    for _ in range(50):
+        victims = _tree(child.pid)
+        try:
+            victims += [p for p in me.children(recursive=True) if p.pid != child.pid and p.pid not in preexisting]
         except psutil.Error:
             pass
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except OSError:
-        pass
-    psutil.wait_procs(victims, timeout=3)
+        alive = []
+        for p in victims:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    p.kill()
+                    alive.append(p)
+            except psutil.Error:
+                pass
+        psutil.wait_procs(victims, timeout=0.5)  # also reaps orphans that became our children
+        if not alive:
+            break
     try:
         child.wait(timeout=5)
     except subprocess.TimeoutExpired:
