@@ -57,8 +57,8 @@ def _identity(sub: Submission) -> dict:
     return {"id": sub.id, "source": sub.source, "name": sub.name, "email": sub.email, "extra": sub.extra}
 
 
-def _error_result(sub: Submission, message: str) -> dict:
-    return {"student": _identity(sub), "status": "error", "error": message, "score": 0.0, "max_score": None,
+def _error_result(sub: Submission, message: str, status: str = "error") -> dict:
+    return {"student": _identity(sub), "status": status, "error": message, "score": 0.0, "max_score": None,
             "questions": [], "retrain": None, "limits_hit": [], "execution": {}}
 
 
@@ -74,14 +74,15 @@ def grade_one(sub: Submission, autograder_zip: str, out: str, options: BatchOpti
                                            retrain=options.retrain, real_fit=options.real_fit)
             result["student"] = _identity(sub)
         except Exception as exc:  # the engine should not raise; if it does, the batch still goes on
-            result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}")
+            result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error")
     write_json_atomically(result_path(Path(out), sub.id), result)
     return {"id": sub.id, "status": result["status"], "score": result["score"]}
 
 
 def _needs_grading(path: Path) -> bool:
     try:
-        return bool(json.loads(path.read_text()).get("retry"))
+        previous = json.loads(path.read_text())
+        return bool(previous.get("retry")) or previous.get("status") == "grader_error"  # not the student's fault
     except (OSError, ValueError):
         return True  # missing, or unreadable: grade it
 
@@ -89,6 +90,9 @@ def _needs_grading(path: Path) -> bool:
 def run_batch(paths: list[Path], autograder_zip: Path, out: Path, options: BatchOptions = BatchOptions()) -> list[dict]:
     """Grade everything under ``paths`` into ``out``; returns every result (done before or now)."""
     out.mkdir(parents=True, exist_ok=True)
+    from autograder import jail
+
+    jail.add_private_paths([out, autograder_zip.parent, *paths])  # no submission may see these
     subs = collect(paths, out)
     todo = [s for s in subs if options.force or _needs_grading(result_path(out, s.id))]
     started = time.monotonic()
@@ -128,7 +132,7 @@ def _run_parallel(todo: list[Submission], autograder_zip: Path, out: Path, optio
                     done = fut.result()
                 except Exception as exc:  # a worker died (e.g. killed): record it, keep going
                     done = {"id": sub.id, "status": "error"}
-                    failed = _error_result(sub, f"worker failed: {exc}")
+                    failed = _error_result(sub, f"grader error: worker failed: {exc}", "grader_error")
                     failed["retry"] = True  # not the submission's fault: the next run grades it again
                     write_json_atomically(result_path(out, sub.id), failed)
                 progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
@@ -154,7 +158,7 @@ def _run_ray(todo: list[Submission], autograder_zip: Path, out: Path, options: B
             try:
                 yield ray.get(ready[0])
             except Exception as exc:  # the task's worker died: keep going, grade it next run
-                failed = _error_result(sub, f"worker failed: {exc}")
+                failed = _error_result(sub, f"grader error: worker failed: {exc}", "grader_error")
                 failed["retry"] = True
                 write_json_atomically(result_path(out, sub.id), failed)
                 yield {"id": sub.id, "status": "error"}

@@ -16,8 +16,10 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -28,6 +30,12 @@ from autograder.sandbox import Limits, probe
 
 RESULT_SCHEMA_VERSION = 1
 PACKAGE_DIR = Path(__file__).resolve().parent
+JUDGE_MEMORY_MB = 8192  # the trusted judge's own limits: a fault there is a grader error
+JUDGE_SECONDS = 600.0
+
+
+class GraderError(RuntimeError):
+    """The grader failed (not the submission): the result is a ``grader_error``, graded again next run."""
 
 
 @dataclass(frozen=True)
@@ -104,15 +112,50 @@ def _versions() -> dict:
     return out
 
 
-def _run_judge(request: dict, timeout: float) -> dict:
+def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = JUDGE_MEMORY_MB) -> dict:
+    """Run the judge in a fresh process under a wall-time and a memory limit (its whole process tree)."""
     # -I: no environment variables, no user site; the package is found where this one was loaded from
     bootstrap = f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); from autograder.judge import main; main()"
-    proc = subprocess.run([sys.executable, "-I", "-c", bootstrap], input=json.dumps(request),
-                          capture_output=True, text=True, timeout=timeout)
-    marker = proc.stdout.rfind("\n@@JUDGE@@")
+
+    def no_core() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    proc = subprocess.Popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=no_core)
+    over: list[str] = []
+
+    def watchdog() -> None:
+        import psutil
+
+        started = time.monotonic()
+        while proc.poll() is None:
+            try:
+                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+                rss = sum(p.memory_info().rss for p in tree)
+            except psutil.Error:
+                rss = 0
+            if rss > memory_mb * 1024 * 1024:
+                over.append(f"memory limit ({memory_mb} MiB)")
+            elif time.monotonic() - started > timeout:
+                over.append(f"time limit ({timeout:.0f} s)")
+            if over:
+                try:
+                    os.killpg(proc.pid, 9)
+                except OSError:
+                    pass
+                return
+            time.sleep(0.2)
+
+    guard = threading.Thread(target=watchdog, daemon=True)
+    guard.start()
+    stdout, stderr = proc.communicate(json.dumps(request))
+    guard.join(timeout=5)
+    if over:
+        raise GraderError(f"the judge exceeded its {over[0]}")
+    marker = stdout.rfind("\n@@JUDGE@@")
     if proc.returncode != 0 or marker < 0:
-        raise RuntimeError(f"judge failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return json.loads(proc.stdout[marker + len("\n@@JUDGE@@"):])
+        raise GraderError(f"judge failed (exit {proc.returncode}): {stderr[-2000:]}")
+    return json.loads(stdout[marker + len("\n@@JUDGE@@"):])
 
 
 def grade_notebook(
@@ -135,12 +178,18 @@ def grade_notebook(
     result: dict = {
         "schema": RESULT_SCHEMA_VERSION, "assignment": ag.name, "submission": str(notebook),
         "status": "graded", "error": None, "score": 0.0, "max_score": 0.0, "questions": [],
-        "retrain": None, "limits_hit": [], "execution": {}, "isolation": [], "versions": _versions(),
+        "retrain": None, "limits_hit": [], "execution": {}, "isolation": {}, "versions": _versions(),
     }
-    probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, mnist_npz=ensure_mnist_npz())
+    private = [Path(autograder).resolve().parent] if zip_path else []
+    probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, mnist_npz=ensure_mnist_npz(),
+                   private=private)
     result["limits_hit"] = probed.limits_hit
     result["isolation"] = probed.isolation
-    result["execution"] = {"seconds": probed.seconds, "cells": probed.cells, "output_tail": probed.output[-20000:]}
+    result["execution"] = {"seconds": probed.seconds, "cells": probed.cells, "skipped_cells": probed.skipped,
+                           "runs": probed.runs, "output_tail": probed.output[-20000:]}
+    if probed.grader_error:
+        result.update(status="grader_error", error=probed.grader_error)
+        return _finish(result, started)
     if _grader_fingerprint(zip_path) != before:
         result.update(status="error", error="the grader's files changed while the submission ran; not graded")
         return _finish(result, started)
@@ -151,8 +200,9 @@ def grade_notebook(
                "functions": functions, "retrain": retrain.for_judge()}
     try:
         judged = _run_judge(request, timeout=retrain.max_seconds * max(retrain.seeds, 1) + 600)
-    except Exception as exc:
-        result.update(status="error", error=f"{result['error'] + '; ' if result['error'] else ''}{exc}")
+    except Exception as exc:  # the trusted side failed: not the submission's fault
+        result.update(status="grader_error",
+                      error=f"{result['error'] + '; ' if result['error'] else ''}grader error: {exc}")
         return _finish(result, started)
     result["questions"] = judged["questions"]
     result["retrain"] = judged["retrain"]

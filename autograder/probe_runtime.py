@@ -1,6 +1,7 @@
 """Runs INSIDE the sandbox, in the child process that executes a submission (untrusted side).
 
-Started by :mod:`autograder.sandbox` as ``python -I probe_runtime.py JOB.json STATUS_FD``.
+Copied into the jail and started by :mod:`autograder.sandbox` as
+``python -I probe_runtime.py JOB.json STATUS_FD``.
 It executes the notebook's code cells with IPython (magics and all), records ``Model.fit``
 calls instead of running them (unless the job asks for real training), and finally extracts
 each graded variable as plain data: JSON numbers/strings/lists, numpy arrays as ``.npy``
@@ -224,7 +225,6 @@ def main():
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance(colors="nocolor")
-    send("step", label="setup")
     install_otter_stub()
     try:
         if job.get("mnist_npz"):
@@ -233,6 +233,7 @@ def main():
             install_fit_recorder()
     except Exception as exc:  # keras missing: the notebook's own imports will say so
         send("note", message=f"setup: {type(exc).__name__}: {exc}")
+    send("ready")  # the grader's start-up ends here: the student's time starts with the first cell
 
     for index, source in job["cells"]:
         send("cell", index=index)

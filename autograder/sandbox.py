@@ -1,18 +1,22 @@
-"""Probe: execute one untrusted submission in its own process, under limits, and collect data.
+"""Probe: execute one untrusted submission in a jail, under limits, and collect data.
 
-The child (:mod:`autograder.probe_runtime`) runs in a fresh temporary folder holding only the
-notebook and a read-only link to MNIST; no tests, no solutions.  This parent enforces:
+The child (:mod:`autograder.probe_runtime`, copied in) runs in a jail (:mod:`autograder.jail`)
+whose working folder holds only the notebook, the runtime and a read-only copy of MNIST; no
+tests, no solutions, no grader.  This parent enforces:
 
 * a wall-time limit per cell (SIGINT, which IPython turns into an error in that cell only)
-  and per notebook (the whole process tree is killed);
+  and per notebook (the whole process tree is killed); both start at the first student cell,
+  the grader's own start-up has a separate limit whose expiry is a grader error;
 * a memory limit on the resident size of the whole process tree, and a process-count limit
   (fork bombs), checked by a watchdog thread;
 * capped output (only the head and tail of stdout/stderr are kept);
-* where the platform allows it: no network (a fresh network namespace) and, when the grader
-  runs as root, an unprivileged user so the submission cannot write the grader's files.
+* a strict protocol on the status pipe: one record per real cell, in order, with bounded
+  fields; values only for the requested names, once; the parent owns every timer.
 
-Whatever happens, :func:`probe` returns a :class:`ProbeResult`; it never raises for anything
-the submission does and never leaves a process behind.
+A cell that brings the whole run down (``os._exit``, a segfault, a memory or fork bomb, a
+loop that ignores interrupts) costs that cell: the notebook runs again without it, at most
+twice more.  Whatever happens, :func:`probe` returns a :class:`ProbeResult`; it never raises
+for anything the submission does and never leaves a process behind.
 """
 
 from __future__ import annotations
@@ -23,11 +27,8 @@ import io
 import json
 import os
 import resource
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,8 +37,12 @@ from pathlib import Path
 import nbformat
 import psutil
 
+from autograder import jail as jails
+
 RUNTIME = Path(__file__).with_name("probe_runtime.py")
-UNPRIVILEGED_UID = 65534  # nobody
+MAX_RERUNS = 2  # a notebook runs at most this many more times, each without a cell that crashed it
+MAX_STATUS_BYTES = 64 * 1024 * 1024
+MAX_ERROR_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -55,16 +60,19 @@ class Limits:
 @dataclass
 class ProbeResult:
     values: dict = field(default_factory=dict)  # variable -> untrusted plain data (see probe_runtime)
-    cells: list = field(default_factory=list)  # per executed cell: index, seconds, error
+    cells: list = field(default_factory=list)  # per real cell: index, seconds (measured here), error
     limits_hit: list = field(default_factory=list)
-    crashed: str | None = None  # why the child ended before extraction finished, if it did
+    crashed: str | None = None  # why the last run ended before extraction finished, if it did
+    grader_error: str | None = None  # a fault of the grader (jail, start-up): never the student's
+    skipped: list = field(default_factory=list)  # cells left out of a rerun: index, reason
+    runs: int = 0
     output: str = ""
     seconds: float = 0.0
-    isolation: list = field(default_factory=list)
+    isolation: dict = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
-        return self.crashed is None
+        return self.crashed is None and self.grader_error is None
 
 
 class _BoundedBuffer:
@@ -95,34 +103,6 @@ def _become_subreaper() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
     except Exception:
         pass
-
-
-def _isolation_prefix() -> tuple[list[str], list[str]]:
-    """Command prefix for network and user isolation, as far as this platform allows."""
-    prefix, notes = [], []
-    if shutil.which("unshare"):
-        for candidate in (["unshare", "--net"], ["unshare", "--user", "--map-root-user", "--net"]):
-            if subprocess.run(candidate + ["true"], capture_output=True).returncode == 0:
-                prefix += candidate
-                notes.append("no network (own network namespace)")
-                break
-    if os.geteuid() == 0 and shutil.which("setpriv"):
-        prefix += ["setpriv", f"--reuid={UNPRIVILEGED_UID}", f"--regid={UNPRIVILEGED_UID}", "--clear-groups",
-                   "--pdeathsig", "KILL"]
-        notes.append("runs as an unprivileged user")
-    if not notes:
-        notes.append("no OS-level isolation available: limits and integrity checks only")
-    return prefix, notes
-
-
-_PREFIX_CACHE: tuple[list[str], list[str]] | None = None
-
-
-def isolation() -> tuple[list[str], list[str]]:
-    global _PREFIX_CACHE
-    if _PREFIX_CACHE is None:
-        _PREFIX_CACHE = _isolation_prefix()
-    return _PREFIX_CACHE
 
 
 def code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, str]]:
@@ -179,7 +159,7 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
         pass
 
 
-def _rlimits(file_size_mb: int, unprivileged: bool):
+def _rlimits(file_size_mb: int, slot_uid: bool):
     def apply() -> None:
         try:  # if the grader dies (even by SIGKILL), the submission dies with it
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -188,7 +168,7 @@ def _rlimits(file_size_mb: int, unprivileged: bool):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         size = file_size_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-        if unprivileged:  # counts the unprivileged user's threads too; TF uses many
+        if slot_uid:  # counts the sandbox uid's threads too; TF uses many
             resource.setrlimit(resource.RLIMIT_NPROC, (4096, 4096))
 
     return apply
@@ -202,12 +182,14 @@ def probe(
     limits: Limits = Limits(),
     real_fit: bool = False,
     mnist_npz: str | os.PathLike | None = None,
+    private: list | tuple = (),
 ) -> ProbeResult:
-    """Execute ``notebook`` in a sandbox and extract ``variables`` as plain data.
+    """Execute ``notebook`` in a jail and extract ``variables`` as plain data.
 
     ``functions`` maps a variable that should hold a function to the calls to make on it
     (``{"args": [...], "kwargs": {...}}``); their outputs come back instead of the function.
-    """
+    ``private`` names more folders the submission must not see (the autograder zip's, the
+    submission's own).  The jail is self-tested first (once per process)."""
     result = ProbeResult()
     started = time.monotonic()
     try:
@@ -215,85 +197,194 @@ def probe(
     except Exception as exc:
         result.crashed = f"the notebook could not be read: {type(exc).__name__}: {exc}"
         return result
-
-    prefix, result.isolation = isolation()
-    unprivileged = "setpriv" in prefix
+    private = [*private, Path(notebook).resolve().parent]
+    try:
+        result.isolation = dict(jails.self_test(private))
+    except jails.JailError as exc:
+        result.grader_error = f"the sandbox is not safe to grade in: {exc}"
+        result.seconds = round(time.monotonic() - started, 3)
+        return result
+    cells = code_cells(nb)
+    skipped: dict[int, str] = {}
     _become_subreaper()
-    with tempfile.TemporaryDirectory(prefix="cnn-probe-") as tmp:
-        work = Path(tmp)
-        if unprivileged:
-            os.chmod(work, 0o777)
-        nb_path = work / "submission.ipynb"
-        nbformat.write(nb, nb_path)
-        mnist_in_sandbox = None
-        if mnist_npz:
-            mnist_in_sandbox = work / "mnist.npz"
+    while True:
+        run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
+        run.execute(nb, mnist_npz, private, result)
+        result.runs += 1
+        if run.grader_error:
+            result.grader_error = run.grader_error
+            break
+        culprit = run.crashed_cell
+        if run.crashed and culprit is not None and run.rerunnable and result.runs <= MAX_RERUNS:
+            skipped[culprit] = run.crash_reason
+            result.limits_hit += run.limits_hit
+            continue
+        break
+    result.values = run.values
+    result.cells = sorted(run.cells + [{"index": i, "seconds": None, "error": f"not run: on an earlier run this cell "
+                                        f"brought the whole notebook down ({why}); the rest was graded without it"}
+                                       for i, why in skipped.items()], key=lambda c: c["index"])
+    result.skipped = [{"index": i, "reason": why} for i, why in skipped.items()]
+    result.limits_hit += run.limits_hit
+    result.crashed = run.crashed
+    result.output = run.output
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+class _Run:
+    """One execution of the notebook in a fresh jail, with the parent owning every timer.
+
+    The status pipe is untrusted: a message is accepted only where the protocol expects it
+    (``ready``; then ``cell i`` / ``cell_done i`` for each real cell in order; ``step extract``;
+    a bounded number of ``step probing NAME``; one ``value`` per requested name in order;
+    ``done``).  Anything else is counted and ignored, so forged records cannot add cells or
+    restart a timer."""
+
+    def __init__(self, cells, variables, functions, limits: Limits, real_fit: bool):
+        self.job_cells, self.variables, self.functions = cells, variables, functions
+        self.limits, self.real_fit = limits, real_fit
+        self.expected = [i for i, _ in cells]
+        self.probe_steps = {name: len(functions.get(name, [])) for name in variables}
+        self.values: dict = {}
+        self.cells: list = []
+        self.limits_hit: list = []
+        self.crashed: str | None = None
+        self.crashed_cell: int | None = None
+        self.crash_reason = ""
+        self.rerunnable = False
+        self.grader_error: str | None = None
+        self.output = ""
+        self.phase = "startup"  # startup -> cells -> extract -> done
+        self.position = 0  # next cell of self.expected
+        self.current: int | None = None  # the cell running now
+        self.step = "start-up"
+        self.step_started = self.notebook_started = None
+        self.value_position = 0
+        self.ignored = 0
+        self.lock = threading.Lock()
+
+    # -- status protocol --------------------------------------------------------------------
+    def on_status(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+            kind = msg["kind"]
+        except Exception:
+            self.ignored += 1
+            return
+        with self.lock:
+            if not self._accept(msg, kind, time.monotonic()):
+                self.ignored += 1
+
+    def _begin_step(self, label: str, now: float) -> None:
+        self.step, self.step_started = label, now
+        if self.notebook_started is None:  # the notebook's clock starts with the first student code
+            self.notebook_started = now
+
+    def _accept(self, msg: dict, kind, now: float) -> bool:
+        if kind == "ready" and self.phase == "startup":
+            self.phase = "cells"
+            self.step = "between cells"
+            return True
+        if kind == "cell" and self.phase == "cells" and self.current is None:
+            index = msg.get("index")
+            if self.position < len(self.expected) and type(index) is int and index == self.expected[self.position]:
+                self.current = index
+                self._begin_step(f"cell {index}", now)
+                return True
+            return False
+        if kind == "cell_done" and self.phase == "cells" and self.current is not None:
+            if msg.get("index") != self.current or type(msg.get("index")) is not int:
+                return False
+            error = msg.get("error")
+            error = None if error is None else str(error)[:MAX_ERROR_CHARS]
+            self.cells.append({"index": self.current, "seconds": round(now - self.step_started, 3), "error": error})
+            self.current = None
+            self.position += 1
+            self.step = "between cells"
+            return True
+        if kind == "step" and msg.get("label") == "extract" and self.phase == "cells" and self.current is None \
+                and self.position == len(self.expected):
+            self.phase = "extract"
+            self._begin_step("extract", now)
+            return True
+        if kind == "step" and self.phase == "extract":
+            label = msg.get("label")
+            name = label[len("probing "):] if isinstance(label, str) and label.startswith("probing ") else None
+            if name is not None and self.probe_steps.get(name, 0) > 0:
+                self.probe_steps[name] -= 1
+                self._begin_step(f"probing {name}", now)
+                return True
+            return False
+        if kind == "value" and self.phase == "extract" and self.value_position < len(self.variables):
+            if msg.get("name") != self.variables[self.value_position] or not isinstance(msg.get("data"), dict):
+                return False
+            self.values[msg["name"]] = msg["data"]
+            self.value_position += 1
+            return True
+        if kind == "done" and self.phase == "extract" and self.value_position == len(self.variables):
+            self.phase = "done"
+            return True
+        return False
+
+    # -- one run ----------------------------------------------------------------------------
+    def execute(self, nb, mnist_npz, private, into: ProbeResult) -> None:
+        limits = self.limits
+        with jails.open_jail(private, tmp_bytes=limits.file_size_mb * 1024 * 1024) as jail:
+            into.isolation["uid"] = jail.uid
+            nb_inside = jail.put("submission.ipynb", nbformat.writes(nb).encode())
+            runtime = jail.put("probe_runtime.py", RUNTIME.read_bytes())
+            mnist = jail.copy_in("mnist.npz", mnist_npz) if mnist_npz else None
+            job = {"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
+                   "real_fit": self.real_fit, "mnist_npz": mnist, "notebook": nb_inside}
+            job_path = jail.put("job.json", json.dumps(job).encode())
+            jail.hand_over()
+            env = jail.env({"MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": f"{jail.inside}/.keras",
+                            "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""})
+            if "KERAS_BACKEND" in os.environ:
+                env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
+            preexisting = _my_children()
+            status_r, status_w = os.pipe()
+            cmd = jail.command([jail.python, "-I", runtime, job_path, str(status_w)])
+            child = subprocess.Popen(
+                cmd, cwd=jail.work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, pass_fds=(status_w,), start_new_session=True,
+                preexec_fn=_rlimits(limits.file_size_mb, jail.uid is not None),
+            )
+            os.close(status_w)
             try:
-                os.link(mnist_npz, mnist_in_sandbox)
-            except OSError:
-                shutil.copy(mnist_npz, mnist_in_sandbox)
-            os.chmod(mnist_in_sandbox, 0o444)
-        job = {"cells": code_cells(nb), "variables": variables, "functions": functions,
-               "real_fit": real_fit, "mnist_npz": str(mnist_in_sandbox) if mnist_in_sandbox else None}
-        (work / "job.json").write_text(json.dumps(job))
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(work), "LANG": "C.UTF-8",
-            "MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": str(work / ".keras"),
-            "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": "",
-        }
-        if "KERAS_BACKEND" in os.environ:
-            env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
-        preexisting = _my_children()
-        status_r, status_w = os.pipe()
-        cmd = [*prefix, sys.executable, "-I", str(RUNTIME), str(work / "job.json"), str(status_w)]
-        child = subprocess.Popen(
-            cmd, cwd=work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, pass_fds=(status_w,), start_new_session=True,
-            preexec_fn=_rlimits(limits.file_size_mb, unprivileged),
-        )
-        os.close(status_w)
+                self._watch(child, status_r, preexisting)
+            finally:
+                _kill_everything(child, preexisting)
+
+    def _watch(self, child: subprocess.Popen, status_r: int, preexisting: set[int]) -> None:
+        limits = self.limits
         output = _BoundedBuffer(limits.output_kb * 1024)
-        state = {"step": "start", "step_started": time.monotonic(), "done": False}
 
         def read_output() -> None:
             while chunk := child.stdout.read1(65536):
                 output.feed(chunk)
 
         def read_status() -> None:
-            buf = b""
+            buf, total = b"", 0
             with os.fdopen(status_r, "rb") as f:
                 while chunk := f.read1(1 << 20):
-                    buf += chunk
-                    if len(buf) > 64 * 1024 * 1024:  # a flood on the status pipe: stop listening
-                        result.limits_hit.append("status stream exceeded 64 MiB")
+                    total += len(chunk)
+                    if total > MAX_STATUS_BYTES:  # a flood on the status pipe: stop listening
+                        self.limits_hit.append(f"status stream exceeded {MAX_STATUS_BYTES >> 20} MiB")
                         return
+                    buf += chunk
                     *lines, buf = buf.split(b"\n")
                     for line in lines:
-                        _on_status(line)
+                        self.on_status(line)
 
-        def _on_status(line: bytes) -> None:
-            try:
-                msg = json.loads(line)
-                kind = msg.get("kind")
-            except Exception:
-                return
-            now = time.monotonic()
-            if kind in ("cell", "step"):
-                state["step"] = f"cell {msg.get('index')}" if kind == "cell" else str(msg.get("label"))
-                state["step_started"] = now
-            elif kind == "cell_done":
-                result.cells.append({k: msg.get(k) for k in ("index", "seconds", "error")})
-            elif kind == "value" and isinstance(msg.get("name"), str) and msg["name"] in variables:
-                result.values.setdefault(msg["name"], msg.get("data"))
-            elif kind == "done":
-                state["done"] = True
-
-        threads = [threading.Thread(target=read_output, daemon=True),
-                   threading.Thread(target=read_status, daemon=True)]
+        threads = [threading.Thread(target=read_output, daemon=True), threading.Thread(target=read_status, daemon=True)]
         for t in threads:
             t.start()
-
-        interrupted_step = None
+        started = time.monotonic()
+        interrupted = None
+        runtime_pid = None
+        stop = None  # (message, is a grader fault)
         while child.poll() is None:
             time.sleep(0.05)
             now = time.monotonic()
@@ -304,40 +395,81 @@ def probe(
                     rss += p.memory_info().rss
                 except psutil.Error:
                     pass
+            with self.lock:
+                phase, step, step_started, nb_started = self.phase, self.step, self.step_started, self.notebook_started
+                running = self.current is not None or phase == "extract"
+            if phase == "startup":
+                if now - started > jails.STARTUP_SECONDS:
+                    stop = (f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s (grader start-up, "
+                            "before any student code); the machine may be overloaded", True)
+                    break
+                if rss > limits.memory_mb * 1024 * 1024:
+                    stop = (f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
+                            "raise --memory-mb", True)
+                    break
+                continue
             if rss > limits.memory_mb * 1024 * 1024:
-                result.limits_hit.append(f"memory limit ({limits.memory_mb} MiB) exceeded during {state['step']}")
+                stop = (f"memory limit ({limits.memory_mb} MiB) exceeded during {step}", False)
                 break
             if len(procs) > limits.max_processes:
-                result.limits_hit.append(f"process limit ({limits.max_processes}) exceeded during {state['step']}")
+                stop = (f"process limit ({limits.max_processes}) exceeded during {step}", False)
                 break
-            if now - started > limits.notebook_seconds:
-                result.limits_hit.append(f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {state['step']}")
+            if nb_started is not None and now - nb_started > limits.notebook_seconds:
+                stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step}", False)
+                self.rerunnable = False
                 break
-            over = now - state["step_started"] - limits.cell_seconds
+            over = now - step_started - limits.cell_seconds if running and step_started else 0
             if over > 0:
-                if interrupted_step != (state["step"], state["step_started"]):
-                    interrupted_step = (state["step"], state["step_started"])
-                    result.limits_hit.append(f"cell time limit ({limits.cell_seconds:.0f} s) reached in {state['step']}")
+                if interrupted != (step, step_started):
+                    interrupted = (step, step_started)
+                    self.limits_hit.append(f"cell time limit ({limits.cell_seconds:.0f} s) reached in {step}")
+                    runtime_pid = runtime_pid or _runtime_pid(child.pid)
                     try:
-                        os.kill(child.pid, signal.SIGINT)
+                        os.kill(runtime_pid or child.pid, signal.SIGINT)
                     except OSError:
                         pass
-                elif over > 10:  # the interrupt was ignored: give up on this submission
-                    result.limits_hit.append(f"{state['step']} ignored the interrupt")
+                elif over > 10:  # the interrupt was ignored: this run cannot go on
+                    stop = (f"{step} ignored the interrupt", False)
                     break
+        culprit = self.current
+        notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
         _kill_everything(child, preexisting)
         for t in threads:
             t.join(timeout=5)
-        result.output = output.text()
-        if not state["done"]:
+        self.output = output.text()
+        if self.ignored:
+            self.limits_hit.append(f"{self.ignored} forged or out-of-order status message(s) ignored")
+        if stop and stop[1]:
+            self.grader_error = stop[0]
+            return
+        if stop:
+            self.limits_hit.append(stop[0])
+        if self.phase == "startup":
+            self.grader_error = (f"the probe stopped during the grader's start-up, before any student code ran "
+                                 f"(exit {child.returncode}): {self.output[-1500:].strip()}")
+            return
+        if self.phase != "done":
             code = child.returncode
-            why = (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
-                   else f"exited with status {code}")
-            if result.limits_hit:
-                why = result.limits_hit[-1]
-            result.crashed = f"the submission stopped before grading finished ({why}, during {state['step']})"
-    result.seconds = round(time.monotonic() - started, 3)
-    return result
+            why = stop[0] if stop else (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
+                                        else f"exited with status {code}")
+            self.crash_reason = why
+            self.crashed = f"the submission stopped before grading finished ({why}, during {self.step})"
+            self.crashed_cell = culprit
+            self.rerunnable = culprit is not None and not notebook_limit
+
+
+def _runtime_pid(outer: int) -> int | None:
+    """The probe runtime's pid: under bubblewrap, the first process below the bwrap processes."""
+    try:
+        p = psutil.Process(outer)
+        while p.name() == "bwrap":
+            kids = p.children()
+            if not kids:
+                return None
+            p = min(kids, key=lambda k: k.create_time())
+        return p.pid
+    except psutil.Error:
+        return None
 
 
 def decode_npy(b64: str, max_elements: int = 1_000_000):
