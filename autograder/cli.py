@@ -85,11 +85,25 @@ def grade(
     memory_mb: int = typer.Option(6144, "--memory-mb", help="Memory limit for a submission's processes."),
     ray: bool = typer.Option(False, "--ray", help="Spread the batch over Ray (pip install 'cnn-autograder[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: start one)."),
+    isolation: str = typer.Option(
+        "auto", "--isolation",
+        help="How submissions are jailed: auto (bubblewrap where namespaces work, else a permission jail as root), "
+             "bwrap or permissions."),
+    unsafe_no_isolation: bool = typer.Option(
+        False, "--unsafe-no-isolation",
+        help="Grade even where no jail is possible (non-root without user namespaces): submissions then run as "
+             "this user and every result says 'not isolated'."),
 ) -> None:
     """Grade submissions: isolated execution, clean-process judging, verified retraining."""
     import os
 
-    from autograder import batch, build as builder
+    from autograder import batch, build as builder, jail
+
+    if isolation not in ("auto", "bwrap", "permissions"):
+        raise typer.BadParameter("--isolation must be auto, bwrap or permissions")
+    os.environ[jail.ENV_MODE] = isolation  # inherited by worker processes
+    if unsafe_no_isolation:
+        os.environ[jail.ENV_UNSAFE] = "1"
     from autograder.engine import RetrainOptions
     from autograder.sandbox import Limits
 

@@ -12,7 +12,9 @@ Modes (chosen once per process; ``CNN_GRADER_ISOLATION`` = ``auto`` (default), `
 * ``permissions`` (root without namespaces): the probe runs under a slot uid of its own in a
   private 0700 folder filled by root before it is handed over; it sees the real file system,
   so the self-test checks that nothing of the grader is readable to other users.
-* ``none`` (``--unsafe-no-isolation``): the probe runs as the grader; results say so.
+* ``none``: the probe runs as the grader; results say "not isolated".  Used only when asked
+  for, or with ``--unsafe-no-isolation`` (``CNN_GRADER_UNSAFE_NO_ISOLATION=1``) where no
+  jail is possible; otherwise a grader without any jail refuses to grade (grader error).
 
 Slot uids (``SLOT_UID_BASE`` + n) are leased with ``flock`` on files in a root-only folder, so
 concurrent sandboxes, even in separate worker processes, never share a uid.
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_MODE = "CNN_GRADER_ISOLATION"
+ENV_UNSAFE = "CNN_GRADER_UNSAFE_NO_ISOLATION"  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
 ENV_PRIVATE = "CNN_GRADER_PRIVATE_PATHS"  # os.pathsep-separated: outputs and inputs of a batch
 MODES = ("auto", "bwrap", "permissions", "none")
 SLOT_UID_BASE = 60001
@@ -44,6 +47,11 @@ WORK_INSIDE = "/sandbox"  # the working folder as the probe sees it under bwrap
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives")
 STARTUP_SECONDS = 300.0  # generous: the grader's own start-up is never charged to a submission
 PACKAGE_DIR = Path(__file__).resolve().parent
+PROBE_PYTHON: str | None = None  # the interpreter submissions run under (None: the grader's own)
+
+
+def probe_python() -> str:
+    return PROBE_PYTHON or sys.executable
 
 
 class JailError(RuntimeError):
@@ -95,6 +103,8 @@ def choose_mode() -> str:
                         f"{ENV_MODE}=permissions as root.")
     if _is_root() and shutil.which("setpriv"):
         return "permissions"
+    if mode == "auto" and os.environ.get(ENV_UNSAFE) == "1":
+        return "none"
     if mode == "permissions":
         raise JailError("the permission jail needs the grader to run as root (to hand each sandbox its own uid) "
                         "and setpriv (util-linux).")
@@ -220,7 +230,7 @@ class Jail:
     work: Path  # the private working folder, as the grader sees it
     uid: int | None = None  # the slot uid (root graders)
     private: list[Path] = field(default_factory=list)
-    python: str = sys.executable
+    python: str = field(default_factory=probe_python)
     tmp_bytes: int = 512 * 1024 * 1024
 
     @property
@@ -332,7 +342,7 @@ def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1
     lease = SlotLease() if _is_root() and mode != "none" else None
     work = Path(tempfile.mkdtemp(prefix="cnn-probe-"))  # 0700, ours, unpredictable name
     try:
-        yield Jail(mode, work, lease.uid if lease else None, private_paths(private), python or sys.executable,
+        yield Jail(mode, work, lease.uid if lease else None, private_paths(private), python or probe_python(),
                    tmp_bytes)
     finally:
         shutil.rmtree(work, ignore_errors=True)  # fd-based: does not follow links planted inside
@@ -407,7 +417,7 @@ def self_test(private=(), *, python: str | None = None) -> dict:
     once per process and setting; folders registered later are checked by a light rerun.
     Returns the isolation description for results; raises :class:`JailError` naming the cause
     and the fix.  It has ``STARTUP_SECONDS`` of its own, never a submission's time."""
-    python = python or sys.executable
+    python = python or probe_python()
     mode = choose_mode()
     key = (mode, python, os.geteuid())
     secrets = {str(p) for p in private_paths(private) if p.exists()}

@@ -238,8 +238,10 @@ class _Run:
     The status pipe is untrusted: a message is accepted only where the protocol expects it
     (``ready``; then ``cell i`` / ``cell_done i`` for each real cell in order; ``step extract``;
     a bounded number of ``step probing NAME``; one ``value`` per requested name in order;
-    ``done``).  Anything else is counted and ignored, so forged records cannot add cells or
-    restart a timer."""
+    ``done``).  Anything else is counted and ignored, so forged records cannot add cells.  The
+    cell clock never stops between ``ready`` and ``done``: a message restarts it only when it
+    advances the protocol, which it can do a bounded number of times, and the notebook limit,
+    started at the first cell, is never restarted."""
 
     def __init__(self, cells, variables, functions, limits: Limits, real_fit: bool):
         self.job_cells, self.variables, self.functions = cells, variables, functions
@@ -284,7 +286,7 @@ class _Run:
     def _accept(self, msg: dict, kind, now: float) -> bool:
         if kind == "ready" and self.phase == "startup":
             self.phase = "cells"
-            self.step = "between cells"
+            self.step, self.step_started = "between cells", now
             return True
         if kind == "cell" and self.phase == "cells" and self.current is None:
             index = msg.get("index")
@@ -301,7 +303,7 @@ class _Run:
             self.cells.append({"index": self.current, "seconds": round(now - self.step_started, 3), "error": error})
             self.current = None
             self.position += 1
-            self.step = "between cells"
+            self.step, self.step_started = "between cells", now  # the clock keeps running until the next cell
             return True
         if kind == "step" and msg.get("label") == "extract" and self.phase == "cells" and self.current is None \
                 and self.position == len(self.expected):
@@ -397,7 +399,7 @@ class _Run:
                     pass
             with self.lock:
                 phase, step, step_started, nb_started = self.phase, self.step, self.step_started, self.notebook_started
-                running = self.current is not None or phase == "extract"
+                running = phase in ("cells", "extract")  # no state without a clock: see _accept
             if phase == "startup":
                 if now - started > jails.STARTUP_SECONDS:
                     stop = (f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s (grader start-up, "
@@ -449,13 +451,20 @@ class _Run:
                                  f"(exit {child.returncode}): {self.output[-1500:].strip()}")
             return
         if self.phase != "done":
-            code = child.returncode
-            why = stop[0] if stop else (f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0
-                                        else f"exited with status {code}")
+            why = stop[0] if stop else _exit_reason(child.returncode)
             self.crash_reason = why
             self.crashed = f"the submission stopped before grading finished ({why}, during {self.step})"
             self.crashed_cell = culprit
             self.rerunnable = culprit is not None and not notebook_limit
+
+
+def _exit_reason(code: int | None) -> str:
+    """bubblewrap reports a child killed by signal N as status 128 + N."""
+    signum = -code if code is not None and code < 0 else (code - 128 if code is not None and 128 < code < 160 else 0)
+    try:
+        return f"killed by signal {signal.Signals(signum).name}"
+    except ValueError:
+        return f"exited with status {code}"
 
 
 def _runtime_pid(outer: int) -> int | None:

@@ -1,0 +1,412 @@
+"""The jail against hostile submissions: each test is one class of attack, and fails if its defence goes.
+
+Notebooks here are tiny (one answer, ``conv_small``, worth 2 points, plus the attack), so a test
+costs one sandbox start, not a lesson's worth of cells.  Unless a test says otherwise it runs in
+the isolation mode this machine gives (``bwrap`` as root in CI); the mode is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from autograder import engine, jail
+from autograder.engine import RetrainOptions
+from autograder.sandbox import Limits
+
+NO_RETRAIN = RetrainOptions(enabled=False)
+FAST = Limits(cell_seconds=30, notebook_seconds=240, memory_mb=3072, max_processes=48)
+ANSWER = "import numpy as np\nconv_small = np.array([[1, 4], [3, 3]])"
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="needs a root grader (CI runs as root)")
+needs_bwrap = pytest.mark.skipif(not jail.bwrap_works(), reason="needs bubblewrap with namespaces (scripts/test.sh installs it)")
+
+
+@pytest.fixture(scope="module")
+def autograder(tmp_path_factory):
+    from autograder import build
+
+    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
+    return b.autograder_zip
+
+
+@pytest.fixture(autouse=True)
+def _isolation_from_environment(monkeypatch):
+    monkeypatch.delenv(jail.ENV_MODE, raising=False)
+    monkeypatch.delenv(jail.ENV_UNSAFE, raising=False)
+
+
+def tiny(path: Path, *cells: str) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ANSWER)]
+                                  + [nbformat.v4.new_code_cell(textwrap.dedent(c)) for c in cells])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def conv_small(result: dict) -> float:
+    return {q["name"]: q["score"] for q in result["questions"]}["conv_small"]
+
+
+def grade(nb: Path, autograder, limits: Limits = FAST) -> dict:
+    result = engine.grade_notebook(nb, autograder, limits=limits, retrain=NO_RETRAIN)
+    assert result["status"] != "grader_error", result["error"]
+    return result
+
+
+# --- 1. the answer key ----------------------------------------------------------------------------
+
+@needs_bwrap
+def test_the_grader_and_its_reference_answers_cannot_be_imported(autograder, tmp_path):
+    nb = tiny(tmp_path / "sub.ipynb", """
+        try:
+            from autograder.reference import conv2d, max_pool2d
+            import autograder.checks
+            print("IMPORTED", autograder.checks.__file__)
+        except ImportError as exc:
+            print("BLOCKED", exc)
+        """)
+    result = grade(nb, autograder)
+    out = result["execution"]["output_tail"]
+    assert result["isolation"]["mode"] in ("bwrap", "permissions") and result["isolation"]["self_test"] == "passed"
+    assert "BLOCKED" in out and "IMPORTED" not in out
+    assert {q["name"]: q["score"] for q in result["questions"]}["conv2d_impl"] == 0
+
+
+# --- 2. the grader's and the class's files ---------------------------------------------------------
+
+@needs_bwrap
+def test_zip_build_folder_prior_grades_and_caches_are_unreadable(autograder, tmp_path, monkeypatch):
+    from autograder import data
+
+    prior = tmp_path / "last-week"  # an earlier batch's output folder
+    (prior / "feedback").mkdir(parents=True)
+    (prior / "grades.csv").write_text("id,name,email,total\nalice,Alice,alice@uni.edu,33\n")
+    monkeypatch.setenv(jail.ENV_PRIVATE, str(prior))  # as run_batch registers its outputs
+    secrets = [Path(autograder), Path(autograder).parent / "solution", prior / "grades.csv",
+               data.cache_dir() / "mnist.npz", Path(jail.__file__)]
+    assert all(p.exists() for p in secrets)
+    nb = tiny(tmp_path / "subs" / "sub.ipynb", f"""
+        import glob, os
+        cmdlines = []
+        for f in glob.glob('/proc/*/cmdline'):
+            try:
+                cmdlines.append(open(f, 'rb').read().decode(errors='replace'))
+            except OSError:
+                pass
+        learnt = [w for c in cmdlines for w in c.split('\\0') if '/' in w]
+        for p in {[str(p) for p in secrets]!r} + learnt:
+            try:
+                with open(p, 'rb') as f:
+                    if f.read(1):
+                        print('READ', p)
+            except OSError:
+                pass
+            for d in (p, os.path.dirname(p)):
+                try:
+                    if os.path.isdir(d) and os.listdir(d):
+                        print('LISTED', d, os.listdir(d)[:5])
+                except OSError:
+                    pass
+        print('SEEN', len(cmdlines), 'processes')
+        """)
+    result = grade(nb, autograder)
+    out = result["execution"]["output_tail"]
+    assert "SEEN" in out
+    forbidden = {str(p) for s in secrets for p in (s, s.parent)} | {str(tmp_path), str(jail.PACKAGE_DIR)}
+    leaks = [line for line in out.splitlines() if line.split(" ")[0] in ("READ", "LISTED")
+             and any(line.split(" ")[1] == f or line.split(" ")[1].startswith(f + "/") for f in forbidden)]
+    assert leaks == [], out
+    assert conv_small(result) == 2
+
+
+# --- 3. concurrent submissions ------------------------------------------------------------------
+
+@needs_bwrap
+def test_concurrent_submissions_cannot_read_or_signal_each_other(autograder, tmp_path):
+    from autograder import batch
+
+    subs = tmp_path / "subs"
+    tiny(subs / "victim.ipynb", "import time\ntime.sleep(25)\nprint('VICTIM ALIVE')")
+    tiny(subs / "attacker.ipynb", """
+        import glob, os, signal, time
+        me, found, killed = os.getpid(), set(), 0
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            for path in glob.glob('/tmp/**/*.ipynb', recursive=True) + glob.glob('/tmp/*/submission.ipynb'):
+                found.add(path)
+            for pid in os.listdir('/proc'):
+                if pid.isdigit() and int(pid) not in (me, 1):
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                        killed += 1
+                    except OSError:
+                        pass
+            time.sleep(0.2)
+        print('FOUND', sorted(found), 'SIGNALLED', killed)
+        """)
+    results = batch.run_batch([subs], Path(autograder), tmp_path / "out",
+                              batch.BatchOptions(jobs=2, limits=Limits(cell_seconds=60, notebook_seconds=240,
+                                                                       memory_mb=3072), retrain=NO_RETRAIN, progress=False))
+    by_id = {r["student"]["id"]: r for r in results}
+    victim, attacker = by_id["victim"], by_id["attacker"]
+    assert victim["status"] == "graded" and conv_small(victim) == 2, victim["error"]
+    assert "VICTIM ALIVE" in victim["execution"]["output_tail"]
+    assert "FOUND []" in attacker["execution"]["output_tail"], attacker["execution"]["output_tail"][-2000:]
+    assert victim["isolation"]["uid"] != attacker["isolation"]["uid"] or not ROOT
+
+
+@needs_root
+def test_slot_uids_are_never_shared_between_processes(tmp_path):
+    code = ("import sys, time\nfrom autograder.jail import SlotLease\nlease = SlotLease()\n"
+            "print(lease.uid, flush=True)\ntime.sleep(3)\nlease.release()")
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    uids = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert len(set(uids)) == 3 and min(uids) >= jail.SLOT_UID_BASE
+
+
+# --- 4. symlinks planted for the root grader ---------------------------------------------------------
+
+@needs_root
+def test_root_never_follows_links_planted_in_a_sandbox_folder(autograder, tmp_path):
+    target = tmp_path / "root-only.txt"
+    target.write_text("precious")
+    target.chmod(0o600)
+    with jail.open_jail() as j:  # the grader writes only new files, before the folder is handed over
+        os.symlink(target, j.work / "mnist.npz")
+        with pytest.raises(FileExistsError):
+            j.copy_in("mnist.npz", Path(jail.__file__))
+        with pytest.raises(FileExistsError):
+            j.put("mnist.npz", b"x")
+    nb = tiny(tmp_path / "sub.ipynb", f"""
+        import os
+        for name in ('mnist.npz', 'job.json', 'submission.ipynb', 'probe_runtime.py'):
+            try:
+                os.remove(name)
+            except OSError:
+                pass
+            os.symlink({str(target)!r}, name)
+        os.mkdir('tmp-link-farm')
+        os._exit(1)  # the grader reruns the notebook: it must not reuse this folder
+        """)
+    result = grade(nb, autograder)
+    assert target.read_text() == "precious" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert result["execution"]["runs"] == 2 and conv_small(result) == 2
+
+
+# --- 5. a non-root grader, and the permission jail: graders run inside an outer wrapper ----------------
+
+def _outer_wrapper(home: Path, uid: int) -> list[str]:
+    """A root-made view of the file system for a grader run as ``uid`` (or as root with a 0700 package):
+    /root (0700 here, as on Ubuntu) becomes an enterable tmpfs holding only the Python trees and a copy of
+    the grader package owned by the grader, mode 0700."""
+    trees = jail.python_trees(sys.executable, [])
+    args = ["bwrap", "--dev-bind", "/", "/", "--die-with-parent"]
+    covered: list[str] = []
+    for hide in ("/root", str(jail.PACKAGE_DIR.parent)):  # the repository (an editable install) too
+        if os.path.isdir(hide) and not any(hide == t or hide.startswith(t + "/") for t in trees):
+            args += _parents(hide, covered) + ["--perms", "0755", "--tmpfs", hide]
+            covered.append(hide)
+    for tree in trees:
+        args += _parents(tree, covered) + ["--ro-bind", tree, tree]
+    args += _parents(str(jail.PACKAGE_DIR), covered) + ["--ro-bind", str(home / "pkg"), str(jail.PACKAGE_DIR)]
+    args += ["--chdir", str(home), "--setenv", "HOME", str(home), "--setenv", "CNN_GRADER_CACHE", str(home / "cache")]
+    if uid:
+        args += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+    return args
+
+
+def _parents(path: str, covered: list[str]) -> list[str]:
+    out = []
+    for parent in reversed(Path(path).parents):
+        if any(str(parent).startswith(c + "/") for c in covered):
+            out += ["--perms", "0755", "--dir", str(parent)]
+    return out
+
+
+@pytest.fixture
+def home():
+    """A grader's home outside pytest's root-only folder, so a non-root grader can reach it."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="cnn-grader-home-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict) -> dict:
+    from autograder import data
+
+    (home / "cache").mkdir(parents=True)
+    shutil.copytree(jail.PACKAGE_DIR, home / "pkg", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(data.cache_dir() / "mnist.npz", home / "cache" / "mnist.npz")
+    shutil.copy(autograder, home / "autograder.zip")
+    shutil.copy(notebook, home / "sub.ipynb")
+    for p in [home, *home.rglob("*")]:
+        os.chown(p, uid, uid, follow_symlinks=False)
+    for p in (home, home / "pkg", home / "cache"):
+        p.chmod(0o700)
+    code = ("import json\nfrom autograder import engine\n"
+            "r = engine.grade_notebook('sub.ipynb', 'autograder.zip', retrain=engine.RetrainOptions(enabled=False),"
+            " limits=engine.Limits(cell_seconds=30, notebook_seconds=240, memory_mb=3072))\n"
+            "print('@@RESULT@@' + json.dumps(r))")
+    proc = subprocess.run(_outer_wrapper(home, uid) + [sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, **env})
+    mark = proc.stdout.rfind("@@RESULT@@")
+    assert mark >= 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout[mark + len("@@RESULT@@"):])
+
+
+ATTACK_FROM_OUTSIDE = """
+    import glob, os, signal
+    try:
+        import autograder
+        print('IMPORTED', autograder.__file__)
+    except Exception as exc:  # ImportError, or PermissionError where an editable install's finder points
+        print('BLOCKED import', type(exc).__name__)
+    for pattern in ('{home}/*', '{home}/cache/*', '{home}/cache/retrain/*', '{home}/pkg/*'):
+        for p in glob.glob(pattern):
+            print('VISIBLE', p)
+    try:
+        os.makedirs('{home}/cache/retrain', exist_ok=True)
+        open('{home}/cache/retrain/forged.json', 'w').write('{{"accuracy": 0.9999}}')
+        print('FORGED')
+    except OSError as exc:
+        print('NO FORGERY', type(exc).__name__)
+    grader = []
+    for p in os.listdir('/proc'):
+        try:
+            if p.isdigit() and b'grade_notebook' in open('/proc/%s/cmdline' % p, 'rb').read():
+                grader.append(int(p))
+        except OSError:
+            pass
+    for pid in grader:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            print('KILLED GRADER')
+        except OSError as exc:
+            print('CANNOT SIGNAL', type(exc).__name__)
+    print('GRADER PIDS SEEN', len(grader))
+    """
+
+
+@needs_root
+@needs_bwrap
+def test_non_root_grader_jails_with_a_user_namespace_and_its_cache_cannot_be_forged(autograder, tmp_path, home):
+    """The grader itself runs as uid 60999 (set up by an outer bubblewrap as root); retraining is off."""
+    nb = tiny(tmp_path / "attack.ipynb", ATTACK_FROM_OUTSIDE.format(home=home))
+    result = _grade_wrapped(home, autograder, nb, 60999, {})
+    out = result["execution"]["output_tail"]
+    assert result["status"] == "graded" and result["isolation"]["mode"] == "bwrap", result["error"]
+    assert result["isolation"]["uid"] is None and "user namespace" in " ".join(result["isolation"]["notes"])
+    assert "BLOCKED import" in out and "VISIBLE" not in out and "KILLED GRADER" not in out
+    # the jail's /tmp is its own tmpfs: a write to the cache's path lands there, never in the real cache
+    assert not (home / "cache" / "retrain" / "forged.json").exists()
+    assert conv_small(result) == 2
+
+
+@needs_root
+def test_permission_jail_without_namespaces_keeps_the_grader_out_of_reach(autograder, tmp_path, home):
+    """Bubblewrap turned off (CNN_GRADER_ISOLATION=permissions); the grader runs as root with its package
+    mode 0700; retraining is off."""
+    nb = tiny(tmp_path / "attack.ipynb", ATTACK_FROM_OUTSIDE.format(home=home))
+    result = _grade_wrapped(home, autograder, nb, 0, {jail.ENV_MODE: "permissions"})
+    out = result["execution"]["output_tail"]
+    assert result["status"] == "graded", result["error"]
+    assert result["isolation"]["mode"] == "permissions" and result["isolation"]["uid"] >= jail.SLOT_UID_BASE
+    assert "BLOCKED import" in out and "NO FORGERY" in out and "VISIBLE" not in out
+    assert not (home / "cache" / "retrain" / "forged.json").exists()
+    assert "KILLED GRADER" not in out and "GRADER PIDS SEEN 0" not in out  # visible here, but untouchable
+    assert conv_small(result) == 2
+
+
+def test_non_root_grader_without_namespaces_refuses_unless_told_otherwise(autograder, tmp_path, monkeypatch):
+    monkeypatch.setattr(jail, "_is_root", lambda: False)
+    monkeypatch.setattr(jail, "bwrap_works", lambda: False)
+    nb = tiny(tmp_path / "sub.ipynb", "x = 1")
+    refused = engine.grade_notebook(nb, autograder, limits=FAST, retrain=NO_RETRAIN)
+    assert refused["status"] == "grader_error" and "--unsafe-no-isolation" in refused["error"]
+    assert refused["questions"] == []
+    monkeypatch.setenv(jail.ENV_UNSAFE, "1")
+    unsafe = engine.grade_notebook(nb, autograder, limits=FAST, retrain=NO_RETRAIN)
+    assert unsafe["status"] == "graded" and unsafe["isolation"]["mode"] == "none"
+    assert not unsafe["isolation"]["isolated"] and "not isolated" in unsafe["isolation"]["notes"][0]
+    assert conv_small(unsafe) == 2
+
+
+# --- 6. the status pipe --------------------------------------------------------------------------
+
+@needs_bwrap
+def test_forged_status_messages_add_no_cells_and_extend_no_timer(autograder, tmp_path):
+    nb = tiny(tmp_path / "sub.ipynb", """
+        import json, os, sys, time
+        STATUS = int(sys.argv[-1])  # the runtime's status pipe, as its command line says
+        def say(**m):
+            os.write(STATUS, (json.dumps(m) + '\\n').encode())
+        for i in range(2000):
+            say(kind='cell_done', index=i % 7, seconds='forever', error='x' * 5000)
+            say(kind='cell', index=i % 7)
+        say(kind='value', name='conv_small', data={'status': 'json', 'value': [[9, 9], [9, 9]]})
+        while True:  # keeps claiming that a new cell just started
+            say(kind='cell', index=1)
+            say(kind='step', label='probing conv2d')
+            time.sleep(0.2)
+        """, "late = 1")
+    result = grade(nb, autograder, Limits(cell_seconds=6, notebook_seconds=240, memory_mb=3072))
+    cells = result["execution"]["cells"]
+    assert [c["index"] for c in cells] == [0, 1, 2]
+    assert all(c["error"] is None or len(c["error"]) <= 500 for c in cells)
+    assert any("cell time limit (6 s)" in h for h in result["limits_hit"])
+    assert result["execution"]["seconds"] < 120  # far below the 240 s notebook limit: no timer was reset
+    assert any("forged" in h for h in result["limits_hit"])
+    assert len(json.dumps(result)) < 200_000 and conv_small(result) == 2
+
+
+# --- 7. start-up is the grader's, not the student's ------------------------------------------------
+
+@needs_bwrap
+def test_start_up_is_not_charged_to_the_first_cell_or_the_notebook(autograder, tmp_path):
+    nb = tiny(tmp_path / "sub.ipynb", "x = 1")
+    result = grade(nb, autograder, Limits(cell_seconds=1.5, notebook_seconds=2, memory_mb=3072))
+    assert result["limits_hit"] == [] and result["status"] == "graded"
+    assert result["execution"]["seconds"] > 2  # the start-up (TensorFlow, IPython) alone took longer
+    assert conv_small(result) == 2
+
+
+# --- 8. a crash costs the cell -------------------------------------------------------------------
+
+@needs_bwrap
+def test_a_cell_that_kills_the_run_is_left_out_and_the_rest_graded(autograder, tmp_path):
+    nb = tiny(tmp_path / "sub.ipynb", "import ctypes\nctypes.string_at(0)", "size_valid = 24")
+    result = grade(nb, autograder)
+    assert result["status"] == "graded" and result["execution"]["runs"] == 2
+    assert [s["index"] for s in result["execution"]["skipped_cells"]] == [1]
+    assert "SIGSEGV" in result["execution"]["skipped_cells"][0]["reason"]
+    assert "not run" in result["execution"]["cells"][1]["error"]
+    assert conv_small(result) == 2
+    assert {q["name"]: q for q in result["questions"]}["output_sizes"]["score"] > 0
+
+
+# --- 9. a grader fault is a grader error ----------------------------------------------------------
+
+@needs_root
+def test_an_unreachable_interpreter_is_a_grader_error_that_names_the_fix(autograder, tmp_path, monkeypatch):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    os.symlink(sys.executable, private / "python")
+    monkeypatch.setenv(jail.ENV_MODE, "permissions")
+    monkeypatch.setattr(jail, "PROBE_PYTHON", str(private / "python"))
+    nb = tiny(tmp_path / "sub.ipynb", "x = 1")
+    result = engine.grade_notebook(nb, autograder, limits=FAST, retrain=NO_RETRAIN)
+    assert result["status"] == "grader_error" and result["questions"] == []
+    assert "not reachable by uid" in result["error"] and "is mode 0700" in result["error"]
+    assert "bubblewrap" in result["error"]  # the fix
