@@ -305,7 +305,8 @@ class Jail:
         for f in ETC_FILES:
             if os.path.exists(f):
                 a += ["--ro-bind", f, f]
-        made = {"/", "/usr", "/etc"}
+        a += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
+        made = {"/", "/usr", "/etc", "/tmp"}  # /tmp first: an environment may live under it
         trees = python_trees(self.python, self.private)
         for tree in trees:
             parts = Path(tree).parents
@@ -318,8 +319,7 @@ class Jail:
         for p in self.private:  # masked wherever a mounted tree contains it
             if _under(str(p), trees):
                 a += (["--perms", "0000", "--tmpfs", str(p)] if p.is_dir() else ["--ro-bind", "/dev/null", str(p)])
-        a += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(self.tmp_bytes), "--tmpfs", "/tmp",
-              "--bind", str(self.work), WORK_INSIDE, "--chdir", WORK_INSIDE]
+        a += ["--bind", str(self.work), WORK_INSIDE, "--chdir", WORK_INSIDE]
         return a
 
     @property
@@ -363,9 +363,9 @@ for mod in args["imports"]:
         out["imports"][mod] = None
     except BaseException as e:
         out["imports"][mod] = (type(e).__name__ + ": " + str(e))[:300]
-try:
-    import autograder
-    out["grader"] = str(getattr(autograder, "__file__", None) or list(getattr(autograder, "__path__", [])))
+try:  # a masked package folder may still import as an empty namespace package: the code must not
+    import autograder.reference
+    out["grader"] = str(autograder.reference.__file__)
 except BaseException:
     out["grader"] = None
 out["readable"] = []

@@ -6,6 +6,10 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   # for the test that renders feedback pages in a real headless browser
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
 fi
+if ! command -v bwrap >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  # the jail every submission runs in (the tests of tests/test_jail.py need it)
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap) >/dev/null
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q --disable-pip-version-check -e '.[test]'

@@ -410,3 +410,65 @@ def test_an_unreachable_interpreter_is_a_grader_error_that_names_the_fix(autogra
     assert result["status"] == "grader_error" and result["questions"] == []
     assert "not reachable by uid" in result["error"] and "is mode 0700" in result["error"]
     assert "bubblewrap" in result["error"]  # the fix
+
+
+# --- 10. grader errors are graded again; an installed package under a 0700 folder ---------------------
+
+def test_a_grader_error_is_not_kept_and_the_next_run_grades_it_again(autograder, tmp_path, monkeypatch):
+    from autograder import batch
+
+    subs = tmp_path / "subs"
+    tiny(subs / "alice.ipynb", "x = 1")
+    options = batch.BatchOptions(jobs=1, limits=FAST, retrain=NO_RETRAIN, progress=False)
+    monkeypatch.setattr(jail, "_is_root", lambda: False)  # a grader with no possible jail: it must refuse
+    monkeypatch.setattr(jail, "bwrap_works", lambda: False)
+    (first,) = batch.run_batch([subs], Path(autograder), tmp_path / "out", options)
+    assert first["status"] == "grader_error" and "no isolation is available" in first["error"]
+    monkeypatch.undo()
+    (second,) = batch.run_batch([subs], Path(autograder), tmp_path / "out", options)
+    assert second["status"] == "graded" and conv_small(second) == 2
+
+
+@needs_root
+@needs_bwrap
+def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(autograder, tmp_path):
+    """``pip install --no-deps .`` into a venv in a 0700 folder (as a venv in /root would be); the
+    dependencies come from this environment through a .pth file, so nothing is downloaded.  Retraining
+    is off (--no-retrain): every question but the retrained accuracy gets full marks, and the installed
+    package, now inside a mounted site-packages, is masked in the jail."""
+    import site
+    import sysconfig
+
+    from autograder import samples
+
+    folder = tmp_path / "private"
+    folder.mkdir(mode=0o700)
+    venv = folder / "venv"
+    subprocess.run([sys.base_prefix + "/bin/python3", "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = Path(subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                  capture_output=True, text=True, check=True).stdout.strip())
+    (purelib / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    repo = Path(__file__).resolve().parents[1]
+    subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "--no-deps",
+                    "--disable-pip-version-check", str(repo)], check=True, cwd=tmp_path)
+    nb = tmp_path / "subs" / "solution.ipynb"
+    nb.parent.mkdir()
+    attack = nbformat.v4.new_code_cell("try:\n    from autograder import reference\n    print('IMPORTED')\nexcept ImportError:\n"
+                                       "    print('BLOCKED')")
+    solution = nbformat.read(samples.SAMPLES_DIR / "solution.ipynb", as_version=4)
+    solution.cells.insert(3, attack)
+    nbformat.write(solution, nb)
+    out = tmp_path / "out"
+    proc = subprocess.run([str(venv / "bin/python"), "-m", "autograder", "grade", str(nb), "--autograder",
+                           str(autograder), "--out", str(out), "--no-retrain", "--jobs", "1"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (result_file,) = (out / "results").glob("*.json")
+    result = json.loads(result_file.read_text())
+    assert result["status"] == "graded" and result["isolation"]["mode"] == "bwrap", result["error"]
+    assert "BLOCKED" in result["execution"]["output_tail"] and "IMPORTED" not in result["execution"]["output_tail"]
+    for q in result["questions"]:
+        missed = [c for c in q["cases"] if not c["passed"]]
+        assert all("--no-retrain" in c["message"] for c in missed), (q["name"], missed)
+    assert result["score"] >= result["max_score"] - max(q["max_score"] for q in result["questions"] if q["name"] == "training")
+    del site
