@@ -496,7 +496,7 @@ def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess)
         problems.append(f"it can read {', '.join(found['readable'][:5])}: make these unreadable to other users "
                         "(chmod go-rwx) or use bubblewrap")
     if found["signal"]:
-        problems.append(f"it can signal the grader's processes (it runs as the grader's user)")
+        problems.append("it can signal the grader's processes (it runs as the grader's user)")
     if jail.mode == "bwrap" and found["sees"]:
         problems.append("it can see the grader's processes (no PID namespace)")
     if jail.mode == "bwrap" and found["network"]:

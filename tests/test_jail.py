@@ -436,7 +436,6 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
     dependencies come from this environment through a .pth file, so nothing is downloaded.  Retraining
     is off (--no-retrain): every question but the retrained accuracy gets full marks, and the installed
     package, now inside a mounted site-packages, is masked in the jail."""
-    import site
     import sysconfig
 
     from autograder import samples
@@ -471,4 +470,3 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
         missed = [c for c in q["cases"] if not c["passed"]]
         assert all("--no-retrain" in c["message"] for c in missed), (q["name"], missed)
     assert result["score"] >= result["max_score"] - max(q["max_score"] for q in result["questions"] if q["name"] == "training")
-    del site
