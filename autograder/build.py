@@ -2,7 +2,13 @@
 
 Otter Assign does the work.  We add one step before it: rendering the student-side check
 module ``cnn_checks.py`` (answer digests, never answers) from :mod:`autograder.checks`, so
-expected values always come from the reference implementation.
+expected values always come from the reference implementation.  And two after it:
+
+* Otter's ``autograder.zip`` gets a pinned ``environment.yml`` (TensorFlow included) and a
+  ``setup.sh`` that installs this package and provisions MNIST, so ``otter grade`` (Docker) can
+  run its ``autograder.otter_plugin``;
+* ``gradescope_autograder.zip`` is the same with our engine bundled under ``lib/`` and our
+  ``run_autograder`` (templates in ``autograder/templates/``; see :mod:`autograder.gradescope`).
 """
 
 from __future__ import annotations

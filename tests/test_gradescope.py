@@ -165,6 +165,39 @@ def test_plain_zip_works_under_otter_grade(built, tmp_path):
     assert "(60000, 28, 28) [5, 0, 4]" in proc.stdout
 
 
+# --- the entry point in a plain folder (moved from tests/test_batch.py) -------------------------
+
+def _unpacked(built, tmp_path: Path) -> Path:
+    root = tmp_path / "autograder"
+    (root / "submission").mkdir(parents=True)
+    with zipfile.ZipFile(built.gradescope_zip) as z:
+        z.extractall(root / "source")
+        assert "lib/autograder/engine.py" in z.namelist()
+        assert "autograder.gradescope" in z.read("run_otter.py").decode()
+    return root
+
+
+def test_gradescope_layout_writes_a_valid_results_json(built, tmp_path):
+    root = _unpacked(built, tmp_path)
+    shutil.copy(_sample("shape_mistakes"), root / "submission" / "cnn_mnist.ipynb")
+    proc = subprocess.run([sys.executable, "-I", str(root / "source" / "run_otter.py"), "--root", str(root),
+                           "--no-retrain"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((root / "results" / "results.json").read_text())
+    _assert_valid_results(results)
+    assert any(t["visibility"] == "hidden" for t in results["tests"])  # show_hidden: false in the config
+    edge = next(t for t in results["tests"] if t["name"] == "edge_output (public checks)")
+    assert edge["score"] == 0 and "swapped" in edge["output"] and edge["status"] == "failed"
+    assert "=== result ===" in proc.stdout  # the instructor's diagnostics
+
+
+def test_gradescope_without_a_notebook_still_writes_results(built, tmp_path):
+    root = _unpacked(built, tmp_path)
+    payload = gradescope.run(root, retrain=False)
+    assert payload["score"] == 0 and "found 0" in payload["output"] and payload["extra_data"]["status"] == "error"
+    assert json.loads((root / "results" / "results.json").read_text()) == payload
+
+
 # --- Gradescope, emulated ---------------------------------------------------------------------
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
@@ -313,6 +346,8 @@ def run_gradescope(image: dict, built, tmp_path: Path, notebook: Path | None, *a
         cap.close()
     assert proc.returncode == 0, stdout[-3000:]
     payload = json.loads(results.read_text())
+    for folder in (root / "source", root / "submission", root / "results"):  # nothing of the grader is readable by others
+        assert folder.stat().st_uid == 0 and folder.stat().st_mode & 0o077 == 0, folder
     return {"results": payload, "stdout": stdout, "peak": peak, "memory": cap.kind, "versions": seen,
             "diagnostics": _diagnostics(stdout)}
 
@@ -395,11 +430,11 @@ def test_crashing_notebook_is_the_students_error_with_the_reason(image, built, t
 def test_timeout_and_cell_errors_reach_the_student_and_the_rest_is_graded(image, built, tmp_path):
     notebook = _with_cells(tmp_path, "solution", ["raise ValueError('my own mistake')", "while True:\n    pass"],
                            position=20)
-    run = run_gradescope(image, built, tmp_path, notebook, "--no-retrain", "--cell-seconds", "5")
+    run = run_gradescope(image, built, tmp_path, notebook, "--no-retrain", "--cell-seconds", "40")
     res = run["results"]
     _assert_valid_results(res)
     assert "Error in code cell 20: ValueError: my own mistake" in res["output"]
-    assert "Limit reached: cell time limit (5 s)" in res["output"]
+    assert "Limit reached: cell time limit (40 s) reached in cell 21" in res["output"]
     assert res["extra_data"]["status"] == "graded" and res["score"] > 0  # depends on the jail merge
     hidden = [t for t in res["tests"] if t["name"].endswith("(hidden checks)")]
     assert hidden and all(t["visibility"] == "hidden" for t in hidden)  # show_hidden: false in the config
