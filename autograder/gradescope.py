@@ -40,7 +40,7 @@ from autograder.engine import Autograder, RetrainOptions, grade_notebook
 from autograder.sandbox import Limits
 
 #: The Gradescope timeout the README recommends (minutes); Gradescope allows 40 at most.
-DEFAULT_TIMEOUT_MINUTES = 20
+DEFAULT_TIMEOUT_MINUTES = 30
 #: Kept out of the submission's memory budget: this process, the judge and the kernel's page cache.
 MEMORY_HEADROOM_MB = 768
 #: Kept out of the time budget: container start-up, the judge, writing results.

@@ -282,7 +282,8 @@ def image(built, tmp_path_factory):
     (Path(purelib) / "test-interpreter.pth").write_text("\n".join(_site_packages()) + "\n")
     with zipfile.ZipFile(built.gradescope_zip) as z:  # /autograder/source at image build time
         z.extractall(home / "source")
-    (Path(purelib) / "cnn_autograder.pth").write_text(str(home / "source" / "lib") + "\n")  # as setup.sh does
+    pth = Path(purelib) / "cnn_autograder.pth"  # as setup.sh does; each run points it at its own source/lib
+    pth.write_text(str(home / "source" / "lib") + "\n")
     cache = home / ".cache" / "cnn-grader"
     cache.mkdir(parents=True)
     # setup.sh's steps after Otter's install: MNIST by the same command, then the permissions
@@ -291,9 +292,10 @@ def image(built, tmp_path_factory):
                           cwd=home)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     shutil.copy(ensure_mnist_npz(), cache / "mnist.npz")  # the verified copy, where grading reads it
+    shutil.rmtree(home / "source")
     os.chmod(home, 0o701)  # chmod o+x /root
     os.chmod(cache, 0o700)
-    yield {"python": py, "cache": cache, "home": home}
+    yield {"python": py, "cache": cache, "home": home, "pth": pth}
     shutil.rmtree(home, ignore_errors=True)
 
 
@@ -307,6 +309,7 @@ def run_gradescope(image: dict, built, tmp_path: Path, notebook: Path | None, *a
     with zipfile.ZipFile(built.gradescope_zip) as z:
         z.extractall(root / "source")
     shutil.copy(root / "source" / "run_autograder", root / "run_autograder")
+    image["pth"].write_text(str(root / "source" / "lib") + "\n")
     if config:
         cfg = root / "source" / "otter_config.json"
         cfg.write_text(json.dumps({**json.loads(cfg.read_text()), **config}))
