@@ -2,13 +2,23 @@
 
 Otter Assign does the work.  We add one step before it: rendering the student-side check
 module ``cnn_checks.py`` (answer digests, never answers) from :mod:`autograder.checks`, so
-expected values always come from the reference implementation.
+expected values always come from the reference implementation.  And two after it:
+
+* Otter's ``autograder.zip`` gets a pinned ``environment.yml`` (TensorFlow included) and a
+  ``setup.sh`` that installs this package and provisions MNIST, so ``otter grade`` (Docker) can
+  run its ``autograder.otter_plugin``;
+* ``gradescope_autograder.zip`` is the same with our engine bundled under ``lib/`` and our
+  ``run_autograder`` (templates in ``autograder/templates/``; see :mod:`autograder.gradescope`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import sys
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,41 +70,123 @@ def build_assignment(master: Path, out_dir: Path, *, gradescope: bool = True) ->
         shutil.copy(result / "autograder" / master.name, target / "solution" / master.name)
     for notebook in (target / master.name, target / "solution" / master.name):
         _stable_cell_ids(notebook)
-    built = BuiltAssignment(name, target, target / "autograder.zip", target / "solution" / master.name)
+    built = BuiltAssignment(name, target, finish_otter_zip(target / "autograder.zip"), target / "solution" / master.name)
     if gradescope:
         built.gradescope_zip = make_gradescope_zip(built.autograder_zip, target / "gradescope_autograder.zip")
     return built
 
 
-GRADESCOPE_RUNNER = """\
-\"\"\"Gradescope entry point: grade with the cnn-autograder engine (isolated run, clean judge, retraining).\"\"\"
-import sys
+#: Where the image keeps the verified MNIST and the retraining cache (root only).
+IMAGE_CACHE_DIR = "/root/.cache/cnn-grader"
+OTTER_ENV_NAME = "otter-env"
 
-sys.path.insert(0, "/autograder/source/lib")  # the bundled autograder package
-from autograder.gradescope import main
 
-if __name__ == "__main__":
-    main()
-"""
-GRADESCOPE_REQUIREMENTS = ["tensorflow>=2.16", "psutil", "matplotlib", "pyyaml", "jinja2", "typer", "rich"]
+def pinned_requirements() -> list[str]:
+    """This package's dependencies, each pinned to the version installed here (the one the tests
+    use): TensorFlow, Keras, numpy and Otter above all, where 0.99 accuracy is the cut-off."""
+    from importlib.metadata import requires, version
+
+    from packaging.requirements import Requirement
+
+    pins = []
+    for spec in requires("cnn-autograder") or []:
+        req = Requirement(spec)
+        if req.marker is not None:  # extras (test, ray): not for grading
+            continue
+        extras = "[grading,plugins]" if req.name == "otter-grader" else ""
+        pins.append(f"{req.name}{extras}=={version(req.name)}")
+    return pins
+
+
+def environment_yml() -> str:
+    """Otter's conda environment with the Python minor version and the packages the tests use."""
+    import yaml
+
+    env = {"name": OTTER_ENV_NAME, "channels": ["conda-forge"],
+           "dependencies": [f"python={sys.version_info.major}.{sys.version_info.minor}", "pip", "jupyter_server",
+                            {"pip": pinned_requirements()}]}
+    return yaml.safe_dump(env, sort_keys=False)
+
+
+def _package_files() -> list[Path]:
+    return sorted(Path(__file__).resolve().parent.glob("*.py"))
+
+
+def _package_b64() -> str:
+    """The grader package as a gzipped tar in base64 (76-column lines), for a here-document."""
+    import base64
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in _package_files():
+            info = tar.gettarinfo(str(path), f"autograder/{path.name}")
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            info.mtime = 0
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    return base64.encodebytes(buf.getvalue()).decode().strip()
+
+
+def _template(name: str):
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+    env = Environment(loader=FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+                      keep_trailing_newline=True, undefined=StrictUndefined)
+    return env.get_template(name)
+
+
+def setup_sh(otter_setup: str, *, embed_package: bool) -> str:
+    """Otter's ``setup.sh`` plus our block: the package, MNIST, permissions (``templates/setup_cnn.sh.j2``)."""
+    block = _template("setup_cnn.sh.j2").render(
+        python_version=f"{sys.version_info.major}.{sys.version_info.minor}", cache_dir=IMAGE_CACHE_DIR,
+        embed_package=embed_package, package_b64=_package_b64() if embed_package else "")
+    return otter_setup.rstrip("\n") + "\n" + block
+
+
+def run_autograder_script() -> str:
+    from autograder import gradescope
+
+    fallback = gradescope.grader_error_payload("Python could not start in the Gradescope image", 0)
+    return _template("run_autograder.j2").render(cache_dir=IMAGE_CACHE_DIR, fallback_json=json.dumps(fallback),
+                                                 timeout_minutes=gradescope.DEFAULT_TIMEOUT_MINUTES)
+
+
+def _rewrite_zip(src_zip: Path, dest: Path, replace: dict[str, str], add: dict[str, Path]) -> None:
+    tmp = dest.with_name(dest.name + ".part")
+    with zipfile.ZipFile(src_zip) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename in replace:
+                data = replace[item.filename].encode()
+            out.writestr(item, data)
+        for arcname, path in add.items():
+            out.write(path, arcname)
+    os.replace(tmp, dest)
+
+
+def finish_otter_zip(otter_zip: Path) -> Path:
+    """Make Otter's own zip work under ``otter grade`` (Docker): pinned environment with TensorFlow,
+    and the grader package installed by ``setup.sh`` so ``autograder.otter_plugin`` imports."""
+    with zipfile.ZipFile(otter_zip) as z:
+        otter_setup = z.read("setup.sh").decode()
+    _rewrite_zip(otter_zip, otter_zip, {"environment.yml": environment_yml(),
+                                        "setup.sh": setup_sh(otter_setup, embed_package=True)}, {})
+    return otter_zip
 
 
 def make_gradescope_zip(otter_zip: Path, dest: Path) -> Path:
-    """Otter's autograder zip, set up to run our engine (bundled under ``lib/``) instead of Otter's runner."""
-    import zipfile
+    """Otter's autograder zip, set up to run our engine (bundled under ``lib/``) instead of Otter's runner.
 
-    package = Path(__file__).resolve().parent
-    extra = "".join(f"      - {req}\n" for req in GRADESCOPE_REQUIREMENTS)
-    with zipfile.ZipFile(otter_zip) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as out:
-        for item in src.infolist():
-            data = src.read(item.filename)
-            if item.filename == "run_otter.py":
-                data = GRADESCOPE_RUNNER.encode()
-            elif item.filename == "environment.yml":
-                data = data.decode().replace("      - otter-grader", extra + "      - otter-grader").encode()
-            out.writestr(item, data)
-        for path in sorted(package.glob("*.py")):
-            out.write(path, f"lib/autograder/{path.name}")
+    ``setup.sh`` is Otter's (Python in /root/miniforge3) plus our block; ``run_autograder`` calls
+    :mod:`autograder.gradescope`, which always writes ``results.json``."""
+    with zipfile.ZipFile(otter_zip) as z:
+        otter_setup = z.read("setup.sh").decode().split("\n# ---- cnn-autograder")[0]
+    replace = {"run_otter.py": _template("run_otter.py.j2").render(), "run_autograder": run_autograder_script(),
+               "environment.yml": environment_yml(), "setup.sh": setup_sh(otter_setup, embed_package=False)}
+    _rewrite_zip(otter_zip, dest, replace, {f"lib/autograder/{p.name}": p for p in _package_files()})
     return dest
 
 

@@ -1,0 +1,462 @@
+"""Gradescope and ``otter grade``: the zips' environments, and Gradescope emulated as closely as
+this machine allows.
+
+The emulation (tests marked ``container``) builds what Gradescope builds from our zip: a
+root-owned ``/autograder``-like tree in a temporary root (``source/`` unpacked from the built
+``gradescope_autograder.zip`` and made 0700 as ``setup.sh`` does, ``submission/``,
+``results/``), an interpreter under a folder that starts 0700 like Gradescope's ``/root``
+(a ``--copies`` venv in a ``mkdtemp`` folder whose ``.pth`` adds this interpreter's
+site-packages; ``setup.sh``'s ``chmod o+x`` is applied to it), MNIST provisioned by the
+``setup.sh`` command into a root-only cache.  Then ``run_autograder`` runs as Gradescope runs it:
+as root, with no network (``unshare -n``), in a memory cgroup capped at 3 GiB when this machine
+lets us create one (else the peak memory of the process tree is measured and reported).
+Only the solution run retrains (one full training); the other runs pass ``--no-retrain``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import zipfile
+from importlib.metadata import version
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from autograder import gradescope, samples
+from autograder.data import ensure_mnist_npz
+from autograder.gradescope import ContainerResources, container_resources, plan_limits
+
+REPO = Path(__file__).resolve().parent.parent
+CAP_BYTES = 3 << 30  # the Gradescope memory setting the README recommends
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    from autograder import build
+
+    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
+    return b
+
+
+def _sample(name: str) -> Path:
+    return samples.SAMPLES_DIR / f"{name}.ipynb"
+
+
+def _zip_text(path: Path, member: str) -> str:
+    with zipfile.ZipFile(path) as z:
+        return z.read(member).decode()
+
+
+# --- limits from the container's cgroup --------------------------------------------------------
+
+def _fake_cgroup(tmp_path: Path, proc: str, files: dict[str, str]) -> tuple[Path, Path]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "proc").write_text(proc)
+    for rel, text in files.items():
+        (tmp_path / "cg" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cg" / rel).write_text(text)
+    return tmp_path / "proc", tmp_path / "cg"
+
+
+def test_limits_come_from_the_cgroup_v2_and_v1(tmp_path):
+    v2 = _fake_cgroup(tmp_path / "v2", "0::/gradescope/job\n", {
+        "cgroup.controllers": "cpu memory", "memory.max": "max", "cpu.max": "max 100000",
+        "gradescope/memory.max": str(3 << 30), "gradescope/cpu.max": "200000 100000",
+        "gradescope/job/memory.max": "max", "gradescope/job/cpu.max": "max 100000"})
+    res = container_resources(*v2)
+    assert res.memory_mb == 3072 and res.cpus <= 2.0 and "v2" in res.source
+    v1 = _fake_cgroup(tmp_path / "v1", "4:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n", {
+        "memory/memory.limit_in_bytes": str(1 << 62), "memory/docker/abc/memory.limit_in_bytes": str(768 << 20),
+        "cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "50000", "cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000"})
+    res = container_resources(*v1)
+    assert res.memory_mb == 768 and res.cpus == 0.5 and "v1" in res.source
+
+    limits, retrain = plan_limits(ContainerResources(3072, 2.0, "test"), timeout_minutes=20)
+    assert limits.memory_mb == 3072 - gradescope.MEMORY_HEADROOM_MB  # below the container's cap
+    assert limits.notebook_seconds + retrain.max_seconds + gradescope.TIME_HEADROOM_SECONDS <= 20 * 60
+    small, _ = plan_limits(ContainerResources(768, 0.5, "test"), timeout_minutes=10)
+    assert small.memory_mb < 768
+    unbounded, _ = plan_limits(ContainerResources(None, None, "none"), timeout_minutes=40)
+    assert unbounded.memory_mb == 6144  # never above the engine's own default
+
+
+# --- what the zips carry ----------------------------------------------------------------------
+
+def test_gradescope_zip_pins_versions_provisions_mnist_and_fixes_permissions(built):
+    env = _zip_text(built.gradescope_zip, "environment.yml")
+    assert f"python={sys.version_info.major}.{sys.version_info.minor}\n" in env
+    for pkg in ("tensorflow", "keras", "numpy"):
+        assert f"- {pkg}=={version(pkg)}\n" in env, pkg
+    assert f"- otter-grader[grading,plugins]=={version('otter-grader')}\n" in env
+    setup = _zip_text(built.gradescope_zip, "setup.sh")
+    assert "mamba env create -f /autograder/source/environment.yml" in setup  # Otter's install, kept
+    assert setup.index("mamba env create") < setup.index('"$CNN_PYTHON" -m autograder data')
+    assert "chmod o+x /root\n" in setup and 'chmod 0700 "$CNN_GRADER_CACHE" /autograder/source' in setup
+    run = _zip_text(built.gradescope_zip, "run_autograder")
+    assert run.startswith("#!/usr/bin/env bash") and "source/run_otter.py" in run
+    assert f"--timeout-minutes {gradescope.DEFAULT_TIMEOUT_MINUTES}" in run
+    # the fallback for a Python that cannot start is a valid grader-error results.json
+    fallback = json.loads(run.split("<<'CNN_FALLBACK_RESULTS'\n")[1].split("\nCNN_FALLBACK_RESULTS")[0])
+    assert fallback["extra_data"]["status"] == "grader_error" and "not a problem with your work" in fallback["output"]
+
+
+def _otter_dockerfile_setup_files() -> list[str]:
+    """What Otter's grading image holds when it runs setup.sh (``ADD ... /autograder/source/``
+    lines before ``RUN ... setup.sh`` in otter/grade/Dockerfile)."""
+    import otter.grade
+
+    text = (Path(otter.grade.__file__).parent / "Dockerfile").read_text()
+    before = text.split("setup.sh &&")[0]
+    names = []
+    for line in before.splitlines():
+        if line.startswith("ADD ") and line.rstrip().endswith("/autograder/source/"):
+            names += line.split()[1:-1]
+    return names
+
+
+def test_plain_zip_works_under_otter_grade(built, tmp_path):
+    """Finding 11. Docker cannot run here, so the zip's environment files are checked instead:
+    pins include TensorFlow; setup.sh, the only script Otter's Dockerfile runs, carries the
+    package (its image holds nothing else of ours at that point); the unpacked package imports
+    in a fresh isolated Python and the plugin's cell loads MNIST offline."""
+    assert _otter_dockerfile_setup_files() == ["setup.sh", "environment.yml", "requirements.*"]
+    env = _zip_text(built.autograder_zip, "environment.yml")
+    assert f"- tensorflow=={version('tensorflow')}\n" in env and f"- keras=={version('keras')}\n" in env
+    config = json.loads(_zip_text(built.autograder_zip, "otter_config.json"))
+    assert config["plugins"] == ["autograder.otter_plugin.OfflineMNIST"]
+    setup = _zip_text(built.autograder_zip, "setup.sh")
+    payload = setup.split("<<'CNN_AUTOGRADER_PACKAGE'\n")[1].split("\nCNN_AUTOGRADER_PACKAGE")[0]
+    archive = tmp_path / "pkg.tar.gz"
+    subprocess.run(["base64", "-d"], input=payload.encode(), stdout=archive.open("wb"), check=True)
+    lib = tmp_path / "lib"
+    with tarfile.open(archive) as tar:
+        tar.extractall(lib, filter="data")
+    assert "tar -xzf /tmp/cnn_autograder.tar.gz -C /autograder/source/lib" in setup
+    assert "echo /autograder/source/lib >" in setup and "cnn_autograder.pth" in setup
+
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "from tensorflow.keras import datasets\n(x, y), _ = datasets.mnist.load_data()\nprint(x.shape, y[:3].tolist())")])
+    script = (
+        "import sys, nbformat\n"
+        f"sys.path.insert(0, {str(lib)!r})\n"
+        "import autograder.otter_plugin as plugin\n"
+        f"assert plugin.__file__.startswith({str(lib)!r}), plugin.__file__\n"
+        f"nb = plugin.OfflineMNIST(None, {{}}, {{}}).before_execution(nbformat.reads({nbformat.writes(notebook)!r}, 4))\n"
+        "ns = {}\n"
+        "for cell in nb.cells:\n"
+        "    exec(cell.source, ns)\n"
+    )
+    env_vars = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CNN_GRADER_MNIST": str(ensure_mnist_npz()),
+                "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(["unshare", "-n", sys.executable, "-I", "-c", script], capture_output=True, text=True,
+                          env=env_vars, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(60000, 28, 28) [5, 0, 4]" in proc.stdout
+
+
+# --- the entry point in a plain folder (moved from tests/test_batch.py) -------------------------
+
+def _unpacked(built, tmp_path: Path) -> Path:
+    root = tmp_path / "autograder"
+    (root / "submission").mkdir(parents=True)
+    with zipfile.ZipFile(built.gradescope_zip) as z:
+        z.extractall(root / "source")
+        assert "lib/autograder/engine.py" in z.namelist()
+        assert "autograder.gradescope" in z.read("run_otter.py").decode()
+    return root
+
+
+def test_gradescope_layout_writes_a_valid_results_json(built, tmp_path):
+    root = _unpacked(built, tmp_path)
+    shutil.copy(_sample("shape_mistakes"), root / "submission" / "cnn_mnist.ipynb")
+    proc = subprocess.run([sys.executable, "-I", str(root / "source" / "run_otter.py"), "--root", str(root),
+                           "--no-retrain"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((root / "results" / "results.json").read_text())
+    _assert_valid_results(results)
+    assert any(t["visibility"] == "hidden" for t in results["tests"])  # show_hidden: false in the config
+    edge = next(t for t in results["tests"] if t["name"] == "edge_output (public checks)")
+    assert edge["score"] == 0 and "swapped" in edge["output"] and edge["status"] == "failed"
+    assert "=== result ===" in proc.stdout  # the instructor's diagnostics
+
+
+def test_gradescope_without_a_notebook_still_writes_results(built, tmp_path):
+    root = _unpacked(built, tmp_path)
+    payload = gradescope.run(root, retrain=False)
+    assert payload["score"] == 0 and "found 0" in payload["output"] and payload["extra_data"]["status"] == "error"
+    assert json.loads((root / "results" / "results.json").read_text()) == payload
+
+
+# --- Gradescope, emulated ---------------------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                                reason="the Gradescope emulation runs as root, as Gradescope does")
+
+
+class MemoryCap:
+    """A memory cgroup below this process's own (v1 or v2), or None: then peak RSS is sampled."""
+
+    def __init__(self, limit: int):
+        self.dir, self.kind = None, "peak RSS of the process tree (no cgroup could be created here)"
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            hid, controllers, path = line.split(":", 2)
+            if "memory" in controllers.split(","):
+                base, files = Path("/sys/fs/cgroup/memory") / path.lstrip("/"), ("memory.limit_in_bytes", "memory.max_usage_in_bytes")
+            elif hid == "0" and (Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max").exists():
+                base, files = Path("/sys/fs/cgroup") / path.lstrip("/"), ("memory.max", "memory.peak")
+            else:
+                continue
+            try:
+                d = Path(tempfile.mkdtemp(prefix="gradescope-emulation-", dir=base))
+                (d / files[0]).write_text(str(limit))
+            except OSError:
+                continue
+            self.dir, self.files, self.kind = d, files, f"cgroup memory limit {limit >> 20} MiB ({d})"
+            break
+        self.peak_sampled = 0
+
+    def preexec(self):
+        if self.dir is not None:
+            (self.dir / "cgroup.procs").write_text(str(os.getpid()))
+
+    def watch(self, proc: subprocess.Popen) -> threading.Thread:
+        def sample():
+            while proc.poll() is None:
+                try:
+                    root = psutil.Process(proc.pid)
+                    rss = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+                    self.peak_sampled = max(self.peak_sampled, rss)
+                except psutil.Error:
+                    pass
+                time.sleep(0.2)
+
+        t = threading.Thread(target=sample, daemon=True)
+        t.start()
+        return t
+
+    def peak(self) -> int:
+        if self.dir is not None:
+            try:
+                return int((self.dir / self.files[1]).read_text())
+            except (OSError, ValueError):
+                pass
+        return self.peak_sampled
+
+    def close(self):
+        if self.dir is not None:
+            try:
+                self.dir.rmdir()
+            except OSError:
+                pass
+
+
+def _site_packages() -> list[str]:
+    import site
+
+    return [p for p in site.getsitepackages() if Path(p).is_dir()]
+
+
+@pytest.fixture(scope="module")
+def image(built, tmp_path_factory):
+    """What Gradescope's image holds after setup.sh: the interpreter, the unpacked zip, MNIST."""
+    if os.geteuid() != 0:
+        pytest.skip("the Gradescope emulation runs as root, as Gradescope does")
+    home = Path(tempfile.mkdtemp(prefix="fake-root-home-"))  # 0700, like Gradescope's /root
+    assert (home.stat().st_mode & 0o777) == 0o700
+    env_dir = home / "miniforge3" / "envs" / "otter-env"
+    subprocess.run([sys.executable, "-m", "venv", "--copies", "--without-pip", str(env_dir)], check=True)
+    py = env_dir / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "test-interpreter.pth").write_text("\n".join(_site_packages()) + "\n")
+    with zipfile.ZipFile(built.gradescope_zip) as z:  # /autograder/source at image build time
+        z.extractall(home / "source")
+    pth = Path(purelib) / "cnn_autograder.pth"  # as setup.sh does; each run points it at its own source/lib
+    pth.write_text(str(home / "source" / "lib") + "\n")
+    cache = home / ".cache" / "cnn-grader"
+    cache.mkdir(parents=True)
+    # setup.sh's steps after Otter's install: MNIST by the same command, then the permissions
+    proc = subprocess.run([str(py), "-m", "autograder", "data", "--offline", "--mnist", str(ensure_mnist_npz())],
+                          env={**os.environ, "CNN_GRADER_CACHE": str(cache)}, capture_output=True, text=True,
+                          cwd=home)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shutil.copy(ensure_mnist_npz(), cache / "mnist.npz")  # the verified copy, where grading reads it
+    shutil.rmtree(home / "source")
+    os.chmod(home, 0o701)  # chmod o+x /root
+    os.chmod(cache, 0o700)
+    yield {"python": py, "cache": cache, "home": home, "pth": pth}
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def run_gradescope(image: dict, built, tmp_path: Path, notebook: Path | None, *args: str,
+                   config: dict | None = None, cache: Path | None = None, timeout: float = 900,
+                   extra: dict[str, Path] | None = None, remove: tuple[str, ...] = ()) -> dict:
+    """``run_autograder`` on one submission, as Gradescope runs it; returns results, stdout, peak memory."""
+    root = tmp_path / "autograder"
+    (root / "submission").mkdir(parents=True)
+    (root / "results").mkdir()
+    with zipfile.ZipFile(built.gradescope_zip) as z:
+        z.extractall(root / "source")
+    shutil.copy(root / "source" / "run_autograder", root / "run_autograder")
+    image["pth"].write_text(str(root / "source" / "lib") + "\n")
+    if config:
+        cfg = root / "source" / "otter_config.json"
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), **config}))
+    for rel in remove:
+        (root / "source" / rel).unlink()
+    os.chmod(root / "source", 0o700)  # setup.sh: chmod 0700 /autograder/source
+    if notebook is not None:
+        shutil.copy(notebook, root / "submission" / "cnn_mnist.ipynb")
+    for rel, src in (extra or {}).items():
+        (root / "submission" / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src, root / "submission" / rel)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(image["home"]), "LANG": "C.UTF-8",
+           "CNN_GRADER_GRADESCOPE_ROOT": str(root), "CNN_GRADER_PYTHON": str(image["python"]),
+           "CNN_GRADER_CACHE": str(cache or image["cache"])}
+    cap = MemoryCap(CAP_BYTES)
+    seen: list[str] = []
+    try:
+        proc = subprocess.Popen(["unshare", "-n", "bash", str(root / "run_autograder"), *args], env=env, cwd=root,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=cap.preexec)
+        cap.watch(proc)
+        results = root / "results" / "results.json"
+
+        def follow():  # every version of results.json written during the run
+            while proc.poll() is None:
+                try:
+                    text = results.read_text()
+                    if not seen or seen[-1] != text:
+                        seen.append(text)
+                except OSError:
+                    pass
+                time.sleep(0.2)
+
+        threading.Thread(target=follow, daemon=True).start()
+        stdout, _ = proc.communicate(timeout=timeout)
+        peak = cap.peak()
+    finally:
+        cap.close()
+    assert proc.returncode == 0, stdout[-3000:]
+    payload = json.loads(results.read_text())
+    for folder in (root / "source", root / "submission", root / "results"):  # nothing of the grader is readable by others
+        assert folder.stat().st_uid == 0 and folder.stat().st_mode & 0o077 == 0, folder
+    return {"results": payload, "stdout": stdout, "peak": peak, "memory": cap.kind, "versions": seen,
+            "diagnostics": _diagnostics(stdout)}
+
+
+def _diagnostics(stdout: str) -> dict:
+    blocks = re.findall(r"=== (.+?) ===\n(\{.*?\n\})", stdout, re.S)
+    return {title: json.loads(body) for title, body in blocks}
+
+
+def _assert_valid_results(results: dict) -> None:
+    """Gradescope's results.json format (see autograder.gradescope's docstring)."""
+    assert isinstance(results["score"], float) and isinstance(results["execution_time"], int)
+    assert isinstance(results["output"], str) and results["stdout_visibility"] == "hidden"
+    for t in results["tests"]:
+        assert set(t) == {"name", "score", "max_score", "status", "output", "visibility"}
+        assert t["visibility"] in {"visible", "hidden", "after_due_date", "after_published"}
+        assert 0 <= t["score"] <= t["max_score"] and t["status"] in {"passed", "failed"}
+    assert results["score"] == pytest.approx(sum(t["score"] for t in results["tests"]))
+
+
+def _with_cells(tmp_path: Path, base: str, sources: list[str], position: int) -> Path:
+    nb = nbformat.read(_sample(base), as_version=4)
+    for i, src in enumerate(sources):
+        nb.cells.insert(position + i, nbformat.v4.new_code_cell(src))
+    path = tmp_path / f"{base}-modified.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@needs_root
+def test_grader_faults_are_grader_errors_not_zeros(image, built, tmp_path):
+    """Finding 3: MNIST missing at grading time (no network) is the grader's fault, and so is any
+    exception of the grader (here: a broken otter_config.json); results.json is written anyway."""
+    empty_cache = tmp_path / "empty-cache"
+    empty_cache.mkdir(mode=0o700)
+    missing = run_gradescope(image, built, tmp_path / "a", _sample("solution"), "--no-retrain", cache=empty_cache)
+    res = missing["results"]
+    assert res["extra_data"]["status"] == "grader_error" and "MNIST" in res["extra_data"]["cause"]
+    assert "not a problem with your work" in res["output"] and res["tests"][0]["visibility"] == "visible"
+    assert "MNIST is not provisioned" in missing["stdout"]  # the instructor's diagnostics
+    _assert_valid_results(res)
+
+    broken = run_gradescope(image, built, tmp_path / "b", _sample("solution"), "--no-retrain",
+                            remove=("files/cnn_checks.py",))
+    assert broken["results"]["extra_data"]["status"] == "grader_error"
+    assert "Traceback" in broken["stdout"]
+
+
+@needs_root
+def test_blank_notebook_gets_zero_with_checkpoints_ignored_and_show_hidden(image, built, tmp_path):
+    """A blank (untouched) notebook is graded, not an error; a checkpoint copy of the solution
+    beside it is ignored (it would be "found 2", or graded instead); show_hidden is honoured.
+    Depends on the jail merge: the sandbox user must start the interpreter (cells executed)."""
+    run = run_gradescope(image, built, tmp_path, _sample("untouched"), "--no-retrain", config={"show_hidden": True},
+                         extra={".ipynb_checkpoints/cnn_mnist-checkpoint.ipynb": _sample("solution"),
+                                "__MACOSX/cnn_mnist.ipynb": _sample("solution")})
+    res = run["results"]
+    _assert_valid_results(res)
+    assert res["score"] == 0 and res["extra_data"]["status"] == "graded", res["output"]
+    assert {t["visibility"] for t in res["tests"]} == {"visible", "after_published"}
+    cells = run["diagnostics"]["result"]["cells"]
+    assert cells and not any(c["error"] for c in cells)  # the notebook really ran, as the sandbox user
+    assert "runs as an unprivileged user" in run["diagnostics"]["result"]["isolation"]
+    if run["memory"].startswith("cgroup"):  # the limits were read from the container's cgroup
+        container = run["diagnostics"]["container and limits"]
+        assert container["resources"]["memory_mb"] == CAP_BYTES >> 20
+        assert container["limits"]["memory_mb"] == (CAP_BYTES >> 20) - gradescope.MEMORY_HEADROOM_MB
+
+
+@needs_root
+def test_crashing_notebook_is_the_students_error_with_the_reason(image, built, tmp_path):
+    notebook = _with_cells(tmp_path, "untouched", ["import os\nos._exit(3)"], position=2)
+    res = run_gradescope(image, built, tmp_path, notebook, "--no-retrain")["results"]
+    _assert_valid_results(res)
+    assert res["extra_data"]["status"] == "error" and res["score"] == 0
+    assert "exited with status 3" in res["output"]  # depends on the jail merge (the child must start)
+
+
+@needs_root
+def test_timeout_and_cell_errors_reach_the_student_and_the_rest_is_graded(image, built, tmp_path):
+    notebook = _with_cells(tmp_path, "solution", ["raise ValueError('my own mistake')", "while True:\n    pass"],
+                           position=20)
+    run = run_gradescope(image, built, tmp_path, notebook, "--no-retrain", "--cell-seconds", "40")
+    res = run["results"]
+    _assert_valid_results(res)
+    assert "Error in code cell 20: ValueError: my own mistake" in res["output"]
+    assert "Limit reached: cell time limit (40 s) reached in cell 21" in res["output"]
+    assert res["extra_data"]["status"] == "graded" and res["score"] > 0  # depends on the jail merge
+    hidden = [t for t in res["tests"] if t["name"].endswith("(hidden checks)")]
+    assert hidden and all(t["visibility"] == "hidden" for t in hidden)  # show_hidden: false in the config
+
+
+@pytest.mark.slow
+@needs_root
+def test_solution_gets_full_marks_under_a_3_gib_cap_with_no_network(image, built, tmp_path):
+    """The README's figures come from this run (stdout shows them). Retrains the solution once."""
+    started = time.monotonic()
+    run = run_gradescope(image, built, tmp_path, _sample("solution"), timeout=1800)
+    seconds = time.monotonic() - started
+    res = run["results"]
+    print(f"\nsolution on emulated Gradescope: {seconds:.0f} s wall, peak memory {run['peak'] / 2**20:.0f} MiB "
+          f"({run['memory']}), retrain {run['diagnostics']['result']['retrain']}")
+    _assert_valid_results(res)
+    assert res["extra_data"]["status"] == "graded", res["output"]
+    assert res["score"] == pytest.approx(sum(t["max_score"] for t in res["tests"])) and res["score"] > 0
+    assert "retrained from scratch: test accuracy 0.99" in res["output"]
+    assert run["peak"] < CAP_BYTES
+    # partial results (no retraining yet) were written before retraining started (on_partial)
+    assert any("Partial results" in v for v in run["versions"]), "needs the engine's on_partial"
