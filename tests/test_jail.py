@@ -95,6 +95,7 @@ def test_zip_build_folder_prior_grades_and_caches_are_unreadable(autograder, tmp
     secrets = [Path(autograder), Path(autograder).parent / "solution", prior / "grades.csv",
                data.cache_dir() / "mnist.npz", Path(jail.__file__)]
     assert all(p.exists() for p in secrets)
+    forbidden = sorted({str(p) for s in secrets for p in (s, s.parent)} | {str(tmp_path), str(jail.PACKAGE_DIR)})
     nb = tiny(tmp_path / "subs" / "sub.ipynb", f"""
         import glob, os
         cmdlines = []
@@ -103,29 +104,26 @@ def test_zip_build_folder_prior_grades_and_caches_are_unreadable(autograder, tmp
                 cmdlines.append(open(f, 'rb').read().decode(errors='replace'))
             except OSError:
                 pass
-        learnt = [w for c in cmdlines for w in c.split('\\0') if '/' in w]
+        learnt = [w for c in cmdlines for w in c.split('\\0') if w.startswith('/')]
+        forbidden = {forbidden!r}
+        leaks = set()
         for p in {[str(p) for p in secrets]!r} + learnt:
-            try:
-                with open(p, 'rb') as f:
-                    if f.read(1):
-                        print('READ', p)
-            except OSError:
-                pass
             for d in (p, os.path.dirname(p)):
                 try:
-                    if os.path.isdir(d) and os.listdir(d):
-                        print('LISTED', d, os.listdir(d)[:5])
+                    if os.path.isfile(d):
+                        with open(d, 'rb') as f:
+                            if f.read(1):
+                                leaks.add(('READ', d))
+                    elif os.path.isdir(d) and os.listdir(d):
+                        leaks.add(('LISTED', d))
                 except OSError:
                     pass
-        print('SEEN', len(cmdlines), 'processes')
+        secret_leaks = sorted(l for l in leaks if any(l[1] == f or l[1].startswith(f + '/') for f in forbidden))
+        print('SEEN', len(cmdlines), 'processes; LEAKS', secret_leaks[:20])
         """)
     result = grade(nb, autograder)
     out = result["execution"]["output_tail"]
-    assert "SEEN" in out
-    forbidden = {str(p) for s in secrets for p in (s, s.parent)} | {str(tmp_path), str(jail.PACKAGE_DIR)}
-    leaks = [line for line in out.splitlines() if line.split(" ")[0] in ("READ", "LISTED")
-             and any(line.split(" ")[1] == f or line.split(" ")[1].startswith(f + "/") for f in forbidden)]
-    assert leaks == [], out
+    assert "SEEN" in out and "LEAKS []" in out, out[-3000:]
     assert conv_small(result) == 2
 
 
@@ -144,13 +142,13 @@ def test_concurrent_submissions_cannot_read_or_signal_each_other(autograder, tmp
         while time.time() < deadline:
             for path in glob.glob('/tmp/**/*.ipynb', recursive=True) + glob.glob('/tmp/*/submission.ipynb'):
                 found.add(path)
-            for pid in os.listdir('/proc'):
-                if pid.isdigit() and int(pid) not in (me, 1):
-                    try:
+            for pid in os.listdir('/proc'):  # other submissions' runtimes (only those: a failing jail
+                try:                            # must not let this test kill the machine's processes)
+                    if pid.isdigit() and int(pid) != me and b'probe_runtime' in open(f'/proc/{pid}/cmdline', 'rb').read():
                         os.kill(int(pid), signal.SIGKILL)
                         killed += 1
-                    except OSError:
-                        pass
+                except OSError:
+                    pass
             time.sleep(0.2)
         print('FOUND', sorted(found), 'SIGNALLED', killed)
         """)
