@@ -8,6 +8,7 @@ the isolation mode this machine gives (``bwrap`` as root in CI); the mode is ass
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import stat
@@ -468,3 +469,14 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
         missed = [c for c in q["cases"] if not c["passed"]]
         assert all("--no-retrain" in c["message"] for c in missed), (q["name"], missed)
     assert result["score"] >= result["max_score"] - max(q["max_score"] for q in result["questions"] if q["name"] == "training")
+
+
+# --- 11. the trusted judge is bounded too ----------------------------------------------------------
+
+@pytest.mark.parametrize("limit, expected", [({"memory_mb": 20}, "memory limit (20 MiB)"),
+                                             ({"timeout": 0.3}, "time limit")])
+def test_the_judge_runs_under_memory_and_time_limits(limit, expected):
+    request = {"tests": {}, "public_module": "", "values": {}, "functions": {}, "retrain": None}
+    assert engine._run_judge(request) == {"questions": [], "retrain": None}  # within its limits: judged
+    with pytest.raises(engine.GraderError, match=re.escape(expected)):
+        engine._run_judge(request, **limit)
