@@ -155,7 +155,7 @@ def _default_layer_config(cls: str) -> dict:
     from keras import layers
 
     required = {"Conv2D": (1, 1), "Dense": (1,), "Dropout": (0.5,), "SpatialDropout2D": (0.5,), "Reshape": ((1,),),
-                "Rescaling": (1.0,), "Activation": ("linear",)}
+                "Rescaling": (1.0,), "Activation": ("linear",), "AveragePooling2D": (2,)}
     layer = getattr(layers, cls)(*required.get(cls, ()))
     return json.loads(json.dumps(layer.get_config(), default=str))
 

@@ -157,12 +157,13 @@ def load_data(subset: tuple[int, int] | None = None, raw: bool = False):
     return (prep(x_train), y_train), (prep(x_test), y_test)
 
 
-def _data_notes(recipe: dict) -> tuple[bool, list[str]]:
+def _data_notes(recipe: dict, subset: tuple[int, int] | None = None) -> tuple[bool, list[str]]:
     """Whether to train on raw pixels (as the notebook did), and notes where the replay differs."""
     from autograder.data import load_mnist
 
     notes, fits = [], recipe["fits"]
     (x_train, _), (x_test, _) = load_mnist()
+    train_rows = subset[0] if subset else len(x_train)
     test_print, train_print = fingerprint(x_test), fingerprint(x_train)
     raw = bool(fits[0]["x"].get("raw_pixels"))
     rescales = any(layer["type"] == "Rescaling" for layer in recipe["model"]["layers"])
@@ -174,8 +175,9 @@ def _data_notes(recipe: dict) -> tuple[bool, list[str]]:
         elif x["kind"] != "array":
             notes.append(f"fit call {i} trained on a data pipeline the grader cannot read; it trains on the 60,000 "
                          f"training images {'unscaled' if raw else 'scaled to [0, 1]'}")
-        elif x.get("rows") not in (None, 60_000) and not (fit["validation_split"] and x.get("rows") == 60_000):
-            notes.append(f"fit call {i} trained on {x['rows']:,} images; the grader trains on the 60,000 training images")
+        elif x.get("rows") not in (None, train_rows):
+            notes.append(f"fit call {i} trained on {x['rows']:,} images; the grader trains on the {train_rows:,} "
+                         "training images")
         if bool(x.get("raw_pixels")) != raw:
             notes.append(f"fit call {i} used another pixel scale than fit call 1; the grader uses fit call 1's")
     if raw:
@@ -422,7 +424,7 @@ def verify(config, fits, settings: Settings = Settings(), *, cache_dir: str | os
     except (ValueError, TypeError, KeyError, RecursionError) as exc:
         report.error = f"The model was not retrained: its description could not be read ({type(exc).__name__})."
         return report
-    raw, data_notes = _data_notes(recipe)
+    raw, data_notes = _data_notes(recipe, settings.data_subset)
     report.notes = notes + data_notes
     report.steps, report.batch_size = cost.steps, plan[0]["batch_size"]
     report.optimizer, report.loss = describe_optimizer(plan[0]["optimizer"]), plan[0]["loss"]["name"]
