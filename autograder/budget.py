@@ -25,7 +25,7 @@ class Budget:
     min_batch_size: int = 16
     max_batch_size: int = 4096
     max_epochs: int = 15  # more epochs are capped to this, with a note
-    max_steps: int = 30_000  # per training run; 15 epochs at batch size 32 is 28,140
+    max_steps: int = 30_000  # per training run; 15 epochs at batch size 32 is 28,125
     max_macs: float = 4e13  # multiply-adds per training run (forward + backward, estimated); the lesson: 7.6e12
     max_batch_memory_mb: int = 3072  # activations of one batch (forward + backward, estimated)
 
