@@ -157,8 +157,8 @@ def grade_notebook(
 ) -> dict:
     """Grade one notebook; never raises for anything the submission does.
 
-    ``on_partial`` receives the result judged without the retrained accuracy (``retrain`` is
-    ``{"pending": True}``) before retraining starts, so a caller can show it early."""
+    ``on_partial`` receives the result judged without the retrained accuracy (``retrain_pending``
+    is true, the training check says the score is provisional) before retraining starts."""
     from autograder.data import ensure_mnist_npz
 
     started = time.monotonic()
@@ -188,7 +188,7 @@ def grade_notebook(
         if retrain.enabled and any((d or {}).get("status") == "model" for d in values.values()):
             if on_partial is not None:
                 partial = _judged(dict(result), _run_judge({**request, "retrain": retrain.for_judge(pending=True)}, 600))
-                on_partial({**partial, "retrain": {"pending": True}})
+                on_partial({**partial, "retrain": None, "retrain_pending": True})
             reports = _retrain_models(values, retrain)
             request["retrain"] = retrain.for_judge(reports)
             failed = [r["grader_error"] for r in reports.values() if r.get("grader_error")]

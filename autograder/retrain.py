@@ -61,8 +61,8 @@ class RetrainReport:
     seconds: float = 0.0
     cache_hit: bool = False
     notes: list[str] = field(default_factory=list)
-    error: str | None = None  # the submission's recipe was refused (scored)
-    grader_error: str | None = None  # the grader failed (never scored)
+    error: str | None = None  # why there is no accuracy (a refused recipe, or the grader_error)
+    grader_error: str | None = None  # the grader failed (never scored; the result is a grader_error)
 
     def summary(self) -> str:
         how = "cached result" if self.cache_hit else f"{self.seconds:.0f} s"
@@ -421,7 +421,7 @@ def verify(config, fits, settings: Settings = Settings(), *, cache_dir: str | os
     except RefusedModel as exc:
         report.error = f"The model was not retrained: {exc}."
         return report
-    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         report.error = f"The model was not retrained: its description could not be read ({type(exc).__name__})."
         return report
     raw, data_notes = _data_notes(recipe, settings.data_subset)
@@ -442,8 +442,9 @@ def verify(config, fits, settings: Settings = Settings(), *, cache_dir: str | os
             report.seeds.append(seed)
             if abs(runs[0]["accuracy"] - settings.threshold) >= settings.seed_margin:
                 break  # clearly above or below: one seed decides
-    except RetrainFailed as exc:
+    except RetrainFailed as exc:  # error too, so every page that shows error shows why
         report.grader_error = str(exc)
+        report.error = f"The grader could not retrain the model (not your fault): {exc}."
         return report
     report.accuracies = [r["accuracy"] for r in runs]
     report.accuracy = float(statistics.median(report.accuracies))

@@ -80,7 +80,7 @@ def test_engine_retrains_before_judging_and_reports_partial_results_first(autogr
     options = RetrainOptions(cache_dir=str(tmp_path / "cache"), data_subset=(2000, 500), seeds=1)
     partials = []
     result = engine.grade_notebook(path, autograder, limits=FAST, retrain=options, on_partial=partials.append)
-    assert len(partials) == 1 and partials[0]["retrain"] == {"pending": True}, (result["status"], result["error"], result["execution"].get("output_tail", "")[-1500:])
+    assert len(partials) == 1 and partials[0]["retrain_pending"] and partials[0]["retrain"] is None, (result["status"], result["error"], result["execution"].get("output_tail", "")[-1500:])
     partial_training = next(q for q in partials[0]["questions"] if q["name"] == "training")
     assert "provisional" in json.dumps(partial_training)
     questions = {q["name"]: q for q in result["questions"]}
