@@ -437,3 +437,27 @@ def test_same_accuracy_with_the_cpu_loaded():
 def _burn():
     while True:
         pass
+
+
+def test_jax_backend_trains_the_same_recipe(tmp_path):
+    """The path a GPU machine without TensorFlow takes: the same canonical recipe, Keras on JAX."""
+    import subprocess
+    import sys
+
+    import jax  # noqa: F401  (installed with the test extras)
+
+    model = _small_model()
+    (tmp_path / "job.json").write_text(json.dumps({"config": model.to_json(), "fits": [_fit(model, 1, 64)]}))
+    code = (
+        "import json; from autograder import retrain\n"
+        f"job = json.load(open({str(tmp_path / 'job.json')!r}))\n"
+        "settings = retrain.Settings(data_subset=(2000, 500), seeds=1)\n"
+        "r = retrain.verify(job['config'], job['fits'], settings, cache_dir=None)\n"
+        "print(json.dumps(r.as_dict()))\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "jax" and report["device"].startswith("CPU") and report["error"] is None
+    assert 0.3 < report["accuracy"] <= 1.0
