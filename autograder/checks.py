@@ -358,22 +358,46 @@ def check_model(model) -> None:
     public_checks.check_model(model, expected_layers())
 
 
+# --- training policy (one place; `grade --require-lesson-model` overrides the first) -----------
+
+REQUIRE_LESSON_MODEL = False  # True: training credit only for the lesson's exact architecture
+SEED_MARGIN = 0.003  # a first retrained accuracy this close to the threshold gets more seeds
+MAX_SEEDS = 3  # ... up to this many in all; the median is scored
+
+
+def training_policy(require_lesson_model: bool = REQUIRE_LESSON_MODEL) -> str:
+    """The sentence the feedback shows so students know what the training question scores."""
+    if require_lesson_model:
+        return ("Training policy: this assignment gives training credit only to the lesson's architecture "
+                "(the structure question must pass).")
+    return ("Training policy: the training question scores the retrained accuracy of whatever model you built "
+            "from the allowed layers within the training budget; the structure question checks the lesson's architecture.")
+
+
 def check_accuracy(model, threshold: float = ACCURACY_THRESHOLD) -> None:
     """Hidden test: test-set accuracy of the trained model must exceed the threshold.
 
     With Otter alone this evaluates the model object in the notebook's kernel.  Our engine
-    passes a model *description* instead and the retraining verifier measures it.
+    passes a model *description* whose recipe the retraining verifier has already retrained
+    (in its own process); the accuracy arrives here as a number.
     """
-    check_model(model)
+    require = getattr(model, "require_lesson_model", REQUIRE_LESSON_MODEL)
+    policy = training_policy(require)
+    if require:
+        try:
+            check_model(model)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} {policy}") from None
     measure = getattr(model, "measured_accuracy", None)
-    if callable(measure):  # a description from the grading engine: the verifier retrains it
+    if callable(measure):  # a description from the grading engine: the verifier retrained it
         accuracy, summary = measure()
     else:
         accuracy, summary = evaluate_live_model(model), "evaluated the notebook's trained model"
     if not accuracy > threshold:
         raise AssertionError(
             f"Test accuracy {accuracy:.4f} is not above {threshold:.2f} ({summary}). The lesson's "
-            "recipe (10 epochs at batch size 1000) reaches about 0.988: try smaller batches or more epochs."
+            "recipe (10 epochs at batch size 1000) reaches about 0.988: try smaller batches or more epochs. "
+            f"{policy}"
         )
 
 

@@ -76,9 +76,13 @@ def grade(
     jobs: int = typer.Option(0, "--jobs", "-j", help="Submissions graded in parallel (0: one per core)."),
     force: bool = typer.Option(False, "--force", help="Regrade submissions that already have a result."),
     retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Retrain the model from scratch to verify accuracy."),
-    seeds: int = typer.Option(1, "--seeds", help="Retrain with k seeds and score the median."),
+    seeds: int = typer.Option(3, "--seeds", help="Near the threshold, retrain up to k seeds and score the median."),
     max_epochs: int = typer.Option(15, "--max-epochs", help="Cap on the epochs a recipe may train."),
-    retrain_seconds: float = typer.Option(1800, "--retrain-seconds", help="Wall-time cap per retrain."),
+    max_steps: int = typer.Option(30_000, "--max-steps", help="Training budget: optimizer steps per training run."),
+    require_lesson_model: bool = typer.Option(
+        False, "--require-lesson-model", help="Give training credit only to the lesson's exact architecture."),
+    retrain_seconds: float = typer.Option(1800, "--retrain-seconds",
+                                          help="Safety net per training run (hitting it is a grader error)."),
     real_fit: bool = typer.Option(False, "--real-fit", help="Run the notebook's model.fit for real instead of recording it."),
     cell_seconds: float = typer.Option(120, "--cell-timeout", help="Seconds one cell may run."),
     notebook_seconds: float = typer.Option(600, "--notebook-timeout", help="Seconds a whole notebook may run."),
@@ -113,7 +117,8 @@ def grade(
     options = batch.BatchOptions(
         jobs=jobs or max(os.cpu_count() or 1, 1), force=force, real_fit=real_fit, ray=ray, ray_address=ray_address,
         limits=Limits(cell_seconds=cell_seconds, notebook_seconds=notebook_seconds, memory_mb=memory_mb),
-        retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_seconds=retrain_seconds, seeds=seeds),
+        retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
+                               seeds=seeds, require_lesson_model=require_lesson_model),
     )
     results = batch.run_batch(paths, autograder_zip, out, options)
     _print_results(results)

@@ -24,8 +24,10 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from autograder import __version__
+from autograder import __version__, checks
+from autograder.budget import Budget
 from autograder.sandbox import Limits, probe
 
 RESULT_SCHEMA_VERSION = 1
@@ -69,19 +71,48 @@ class Autograder:
 
 @dataclass
 class RetrainOptions:
-    """How the verifier retrains the submitted model (see :mod:`autograder.retrain`)."""
+    """How the verifier retrains the submitted model (see :mod:`autograder.retrain`); the defaults
+    are the assignment's policy in :mod:`autograder.checks` and limits in :mod:`autograder.budget`."""
 
     enabled: bool = True
-    max_epochs: int = 15
-    max_seconds: float = 1800.0
-    seeds: int = 1
+    max_epochs: int = Budget.max_epochs
+    max_steps: int = Budget.max_steps
+    max_seconds: float = 1800.0  # safety net per training run: hitting it is a grader error
+    seeds: int = checks.MAX_SEEDS
+    seed_margin: float = checks.SEED_MARGIN
+    require_lesson_model: bool = checks.REQUIRE_LESSON_MODEL
     cache_dir: str | None = "default"  # None: no cache
+    data_subset: tuple[int, int] | None = None  # (training, test) images: quick checks only
 
-    def for_judge(self) -> dict | None:
+    def settings(self):
+        from autograder import retrain
+
+        return retrain.Settings(budget=Budget(max_epochs=self.max_epochs, max_steps=self.max_steps),
+                                max_seconds=self.max_seconds, seeds=self.seeds, seed_margin=self.seed_margin,
+                                threshold=checks.ACCURACY_THRESHOLD,
+                                data_subset=tuple(self.data_subset) if self.data_subset else None)
+
+    def for_judge(self, reports: dict | None = None, pending: bool = False) -> dict | None:
         if not self.enabled:
             return None
-        return {"max_epochs": self.max_epochs, "max_seconds": self.max_seconds, "seeds": self.seeds,
-                "cache_dir": self.cache_dir}
+        return {"reports": reports or {}, "pending": pending, "require_lesson_model": self.require_lesson_model}
+
+
+def _retrain_models(values: dict, options: RetrainOptions) -> dict[str, dict]:
+    """Retrain every extracted model in its own process; the reports hold numbers and notes only."""
+    from autograder import retrain
+
+    reports = {}
+    for name, data in values.items():
+        if (data or {}).get("status") != "model":
+            continue
+        try:
+            report = retrain.verify(data.get("config"), data.get("fits") or [], options.settings(),
+                                    cache_dir=options.cache_dir)
+        except Exception as exc:  # noqa: BLE001 - the grader's fault, reported as such
+            report = retrain.RetrainReport(grader_error=f"{type(exc).__name__}: {exc}")
+        reports[name] = report.as_dict()
+    return reports
 
 
 def _function_plan(variables: list[str]) -> dict[str, list[dict]]:
@@ -165,8 +196,12 @@ def grade_notebook(
     limits: Limits = Limits(),
     retrain: RetrainOptions = RetrainOptions(),
     real_fit: bool = False,
+    on_partial: Callable[[dict], None] | None = None,
 ) -> dict:
-    """Grade one notebook; never raises for anything the submission does."""
+    """Grade one notebook; never raises for anything the submission does.
+
+    ``on_partial`` receives the result judged without the retrained accuracy (``retrain_pending``
+    is true, the training check says the score is provisional) before retraining starts."""
     from autograder.data import ensure_mnist_npz
 
     started = time.monotonic()
@@ -199,16 +234,29 @@ def grade_notebook(
     request = {"tests": ag.tests, "public_module": ag.public_module, "values": values,
                "functions": functions, "retrain": retrain.for_judge()}
     try:
-        judged = _run_judge(request, timeout=retrain.max_seconds * max(retrain.seeds, 1) + 600)
+        if retrain.enabled and any((d or {}).get("status") == "model" for d in values.values()):
+            if on_partial is not None:
+                partial = _judged(dict(result), _run_judge({**request, "retrain": retrain.for_judge(pending=True)}))
+                on_partial({**partial, "retrain": None, "retrain_pending": True})
+            reports = _retrain_models(values, retrain)
+            request["retrain"] = retrain.for_judge(reports)
+            failed = [r["grader_error"] for r in reports.values() if r.get("grader_error")]
+            if failed:
+                result.update(status="grader_error", error=f"retraining failed: {failed[0]}")
+        judged = _run_judge(request)
     except Exception as exc:  # the trusted side failed: not the submission's fault
         result.update(status="grader_error",
                       error=f"{result['error'] + '; ' if result['error'] else ''}grader error: {exc}")
         return _finish(result, started)
+    return _finish(_judged(result, judged), started)
+
+
+def _judged(result: dict, judged: dict) -> dict:
     result["questions"] = judged["questions"]
     result["retrain"] = judged["retrain"]
     result["score"] = round(sum(q["score"] for q in judged["questions"]), 6)
     result["max_score"] = round(sum(q["max_score"] for q in judged["questions"]), 6)
-    return _finish(result, started)
+    return result
 
 
 def _finish(result: dict, started: float) -> dict:

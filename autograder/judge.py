@@ -57,32 +57,44 @@ class _Iterations(int):
 
 
 class ExtractedModel:
-    """What the submission's Keras model *is* (config, compile and fit settings), not the object."""
+    """What the submission's Keras model *is* (config, compile and fit settings), not the object.
 
-    def __init__(self, config_json: str, fits: list[dict], retrain_options: dict | None):
+    The judge never rebuilds it: the engine had the verifier retrain the recipe in its own
+    process, and ``retrain`` carries that report (plain numbers and notes) and the policy.
+    """
+
+    def __init__(self, config_json: str, fits: list[dict], retrain: dict | None, name: str = "model"):
         self._config_json = config_json
         self.config = json.loads(config_json)
         self.fits = [f for f in fits if isinstance(f, dict)]
-        self.retrain_options = retrain_options
+        self.retrain = retrain
+        self.require_lesson_model = bool((retrain or {}).get("require_lesson_model", False))
         self.optimizer = types.SimpleNamespace(iterations=_Iterations(len(self.fits)))
-        self.last_report: dict | None = None
+        self.last_report: dict | None = ((retrain or {}).get("reports") or {}).get(name)
 
     def to_json(self) -> str:
         return self._config_json
 
     def measured_accuracy(self) -> tuple[float, str]:
-        if self.retrain_options is None:
+        if self.retrain is None:
             raise AssertionError("Retraining is turned off for this run (--no-retrain), so accuracy was not measured.")
-        from autograder import retrain
+        if self.retrain.get("pending"):
+            raise AssertionError("Retraining has not finished yet; this score is provisional.")
+        from autograder.retrain import RetrainReport
 
-        report = retrain.verify(self.config, self.fits, **self.retrain_options)
-        self.last_report = report.as_dict()
-        if report.error:
-            raise AssertionError(report.error)
-        return report.accuracy, report.summary()
+        report = self.last_report
+        if not isinstance(report, dict):
+            raise AssertionError("The model was not retrained.")
+        if report.get("grader_error"):
+            raise AssertionError(f"The grader could not retrain the model (not your fault): {report['grader_error']}")
+        notes = "; ".join(report.get("notes") or [])
+        if report.get("error"):
+            raise AssertionError(report["error"] + (f" Notes: {notes}." if notes else ""))
+        summary = RetrainReport(**report).summary()
+        return float(report["accuracy"]), summary + (f"; notes: {notes}" if notes else "")
 
 
-def build_env(values: dict, functions: dict, retrain_options: dict | None) -> dict[str, Any]:
+def build_env(values: dict, functions: dict, retrain: dict | None) -> dict[str, Any]:
     env: dict[str, Any] = {}
     for name, data in values.items():
         status = (data or {}).get("status")
@@ -94,7 +106,7 @@ def build_env(values: dict, functions: dict, retrain_options: dict | None) -> di
             elif status == "function":
                 env[name] = Replay(name, functions.get(name, []), data.get("outputs"))
             elif status == "model":
-                env[name] = ExtractedModel(data["config"], data.get("fits") or [], retrain_options)
+                env[name] = ExtractedModel(data["config"], data.get("fits") or [], retrain, name)
             elif status == "unanswered":
                 env[name] = ...
             elif status == "error":

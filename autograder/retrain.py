@@ -1,54 +1,49 @@
-"""Retraining verifier: rebuild the submitted architecture and train it from scratch on MNIST.
+"""Retraining verifier: train the submitted recipe from scratch and measure test accuracy.
 
 The accuracy a notebook prints proves nothing (lucky seed, test-set training, loaded weights,
-a print statement).  From the extracted model JSON and recorded ``fit`` calls this module:
+a print statement).  From the extracted model config and the recorded ``fit`` calls:
 
-1. rebuilds the model with Keras safe deserialization, refusing anything outside an
-   allow-list of standard layers (``Lambda``, custom objects) with a message naming it;
-   weights are always fresh;
-2. compiles with the submission's optimizer (class and config, schedules included) and loss,
-   and replays its ``fit`` calls (epochs, batch size, shuffle, validation split, the
-   EarlyStopping / ReduceLROnPlateau callbacks) under instructor caps on epochs and wall time,
-   on the 60,000 training images scaled by 1/255; then measures accuracy on the 10,000 test
-   images;
-3. fixes the seed (and TensorFlow's op determinism), so a rerun on the same machine gives the
-   same accuracy; ``seeds=k`` trains k seeds and scores the median;
-4. uses whatever device Keras sees (GPU if present) and the JAX backend where TensorFlow is
-   missing;
-5. caches results by content (architecture, compile and fit settings, seed, data set hash,
-   framework versions, device kind), with a file lock so parallel graders train once, and
-   checksums so a corrupt or partial entry is redone.
+1. :mod:`autograder.rebuild` reduces them to a canonical recipe of validated numbers (nothing
+   the student produced is deserialized; initializers, regularizers, constraints, trainable
+   flags and BatchNormalization statistics are dropped and listed in the notes);
+2. :mod:`autograder.budget` checks the recipe against the assignment's limits (config size,
+   parameters, batch size, steps, multiply-adds, batch memory) before any training;
+3. a separate process (``python -I``, memory watched, wall time as a safety net only) builds
+   the model from the recipe, trains it on the 60,000 training images at a fixed seed with
+   op determinism, and returns only numbers;
+4. when the first accuracy lies within ``seed_margin`` of the threshold, more seeds are
+   trained, up to ``seeds``, and the median is scored (every accuracy is reported);
+5. results are cached by the canonical recipe, the data description, every option and the
+   framework versions; entries are authenticated with an HMAC whose key only the grader can
+   read, so neither a submission nor another user can forge one.
 """
 
 from __future__ import annotations
 
-import copy
 import fcntl
 import hashlib
+import hmac
 import json
 import os
+import secrets
 import statistics
+import subprocess
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-VERIFIER_VERSION = 1
+from autograder.budget import Budget, check as check_budget, check_config_size, recipe_cost
+from autograder.rebuild import RefusedModel, canonical_recipe, describe_optimizer
+
+VERIFIER_VERSION = 2
 DEFAULT_SEED = 1234
-
-ALLOWED_LAYERS = {
-    "InputLayer", "Conv2D", "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "GlobalAveragePooling2D",
-    "GlobalMaxPooling2D", "Flatten", "Dense", "Dropout", "SpatialDropout2D", "Activation", "ReLU",
-    "Softmax", "LeakyReLU", "BatchNormalization", "Reshape", "Rescaling",
-}
-ALLOWED_MODELS = {"Sequential", "Functional", "Model"}
-ALLOWED_OPTIMIZERS = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "Lion", "Ftrl"}
-ALLOWED_LOSSES = {"sparse_categorical_crossentropy", "categorical_crossentropy",
-                  "SparseCategoricalCrossentropy", "CategoricalCrossentropy"}
-ALLOWED_CALLBACKS = {"EarlyStopping", "ReduceLROnPlateau", "History", "ProgbarLogger"}
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-class RefusedModel(ValueError):
-    """The submitted configuration uses something the verifier will not deserialize."""
+class RetrainFailed(RuntimeError):
+    """The grader could not retrain (worker crashed, safety-net time or memory hit): a grader error."""
 
 
 @dataclass
@@ -58,6 +53,7 @@ class RetrainReport:
     seeds: list[int] = field(default_factory=list)
     epochs: int = 0
     batch_size: int | None = None
+    steps: int = 0
     optimizer: str = ""
     loss: str = ""
     device: str = ""
@@ -65,16 +61,38 @@ class RetrainReport:
     seconds: float = 0.0
     cache_hit: bool = False
     notes: list[str] = field(default_factory=list)
-    error: str | None = None
+    error: str | None = None  # why there is no accuracy (a refused recipe, or the grader_error)
+    grader_error: str | None = None  # the grader failed (never scored; the result is a grader_error)
 
     def summary(self) -> str:
         how = "cached result" if self.cache_hit else f"{self.seconds:.0f} s"
-        seeds = f", median of {len(self.seeds)} seeds" if len(self.seeds) > 1 else ""
+        seeds = ""
+        if len(self.seeds) > 1:
+            seeds = f", median of {len(self.seeds)} seeds ({', '.join(f'{a:.4f}' for a in self.accuracies)})"
         return (f"retrained from scratch: {self.epochs} epochs, batch size {self.batch_size}, {self.optimizer}, "
                 f"on {self.device} ({self.backend}), {how}{seeds}")
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that decides how a recipe is retrained (all of it is in the cache key)."""
+
+    budget: Budget = Budget()
+    max_seconds: float = 1800.0  # safety net per training run; hitting it is a grader error
+    memory_mb: int = 6144  # the training process is killed above this (a grader error)
+    seeds: int = 3  # at most this many seeds when the first accuracy is near the threshold
+    seed_margin: float = 0.003
+    threshold: float = 0.99
+    seed: int = DEFAULT_SEED
+    data_subset: tuple[int, int] | None = None  # (training images, test images): tests only
+
+    def key_fields(self) -> dict:
+        out = asdict(self)
+        out.pop("max_seconds"), out.pop("memory_mb")
+        return out
 
 
 # --- backend and device --------------------------------------------------------------------
@@ -108,217 +126,161 @@ def device_description() -> str:
     return "CPU"
 
 
-# --- safe rebuild ------------------------------------------------------------------------------
-
-def _check_allowed(config: dict) -> None:
-    cls = config.get("class_name")
-    if cls not in ALLOWED_MODELS:
-        raise RefusedModel(f"model class {cls!r} is not a standard Keras Sequential/Functional model")
-    if config.get("registered_name") not in (None, cls) or not str(config.get("module", "keras")).startswith("keras"):
-        raise RefusedModel(f"model class {cls!r} is a custom object")
-    for layer in config.get("config", {}).get("layers", []):
-        name = layer.get("class_name")
-        if name not in ALLOWED_LAYERS:
-            raise RefusedModel(
-                f"layer {name!r} ({layer.get('config', {}).get('name', '?')}) is not allowed: the grader rebuilds "
-                f"models only from standard layers ({', '.join(sorted(ALLOWED_LAYERS))})"
-            )
-        if layer.get("registered_name") not in (None, name) or not str(layer.get("module", "keras")).startswith("keras"):
-            raise RefusedModel(f"layer {name!r} is a custom object (registered as {layer.get('registered_name')!r})")
-        act = layer.get("config", {}).get("activation")
-        if isinstance(act, dict) and act.get("module") not in ("keras.activations", "keras.layers"):
-            raise RefusedModel(f"layer {name!r} uses a custom activation")
-
-
-def rebuild_model(config: dict):
-    """Fresh, untrained model from a config; raises :class:`RefusedModel` for anything non-standard."""
-    import keras
-
-    _check_allowed(config)
-    clean = copy.deepcopy(config)
-    clean.pop("compile_config", None)
-    try:
-        model = keras.saving.deserialize_keras_object(clean, safe_mode=True)
-    except Exception as exc:
-        raise RefusedModel(f"the model config could not be rebuilt safely: {type(exc).__name__}: {exc}") from None
-    if not getattr(model, "built", False):
-        model.build((None, 28, 28, 1))
-    return model
-
-
-def _compile(model, compile_config: dict | None) -> tuple[str, str]:
-    import keras
-
-    cc = compile_config or {}
-    opt = cc.get("optimizer") or "rmsprop"
-    opt_name = opt if isinstance(opt, str) else opt.get("class_name", "?")
-    if isinstance(opt, str):
-        optimizer = keras.optimizers.get(opt)
-    else:
-        if opt.get("class_name") not in ALLOWED_OPTIMIZERS:
-            raise RefusedModel(f"optimizer {opt.get('class_name')!r} is not allowed")
-        optimizer = keras.saving.deserialize_keras_object(opt, safe_mode=True)
-    if type(optimizer).__name__ not in ALLOWED_OPTIMIZERS:
-        raise RefusedModel(f"optimizer {type(optimizer).__name__!r} is not allowed")
-    loss = cc.get("loss")
-    loss_name = loss if isinstance(loss, str) else (loss or {}).get("class_name") if isinstance(loss, dict) else str(loss)
-    if loss_name not in ALLOWED_LOSSES:
-        raise RefusedModel(f"loss {loss_name!r} is not supported: MNIST labels need (sparse_)categorical_crossentropy")
-    loss_obj = loss if isinstance(loss, str) else keras.saving.deserialize_keras_object(loss, safe_mode=True)
-    model.compile(optimizer=optimizer, loss=loss_obj, metrics=["accuracy"])
-    lr = optimizer.get_config().get("learning_rate")
-    lr_text = f"{lr:g}" if isinstance(lr, float) else "schedule"
-    return f"{opt_name} (learning rate {lr_text})", loss_name
-
-
-# --- training --------------------------------------------------------------------------------
-
-def _plan(fits: list[dict], max_epochs: int) -> tuple[list[dict], list[str]]:
-    """The fit calls to replay, with epochs capped in total; notes say what was changed."""
-    notes, plan, budget = [], [], max_epochs
-    for i, fit in enumerate(fits):
-        epochs = fit.get("epochs") if isinstance(fit.get("epochs"), int) else 1
-        epochs = max(epochs - int(fit.get("initial_epoch") or 0), 0)
-        if epochs > budget:
-            notes.append(f"fit call {i + 1}: {epochs} epochs capped to {budget} (the assignment allows {max_epochs} in total)")
-            epochs = budget
-        budget -= epochs
-        if epochs:
-            plan.append({**fit, "epochs": epochs})
-        ignored = [cb["class"] for cb in fit.get("callbacks", []) if cb.get("class") not in ALLOWED_CALLBACKS]
-        if ignored:
-            notes.append(f"fit call {i + 1}: callbacks not replayed: {', '.join(ignored)}")
-        x = fit.get("x") or {}
-        if x.get("kind") == "array" and x.get("shape") and x["shape"][0] != 60000:
-            notes.append(f"fit call {i + 1} trained on {x['shape'][0]} images; the grader trains on the 60,000 training images")
-        if x.get("kind") == "array" and x.get("max", 0) > 1.5:
-            notes.append("the notebook trained on unscaled pixels (0-255)")
-    return plan, notes
-
-
-class _WallClock:
-    """Stops training at the instructor's wall-time cap (the report says so)."""
-
-    def __init__(self, seconds: float):
-        import keras
-
-        deadline = time.monotonic() + seconds
-        outer = self
-
-        class StopAtDeadline(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if time.monotonic() > deadline:
-                    self.model.stop_training = True
-                    outer.hit = True
-
-        self.hit = False
-        self.callback = StopAtDeadline()
-
-
-def _callbacks(fit: dict):
-    import keras
-
-    out = []
-    for cb in fit.get("callbacks", []):
-        kw = {k: v for k, v in cb.items() if k != "class"}
-        if cb.get("class") == "EarlyStopping":
-            out.append(keras.callbacks.EarlyStopping(**{k: kw[k] for k in ("monitor", "patience", "min_delta", "restore_best_weights") if k in kw}))
-        elif cb.get("class") == "ReduceLROnPlateau":
-            out.append(keras.callbacks.ReduceLROnPlateau(**{k: kw[k] for k in ("monitor", "patience", "factor", "min_delta", "min_lr") if k in kw}))
-    return out
-
-
 def deterministic() -> bool:
     """Op determinism on TensorFlow (default on; ``CNN_GRADER_DETERMINISTIC=0`` turns it off)."""
     return os.environ.get("CNN_GRADER_DETERMINISTIC", "1") != "0"
 
 
-def _scales_inside(config: dict) -> bool:
-    return any(l.get("class_name") == "Rescaling" for l in config.get("config", {}).get("layers", []))
+# --- data ------------------------------------------------------------------------------------
 
-
-def _train_once(config, fits, seed, max_epochs, max_seconds, data) -> tuple[float, int, int | None, str, str, list[str]]:
-    import keras
+def fingerprint(x) -> str | None:
+    """Which pixels of the first three images are non-zero: the same for raw, scaled or reshaped copies.
+    (The fit recorder in :mod:`autograder.probe_runtime` computes the same on the notebook's data.)"""
     import numpy as np
 
-    keras.utils.set_random_seed(seed)
-    if keras.backend.backend() == "tensorflow" and deterministic():
-        import tensorflow as tf
-
-        tf.config.experimental.enable_op_determinism()
-    (x_train, y_train), (x_test, y_test) = data
-    model = rebuild_model(config)
-    plan, notes = _plan(fits, max_epochs)
-    if _scales_inside(config) and any((f.get("x") or {}).get("max", 0) > 1.5 for f in plan):
-        x_train, x_test = x_train * 255.0, x_test * 255.0  # the model rescales its own input
-        notes.append("the model scales its input itself (Rescaling layer), so it gets raw pixel values")
-    if not plan:
-        raise RefusedModel("the notebook never called model.fit, so there is no training recipe to verify")
-    clock = _WallClock(max_seconds)
-    epochs_run, batch_size, opt_text, loss_name, compiled_with = 0, None, "", "", object()
-    for fit in plan:
-        cc = fit.get("compile_config") or config.get("compile_config")
-        if cc != compiled_with:
-            opt_text, loss_name = _compile(model, cc)
-            compiled_with = cc
-        labels = y_train
-        if loss_name in ("categorical_crossentropy", "CategoricalCrossentropy"):
-            labels = keras.utils.to_categorical(y_train, 10)
-        batch_size = fit.get("batch_size") if isinstance(fit.get("batch_size"), int) else None
-        split = fit.get("validation_split") or 0.0
-        monitors_val = any(str(cb.get("monitor", "val_loss")).startswith("val_") for cb in fit.get("callbacks", [])
-                           if cb.get("class") in ("EarlyStopping", "ReduceLROnPlateau"))
-        if monitors_val and not split:
-            split = 0.1
-            notes.append("validation-based callbacks monitor the last 10% of the training images (never the test set)")
-        history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=batch_size, shuffle=bool(fit.get("shuffle", True)),
-                            validation_split=float(split), callbacks=[clock.callback, *_callbacks(fit)], verbose=0)
-        epochs_run += len(history.epoch)
-        if clock.hit:
-            notes.append(f"training stopped at the {max_seconds:.0f} s wall-time cap")
-            break
-    probs = np.asarray(model.predict(x_test, batch_size=1000, verbose=0))
-    accuracy = float(np.mean(np.argmax(probs, axis=-1) == y_test))
-    return accuracy, epochs_run, batch_size or 32, opt_text, loss_name, notes
+    try:
+        rows = np.asarray(x[:3], dtype="float32").reshape(3, -1)
+    except Exception:
+        return None
+    return hashlib.sha256(np.packbits(rows > 0).tobytes()).hexdigest()[:16]
 
 
-def _load_data():
+def load_data(subset: tuple[int, int] | None = None, raw: bool = False):
+    """MNIST as float32 images of shape (n, 784), scaled to [0, 1] unless ``raw``."""
     from autograder.data import load_mnist
 
     (x_train, y_train), (x_test, y_test) = load_mnist()
-    scale = lambda x: (x.reshape(-1, 28, 28, 1).astype("float32") / 255.0)  # noqa: E731
-    return (scale(x_train), y_train), (scale(x_test), y_test)
+    if subset:
+        x_train, y_train, x_test, y_test = x_train[:subset[0]], y_train[:subset[0]], x_test[:subset[1]], y_test[:subset[1]]
+    scale = 1.0 if raw else 1 / 255.0
+    prep = lambda x: x.reshape(len(x), -1).astype("float32") * scale  # noqa: E731
+    return (prep(x_train), y_train), (prep(x_test), y_test)
 
 
-# --- cache ----------------------------------------------------------------------------------
+def _data_notes(recipe: dict, subset: tuple[int, int] | None = None) -> tuple[bool, list[str]]:
+    """Whether to train on raw pixels (as the notebook did), and notes where the replay differs."""
+    from autograder.data import load_mnist
 
-def _strip_names(obj):
-    """Layer and model names differ between identical submissions; they do not change training."""
-    if isinstance(obj, dict):
-        return {k: _strip_names(v) for k, v in obj.items() if k not in ("name", "keras_history")}
-    if isinstance(obj, list):
-        return [_strip_names(v) for v in obj]
-    return obj
+    notes, fits = [], recipe["fits"]
+    (x_train, _), (x_test, _) = load_mnist()
+    train_rows = subset[0] if subset else len(x_train)
+    test_print, train_print = fingerprint(x_test), fingerprint(x_train)
+    raw = bool(fits[0]["x"].get("raw_pixels"))
+    rescales = any(layer["type"] == "Rescaling" for layer in recipe["model"]["layers"])
+    for i, fit in enumerate(fits, start=1):
+        x = fit["x"]
+        if x.get("fingerprint") == test_print or (x.get("rows") == 10_000 and x.get("fingerprint") != train_print):
+            notes.append(f"fit call {i} trained on the test set; the grader trains on the 60,000 training images and "
+                         "keeps the test images for measuring")
+        elif x["kind"] != "array":
+            notes.append(f"fit call {i} trained on a data pipeline the grader cannot read; it trains on the 60,000 "
+                         f"training images {'unscaled' if raw else 'scaled to [0, 1]'}")
+        elif x.get("rows") not in (None, train_rows):
+            notes.append(f"fit call {i} trained on {x['rows']:,} images; the grader trains on the {train_rows:,} "
+                         "training images")
+        if bool(x.get("raw_pixels")) != raw:
+            notes.append(f"fit call {i} used another pixel scale than fit call 1; the grader uses fit call 1's")
+    if raw:
+        notes.append("the notebook trained on unscaled pixels (0-255); the grader trains and tests on unscaled pixels too"
+                     + (" (the model's Rescaling layer scales them)" if rescales else
+                        " (dividing by 255, or a Rescaling(1/255) layer, usually trains better)"))
+    return raw, notes
 
 
-def cache_key(config: dict, fits: list[dict], seed: int, max_epochs: int, max_seconds: float) -> str:
-    from importlib.metadata import version
+# --- one training run (in its own process) ---------------------------------------------------
 
+def train_run(job: dict) -> dict:
+    """Build the canonical model, train it at ``seed``, return numbers only (runs in the worker)."""
     import keras
+    import numpy as np
 
-    from autograder.data import DATASET_SHA256
+    from autograder.rebuild import build_loss, build_model, build_optimizer
 
-    backend = keras.backend.backend()
-    relevant_fits = [{k: f.get(k) for k in ("epochs", "batch_size", "initial_epoch", "validation_split", "shuffle",
-                                              "callbacks", "compile_config")} for f in fits]
-    payload = {
-        "verifier": VERIFIER_VERSION, "config": _strip_names(config), "fits": _strip_names(relevant_fits),
-        "seed": seed, "max_epochs": max_epochs, "max_seconds": max_seconds, "data": DATASET_SHA256,
-        "keras": keras.__version__, "backend": backend, "backend_version": version(backend if backend != "tensorflow" else "tensorflow"),
-        "device": device_description(), "deterministic": deterministic(),
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    started = time.monotonic()
+    backend = select_backend()
+    keras.utils.set_random_seed(job["seed"])
+    if backend == "tensorflow" and job.get("deterministic", True):
+        import tensorflow as tf
 
+        tf.config.experimental.enable_op_determinism()
+    subset = tuple(job["subset"]) if job.get("subset") else None
+    (x_train, y_train), (x_test, y_test) = load_data(subset, raw=job["raw"])
+    shape = tuple(job["model"]["input_shape"])
+    x_train, x_test = x_train.reshape((-1, *shape)), x_test.reshape((-1, *shape))
+    model = build_model(job["model"])
+    epochs_run, compiled_with = 0, None
+    for fit in job["plan"]:
+        settings = (fit["optimizer"], fit["loss"])
+        if settings != compiled_with:
+            model.compile(optimizer=build_optimizer(fit["optimizer"]), loss=build_loss(fit["loss"]), metrics=["accuracy"])
+            compiled_with = settings
+        labels = keras.utils.to_categorical(y_train, 10) if fit["loss"]["name"] == "categorical_crossentropy" else y_train
+        callbacks = []
+        for cb in fit["callbacks"]:
+            kwargs = {k: v for k, v in cb.items() if k != "class"}
+            callbacks.append(getattr(keras.callbacks, cb["class"])(**kwargs))
+        full_epoch = -(-int(len(x_train) * (1 - fit["validation_split"])) // fit["batch_size"])
+        steps = fit["steps_per_epoch"] if fit["steps_per_epoch"] < full_epoch else None
+        history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=fit["batch_size"], shuffle=fit["shuffle"],
+                            validation_split=fit["validation_split"], steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+        epochs_run += len(history.epoch)
+    probs = np.asarray(model.predict(x_test, batch_size=1000, verbose=0))
+    accuracy = float(np.mean(np.argmax(probs, axis=-1) == y_test))
+    return {"accuracy": accuracy, "epochs": epochs_run, "seconds": round(time.monotonic() - started, 2)}
+
+
+def worker_main() -> None:
+    job = json.load(sys.stdin)
+    out = train_run(job)
+    sys.stdout.write("\n@@RETRAIN@@" + json.dumps(out) + "\n")
+
+
+def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
+    """:func:`train_run` in a fresh ``python -I`` process; only its JSON numbers come back."""
+    bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
+                 "from autograder.retrain import worker_main; worker_main()")
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
+                                                         "CNN_GRADER_CACHE", "CNN_GRADER_MNIST", "TMPDIR", "LANG")}
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    proc = subprocess.Popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    over_memory = threading.Event()
+
+    def watch():
+        import psutil
+
+        try:
+            p = psutil.Process(proc.pid)
+            while proc.poll() is None:
+                rss = sum(c.memory_info().rss for c in [p, *p.children(recursive=True)])
+                if rss > memory_mb * 2**20:
+                    over_memory.set()
+                    proc.kill()
+                    return
+                time.sleep(0.25)
+        except psutil.Error:
+            pass
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        stdout, stderr = proc.communicate(json.dumps(job), timeout=max_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RetrainFailed(f"retraining did not finish within the grader's {max_seconds:.0f} s safety limit "
+                            "(the recipe is within the assignment's budget, so the machine is too slow or overloaded)")
+    if over_memory.is_set():
+        raise RetrainFailed(f"retraining used more than the grader's {memory_mb} MB memory limit")
+    marker = stdout.rfind("\n@@RETRAIN@@")
+    if proc.returncode != 0 or marker < 0:
+        raise RetrainFailed(f"the retraining process failed (exit {proc.returncode}): {stderr[-1500:]}")
+    out = json.loads(stdout[marker + len("\n@@RETRAIN@@"):])
+    if not isinstance(out.get("accuracy"), float):
+        raise RetrainFailed("the retraining process returned no accuracy")
+    return out
+
+
+# --- cache (authenticated) -------------------------------------------------------------------
 
 def default_cache_dir() -> Path:
     from autograder.data import cache_dir
@@ -326,21 +288,59 @@ def default_cache_dir() -> Path:
     return cache_dir() / "retrain"
 
 
-def _read_entry(path: Path) -> dict | None:
+def _private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _hmac_key(cache: Path) -> bytes:
+    """The cache's signing key: 32 random bytes, readable only by the grader's user (0600 in 0700)."""
+    key_file = cache / "hmac.key"
+    try:
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+    except FileExistsError:
+        pass
+    st = key_file.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise RetrainFailed(f"the retraining cache key {key_file} must belong to the grader and be private (0600)")
+    return key_file.read_bytes()
+
+
+def cache_key(recipe: dict, raw: bool, settings: Settings, seed: int) -> str:
+    from importlib.metadata import version
+
+    import keras
+
+    from autograder.data import DATASET_SHA256
+
+    backend = keras.backend.backend()
+    payload = {
+        "verifier": VERIFIER_VERSION, "recipe": recipe, "raw_pixels": raw, "settings": settings.key_fields(),
+        "seed": seed, "data": DATASET_SHA256, "keras": keras.__version__, "backend": backend,
+        "backend_version": version(backend), "device": device_description(), "deterministic": deterministic(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _read_entry(path: Path, key: bytes) -> dict | None:
     try:
         entry = json.loads(path.read_text())
-        body = json.dumps(entry["result"], sort_keys=True)
-        if hashlib.sha256(body.encode()).hexdigest() != entry["checksum"]:
+        body = json.dumps(entry["result"], sort_keys=True).encode()
+        if not hmac.compare_digest(hmac.new(key, body, "sha256").hexdigest(), entry["hmac"]):
             return None
         return entry["result"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _write_entry(path: Path, result: dict) -> None:
-    body = json.dumps(result, sort_keys=True)
+def _write_entry(path: Path, result: dict, key: bytes) -> None:
+    body = json.dumps(result, sort_keys=True).encode()
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"checksum": hashlib.sha256(body.encode()).hexdigest(), "result": result}))
+    tmp.write_text(json.dumps({"hmac": hmac.new(key, body, "sha256").hexdigest(), "result": result}))
+    os.chmod(tmp, 0o600)
     os.replace(tmp, path)
 
 
@@ -353,13 +353,14 @@ def retrain_slots() -> int:
 
 
 class _Slot:
-    """A cross-process semaphore made of lock files: the retraining queue shared by all workers."""
+    """A cross-process semaphore made of lock files: the retraining queue shared by all workers.
+    Waiting here never counts against a submission: the training process starts once a slot is free."""
 
     def __init__(self, folder: Path, slots: int):
         self.folder, self.slots, self.handle = folder, slots, None
 
     def __enter__(self):
-        self.folder.mkdir(parents=True, exist_ok=True)
+        _private_dir(self.folder)
         while True:
             for i in range(self.slots):
                 handle = open(self.folder / f"slot-{i}.lock", "w")
@@ -375,51 +376,82 @@ class _Slot:
         self.handle.close()  # closing releases the lock, also when the process dies
 
 
-def train_seed_cached(config, fits, seed, max_epochs, max_seconds, cache_dir: Path | None, data_loader=_load_data):
-    """One seed's training, through the content-addressed cache (locked, checksummed)."""
-    key = cache_key(config, fits, seed, max_epochs, max_seconds)
-    if cache_dir is None:
-        with _Slot(Path(os.environ.get("TMPDIR", "/tmp")) / "cnn-grader-slots", retrain_slots()):
-            return {**_train_result(config, fits, seed, max_epochs, max_seconds, data_loader()), "cache_hit": False}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    entry, lock = cache_dir / f"{key}.json", cache_dir / f"{key}.lock"
+def _train(job: dict, settings: Settings, isolated: bool, slots: Path) -> dict:
+    with _Slot(slots, retrain_slots()):
+        return _run_isolated(job, settings.max_seconds, settings.memory_mb) if isolated else train_run(job)
+
+
+def train_seed_cached(job: dict, recipe: dict, settings: Settings, cache: Path | None, isolated: bool = True) -> dict:
+    """One seed's training, through the authenticated cache (locked: parallel graders train once)."""
+    if cache is None:
+        slots = Path(os.environ.get("TMPDIR", "/tmp")) / f"cnn-grader-slots-{os.getuid()}"
+        return {**_train(job, settings, isolated, slots), "cache_hit": False}
+    _private_dir(cache)
+    secret = _hmac_key(cache)
+    key = cache_key(recipe, job["raw"], settings, job["seed"])
+    entry, lock = cache / f"{key}.json", cache / f"{key}.lock"
     with open(lock, "w") as lf:
         fcntl.flock(lf, fcntl.LOCK_EX)  # a second grader with the same key waits, then reads
-        cached = _read_entry(entry)
+        cached = _read_entry(entry, secret)
         if cached is not None:
             return {**cached, "cache_hit": True}
-        with _Slot(cache_dir / "slots", retrain_slots()):
-            result = _train_result(config, fits, seed, max_epochs, max_seconds, data_loader())
-        _write_entry(entry, result)
+        result = _train(job, settings, isolated, cache / "slots")
+        _write_entry(entry, result, secret)
         return {**result, "cache_hit": False}
 
 
-def _train_result(config, fits, seed, max_epochs, max_seconds, data) -> dict:
-    started = time.monotonic()
-    accuracy, epochs, batch_size, opt_text, loss_name, notes = _train_once(config, fits, seed, max_epochs, max_seconds, data)
-    return {"accuracy": accuracy, "epochs": epochs, "batch_size": batch_size, "optimizer": opt_text,
-            "loss": loss_name, "notes": notes, "seconds": round(time.monotonic() - started, 2)}
+# --- the verifier ----------------------------------------------------------------------------
+
+def prepare(config, fits, settings: Settings):
+    """Canonical recipe, the plan to train, its cost and notes; raises RefusedModel before any training."""
+    text = config if isinstance(config, str) else json.dumps(config, default=str)
+    check_config_size(len(text) + len(json.dumps(fits, default=str)), settings.budget)
+    recipe, notes = canonical_recipe(json.loads(text) if isinstance(config, str) else config, fits)
+    cost, plan, cap_notes = recipe_cost(recipe, settings.budget)
+    check_budget(cost, recipe, settings.budget, settings.seeds)
+    return recipe, plan, cost, notes + cap_notes
 
 
-def verify(config: dict, fits: list[dict], *, max_epochs: int = 15, max_seconds: float = 1800.0, seeds: int = 1,
-           cache_dir: str | os.PathLike | None = "default", seed: int = DEFAULT_SEED) -> RetrainReport:
-    """Retrain the submission's recipe from scratch and measure test accuracy (median over seeds)."""
+def verify(config, fits, settings: Settings = Settings(), *, cache_dir: str | os.PathLike | None = "default",
+           isolated: bool = True) -> RetrainReport:
+    """Retrain the submission's recipe from scratch and measure test accuracy (seed rule, cache)."""
     report = RetrainReport()
+    try:
+        recipe, plan, cost, notes = prepare(config, fits, settings)
+    except RefusedModel as exc:
+        report.error = f"The model was not retrained: {exc}."
+        return report
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        report.error = f"The model was not retrained: its description could not be read ({type(exc).__name__})."
+        return report
+    raw, data_notes = _data_notes(recipe, settings.data_subset)
+    report.notes = notes + data_notes
+    report.steps, report.batch_size = cost.steps, plan[0]["batch_size"]
+    report.optimizer, report.loss = describe_optimizer(plan[0]["optimizer"]), plan[0]["loss"]["name"]
     try:
         report.backend = select_backend()
         report.device = device_description()
-        cdir = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir else None)
+        cache = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir else None)
+        planned = {**recipe, "fits": plan}
         runs = []
-        for s in range(seed, seed + max(seeds, 1)):
-            runs.append(train_seed_cached(config, fits, s, max_epochs, max_seconds, cdir))
-            report.seeds.append(s)
-        report.accuracies = [r["accuracy"] for r in runs]
-        report.accuracy = float(statistics.median(report.accuracies))
-        first = runs[0]
-        report.epochs, report.batch_size = first["epochs"], first["batch_size"]
-        report.optimizer, report.loss, report.notes = first["optimizer"], first["loss"], first["notes"]
-        report.seconds = round(sum(r["seconds"] for r in runs if not r["cache_hit"]), 2)
-        report.cache_hit = all(r["cache_hit"] for r in runs)
-    except RefusedModel as exc:
-        report.error = f"The model was not retrained: {exc}."
+        for seed in range(settings.seed, settings.seed + max(settings.seeds, 1)):
+            job = {"model": recipe["model"], "plan": plan, "seed": seed, "raw": raw,
+                   "subset": list(settings.data_subset) if settings.data_subset else None,
+                   "deterministic": deterministic()}
+            runs.append(train_seed_cached(job, planned, settings, cache, isolated))
+            report.seeds.append(seed)
+            if abs(runs[0]["accuracy"] - settings.threshold) >= settings.seed_margin:
+                break  # clearly above or below: one seed decides
+    except RetrainFailed as exc:  # error too, so every page that shows error shows why
+        report.grader_error = str(exc)
+        report.error = f"The grader could not retrain the model (not your fault): {exc}."
+        return report
+    report.accuracies = [r["accuracy"] for r in runs]
+    report.accuracy = float(statistics.median(report.accuracies))
+    report.epochs = runs[0]["epochs"]
+    report.seconds = round(sum(r["seconds"] for r in runs if not r["cache_hit"]), 2)
+    report.cache_hit = all(r["cache_hit"] for r in runs)
+    if len(runs) > 1:
+        report.notes.append(f"the first accuracy, {report.accuracies[0]:.4f}, was within {settings.seed_margin} of the "
+                            f"threshold {settings.threshold}, so {len(runs)} seeds were trained and the median counts")
     return report

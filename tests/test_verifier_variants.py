@@ -1,0 +1,162 @@
+"""Real-world ways of writing the lesson's model, each retrained by the verifier and by plain Keras.
+
+Each variant is notebook code.  It runs once with ``Model.fit`` recorded by the sandbox's fit
+recorder (what the grader sees), and once with plain Keras training for real.  Both sides use the
+same small deterministic subset of MNIST and the same seed, so CI stays cheap; the verifier's
+accuracy must match plain Keras's within a tolerance (the canonical rebuild drops e.g. He
+initialization, and a ``tf.data`` pipeline shuffles differently).  One full-MNIST check of the
+real recipe lives in ``test_retrain.py``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from autograder import retrain
+
+SUBSET = (4000, 1000)
+SETTINGS = retrain.Settings(data_subset=SUBSET, seeds=1)
+TOLERANCE = 0.04  # on 4,000 images; dropped He initialization moves the accuracy by about 0.03 here
+
+SEED_LAYERS = (
+    "layers.Conv2D(32, (3, 3), activation='relu'), layers.MaxPooling2D((2, 2)),"
+    " layers.Conv2D(64, (3, 3), activation='relu'), layers.MaxPooling2D((2, 2)),"
+    " layers.Conv2D(64, (3, 3), activation='relu'), layers.Flatten(),"
+    " layers.Dense(64, activation='relu'), layers.Dense(10, activation='softmax')"
+)
+SEQ = f"model = keras.Sequential([keras.Input((28, 28, 1)), {SEED_LAYERS}])\n"
+ADAM = "model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
+FIT = "model.fit(train_images, train_labels, epochs=1, batch_size=64)\n"
+
+VARIANTS = {
+    "padding='same' and He initialization": (
+        "model = keras.Sequential([keras.Input((28, 28, 1)),"
+        " layers.Conv2D(32, 3, padding='same', activation='relu', kernel_initializer='he_normal'), layers.MaxPooling2D(),"
+        " layers.Conv2D(64, 3, padding='same', activation='relu', kernel_initializer='he_normal'), layers.MaxPooling2D(),"
+        " layers.Flatten(), layers.Dense(64, activation='relu', kernel_initializer='he_uniform'),"
+        " layers.Dense(10, activation='softmax')])\n" + ADAM + FIT),
+    "BatchNormalization and Dropout": (
+        "model = keras.Sequential([keras.Input((28, 28, 1)), layers.Conv2D(32, 3, use_bias=False),"
+        " layers.BatchNormalization(momentum=0.9), layers.Activation('relu'), layers.MaxPooling2D(), layers.Conv2D(64, 3),"
+        " layers.BatchNormalization(momentum=0.9), layers.ReLU(), layers.MaxPooling2D(), layers.Flatten(),"
+        " layers.Dropout(0.3), layers.Dense(64, activation='relu'), layers.Dropout(0.2),"
+        " layers.Dense(10, activation='softmax')])\n" + ADAM + FIT),
+    "tf.data pipeline": (
+        SEQ + ADAM +
+        "ds = tf.data.Dataset.from_tensor_slices((train_images, train_labels)).shuffle(2000, seed=0).batch(64)\n"
+        "model.fit(ds, epochs=1)\n"),
+    "one-hot labels with categorical_crossentropy": (
+        SEQ + "model.compile(optimizer='adam', loss='categorical_crossentropy', metrics=['accuracy'])\n"
+        "model.fit(train_images, keras.utils.to_categorical(train_labels, 10), epochs=1, batch_size=64)\n"),
+    "logits with from_logits=True": (
+        SEQ.replace("layers.Dense(10, activation='softmax')", "layers.Dense(10)") +
+        "model.compile(optimizer=keras.optimizers.Adam(1e-3),"
+        " loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=['accuracy'])\n" + FIT),
+    "input_shape= on the first layer (model.add)": (
+        "model = keras.Sequential()\n"
+        "model.add(layers.Conv2D(32, (3, 3), activation='relu', input_shape=(28, 28, 1)))\n"
+        "model.add(layers.MaxPooling2D((2, 2)))\nmodel.add(layers.Conv2D(64, (3, 3), activation='relu'))\n"
+        "model.add(layers.MaxPooling2D((2, 2)))\nmodel.add(layers.Conv2D(64, (3, 3), activation='relu'))\n"
+        "model.add(layers.Flatten())\nmodel.add(layers.Dense(64, activation='relu'))\n"
+        "model.add(layers.Dense(10, activation='softmax'))\n" + ADAM + FIT),
+    "learning-rate schedule": (
+        SEQ + "schedule = keras.optimizers.schedules.ExponentialDecay(2e-3, decay_steps=40, decay_rate=0.8)\n"
+        "model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule),"
+        " loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n" + FIT),
+    "ReduceLROnPlateau over two epochs": (
+        SEQ + ADAM + "model.fit(train_images, train_labels, epochs=2, batch_size=128,"
+        " callbacks=[keras.callbacks.ReduceLROnPlateau(monitor='loss', factor=0.2, patience=0)])\n"),
+    "two fit calls": (SEQ + ADAM + "model.fit(train_images, train_labels, epochs=1, batch_size=128)\n"
+                      "model.fit(train_images, train_labels, epochs=1, batch_size=128)\n"),
+    "Input((28, 28)) and Reshape, functional API": (
+        "inputs = keras.Input((28, 28))\nx = layers.Reshape((28, 28, 1))(inputs)\n"
+        "x = layers.Conv2D(32, 3, activation='relu')(x)\nx = layers.MaxPool2D()(x)\n"
+        "x = layers.Conv2D(64, 3, activation='relu')(x)\nx = layers.MaxPool2D()(x)\nx = layers.Flatten()(x)\n"
+        "model = keras.Model(inputs, layers.Dense(10, activation='softmax')(x))\n" + ADAM +
+        "model.fit(train_images.reshape(-1, 28, 28), train_labels, epochs=1, batch_size=64)\n"),
+    "SGD with Nesterov momentum, batch size 32": (
+        SEQ + "model.compile(optimizer=keras.optimizers.SGD(0.02, momentum=0.9, nesterov=True),"
+        " loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
+        "model.fit(train_images, train_labels, epochs=1, batch_size=32)\n"),
+    "Rescaling inside the model on raw pixels": (
+        f"model = keras.Sequential([keras.Input((28, 28, 1)), layers.Rescaling(1 / 255), {SEED_LAYERS}])\n" + ADAM +
+        "model.fit(train_images * 255, train_labels, epochs=1, batch_size=64)\n"),
+    "another conv stack: strides, average pooling, no dense hidden layer": (
+        "model = keras.Sequential([keras.Input((28, 28, 1)), layers.Conv2D(32, 5, strides=2, activation='relu'),"
+        " layers.AveragePooling2D(2), layers.Conv2D(64, 3, padding='same', activation='relu'),"
+        " layers.Flatten(), layers.Dense(10, activation='softmax')])\n" + ADAM + FIT),
+}
+RAW_PIXELS = {"Rescaling inside the model on raw pixels"}
+
+
+@pytest.fixture(scope="module")
+def data():
+    (x_train, y_train), (x_test, y_test) = retrain.load_data(SUBSET)
+    return x_train.reshape(-1, 28, 28, 1), y_train, x_test.reshape(-1, 28, 28, 1), y_test
+
+
+def _namespace(data):
+    import keras
+    import tensorflow as tf
+    from keras import layers
+
+    x_train, y_train, x_test, _ = data
+    return {"keras": keras, "tf": tf, "layers": layers, "np": np, "train_images": x_train.copy(),
+            "train_labels": y_train.copy(), "test_images": x_test.copy()}
+
+
+def _recorded(code: str, data, monkeypatch):
+    """What the grader extracts: the model config and the fit calls, recorded (not run)."""
+    import keras
+
+    from autograder import probe_runtime
+
+    monkeypatch.setattr(probe_runtime, "FIT_LOG", [])
+    with monkeypatch.context() as patch:
+        patch.setattr(keras.Model, "fit", keras.Model.fit)  # restored when the block ends
+        probe_runtime.install_fit_recorder()
+        ns = _namespace(data)
+        exec(code, ns)
+    model = ns["model"]
+    return model.to_json(), [r for owner, r in probe_runtime.FIT_LOG if owner == id(model)]
+
+
+def _plain_keras(code: str, data, raw: bool) -> float:
+    """The same code trained by plain Keras at the verifier's seed; test accuracy on the subset."""
+    import keras
+
+    keras.utils.set_random_seed(retrain.DEFAULT_SEED)
+    ns = _namespace(data)
+    exec(code, ns)
+    model = ns["model"]
+    x_test = data[2] * (255.0 if raw else 1.0)
+    x_test = x_test.reshape((-1, *model.input_shape[1:]))
+    return float(np.mean(np.argmax(model.predict(x_test, verbose=0), -1) == data[3]))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_verifier_matches_plain_keras(variant, data, monkeypatch):
+    code = VARIANTS[variant]
+    config, fits = _recorded(code, data, monkeypatch)
+    report = retrain.verify(config, fits, SETTINGS, cache_dir=None, isolated=False)
+    assert report.error is None and report.grader_error is None, report
+    plain = _plain_keras(code, data, variant in RAW_PIXELS)
+    assert plain > 0.6, plain  # the code trains at all on the subset
+    assert abs(report.accuracy - plain) <= TOLERANCE, (report.accuracy, plain, report.notes)
+
+
+def test_subclassed_model_is_refused_with_guidance(data, monkeypatch):
+    code = (
+        "class Net(keras.Model):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.conv, self.flat = layers.Conv2D(8, 3, activation='relu'), layers.Flatten()\n"
+        "        self.out = layers.Dense(10, activation='softmax')\n"
+        "    def call(self, x):\n"
+        "        return self.out(self.flat(self.conv(x)))\n"
+        "model = Net()\nmodel(train_images[:1])\n" + ADAM + FIT)
+    config, fits = _recorded(code, data, monkeypatch)
+    report = retrain.verify(config, fits, SETTINGS, cache_dir=None, isolated=False)
+    assert report.accuracy is None and "subclassed model" in report.error
+    assert "keras.Sequential([keras.Input((28, 28, 1))" in report.error and "functional API" in report.error
