@@ -40,7 +40,7 @@ from autograder.engine import Autograder, RetrainOptions, grade_notebook
 from autograder.sandbox import Limits
 
 #: The Gradescope timeout the README recommends (minutes); Gradescope allows 40 at most.
-DEFAULT_TIMEOUT_MINUTES = 30
+DEFAULT_TIMEOUT_MINUTES = 40
 #: Kept out of the submission's memory budget: this process, the judge and the kernel's page cache.
 MEMORY_HEADROOM_MB = 768
 #: Kept out of the time budget: container start-up, the judge, writing results.
@@ -138,7 +138,8 @@ def plan_limits(resources: ContainerResources, timeout_minutes: float, *, retrai
 
     Memory: the submission's processes get the container's memory less :data:`MEMORY_HEADROOM_MB`
     (never more than the engine's default).  Time: of the timeout less
-    :data:`TIME_HEADROOM_SECONDS`, the notebook gets a third and retraining the rest."""
+    :data:`TIME_HEADROOM_SECONDS`, the notebook gets a third (at most the engine's default) and
+    retraining the rest, shared by the seeds it may train."""
     defaults, retrain_defaults = Limits(), RetrainOptions()
     memory_mb = defaults.memory_mb
     if resources.memory_mb is not None:
@@ -147,8 +148,8 @@ def plan_limits(resources: ContainerResources, timeout_minutes: float, *, retrai
     notebook_seconds = min(defaults.notebook_seconds, budget / 3)
     cell = min(cell_seconds or defaults.cell_seconds, notebook_seconds)
     limits = dataclasses.replace(defaults, memory_mb=int(memory_mb), notebook_seconds=notebook_seconds, cell_seconds=cell)
-    options = dataclasses.replace(retrain_defaults, enabled=retrain,
-                                  max_seconds=min(retrain_defaults.max_seconds, budget - notebook_seconds))
+    per_run = (budget - notebook_seconds) / max(retrain_defaults.seeds, 1)  # a recipe may be trained per seed
+    options = dataclasses.replace(retrain_defaults, enabled=retrain, max_seconds=min(retrain_defaults.max_seconds, per_run))
     return limits, options
 
 
