@@ -209,10 +209,13 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
     for hit in result.get("limits_hit", []):
         lines.append(f"Limit reached: {hit}")
     rt = result.get("retrain")
-    if rt:
-        lines.append(f"Retraining: {rt['error']}" if rt.get("error") else
-                     f"Your model was retrained from scratch: test accuracy {rt['accuracy']:.4f} "
-                     f"({rt['epochs']} epochs, batch size {rt['batch_size']}, {rt['device']}).")
+    if rt and rt.get("pending"):
+        lines.append("Your model is being retrained from scratch; its accuracy is not counted yet.")
+    elif rt and rt.get("error"):
+        lines.append(f"Retraining: {rt['error']}")
+    elif rt and rt.get("accuracy") is not None:
+        lines.append(f"Your model was retrained from scratch: test accuracy {rt['accuracy']:.4f} "
+                     f"({rt.get('epochs')} epochs, batch size {rt.get('batch_size')}, {rt.get('device')}).")
     return {
         "score": round(float(result.get("score") or 0.0), 4),
         "execution_time": int(round(seconds)),
@@ -293,11 +296,14 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
         else:
             kwargs = {}
             if "on_partial" in inspect.signature(grade_notebook).parameters:
-                def on_partial(partial: dict) -> None:
-                    payload = to_gradescope(partial, elapsed(), show_hidden=show_hidden)
-                    payload["output"] = ("Partial results: your model is being retrained; if this message stays, "
-                                         "retraining was stopped by the time limit.\n" + payload["output"])
-                    write_results(results_path, payload)
+                def on_partial(partial: dict) -> None:  # never lets a display problem stop grading
+                    try:
+                        payload = to_gradescope(partial, elapsed(), show_hidden=show_hidden)
+                        payload["output"] = ("Partial results: your model is being retrained; if this message "
+                                             "stays, retraining was stopped by the time limit.\n" + payload["output"])
+                        write_results(results_path, payload)
+                    except Exception:  # noqa: BLE001
+                        _diagnostics("partial results not written", {"cause": traceback.format_exc()})
 
                 kwargs["on_partial"] = on_partial
             result = grade_notebook(notebook, ag, limits=limits, retrain=options, **kwargs)

@@ -92,6 +92,25 @@ def test_limits_come_from_the_cgroup_v2_and_v1(tmp_path):
     assert unbounded.memory_mb == 6144  # never above the engine's own default
 
 
+# --- results.json from the engine's result -----------------------------------------------------
+
+def test_engine_grader_errors_and_pending_retraining_read_as_such():
+    """The engine's ``grader_error`` status (jail or verifier faults) is never shown as the
+    student's 0, and a partial result (``retrain: {"pending": True}``, before retraining) renders."""
+    question = {"name": "training", "score": 1.0, "max_score": 6.0, "cases": [
+        {"name": "test_training", "hidden": False, "points": 1, "passed": True, "message": "ok"},
+        {"name": "test_accuracy_hidden", "hidden": True, "points": 5, "passed": False, "message": "pending"}]}
+    faulty = gradescope.to_gradescope({"status": "grader_error", "error": "the jailed Python did not start",
+                                       "score": 0.0, "questions": [question]}, 3.0)
+    assert faulty["extra_data"] == {"status": "grader_error", "cause": "the jailed Python did not start"}
+    assert faulty["output"] == gradescope.GRADER_ERROR_MESSAGE and faulty["tests"][0]["max_score"] == 0
+    partial = gradescope.to_gradescope({"status": "graded", "score": 1.0, "questions": [question],
+                                        "retrain": {"pending": True}}, 3.0, show_hidden=True)
+    _assert_valid_results(partial)
+    assert "being retrained" in partial["output"]
+    assert [t["visibility"] for t in partial["tests"]] == ["visible", "after_published"]
+
+
 # --- what the zips carry ----------------------------------------------------------------------
 
 def test_gradescope_zip_pins_versions_provisions_mnist_and_fixes_permissions(built):
