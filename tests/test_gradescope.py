@@ -469,9 +469,12 @@ def test_timeout_and_cell_errors_reach_the_student_and_the_rest_is_graded(image,
 @pytest.mark.slow
 @needs_root
 def test_solution_gets_full_marks_under_a_3_gib_cap_with_no_network(image, built, tmp_path):
-    """The README's figures come from this run (stdout shows them). Retrains the solution once."""
+    """Retrains the solution once; stdout shows wall time and peak memory.  The time budget is
+    raised (``--timeout-minutes 200``: the verifier's own 30-minute cap per training) because a
+    loaded CI host is slower than a Gradescope container; how the 40-minute budget is split is
+    tested above, and a training that overruns its cap is a grader error, never a 0."""
     started = time.monotonic()
-    run = run_gradescope(image, built, tmp_path, _sample("solution"), timeout=1800)
+    run = run_gradescope(image, built, tmp_path, _sample("solution"), "--timeout-minutes", "200", timeout=3600)
     seconds = time.monotonic() - started
     res = run["results"]
     print(f"\nsolution on emulated Gradescope: {seconds:.0f} s wall, peak memory {run['peak'] / 2**20:.0f} MiB "
