@@ -40,7 +40,7 @@ from autograder.engine import Autograder, RetrainOptions, grade_notebook
 from autograder.sandbox import Limits
 
 #: The Gradescope timeout the README recommends (minutes); Gradescope allows 40 at most.
-DEFAULT_TIMEOUT_MINUTES = 30
+DEFAULT_TIMEOUT_MINUTES = 40
 #: Kept out of the submission's memory budget: this process, the judge and the kernel's page cache.
 MEMORY_HEADROOM_MB = 768
 #: Kept out of the time budget: container start-up, the judge, writing results.
@@ -138,7 +138,8 @@ def plan_limits(resources: ContainerResources, timeout_minutes: float, *, retrai
 
     Memory: the submission's processes get the container's memory less :data:`MEMORY_HEADROOM_MB`
     (never more than the engine's default).  Time: of the timeout less
-    :data:`TIME_HEADROOM_SECONDS`, the notebook gets a third and retraining the rest."""
+    :data:`TIME_HEADROOM_SECONDS`, the notebook gets a third (at most the engine's default) and
+    retraining the rest, shared by the seeds it may train."""
     defaults, retrain_defaults = Limits(), RetrainOptions()
     memory_mb = defaults.memory_mb
     if resources.memory_mb is not None:
@@ -147,8 +148,8 @@ def plan_limits(resources: ContainerResources, timeout_minutes: float, *, retrai
     notebook_seconds = min(defaults.notebook_seconds, budget / 3)
     cell = min(cell_seconds or defaults.cell_seconds, notebook_seconds)
     limits = dataclasses.replace(defaults, memory_mb=int(memory_mb), notebook_seconds=notebook_seconds, cell_seconds=cell)
-    options = dataclasses.replace(retrain_defaults, enabled=retrain,
-                                  max_seconds=min(retrain_defaults.max_seconds, budget - notebook_seconds))
+    per_run = (budget - notebook_seconds) / max(retrain_defaults.seeds, 1)  # a recipe may be trained per seed
+    options = dataclasses.replace(retrain_defaults, enabled=retrain, max_seconds=min(retrain_defaults.max_seconds, per_run))
     return limits, options
 
 
@@ -208,10 +209,13 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
     for hit in result.get("limits_hit", []):
         lines.append(f"Limit reached: {hit}")
     rt = result.get("retrain")
-    if rt:
-        lines.append(f"Retraining: {rt['error']}" if rt.get("error") else
-                     f"Your model was retrained from scratch: test accuracy {rt['accuracy']:.4f} "
-                     f"({rt['epochs']} epochs, batch size {rt['batch_size']}, {rt['device']}).")
+    if rt and rt.get("pending"):
+        lines.append("Your model is being retrained from scratch; its accuracy is not counted yet.")
+    elif rt and rt.get("error"):
+        lines.append(f"Retraining: {rt['error']}")
+    elif rt and rt.get("accuracy") is not None:
+        lines.append(f"Your model was retrained from scratch: test accuracy {rt['accuracy']:.4f} "
+                     f"({rt.get('epochs')} epochs, batch size {rt.get('batch_size')}, {rt.get('device')}).")
     return {
         "score": round(float(result.get("score") or 0.0), 4),
         "execution_time": int(round(seconds)),
@@ -292,11 +296,14 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
         else:
             kwargs = {}
             if "on_partial" in inspect.signature(grade_notebook).parameters:
-                def on_partial(partial: dict) -> None:
-                    payload = to_gradescope(partial, elapsed(), show_hidden=show_hidden)
-                    payload["output"] = ("Partial results: your model is being retrained; if this message stays, "
-                                         "retraining was stopped by the time limit.\n" + payload["output"])
-                    write_results(results_path, payload)
+                def on_partial(partial: dict) -> None:  # never lets a display problem stop grading
+                    try:
+                        payload = to_gradescope(partial, elapsed(), show_hidden=show_hidden)
+                        payload["output"] = ("Partial results: your model is being retrained; if this message "
+                                             "stays, retraining was stopped by the time limit.\n" + payload["output"])
+                        write_results(results_path, payload)
+                    except Exception:  # noqa: BLE001
+                        _diagnostics("partial results not written", {"cause": traceback.format_exc()})
 
                 kwargs["on_partial"] = on_partial
             result = grade_notebook(notebook, ag, limits=limits, retrain=options, **kwargs)
