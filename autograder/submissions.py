@@ -331,7 +331,7 @@ def _folder(folder: Path, workdir: Path, limits: ArchiveLimits, depth: int) -> l
         if path.is_symlink():
             subs.append(Submission(_safe(str(rel.with_suffix(""))), source, error="a symbolic link, not read"))
             continue
-        student = _nbgrader_student(rel)
+        student = _nbgrader_student(PurePosixPath(folder.name, *rel.parts))  # the folder may be submitted/
         if student is not None:
             if path.suffix.lower() == ".ipynb":  # nbgrader's timestamp.txt and other files are not submissions
                 subs.append(_notebook_submission(path, Owner(_safe(student), extra={"nbgrader_student": student}),
