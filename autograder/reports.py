@@ -1,8 +1,11 @@
-"""What a batch leaves for people: grade sheet, Canvas import, per-student feedback, summary.
+"""What a batch leaves for people: grade sheet, review list, Canvas import, feedback, summary.
 
 All of it is derived from the per-submission result files, so rerunning a batch rebuilds it
 identically.  HTML pages are self-contained (styles and plots inline) so they can be mailed
-or uploaded as they are.
+or uploaded as they are.  A student's page holds that student's own results only; flags that
+name a classmate (identical notebooks) and second files go to the instructor's ``report.html``
+and ``needs_review.csv``.  A grader error is shown as such, never as a score of 0, and never
+reaches the Canvas import.  Every file is written readable by its owner only (0600).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ FEEDBACK = ENV.from_string("""<!doctype html>
 <tr><td>{{ q.name }}</td>
 <td class="{{ 'ok' if q.score == q.max_score else ('bad' if q.score == 0 else 'part') }}">{{ fmt(q.score) }} / {{ fmt(q.max_score) }}</td>
 <td>{% for c in q.cases if not c.hidden and not c.passed %}<p class="muted">public check</p><pre>{{ clean(c.message) }}</pre>{% endfor %}
-{% for c in q.cases if c.hidden %}<p class="hidden-check"><span class="muted">hidden check:</span>
+{% for c in q.cases if c.hidden %}<p class="hidden-check"><span class="muted">hidden check{% if q.cases|selectattr("hidden")|list|length > 1 %} ({{ case_label(c.name) }}){% endif %}:</span>
 {% if c.passed %} <span class="ok">passed</span>{% else %} <span class="bad">failed</span>{% if clean(c.message) %}: {{ clean(c.message) }}{% endif %}{% endif %}</p>{% endfor %}
 {% if q.cases|selectattr("passed", "false")|list|length == 0 %}All checks passed.{% endif %}</td></tr>
 {% endfor %}</tbody></table>
@@ -67,14 +70,14 @@ SUMMARY = ENV.from_string("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Grading summary: {{ assignment }}</title><style>{{ style }}</style></head><body>
 <h1>Grading summary: {{ assignment }}</h1>
 <div class="card"><p><strong id="count">{{ n }}</strong> submissions: <strong>{{ n_scored }}</strong> scored,
-<strong id="n-errors">{{ n_errors }}</strong> with errors, <strong id="n-grader-errors">{{ n_grader_errors }}</strong> grader errors (not scored, rerun the batch).
+<strong id="n-errors">{{ n_errors }}</strong> with errors (a row that could not be graded at all has no score), <strong id="n-grader-errors">{{ n_grader_errors }}</strong> grader errors (not scored, rerun the batch).
 Mean score <strong>{{ fmt(mean) }}</strong> / {{ fmt(max_score) }}, median {{ fmt(median) }} (scored submissions only).</p>
 {% if canvas %}<p>Canvas import: <code>canvas_grades.csv</code>, column <code>{{ canvas }}</code>; <strong>{{ n_review }}</strong> rows left out of it are listed in <code>needs_review.csv</code>.</p>
 {% else %}<p class="part">No Canvas import written: pass <code>--canvas-assignment "Title (assignment id)"</code> to write one. Rows to review: <code>needs_review.csv</code>.</p>{% endif %}</div>
 {% for title, png in plots %}<h2>{{ title }}</h2><img alt="{{ title }}" src="data:image/png;base64,{{ png }}">{% endfor %}
 <h2>Submissions</h2><table id="submissions"><thead><tr><th>Student</th><th>Score</th><th>Status</th><th>Retrained accuracy</th><th>Flags</th><th>Limits hit</th></tr></thead><tbody>
 {% for r in results %}<tr><td><a href="feedback/{{ r.student.id }}.html">{{ r.student.id }}</a>{% if r.student.name %}<br><span class="muted">{{ r.student.name }}</span>{% endif %}</td>
-<td>{{ "-" if r.status == "grader_error" else fmt(r.score) }}</td>
+<td>{{ fmt(r.score) if scored(r) else "-" }}</td>
 <td class="{{ 'ok' if r.status == 'graded' else ('part' if r.status == 'grader_error' else 'bad') }}">{{ "grader error" if r.status == "grader_error" else r.status }}{% if r.error %}: {{ r.error[:160] }}{% endif %}</td>
 <td>{{ accuracy(r) }}</td>
 <td class="flags">{% for f in flags(r) %}<div class="part">{{ f }}</div>{% endfor %}</td>
@@ -235,7 +238,7 @@ def _plots(results: list[dict]) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     plots = []
-    scores = [r["score"] for r in results if r["status"] != "grader_error"] or [0]
+    scores = [r["score"] for r in results if scored(r)] or [0]
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.hist(scores, bins=min(20, max(len(set(scores)), 1)), color="#2f81f7", edgecolor="white")
     ax.set_xlabel("total score"), ax.set_ylabel("submissions")
@@ -268,7 +271,19 @@ def _plots(results: list[dict]) -> list[tuple[str, str]]:
 def render_feedback(result: dict) -> str:
     """The student's own page: their scores and messages, nothing about any classmate."""
     failed = [c for c in (result.get("execution") or {}).get("cells", []) if c.get("error")]
-    return FEEDBACK.render(r=result, style=STYLE, fmt=fmt, failed_cells=failed, clean=_clean)
+    return FEEDBACK.render(r=result, style=STYLE, fmt=fmt, failed_cells=failed, clean=_clean, case_label=_case_label)
+
+
+def _case_label(test_name: str) -> str:
+    """``test_layer_params_hidden`` -> ``layer_params``: which answer a hidden check is about."""
+    name = test_name.removeprefix("test_")
+    return name.removesuffix("_hidden")
+
+
+def scored(r: dict) -> bool:
+    """Whether the row has a score of the submission's own: graded by the engine, not a grader
+    error, not an input that could not be graded (a duplicate, a PDF, a refused zip)."""
+    return r["status"] != "grader_error" and bool(r.get("questions"))
 
 
 def _clean(message: str) -> str:
@@ -296,10 +311,10 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
     os.chmod(out / "feedback", 0o700)
     for r in results:
         write_private_text(out / "feedback" / f"{r['student']['id']}.html", render_feedback(r))
-    scored = [r for r in results if r["status"] != "grader_error"]
-    scores = [r["score"] for r in scored] or [0]
+    scored_rows = [r for r in results if scored(r)]
+    scores = [r["score"] for r in scored_rows] or [0]
     max_score = max((r.get("max_score") or 0 for r in results), default=0)
-    page = SUMMARY.render(style=STYLE, fmt=fmt, assignment=assignment, n=len(results), n_scored=len(scored),
+    page = SUMMARY.render(style=STYLE, fmt=fmt, assignment=assignment, n=len(results), n_scored=len(scored_rows), scored=scored,
                           n_errors=sum(r["status"] == "error" for r in results),
                           n_grader_errors=sum(r["status"] == "grader_error" for r in results),
                           mean=round(statistics.mean(scores), 2), median=statistics.median(scores),

@@ -354,7 +354,11 @@ def _top_zip(path: Path, workdir: Path, limits: ArchiveLimits) -> list[Submissio
             names = [PurePosixPath(i.filename) for i in z.infolist() if not i.is_dir() and not _hidden(PurePosixPath(i.filename).parts)]
             gradescope = any(n.name == "submission_metadata.yml" and len(n.parts) == 1 for n in names)
             gradable = [n for n in names if n.suffix.lower() in (".ipynb", ".zip")]
-            single = owner is not None or (not gradescope and len(gradable) == 1 and gradable[0].suffix.lower() == ".ipynb")
+            # one student's upload: named for a student, or holding a single notebook that names no one
+            # (a class download of one Canvas file or one nbgrader folder is still a class download)
+            single = owner is not None or (
+                not gradescope and len(gradable) == 1 and gradable[0].suffix.lower() == ".ipynb"
+                and canvas_owner(gradable[0].name) is None and _nbgrader_student(PurePosixPath(path.stem, *gradable[0].parts)) is None)
             if single:
                 z.close()
                 return [_student_zip(path, owner or Owner(_safe(path.stem)), path.name, workdir, limits, 1)]

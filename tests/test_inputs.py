@@ -90,6 +90,14 @@ def test_other_file_names_are_not_read_as_canvas(file_name):
     assert canvas_owner(file_name) is None  # Otter's own export name holds numbers that are not ids
 
 
+def test_a_class_download_with_one_file_is_still_read_by_file_name(tmp_path):
+    archive = tmp_path / "ml101-cnn-on-mnist submissions.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(_sample("solution"), "lovelaceada_1001_5001_cnn_mnist.ipynb")
+    (sub,) = collect([archive], tmp_path / "out")
+    assert sub.id == "1001" and sub.error is None
+
+
 def test_an_otter_export_zip_in_a_plain_folder_belongs_to_the_zip(tmp_path):
     folder = tmp_path / "class"
     folder.mkdir()
