@@ -331,3 +331,14 @@ def test_outputs_are_readable_by_their_owner_only(tmp_path):
     for p in paths:
         mode = stat.S_IMODE(p.stat().st_mode)
         assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
+
+
+def test_the_cli_refuses_a_canvas_column_without_an_id(tmp_path):
+    from typer.testing import CliRunner
+
+    from autograder.cli import app
+
+    result = CliRunner().invoke(app, ["grade", str(tmp_path), "--out", str(tmp_path / "out"),
+                                      "--canvas-assignment", "cnn_mnist"])
+    assert result.exit_code == 2 and "Title (assignment id)" in result.output
+    assert not (tmp_path / "out").exists()  # refused before anything was built or graded
