@@ -329,7 +329,8 @@ def _folder(folder: Path, workdir: Path, limits: ArchiveLimits, depth: int) -> l
         rel = PurePosixPath(path.relative_to(folder).as_posix())
         source = str(rel)
         if path.is_symlink():
-            subs.append(Submission(_safe(str(rel.with_suffix(""))), source, error="a symbolic link, not read"))
+            owner = canvas_owner(path.name) or Owner(_safe(str(rel.with_suffix(""))))
+            subs.append(Submission(owner.id, source, error="a symbolic link, not read", extra=owner.extra))
             continue
         student = _nbgrader_student(PurePosixPath(folder.name, *rel.parts))  # the folder may be submitted/
         if student is not None:

@@ -342,3 +342,15 @@ def test_the_cli_refuses_a_canvas_column_without_an_id(tmp_path):
                                       "--canvas-assignment", "cnn_mnist"])
     assert result.exit_code == 2 and "Title (assignment id)" in result.output
     assert not (tmp_path / "out").exists()  # refused before anything was built or graded
+
+
+def test_a_symlink_in_a_class_folder_is_an_error_row_and_never_read(tmp_path):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    secret = tmp_path / "grader_secret.ipynb"
+    shutil.copy(_sample("solution"), secret)
+    (folder / "ada_1001_5001_cnn_mnist.ipynb").symlink_to(secret)
+    (folder / "alan_1002_5002_cnn_mnist.ipynb").write_bytes(_sample("untouched").read_bytes())
+    subs = {s.id: s for s in collect([folder], tmp_path / "out")}
+    assert subs["1001"].notebook is None and "symbolic link" in subs["1001"].error
+    assert subs["1002"].error is None
