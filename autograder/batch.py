@@ -9,7 +9,8 @@ workers do not fight over the CPU or GPU, and identical recipes retrain once tha
 content-addressed cache.
 
 Reports (grade sheet, Canvas import, per-student feedback, summary) are rebuilt from the
-result files at the end of every run, so they never disagree with them.
+result files at the end of every run, so they never disagree with them.  Everything under the
+output folder (results, reports, unpacked submissions) is private: folders 0700, files 0600.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from autograder.engine import RetrainOptions
 from autograder.sandbox import Limits
-from autograder.submissions import Submission, collect
+from autograder.submissions import ArchiveLimits, Submission, collect, private_dir
 
 
 @dataclass
@@ -37,10 +38,13 @@ class BatchOptions:
     progress: bool = True
     ray: bool = False  # spread the batch over a Ray cluster instead of the local process pool
     ray_address: str | None = None  # None: start a local Ray instance
+    canvas: str | None = None  # the Canvas gradebook column, "Title (assignment id)"; None: no import file
+    archives: ArchiveLimits = field(default_factory=ArchiveLimits)
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` whole or not at all, as a file its owner alone can read (mkstemp: 0600)."""
+    private_dir(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=1, default=str)
@@ -89,11 +93,11 @@ def _needs_grading(path: Path) -> bool:
 
 def run_batch(paths: list[Path], autograder_zip: Path, out: Path, options: BatchOptions = BatchOptions()) -> list[dict]:
     """Grade everything under ``paths`` into ``out``; returns every result (done before or now)."""
-    out.mkdir(parents=True, exist_ok=True)
+    private_dir(out)
     from autograder import jail
 
     jail.add_private_paths([out, autograder_zip.parent, *paths])  # no submission may see these
-    subs = collect(paths, out)
+    subs = collect(paths, out, options.archives)
     todo = [s for s in subs if options.force or _needs_grading(result_path(out, s.id))]
     started = time.monotonic()
     if todo:
@@ -101,7 +105,7 @@ def run_batch(paths: list[Path], autograder_zip: Path, out: Path, options: Batch
     results = [json.loads(result_path(out, s.id).read_text()) for s in subs if result_path(out, s.id).is_file()]
     from autograder import reports
 
-    reports.write_all(results, out, autograder_zip)
+    reports.write_all(results, out, autograder_zip, canvas=options.canvas)
     write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
                                                "seconds": round(time.monotonic() - started, 2),
                                                "options": asdict(options)})

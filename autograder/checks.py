@@ -6,7 +6,9 @@ bias or input channels, same vs valid padding, pooling floor, axis order) so fee
 name the mistake instead of only saying "wrong".
 
 Hidden tests call :func:`check_answer`, :func:`check_function`, :func:`check_model` and
-:func:`check_accuracy`.  Public tests call the same-named functions of the student-side copy
+:func:`check_accuracy`.  Their messages pass or fail in general terms: they never show a hidden
+input or an expected value, and do not repeat what the public check already said
+(:func:`explain_answer` and :func:`judge_function_output` hold the detail).  Public tests call the same-named functions of the student-side copy
 of :mod:`autograder.public_checks`, which :func:`render_public_module` fills with digests.
 """
 
@@ -204,8 +206,12 @@ def _explain(kind: str, data, expected, mistakes, label: str, hint: str) -> str:
     return f"{label} is not right. {hint}".strip()
 
 
-def check_answer(key: str, value) -> None:
-    """Hidden test: compare with the reference value (tolerance 1e-6) and name the likely mistake."""
+def explain_answer(key: str, value) -> None:
+    """Compare with the reference value (tolerance 1e-6) and name the likely mistake.
+
+    This detail is what the public check already tells the student; hidden tests call
+    :func:`check_answer`, which does not repeat it.
+    """
     spec = ANSWERS[key]
     if value is None or value is Ellipsis:
         raise AssertionError(f"`{key}` is not answered: expected {spec.describe}.")
@@ -230,6 +236,18 @@ def check_answer(key: str, value) -> None:
         )
     if not _close(spec.kind, data, want):
         raise AssertionError(_explain(spec.kind, data, want, spec.mistakes, f"`{key}`", spec.hint))
+
+
+def check_answer(key: str, value) -> None:
+    """Hidden test: pass or fail with a general message (no expected value, no repeat of the
+    public check's detail, which :func:`explain_answer` gives)."""
+    if value is None or value is Ellipsis:
+        raise AssertionError(f"`{key}` is not answered yet.")
+    try:
+        explain_answer(key, value)
+    except AssertionError:
+        raise AssertionError(f"`{key}` does not match the grader's answer; the public check for this "
+                             "question says what to look at.") from None
 
 
 # --- functions students implement ---------------------------------------------------------
@@ -317,18 +335,38 @@ def check_function(name: str, func) -> None:
     """Hidden test: run the student's function on hidden random cases.
 
     ``func`` may be the live function (Otter in the student's kernel) or a recorded replay of
-    its outputs (our engine probes it in the sandbox and replays the results here).
+    its outputs (our engine probes it in the sandbox and replays the results here).  The
+    message counts the cases that fail and how, never their inputs or expected outputs;
+    :func:`judge_function_output` has the detail.
     """
     if not callable(func):
         raise AssertionError(f"`{name}` should be a function; define it with `def {name}(...)`.")
-    for case in hidden_cases(name):
+    cases = hidden_cases(name)
+    raised = shape = values = 0
+    for case in cases:
         try:
             out = func(*[a.copy() for a in case.args], **case.kwargs)
-        except AssertionError:
-            raise
         except Exception as exc:
-            raise AssertionError(f"{name} raised {type(exc).__name__}: {exc} on {case.label}") from None
-        judge_function_output(name, case, out)
+            if public_checks.is_stub(error=exc):
+                raise AssertionError(public_checks.not_implemented_message(name)) from None
+            raised += 1
+            continue
+        if public_checks.is_stub(out):
+            raise AssertionError(public_checks.not_implemented_message(name))
+        try:
+            judge_function_output(name, case, out)
+        except AssertionError as exc:
+            if "shape" in str(exc):
+                shape += 1
+            else:
+                values += 1
+    wrong = raised + shape + values
+    if wrong:
+        how = [f"{n} {what}" for n, what in ((raised, "raised an error"), (shape, "with the wrong output shape"),
+                                             (values, "with wrong values")) if n]
+        raise AssertionError(f"`{name}` is wrong on {wrong} of {len(cases)} hidden inputs ({', '.join(how)}). They "
+                             "use other sizes" + (", strides and paddings" if name == "conv2d" else "")
+                             + " than the notebook's examples.")
 
 
 # --- the model --------------------------------------------------------------------------------
@@ -354,8 +392,14 @@ def expected_layers() -> list[dict]:
 
 
 def check_model(model) -> None:
-    """Hidden test: the same structural check as the public one, from trusted code."""
-    public_checks.check_model(model, expected_layers())
+    """Hidden test: the same structural check as the public one, from trusted code; its message
+    does not repeat the public check's detail."""
+    try:
+        public_checks.check_model(model, expected_layers())
+    except AssertionError:
+        if model is None or model is Ellipsis:
+            raise
+        raise AssertionError("The model's layers do not match the lesson's CNN; the public check says where.") from None
 
 
 # --- training policy (one place; `grade --require-lesson-model` overrides the first) -----------

@@ -97,6 +97,12 @@ def grade(
         False, "--unsafe-no-isolation",
         help="Grade even where no jail is possible (non-root without user namespaces): submissions then run as "
              "this user and every result says 'not isolated'."),
+    canvas_assignment: Optional[str] = typer.Option(
+        None, "--canvas-assignment",
+        help="Canvas gradebook column, 'Title (assignment id)' as in Canvas's gradebook export, or the title "
+             "with --canvas-assignment-id. Without it no canvas_grades.csv is written."),
+    canvas_assignment_id: Optional[str] = typer.Option(
+        None, "--canvas-assignment-id", help="Canvas assignment id (the number in the assignment's URL)."),
 ) -> None:
     """Grade submissions: isolated execution, clean-process judging, verified retraining."""
     import os
@@ -111,18 +117,29 @@ def grade(
     from autograder.engine import RetrainOptions
     from autograder.sandbox import Limits
 
+    from autograder import reports
+
+    canvas = None
+    if canvas_assignment or canvas_assignment_id:
+        try:
+            canvas = reports.canvas_column(canvas_assignment, canvas_assignment_id)
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2)
     if autograder_zip is None:
         built = builder.build_all(out / "_autograder")
         autograder_zip = built[0].autograder_zip
     options = batch.BatchOptions(
         jobs=jobs or max(os.cpu_count() or 1, 1), force=force, real_fit=real_fit, ray=ray, ray_address=ray_address,
+        canvas=canvas,
         limits=Limits(cell_seconds=cell_seconds, notebook_seconds=notebook_seconds, memory_mb=memory_mb),
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )
     results = batch.run_batch(paths, autograder_zip, out, options)
     _print_results(results)
-    console.print(f"\nGrade sheet: {out / 'grades.csv'}   Canvas import: {out / 'canvas_grades.csv'}")
+    console.print(f"\nGrade sheet: {out / 'grades.csv'}   To review: {out / 'needs_review.csv'}   Canvas import: "
+                  + (f"{out / 'canvas_grades.csv'} (column {canvas})" if canvas else "none (--canvas-assignment)"))
     console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}")
 
 

@@ -27,7 +27,9 @@ __all__ = [
     "check_function",
     "check_model",
     "check_training",
+    "is_stub",
     "model_layers",
+    "not_implemented_message",
 ]
 
 # --- filled by the build (autograder.checks.render_public_module) -------------------------
@@ -141,6 +143,32 @@ def check_answer(key: str, value) -> None:
     _judge(spec, data, key, f"`{key}`")
 
 
+def is_stub(output=None, error: BaseException | None = None) -> bool:
+    """Whether a function's result says "not written yet" rather than "wrong".
+
+    A stub returns ``None`` (the template's ``...`` body) or ``...``, or raises
+    ``NotImplementedError``.  Seen through the grading engine, which records outputs as float
+    arrays, ``None`` arrives as a 0-d NaN and the other two as the recorded error's text.
+    """
+    if error is not None:
+        text = str(error)
+        return (isinstance(error, NotImplementedError) or text.startswith("NotImplementedError")
+                or "'ellipsis'" in text or "'NoneType'" in text)
+    if output is None or output is Ellipsis:
+        return True
+    import numpy as np
+
+    try:
+        arr = np.asarray(output, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return arr.ndim == 0 and bool(np.isnan(arr))
+
+
+def not_implemented_message(name: str) -> str:
+    return f"`{name}` is not implemented yet: replace the `...` in its body with your code."
+
+
 def check_function(name: str, func) -> None:
     """Run the student's function on the public cases (inputs shown in the notebook)."""
     if not callable(func):
@@ -152,7 +180,11 @@ def check_function(name: str, func) -> None:
         try:
             out = func(*args, **case["kwargs"])
         except Exception as exc:
+            if is_stub(error=exc):
+                raise AssertionError(not_implemented_message(name)) from None
             raise AssertionError(f"{name} raised {type(exc).__name__}: {exc} on {case['label']}") from None
+        if is_stub(out):
+            raise AssertionError(not_implemented_message(name))
         data = canonical("array", out, f"{name}(...) on {case['label']}")
         if data["shape"] != case["shape"]:
             raise AssertionError(

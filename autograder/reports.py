@@ -1,8 +1,11 @@
-"""What a batch leaves for people: grade sheet, Canvas import, per-student feedback, summary.
+"""What a batch leaves for people: grade sheet, review list, Canvas import, feedback, summary.
 
 All of it is derived from the per-submission result files, so rerunning a batch rebuilds it
 identically.  HTML pages are self-contained (styles and plots inline) so they can be mailed
-or uploaded as they are.
+or uploaded as they are.  A student's page holds that student's own results only; flags that
+name a classmate (identical notebooks) and second files go to the instructor's ``report.html``
+and ``needs_review.csv``.  A grader error is shown as such, never as a score of 0, and never
+reaches the Canvas import.  Every file is written readable by its owner only (0600).
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import os
+import re
 import statistics
 from pathlib import Path
 
@@ -32,16 +37,21 @@ FEEDBACK = ENV.from_string("""<!doctype html>
 <style>{{ style }}</style></head><body>
 <h1>Feedback: {{ r.assignment or "assignment" }}</h1>
 <p class="muted">Student <strong id="student">{{ r.student.id }}</strong>{% if r.student.name %} ({{ r.student.name }}){% endif %}</p>
-<div class="card"><div class="score" id="total">{{ fmt(r.score) }}{% if r.max_score %} / {{ fmt(r.max_score) }}{% endif %}</div>
-{% if r.status != "graded" %}<p class="bad" id="status">Not fully graded: {{ r.error }}</p>{% endif %}
-{% if r.student.extra.identical_to %}<p class="part">Flagged: this notebook is byte-identical to {{ r.student.extra.identical_to }}'s.</p>{% endif %}
+<div class="card">
+{% if r.status == "grader_error" %}<div class="score" id="total">not graded yet</div>
+<p class="part" id="status">The grader had a fault of its own, not of your submission: {{ r.error }}. It will be graded again; no points were taken.</p>
+{% else %}<div class="score" id="total">{{ fmt(r.score) }}{% if r.max_score %} / {{ fmt(r.max_score) }}{% endif %}</div>
+{% if r.status != "graded" %}<p class="bad" id="status">Not fully graded: {{ r.error }}</p>{% endif %}{% endif %}
 </div>
 {% if r.questions %}
 <table id="questions"><thead><tr><th>Question</th><th>Score</th><th>Feedback</th></tr></thead><tbody>
 {% for q in r.questions %}
 <tr><td>{{ q.name }}</td>
 <td class="{{ 'ok' if q.score == q.max_score else ('bad' if q.score == 0 else 'part') }}">{{ fmt(q.score) }} / {{ fmt(q.max_score) }}</td>
-<td>{% for c in q.cases if not c.passed %}<p class="muted">{{ "hidden check" if c.hidden else "public check" }}</p><pre>{{ clean(c.message) }}</pre>{% else %}All checks passed.{% endfor %}</td></tr>
+<td>{% for c in q.cases if not c.hidden and not c.passed %}<p class="muted">public check</p><pre>{{ clean(c.message) }}</pre>{% endfor %}
+{% for c in q.cases if c.hidden %}<p class="hidden-check"><span class="muted">hidden check{% if q.cases|selectattr("hidden")|list|length > 1 %} ({{ case_label(c.name) }}){% endif %}:</span>
+{% if c.passed %} <span class="ok">passed</span>{% else %} <span class="bad">failed</span>{% if clean(c.message) %}: {{ clean(c.message) }}{% endif %}{% endif %}</p>{% endfor %}
+{% if q.cases|selectattr("passed", "false")|list|length == 0 %}All checks passed.{% endif %}</td></tr>
 {% endfor %}</tbody></table>
 {% endif %}
 {% if r.retrain %}<div class="card" id="retrain"><h2>Model retrained by the grader</h2>
@@ -50,7 +60,7 @@ FEEDBACK = ENV.from_string("""<!doctype html>
 {{ r.retrain.optimizer }}, on {{ r.retrain.device }} ({{ r.retrain.backend }}){% if r.retrain.cache_hit %}, from the retraining cache{% else %}, {{ r.retrain.seconds }} s{% endif %}.</p>
 {% for n in r.retrain.notes %}<p class="muted">{{ n }}</p>{% endfor %}{% endif %}</div>{% endif %}
 {% if r.limits_hit %}<div class="card"><h2>Limits reached</h2><ul>{% for l in r.limits_hit %}<li>{{ l }}</li>{% endfor %}</ul></div>{% endif %}
-{% if r.status != "graded" or failed_cells %}<div class="card" id="log"><h2>Execution log</h2>
+{% if r.status == "error" or failed_cells %}<div class="card" id="log"><h2>Execution log</h2>
 {% for c in failed_cells %}<p>Cell {{ c.index }}: <code>{{ c.error }}</code></p>{% endfor %}
 {% if r.execution and r.execution.output_tail %}<pre>{{ r.execution.output_tail[-6000:] }}</pre>{% endif %}</div>{% endif %}
 </body></html>
@@ -59,12 +69,19 @@ FEEDBACK = ENV.from_string("""<!doctype html>
 SUMMARY = ENV.from_string("""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Grading summary: {{ assignment }}</title><style>{{ style }}</style></head><body>
 <h1>Grading summary: {{ assignment }}</h1>
-<div class="card"><p><strong id="count">{{ n }}</strong> submissions, <strong>{{ n_errors }}</strong> with errors.
-Mean score <strong>{{ fmt(mean) }}</strong> / {{ fmt(max_score) }}, median {{ fmt(median) }}.</p></div>
+<div class="card"><p><strong id="count">{{ n }}</strong> submissions: <strong>{{ n_scored }}</strong> scored,
+<strong id="n-errors">{{ n_errors }}</strong> with errors (a row that could not be graded at all has no score), <strong id="n-grader-errors">{{ n_grader_errors }}</strong> grader errors (not scored, rerun the batch).
+Mean score <strong>{{ fmt(mean) }}</strong> / {{ fmt(max_score) }}, median {{ fmt(median) }} (scored submissions only).</p>
+{% if canvas %}<p>Canvas import: <code>canvas_grades.csv</code>, column <code>{{ canvas }}</code>; <strong>{{ n_review }}</strong> rows left out of it are listed in <code>needs_review.csv</code>.</p>
+{% else %}<p class="part">No Canvas import written: pass <code>--canvas-assignment "Title (assignment id)"</code> to write one. Rows to review: <code>needs_review.csv</code>.</p>{% endif %}</div>
 {% for title, png in plots %}<h2>{{ title }}</h2><img alt="{{ title }}" src="data:image/png;base64,{{ png }}">{% endfor %}
-<h2>Submissions</h2><table><thead><tr><th>Student</th><th>Score</th><th>Status</th></tr></thead><tbody>
-{% for r in results %}<tr><td><a href="feedback/{{ r.student.id }}.html">{{ r.student.id }}</a></td><td>{{ fmt(r.score) }}</td>
-<td class="{{ 'ok' if r.status == 'graded' else 'bad' }}">{{ r.status }}{% if r.error %}: {{ r.error[:160] }}{% endif %}</td></tr>{% endfor %}
+<h2>Submissions</h2><table id="submissions"><thead><tr><th>Student</th><th>Score</th><th>Status</th><th>Retrained accuracy</th><th>Flags</th><th>Limits hit</th></tr></thead><tbody>
+{% for r in results %}<tr><td><a href="feedback/{{ r.student.id }}.html">{{ r.student.id }}</a>{% if r.student.name %}<br><span class="muted">{{ r.student.name }}</span>{% endif %}</td>
+<td>{{ fmt(r.score) if scored(r) else "-" }}</td>
+<td class="{{ 'ok' if r.status == 'graded' else ('part' if r.status == 'grader_error' else 'bad') }}">{{ "grader error" if r.status == "grader_error" else r.status }}{% if r.error %}: {{ r.error[:160] }}{% endif %}</td>
+<td>{{ accuracy(r) }}</td>
+<td class="flags">{% for f in flags(r) %}<div class="part">{{ f }}</div>{% endfor %}</td>
+<td>{% for l in r.limits_hit or [] %}<div>{{ l[:120] }}</div>{% endfor %}</td></tr>{% endfor %}
 </tbody></table></body></html>
 """)
 
@@ -84,28 +101,125 @@ def question_names(results: list[dict]) -> list[str]:
     return names
 
 
+def _private_writer(path: Path):
+    """Open ``path`` for writing as a file its owner alone can read (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "w", newline="", encoding="utf-8")
+
+
+def write_private_text(path: Path, text: str) -> None:
+    with _private_writer(path) as f:
+        f.write(text)
+
+
 def write_grades_csv(results: list[dict], path: Path) -> None:
     qs = question_names(results)
-    with open(path, "w", newline="") as f:
+    with _private_writer(path) as f:
         w = csv.writer(f)
         w.writerow(["id", "name", "email", *qs, "total", "max_score", "status", "error"])
         for r in sorted(results, key=lambda r: r["student"]["id"]):
             scores = {q["name"]: q["score"] for q in r.get("questions", [])}
             s = r["student"]
-            w.writerow([s["id"], s.get("name", ""), s.get("email", ""), *[scores.get(q, 0) for q in qs],
-                        r["score"], r.get("max_score") or "", r["status"], r.get("error") or ""])
+            total = "" if r["status"] == "grader_error" else r["score"]  # not a 0: nothing was graded
+            w.writerow([s["id"], s.get("name", ""), s.get("email", ""), *[scores.get(q, "") for q in qs],
+                        total, r.get("max_score") or "", r["status"], r.get("error") or ""])
 
 
-def write_canvas_csv(results: list[dict], path: Path, assignment: str) -> None:
-    """Canvas gradebook import: Student, ID, SIS User ID, SIS Login ID, Section, then the assignment."""
+CANVAS_COLUMN = re.compile(r"^(?P<title>.*\S)\s*\((?P<id>\d+)\)$")
+
+
+def canvas_column(assignment: str | None = None, assignment_id: str | int | None = None) -> str:
+    """The gradebook column Canvas matches on: ``Title (assignment id)``.
+
+    Canvas's gradebook export names each assignment column ``Title (id)`` (e.g. ``Quiz 1
+    (87568490)``) and its importer matches columns by that id; a bare title that matches no
+    column creates a new assignment.  Accepts ``"Title (123)"`` alone, or a title and an id.
+    """
+    if assignment_id is not None:
+        if not str(assignment_id).isdigit():
+            raise ValueError(f"a Canvas assignment id is a number, got {assignment_id!r}")
+        title = (assignment or "").strip()
+        if not title:
+            raise ValueError("give the assignment's title with its id")
+        return f"{title} ({assignment_id})"
+    m = CANVAS_COLUMN.match((assignment or "").strip())
+    if not m:
+        raise ValueError(f"expected the Canvas column as 'Title (assignment id)', e.g. 'CNN on MNIST (123456)', "
+                         f"got {assignment!r}")
+    return f"{m.group('title')} ({m.group('id')})"
+
+
+def flags(r: dict) -> list[str]:
+    """What a person should look at for this row (instructor's report only, never a student's page)."""
+    extra = r["student"].get("extra") or {}
+    out = []
+    if extra.get("identical_to"):
+        out.append(f"byte-identical to {extra['identical_to']}")
+    if extra.get("duplicate_of"):
+        out.append(f"second file of {extra['duplicate_of']} (not graded)")
+    if extra.get("late"):
+        out.append("late (Canvas)")
+    if r.get("retry"):
+        out.append("worker failed: graded again on the next run")
+    return out
+
+
+def canvas_row(r: dict) -> tuple[list | None, str]:
+    """This result's row of the Canvas import, or ``None`` and why it is left out."""
+    s, extra = r["student"], r["student"].get("extra") or {}
+    if r["status"] == "grader_error":
+        return None, f"grader error, not graded: {r.get('error')}"
+    if extra.get("duplicate_of"):
+        return None, r.get("error") or "duplicate"
+    if r.get("retry") or not r.get("questions"):
+        return None, f"not graded: {r.get('error') or 'no result'}"
+    ids = [extra.get("canvas_user_id") or "", extra.get("sis_user_id") or "", extra.get("sis_login_id") or ""]
+    if not any(ids):
+        why = ("anonymous Canvas download: enter the grade in SpeedGrader" if extra.get("canvas_anonymous_id")
+               else "no Canvas identity (not from a Canvas or Gradescope download)")
+        return None, why
+    return [s.get("name") or "", *ids, "", fmt(r["score"])], ""
+
+
+def write_canvas_csv(results: list[dict], path: Path, column: str) -> list[tuple[dict, str]]:
+    """Canvas gradebook import: Student, ID, SIS User ID, SIS Login ID, Section, then ``column``.
+
+    Only rows Canvas can match to the right student are written: ``ID`` is the Canvas user id
+    from the download's file names (never a grader-made id such as ``12345~2``, which Canvas
+    would read as 12345), ``SIS User ID`` a Gradescope SID.  Returns the results left out,
+    with the reason, for :func:`write_review_csv`.
+    """
     max_score = max((r.get("max_score") or 0 for r in results), default=0)
-    with open(path, "w", newline="") as f:
+    left_out = []
+    with _private_writer(path) as f:
         w = csv.writer(f)
-        w.writerow(["Student", "ID", "SIS User ID", "SIS Login ID", "Section", assignment])
+        w.writerow(["Student", "ID", "SIS User ID", "SIS Login ID", "Section", column])
         w.writerow(["Points Possible", "", "", "", "", fmt(max_score)])
         for r in sorted(results, key=lambda r: r["student"]["id"]):
-            s = r["student"]
-            w.writerow([s.get("name") or s["id"], s["id"], "", s.get("email", ""), "", fmt(r["score"])])
+            row, why = canvas_row(r)
+            if row is None:
+                left_out.append((r, why))
+            else:
+                w.writerow(row)
+    return left_out
+
+
+def write_review_csv(results: list[dict], path: Path) -> int:
+    """Everything a person should look at: rows left out of the Canvas import, and flags."""
+    n = 0
+    with _private_writer(path) as f:
+        w = csv.writer(f)
+        w.writerow(["id", "source", "canvas_user_id", "status", "in_canvas_import", "reason"])
+        for r in sorted(results, key=lambda r: r["student"]["id"]):
+            row, why = canvas_row(r)
+            reasons = ([why] if row is None else []) + [f for f in flags(r) if not why or f not in why]
+            if row is None or reasons:
+                n += 1
+                s = r["student"]
+                w.writerow([s["id"], s.get("source", ""), (s.get("extra") or {}).get("canvas_user_id", ""),
+                            r["status"], "no" if row is None else "yes", "; ".join(reasons)])
+    return n
 
 
 def _png(fig) -> str:
@@ -124,7 +238,7 @@ def _plots(results: list[dict]) -> list[tuple[str, str]]:
     import matplotlib.pyplot as plt
 
     plots = []
-    scores = [r["score"] for r in results]
+    scores = [r["score"] for r in results if scored(r)] or [0]
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.hist(scores, bins=min(20, max(len(set(scores)), 1)), color="#2f81f7", edgecolor="white")
     ax.set_xlabel("total score"), ax.set_ylabel("submissions")
@@ -155,29 +269,60 @@ def _plots(results: list[dict]) -> list[tuple[str, str]]:
 
 
 def render_feedback(result: dict) -> str:
+    """The student's own page: their scores and messages, nothing about any classmate."""
     failed = [c for c in (result.get("execution") or {}).get("cells", []) if c.get("error")]
-    return FEEDBACK.render(r=result, style=STYLE, fmt=fmt, failed_cells=failed, clean=_clean)
+    return FEEDBACK.render(r=result, style=STYLE, fmt=fmt, failed_cells=failed, clean=_clean, case_label=_case_label)
+
+
+def _case_label(test_name: str) -> str:
+    """``test_layer_params_hidden`` -> ``layer_params``: which answer a hidden check is about."""
+    name = test_name.removeprefix("test_")
+    return name.removesuffix("_hidden")
+
+
+def scored(r: dict) -> bool:
+    """Whether the row has a score of the submission's own: graded by the engine, not a grader
+    error, not an input that could not be graded (a duplicate, a PDF, a refused zip)."""
+    return r["status"] != "grader_error" and bool(r.get("questions"))
 
 
 def _clean(message: str) -> str:
     """Otter's "❌ Test case failed" header says nothing the table does not say already."""
-    return message.replace("❌ Test case failed\n", "").strip()
+    return (message or "").replace("❌ Test case failed\n", "").replace("✅ Test case passed", "").strip()
 
 
-def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None) -> None:
+def _accuracy(r: dict) -> str:
+    rt = r.get("retrain") or {}
+    if rt.get("accuracy") is not None:
+        return f"{rt['accuracy']:.4f}" + (" (cached)" if rt.get("cache_hit") else "")
+    return f"- ({rt['error'][:80]})" if rt.get("error") else "-"
+
+
+def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None, canvas: str | None = None) -> None:
+    """Grade sheet, review list, Canvas import (when ``canvas``, the column, is given), feedback
+    pages and the summary; every file readable by its owner only."""
     assignment = next((r.get("assignment") for r in results if r.get("assignment")), "assignment")
+    os.chmod(out, 0o700)
     write_grades_csv(results, out / "grades.csv")
-    write_canvas_csv(results, out / "canvas_grades.csv", assignment)
+    if canvas:
+        write_canvas_csv(results, out / "canvas_grades.csv", canvas)
+    n_review = write_review_csv(results, out / "needs_review.csv")
     (out / "feedback").mkdir(exist_ok=True)
+    os.chmod(out / "feedback", 0o700)
     for r in results:
-        (out / "feedback" / f"{r['student']['id']}.html").write_text(render_feedback(r))
-    scores = [r["score"] for r in results] or [0]
+        write_private_text(out / "feedback" / f"{r['student']['id']}.html", render_feedback(r))
+    scored_rows = [r for r in results if scored(r)]
+    scores = [r["score"] for r in scored_rows] or [0]
     max_score = max((r.get("max_score") or 0 for r in results), default=0)
-    page = SUMMARY.render(style=STYLE, fmt=fmt, assignment=assignment, n=len(results),
-                          n_errors=sum(r["status"] != "graded" for r in results), mean=round(statistics.mean(scores), 2),
-                          median=statistics.median(scores), max_score=max_score, plots=_plots(results) if results else [],
+    page = SUMMARY.render(style=STYLE, fmt=fmt, assignment=assignment, n=len(results), n_scored=len(scored_rows), scored=scored,
+                          n_errors=sum(r["status"] == "error" for r in results),
+                          n_grader_errors=sum(r["status"] == "grader_error" for r in results),
+                          mean=round(statistics.mean(scores), 2), median=statistics.median(scores),
+                          max_score=max_score, plots=_plots(results) if results else [], canvas=canvas,
+                          n_review=n_review, accuracy=_accuracy, flags=flags,
                           results=sorted(results, key=lambda r: r["student"]["id"]))
-    (out / "report.html").write_text(page)
+    write_private_text(out / "report.html", page)
 
 
-__all__ = ["write_all", "render_feedback", "write_grades_csv", "write_canvas_csv"]
+__all__ = ["write_all", "render_feedback", "write_grades_csv", "write_canvas_csv", "write_review_csv",
+           "canvas_column", "canvas_row", "flags", "write_private_text"]

@@ -1,24 +1,69 @@
-"""Find the submissions in what an instructor hands the grader.
+"""Find the submissions in what an instructor hands the grader, and whose each one is.
 
 Accepts notebooks, folders, zip files, a Gradescope submissions export (a folder or zip with
-``submission_metadata.yml``) and a Canvas submissions download (files named
-``name_[LATE_]userid_submissionid_filename``).  Anything that cannot be graded (a non-notebook
-file, a corrupt zip, an empty or malformed notebook, a duplicate) becomes a :class:`Submission`
-with an error, so it shows up as a row in the grade sheet instead of stopping the batch.
+``submission_metadata.yml``), a Canvas submissions download and nbgrader's
+``submitted/<student>/<assignment>/<notebook>.ipynb`` tree.  Anything that cannot be graded (a
+non-notebook file, a corrupt or oversized zip, an empty or malformed notebook, a student's
+second file) becomes a :class:`Submission` with an error, so it shows up as a row for a person
+instead of stopping the batch.
+
+**Identity comes from the outside.**  A Canvas download names each file
+``[name_][LATE_]<user id>_<attachment id>_<file name>``, or ``[LATE_]anon_<anonymous id>_...``
+when the assignment is graded anonymously (see ``get_filename`` and ``add_upload_submission``
+in Canvas's ``lib/content_zipper.rb``: the user name is the sortable name, lower-cased, with
+every non-word character removed, so it may hold any Unicode letter; the second number is the
+*attachment* id).  A zip that a student uploaded (Otter's export) belongs to the student its
+outer name names: the names of the files inside never decide whose it is, so a zip named for
+student A that holds a notebook named for B is A's.  nbgrader's student is the folder under
+``submitted/``; Gradescope's comes from ``submission_metadata.yml``.
+
+**Archives are untrusted.**  Every zip is read under :class:`ArchiveLimits` (members, total
+uncompressed bytes counted while reading, nesting depth, notebook size); symbolic links and
+paths that leave the archive refuse the whole zip.  Only notebooks and nested zips are ever
+written to disk, into a folder readable by its owner only.
+
+When one student has several files, one is graded (a gradable notebook first, then the latest
+Canvas upload) and the others become ``duplicate`` rows that never reach the Canvas import.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import shutil
+import stat
+import unicodedata
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import nbformat
 
-CANVAS_NAME = re.compile(r"^(?P<name>[a-z0-9-]+?)(?:_late)?_(?P<user>\d+)_(?P<submission>\d+)_(?P<file>.+)$", re.I)
-SAFE_ID = re.compile(r"[^A-Za-z0-9_.@-]+")
+# Canvas's per-file names (lib/content_zipper.rb): [name_][LATE_]userid_attachmentid_file or
+# [LATE_]anon_anonymousid_attachmentid_file.  \w is Unicode-aware, as Ruby's [[:word:]] is.
+CANVAS_NAME = re.compile(r"^(?:(?P<name>\w*?)_)??(?P<late>LATE_)?(?P<user>\d+)_(?P<attachment>\d+)_(?P<file>.+)$")
+CANVAS_ANON_NAME = re.compile(r"^(?P<late>LATE_)?anon_(?P<anon>[A-Za-z0-9]+)_(?P<attachment>\d+)_(?P<file>.+)$")
+# Otter's export is named <assignment>_YYYY_MM_DDTHH_MM_SS_ffffff.zip: on its own (not inside a
+# Canvas name) the date's numbers must not read as a Canvas user and attachment id
+OTTER_STAMP = re.compile(r"^\d{2}T\d{2}_\d{2}_\d{2}")
+SAFE_ID = re.compile(r"[^\w.@-]+")
+SKIPPED_FOLDERS = {"__MACOSX"}  # with every hidden (dot) folder: .ipynb_checkpoints, .git, ...
+
+
+@dataclass(frozen=True)
+class ArchiveLimits:
+    """What one input archive may hold; a zip over any limit becomes an error row, unread."""
+
+    max_members: int = 2000  # per zip
+    max_submission_bytes: int = 64 * 2**20  # what one student's zip unpacks to, nested zips included
+    max_class_bytes: int = 2 * 2**30  # what a class's zip (Canvas, Gradescope) unpacks to
+    max_depth: int = 3  # a class zip holding a student's zip holding a zip
+    max_notebook_bytes: int = 32 * 2**20
+
+
+class ArchiveRefused(Exception):
+    """The archive breaks a limit or a rule; the message says which, for the instructor."""
 
 
 @dataclass
@@ -30,6 +75,8 @@ class Submission:
     name: str = ""
     email: str = ""
     sha256: str = ""
+    # canvas_user_id, canvas_attachment_id, canvas_anonymous_id, late, sis_user_id,
+    # sis_login_id, duplicate_of, identical_to: see collect() and reports.write_canvas_csv
     extra: dict = field(default_factory=dict)
 
 
@@ -37,8 +84,22 @@ def _safe(text: str) -> str:
     return SAFE_ID.sub("_", text).strip("_") or "unknown"
 
 
-def check_notebook(path: Path) -> str | None:
+def _hidden(parts) -> bool:
+    return any(p.startswith(".") or p in SKIPPED_FOLDERS for p in parts)
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and parents) and make it readable by its owner only."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def check_notebook(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> str | None:
     """Why this file cannot be graded, or ``None``."""
+    size = path.stat().st_size
+    if size > limits.max_notebook_bytes:
+        return f"the notebook is {size / 2**20:.1f} MB, over the {limits.max_notebook_bytes / 2**20:.0f} MB limit"
     try:
         nb = nbformat.read(str(path), as_version=4)
     except Exception as exc:
@@ -48,15 +109,188 @@ def check_notebook(path: Path) -> str | None:
     return None
 
 
-def _from_file(path: Path, sub_id: str, source: str, **kw) -> Submission:
-    if path.suffix != ".ipynb":
-        return Submission(sub_id, source, error=f"not a notebook: {path.name}", **kw)
-    sub = Submission(sub_id, source, notebook=path, error=check_notebook(path), **kw)
-    sub.sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+# --- who a file belongs to ----------------------------------------------------------------------
+
+@dataclass
+class Owner:
+    id: str
+    name: str = ""
+    email: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def canvas_owner(file_name: str) -> Owner | None:
+    """The student a Canvas download's file name names, or ``None`` if it is not one."""
+    file_name = unicodedata.normalize("NFC", file_name)  # a name unpacked on macOS comes decomposed
+    m = CANVAS_ANON_NAME.match(file_name)
+    if m:
+        anon = m.group("anon")
+        return Owner(f"anon_{anon}", extra={"canvas_anonymous_id": anon, "late": bool(m.group("late")),
+                                             "canvas_attachment_id": m.group("attachment")})
+    m = CANVAS_NAME.match(file_name)
+    if m and not OTTER_STAMP.match(m.group("file")):
+        return Owner(m.group("user"), name=m.group("name") or "",
+                     extra={"canvas_user_id": m.group("user"), "late": bool(m.group("late")),
+                            "canvas_attachment_id": m.group("attachment")})
+    return None
+
+
+def _nbgrader_student(rel: PurePosixPath) -> str | None:
+    """``.../submitted/<student>/<assignment>/<file>``: nbgrader's student, else ``None``."""
+    parts = rel.parts
+    for i in range(len(parts) - 3, -1, -1):
+        if parts[i] == "submitted" and len(parts) - i == 4:
+            return parts[i + 1]
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _notebook_submission(path: Path, owner: Owner, source: str, limits: ArchiveLimits) -> Submission:
+    sub = Submission(owner.id, source, name=owner.name, email=owner.email, extra=dict(owner.extra))
+    if path.suffix.lower() != ".ipynb":
+        sub.error = f"not a notebook: {path.name}"
+        return sub
+    sub.notebook = path
+    sub.error = check_notebook(path, limits)
+    sub.sha256 = _sha256(path)
     return sub
 
 
-def _gradescope(folder: Path) -> list[Submission]:
+# --- archives ------------------------------------------------------------------------------------
+
+class _Budget:
+    """Uncompressed bytes one archive (with the zips nested in it) may still unpack."""
+
+    def __init__(self, limits: ArchiveLimits, total: int):
+        self.limits, self.total, self.left = limits, total, total
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise ArchiveRefused(f"it unpacks to more than {self.total / 2**20:.0f} MB")
+
+
+EXTRACTED = (".ipynb", ".zip")  # the only members ever written to disk (and Gradescope's metadata)
+
+
+def _member_problem(info: zipfile.ZipInfo) -> str | None:
+    name = info.filename
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        return f"it contains a symbolic link ({name!r})"
+    path = PurePosixPath(name.replace("\\", "/"))
+    if name.startswith(("/", "\\")) or ".." in path.parts or re.match(r"^[A-Za-z]:", name):
+        return f"a member's path leaves the archive ({name!r})"
+    return None
+
+
+def _open_checked(path: Path, budget: _Budget, depth: int) -> zipfile.ZipFile:
+    """Open a zip and check its directory against the limits before anything is read."""
+    limits = budget.limits
+    if depth > limits.max_depth:
+        raise ArchiveRefused(f"zips nested more than {limits.max_depth} deep")
+    try:
+        z = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ArchiveRefused(f"corrupt zip: {exc}") from None
+    infos = z.infolist()
+    if len(infos) > limits.max_members:
+        z.close()
+        raise ArchiveRefused(f"the zip has {len(infos)} members, over the limit of {limits.max_members}")
+    for info in infos:
+        problem = _member_problem(info)
+        if problem:
+            z.close()
+            raise ArchiveRefused(f"unsafe zip: {problem}")
+    declared = sum(i.file_size for i in infos if not _hidden(PurePosixPath(i.filename).parts)
+                   and PurePosixPath(i.filename).suffix.lower() in EXTRACTED)
+    if declared > budget.left:
+        z.close()
+        raise ArchiveRefused(f"its notebooks and zips declare {declared / 2**20:.0f} MB uncompressed, over "
+                             f"the {budget.total / 2**20:.0f} MB limit")
+    return z
+
+
+def _extract_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: _Budget, cap: int) -> None:
+    """Stream one member to ``target`` (mode 0600), counting the bytes actually produced:
+    a member whose header understates its size is cut off at the limit, not written out."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with z.open(info) as src, os.fdopen(fd, "wb") as dst:
+            while block := src.read(1 << 20):
+                written += len(block)
+                if written > cap:
+                    raise ArchiveRefused(f"{info.filename!r} is larger than {cap / 2**20:.0f} MB")
+                budget.take(len(block))
+                dst.write(block)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:
+        target.unlink(missing_ok=True)
+        raise ArchiveRefused(f"corrupt zip member {info.filename!r}: {exc}") from None
+    except ArchiveRefused:
+        target.unlink(missing_ok=True)
+        raise
+
+
+def _unpack_dir(workdir: Path, archive: Path) -> Path:
+    key = hashlib.sha256(str(archive.resolve()).encode()).hexdigest()[:10]
+    target = workdir / "_unpacked" / f"{_safe(archive.stem)[:60]}-{key}"
+    private_dir(workdir / "_unpacked")
+    if target.exists():
+        shutil.rmtree(target)
+    return private_dir(target)
+
+
+def _notebooks_in_zip(path: Path, workdir: Path, budget: _Budget, depth: int) -> list[tuple[Path, str]]:
+    """Every notebook in a student's zip (nested zips included), unpacked: ``(path, inner name)``."""
+    found: list[tuple[Path, str]] = []
+    with _open_checked(path, budget, depth) as z:
+        target = _unpack_dir(workdir, path)
+        for i, info in enumerate(z.infolist()):
+            rel = PurePosixPath(info.filename)
+            if info.is_dir() or _hidden(rel.parts):
+                continue
+            suffix = rel.suffix.lower()
+            if suffix == ".ipynb":
+                out = target / f"{i}-{_safe(rel.name)}"
+                _extract_member(z, info, out, budget, budget.limits.max_notebook_bytes)
+                found.append((out, info.filename))
+            elif suffix == ".zip":
+                out = target / f"{i}-{_safe(rel.name)}"
+                _extract_member(z, info, out, budget, budget.left)
+                found += [(p, f"{info.filename}/{n}") for p, n in _notebooks_in_zip(out, workdir, budget, depth + 1)]
+    return found
+
+
+def _student_zip(path: Path, owner: Owner, source: str, workdir: Path, limits: ArchiveLimits, depth: int) -> Submission:
+    """A zip one student uploaded (Otter's export): its one notebook, graded as ``owner``'s."""
+    sub = Submission(owner.id, source, name=owner.name, email=owner.email, extra=dict(owner.extra))
+    try:
+        notebooks = _notebooks_in_zip(path, workdir, _Budget(limits, limits.max_submission_bytes), depth)
+    except ArchiveRefused as exc:
+        sub.error = f"zip refused: {exc}"
+        return sub
+    if not notebooks:
+        sub.error = f"no notebook in the zip {path.name}"
+        return sub
+    if len(notebooks) > 1:
+        sub.error = f"the zip {path.name} holds {len(notebooks)} notebooks ({', '.join(n for _, n in notebooks[:5])}): upload one"
+        return sub
+    nb_path, inner = notebooks[0]
+    return _notebook_submission(nb_path, owner, f"{source}:{inner}", limits)
+
+
+# --- folders, zips of folders, Gradescope exports ----------------------------------------------
+
+def _gradescope(folder: Path, limits: ArchiveLimits) -> list[Submission]:
     import yaml
 
     meta = yaml.safe_load((folder / "submission_metadata.yml").read_text()) or {}
@@ -64,72 +298,141 @@ def _gradescope(folder: Path) -> list[Submission]:
     for key, info in meta.items():
         submitters = (info or {}).get(":submitters") or [{}]
         who = submitters[0]
-        sub_id = _safe(str(who.get(":sid") or who.get(":email") or key))
-        notebooks = sorted((folder / key).rglob("*.ipynb")) if (folder / key).is_dir() else []
+        sid = str(who.get(":sid") or "")
+        owner = Owner(_safe(str(who.get(":sid") or who.get(":email") or key)), name=who.get(":name", ""),
+                      email=who.get(":email", ""),
+                      extra={"sis_user_id": sid, "sis_login_id": who.get(":email", "") if not sid else ""})
+        sub_dir = folder / str(key)
+        notebooks = sorted(p for p in sub_dir.rglob("*.ipynb") if not _hidden(p.relative_to(sub_dir).parts)) \
+            if sub_dir.is_dir() else []
         if not notebooks:
-            subs.append(Submission(sub_id, f"{folder.name}/{key}", error="no notebook in the submission",
-                                   name=who.get(":name", ""), email=who.get(":email", "")))
+            subs.append(Submission(owner.id, f"{folder.name}/{key}", error="no notebook in the submission",
+                                   name=owner.name, email=owner.email, extra=owner.extra))
             continue
-        subs.append(_from_file(notebooks[0], sub_id, f"{folder.name}/{key}", name=who.get(":name", ""),
-                               email=who.get(":email", "")))
+        subs.append(_notebook_submission(notebooks[0], owner, f"{folder.name}/{key}", limits))
     return subs
 
 
-def _folder(folder: Path) -> list[Submission]:
+def _files(folder: Path) -> list[Path]:
+    out = []
+    for root, dirs, files in os.walk(folder):  # never follows symlinked folders
+        dirs[:] = sorted(d for d in dirs if not _hidden([d]))
+        out += [Path(root) / f for f in sorted(files) if not f.startswith(".")]
+    return out
+
+
+def _folder(folder: Path, workdir: Path, limits: ArchiveLimits, depth: int) -> list[Submission]:
     if (folder / "submission_metadata.yml").is_file():
-        return _gradescope(folder)
+        return _gradescope(folder, limits)
     subs = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        if path.suffix == ".zip":
-            subs += _zip(path, folder.parent)
+    for path in _files(folder):
+        rel = PurePosixPath(path.relative_to(folder).as_posix())
+        source = str(rel)
+        if path.is_symlink():
+            owner = canvas_owner(path.name) or Owner(_safe(str(rel.with_suffix(""))))
+            subs.append(Submission(owner.id, source, error="a symbolic link, not read", extra=owner.extra))
             continue
-        m = CANVAS_NAME.match(path.name)
-        sub_id = m.group("user") if m else _safe(path.relative_to(folder).with_suffix("").as_posix())
-        subs.append(_from_file(path, sub_id, str(path.relative_to(folder)), name=m.group("name") if m else "",
-                               extra={"canvas_submission": m.group("submission")} if m else {}))
+        student = _nbgrader_student(PurePosixPath(folder.name, *rel.parts))  # the folder may be submitted/
+        if student is not None:
+            if path.suffix.lower() == ".ipynb":  # nbgrader's timestamp.txt and other files are not submissions
+                subs.append(_notebook_submission(path, Owner(_safe(student), extra={"nbgrader_student": student}),
+                                                 source, limits))
+            continue
+        owner = canvas_owner(path.name) or Owner(_safe(str(rel.with_suffix(""))))
+        if path.suffix.lower() == ".zip":
+            subs.append(_student_zip(path, owner, source, workdir, limits, depth + 1))
+        else:
+            subs.append(_notebook_submission(path, owner, source, limits))
     return subs
 
 
-def _zip(path: Path, workdir: Path) -> list[Submission]:
-    target = workdir / "_unpacked" / _safe(path.stem)
+def _top_zip(path: Path, workdir: Path, limits: ArchiveLimits) -> list[Submission]:
+    """A zip given on the command line: one student's upload, or a class's (Canvas, Gradescope)."""
+    budget = _Budget(limits, limits.max_class_bytes)
+    owner = canvas_owner(path.name)
     try:
-        with zipfile.ZipFile(path) as z:
-            bad = [n for n in z.namelist() if n.startswith("/") or ".." in Path(n).parts]
-            if bad:
-                raise zipfile.BadZipFile(f"unsafe member path {bad[0]!r}")
-            z.extractall(target)
-    except (zipfile.BadZipFile, OSError) as exc:
-        return [Submission(_safe(path.stem), path.name, error=f"corrupt zip: {exc}")]
-    return _folder(target)
+        with _open_checked(path, budget, 1) as z:
+            names = [PurePosixPath(i.filename) for i in z.infolist() if not i.is_dir() and not _hidden(PurePosixPath(i.filename).parts)]
+            gradescope = any(n.name == "submission_metadata.yml" and len(n.parts) == 1 for n in names)
+            gradable = [n for n in names if n.suffix.lower() in (".ipynb", ".zip")]
+            # one student's upload: named for a student, or holding a single notebook that names no one
+            # (a class download of one Canvas file or one nbgrader folder is still a class download)
+            single = owner is not None or (
+                not gradescope and len(gradable) == 1 and gradable[0].suffix.lower() == ".ipynb"
+                and canvas_owner(gradable[0].name) is None and _nbgrader_student(PurePosixPath(path.stem, *gradable[0].parts)) is None)
+            if single:
+                z.close()
+                return [_student_zip(path, owner or Owner(_safe(path.stem)), path.name, workdir, limits, 1)]
+            target = _unpack_dir(workdir, path)
+            for info in z.infolist():
+                rel = PurePosixPath(info.filename)
+                if info.is_dir() or _hidden(rel.parts):
+                    continue
+                keep = rel.suffix.lower() in EXTRACTED or (gradescope and rel.name == "submission_metadata.yml")
+                out = target / Path(*rel.parts)
+                if keep:
+                    cap = limits.max_notebook_bytes if rel.suffix.lower() == ".ipynb" else budget.left
+                    _extract_member(z, info, out, budget, cap)
+                else:  # not a submission, but a row for a person: an empty stand-in, never the content
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.touch()
+                    os.chmod(out, 0o600)
+    except ArchiveRefused as exc:
+        return [Submission((owner.id if owner else _safe(path.stem)), path.name, error=f"zip refused: {exc}",
+                           extra=owner.extra if owner else {})]
+    for sub_folder in [p for p in target.rglob("*") if p.is_dir()]:
+        os.chmod(sub_folder, 0o700)
+    return _folder(target, workdir, limits, 1)
 
 
-def collect(paths: list[Path], workdir: Path) -> list[Submission]:
-    """Every submission under ``paths``: a second one for the same student is an error row;
-    byte-identical notebooks of different students are graded and flagged."""
+# --- the whole input ---------------------------------------------------------------------------
+
+def _attachment(sub: Submission) -> int:
+    try:
+        return int(sub.extra.get("canvas_attachment_id") or -1)
+    except ValueError:
+        return -1
+
+
+def collect(paths: list[Path], workdir: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[Submission]:
+    """Every submission under ``paths``.
+
+    One file per student is graded: a gradable notebook before an error, then the latest Canvas
+    upload (highest attachment id), then the first found.  The others become ``duplicate``
+    rows (``<id>~2``, ...), not graded.  Byte-identical notebooks of different students are
+    graded and flagged (``extra["identical_to"]``) for the instructor's report only.
+    """
     subs: list[Submission] = []
     for p in map(Path, paths):
         if p.is_dir():
-            subs += _folder(p)
-        elif p.suffix == ".zip":
-            subs += _zip(p, workdir)
+            subs += _folder(p, workdir, limits, 0)
+        elif p.suffix.lower() == ".zip" and p.is_file():
+            subs += _top_zip(p, workdir, limits)
         elif p.is_file():
-            subs.append(_from_file(p, _safe(p.stem), p.name))
+            subs.append(_notebook_submission(p, canvas_owner(p.name) or Owner(_safe(p.stem)), p.name, limits))
         else:
             subs.append(Submission(_safe(p.name), str(p), error="no such file or folder"))
-    seen_ids: dict[str, Submission] = {}
-    seen_bytes: dict[str, Submission] = {}
+    by_student: dict[str, list[Submission]] = {}
     for sub in subs:
-        if sub.id in seen_ids:
-            n = 2
-            while f"{sub.id}~{n}" in seen_ids:
-                n += 1
-            first = seen_ids[sub.id]
-            sub.id = f"{sub.id}~{n}"
-            if not sub.error:
-                sub.error = f"duplicate: student {first.id} already has a submission ({first.source})"
-        if sub.sha256 and sub.sha256 in seen_bytes and not sub.error:  # graded, but flagged for a person
+        by_student.setdefault(sub.id, []).append(sub)
+    ordered: list[Submission] = []
+    for sid, group in by_student.items():
+        ranked = sorted(group, key=lambda s: (s.error is not None, -_attachment(s)))  # stable: then as found
+        primary = ranked[0]
+        ordered.append(primary)
+        for n, other in enumerate(ranked[1:], start=2):
+            other.id = f"{sid}~{n}"
+            other.extra["duplicate_of"] = sid
+            why = f"; this file had an error too ({other.error})" if other.error else ""
+            other.error = (f"duplicate: student {sid} has another file ({primary.source}), which is the one "
+                           f"graded{why}")
+            ordered.append(other)
+    seen_bytes: dict[str, Submission] = {}
+    for sub in ordered:
+        if not sub.sha256 or sub.error:
+            continue
+        if sub.sha256 in seen_bytes:  # graded, but flagged for a person
             sub.extra["identical_to"] = seen_bytes[sub.sha256].id
-        seen_ids[sub.id] = sub
-        if sub.sha256:
-            seen_bytes.setdefault(sub.sha256, sub)
-    return subs
+        else:
+            seen_bytes[sub.sha256] = sub
+    return ordered

@@ -36,10 +36,8 @@ def _sample(name: str) -> Path:
     return samples.SAMPLES_DIR / f"{name}.ipynb"
 
 
-@pytest.fixture
-def class_folder(tmp_path: Path) -> Path:
+def _make_class_folder(folder: Path) -> Path:
     """A messy class: Canvas names, a stray PDF, an empty notebook, a corrupt zip, a duplicate."""
-    folder = tmp_path / "canvas"
     folder.mkdir()
     shutil.copy(_sample("shape_mistakes"), folder / "lovelaceada_1001_5001_cnn_mnist.ipynb")
     shutil.copy(_sample("untouched"), folder / "turingalan_LATE_1002_5002_cnn_mnist.ipynb")
@@ -51,6 +49,24 @@ def class_folder(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture
+def class_folder(tmp_path: Path) -> Path:
+    return _make_class_folder(tmp_path / "canvas")
+
+
+CANVAS_COLUMN = "CNN on MNIST (4242)"
+
+
+@pytest.fixture(scope="module")
+def class_run(built, tmp_path_factory):
+    """The messy class graded once (no retraining), with a Canvas import: (folder, out, results)."""
+    folder = _make_class_folder(tmp_path_factory.mktemp("class") / "canvas")
+    out = tmp_path_factory.mktemp("graded") / "out"
+    results = batch.run_batch([folder], built.autograder_zip, out,
+                              batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False, canvas=CANVAS_COLUMN))
+    return folder, out, results
+
+
 def test_inputs_of_every_kind_become_rows(class_folder, tmp_path):
     subs = {s.id: s for s in collect([class_folder], tmp_path)}
     assert subs["1001"].error is None and subs["1002"].error is None
@@ -59,7 +75,7 @@ def test_inputs_of_every_kind_become_rows(class_folder, tmp_path):
     assert flagged == {"1002": "1003"} and subs["1003"].error is None  # graded, flagged for a person
     assert "not a notebook" in subs["1004"].error
     assert "no code cells" in subs["1005"].error
-    assert "corrupt zip" in next(s for k, s in subs.items() if k.startswith("broken")).error
+    assert "corrupt zip" in subs["1006"].error
 
 
 def test_gradescope_export_zip_uses_submission_metadata(tmp_path):
@@ -111,46 +127,87 @@ def test_sigkill_midway_then_rerun_gives_the_same_grades(class_folder, built, tm
     assert statuses["1001"] == "graded" and statuses["1004"] == "error"
 
 
-def test_reports_and_feedback(class_folder, built, tmp_path):
-    out = tmp_path / "out"
-    results = batch.run_batch([class_folder], built.autograder_zip, out,
-                              batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
+def test_reports_and_feedback(class_run, built):
+    folder, out, results = class_run
     by_id = {r["student"]["id"]: r for r in results}
     assert by_id["1001"]["score"] > 0 and by_id["1002"]["score"] == 0
     rows = {r["id"]: r for r in _rows(out / "grades.csv")}
     assert float(rows["1001"]["total"]) == by_id["1001"]["score"]
     assert float(rows["1001"]["conv_small"]) == 2.0 and rows["1004"]["status"] == "error"
-    canvas = list(csv.reader(open(out / "canvas_grades.csv")))
-    assert canvas[0][:2] == ["Student", "ID"] and canvas[1][0] == "Points Possible"
-    assert any(row[1] == "1001" for row in canvas[2:])
     page = (out / "feedback" / "1001.html").read_text()
     assert "edge_output" in page and "rows and columns are swapped" in page
     assert "not a notebook" in (out / "feedback" / "1004.html").read_text()
     report = (out / "report.html").read_text()
     assert report.count("data:image/png;base64,") >= 2 and 'href="feedback/1001.html"' in report
+    for column in ("Retrained accuracy", "Flags", "Limits hit"):
+        assert f"<th>{column}</th>" in report
 
-    # a second run grades nothing again (resumable) and --force regrades
-    again = batch.run_batch([class_folder], built.autograder_zip, out,
-                            batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
+    # a second run grades nothing again (resumable)
+    again = batch.run_batch([folder], built.autograder_zip, out,
+                            batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False, canvas=CANVAS_COLUMN))
     assert json.loads((out / "batch.json").read_text())["graded_now"] == 0
-    assert [r["score"] for r in again] == [r["score"] for r in results]
+    assert sorted(r["score"] for r in again) == sorted(r["score"] for r in results)
 
 
-def test_feedback_renders_in_a_headless_browser(class_folder, built, tmp_path):
+def test_canvas_import_holds_each_student_once_with_the_real_grade(class_run):
+    _, out, results = class_run
+    by_id = {r["student"]["id"]: r for r in results}
+    canvas = list(csv.reader(open(out / "canvas_grades.csv", encoding="utf-8")))
+    assert canvas[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", CANVAS_COLUMN]
+    assert canvas[1][0] == "Points Possible"
+    scores = {row[1]: row[5] for row in canvas[2:]}
+    assert sorted(scores) == ["1001", "1002", "1003"]  # Canvas user ids, digits only, once each
+    # 1001's second file is not a "1001~2" row worth 0 (Canvas would read it as 1001 and overwrite)
+    assert float(scores["1001"]) == by_id["1001"]["score"] > 0
+    review = {r["id"]: r for r in _rows(out / "needs_review.csv")}
+    assert {"1001~2", "1004", "1005", "1006"} <= set(review)
+    assert all(review[k]["in_canvas_import"] == "no" for k in ("1001~2", "1004", "1005", "1006"))
+    assert review["1002"]["in_canvas_import"] == "yes" and "byte-identical to 1003" in review["1002"]["reason"]
+
+
+def test_a_students_page_names_no_classmate(class_run):
+    _, out, _ = class_run
+    flagged = (out / "feedback" / "1002.html").read_text()  # byte-identical to 1003's notebook
+    assert "1003" not in flagged and "hopper" not in flagged and "identical" not in flagged
+    report = (out / "report.html").read_text()
+    assert "byte-identical to 1003" in report  # the instructor still sees the flag
+
+
+def test_feedback_says_not_implemented_and_hidden_checks_stay_general(class_run):
+    from autograder import checks
+
+    _, out, _ = class_run
+    untouched = (out / "feedback" / "1002.html").read_text()
+    assert "`conv2d` is not implemented yet" in untouched and "NaN or infinity" not in untouched
+    mistakes = (out / "feedback" / "1001.html").read_text()
+    assert "hidden check:" in mistakes and "passed" in mistakes and "failed" in mistakes
+    assert mistakes.count("rows and columns are swapped") == 1  # the public check's detail, not repeated
+    for name in checks.REFERENCE_FUNCTIONS:
+        for case in checks.hidden_cases(name):
+            assert case.label not in mistakes and case.label not in untouched  # hidden inputs never shown
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+def test_feedback_and_report_render_in_a_headless_browser(class_run, tmp_path):
+    """Chromium renders a student's page and the instructor's report; the screenshots are kept."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Chromium is installed by scripts/test.sh (Debian package chromium)"
-    out = tmp_path / "out"
-    batch.run_batch([_sample("shape_mistakes")], built.autograder_zip, out,
-                    batch.BatchOptions(jobs=1, retrain=NO_RETRAIN, progress=False))
-    page = out / "feedback" / "shape_mistakes.html"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert 'id="questions"' in dom.stdout and "rows and columns are swapped" in dom.stdout
-    shot = tmp_path / "feedback.png"
-    subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri()],
-                   capture_output=True, timeout=120)
-    assert shot.is_file() and shot.stat().st_size > 10_000
+    _, out, _ = class_run
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    pages = {"feedback": (out / "feedback" / "1001.html", ['id="questions"', "rows and columns are swapped"]),
+             "report": (out / "report.html", ['id="submissions"', "byte-identical to 1003"])}
+    for name, (page, expected) in pages.items():
+        dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
+                             timeout=120)
+        assert all(text in dom.stdout for text in expected), (name, dom.stderr[-2000:])
+        shot = tmp_path / f"{name}.png"
+        subprocess.run([chromium, *flags, f"--screenshot={shot}", "--window-size=1100,1500", page.as_uri()],
+                       capture_output=True, timeout=120)
+        assert shot.is_file() and shot.stat().st_size > 20_000, name
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_ray_mode_on_a_local_instance_gives_the_same_grades(built, tmp_path):

@@ -1,0 +1,138 @@
+"""Feedback: what a student's page and the instructor's report say (no grading: the pages are pure
+functions of the result files; real grades are rendered in ``test_batch.py``), and the messages of
+the checks themselves: stubs, hidden checks."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import importlib.util
+import io
+
+import numpy as np
+import pytest
+
+from autograder import checks, reports
+from autograder.judge import Replay
+
+
+def _result(sid: str, status: str = "graded", score: float = 20.0, **student_extra) -> dict:
+    return {"student": {"id": sid, "source": f"{sid}.ipynb", "name": "", "email": "", "extra": student_extra},
+            "assignment": "cnn_mnist", "status": status, "error": None, "score": score, "max_score": 33.0,
+            "questions": [{"name": "conv2d_impl", "score": 0.0, "max_score": 4.0, "cases": [
+                {"name": "test_conv2d", "hidden": False, "points": 2.0, "passed": False,
+                 "message": "❌ Test case failed\n`conv2d` is not implemented yet: replace the `...` in its body with your code."},
+                {"name": "test_conv2d_hidden", "hidden": True, "points": 2.0, "passed": False,
+                 "message": "❌ Test case failed\n`conv2d` is not implemented yet: replace the `...` in its body with your code."}]}],
+            "retrain": {"accuracy": 0.9931, "epochs": 10, "batch_size": 128, "optimizer": "Adam", "device": "CPU",
+                        "backend": "tensorflow", "seconds": 95.0, "cache_hit": False, "notes": [], "error": None},
+            "limits_hit": ["cell time limit (120 s) reached in cell 14"], "execution": {}}
+
+
+def test_a_grader_error_is_shown_as_such_never_as_a_zero(tmp_path):
+    ok = _result("1001", canvas_user_id="1001")
+    fault = _result("1002", status="grader_error", score=0.0, canvas_user_id="1002")
+    fault.update(error="the sandbox could not start Python (/root is 0700)", questions=[], retrain=None)
+    page = reports.render_feedback(fault)
+    assert "not graded yet" in page and "not of your submission" in page and "0 / 33" not in page
+    reports.write_all([ok, fault], tmp_path, canvas="CNN on MNIST (4242)")
+    report = (tmp_path / "report.html").read_text()
+    assert "grader error: the sandbox could not start Python" in report
+    assert 'id="n-grader-errors">1<' in report and "Mean score <strong>20</strong>" in report  # not (20 + 0) / 2
+    grades = {r["id"]: r for r in csv.DictReader(open(tmp_path / "grades.csv"))}
+    assert grades["1002"]["total"] == "" and grades["1002"]["status"] == "grader_error"
+    canvas = list(csv.reader(open(tmp_path / "canvas_grades.csv")))
+    assert [r[1] for r in canvas[2:]] == ["1001"]  # the grader's fault never reaches the gradebook
+
+
+def test_report_table_has_accuracy_flags_and_limits(tmp_path):
+    twin = _result("1002", canvas_user_id="1002", identical_to="1001", late=True)
+    reports.write_all([_result("1001", canvas_user_id="1001"), twin], tmp_path)
+    report = (tmp_path / "report.html").read_text()
+    assert "0.9931" in report and "byte-identical to 1001" in report and "late (Canvas)" in report
+    assert "cell time limit (120 s) reached in cell 14" in report
+    assert "No Canvas import written" in report and not (tmp_path / "canvas_grades.csv").exists()
+    page = (tmp_path / "feedback" / "1002.html").read_text()
+    assert "1001" not in page  # the classmate is on the instructor's report only
+
+
+def test_hidden_checks_show_pass_or_fail_and_the_general_message():
+    result = _result("1001")
+    result["questions"][0]["cases"][0].update(passed=False, message="❌ Test case failed\nconv2d on the edge "
+                                              "example (valid padding) returned shape (3, 4), expected (4, 3).")
+    result["questions"][0]["cases"][1].update(passed=True, message="✅ Test case passed")
+    page = reports.render_feedback(result)
+    assert "returned shape (3, 4)" in page  # the public check's detail
+    assert "hidden check:</span>\n <span class=\"ok\">passed</span>" in page.replace("\r", "")
+
+
+# --- the checks' own messages -------------------------------------------------------------------
+
+def _public_module():
+    spec = importlib.util.spec_from_loader("cnn_checks_for_feedback_test", loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    exec(compile(checks.render_public_module(), "cnn_checks.py", "exec"), mod.__dict__)
+    return mod
+
+
+def _template_stub(image, kernel, stride=1, padding="valid"):  # what the student notebook ships
+    image = np.asarray(image, dtype=float)
+    kernel = np.asarray(kernel, dtype=float)
+    ...
+
+
+def _raises(image, kernel, stride=1, padding="valid"):
+    raise NotImplementedError
+
+
+def _returns_ellipsis(image, kernel, stride=1, padding="valid"):
+    return ...
+
+
+def _replayed(func):
+    """The same function seen through the engine: outputs recorded in the sandbox, as the probe does."""
+    plan = checks.probe_plan("conv2d")
+    outputs = []
+    for case in plan:
+        try:
+            out = np.array(func(*[np.array(a) for a in case["args"]], **case["kwargs"]), dtype=np.float64)
+            buf = io.BytesIO()
+            np.save(buf, out, allow_pickle=False)  # as the probe encodes outputs
+            outputs.append({"status": "ok", "npy": base64.b64encode(buf.getvalue()).decode()})
+        except BaseException as exc:  # noqa: BLE001
+            outputs.append({"status": "error", "message": f"{type(exc).__name__}: {exc}"})
+    return Replay("conv2d", plan, outputs)
+
+
+@pytest.mark.parametrize("stub", [_template_stub, _raises, _returns_ellipsis])
+@pytest.mark.parametrize("seen", ["live", "through the engine"])
+def test_a_stub_is_not_implemented_yet_not_nan(stub, seen):
+    func = stub if seen == "live" else _replayed(stub)
+    for check in (_public_module().check_function, checks.check_function):
+        with pytest.raises(AssertionError) as err:
+            check("conv2d", func)
+        assert "not implemented yet" in str(err.value) and "NaN" not in str(err.value)
+
+
+def test_hidden_function_check_names_no_hidden_input_or_expected_value():
+    def flipped(image, kernel, stride=1, padding="valid"):
+        return checks._ref_conv2d(image, np.flip(kernel), stride=stride, padding=padding)
+
+    with pytest.raises(AssertionError) as err:
+        checks.check_function("conv2d", flipped)
+    message = str(err.value)
+    assert "wrong on 8 of 8 hidden inputs" in message
+    for case in checks.hidden_cases("conv2d"):
+        assert case.label not in message
+    assert "expected" not in message and "flipped" not in message  # the public check names the mistake
+
+
+@pytest.mark.parametrize("key", sorted(checks.ANSWERS))
+def test_hidden_answer_check_does_not_repeat_the_public_one(key):
+    answer = checks.ANSWERS[key]
+    for wrong, hint in answer.mistakes:
+        with pytest.raises(AssertionError) as err:
+            checks.check_answer(key, wrong)
+        message = str(err.value)
+        assert hint not in message and "Likely mistake" not in message and "expected" not in message
+        assert str(answer.expected) not in message

@@ -1,0 +1,381 @@
+"""Inputs: whose each submission is (Canvas, Otter's export zip, nbgrader, Gradescope), untrusted
+archives under limits, the Canvas import and the review list, private output files.
+
+No grading here (cheap): the batch's reports are tested on real grades in ``test_batch.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import time
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from autograder import batch, reports, samples
+from autograder.submissions import ArchiveLimits, canvas_owner, collect
+
+
+def _sample(name: str) -> Path:
+    return samples.SAMPLES_DIR / f"{name}.ipynb"
+
+
+def _otter_export(path: Path, notebook: Path, inner_name: str = "cnn_mnist.ipynb") -> Path:
+    """What the notebook's last cell (``grader.export``) makes: the notebook and Otter's log."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.write(notebook, inner_name)
+        z.writestr(".OTTER_LOG", b"\x80\x04binary log")
+    return path
+
+
+@pytest.fixture
+def canvas_download(tmp_path: Path) -> Path:
+    """A Canvas "Download Submissions" zip as Canvas names it: ``<course>-<assignment> submissions.zip``,
+    one file per attachment named ``[name_][LATE_]userid_attachmentid_filename``."""
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    files = {
+        "lovelaceada_1001_5001_cnn_mnist.ipynb": _sample("shape_mistakes"),
+        "turingalan_LATE_1002_5002_cnn_mnist.ipynb": _sample("untouched"),
+    }
+    for name, src in files.items():
+        shutil.copy(src, staging / name)
+    # Otter's export zip uploaded by a student whose sortable name is not ASCII
+    _otter_export(staging / "garcíajosé_1007_5007_cnn_mnist_2026_11_20T10_15_00_123456.zip", _sample("solution"))
+    # student 1003 uploads a zip holding a notebook named for 1002 (and 1002's own file is above)
+    _otter_export(staging / "hoppergrace_1003_5003_cnn_mnist_2026_11_21T09_00_00_000001.zip", _sample("solution"),
+                  inner_name="turingalan_LATE_1002_5002_cnn_mnist.ipynb")
+    archive = tmp_path / "ml101-cnn-on-mnist submissions.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(staging.iterdir()):
+            z.write(p, p.name)
+    return archive
+
+
+def test_canvas_download_identity_comes_from_the_outer_file_name(canvas_download, tmp_path):
+    subs = {s.id: s for s in collect([canvas_download], tmp_path / "out")}
+    assert set(subs) == {"1001", "1002", "1003", "1007"}  # no "cnn_mnist", no "cnn_mnist~2", no duplicates
+    assert all(s.error is None for s in subs.values()), {k: s.error for k, s in subs.items()}
+    # Otter's export zip: the notebook inside is called cnn_mnist.ipynb; the owner is the zip's (finding 6)
+    assert subs["1007"].name == "garcíajosé" and subs["1007"].extra["canvas_user_id"] == "1007"
+    assert subs["1007"].notebook.read_bytes() == _sample("solution").read_bytes()
+    # a zip named for 1003 holding a notebook named for 1002 is 1003's; 1002 keeps their own (finding 8)
+    assert "hoppergrace_1003" in subs["1003"].source
+    assert subs["1003"].notebook.read_bytes() == _sample("solution").read_bytes()
+    assert subs["1002"].notebook.read_bytes() == _sample("untouched").read_bytes()
+    assert subs["1002"].extra["late"] is True and subs["1001"].extra["late"] is False
+    assert subs["1001"].extra["canvas_attachment_id"] == "5001"  # the second number is the attachment id
+
+
+@pytest.mark.parametrize("file_name, who", [
+    ("garcíajosé_1007_5007_cnn_mnist.ipynb", ("1007", "garcíajosé", False)),
+    ("garci\u0301ajose\u0301_1007_5007_cnn_mnist.ipynb", ("1007", "garcíajosé", False)),  # unpacked on macOS (NFD)
+    ("łukasiewiczjan_LATE_42_77_cnn_mnist-1.ipynb", ("42", "łukasiewiczjan", True)),
+    ("o_brienpat_1008_5008_cnn_mnist_2026_11_20T10_15_00_1.zip", ("1008", "o_brienpat", False)),
+    ("_1009_5009_cnn_mnist.ipynb", ("1009", "", False)),  # a name with no word characters at all
+    ("anon_Xk3pQ_5010_cnn_mnist.ipynb", ("anon_Xk3pQ", "", False)),  # anonymous grading: anon_<anonymous id>
+    ("LATE_anon_Zz9aB_5011_cnn_mnist.ipynb", ("anon_Zz9aB", "", True)),
+])
+def test_canvas_file_names_parse(file_name, who):
+    owner = canvas_owner(file_name)
+    assert owner is not None and (owner.id, owner.name, owner.extra["late"]) == who
+
+
+@pytest.mark.parametrize("file_name", ["cnn_mnist.ipynb", "cnn_mnist_2026_11_20T10_15_00_123456.zip", "ada.ipynb"])
+def test_other_file_names_are_not_read_as_canvas(file_name):
+    assert canvas_owner(file_name) is None  # Otter's own export name holds numbers that are not ids
+
+
+def test_a_class_download_with_one_file_is_still_read_by_file_name(tmp_path):
+    archive = tmp_path / "ml101-cnn-on-mnist submissions.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(_sample("solution"), "lovelaceada_1001_5001_cnn_mnist.ipynb")
+    (sub,) = collect([archive], tmp_path / "out")
+    assert sub.id == "1001" and sub.error is None
+
+
+def test_an_otter_export_zip_in_a_plain_folder_belongs_to_the_zip(tmp_path):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    _otter_export(folder / "ada.zip", _sample("solution"))
+    _otter_export(folder / "alan.zip", _sample("untouched"))
+    subs = {s.id: s for s in collect([folder], tmp_path / "out")}
+    assert set(subs) == {"ada", "alan"} and all(s.error is None for s in subs.values())
+
+
+def test_nbgrader_submitted_layout_skips_checkpoints(tmp_path):
+    course = tmp_path / "course"
+    for student, sample in (("alice", "solution"), ("bob", "shape_mistakes")):
+        folder = course / "submitted" / student / "cnn_mnist"
+        (folder / ".ipynb_checkpoints").mkdir(parents=True)
+        shutil.copy(_sample(sample), folder / "cnn_mnist.ipynb")
+        shutil.copy(_sample("untouched"), folder / ".ipynb_checkpoints" / "cnn_mnist-checkpoint.ipynb")
+        (folder / "timestamp.txt").write_text("2026-11-20 10:15:00.000000 UTC")
+    for given in (course, course / "submitted"):
+        subs = {s.id: s for s in collect([given], tmp_path / "out")}
+        assert set(subs) == {"alice", "bob"}, set(subs)
+        assert all(s.error is None and "checkpoint" not in str(s.notebook) for s in subs.values())
+        assert subs["bob"].notebook.read_bytes() == _sample("shape_mistakes").read_bytes()
+
+
+def test_hidden_folders_are_skipped_everywhere(tmp_path):
+    folder = tmp_path / "class"
+    (folder / ".ipynb_checkpoints").mkdir(parents=True)
+    shutil.copy(_sample("solution"), folder / "ada.ipynb")
+    shutil.copy(_sample("untouched"), folder / ".ipynb_checkpoints" / "ada-checkpoint.ipynb")
+    with zipfile.ZipFile(folder / "alan.zip", "w") as z:
+        z.write(_sample("solution"), "cnn_mnist.ipynb")
+        z.write(_sample("untouched"), ".ipynb_checkpoints/cnn_mnist-checkpoint.ipynb")
+        z.write(_sample("untouched"), "__MACOSX/._cnn_mnist.ipynb")
+    subs = {s.id: s for s in collect([folder], tmp_path / "out")}
+    assert set(subs) == {"ada", "alan"} and all(s.error is None for s in subs.values())
+
+
+def test_gradescope_sid_goes_to_the_sis_user_id_column(tmp_path):
+    export = tmp_path / "export"
+    for folder in ("submission_111", "submission_222"):
+        (export / folder).mkdir(parents=True)
+        shutil.copy(_sample("untouched"), export / folder / "cnn_mnist.ipynb")
+    (export / "submission_metadata.yml").write_text(
+        "submission_111:\n  :submitters:\n  - :name: Ada\n    :sid: '00123'\n    :email: ada@example.edu\n"
+        "submission_222:\n  :submitters:\n  - :name: Alan\n    :email: alan@example.edu\n")
+    subs = {s.id: s for s in collect([export], tmp_path / "out")}
+    rows = {k: reports.canvas_row(_graded(s, 10.0))[0] for k, s in subs.items()}
+    # Student, ID, SIS User ID, SIS Login ID, Section, score: a Gradescope SID is not a Canvas user id
+    assert rows["00123"] == ["Ada", "", "00123", "", "", "10"]
+    assert rows["alan@example.edu"] == ["Alan", "", "", "alan@example.edu", "", "10"]
+
+
+def _graded(sub, score: float, **changes) -> dict:
+    """A result as the engine writes it, for report tests that need no grading."""
+    result = {"student": batch._identity(sub), "status": "graded", "error": None, "score": score,
+              "max_score": 33.0, "questions": [{"name": "conv_small", "score": min(score, 2.0), "max_score": 2.0,
+                                                 "cases": []}],
+              "retrain": None, "limits_hit": [], "execution": {}}
+    result.update(changes)
+    return result
+
+
+def test_canvas_import_has_only_matchable_rows_and_the_rest_go_to_review(canvas_download, tmp_path):
+    out = tmp_path / "out"
+    subs = collect([canvas_download], out)
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.copy(_sample("solution"), extra / "lovelaceada_1001_5009_cnn_mnist-1.ipynb")  # a second file of 1001
+    shutil.copy(_sample("solution"), extra / "anon_Xk3pQ_5010_cnn_mnist.ipynb")
+    subs = collect([canvas_download, extra], out)
+    by_id = {s.id: s for s in subs}
+    assert by_id["1001~2"].extra["duplicate_of"] == "1001" and "duplicate" in by_id["1001~2"].error
+    assert by_id["1001"].extra["canvas_attachment_id"] == "5009"  # the latest upload is the one graded
+    results = [_graded(s, 30.0) if not s.error else batch._error_result(s, s.error) for s in subs]
+    crash = next(r for r in results if r["student"]["id"] == "1003")
+    crash.update(status="grader_error", error="the sandbox could not start Python", score=0.0)
+    column = reports.canvas_column("CNN on MNIST", 4242)
+    left_out = reports.write_canvas_csv(results, out / "canvas_grades.csv", column)
+    import csv
+
+    rows = list(csv.reader(open(out / "canvas_grades.csv", encoding="utf-8")))
+    assert rows[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", "CNN on MNIST (4242)"]
+    ids = [r[1] for r in rows[2:]]
+    assert sorted(ids) == ["1001", "1002", "1007"]  # each once, digits only: no 1001~2, no anon, no grader error
+    assert dict((r[1], r[5]) for r in rows[2:])["1001"] == "30"
+    assert {r["student"]["id"] for r, _ in left_out} == {"1001~2", "1003", "anon_Xk3pQ"}
+    n = reports.write_review_csv(results, out / "needs_review.csv")
+    review = {r["id"]: r for r in csv.DictReader(open(out / "needs_review.csv", encoding="utf-8"))}
+    assert n == len(review) and set(review) >= {"1001~2", "1003", "anon_Xk3pQ"}
+    assert "grader error" in review["1003"]["reason"] and "SpeedGrader" in review["anon_Xk3pQ"]["reason"]
+
+
+@pytest.mark.parametrize("text, column", [
+    ("CNN on MNIST (123456)", "CNN on MNIST (123456)"),
+    ("  Lab 3: CNN (7) ", "Lab 3: CNN (7)"),
+])
+def test_canvas_column_carries_the_assignment_id(text, column):
+    assert reports.canvas_column(text) == column
+
+
+@pytest.mark.parametrize("text", ["cnn_mnist", "CNN (abc)", "", "(123)"])
+def test_canvas_column_without_an_id_is_refused(text):
+    with pytest.raises(ValueError, match="Title \\(assignment id\\)"):
+        reports.canvas_column(text)
+
+
+# --- archives ----------------------------------------------------------------------------------
+
+def _deflated_zip(path: Path, names: list[str], size: int) -> None:
+    """A valid zip whose members are ``size`` zero bytes each, written by hand so the (identical)
+    compressed data is made once: the zip format as in PKWARE's APPNOTE (local headers, central
+    directory, end record)."""
+    import struct
+    import zlib
+
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate, as zip stores it
+    block, crc, data = bytes(1 << 20), 0, []
+    for _ in range(size // len(block)):
+        data.append(packer.compress(block))
+        crc = zlib.crc32(block, crc)
+    data = b"".join(data) + packer.flush()
+    central = []
+    with open(path, "wb") as f:
+        for name in names:
+            raw, offset = name.encode(), f.tell()
+            f.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, 8, 0, 0, crc, len(data), size, len(raw), 0))
+            f.write(raw + data)
+            central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, 8, 0, 0, crc, len(data), size,
+                                       len(raw), 0, 0, 0, 0, 0, offset) + raw)
+        start = f.tell()
+        f.write(b"".join(central))
+        f.write(struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(names), len(names), f.tell() - start, start, 0))
+
+
+def _nested_zip_bomb(path: Path) -> Path:
+    """About 1 MB on disk, 1 GB unpacked: ten 100 MB 'notebooks' of zeros in a zip inside a zip."""
+    inner = path.with_name("inner.zip")
+    _deflated_zip(inner, [f"part{i}.ipynb" for i in range(10)], 100 * 2**20)
+    with zipfile.ZipFile(inner) as z:  # a real zip, as the grader's zipfile reads it
+        assert sum(i.file_size for i in z.infolist()) == 1000 * 2**20
+        with z.open("part3.ipynb") as f:
+            assert f.read(1 << 20) == bytes(1 << 20)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.write(inner, "cnn_mnist_submission.zip")
+    inner.unlink()
+    return path
+
+
+def _disk_use(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def zip_bomb(tmp_path_factory) -> Path:
+    return _nested_zip_bomb(tmp_path_factory.mktemp("bomb") / "lovelaceada_1001_5001_cnn_mnist.zip")
+
+
+@pytest.mark.parametrize("where", ["student upload", "inside a class download"])
+def test_a_nested_zip_bomb_is_refused_quickly_without_large_writes(zip_bomb, tmp_path, where):
+    assert zip_bomb.stat().st_size < 2 * 2**20
+    given = zip_bomb
+    if where != "student upload":
+        given = tmp_path / "class submissions.zip"
+        with zipfile.ZipFile(given, "w") as z:
+            z.write(zip_bomb, zip_bomb.name)
+            z.write(_sample("solution"), "turingalan_1002_5002_cnn_mnist.ipynb")
+    out = tmp_path / "out"
+    started = time.monotonic()
+    subs = {s.id: s for s in collect([given], out)}
+    seconds = time.monotonic() - started
+    assert "zip refused" in subs["1001"].error and "MB" in subs["1001"].error
+    if where != "student upload":
+        assert subs["1002"].error is None  # the rest of the class is still graded
+    assert _disk_use(out) < 16 * 2**20, _disk_use(out)  # unpacked naively: 1 GB
+    assert seconds < 60  # refused from the zip's directory: well under a second when idle
+
+
+def test_a_member_that_unpacks_past_the_limit_is_cut_off(tmp_path):
+    archive = tmp_path / "ada_1_2_big.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        with z.open("cnn_mnist.ipynb", "w") as f:
+            f.write(bytes(3 * 2**20))
+    limits = ArchiveLimits(max_notebook_bytes=2**20)
+    (sub,) = collect([archive], tmp_path / "out", limits)
+    assert "zip refused" in sub.error and "larger than 1 MB" in sub.error
+    assert _disk_use(tmp_path / "out") == 0
+
+
+def _zip_with(path: Path, members: list[tuple[zipfile.ZipInfo | str, bytes]]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for info, data in members:
+            z.writestr(info, data)
+    return path
+
+
+def _symlink_member(name: str, target: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.create_system = 3  # Unix
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+@pytest.mark.parametrize("members, why", [
+    ([(_symlink_member("link.ipynb", "/etc/shadow"), b"/etc/shadow")], "symbolic link"),
+    ([("../../evil.ipynb", b"{}")], "leaves the archive"),
+    ([("/tmp/evil.ipynb", b"{}")], "leaves the archive"),
+    ([(f"f{i}.txt", b"") for i in range(30)], "members, over the limit"),
+])
+def test_unsafe_zips_are_refused_whole(tmp_path, members, why):
+    notebook = _sample("solution").read_bytes()
+    archive = _zip_with(tmp_path / "ada_1_2_cnn.zip", [("cnn_mnist.ipynb", notebook), *members])
+    (sub,) = collect([archive], tmp_path / "out", ArchiveLimits(max_members=20))
+    assert sub.notebook is None and "zip refused" in sub.error and why in sub.error
+    assert not (tmp_path / "evil.ipynb").exists() and not Path("/tmp/evil.ipynb").exists()
+
+
+def test_zips_nested_too_deep_are_refused(tmp_path):
+    level = tmp_path / "l0.zip"
+    _zip_with(level, [("cnn_mnist.ipynb", _sample("solution").read_bytes())])
+    for i in range(1, 5):
+        outer = tmp_path / f"l{i}.zip"
+        _zip_with(outer, [(level.name, level.read_bytes())])
+        level = outer
+    shutil.copy(level, tmp_path / "ada_1_2_cnn.zip")
+    (sub,) = collect([tmp_path / "ada_1_2_cnn.zip"], tmp_path / "out")
+    assert "nested more than 3 deep" in sub.error
+
+
+def test_an_oversized_notebook_is_an_error_row(tmp_path):
+    big = tmp_path / "ada.ipynb"
+    big.write_bytes(_sample("solution").read_bytes() + b" " * 2**20)
+    (sub,) = collect([big], tmp_path / "out", ArchiveLimits(max_notebook_bytes=2**20))
+    assert "over the 1 MB limit" in sub.error
+
+
+# --- private outputs ----------------------------------------------------------------------------
+
+def test_outputs_are_readable_by_their_owner_only(tmp_path):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    (folder / "knuth_1004_5004_report.pdf").write_bytes(b"%PDF-1.4 not a notebook")
+    nbformat.write(nbformat.v4.new_notebook(), folder / "empty_1005_5005_cnn_mnist.ipynb")
+    _otter_export(folder / "ada_1006_5006_cnn_mnist.zip", tmp_path / "class" / "empty_1005_5005_cnn_mnist.ipynb")
+    out = tmp_path / "out"
+    out.mkdir(mode=0o755)
+    old = os.umask(0o022)  # the usual umask: without care, everything would be world-readable
+    try:
+        batch.run_batch([folder], Path("unused.zip"), out,
+                        batch.BatchOptions(jobs=1, progress=False, canvas="CNN on MNIST (4242)"))
+    finally:
+        os.umask(old)
+    paths = [out, *out.rglob("*")]
+    names = {p.relative_to(out).as_posix() for p in paths}
+    assert {"grades.csv", "canvas_grades.csv", "needs_review.csv", "report.html", "batch.json",
+            "feedback/1004.html", "results/1004.json"} <= names and any(n.startswith("_unpacked/") for n in names)
+    for p in paths:
+        mode = stat.S_IMODE(p.stat().st_mode)
+        assert mode == (0o700 if p.is_dir() else 0o600), (p, oct(mode))
+
+
+def test_the_cli_refuses_a_canvas_column_without_an_id(tmp_path):
+    from typer.testing import CliRunner
+
+    from autograder.cli import app
+
+    result = CliRunner().invoke(app, ["grade", str(tmp_path), "--out", str(tmp_path / "out"),
+                                      "--canvas-assignment", "cnn_mnist"])
+    assert result.exit_code == 2 and "Title (assignment id)" in result.output
+    assert not (tmp_path / "out").exists()  # refused before anything was built or graded
+
+
+def test_a_symlink_in_a_class_folder_is_an_error_row_and_never_read(tmp_path):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    secret = tmp_path / "grader_secret.ipynb"
+    shutil.copy(_sample("solution"), secret)
+    (folder / "ada_1001_5001_cnn_mnist.ipynb").symlink_to(secret)
+    (folder / "alan_1002_5002_cnn_mnist.ipynb").write_bytes(_sample("untouched").read_bytes())
+    subs = {s.id: s for s in collect([folder], tmp_path / "out")}
+    assert subs["1001"].notebook is None and "symbolic link" in subs["1001"].error
+    assert subs["1002"].error is None
