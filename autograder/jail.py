@@ -317,8 +317,8 @@ class Jail:
                     made.add(p)
             a += ["--ro-bind", tree, tree]
         for p in self.private:  # masked wherever a mounted tree contains it
-            if _under(str(p), trees):
-                a += (["--perms", "0000", "--tmpfs", str(p)] if p.is_dir() else ["--ro-bind", "/dev/null", str(p)])
+            if _under(str(p), trees) and os.path.exists(p):  # (what we cannot even stat, the sandbox cannot read)
+                a += (["--perms", "0000", "--tmpfs", str(p)] if os.path.isdir(p) else ["--ro-bind", "/dev/null", str(p)])
         a += ["--bind", str(self.work), WORK_INSIDE, "--chdir", WORK_INSIDE]
         return a
 
@@ -420,7 +420,7 @@ def self_test(private=(), *, python: str | None = None) -> dict:
     python = python or probe_python()
     mode = choose_mode()
     key = (mode, python, os.geteuid())
-    secrets = {str(p) for p in private_paths(private) if p.exists()}
+    secrets = {str(p) for p in private_paths(private) if os.path.exists(p)}
     if key not in _SELF_TESTS:
         try:
             _SELF_TESTS[key] = _run_self_test(private, python, NOTEBOOK_IMPORTS)
@@ -447,7 +447,7 @@ def _run_self_test(private, python: str, imports) -> dict:
         with open_jail(private, python=python) as jail:
             if jail.mode == "none":
                 return jail.description
-            secrets = [str(p) for p in jail.private if p.exists()]
+            secrets = [str(p) for p in jail.private if os.path.exists(p)]  # (False where we may not look)
             script = jail.put("self_test.py", SELF_TEST.encode())
             args = jail.put("self_test.json", json.dumps({  # a file: the marker must not be on any command line
                 "secrets": secrets, "pid": sentinel.pid, "marker": marker, "imports": list(imports),

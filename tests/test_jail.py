@@ -44,6 +44,7 @@ def autograder(tmp_path_factory):
 def _isolation_from_environment(monkeypatch):
     monkeypatch.delenv(jail.ENV_MODE, raising=False)
     monkeypatch.delenv(jail.ENV_UNSAFE, raising=False)
+    monkeypatch.delenv(jail.ENV_PRIVATE, raising=False)  # restored after run_batch has added its folders
 
 
 def tiny(path: Path, *cells: str) -> Path:
