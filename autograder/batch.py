@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -105,7 +106,8 @@ def run_batch(paths: list[Path], autograder_zip: Path, out: Path, options: Batch
     results = [json.loads(result_path(out, s.id).read_text()) for s in subs if result_path(out, s.id).is_file()]
     from autograder import reports
 
-    reports.write_all(results, out, autograder_zip, canvas=options.canvas)
+    for problem in reports.write_all(results, out, autograder_zip, canvas=options.canvas):
+        print(f"warning: feedback page not written: {problem}", file=sys.stderr)
     write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
                                                "seconds": round(time.monotonic() - started, 2),
                                                "options": asdict(options)})

@@ -105,7 +105,7 @@ def _private_writer(path: Path):
     """Open ``path`` for writing as a file its owner alone can read (0600), whatever the umask."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "w", newline="", encoding="utf-8")
+    return os.fdopen(fd, "w", newline="", encoding="utf-8", errors="replace")  # untrusted text never stops a page
 
 
 def write_private_text(path: Path, text: str) -> None:
@@ -298,9 +298,10 @@ def _accuracy(r: dict) -> str:
     return f"- ({rt['error'][:80]})" if rt.get("error") else "-"
 
 
-def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None, canvas: str | None = None) -> None:
+def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None, canvas: str | None = None) -> list[str]:
     """Grade sheet, review list, Canvas import (when ``canvas``, the column, is given), feedback
-    pages and the summary; every file readable by its owner only."""
+    pages and the summary; every file readable by its owner only.  Returns the feedback pages
+    that could not be written (and why); everything else is written regardless."""
     assignment = next((r.get("assignment") for r in results if r.get("assignment")), "assignment")
     os.chmod(out, 0o700)
     write_grades_csv(results, out / "grades.csv")
@@ -309,8 +310,12 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
     n_review = write_review_csv(results, out / "needs_review.csv")
     (out / "feedback").mkdir(exist_ok=True)
     os.chmod(out / "feedback", 0o700)
-    for r in results:
-        write_private_text(out / "feedback" / f"{r['student']['id']}.html", render_feedback(r))
+    failed = []
+    for r in results:  # one page that cannot be written must not stop the others or the summary
+        try:
+            write_private_text(out / "feedback" / f"{r['student']['id']}.html", render_feedback(r))
+        except Exception as exc:  # noqa: BLE001
+            failed.append(f"{r['student']['id']}: {type(exc).__name__}: {exc}")
     scored_rows = [r for r in results if scored(r)]
     scores = [r["score"] for r in scored_rows] or [0]
     max_score = max((r.get("max_score") or 0 for r in results), default=0)
@@ -322,6 +327,7 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
                           n_review=n_review, accuracy=_accuracy, flags=flags,
                           results=sorted(results, key=lambda r: r["student"]["id"]))
     write_private_text(out / "report.html", page)
+    return failed
 
 
 __all__ = ["write_all", "render_feedback", "write_grades_csv", "write_canvas_csv", "write_review_csv",
