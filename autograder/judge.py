@@ -18,14 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from autograder.sandbox import decode_npy
+from autograder.sandbox import MAX_ERROR_CHARS, clean_text, decode_npy
+
+
+MAX_MESSAGE_CHARS = 5_000  # a failed check's message (it may quote student values)
 
 
 class ExtractionFailed:
     """Stands for a variable the probe could not turn into data; tests using it fail with why."""
 
     def __init__(self, name: str, message: str):
-        self.name, self.message = name, message
+        self.name, self.message = name, clean_text(message, MAX_ERROR_CHARS)  # untrusted: bounded again here
 
 
 def case_key(args, kwargs) -> str:
@@ -47,7 +50,7 @@ class Replay:
         if out is None:
             raise AssertionError(f"{self.__name__} was not run on this input while grading")
         if out.get("status") != "ok":
-            raise RuntimeError(str(out.get("message", "failed")))
+            raise RuntimeError(clean_text(out.get("message", "failed"), MAX_ERROR_CHARS))
         return decode_npy(out["npy"])
 
 
@@ -136,7 +139,7 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
                 passed, message = True, "✅ Test case passed"
             except Exception as exc:  # noqa: BLE001 - a failing check is a message, never a crash
                 detail = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
-                passed, message = False, f"❌ Test case failed\n{detail}"
+                passed, message = False, f"❌ Test case failed\n{clean_text(detail, MAX_MESSAGE_CHARS)}"
             results.append(TestCaseResult(test_case=tc, message=message, passed=passed))
         test_file.test_case_results = results
         questions.append({

@@ -38,11 +38,106 @@ import nbformat
 import psutil
 
 from autograder import jail as jails
+from autograder.budget import Budget
 
 RUNTIME = Path(__file__).with_name("probe_runtime.py")
 MAX_RERUNS = 2  # a notebook runs at most this many more times, each without a cell that crashed it
-MAX_STATUS_BYTES = 64 * 1024 * 1024
+MAX_STATUS_BYTES = 64 * 1024 * 1024  # the whole status stream of one run
+MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10.7 MB in base64: MAX_NPY_CHARS)
 MAX_ERROR_CHARS = 500
+# A value's fields, as the runtime itself bounds them (probe_runtime.plain / MAX_ARRAY_ELEMENTS / MAX_JSON_CHARS)
+MAX_JSON_DEPTH, MAX_JSON_LIST, MAX_JSON_STRING, MAX_JSON_CHARS = 6, 10_000, 10_000, 1_000_000
+MAX_ARRAY_ELEMENTS = 1_000_000
+MAX_NPY_CHARS = (MAX_ARRAY_ELEMENTS * 8 + 1024) * 4 // 3 + 8  # base64 of 1M float64 plus the .npy header
+MAX_FITS, MAX_FIT_CHARS = 20, 20_000
+FIT_FIELDS = {"epochs", "batch_size", "initial_epoch", "validation_split", "has_validation_data", "shuffle",
+              "class_weight", "sample_weight", "steps_per_epoch", "callbacks", "x", "y", "compile_config",
+              "extra_kwargs"}
+
+
+def clean_text(text, limit: int = MAX_ERROR_CHARS) -> str:
+    """An untrusted string made safe to store and print: at most ``limit`` characters, valid UTF-8
+    (a lone surrogate, which JSON can carry but no UTF-8 file can hold, becomes "?")."""
+    text = str(text)[:limit]
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _plain_ok(value, depth: int = 0) -> bool:
+    """Whether ``value`` is what the runtime's ``plain`` can produce (same depth, list and string caps)."""
+    if depth > MAX_JSON_DEPTH:
+        return False
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return len(value) <= MAX_JSON_STRING
+    if isinstance(value, list):
+        return len(value) <= MAX_JSON_LIST and all(_plain_ok(v, depth + 1) for v in value)
+    return False
+
+
+def _clean_strings(value):
+    """Every string of plain data made valid UTF-8 (the structure was checked before)."""
+    if isinstance(value, str):
+        return clean_text(value, MAX_JSON_STRING)
+    if isinstance(value, list):
+        return [_clean_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {clean_text(k, 200): _clean_strings(v) for k, v in value.items()}
+    return value
+
+
+def _npy_ok(b64) -> bool:
+    return isinstance(b64, str) and 0 < len(b64) <= MAX_NPY_CHARS and b64.isascii()
+
+
+def checked_value(data, n_outputs: int | None) -> dict:
+    """The structure of one extracted value, checked field by field with hard caps.
+
+    Anything the runtime would never send (student code can write to the status pipe) becomes
+    an ``error`` value with a short reason, never an oversized or malformed record."""
+    def bad(why: str) -> dict:
+        return {"status": "error", "message": f"the sandbox sent an invalid value ({why})"}
+
+    if not isinstance(data, dict):
+        return bad("not a record")
+    status = data.get("status")
+    if status in ("missing", "unanswered"):
+        return {"status": status}
+    if status == "error":
+        return {"status": "error", "message": clean_text(data.get("message", ""))}
+    if status == "json":
+        if "value" not in data or not _plain_ok(data["value"]):
+            return bad("not plain data within the limits")
+        if len(json.dumps(data["value"])) > MAX_JSON_CHARS:
+            return bad("too large")
+        return {"status": "json", "value": _clean_strings(data["value"])}
+    if status == "array":
+        return {"status": "array", "npy": data["npy"]} if _npy_ok(data.get("npy")) else bad("array too large")
+    if status == "function":
+        outputs = data.get("outputs")
+        if not isinstance(outputs, list) or n_outputs is None or len(outputs) != n_outputs:
+            return bad("not one output per planned call")
+        kept = []
+        for out in outputs:
+            if isinstance(out, dict) and out.get("status") == "ok" and _npy_ok(out.get("npy")):
+                kept.append({"status": "ok", "npy": out["npy"]})
+            elif isinstance(out, dict) and out.get("status") == "error":
+                kept.append({"status": "error", "message": clean_text(out.get("message", ""))})
+            else:
+                return bad("a malformed function output")
+        return {"status": "function", "outputs": kept}
+    if status == "model":
+        config, fits = data.get("config"), data.get("fits")
+        if not isinstance(config, str) or len(config) > Budget().max_config_chars:
+            return bad(f"model config missing or over {Budget().max_config_chars:,} characters")
+        if not isinstance(fits, list) or len(fits) > MAX_FITS:
+            return bad(f"more than {MAX_FITS} fit records")
+        for fit in fits:
+            if not isinstance(fit, dict) or not set(fit) <= FIT_FIELDS or len(json.dumps(fit)) > MAX_FIT_CHARS:
+                return bad("a malformed fit record")
+        return {"status": "model", "config": clean_text(config, Budget().max_config_chars),
+                "fits": [_clean_strings(f) for f in fits]}
+    return bad("unknown status")
 
 
 @dataclass(frozen=True)
@@ -299,7 +394,7 @@ class _Run:
             if msg.get("index") != self.current or type(msg.get("index")) is not int:
                 return False
             error = msg.get("error")
-            error = None if error is None else str(error)[:MAX_ERROR_CHARS]
+            error = None if error is None else clean_text(error)
             self.cells.append({"index": self.current, "seconds": round(now - self.step_started, 3), "error": error})
             self.current = None
             self.position += 1
@@ -319,9 +414,11 @@ class _Run:
                 return True
             return False
         if kind == "value" and self.phase == "extract" and self.value_position < len(self.variables):
-            if msg.get("name") != self.variables[self.value_position] or not isinstance(msg.get("data"), dict):
+            name = self.variables[self.value_position]
+            if msg.get("name") != name or not isinstance(msg.get("data"), dict):
                 return False
-            self.values[msg["name"]] = msg["data"]
+            planned = len(self.functions[name]) if name in self.functions else None
+            self.values[name] = checked_value(msg["data"], planned)
             self.value_position += 1
             return True
         if kind == "done" and self.phase == "extract" and self.value_position == len(self.variables):
@@ -378,7 +475,20 @@ class _Run:
                     buf += chunk
                     *lines, buf = buf.split(b"\n")
                     for line in lines:
-                        self.on_status(line)
+                        if len(line) > MAX_STATUS_LINE:
+                            self.ignored += 1
+                        else:
+                            self.on_status(line)
+                    if len(buf) > MAX_STATUS_LINE:  # a line without end: drop it up to its newline
+                        self.ignored += 1
+                        buf, skipping = b"", True
+                        while skipping and (chunk := f.read1(1 << 20)):
+                            total += len(chunk)
+                            if total > MAX_STATUS_BYTES:
+                                self.limits_hit.append(f"status stream exceeded {MAX_STATUS_BYTES >> 20} MiB")
+                                return
+                            if b"\n" in chunk:
+                                buf, skipping = chunk.split(b"\n", 1)[1], False
 
         threads = [threading.Thread(target=read_output, daemon=True), threading.Thread(target=read_status, daemon=True)]
         for t in threads:

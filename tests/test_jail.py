@@ -371,6 +371,72 @@ def test_forged_status_messages_add_no_cells_and_extend_no_timer(autograder, tmp
     assert len(json.dumps(result)) < 200_000 and conv_small(result) == 2
 
 
+@needs_bwrap
+def test_forged_values_are_bounded_and_a_lone_surrogate_breaks_no_report(autograder, tmp_path):
+    from autograder import reports
+
+    nb = tiny(tmp_path / "sub.ipynb", r"""
+        import json, os, sys
+        STATUS = int(sys.argv[2])  # the runtime's status pipe
+        job = json.load(open(sys.argv[1]))
+        def say(**m):
+            os.write(STATUS, (json.dumps(m) + '\n').encode())
+        say(kind='cell_done', index=1, seconds=0, error='bad \ud800 ' + 'E' * 1_000_000)
+        say(kind='step', label='extract')
+        first, second, *rest = job['variables']
+        say(kind='value', name=first, data={'status': 'error', 'message': 'FORGED \ud800' + 'X' * 1_000_000})
+        os.write(STATUS, b'{"kind": "value", "name": "' + second.encode() + b'", "data": {"status": "error", '
+                 b'"message": "' + b'Y' * (20 << 20) + b'"}}\n')  # one 20 MiB line
+        for name in rest:
+            say(kind='value', name=name, data={'status': 'model', 'config': '{}', 'fits': [{'x': 'Z' * 100}] * 10_000})
+        """, r'raise ValueError("bad \ud800 char")')
+    result = grade(nb, autograder)
+    assert len(json.dumps(result)) < 300_000, "forged fields reached the result"
+    assert result["execution"]["cells"][2]["error"].startswith("ValueError: bad ?")
+    assert any("forged" in h for h in result["limits_hit"])
+    out = tmp_path / "out"
+    out.mkdir()
+    result["student"] = {"id": "surrogate"}
+    assert reports.write_all([result, {**result, "student": {"id": "other"}}], out) == []
+    page = (out / "feedback" / "surrogate.html").read_text(encoding="utf-8")
+    assert len(page) < 300_000
+    assert (out / "report.html").is_file() and (out / "feedback" / "other.html").is_file()
+
+
+def test_a_report_page_with_undecodable_text_is_written_and_stops_nothing(tmp_path):
+    from autograder import reports
+
+    bad = {"student": {"id": "s1"}, "status": "error", "score": 0, "max_score": 2, "error": "lone \ud800 surrogate",
+           "questions": [{"name": "q", "score": 0, "max_score": 2,
+                          "cases": [{"name": "t", "hidden": False, "points": 2, "passed": False,
+                                     "message": "❌ Test case failed\nbad \udcff"}]}]}
+    good = {**bad, "student": {"id": "s2"}, "error": "fine", "questions": []}
+    assert reports.write_all([bad, good], tmp_path) == []
+    assert "lone ? surrogate" in (tmp_path / "feedback" / "s1.html").read_text(encoding="utf-8")
+    assert (tmp_path / "feedback" / "s2.html").is_file() and (tmp_path / "report.html").is_file()
+    assert (tmp_path / "grades.csv").is_file()
+
+
+@pytest.mark.parametrize("data, n_outputs, why", [
+    ({"status": "json", "value": [[1] * 10] * 20_000}, None, "plain data"),
+    ({"status": "json", "value": "s" * 20_000}, None, "plain data"),
+    ({"status": "json", "value": {"a": 1}}, None, "plain data"),
+    ({"status": "array", "npy": "A" * 20_000_000}, None, "too large"),
+    ({"status": "function", "outputs": [{"status": "ok", "npy": "AAAA"}] * 3}, 2, "one output per planned call"),
+    ({"status": "function", "outputs": [{"status": "weird"}]}, 1, "malformed"),
+    ({"status": "model", "config": "{" * 300_000, "fits": []}, None, "config"),
+    ({"status": "model", "config": "{}", "fits": [{}] * 21}, None, "fit records"),
+    ({"status": "model", "config": "{}", "fits": [{"evil": 1}]}, None, "malformed fit"),
+    ({"status": "model", "config": "{}", "fits": [{"x": "Z" * 30_000}]}, None, "malformed fit"),
+    ({"status": "nope"}, None, "unknown"),
+])
+def test_sandbox_values_are_checked_field_by_field(data, n_outputs, why):
+    from autograder.sandbox import checked_value
+
+    checked = checked_value(data, n_outputs)
+    assert checked["status"] == "error" and why in checked["message"] and len(checked["message"]) < 200
+
+
 # --- 7. start-up is the grader's, not the student's ------------------------------------------------
 
 @needs_bwrap
@@ -481,3 +547,21 @@ def test_the_judge_runs_under_memory_and_time_limits(limit, expected):
     assert engine._run_judge(request) == {"questions": [], "retrain": None}  # within its limits: judged
     with pytest.raises(engine.GraderError, match=re.escape(expected)):
         engine._run_judge(request, **limit)
+
+
+# --- 12. the command line --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, expected", [([], "permissions"), (["--isolation", "bwrap"], "bwrap")])
+def test_the_isolation_option_keeps_the_environment_unless_given(tmp_path, monkeypatch, argv, expected):
+    from typer.testing import CliRunner
+
+    from autograder import batch, cli
+
+    seen = {}
+    monkeypatch.setenv(jail.ENV_MODE, "permissions")
+    monkeypatch.setattr(batch, "run_batch", lambda *a, **k: seen.setdefault("mode", os.environ[jail.ENV_MODE]) and [])
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "ag.zip").write_bytes(b"")
+    run = CliRunner().invoke(cli.app, ["grade", str(tmp_path / "subs"), "--autograder", str(tmp_path / "ag.zip"),
+                                       "--out", str(tmp_path / "out"), *argv])
+    assert seen.get("mode") == expected, run.output
