@@ -89,10 +89,10 @@ def grade(
     memory_mb: int = typer.Option(6144, "--memory-mb", help="Memory limit for a submission's processes."),
     ray: bool = typer.Option(False, "--ray", help="Spread the batch over Ray (pip install 'cnn-autograder[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: start one)."),
-    isolation: str = typer.Option(
-        "auto", "--isolation",
+    isolation: Optional[str] = typer.Option(
+        None, "--isolation",
         help="How submissions are jailed: auto (bubblewrap where namespaces work, else a permission jail as root), "
-             "bwrap or permissions."),
+             "bwrap or permissions. Default: $CNN_GRADER_ISOLATION, else auto."),
     unsafe_no_isolation: bool = typer.Option(
         False, "--unsafe-no-isolation",
         help="Grade even where no jail is possible (non-root without user namespaces): submissions then run as "
@@ -109,9 +109,10 @@ def grade(
 
     from autograder import batch, build as builder, jail
 
-    if isolation not in ("auto", "bwrap", "permissions"):
-        raise typer.BadParameter("--isolation must be auto, bwrap or permissions")
-    os.environ[jail.ENV_MODE] = isolation  # inherited by worker processes
+    if isolation is not None:  # not given: the environment's CNN_GRADER_ISOLATION (or auto) stays
+        if isolation not in ("auto", "bwrap", "permissions"):
+            raise typer.BadParameter("--isolation must be auto, bwrap or permissions")
+        os.environ[jail.ENV_MODE] = isolation  # inherited by worker processes
     if unsafe_no_isolation:
         os.environ[jail.ENV_UNSAFE] = "1"
     from autograder.engine import RetrainOptions
