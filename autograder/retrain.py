@@ -26,6 +26,7 @@ import hmac
 import json
 import os
 import secrets
+import stat
 import statistics
 import subprocess
 import sys
@@ -360,20 +361,49 @@ class _Slot:
         self.folder, self.slots, self.handle = folder, slots, None
 
     def __enter__(self):
-        _private_dir(self.folder)
+        folder = _owned_private_dir(self.folder)
         while True:
             for i in range(self.slots):
-                handle = open(self.folder / f"slot-{i}.lock", "w")
+                dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                try:  # never follows a link planted as a lock file
+                    fd = os.open(f"slot-{i}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                                 dir_fd=dfd)
+                finally:
+                    os.close(dfd)
                 try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    self.handle = handle
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    self.handle = fd
                     return self
                 except BlockingIOError:
-                    handle.close()
+                    os.close(fd)
             time.sleep(0.2)
 
     def __exit__(self, *exc):
-        self.handle.close()  # closing releases the lock, also when the process dies
+        os.close(self.handle)  # closing releases the lock, also when the process dies
+
+
+def _owned_private_dir(folder: Path) -> Path:
+    """``folder``, created 0700 if missing, and checked: a real folder (no link), owned by this user,
+    with no group or other bits; so no other user can plant files or links in it."""
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        st = os.lstat(folder)
+    except OSError as exc:
+        raise RetrainFailed(f"cannot create the retraining lock folder {folder}: {exc}") from None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise RetrainFailed(f"{folder} must be a folder of this user's own with mode 0700 (it holds the retraining "
+                            "locks); remove it or fix its owner and mode")
+    return folder
+
+
+def default_slot_dir() -> Path:
+    """Where the retraining queue lives without a cache: a root grader's is root-only, beside the jail's
+    uid leases; any other grader's is in its own cache folder (never a world-writable TMPDIR)."""
+    if os.geteuid() == 0:
+        return Path("/run/cnn-grader-retrain-slots")
+    from autograder.data import cache_dir
+
+    return cache_dir() / "retrain-slots"
 
 
 def _train(job: dict, settings: Settings, isolated: bool, slots: Path) -> dict:
@@ -384,8 +414,7 @@ def _train(job: dict, settings: Settings, isolated: bool, slots: Path) -> dict:
 def train_seed_cached(job: dict, recipe: dict, settings: Settings, cache: Path | None, isolated: bool = True) -> dict:
     """One seed's training, through the authenticated cache (locked: parallel graders train once)."""
     if cache is None:
-        slots = Path(os.environ.get("TMPDIR", "/tmp")) / f"cnn-grader-slots-{os.getuid()}"
-        return {**_train(job, settings, isolated, slots), "cache_hit": False}
+        return {**_train(job, settings, isolated, default_slot_dir()), "cache_hit": False}
     _private_dir(cache)
     secret = _hmac_key(cache)
     key = cache_key(recipe, job["raw"], settings, job["seed"])
