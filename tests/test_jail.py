@@ -144,10 +144,10 @@ def test_concurrent_submissions_cannot_read_or_signal_each_other(autograder, tmp
         while time.time() < deadline:
             for path in glob.glob('/tmp/**/*.ipynb', recursive=True) + glob.glob('/tmp/*/submission.ipynb'):
                 found.add(path)
-            for pid in os.listdir('/proc'):  # other submissions' runtimes (only those: a failing jail
-                try:                            # must not let this test kill the machine's processes)
+            for pid in os.listdir('/proc'):  # other submissions' runtimes; signal 0 asks the kernel the same
+                try:                            # permission question as SIGKILL, so a failing jail kills nothing
                     if pid.isdigit() and int(pid) not in (me, 1) and b'probe_runtime' in open(f'/proc/{pid}/cmdline', 'rb').read():
-                        os.kill(int(pid), signal.SIGKILL)
+                        os.kill(int(pid), 0)
                         killed += 1
                 except OSError:
                     pass
@@ -162,6 +162,7 @@ def test_concurrent_submissions_cannot_read_or_signal_each_other(autograder, tmp
     assert victim["status"] == "graded" and conv_small(victim) == 2, victim["error"]
     assert "VICTIM ALIVE" in victim["execution"]["output_tail"]
     assert "FOUND []" in attacker["execution"]["output_tail"], attacker["execution"]["output_tail"][-2000:]
+    assert "SIGNALLED 0" in attacker["execution"]["output_tail"]
     assert victim["isolation"]["uid"] != attacker["isolation"]["uid"] or not ROOT
 
 
@@ -289,10 +290,10 @@ ATTACK_FROM_OUTSIDE = """
                 grader.append(int(p))
         except OSError:
             pass
-    for pid in grader:
+    for pid in grader:  # signal 0: the same permission check as SIGKILL, harmless if the jail failed
         try:
-            os.kill(pid, signal.SIGKILL)
-            print('KILLED GRADER')
+            os.kill(pid, 0)
+            print('COULD SIGNAL GRADER')
         except OSError as exc:
             print('CANNOT SIGNAL', type(exc).__name__)
     print('GRADER PIDS SEEN', len(grader))
@@ -308,7 +309,7 @@ def test_non_root_grader_jails_with_a_user_namespace_and_its_cache_cannot_be_for
     out = result["execution"]["output_tail"]
     assert result["status"] == "graded" and result["isolation"]["mode"] == "bwrap", result["error"]
     assert result["isolation"]["uid"] is None and "user namespace" in " ".join(result["isolation"]["notes"])
-    assert "BLOCKED import" in out and "VISIBLE" not in out and "KILLED GRADER" not in out
+    assert "BLOCKED import" in out and "VISIBLE" not in out and "COULD SIGNAL GRADER" not in out
     # the jail's /tmp is its own tmpfs: a write to the cache's path lands there, never in the real cache
     assert not (home / "cache" / "retrain" / "forged.json").exists()
     assert conv_small(result) == 2
@@ -325,7 +326,7 @@ def test_permission_jail_without_namespaces_keeps_the_grader_out_of_reach(autogr
     assert result["isolation"]["mode"] == "permissions" and result["isolation"]["uid"] >= jail.SLOT_UID_BASE
     assert "BLOCKED import" in out and "NO FORGERY" in out and "VISIBLE" not in out
     assert not (home / "cache" / "retrain" / "forged.json").exists()
-    assert "KILLED GRADER" not in out and "GRADER PIDS SEEN 0" not in out  # visible here, but untouchable
+    assert "COULD SIGNAL GRADER" not in out and "GRADER PIDS SEEN 0" not in out  # visible here, but untouchable
     assert conv_small(result) == 2
 
 
@@ -565,3 +566,30 @@ def test_the_isolation_option_keeps_the_environment_unless_given(tmp_path, monke
     run = CliRunner().invoke(cli.app, ["grade", str(tmp_path / "subs"), "--autograder", str(tmp_path / "ag.zip"),
                                        "--out", str(tmp_path / "out"), *argv])
     assert seen.get("mode") == expected, run.output
+
+
+# --- 13. the retraining queue's lock files ---------------------------------------------------------
+
+def test_retraining_locks_live_in_a_private_folder_and_never_follow_a_planted_link(tmp_path, monkeypatch):
+    from autograder import retrain
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = tmp_path / "planted"  # a folder another user made (mode 0755), holding a link as a lock file
+    planted.mkdir(mode=0o755)
+    planted.chmod(0o755)
+    (planted / "slot-0.lock").symlink_to(victim)
+    with pytest.raises(retrain.RetrainFailed, match="mode 0700"):
+        with retrain._Slot(planted, 1):
+            pass
+    planted.chmod(0o700)  # even in a private folder a planted link is never followed
+    with pytest.raises(OSError):
+        with retrain._Slot(planted, 1):
+            pass
+    assert victim.read_text() == "precious"
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    folder = retrain.default_slot_dir()
+    assert not str(folder).startswith(str(tmp_path)) and not str(folder).startswith("/tmp")
+    with retrain._Slot(folder, 1):
+        st = os.lstat(folder)
+        assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
