@@ -212,6 +212,61 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def _uid_processes(uid: int | None) -> list[psutil.Process]:
+    """Every process of the slot uid: exact, since the uid is leased to this sandbox alone, and it
+    catches orphans that escaped the tree (double forks re-parented elsewhere)."""
+    if uid is None:
+        return []
+    found = []
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.info["uids"] and uid in (p.info["uids"].real, p.info["uids"].effective):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+SHARED_DIRS = ("/dev/shm",)  # RAM-backed folders outside the jail's own (size-capped) /tmp
+
+
+def _memory_outside_rss(procs: list[psutil.Process], uid: int | None) -> int:
+    """Bytes the sandbox holds in RAM that no RSS shows: memfd files open in its processes and,
+    for a slot uid, its files in /dev/shm (each file counted once)."""
+    seen, total = set(), 0
+    for p in procs:
+        try:
+            fds = os.listdir(f"/proc/{p.pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            path = f"/proc/{p.pid}/fd/{fd}"
+            try:
+                if not os.readlink(path).startswith(("/memfd:", "/dev/shm/")):
+                    continue
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    if uid is not None:
+        for folder in SHARED_DIRS:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_uid == uid and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+    return total
+
+
 def _my_children() -> set[int]:
     try:
         return {p.pid for p in psutil.Process().children(recursive=True)}
@@ -360,6 +415,7 @@ class _Run:
         self.value_position = 0
         self.ignored = 0
         self.lock = threading.Lock()
+        self.uid: int | None = None  # the slot uid, once the jail is open
 
     # -- status protocol --------------------------------------------------------------------
     def on_status(self, line: bytes) -> None:
@@ -431,6 +487,7 @@ class _Run:
         limits = self.limits
         with jails.open_jail(private, tmp_bytes=limits.file_size_mb * 1024 * 1024) as jail:
             into.isolation["uid"] = jail.uid
+            self.uid = jail.uid
             nb_inside = jail.put("submission.ipynb", nbformat.writes(nb).encode())
             runtime = jail.put("probe_runtime.py", RUNTIME.read_bytes())
             mnist = jail.copy_in("mnist.npz", mnist_npz) if mnist_npz else None
@@ -496,12 +553,18 @@ class _Run:
         started = time.monotonic()
         interrupted = None
         runtime_pid = None
+        tick, escaped, outside = 0, [], 0
         stop = None  # (message, is a grader fault)
         while child.poll() is None:
             time.sleep(0.05)
             now = time.monotonic()
             procs = _tree(child.pid)
-            rss = 0
+            tick += 1
+            if tick % 5 == 1:  # a few times a second: the uid's other processes and RAM held outside RSS
+                escaped = [p for p in _uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
+                outside = _memory_outside_rss(procs + escaped, self.uid)
+            procs = procs + [p for p in escaped if p.is_running()]
+            rss = outside
             for p in procs:
                 try:
                     rss += p.memory_info().rss

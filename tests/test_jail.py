@@ -244,7 +244,7 @@ def home():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict) -> dict:
+def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict, memory_mb: int = 3072) -> dict:
     from autograder import data
 
     (home / "cache").mkdir(parents=True)
@@ -258,7 +258,7 @@ def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict) 
         p.chmod(0o700)
     code = ("import json\nfrom autograder import engine\n"
             "r = engine.grade_notebook('sub.ipynb', 'autograder.zip', retrain=engine.RetrainOptions(enabled=False),"
-            " limits=engine.Limits(cell_seconds=30, notebook_seconds=240, memory_mb=3072))\n"
+            f" limits=engine.Limits(cell_seconds=30, notebook_seconds=240, memory_mb={memory_mb}))\n"
             "print('@@RESULT@@' + json.dumps(r))")
     proc = subprocess.run(_outer_wrapper(home, uid) + [sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=600, env={**os.environ, **env})
@@ -328,6 +328,76 @@ def test_permission_jail_without_namespaces_keeps_the_grader_out_of_reach(autogr
     assert not (home / "cache" / "retrain" / "forged.json").exists()
     assert "COULD SIGNAL GRADER" not in out and "GRADER PIDS SEEN 0" not in out  # visible here, but untouchable
     assert conv_small(result) == 2
+
+
+@needs_root
+def test_permission_jail_counts_orphans_of_its_uid_and_leaves_no_files_behind(autograder, tmp_path, home):
+    """An orphan (setsid + double fork, re-parented away from the grader) holding 2 GiB costs its cell;
+    what the uid left in /tmp, /var/tmp and /dev/shm is deleted when its lease ends."""
+    nb = tiny(tmp_path / "attack.ipynb", """
+        import os
+        for d in ('/tmp', '/var/tmp', '/dev/shm'):
+            with open(f'{d}/cnn-grader-test-left-{os.getuid()}', 'w') as f:
+                f.write('left behind')
+        """, """
+        import subprocess, sys, time
+        HOG = (
+            "import os, time\\n"
+            "os.setsid()\\n"
+            "if os.fork() == 0 and os.fork() == 0:\\n"
+            "    hog = bytearray(2200 << 20)\\n"
+            "    for i in range(0, len(hog), 4096):\\n"
+            "        hog[i] = 1\\n"
+            "    time.sleep(120)\\n")
+        subprocess.run([sys.executable, '-c', HOG])
+        time.sleep(40)
+        print('ORPHAN SURVIVED')
+        """, "size_valid = 24")
+    result = _grade_wrapped(home, autograder, nb, 0, {jail.ENV_MODE: "permissions"}, memory_mb=1500)
+    assert result["status"] == "graded", result["error"]
+    uid = result["isolation"]["uid"]
+    assert result["isolation"]["mode"] == "permissions" and uid >= jail.SLOT_UID_BASE
+    assert [s["index"] for s in result["execution"]["skipped_cells"]] == [2], result["limits_hit"]
+    assert "memory limit (1500 MiB)" in result["execution"]["skipped_cells"][0]["reason"]
+    assert "ORPHAN SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
+    left = [f"{d}/cnn-grader-test-left-{uid}" for d in ("/tmp", "/var/tmp", "/dev/shm")]
+    assert not [p for p in left if os.path.lexists(p)]
+
+
+@needs_bwrap
+def test_memory_held_in_memfds_counts_against_the_limit(autograder, tmp_path):
+    nb = tiny(tmp_path / "sub.ipynb", """
+        import os, time
+        fds = []
+        for i in range(5):  # 5 x 400 MiB, each under the file size limit, none of it in RSS
+            fd = os.memfd_create(f'hog{i}')
+            for _ in range(400):
+                os.write(fd, b'x' * (1 << 20))
+            fds.append(fd)
+        time.sleep(40)
+        print('MEMFD SURVIVED')
+        """, "size_valid = 24")
+    result = grade(nb, autograder, Limits(cell_seconds=60, notebook_seconds=240, memory_mb=1500))
+    assert [s["index"] for s in result["execution"]["skipped_cells"]] == [1], result["limits_hit"]
+    assert "memory limit (1500 MiB)" in result["execution"]["skipped_cells"][0]["reason"]
+    assert "MEMFD SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
+
+
+@needs_bwrap
+def test_shared_memory_is_not_writable_and_the_private_tmp_is_capped(autograder, tmp_path):
+    nb = tiny(tmp_path / "sub.ipynb", """
+        import os
+        try:
+            open('/dev/shm/x', 'w').write('x')
+            print('SHM WRITABLE')
+        except OSError:
+            print('SHM CLOSED')
+        st = os.statvfs('/tmp')
+        print('TMP MiB', st.f_blocks * st.f_frsize >> 20)
+        """)
+    out = grade(nb, autograder, Limits(cell_seconds=60, notebook_seconds=240, memory_mb=3072, file_size_mb=256))
+    tail = out["execution"]["output_tail"]
+    assert "SHM CLOSED" in tail and "TMP MiB 256" in tail, tail[-1000:]
 
 
 def test_non_root_grader_without_namespaces_refuses_unless_told_otherwise(autograder, tmp_path, monkeypatch):
