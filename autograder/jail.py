@@ -158,7 +158,8 @@ def _slot_dir() -> Path:
 class SlotLease:
     """An unprivileged uid that no other sandbox on this machine holds while we hold the lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, clean_shared: bool = False) -> None:
+        self.clean_shared = clean_shared  # a permission jail's uid can write to the host's shared folders
         folder = _slot_dir()
         for n in range(SLOT_COUNT):
             fd = os.open(folder / f"{n}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -168,13 +169,35 @@ class SlotLease:
                 os.close(fd)
                 continue
             self.fd, self.uid = fd, SLOT_UID_BASE + n
-            _kill_uid(self.uid)  # nothing a previous holder left behind may survive into this sandbox
+            self._clean()  # nothing a previous holder left behind may survive into this sandbox
             return
         raise JailError(f"all {SLOT_COUNT} sandbox uids are in use")
 
     def release(self) -> None:
+        try:
+            self._clean()
+        finally:
+            os.close(self.fd)
+
+    def _clean(self) -> None:
         _kill_uid(self.uid)
-        os.close(self.fd)
+        if self.clean_shared:
+            remove_uid_files(self.uid)
+
+
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable folders of the host
+
+
+def remove_uid_files(uid: int, folders=SHARED_WRITABLE) -> None:
+    """Delete what ``uid`` owns in the host's world-writable folders (``find -xdev -uid U -delete``:
+    links are removed, never followed), so nothing outlives a sandbox or reaches the next one."""
+    for folder in folders:
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            try:
+                subprocess.run(["find", folder, "-xdev", "-mindepth", "1", "-uid", str(uid), "-delete"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
 
 
 def _kill_uid(uid: int) -> None:
@@ -339,7 +362,7 @@ class Jail:
 def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1024 * 1024):
     """A fresh jail (folder, slot uid) for one run; everything is removed when the block ends."""
     mode = choose_mode()
-    lease = SlotLease() if _is_root() and mode != "none" else None
+    lease = SlotLease(clean_shared=mode == "permissions") if _is_root() and mode != "none" else None
     work = Path(tempfile.mkdtemp(prefix="cnn-probe-"))  # 0700, ours, unpredictable name
     try:
         yield Jail(mode, work, lease.uid if lease else None, private_paths(private), python or probe_python(),
