@@ -404,6 +404,37 @@ for p in args["secrets"]:
                     out["readable"].append(p)
     except OSError:
         pass
+import time
+out["copies"] = []  # readable copies of the grader's secrets elsewhere on the disk (permission jail)
+deadline = time.monotonic() + args.get("hunt_seconds", 0)
+def secret(folder, name, names):
+    if name == "autograder.zip":
+        return True
+    if name == "reference.py":
+        return os.path.basename(folder) == "autograder" and "jail.py" in names
+    if name == "cnn_checks.py":
+        return "tests" in names
+    return name.endswith(".ipynb") and os.path.basename(folder) in ("solution", "solutions")
+for top in args.get("hunt", []):
+    stack = [(top, 0)]
+    while stack and time.monotonic() < deadline and len(out["copies"]) < 20:
+        folder, depth = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        names = {e.name for e in entries}
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if depth < 7 and e.path not in args["skip"]:
+                        stack.append((e.path, depth + 1))
+                elif e.is_file(follow_symlinks=False) and secret(folder, e.name, names):
+                    with open(e.path, "rb") as f:
+                        if f.read(1):
+                            out["copies"].append(e.path)
+            except OSError:
+                pass
 try:
     os.kill(args["pid"], 0)
     out["signal"] = True
@@ -427,6 +458,10 @@ except OSError:
 print("@@SELFTEST@@" + json.dumps(out), flush=True)
 '''
 
+# Where a permission jail's self-test looks, as the sandbox uid, for other readable copies of the grader's
+# secrets (an old checkout or build, a Gradescope source folder): a pragmatic, time-capped search.
+HUNT_DIRS = ("/tmp", "/var/tmp", "/srv", "/home", "/opt", "/work", "/mnt", "/data", "/autograder")
+HUNT_SECONDS = 20.0
 _SELF_TESTS: dict[tuple, dict | str] = {}
 _CHECKED: dict[tuple, set] = {}
 NOTEBOOK_IMPORTS = ("numpy", "keras", "IPython", "otter")
@@ -474,7 +509,11 @@ def _run_self_test(private, python: str, imports) -> dict:
             script = jail.put("self_test.py", SELF_TEST.encode())
             args = jail.put("self_test.json", json.dumps({  # a file: the marker must not be on any command line
                 "secrets": secrets, "pid": sentinel.pid, "marker": marker, "imports": list(imports),
-                "trees": python_trees(python, jail.private) if jail.mode == "bwrap" else [], "port": listener.getsockname()[1]}).encode())
+                "trees": python_trees(python, jail.private) if jail.mode == "bwrap" else [],
+                "skip": python_trees(python, []),
+                "port": listener.getsockname()[1],
+                "hunt": [d for d in HUNT_DIRS if os.path.isdir(d)] if jail.mode == "permissions" else [],
+                "hunt_seconds": HUNT_SECONDS}).encode())
             jail.hand_over()
             try:
                 proc = subprocess.run(jail.command([python, "-I", script, args]), cwd=jail.work,
@@ -518,6 +557,9 @@ def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess)
     if found["readable"]:
         problems.append(f"it can read {', '.join(found['readable'][:5])}: make these unreadable to other users "
                         "(chmod go-rwx) or use bubblewrap")
+    if found.get("copies"):
+        problems.append(f"it can read copies of the grader's files elsewhere: {', '.join(found['copies'][:5])}: "
+                        "delete them or make them unreadable to other users (chmod go-rwx), or use bubblewrap")
     if found["signal"]:
         problems.append("it can signal the grader's processes (it runs as the grader's user)")
     if jail.mode == "bwrap" and found["sees"]:

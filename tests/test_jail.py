@@ -206,20 +206,24 @@ def test_root_never_follows_links_planted_in_a_sandbox_folder(autograder, tmp_pa
 
 # --- 5. a non-root grader, and the permission jail: graders run inside an outer wrapper ----------------
 
-def _outer_wrapper(home: Path, uid: int) -> list[str]:
+def _outer_wrapper(home: Path, uid: int, binds: dict | None = None) -> list[str]:
     """A root-made view of the file system for a grader run as ``uid`` (or as root with a 0700 package):
     /root (0700 here, as on Ubuntu) becomes an enterable tmpfs holding only the Python trees and a copy of
-    the grader package owned by the grader, mode 0700."""
+    the grader package owned by the grader, mode 0700.  The folders where the permission jail's self-test
+    looks for stray copies of the grader (other checkouts and builds on a shared test machine) are empty
+    too, except the grader's ``home`` and ``binds`` (host path -> path seen)."""
     trees = jail.python_trees(sys.executable, [])
     args = ["bwrap", "--dev-bind", "/", "/", "--die-with-parent"]
     covered: list[str] = []
-    for hide in ("/root", str(jail.PACKAGE_DIR.parent)):  # the repository (an editable install) too
+    for hide in ("/root", str(jail.PACKAGE_DIR.parent), *jail.HUNT_DIRS):  # the repository (an editable install) too
         if os.path.isdir(hide) and not any(hide == t or hide.startswith(t + "/") for t in trees):
             args += _parents(hide, covered) + ["--perms", "0755", "--tmpfs", hide]
             covered.append(hide)
     for tree in trees:
         args += _parents(tree, covered) + ["--ro-bind", tree, tree]
     args += _parents(str(jail.PACKAGE_DIR), covered) + ["--ro-bind", str(home / "pkg"), str(jail.PACKAGE_DIR)]
+    for source, seen in {str(home): str(home), **(binds or {})}.items():
+        args += _parents(seen, covered) + ["--bind", source, seen]
     args += ["--chdir", str(home), "--setenv", "HOME", str(home), "--setenv", "CNN_GRADER_CACHE", str(home / "cache")]
     if uid:
         args += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
@@ -244,7 +248,8 @@ def home():
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict, memory_mb: int = 3072) -> dict:
+def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict, memory_mb: int = 3072,
+                   binds: dict | None = None) -> dict:
     from autograder import data
 
     (home / "cache").mkdir(parents=True)
@@ -260,7 +265,7 @@ def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict, 
             "r = engine.grade_notebook('sub.ipynb', 'autograder.zip', retrain=engine.RetrainOptions(enabled=False),"
             f" limits=engine.Limits(cell_seconds=30, notebook_seconds=240, memory_mb={memory_mb}))\n"
             "print('@@RESULT@@' + json.dumps(r))")
-    proc = subprocess.run(_outer_wrapper(home, uid) + [sys.executable, "-c", code], capture_output=True, text=True,
+    proc = subprocess.run(_outer_wrapper(home, uid, binds) + [sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=600, env={**os.environ, **env})
     mark = proc.stdout.rfind("@@RESULT@@")
     assert mark >= 0, proc.stderr[-3000:]
@@ -360,8 +365,25 @@ def test_permission_jail_counts_orphans_of_its_uid_and_leaves_no_files_behind(au
     assert [s["index"] for s in result["execution"]["skipped_cells"]] == [2], result["limits_hit"]
     assert "memory limit (1500 MiB)" in result["execution"]["skipped_cells"][0]["reason"]
     assert "ORPHAN SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
-    left = [f"{d}/cnn-grader-test-left-{uid}" for d in ("/tmp", "/var/tmp", "/dev/shm")]
+    left = [f"{d}/cnn-grader-test-left-{uid}" for d in ("/dev/shm",)]  # (the wrapper's /tmp and /var/tmp are its own)
     assert not [p for p in left if os.path.lexists(p)]
+
+
+@needs_root
+def test_permission_jail_refuses_where_a_copy_of_the_grader_is_readable(autograder, tmp_path, home):
+    import tempfile
+
+    leak = Path(tempfile.mkdtemp(prefix="cnn-grader-leak-"))  # an old build, world-readable
+    try:
+        leak.chmod(0o755)
+        shutil.copy(autograder, leak / "autograder.zip")
+        (leak / "autograder.zip").chmod(0o644)
+        nb = tiny(tmp_path / "sub.ipynb", "x = 1")
+        result = _grade_wrapped(home, autograder, nb, 0, {jail.ENV_MODE: "permissions"}, binds={str(leak): "/srv/old"})
+    finally:
+        shutil.rmtree(leak)
+    assert result["status"] == "grader_error" and result["questions"] == []
+    assert "/srv/old/autograder.zip" in result["error"] and "chmod go-rwx" in result["error"]
 
 
 @needs_bwrap
@@ -663,3 +685,4 @@ def test_retraining_locks_live_in_a_private_folder_and_never_follow_a_planted_li
     with retrain._Slot(folder, 1):
         st = os.lstat(folder)
         assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
+
