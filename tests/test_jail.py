@@ -686,3 +686,27 @@ def test_retraining_locks_live_in_a_private_folder_and_never_follow_a_planted_li
         st = os.lstat(folder)
         assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.geteuid()
 
+
+# --- 14. a recipe too big to retrain is the student's failed check, never a grader error -------------
+
+def test_a_single_batch_of_60000_images_is_the_students_failed_training_check(autograder, tmp_path):
+    """The red team's idea (``fit(batch_size=60000)`` made the judge run out of memory, a grader error):
+    the verifier refuses the recipe before any training, and the engine scores it as the student's."""
+    from autograder import samples
+
+    nb = nbformat.read(samples.SAMPLES_DIR / "solution.ipynb", as_version=4)
+    fits = [c for c in nb.cells if c.cell_type == "code" and ".fit(" in c.source]
+    assert fits
+    for cell in fits:
+        cell.source = re.sub(r"batch_size\s*=\s*\w+", "batch_size=60000", cell.source)
+        cell.source = re.sub(r"epochs\s*=\s*\w+", "epochs=1", cell.source)
+    path = tmp_path / "huge_batch.ipynb"
+    nbformat.write(nb, path)
+    options = RetrainOptions(cache_dir=str(tmp_path / "cache"), data_subset=(2000, 500), seeds=1)
+    result = engine.grade_notebook(path, autograder, limits=FAST, retrain=options)
+    assert result["status"] == "graded", result["error"]
+    assert result["retrain"]["grader_error"] is None and result["retrain"]["accuracy"] is None
+    assert "batch_size=60,000 is outside the allowed range" in result["retrain"]["error"]
+    training = {q["name"]: q for q in result["questions"]}["training"]
+    assert training["score"] < training["max_score"]
+    assert "batch_size=60,000" in json.dumps(training)
