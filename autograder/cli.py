@@ -172,4 +172,7 @@ def _print_results(results: list[dict]) -> None:
 
 
 def main() -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter (no GPU here, CPU flags)
     app()
