@@ -21,12 +21,6 @@ from autograder import build, checks, samples
 SAMPLE_NAMES = ["solution", "untouched", *(s.name for s in samples.SAMPLES)]
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
-    return b
-
-
 def _sources(path: Path) -> list[tuple[str, str]]:
     nb = nbformat.read(path, as_version=4)
     return [(c.cell_type, c.source) for c in nb.cells]

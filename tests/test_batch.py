@@ -24,14 +24,6 @@ REPO = Path(__file__).resolve().parent.parent
 NO_RETRAIN = RetrainOptions(enabled=False)
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    from autograder import build
-
-    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
-    return b
-
-
 def _sample(name: str) -> Path:
     return samples.SAMPLES_DIR / f"{name}.ipynb"
 

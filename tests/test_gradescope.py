@@ -41,14 +41,6 @@ REPO = Path(__file__).resolve().parent.parent
 CAP_BYTES = 3 << 30  # the Gradescope memory setting the README recommends
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    from autograder import build
-
-    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
-    return b
-
-
 def _sample(name: str) -> Path:
     return samples.SAMPLES_DIR / f"{name}.ipynb"
 
