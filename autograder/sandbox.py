@@ -416,6 +416,9 @@ class _Run:
         self.ignored = 0
         self.lock = threading.Lock()
         self.uid: int | None = None  # the slot uid, once the jail is open
+        self.root_pid: int | None = None  # the jail's outermost process, once started
+        self.process_culprit: int | None = None  # the cell that left too many processes behind
+        self.go_fd: int | None = None  # write end of the go-ahead pipe the runtime waits on between cells
 
     # -- status protocol --------------------------------------------------------------------
     def on_status(self, line: bytes) -> None:
@@ -428,6 +431,19 @@ class _Run:
         with self.lock:
             if not self._accept(msg, kind, time.monotonic()):
                 self.ignored += 1
+                return
+            if kind == "cell_done" and self.process_culprit is None:
+                self._go_ahead()
+
+    def _go_ahead(self) -> None:
+        """Let the runtime start its next cell.  Non-blocking: a notebook that reopened the
+        pipe and filled it only loses its own attribution, never stalls the grader."""
+        if self.go_fd is not None:
+            try:
+                os.write(self.go_fd, b"g")
+            except OSError:
+                pass
+        self.step_started = time.monotonic()  # the check above was the grader's time, not the student's
 
     def _begin_step(self, label: str, now: float) -> None:
         self.step, self.step_started = label, now
@@ -452,6 +468,9 @@ class _Run:
             error = msg.get("error")
             error = None if error is None else clean_text(error)
             self.cells.append({"index": self.current, "seconds": round(now - self.step_started, 3), "error": error})
+            if self.process_culprit is None and self._process_count() > self.limits.max_processes:
+                # counted here, before the next cell starts, so a busy watcher cannot blame a later cell
+                self.process_culprit = self.current
             self.current = None
             self.position += 1
             self.step, self.step_started = "between cells", now  # the clock keeps running until the next cell
@@ -482,6 +501,12 @@ class _Run:
             return True
         return False
 
+    def _process_count(self) -> int:
+        if self.root_pid is None:
+            return 0
+        procs = {p.pid for p in _tree(self.root_pid)}
+        return len(procs | {p.pid for p in _uid_processes(self.uid)})
+
     # -- one run ----------------------------------------------------------------------------
     def execute(self, nb, mnist_npz, private, into: ProbeResult) -> None:
         limits = self.limits
@@ -501,20 +526,28 @@ class _Run:
                 env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
             preexisting = _my_children()
             status_r, status_w = os.pipe()
-            cmd = jail.command([jail.python, "-I", runtime, job_path, str(status_w)])
+            go_r, go_w = os.pipe()
+            os.set_blocking(go_w, False)
+            self.go_fd = go_w
+            cmd = jail.command([jail.python, "-I", runtime, job_path, str(status_w), str(go_r)])
             child = subprocess.Popen(
                 cmd, cwd=jail.work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, pass_fds=(status_w,), start_new_session=True,
+                stderr=subprocess.STDOUT, pass_fds=(status_w, go_r), start_new_session=True,
                 preexec_fn=_rlimits(limits.file_size_mb, jail.uid is not None),
             )
             os.close(status_w)
+            os.close(go_r)
             try:
                 self._watch(child, status_r, preexisting)
             finally:
                 _kill_everything(child, preexisting)
+                with self.lock:
+                    self.go_fd = None
+                os.close(go_w)
 
     def _watch(self, child: subprocess.Popen, status_r: int, preexisting: set[int]) -> None:
         limits = self.limits
+        self.root_pid = child.pid
         output = _BoundedBuffer(limits.output_kb * 1024)
 
         def read_output() -> None:
@@ -586,7 +619,11 @@ class _Run:
             if rss > limits.memory_mb * 1024 * 1024:
                 stop = (f"memory limit ({limits.memory_mb} MiB) exceeded during {step}", False)
                 break
-            if len(procs) > limits.max_processes:
+            with self.lock:
+                left_behind = self.process_culprit
+            if len(procs) > limits.max_processes or left_behind is not None:
+                if left_behind is not None:
+                    step = f"cell {left_behind}"
                 stop = (f"process limit ({limits.max_processes}) exceeded during {step}", False)
                 break
             if nb_started is not None and now - nb_started > limits.notebook_seconds:
@@ -606,7 +643,7 @@ class _Run:
                 elif over > 10:  # the interrupt was ignored: this run cannot go on
                     stop = (f"{step} ignored the interrupt", False)
                     break
-        culprit = self.current
+        culprit = self.current if self.process_culprit is None else self.process_culprit
         notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
         _kill_everything(child, preexisting)
         for t in threads:
