@@ -1,6 +1,6 @@
 """Runs INSIDE the sandbox, in the child process that executes a submission (untrusted side).
 
-Copied into the jail and started by :mod:`autograder.sandbox` as
+Copied into the jail and started by :mod:`autograder.probe.sandbox` as
 ``python -I probe_runtime.py JOB.json STATUS_FD``.
 It executes the notebook's code cells with IPython (magics and all), records ``Model.fit``
 calls instead of running them (unless the job asks for real training), and finally extracts
