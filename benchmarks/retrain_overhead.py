@@ -73,7 +73,7 @@ def main() -> None:
     batch = int(args[1]) if len(args) > 1 else 128
     from autograder.verifier import retrain
 
-    settings = retrain.Settings(seeds=1)
+    settings = retrain.Settings("cnn_mnist", seeds=1)
     config, fits = recipe(epochs, batch)
     results: dict = {}
     plain_acc = report = None

@@ -37,19 +37,18 @@ from pathlib import Path
 import nbformat
 import psutil
 
+from autograder import protocol
 from autograder.probe import jail as jails
 from autograder.verifier.budget import Budget
 
 RUNTIME = Path(__file__).with_name("runtime.py")
+PROTOCOL = Path(protocol.__file__)
 MAX_RERUNS = 2  # a notebook runs at most this many more times, each without a cell that crashed it
 MAX_STATUS_BYTES = 64 * 1024 * 1024  # the whole status stream of one run
 MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10.7 MB in base64: MAX_NPY_CHARS)
-MAX_ERROR_CHARS = 500
-# A value's fields, as the runtime itself bounds them (probe_runtime.plain / MAX_ARRAY_ELEMENTS / MAX_JSON_CHARS)
-MAX_JSON_DEPTH, MAX_JSON_LIST, MAX_JSON_STRING, MAX_JSON_CHARS = 6, 10_000, 10_000, 1_000_000
-MAX_ARRAY_ELEMENTS = 1_000_000
-MAX_NPY_CHARS = (MAX_ARRAY_ELEMENTS * 8 + 1024) * 4 // 3 + 8  # base64 of 1M float64 plus the .npy header
-MAX_FITS, MAX_FIT_CHARS = 20, 20_000
+# A value's fields, as the runtime itself bounds them: one definition, in autograder.protocol
+from autograder.protocol import (MAX_ARRAY_ELEMENTS, MAX_ERROR_CHARS, MAX_FIT_CHARS, MAX_FITS,  # noqa: E402
+                                 MAX_JSON_CHARS, MAX_JSON_DEPTH, MAX_JSON_LIST, MAX_JSON_STRING, MAX_NPY_CHARS)
 FIT_FIELDS = {"epochs", "batch_size", "initial_epoch", "validation_split", "has_validation_data", "shuffle",
               "class_weight", "sample_weight", "steps_per_epoch", "callbacks", "x", "y", "compile_config",
               "extra_kwargs"}
@@ -489,7 +488,8 @@ class _Run:
             into.isolation["uid"] = jail.uid
             self.uid = jail.uid
             nb_inside = jail.put("submission.ipynb", nbformat.writes(nb).encode())
-            runtime = jail.put("probe_runtime.py", RUNTIME.read_bytes())
+            runtime = jail.put(protocol.RUNTIME_FILE, RUNTIME.read_bytes())
+            jail.put(protocol.PROTOCOL_FILE, PROTOCOL.read_bytes())  # the runtime loads it before any student code
             mnist = jail.copy_in("mnist.npz", mnist_npz) if mnist_npz else None
             job = {"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
                    "real_fit": self.real_fit, "mnist_npz": mnist, "notebook": nb_inside}
