@@ -331,6 +331,23 @@ def _shape_hint(name: str, case: FunctionCase, shape: list) -> str:
     return ""
 
 
+def _public_shape_hints(name: str, case: FunctionCase) -> dict[str, str]:
+    """The wrong shapes typical mistakes give on a public case, with their hint (shapes are not secret)."""
+    x = case.args[0]
+    if name == "conv_layer":
+        kh, kw, _, f = case.args[1].shape
+        candidates = [[x.shape[0] - kh + 1, x.shape[1] - kw + 1], [x.shape[0], x.shape[1], f]]
+    else:
+        size = case.kwargs["size"]
+        stride = case.kwargs.get("stride") or size
+        candidates = [[(n - size) // stride + 1 for n in x.shape[:2]],
+                      [(n - size) // size + 1 for n in x.shape[:2]] + [x.shape[2]],
+                      [-(-(n - size) // stride) + 1 for n in x.shape[:2]] + [x.shape[2]]]
+    want = list(case.expected(name).shape)
+    hints = {json.dumps(c): _shape_hint(name, case, c).strip() for c in candidates if c != want}
+    return {k: v for k, v in hints.items() if v.startswith("Likely mistake")}
+
+
 def judge_function_output(name: str, case: FunctionCase, output) -> None:
     """Compare one output of a student's function with the reference, naming the mistake."""
     want = canonical("array", case.expected(name))
@@ -446,8 +463,8 @@ def check_accuracy(model, threshold: float = ACCURACY_THRESHOLD) -> None:
     if not accuracy > threshold:
         raise AssertionError(
             f"Test accuracy {accuracy:.4f} is not above {threshold:.2f} ({summary}). With 1,437 training images "
-            "one epoch is only 45 steps at batch size 32: train for more epochs (the notebook's text has "
-            f"measured recipes), and scale the pixels to [0, 1] by dividing by 16. {policy}")
+            "one epoch is only 45 steps at batch size 32: train for more epochs (the training question lists "
+            f"measured recipes). {policy}")
 
 
 def evaluate_live_model(model) -> float:
@@ -496,6 +513,7 @@ def _public_case_table() -> dict:
                 "shape": list(case.expected(name).shape),
                 "answer": digest(canonical("array", case.expected(name)), salt),
                 "mistakes": {digest(canonical("array", v), salt): m for v, m in _function_mistakes(name, case)},
+                "shape_hints": _public_shape_hints(name, case),
                 "hint": "",
             })
         table[name] = rows

@@ -188,9 +188,10 @@ def check_function(name: str, func) -> None:
             raise AssertionError(not_implemented_message(name))
         data = canonical("array", out, f"{name}(...) on {case['label']}")
         if data["shape"] != case["shape"]:
+            hint = case.get("shape_hints", {}).get(json.dumps(data["shape"]))
             raise AssertionError(
                 f"{name} on {case['label']} returned shape {tuple(data['shape'])}, "
-                f"expected {tuple(case['shape'])}."
+                f"expected {tuple(case['shape'])}." + (f" {hint}" if hint else "")
             )
         _judge(case, data, f"{name}:{case['label']}", f"{name} on {case['label']}")
 

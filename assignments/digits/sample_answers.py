@@ -122,7 +122,7 @@ SAMPLES = [
         expected_feedback={
             "output_sizes": "ignored the stride",
             "layer_table": "padding='same'",
-            "max_pool_impl": "shape",
+            "max_pool_impl": "ignored the stride",
             "model_structure": "padding is 'valid'",
             "training": "",
         },

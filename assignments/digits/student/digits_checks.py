@@ -632,7 +632,9 @@ PUBLIC_CASES: dict = {'conv_layer': [{'answer': 'c6685bd9b5ec20395173afa5e676f5e
                                                                                                   'must '
                                                                                                   'become '
                                                                                                   '0)'},
-                 'shape': [2, 2, 1]},
+                 'shape': [2, 2, 1],
+                 'shape_hints': {'[2, 2]': 'Likely mistake: dropped the filter axis; the result is '
+                                           '(height, width, filters).'}},
                 {'answer': '8a8eafcaea6ce9b0d396293a94d964b9a175688032f85c05d2cbaa02ebf7a3a7',
                  'args': [[[[0.0, 0.0], [2.0, 0.0], [13.0, 1.0], [4.0, 0.0]],
                            [[0.0, 2.0], [7.0, 7.0], [16.0, 12.0], [1.0, 10.0]],
@@ -699,7 +701,9 @@ PUBLIC_CASES: dict = {'conv_layer': [{'answer': 'c6685bd9b5ec20395173afa5e676f5e
                                                                                                   'over '
                                                                                                   'all '
                                                                                                   'channels'},
-                 'shape': [2, 2, 2]}],
+                 'shape': [2, 2, 2],
+                 'shape_hints': {'[2, 2]': 'Likely mistake: dropped the filter axis; the result is '
+                                           '(height, width, filters).'}}],
  'max_pool': [{'answer': '9058c053b76cec101f46baf44476533b46eb6179f0672d3a786f59f6c65d277e',
                'args': [[[[1.0], [4.0], [0.0], [2.0], [6.0]],
                          [[3.0], [9.0], [5.0], [1.0], [0.0]],
@@ -723,7 +727,11 @@ PUBLIC_CASES: dict = {'conv_layer': [{'answer': 'c6685bd9b5ec20395173afa5e676f5e
                                                                                                 'of '
                                                                                                 'the '
                                                                                                 'maximum'},
-               'shape': [2, 2, 1]},
+               'shape': [2, 2, 1],
+               'shape_hints': {'[1, 1, 1]': 'Likely mistake: ignored the stride (windows move by '
+                                            '`stride`, not by `size`).',
+                               '[2, 2]': 'Likely mistake: dropped the channel axis; pool each '
+                                         'channel separately.'}},
               {'answer': '32093e766735792542b86109792a69fba4dde59efa6d060aedd28ff7f2a9d4c4',
                'args': [[[[0.0], [2.0], [13.0], [4.0]],
                          [[0.0], [7.0], [16.0], [1.0]],
@@ -746,7 +754,9 @@ PUBLIC_CASES: dict = {'conv_layer': [{'answer': 'c6685bd9b5ec20395173afa5e676f5e
                                                                                                 'of '
                                                                                                 'the '
                                                                                                 'maximum'},
-               'shape': [2, 2, 1]}]}
+               'shape': [2, 2, 1],
+               'shape_hints': {'[2, 2]': 'Likely mistake: dropped the channel axis; pool each '
+                                         'channel separately.'}}]}
 # ------------------------------------------------------------------------------------------
 
 ROUND_DECIMALS = 6
@@ -898,9 +908,10 @@ def check_function(name: str, func) -> None:
             raise AssertionError(not_implemented_message(name))
         data = canonical("array", out, f"{name}(...) on {case['label']}")
         if data["shape"] != case["shape"]:
+            hint = case.get("shape_hints", {}).get(json.dumps(data["shape"]))
             raise AssertionError(
                 f"{name} on {case['label']} returned shape {tuple(data['shape'])}, "
-                f"expected {tuple(case['shape'])}."
+                f"expected {tuple(case['shape'])}." + (f" {hint}" if hint else "")
             )
         _judge(case, data, f"{name}:{case['label']}", f"{name} on {case['label']}")
 
