@@ -1,0 +1,543 @@
+"""The digits unit's answer key: what each question asks and how an answer is judged.
+
+Every expected value is computed here from :mod:`assignments.digits.reference`; nothing is
+pasted.  Each question lists the answers that typical mistakes produce (flipped filter,
+TensorFlow's one-sided "same" padding at stride 2 taken as symmetric, stride ignored, windows
+that do not overlap, forgotten bias, ReLU or input channels, channels-first shapes) so feedback
+names the mistake instead of only saying "wrong".
+
+Hidden tests call :func:`check_answer`, :func:`check_function`, :func:`check_model` and
+:func:`check_accuracy`; their messages pass or fail in general terms and never show a hidden
+input or an expected value.  Public tests call the same-named functions of the student-side
+module ``digits_checks.py`` (:mod:`assignments.digits.public_checks` filled with digests by
+:func:`render_public_module`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import pprint
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from assignments.digits import public_checks, reference
+from assignments.digits.public_checks import canonical, digest
+from assignments.digits.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
+
+#: Retrained test accuracy (on the last 360 images) must be above this; see the master notebook
+#: for the measurements behind it.
+ACCURACY_THRESHOLD = 0.90
+
+
+@dataclass
+class Answer:
+    """One value a student assigns to a named variable."""
+
+    key: str
+    kind: str  # see public_checks.canonical
+    describe: str
+    expected: Any
+    mistakes: list[tuple[Any, str]] = field(default_factory=list)
+    hint: str = ""
+    labels: list[str] = field(default_factory=list)  # per-entry labels for list answers
+    item_mistakes: list[list[tuple[Any, str]]] = field(default_factory=list)
+    shape_hints: dict[tuple, str] = field(default_factory=dict)
+
+
+def _conv(image, kernel, **kw):
+    return reference.conv2d(image, kernel, **kw)
+
+
+def _conv_answers() -> list[Answer]:
+    patch, sobel = reference.PATCH, reference.SOBEL_X
+    valid = _conv(patch, sobel)
+    same2 = _conv(patch, sobel, stride=2, padding="same")
+    return [
+        Answer("conv_patch", "array", "a 2x2 numpy array", valid,
+               [(_conv(patch, np.flip(sobel)), "flipped the filter (the signs come out reversed); in deep learning "
+                                              "the filter slides over the image as is (cross-correlation)"),
+                (_conv(patch, sobel.T), "transposed the filter: that is the horizontal-edge Sobel filter"),
+                (valid.T, "rows and columns of the result are swapped")],
+               hint="Top-left entry: multiply the top-left 3x3 block of the patch by the filter entry by entry and add.",
+               shape_hints={(4, 4): "a 4x4 result is what 'same' padding gives; this question uses no padding",
+                            (6, 6): "a 6x6 result is 'full' padding; this question uses no padding"}),
+        Answer("conv_same_stride2", "array", "a 2x2 numpy array", same2,
+               [(_conv(patch, sobel, stride=2, padding=1),
+                 "padded zeros before the patch (top and left), as padding=1 on every side does; at stride 2 on "
+                 "a 4x4 input TensorFlow's 'same' pads one row and one column in all, and puts them after "
+                 "(bottom and right)"),
+                (_conv(patch, np.flip(sobel), stride=2, padding="same"), "flipped the filter (the signs come out reversed)")],
+               hint="Output size ceil(4 / 2) = 2; pad max((2 - 1) * 2 + 3 - 4, 0) = 1 zero in total.",
+               shape_hints={(4, 4): "ignored the stride of 2: the filter moves two pixels at a time",
+                            (1, 1): "that is 'valid' padding at stride 2; 'same' pads so the output has ceil(4 / 2) rows"}),
+    ]
+
+
+def _size_answers() -> list[Answer]:
+    n, k = reference.SIZE_N, reference.SIZE_K
+    size = reference.conv_output_size
+    valid, same, full = size(n, k), size(n, k, padding="same"), size(n, k, padding=k - 1)
+    stride2, same2 = size(n, k, stride=2), size(n, k, stride=2, padding="same")
+    return [
+        Answer("size_valid", "int", "an int", valid,
+               [(same, "that is the size with 'same' padding; 'valid' means no padding, so the filter fits n - k + 1 times"),
+                (full, "that is 'full' padding (k - 1 zeros on each side)"),
+                (n - k, "forgot the + 1 (the first position counts too)")],
+               hint="Valid: output = n - k + 1."),
+        Answer("size_same", "int", "an int", same,
+               [(valid, "that is 'valid' padding; 'same' pads so the output keeps the input size at stride 1"),
+                (full, "that is 'full' padding")],
+               hint="'same' keeps the input size at stride 1."),
+        Answer("size_stride2", "int", "an int", stride2,
+               [(-(-(n - k) // 2) + 1, "rounded up: a window that does not fit is dropped, so use floor((n - k) / s) + 1"),
+                (valid, "ignored the stride of 2"), ((n - k) // 2, "forgot the + 1")],
+               hint="Valid with stride s: floor((n - k) / s) + 1."),
+        Answer("size_same_stride2", "int", "an int", same2,
+               [(n, "ignored the stride: 'same' keeps the size only at stride 1; at stride s it gives ceil(n / s)"),
+                (stride2, "that is 'valid' padding at stride 2")],
+               hint="'same' at stride s: ceil(n / s)."),
+    ]
+
+
+def _pool_answers() -> list[Answer]:
+    x, p, s = reference.POOL_INPUT, reference.POOL_SIZE, reference.POOL_STRIDE
+    windows = np.lib.stride_tricks.sliding_window_view(x, (p, p))[::s, ::s]
+    return [
+        Answer("pooled", "array", "a 2x2 numpy array", reference.max_pool2d(x, pool_size=p, stride=s),
+               [(windows.min(axis=(-2, -1)), "took the minimum instead of the maximum"),
+                (windows.mean(axis=(-2, -1)), "took the average instead of the maximum"),
+                (reference.max_pool2d(x, pool_size=2), "used 2x2 windows; this pooling uses 3x3 windows that overlap")],
+               hint="The 3x3 windows start at rows and columns 0 and 2, so they share the middle row and column.",
+               shape_hints={(1, 1): "moved the window by 3 (its size); here it moves by 2, so neighbouring windows overlap",
+                            (3, 3): "a 3x3 result means stride 1 or windows kept past the edge; the stride is 2 and "
+                                    "'valid' pooling drops windows that do not fit: floor((5 - 3) / 2) + 1 = 2"})]
+
+
+def _variant(specs, kind: str, index: int | None = None, **changes):
+    """The unit's model with layers of one kind (or only the index-th of them) changed."""
+    out, seen = [], 0
+    for spec in specs:
+        if type(spec).__name__ == kind:
+            if index is None or seen == index:
+                spec = dataclasses.replace(spec, **changes)
+            seen += 1
+        out.append(spec)
+    return tuple(out)
+
+
+def _table_answers() -> list[Answer]:
+    seed, shape = reference.SEED_MODEL, reference.INPUT_SHAPE
+    table = lambda specs: reference.layer_table(shape, specs)  # noqa: E731
+    rows = table(seed)
+    labels = [r.kind for r in rows]
+    shape_variants = [
+        (table(_variant(seed, "Conv2DSpec", 0, padding="valid")),
+         "the first Conv2D has padding='same', which keeps 8x8; only the second one is 'valid'"),
+        (table(_variant(seed, "Conv2DSpec", 1, padding="same")),
+         "the second Conv2D uses the default 'valid' padding, which shrinks each side by k - 1"),
+    ]
+    one_channel = table(seed)
+    one_channel[2] = dataclasses.replace(one_channel[2], params=reference.conv2d_params((3, 3), 1, 32))
+    param_variants = [
+        (table(_variant(_variant(seed, "Conv2DSpec", use_bias=False), "DenseSpec", use_bias=False)),
+         "forgot the bias terms (one per filter or unit)"),
+        (one_channel, "forgot the input channels of the second Conv2D (each of its filters is 3x3x16)"),
+        (table(_variant(seed, "Conv2DSpec", 1, padding="same")),
+         "the Flatten size: the second Conv2D is 'valid', so it gives 2x2x32 = 128 values"),
+    ]
+    shape_items, param_items = [], []
+    for i, row in enumerate(rows):
+        sm = [(v[i].output_shape, msg) for v, msg in shape_variants if v[i].output_shape != row.output_shape]
+        if len(row.output_shape) == 3:
+            h, w, c = row.output_shape
+            sm.append(((c, h, w), "Keras puts channels last: (height, width, channels)"))
+        shape_items.append(sm)
+        pm = [(v[i].params, msg) for v, msg in param_variants if v[i].params != row.params]
+        spec = seed[i]
+        in_ch = rows[i - 1].output_shape[-1] if i else shape[-1]
+        if isinstance(spec, Conv2DSpec) and in_ch != 1 and all(v != reference.conv2d_params(spec.kernel_size, 1, spec.filters)
+                                                             for v, _ in pm):
+            pm.append((reference.conv2d_params(spec.kernel_size, 1, spec.filters),
+                       f"forgot the input channels: each filter spans all {in_ch} channels of the previous layer"))
+        param_items.append(pm)
+    return [
+        Answer("layer_output_shapes", "shape_list", f"a list of {len(rows)} tuples", [r.output_shape for r in rows],
+               labels=labels, item_mistakes=shape_items,
+               hint="Work layer by layer: 'same' keeps 8x8, pooling halves, a valid 3x3 convolution shrinks by 2."),
+        Answer("layer_params", "int_list", f"a list of {len(rows)} ints", [r.params for r in rows],
+               labels=labels, item_mistakes=param_items,
+               hint="Conv2D: (k*k*in_channels + 1) * filters; Dense: (inputs + 1) * units; pooling and Flatten: 0."),
+        Answer("total_params", "int", "an int", reference.total_params(rows),
+               [(reference.total_params(v), msg) for v, msg in param_variants],
+               hint="Add up the parameters of every layer."),
+    ]
+
+
+def _answers() -> dict[str, Answer]:
+    answers = [*_conv_answers(), *_size_answers(), *_pool_answers(), *_table_answers()]
+    return {a.key: a for a in answers}
+
+
+ANSWERS: dict[str, Answer] = _answers()
+
+
+# --- judging plain answers -------------------------------------------------------------------
+
+ATOL = 1e-6
+
+
+def _close(kind: str, a, b) -> bool:
+    if kind == "array":
+        return a["shape"] == b["shape"] and np.allclose(a["values"], b["values"], rtol=1e-6, atol=ATOL)
+    return a == b
+
+
+def _explain(kind: str, data, mistakes, label: str, hint: str) -> str:
+    for value, msg in mistakes:
+        if _close(kind, data, canonical(kind, value)):
+            return f"{label} is not right. Likely mistake: {msg}"
+    return f"{label} is not right. {hint}".strip()
+
+
+def explain_answer(key: str, value) -> None:
+    """Compare with the reference value (tolerance 1e-6) and name the likely mistake (what the
+    public check already tells the student)."""
+    spec = ANSWERS[key]
+    if value is None or value is Ellipsis:
+        raise AssertionError(f"`{key}` is not answered: expected {spec.describe}.")
+    data = canonical(spec.kind, value, f"`{key}`")
+    want = canonical(spec.kind, spec.expected)
+    if spec.kind in ("int_list", "shape_list"):
+        if len(data) != len(want):
+            raise AssertionError(f"`{key}` should have {len(want)} entries, one per layer, got {len(data)}.")
+        item_kind = "int" if spec.kind == "int_list" else "shape"
+        problems = [_explain(item_kind, d, spec.item_mistakes[i], f"entry {i} ({spec.labels[i]})", "")
+                    for i, (d, w) in enumerate(zip(data, want)) if d != w]
+        if problems:
+            raise AssertionError(f"`{key}`: " + "; ".join(problems) + f" {spec.hint}")
+        return
+    if spec.kind == "array" and data["shape"] != want["shape"]:
+        hint = spec.shape_hints.get(tuple(data["shape"]), "")
+        raise AssertionError(f"`{key}` has shape {tuple(data['shape'])}, expected {tuple(want['shape'])}."
+                             + (f" Likely mistake: {hint}" if hint else ""))
+    if not _close(spec.kind, data, want):
+        raise AssertionError(_explain(spec.kind, data, spec.mistakes, f"`{key}`", spec.hint))
+
+
+def check_answer(key: str, value) -> None:
+    """Hidden test: pass or fail with a general message (no expected value)."""
+    if value is None or value is Ellipsis:
+        raise AssertionError(f"`{key}` is not answered yet.")
+    try:
+        explain_answer(key, value)
+    except AssertionError:
+        raise AssertionError(f"`{key}` does not match the grader's answer; the public check for this "
+                             "question says what to look at.") from None
+
+
+# --- functions students implement ----------------------------------------------------------
+
+@dataclass(frozen=True)
+class FunctionCase:
+    label: str
+    args: tuple  # numpy arrays
+    kwargs: dict
+
+    def expected(self, name: str) -> np.ndarray:
+        return REFERENCE_FUNCTIONS[name](*self.args, **self.kwargs)
+
+
+REFERENCE_FUNCTIONS: dict[str, Callable] = {"conv_layer": reference.conv_layer, "max_pool": reference.max_pool}
+
+
+def public_cases(name: str) -> list[FunctionCase]:
+    """Cases shown to students (their inputs are in the notebook's text)."""
+    patch = reference.PATCH[:, :, None]
+    if name == "conv_layer":
+        two_channels = np.stack([reference.PATCH, reference.PATCH.T], axis=-1)  # (4, 4, 2)
+        kernels = np.stack([np.stack([reference.SOBEL_X, reference.SOBEL_X.T], axis=-1),
+                            np.stack([reference.SOBEL_X.T, -reference.SOBEL_X], axis=-1)], axis=-1)  # (3, 3, 2, 2)
+        return [
+            FunctionCase("the patch, the Sobel filter and bias -20", (patch, reference.SOBEL_X[:, :, None, None],
+                                                                      np.array([-20.0])), {}),
+            FunctionCase("a 4x4x2 input with two 3x3x2 filters", (two_channels, kernels, np.array([1.0, -2.0])), {}),
+        ]
+    return [
+        FunctionCase("pool_input, 3x3 windows, stride 2", (reference.POOL_INPUT[:, :, None],),
+                     {"size": reference.POOL_SIZE, "stride": reference.POOL_STRIDE}),
+        FunctionCase("the patch, 2x2 windows, default stride", (patch,), {"size": 2}),
+    ]
+
+
+def hidden_cases(name: str, seed: int = 2026) -> list[FunctionCase]:
+    """Random cases the grader chooses: sizes, channels and strides the public cases do not show."""
+    rng = np.random.default_rng(seed + (0 if name == "conv_layer" else 1))
+    cases = []
+    if name == "conv_layer":
+        for kh, kw, c, f in [(3, 3, 1, 2), (2, 2, 3, 4), (3, 2, 2, 3), (1, 1, 3, 2), (3, 3, 4, 1), (2, 3, 1, 3)]:
+            h, w = int(rng.integers(kh + 1, 9)), int(rng.integers(kw + 1, 9))
+            x = rng.normal(size=(h, w, c)).round(3)
+            kernels = rng.normal(size=(kh, kw, c, f)).round(3)
+            bias = rng.normal(size=(f,)).round(3)
+            cases.append(FunctionCase(f"random {h}x{w}x{c} input, {f} filters of {kh}x{kw}", (x, kernels, bias), {}))
+    else:
+        for size, stride, c in [(2, None, 1), (3, 2, 2), (2, 1, 3), (3, None, 2), (2, 3, 1)]:
+            h, w = int(rng.integers(size + 2, 11)), int(rng.integers(size + 2, 11))
+            x = rng.normal(size=(h, w, c)).round(3)
+            kwargs = {"size": size} if stride is None else {"size": size, "stride": stride}
+            cases.append(FunctionCase(f"random {h}x{w}x{c} input, size {size}, stride {stride or size}", (x,), kwargs))
+    return cases
+
+
+def _function_mistakes(name: str, case: FunctionCase) -> list[tuple[np.ndarray, str]]:
+    if name == "conv_layer":
+        x, kernels, bias = case.args
+        conv = reference.conv2d(x, kernels)
+        return [
+            (conv + bias, "forgot the ReLU (negative values must become 0)"),
+            (np.maximum(conv, 0), "forgot the bias (one per filter, added before the ReLU)"),
+            (np.maximum(conv, 0) + bias, "added the bias after the ReLU; add it before"),
+            (np.maximum(reference.conv2d(x, kernels[::-1, ::-1]) + bias, 0),
+             "flipped the kernel (deep-learning convolution does not flip it)"),
+            (np.maximum(reference.conv2d(x[:, :, :1], kernels[:, :, :1]) + bias, 0),
+             "used only the first input channel; each filter sums over all channels"),
+        ]
+    (x,) = case.args
+    size, stride = case.kwargs["size"], case.kwargs.get("stride") or case.kwargs["size"]
+    windows = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(0, 1))[::stride, ::stride]
+    return [(windows.min(axis=(-2, -1)), "took the minimum instead of the maximum"),
+            (windows.mean(axis=(-2, -1)), "took the average instead of the maximum")]
+
+
+def _shape_hint(name: str, case: FunctionCase, shape: list) -> str:
+    if name == "conv_layer":
+        x, kernels, _ = case.args
+        if len(shape) == 2:
+            return " Likely mistake: dropped the filter axis; the result is (height, width, filters)."
+        return " Valid padding, stride 1: (H - kh + 1, W - kw + 1, number of filters)."
+    (x,) = case.args
+    size = case.kwargs["size"]
+    stride = case.kwargs.get("stride") or size
+    if len(shape) == 2:
+        return " Likely mistake: dropped the channel axis; pool each channel separately."
+    if stride != size and shape[:2] == [(n - size) // size + 1 for n in x.shape[:2]]:
+        return " Likely mistake: ignored the stride (windows move by `stride`, not by `size`)."
+    if shape[:2] == [-(-(n - size) // stride) + 1 for n in x.shape[:2]]:
+        return " Likely mistake: kept windows that do not fit; use floor((n - size) / stride) + 1."
+    return ""
+
+
+def _public_shape_hints(name: str, case: FunctionCase) -> dict[str, str]:
+    """The wrong shapes typical mistakes give on a public case, with their hint (shapes are not secret)."""
+    x = case.args[0]
+    if name == "conv_layer":
+        kh, kw, _, f = case.args[1].shape
+        candidates = [[x.shape[0] - kh + 1, x.shape[1] - kw + 1], [x.shape[0], x.shape[1], f]]
+    else:
+        size = case.kwargs["size"]
+        stride = case.kwargs.get("stride") or size
+        candidates = [[(n - size) // stride + 1 for n in x.shape[:2]],
+                      [(n - size) // size + 1 for n in x.shape[:2]] + [x.shape[2]],
+                      [-(-(n - size) // stride) + 1 for n in x.shape[:2]] + [x.shape[2]]]
+    want = list(case.expected(name).shape)
+    hints = {json.dumps(c): _shape_hint(name, case, c).strip() for c in candidates if c != want}
+    return {k: v for k, v in hints.items() if v.startswith("Likely mistake")}
+
+
+def judge_function_output(name: str, case: FunctionCase, output) -> None:
+    """Compare one output of a student's function with the reference, naming the mistake."""
+    want = canonical("array", case.expected(name))
+    data = canonical("array", output, f"{name} on {case.label}")
+    if data["shape"] != want["shape"]:
+        raise AssertionError(f"{name} on {case.label}: shape {tuple(data['shape'])}, expected "
+                             f"{tuple(want['shape'])}.{_shape_hint(name, case, data['shape'])}")
+    if not _close("array", data, want):
+        raise AssertionError(_explain("array", data, _function_mistakes(name, case), f"{name} on {case.label}",
+                                      "The values differ from the reference."))
+
+
+def check_function(name: str, func) -> None:
+    """Hidden test: run the student's function on hidden random cases.
+
+    ``func`` may be the live function (Otter in the student's kernel) or the engine's replay of
+    the outputs it recorded in the sandbox.  The message counts the failing cases and how, never
+    their inputs or expected outputs.
+    """
+    if not callable(func):
+        raise AssertionError(f"`{name}` should be a function; define it with `def {name}(...)`.")
+    cases = hidden_cases(name)
+    raised = shape = values = 0
+    for case in cases:
+        try:
+            out = func(*[a.copy() for a in case.args], **case.kwargs)
+        except Exception as exc:
+            if public_checks.is_stub(error=exc):
+                raise AssertionError(public_checks.not_implemented_message(name)) from None
+            raised += 1
+            continue
+        if public_checks.is_stub(out):
+            raise AssertionError(public_checks.not_implemented_message(name))
+        try:
+            judge_function_output(name, case, out)
+        except AssertionError as exc:
+            if "shape" in str(exc):
+                shape += 1
+            else:
+                values += 1
+    wrong = raised + shape + values
+    if wrong:
+        how = [f"{n} {what}" for n, what in ((raised, "raised an error"), (shape, "with the wrong output shape"),
+                                             (values, "with wrong values")) if n]
+        raise AssertionError(f"`{name}` is wrong on {wrong} of {len(cases)} hidden inputs ({', '.join(how)}). They use "
+                             + ("other sizes, channel counts and filter counts" if name == "conv_layer"
+                                else "other sizes, strides and channel counts") + " than the notebook's examples.")
+
+
+# --- the model -------------------------------------------------------------------------------
+
+def _two(v) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def expected_layers() -> list[dict]:
+    """The unit's CNN, layer by layer, in the summary form of :func:`public_checks.model_layers`."""
+    out = []
+    for spec in reference.SEED_MODEL:
+        if isinstance(spec, Conv2DSpec):
+            out.append({"kind": "Conv2D", "filters": spec.filters, "kernel_size": _two(spec.kernel_size),
+                        "strides": _two(spec.strides), "padding": spec.padding, "activation": spec.activation})
+        elif isinstance(spec, MaxPool2DSpec):
+            out.append({"kind": "MaxPooling2D", "pool_size": _two(spec.pool_size), "padding": spec.padding})
+        elif isinstance(spec, FlattenSpec):
+            out.append({"kind": "Flatten"})
+        elif isinstance(spec, DenseSpec):
+            out.append({"kind": "Dense", "units": spec.units, "activation": spec.activation})
+    return out
+
+
+def check_model(model) -> None:
+    """Hidden test: the public structural check, from trusted code, with a general message."""
+    try:
+        public_checks.check_model(model, expected_layers(), list(reference.INPUT_SHAPE))
+    except AssertionError:
+        if model is None or model is Ellipsis:
+            raise
+        raise AssertionError("The model's layers do not match the unit's CNN; the public check says where.") from None
+
+
+# --- training ---------------------------------------------------------------------------------
+
+REQUIRE_LESSON_MODEL = False
+
+
+def training_policy(require_lesson_model: bool = REQUIRE_LESSON_MODEL) -> str:
+    if require_lesson_model:
+        return ("Training policy: this assignment gives training credit only to the unit's architecture "
+                "(the structure question must pass).")
+    return ("Training policy: the training question scores the retrained accuracy of whatever model you built "
+            "from the allowed layers within the training budget; the structure question checks the unit's architecture.")
+
+
+def check_accuracy(model, threshold: float = ACCURACY_THRESHOLD) -> None:
+    """Hidden test: accuracy on the 360 test digits must exceed the threshold.
+
+    With Otter alone this evaluates the model object in the notebook's kernel; our engine passes
+    a description whose recipe the retraining verifier has retrained, with the accuracy attached.
+    """
+    require = getattr(model, "require_lesson_model", REQUIRE_LESSON_MODEL)
+    policy = training_policy(require)
+    if require:
+        try:
+            check_model(model)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} {policy}") from None
+    measure = getattr(model, "measured_accuracy", None)
+    if callable(measure):
+        accuracy, summary = measure()
+    else:
+        accuracy, summary = evaluate_live_model(model), "evaluated the notebook's trained model"
+    if not accuracy > threshold:
+        raise AssertionError(
+            f"Test accuracy {accuracy:.4f} is not above {threshold:.2f} ({summary}). With 1,437 training images "
+            "one epoch is only 45 steps at batch size 32: train for more epochs (the training question lists "
+            f"measured recipes). {policy}")
+
+
+def evaluate_live_model(model) -> float:
+    """Accuracy of a live Keras model on the 360 test digits, pixels divided by 16."""
+    from assignments.digits.data import PIXEL_MAX, load_digits_split
+
+    _, (x_test, y_test) = load_digits_split()
+    x = x_test.reshape(-1, 8, 8, 1).astype("float32") / PIXEL_MAX
+    probs = np.asarray(model.predict(x, batch_size=360, verbose=0))
+    return float(np.mean(np.argmax(probs, axis=-1) == y_test))
+
+
+# --- the student-side module --------------------------------------------------------------------
+
+def _public_digest_table() -> dict:
+    table = {}
+    for key, spec in ANSWERS.items():
+        entry: dict[str, Any] = {"kind": spec.kind, "describe": spec.describe, "hint": spec.hint}
+        if spec.kind in ("int_list", "shape_list"):
+            item_kind = "int" if spec.kind == "int_list" else "shape"
+            entry["items"] = [
+                {"label": spec.labels[i],
+                 "answer": digest(canonical(item_kind, want), f"{key}[{i}]"),
+                 "mistakes": {digest(canonical(item_kind, v), f"{key}[{i}]"): m for v, m in spec.item_mistakes[i]}}
+                for i, want in enumerate(spec.expected)]
+        else:
+            entry["answer"] = digest(canonical(spec.kind, spec.expected), key)
+            entry["mistakes"] = {digest(canonical(spec.kind, v), key): m for v, m in spec.mistakes}
+            if spec.kind == "array":
+                entry["shape"] = list(np.shape(spec.expected))
+                entry["shape_hints"] = {json.dumps(list(s)): m for s, m in spec.shape_hints.items()}
+        table[key] = entry
+    return table
+
+
+def _public_case_table() -> dict:
+    table = {}
+    for name in REFERENCE_FUNCTIONS:
+        rows = []
+        for case in public_cases(name):
+            salt = f"{name}:{case.label}"
+            rows.append({
+                "label": case.label,
+                "args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args],
+                "kwargs": case.kwargs,
+                "shape": list(case.expected(name).shape),
+                "answer": digest(canonical("array", case.expected(name)), salt),
+                "mistakes": {digest(canonical("array", v), salt): m for v, m in _function_mistakes(name, case)},
+                "shape_hints": _public_shape_hints(name, case),
+                "hint": "",
+            })
+        table[name] = rows
+    return table
+
+
+def render_public_module() -> str:
+    """Source of ``digits_checks.py``: :mod:`assignments.digits.public_checks` with its tables filled in."""
+    source = inspect.getsource(public_checks)
+    fills = {
+        "ANSWER_DIGESTS: dict = {}": _public_digest_table(),
+        "EXPECTED_LAYERS: list = []": expected_layers(),
+        "EXPECTED_INPUT_SHAPE: list = []": list(reference.INPUT_SHAPE),
+        "PUBLIC_CASES: dict = {}": _public_case_table(),
+    }
+    for placeholder, table in fills.items():
+        assert source.count(placeholder) == 1, placeholder
+        source = source.replace(placeholder, f"{placeholder[:-2]}{pprint.pformat(table, width=100)}")
+    header = "# Generated by `python -m autograder build` from assignments/digits/public_checks.py: do not edit.\n"
+    return header + source
+
+
+def probe_plan() -> dict[str, list[dict]]:
+    """Every call the grading engine makes on each student function in the sandbox (public + hidden)."""
+    return {name: [{"args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args], "kwargs": dict(case.kwargs)}
+                   for case in public_cases(name) + hidden_cases(name)]
+            for name in REFERENCE_FUNCTIONS}

@@ -1,0 +1,188 @@
+"""Sample submissions for the digits unit: the student notebook filled as real students fill it.
+
+``assignments/digits/samples/`` is generated from the built student notebook (``python -m
+autograder build --update-assignments``) and committed.  Each mistaken sample records in its
+metadata which test cases it is designed to fail and what the feedback must say; the tests
+derive the expected score from the assignment's own point values.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+METADATA_KEY = "cnn_grader_sample"
+
+SEED_MODEL_CODE = """\
+model.add(layers.Input(shape=(8, 8, 1)))
+model.add(layers.Conv2D(16, (3, 3), padding='same', activation='relu'))
+model.add(layers.MaxPooling2D((2, 2)))
+model.add(layers.Conv2D(32, (3, 3), activation='relu'))
+model.add(layers.Flatten())
+model.add(layers.Dense(32, activation='relu'))
+model.add(layers.Dense(10, activation='softmax'))"""
+
+CONV_LAYER_LOOP = """\
+    kh, kw, channels, filters = kernels.shape
+    out = np.zeros((x.shape[0] - kh + 1, x.shape[1] - kw + 1, filters))
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            for f in range(filters):
+                out[i, j, f] = np.sum(x[i:i + kh, j:j + kw, :] * kernels[:, :, :, f]) + bias[f]
+    return RESULT"""
+
+MAX_POOL_LOOP = """\
+    rows, cols = (x.shape[0] - size) // STEP + 1, (x.shape[1] - size) // STEP + 1
+    out = np.zeros((rows, cols, x.shape[2]))
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = x[i * STEP:i * STEP + size, j * STEP:j * STEP + size].max(axis=(0, 1))
+    return out"""
+
+#: The naive recipe: the lesson's compile settings, one epoch.
+NAIVE_TRAINING = ("model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
+                  "history = model.fit(train_images, train_labels, epochs=1, batch_size=32)")
+
+
+@dataclass
+class Sample:
+    name: str
+    description: str
+    answers: dict[str, str] = field(default_factory=dict)  # variable -> source of its value
+    functions: dict[str, str] = field(default_factory=dict)  # function name -> body
+    model: str | None = None
+    training: str | None = None
+    expected_failures: dict[str, list[str]] = field(default_factory=dict)  # question -> test names
+    expected_feedback: dict[str, str] = field(default_factory=dict)  # question -> message fragment
+
+
+SAMPLES = [
+    Sample(
+        "by_hand_mistakes",
+        "Typical slips: flipped filter, 'same' padding taken as one zero on every side, stride-2 size rounded up, "
+        "pooling windows that do not overlap, the second Conv2D's 16 input channels forgotten; conv_layer without "
+        "ReLU; the naive recipe (one epoch) trained.",
+        answers={"conv_patch": "np.array([[59, -22], [58, -37]])",
+                 "conv_same_stride2": "np.array([[-11, 2], [-41, 37]])",
+                 "size_valid": "6", "size_same": "8", "size_stride2": "4", "size_same_stride2": "4",
+                 "pooled": "np.array([[9, 5], [7, 7]])",
+                 "layer_output_shapes": "[(8, 8, 16), (4, 4, 16), (2, 2, 32), (128,), (32,), (10,)]",
+                 "layer_params": "[160, 0, 320, 0, 4128, 330]",
+                 "total_params": "4938"},
+        functions={"conv_layer": CONV_LAYER_LOOP.replace("RESULT", "out"),
+                   "max_pool": MAX_POOL_LOOP.replace("STEP", "stride")},
+        model=SEED_MODEL_CODE,
+        training=NAIVE_TRAINING,
+        expected_failures={
+            "conv_patch": ["test_conv_patch", "test_conv_patch_hidden"],
+            "conv_same_stride2": ["test_conv_same_stride2", "test_conv_same_stride2_hidden"],
+            "output_sizes": ["test_size_stride2", "test_size_stride2_hidden"],
+            "max_pooling": ["test_pooled", "test_pooled_hidden"],
+            "layer_table": ["test_layer_params", "test_layer_params_hidden", "test_total_params",
+                            "test_total_params_hidden"],
+            "conv_layer_impl": ["test_conv_layer", "test_conv_layer_hidden"],
+            "training": ["test_accuracy_hidden"],
+        },
+        expected_feedback={
+            "conv_patch": "flipped the filter",
+            "conv_same_stride2": "puts them after",
+            "output_sizes": "rounded up",
+            "max_pooling": "used 2x2 windows",
+            "layer_table": "forgot the input channels",
+            "conv_layer_impl": "forgot the ReLU",
+            "training": "is not above 0.90",
+        },
+    ),
+    Sample(
+        "shape_mistakes",
+        "Shape slips: 'valid' padding everywhere in the layer table and the model, stride ignored in 'same' sizes "
+        "and in max_pool; the model is never compiled or trained.",
+        answers={"conv_patch": "np.array([[-59, 22], [-58, 37]])",
+                 "conv_same_stride2": "np.array([[-59, 60], [-42, 43]])",
+                 "size_valid": "6", "size_same": "8", "size_stride2": "3", "size_same_stride2": "8",
+                 "pooled": "np.array([[9, 6], [7, 8]])",
+                 "layer_output_shapes": "[(6, 6, 16), (3, 3, 16), (1, 1, 32), (32,), (32,), (10,)]",
+                 "layer_params": "[160, 0, 4640, 0, 4128, 330]",
+                 "total_params": "9258"},
+        functions={"conv_layer": CONV_LAYER_LOOP.replace("RESULT", "np.maximum(out, 0)"),
+                   "max_pool": MAX_POOL_LOOP.replace("STEP", "size")},
+        model=SEED_MODEL_CODE.replace("padding='same', ", ""),
+        training=None,
+        expected_failures={
+            "output_sizes": ["test_size_same_stride2", "test_size_same_stride2_hidden"],
+            "layer_table": ["test_layer_output_shapes", "test_layer_output_shapes_hidden"],
+            "max_pool_impl": ["test_max_pool", "test_max_pool_hidden"],
+            "model_structure": ["test_model", "test_model_hidden"],
+            "training": ["test_training", "test_accuracy_hidden"],
+        },
+        expected_feedback={
+            "output_sizes": "ignored the stride",
+            "layer_table": "padding='same'",
+            "max_pool_impl": "ignored the stride",
+            "model_structure": "padding is 'valid'",
+            "training": "",
+        },
+    ),
+]
+
+
+def _replace_line(source: str, pattern: str, replacement: str) -> str:
+    new, count = re.subn(pattern, lambda m: replacement, source, count=1, flags=re.MULTILINE)
+    if count != 1:
+        raise ValueError(f"pattern {pattern!r} not found in cell:\n{source}")
+    return new
+
+
+def fill(student_nb: nbformat.NotebookNode, sample: Sample) -> nbformat.NotebookNode:
+    """Fill the student notebook's ``...`` placeholders as this sample's student did."""
+    nb = nbformat.from_dict(student_nb)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        src = cell.source
+        for var, value in sample.answers.items():
+            if re.search(rf"^{var} = \.\.\.$", src, flags=re.MULTILINE):
+                src = _replace_line(src, rf"^{var} = \.\.\.$", f"{var} = {value}")
+        for name, body in sample.functions.items():
+            if src.startswith(f"def {name}("):
+                src = _replace_line(src, r"^    \.\.\.$", body)
+        if src.startswith("model = models.Sequential()") and sample.model:
+            src = _replace_line(src, r"^\.\.\.$", sample.model)
+        elif src.strip() == "..." and sample.training:
+            src = sample.training
+        cell.source = src
+    nb.metadata[METADATA_KEY] = {
+        "description": sample.description,
+        "expected_failures": sample.expected_failures,
+        "expected_feedback": sample.expected_feedback,
+    }
+    return nb
+
+
+def write_samples(student_notebook: Path, solution_notebook: Path, out_dir: Path = SAMPLES_DIR) -> list[Path]:
+    """Write the solution, the untouched notebook and every mistaken sample into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    student = nbformat.read(student_notebook, as_version=4)
+    written = []
+
+    def save(nb, name):
+        path = out_dir / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        written.append(path)
+
+    solution = nbformat.read(solution_notebook, as_version=4)
+    solution.metadata[METADATA_KEY] = {"description": "The instructor's solution: full marks.",
+                                       "expected_failures": {}, "expected_feedback": {}}
+    save(solution, "solution")
+    untouched = nbformat.from_dict(student)
+    untouched.metadata[METADATA_KEY] = {"description": "The notebook as handed out: every answer is ...",
+                                        "expected_failures": "all", "expected_feedback": {}}
+    save(untouched, "untouched")
+    for sample in SAMPLES:
+        save(fill(student, sample), sample.name)
+    return written

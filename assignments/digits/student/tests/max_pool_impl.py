@@ -1,0 +1,12 @@
+from otter.test_files import test_case
+
+OK_FORMAT = False
+
+name = "max_pool_impl"
+points = 2
+
+@test_case(points=None, hidden=False)
+def test_max_pool(max_pool):
+    import digits_checks
+    digits_checks.check_function('max_pool', max_pool)
+
