@@ -31,6 +31,7 @@ ENV_WARM = "CNN_GRADER_WARM"
 
 class Warm(Protocol):
     def alive(self) -> bool: ...
+    def ready(self) -> bool: ...  # its start-up is over: it waits for work
     def pids(self) -> set[int]: ...
     def close(self) -> None: ...
 
@@ -109,6 +110,12 @@ class Pool:
             out |= item.pids()
         return out
 
+    def waiting(self) -> tuple[int, int]:
+        """(processes waiting, of which ready for work)."""
+        with self._lock:
+            items = [item for _, item in self._items]
+        return len(items), sum(1 for item in items if item.alive() and item.ready())
+
     def _discard(self, item: Warm) -> None:
         self.stats["discarded"] += 1
         try:
@@ -178,6 +185,18 @@ def _forget_after_fork() -> None:
 PROBES = Pool("probe", default_size())
 JUDGES = Pool("judge", default_size())
 os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def wait_ready(timeout: float = 600.0) -> bool:
+    """Wait until every pool that is on holds as many ready processes as its size (benchmarks, tests)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(pool.waiting()[1] >= pool.size for pool in (PROBES, JUDGES)):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def configure(size: int) -> None:

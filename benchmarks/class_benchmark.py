@@ -125,6 +125,13 @@ def plan_class(n: int, seed: int = 0) -> list[dict]:
     return plan
 
 
+def recipe_of(student: dict) -> dict | None:
+    """The student's training recipe: one of RECIPES, or one given outright (``recipe_dict``), or None."""
+    if student.get("recipe_dict"):
+        return student["recipe_dict"]
+    return None if student["recipe"] is None else RECIPES[student["recipe"]]
+
+
 def notebook_for(student: dict, untouched: nbformat.NotebookNode) -> nbformat.NotebookNode:
     from autograder import samples
 
@@ -143,7 +150,7 @@ def notebook_for(student: dict, untouched: nbformat.NotebookNode) -> nbformat.No
         student["id"], "generated", answers=answers,
         conv2d=samples.CONV2D_LOOP.replace("KERNEL", "kernel" if student["conv2d"] == "right" else "kernel[::-1, ::-1]"),
         max_pool2d=samples.MAX_POOL_FLOOR if student["max_pool2d"] == "right" else samples.MAX_POOL_CEIL,
-        model=model, training=None if student["recipe"] is None else training_code(RECIPES[student["recipe"]]))
+        model=model, training=None if recipe_of(student) is None else training_code(recipe_of(student)))
     nb = samples.fill(untouched, sample)
     nb.metadata.pop(samples.METADATA_KEY, None)
     nb.cells.insert(1, nbformat.v4.new_markdown_cell(f"{student['id']}"))  # distinct bytes per student
@@ -152,12 +159,12 @@ def notebook_for(student: dict, untouched: nbformat.NotebookNode) -> nbformat.No
     return nb
 
 
-def generate(folder: Path, n: int, seed: int = 0) -> list[dict]:
+def generate(folder: Path, n: int, seed: int = 0, plan: list[dict] | None = None) -> list[dict]:
     from autograder import samples
 
     folder.mkdir(parents=True, exist_ok=True)
     untouched = nbformat.read(samples.SAMPLES_DIR / "untouched.ipynb", as_version=4)
-    plan = plan_class(n, seed)
+    plan = plan if plan is not None else plan_class(n, seed)
     for student in plan:
         nbformat.write(notebook_for(student, untouched), folder / f"{student['id']}.ipynb")
     return plan
