@@ -41,6 +41,7 @@ class BatchOptions:
     ray_address: str | None = None  # None: start a local Ray instance
     canvas: str | None = None  # the Canvas gradebook column, "Title (assignment id)"; None: no import file
     archives: ArchiveLimits = field(default_factory=ArchiveLimits)
+    warm: int = 1  # jails and judges each worker starts ahead of its next submission (0: every start cold)
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -69,8 +70,9 @@ def _error_result(sub: Submission, message: str, status: str = "error") -> dict:
 
 def grade_one(sub: Submission, autograder_zip: str, out: str, options: BatchOptions) -> dict:
     """Grade one submission and write its result file (runs in a worker process)."""
-    from autograder import engine
+    from autograder import engine, warm
 
+    warm.configure(options.warm)
     if sub.error:
         result = _error_result(sub, sub.error)
     else:
@@ -126,9 +128,15 @@ def _run_parallel(todo: list[Submission], autograder_zip: Path, out: Path, optio
                 progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
             return
         if options.jobs <= 1:
-            for sub in todo:
-                done = grade_one(sub, str(autograder_zip), str(out), options)
-                progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
+            from autograder import warm
+
+            before = warm.PROBES.size
+            try:
+                for sub in todo:
+                    done = grade_one(sub, str(autograder_zip), str(out), options)
+                    progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
+            finally:
+                warm.configure(before)  # nothing keeps waiting in this process after the batch
             return
         with cf.ProcessPoolExecutor(max_workers=options.jobs) as pool:
             futures = {pool.submit(grade_one, s, str(autograder_zip), str(out), options): s for s in todo}

@@ -143,16 +143,62 @@ def _versions() -> dict:
     return out
 
 
+class _WarmJudge:
+    """A judge process started ahead: Python, numpy and Otter imported, waiting for its one request on stdin."""
+
+    KEY = "judge"
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    @classmethod
+    def start(cls) -> "_WarmJudge":
+        # -I: no environment variables, no user site; the package is found where this one was loaded from
+        bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
+                     "from autograder.judge import main, warm_up; warm_up(); main()")
+
+        def no_core() -> None:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+        return cls(subprocess.Popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                    preexec_fn=no_core))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ready(self) -> bool:
+        import select
+
+        try:  # warm_up() prints a line once its imports are done
+            return bool(select.select([self.proc.stdout], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+
+    def pids(self) -> set[int]:
+        import psutil
+
+        try:
+            return {self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children(recursive=True))}
+        except psutil.Error:
+            return set()
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, 9)
+        except OSError:
+            pass
+        self.proc.communicate()
+
+
 def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = JUDGE_MEMORY_MB) -> dict:
-    """Run the judge in a fresh process under a wall-time and a memory limit (its whole process tree)."""
-    # -I: no environment variables, no user site; the package is found where this one was loaded from
-    bootstrap = f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); from autograder.judge import main; main()"
+    """Run the judge in a fresh process under a wall-time and a memory limit (its whole process tree).
+    With the warm pool on, the process was started ahead; it serves this one request and exits."""
+    from autograder import warm
 
-    def no_core() -> None:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    proc = subprocess.Popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=no_core)
+    judge = warm.JUDGES.take(_WarmJudge.KEY) or _WarmJudge.start()
+    warm.JUDGES.fill(_WarmJudge.KEY, _WarmJudge.start)
+    proc = judge.proc
     over: list[str] = []
 
     def watchdog() -> None:
@@ -221,7 +267,8 @@ def grade_notebook(
     result["limits_hit"] = probed.limits_hit
     result["isolation"] = probed.isolation
     result["execution"] = {"seconds": probed.seconds, "cells": probed.cells, "skipped_cells": probed.skipped,
-                           "runs": probed.runs, "output_tail": probed.output[-20000:]}
+                           "runs": probed.runs, "warm_starts": probed.warm_starts,
+                           "output_tail": probed.output[-20000:]}
     if probed.grader_error:
         result.update(status="grader_error", error=probed.grader_error)
         return _finish(result, started)

@@ -1,7 +1,9 @@
 """Runs INSIDE the sandbox, in the child process that executes a submission (untrusted side).
 
 Copied into the jail and started by :mod:`autograder.sandbox` as
-``python -I probe_runtime.py JOB.json STATUS_FD``.
+``python -I probe_runtime.py SETUP.json STATUS_FD``; it imports what notebooks need, says ``ready``
+and then reads its one submission (cells, names to extract, function probes) from stdin: a warm
+jail started ahead of its submission waits there.
 It executes the notebook's code cells with IPython (magics and all), records ``Model.fit``
 calls instead of running them (unless the job asks for real training), and finally extracts
 each graded variable as plain data: JSON numbers/strings/lists, numpy arrays as ``.npy``
@@ -229,23 +231,50 @@ def install_otter_stub():
     sys.modules["otter"] = stub
 
 
+WARM_IMPORTS = ("numpy", "tensorflow", "keras")  # what notebooks import: done before any work is handed over
+
+
+def read_job(fd=0):
+    """The work, sent by the grader on stdin once this process said ``ready``; stdin is /dev/null afterwards."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, fd)
+    os.close(null)
+    return json.loads(b"".join(chunks))
+
+
 def main():
     global STATUS
-    job = json.load(open(sys.argv[1]))
+    setup = json.load(open(sys.argv[1]))  # start-up settings only: nothing of any submission
     STATUS = int(sys.argv[2])
 
+    import importlib
+
+    for name in WARM_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # missing (e.g. no TensorFlow under JAX): the notebook's own imports will say so
+            pass
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance(colors="nocolor")
     install_otter_stub()
     try:
-        if job.get("mnist_npz"):
-            install_offline_mnist(job["mnist_npz"])
-        if not job.get("real_fit"):
+        if setup.get("mnist_npz"):
+            install_offline_mnist(setup["mnist_npz"])
+        if not setup.get("real_fit"):
             install_fit_recorder()
     except Exception as exc:  # keras missing: the notebook's own imports will say so
         send("note", message=f"setup: {type(exc).__name__}: {exc}")
-    send("ready")  # the grader's start-up ends here: the student's time starts with the first cell
+    # The grader's start-up ends here; this process may wait (warm) until the grader hands it one
+    # submission on stdin.  The student's time starts with the first cell.
+    send("ready")
+    job = read_job()
 
     for index, source in job["cells"]:
         send("cell", index=index)

@@ -29,8 +29,10 @@ import os
 import resource
 import signal
 import subprocess
+import select
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,7 @@ import nbformat
 import psutil
 
 from autograder import jail as jails
+from autograder import warm
 from autograder.budget import Budget
 
 RUNTIME = Path(__file__).with_name("probe_runtime.py")
@@ -164,6 +167,7 @@ class ProbeResult:
     output: str = ""
     seconds: float = 0.0
     isolation: dict = field(default_factory=dict)
+    warm_starts: list = field(default_factory=list)  # per run: whether its jail had started ahead (warm pool)
 
     @property
     def complete(self) -> bool:
@@ -281,6 +285,7 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
     The child dies first so it cannot spawn more; then we sweep until nothing new appears,
     because a process born between two looks would otherwise escape."""
     me = psutil.Process()
+    preexisting = set(preexisting)
     for kill in (lambda: os.killpg(child.pid, signal.SIGKILL), child.kill):
         try:
             kill()
@@ -289,7 +294,8 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
     for _ in range(50):
         victims = _tree(child.pid)
         try:
-            victims += [p for p in me.children(recursive=True) if p.pid != child.pid and p.pid not in preexisting]
+            spared = preexisting | warm.all_pids()  # jails and judges waiting for other submissions
+            victims += [p for p in me.children(recursive=True) if p.pid != child.pid and p.pid not in spared]
         except psutil.Error:
             pass
         alive = []
@@ -322,6 +328,82 @@ def _rlimits(file_size_mb: int, slot_uid: bool):
             resource.setrlimit(resource.RLIMIT_NPROC, (4096, 4096))
 
     return apply
+
+
+@dataclass(frozen=True)
+class _ProbeSpec:
+    """Everything a jail's start-up depends on: a warm jail serves only work with the same spec."""
+
+    mnist_npz: str | None
+    real_fit: bool
+    file_size_mb: int
+    python: str
+    mode: str
+    keras_backend: str | None
+    registered_private: tuple
+
+
+class _WarmProbe:
+    """A jail opened and its runtime started, importing what notebooks need; it gets its one submission
+    on stdin after it says ``ready`` (:meth:`_Run.execute`).  Nothing of any submission is in it before."""
+
+    def __init__(self, stack: ExitStack, jail, child: subprocess.Popen, status_r: int):
+        self.stack, self.jail, self.child, self.status_r = stack, jail, child, status_r
+
+    @classmethod
+    def start(cls, spec: _ProbeSpec, private) -> "_WarmProbe":
+        stack = ExitStack()
+        try:
+            jail = stack.enter_context(jails.open_jail(private, python=spec.python,
+                                                       tmp_bytes=spec.file_size_mb * 1024 * 1024))
+            runtime = jail.put("probe_runtime.py", RUNTIME.read_bytes())
+            mnist = jail.copy_in("mnist.npz", Path(spec.mnist_npz)) if spec.mnist_npz else None
+            setup = jail.put("setup.json", json.dumps({"real_fit": spec.real_fit, "mnist_npz": mnist}).encode())
+            jail.hand_over()  # nothing is written into the folder after this
+            env = jail.env({"MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": f"{jail.inside}/.keras",
+                            "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""})
+            if spec.keras_backend:
+                env["KERAS_BACKEND"] = spec.keras_backend
+            cmd = jail.command([jail.python, "-I", runtime, setup])
+            status_r, status_w = os.pipe()
+            try:
+                child = subprocess.Popen(
+                    [*cmd, str(status_w)], cwd=jail.work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, pass_fds=(status_w,), start_new_session=True,
+                    preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None))
+            except BaseException:
+                os.close(status_r)
+                raise
+            finally:
+                os.close(status_w)
+            return cls(stack, jail, child, status_r)
+        except BaseException:
+            stack.close()
+            raise
+
+    def alive(self) -> bool:
+        return self.child.poll() is None
+
+    def ready(self) -> bool:
+        """Its runtime has said something (``ready`` comes first, after the imports)."""
+        try:
+            return bool(select.select([self.status_r], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+
+    def pids(self) -> set[int]:
+        return {p.pid for p in _tree(self.child.pid)}
+
+    def close(self) -> None:
+        """Discard it unused: kill its processes, remove its folder, release its uid."""
+        try:
+            _kill_everything(self.child, _my_children() - self.pids())
+        finally:
+            try:
+                os.close(self.status_r)
+            except OSError:
+                pass
+            self.stack.close()
 
 
 def probe(
@@ -416,6 +498,7 @@ class _Run:
         self.ignored = 0
         self.lock = threading.Lock()
         self.uid: int | None = None  # the slot uid, once the jail is open
+        self.on_ready = None  # hands the submission over once the jail's start-up is done
 
     # -- status protocol --------------------------------------------------------------------
     def on_status(self, line: bytes) -> None:
@@ -426,8 +509,11 @@ class _Run:
             self.ignored += 1
             return
         with self.lock:
-            if not self._accept(msg, kind, time.monotonic()):
+            accepted = self._accept(msg, kind, time.monotonic())
+            if not accepted:
                 self.ignored += 1
+        if accepted and kind == "ready" and self.on_ready is not None:
+            self.on_ready()
 
     def _begin_step(self, label: str, now: float) -> None:
         self.step, self.step_started = label, now
@@ -485,33 +571,33 @@ class _Run:
     # -- one run ----------------------------------------------------------------------------
     def execute(self, nb, mnist_npz, private, into: ProbeResult) -> None:
         limits = self.limits
-        with jails.open_jail(private, tmp_bytes=limits.file_size_mb * 1024 * 1024) as jail:
-            into.isolation["uid"] = jail.uid
-            self.uid = jail.uid
-            nb_inside = jail.put("submission.ipynb", nbformat.writes(nb).encode())
-            runtime = jail.put("probe_runtime.py", RUNTIME.read_bytes())
-            mnist = jail.copy_in("mnist.npz", mnist_npz) if mnist_npz else None
-            job = {"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
-                   "real_fit": self.real_fit, "mnist_npz": mnist, "notebook": nb_inside}
-            job_path = jail.put("job.json", json.dumps(job).encode())
-            jail.hand_over()
-            env = jail.env({"MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": f"{jail.inside}/.keras",
-                            "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""})
-            if "KERAS_BACKEND" in os.environ:
-                env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
-            preexisting = _my_children()
-            status_r, status_w = os.pipe()
-            cmd = jail.command([jail.python, "-I", runtime, job_path, str(status_w)])
-            child = subprocess.Popen(
-                cmd, cwd=jail.work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, pass_fds=(status_w,), start_new_session=True,
-                preexec_fn=_rlimits(limits.file_size_mb, jail.uid is not None),
-            )
-            os.close(status_w)
+        spec = _ProbeSpec(str(mnist_npz) if mnist_npz else None, self.real_fit, limits.file_size_mb,
+                          jails.probe_python(), jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
+                          tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))))
+        started = warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
+        into.warm_starts.append(started is not None)
+        if started is None:
+            started = _WarmProbe.start(spec, private)
+        warm.PROBES.fill(spec, lambda: _WarmProbe.start(spec, private))  # the next jail warms up meanwhile
+        jail, child = started.jail, started.child
+        into.isolation["uid"] = jail.uid
+        self.uid = jail.uid
+        job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions}).encode()
+
+        def hand_over() -> None:  # the submission goes to this jail alone, once it is ready for it
             try:
-                self._watch(child, status_r, preexisting)
-            finally:
-                _kill_everything(child, preexisting)
+                child.stdin.write(job)
+                child.stdin.close()
+            except (OSError, ValueError):
+                pass  # it died: the watchdog reports it
+
+        self.on_ready = lambda: threading.Thread(target=hand_over, daemon=True).start()
+        preexisting = _my_children() - {p.pid for p in _tree(child.pid)}
+        try:
+            self._watch(child, started.status_r, preexisting)
+        finally:
+            _kill_everything(child, preexisting)
+            started.stack.close()
 
     def _watch(self, child: subprocess.Popen, status_r: int, preexisting: set[int]) -> None:
         limits = self.limits

@@ -187,6 +187,11 @@ JUDGES = Pool("judge", default_size())
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
+def all_pids() -> set[int]:
+    """Every process waiting in a pool of this process (a probe's clean-up spares them)."""
+    return PROBES.pids() | JUDGES.pids()
+
+
 def wait_ready(timeout: float = 600.0) -> bool:
     """Wait until every pool that is on holds as many ready processes as its size (benchmarks, tests)."""
     import time
@@ -195,6 +200,8 @@ def wait_ready(timeout: float = 600.0) -> bool:
     while time.monotonic() < deadline:
         if all(pool.waiting()[1] >= pool.size for pool in (PROBES, JUDGES)):
             return True
+        if not any(pool._items or any(pool._pending.values()) for pool in (PROBES, JUDGES)):
+            return False  # nothing is starting: nothing to wait for
         time.sleep(0.1)
     return False
 
@@ -203,4 +210,5 @@ def configure(size: int) -> None:
     """How many jails and judges wait ahead at most in this process (0: none, every start is cold)."""
     os.environ[ENV_WARM] = str(max(size, 0))  # inherited by the batch's worker processes
     for pool in (PROBES, JUDGES):
-        pool.resize(max(size, 0))
+        if pool.size != max(size, 0):
+            pool.resize(max(size, 0))
