@@ -1,10 +1,10 @@
 """Batch grading: a whole class in one command, in parallel, resumable after any kill.
 
-Each submission is graded by :func:`autograder.engine.grade_notebook` in a worker process and
+Each submission is graded by :func:`autograder.judge.pipeline.grade_notebook` in a worker process and
 its result written atomically to ``OUT/results/<id>.json`` the moment it finishes.  Rerunning
 the same command skips every submission whose result exists (``force=True`` regrades), so a
 batch killed with SIGKILL loses at most the submissions that were in flight.  Retraining
-shares a small number of slots across workers (see :mod:`autograder.retrain`), so many
+shares a small number of slots across workers (see :mod:`autograder.verifier.retrain`), so many
 workers do not fight over the CPU or GPU, and identical recipes retrain once thanks to the
 content-addressed cache.
 
@@ -24,9 +24,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autograder.engine import RetrainOptions
-from autograder.sandbox import Limits
-from autograder.submissions import ArchiveLimits, Submission, collect, private_dir
+from autograder.judge.pipeline import RetrainOptions
+from autograder.probe.sandbox import Limits
+from autograder.lms.submissions import ArchiveLimits, Submission, collect, private_dir
 
 
 @dataclass
@@ -70,7 +70,8 @@ def _error_result(sub: Submission, message: str, status: str = "error") -> dict:
 
 def grade_one(sub: Submission, autograder_zip: str, out: str, options: BatchOptions) -> dict:
     """Grade one submission and write its result file (runs in a worker process)."""
-    from autograder import engine, warm
+    from autograder import warm
+    from autograder.judge import pipeline as engine
 
     warm.configure(options.warm)
     if sub.error:
@@ -97,7 +98,7 @@ def _needs_grading(path: Path) -> bool:
 def run_batch(paths: list[Path], autograder_zip: Path, out: Path, options: BatchOptions = BatchOptions()) -> list[dict]:
     """Grade everything under ``paths`` into ``out``; returns every result (done before or now)."""
     private_dir(out)
-    from autograder import jail
+    from autograder.probe import jail
 
     jail.add_private_paths([out, autograder_zip.parent, *paths])  # no submission may see these
     subs = collect(paths, out, options.archives)
@@ -106,7 +107,7 @@ def run_batch(paths: list[Path], autograder_zip: Path, out: Path, options: Batch
     if todo:
         _run_parallel(todo, autograder_zip, out, options)
     results = [json.loads(result_path(out, s.id).read_text()) for s in subs if result_path(out, s.id).is_file()]
-    from autograder import reports
+    from autograder.lms import reports
 
     for problem in reports.write_all(results, out, autograder_zip, canvas=options.canvas):
         print(f"warning: feedback page not written: {problem}", file=sys.stderr)

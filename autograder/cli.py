@@ -48,23 +48,22 @@ def build(
     out: Path = typer.Option(Path("dist"), "--out", help="Where to leave <assignment>/autograder.zip and the student files."),
     update_assignments: bool = typer.Option(
         False, "--update-assignments",
-        help="Also refresh what is committed from the build: assignments/ and examples/submissions/.",
+        help="Also refresh what is committed from the build: each assignment's student/ and samples/ folders.",
     ),
+    only: Optional[list[str]] = typer.Option(None, "--assignment", "-a", help="Build only this assignment (repeatable)."),
 ) -> None:
-    """Run Otter Assign on every master notebook in solutions/."""
+    """Run Otter Assign on every installed assignment's master notebook."""
     from autograder import build as builder
 
-    built = builder.build_all(out)
+    built = builder.build_all(out, only or None)
     for b in built:
         console.print(f"[bold]{b.name}[/bold]: student notebook {b.student_notebook}, autograder {b.autograder_zip}")
     if update_assignments:
-        from autograder import samples
-
         builder.sync_student_folders(built)
-        console.print(f"Student folders refreshed in {builder.ASSIGNMENTS_DIR}")
         for b in built:
-            written = samples.write_samples(b.student_notebook, b.solution_notebook)
-            console.print(f"{len(written)} sample submissions written to {samples.SAMPLES_DIR}")
+            console.print(f"{b.name}: student folder refreshed in {b.spec.student_dir}")
+            written = b.spec.write_samples(b.student_notebook, b.solution_notebook)
+            console.print(f"{b.name}: {len(written)} sample submissions written to {b.spec.samples_dir}")
 
 
 @app.command()
@@ -107,7 +106,8 @@ def grade(
     """Grade submissions: isolated execution, clean-process judging, verified retraining."""
     import os
 
-    from autograder import batch, build as builder, jail
+    from autograder import batch, build as builder
+    from autograder.probe import jail
 
     if isolation is not None:  # not given: the environment's CNN_GRADER_ISOLATION (or auto) stays
         if isolation not in ("auto", "bwrap", "permissions"):
@@ -115,10 +115,10 @@ def grade(
         os.environ[jail.ENV_MODE] = isolation  # inherited by worker processes
     if unsafe_no_isolation:
         os.environ[jail.ENV_UNSAFE] = "1"
-    from autograder.engine import RetrainOptions
-    from autograder.sandbox import Limits
+    from autograder.judge.pipeline import RetrainOptions
+    from autograder.probe.sandbox import Limits
 
-    from autograder import reports
+    from autograder.lms import reports
 
     canvas = None
     if canvas_assignment or canvas_assignment_id:

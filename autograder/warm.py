@@ -6,7 +6,7 @@ the next jail (and the next judge) so that its start-up overlaps with the curren
 process gets its work only when it is taken (the probe reads its notebook on stdin after sending
 ``ready``), serves that one submission and is never reused: nothing of one submission can reach
 another through the pool.  Start-up is the grader's time, never the student's: the probe's
-clocks start when its work is handed over (see :mod:`autograder.sandbox`).
+clocks start when its work is handed over (see :mod:`autograder.probe.sandbox`).
 
 Every warm process is started by one long-lived thread of the pool: ``PR_SET_PDEATHSIG`` (and
 bubblewrap's ``--die-with-parent``, which uses it) fire when the *thread* that forked a child

@@ -133,7 +133,7 @@ def recipe_of(student: dict) -> dict | None:
 
 
 def notebook_for(student: dict, untouched: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    from autograder import samples
+    from assignments.cnn_mnist import sample_answers as samples
 
     rng = random.Random(student["rng"])
     wrong = {}
@@ -160,7 +160,7 @@ def notebook_for(student: dict, untouched: nbformat.NotebookNode) -> nbformat.No
 
 
 def generate(folder: Path, n: int, seed: int = 0, plan: list[dict] | None = None) -> list[dict]:
-    from autograder import samples
+    from assignments.cnn_mnist import sample_answers as samples
 
     folder.mkdir(parents=True, exist_ok=True)
     untouched = nbformat.read(samples.SAMPLES_DIR / "untouched.ipynb", as_version=4)
@@ -258,8 +258,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--keep", type=Path, default=None, help="keep the class and the results in this folder")
     args = ap.parse_args(argv)
 
-    from autograder import batch, build, engine
-    from autograder.sandbox import Limits
+    from autograder import batch, build
+    from autograder.judge import pipeline as engine
+    from autograder.probe.sandbox import Limits
 
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)

@@ -20,9 +20,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder import engine, jail
-from autograder.engine import RetrainOptions
-from autograder.sandbox import Limits
+from autograder.judge import pipeline as engine
+from autograder.probe import jail
+from autograder.judge.pipeline import RetrainOptions
+from autograder.probe.sandbox import Limits
 
 NO_RETRAIN = RetrainOptions(enabled=False)
 FAST = Limits(cell_seconds=30, notebook_seconds=240, memory_mb=3072, max_processes=48)
@@ -30,14 +31,6 @@ ANSWER = "import numpy as np\nconv_small = np.array([[1, 4], [3, 3]])"
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs a root grader (CI runs as root)")
 needs_bwrap = pytest.mark.skipif(not jail.bwrap_works(), reason="needs bubblewrap with namespaces (scripts/test.sh installs it)")
-
-
-@pytest.fixture(scope="module")
-def autograder(tmp_path_factory):
-    from autograder import build
-
-    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
-    return b.autograder_zip
 
 
 @pytest.fixture(autouse=True)
@@ -71,9 +64,9 @@ def grade(nb: Path, autograder, limits: Limits = FAST) -> dict:
 def test_the_grader_and_its_reference_answers_cannot_be_imported(autograder, tmp_path):
     nb = tiny(tmp_path / "sub.ipynb", """
         try:
-            from autograder.reference import conv2d, max_pool2d
-            import autograder.checks
-            print("IMPORTED", autograder.checks.__file__)
+            from assignments.cnn_mnist.reference import conv2d, max_pool2d
+            import assignments.cnn_mnist.checks
+            print("IMPORTED", assignments.cnn_mnist.checks.__file__)
         except ImportError as exc:
             print("BLOCKED", exc)
         """)
@@ -168,7 +161,7 @@ def test_concurrent_submissions_cannot_read_or_signal_each_other(autograder, tmp
 
 @needs_root
 def test_slot_uids_are_never_shared_between_processes(tmp_path):
-    code = ("import sys, time\nfrom autograder.jail import SlotLease\nlease = SlotLease()\n"
+    code = ("import sys, time\nfrom autograder.probe.jail import SlotLease\nlease = SlotLease()\n"
             "print(lease.uid, flush=True)\ntime.sleep(3)\nlease.release()")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     uids = [int(p.communicate(timeout=60)[0]) for p in procs]
@@ -466,7 +459,7 @@ def test_forged_status_messages_add_no_cells_and_extend_no_timer(autograder, tmp
 
 @needs_bwrap
 def test_forged_values_are_bounded_and_a_lone_surrogate_breaks_no_report(autograder, tmp_path):
-    from autograder import reports
+    from autograder.lms import reports
 
     nb = tiny(tmp_path / "sub.ipynb", r"""
         import json, os, sys
@@ -497,7 +490,7 @@ def test_forged_values_are_bounded_and_a_lone_surrogate_breaks_no_report(autogra
 
 
 def test_a_report_page_with_undecodable_text_is_written_and_stops_nothing(tmp_path):
-    from autograder import reports
+    from autograder.lms import reports
 
     bad = {"student": {"id": "s1"}, "status": "error", "score": 0, "max_score": 2, "error": "lone \ud800 surrogate",
            "questions": [{"name": "q", "score": 0, "max_score": 2,
@@ -524,7 +517,7 @@ def test_a_report_page_with_undecodable_text_is_written_and_stops_nothing(tmp_pa
     ({"status": "nope"}, None, "unknown"),
 ])
 def test_sandbox_values_are_checked_field_by_field(data, n_outputs, why):
-    from autograder.sandbox import checked_value
+    from autograder.probe.sandbox import checked_value
 
     checked = checked_value(data, n_outputs)
     assert checked["status"] == "error" and why in checked["message"] and len(checked["message"]) < 200
@@ -597,7 +590,7 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
     package, now inside a mounted site-packages, is masked in the jail."""
     import sysconfig
 
-    from autograder import samples
+    from assignments.cnn_mnist import sample_answers as samples
 
     folder = tmp_path / "private"
     folder.mkdir(mode=0o700)
@@ -663,7 +656,7 @@ def test_the_isolation_option_keeps_the_environment_unless_given(tmp_path, monke
 # --- 13. the retraining queue's lock files ---------------------------------------------------------
 
 def test_retraining_locks_live_in_a_private_folder_and_never_follow_a_planted_link(tmp_path, monkeypatch):
-    from autograder import retrain
+    from autograder.verifier import retrain
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -692,7 +685,7 @@ def test_retraining_locks_live_in_a_private_folder_and_never_follow_a_planted_li
 def test_a_single_batch_of_60000_images_is_the_students_failed_training_check(autograder, tmp_path):
     """The red team's idea (``fit(batch_size=60000)`` made the judge run out of memory, a grader error):
     the verifier refuses the recipe before any training, and the engine scores it as the student's."""
-    from autograder import samples
+    from assignments.cnn_mnist import sample_answers as samples
 
     nb = nbformat.read(samples.SAMPLES_DIR / "solution.ipynb", as_version=4)
     fits = [c for c in nb.cells if c.cell_type == "code" and ".fit(" in c.source]

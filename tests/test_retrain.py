@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from autograder import retrain
-from autograder.budget import Budget
-from autograder.rebuild import RefusedModel, canonical_model, canonical_recipe
+from autograder.verifier import retrain
+from autograder.verifier.budget import Budget
+from autograder.verifier.rebuild import RefusedModel, canonical_model, canonical_recipe
 
 TINY = retrain.Settings(data_subset=(2000, 500), seeds=1)
 
@@ -62,8 +62,8 @@ def _no_training(monkeypatch):
 
 @pytest.mark.slow
 def test_seed_recipe_10_epochs_batch_1000_scores_below_threshold(tmp_path):
-    from autograder import checks
-    from autograder.judge import ExtractedModel
+    from assignments.cnn_mnist import checks
+    from autograder.judge.judge import ExtractedModel
 
     model = _seed_model()
     fits = [_fit(model, 10, 1000)]
@@ -374,7 +374,7 @@ def test_two_notebooks_differing_only_in_scaling_each_get_their_own_result_in_bo
 # --- honest notes ----------------------------------------------------------------------------
 
 def test_notes_for_test_set_training_unreplayable_callbacks_and_unscaled_pixels():
-    from autograder import probe_runtime
+    from autograder.probe import runtime as probe_runtime
     from autograder.data import load_mnist
 
     (x_train, _), (x_test, _) = load_mnist()

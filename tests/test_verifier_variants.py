@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autograder import retrain
+from autograder.verifier import retrain
 
 SUBSET = (4000, 1000)
 SETTINGS = retrain.Settings(data_subset=SUBSET, seeds=1)
@@ -110,7 +110,7 @@ def _recorded(code: str, data, monkeypatch):
     """What the grader extracts: the model config and the fit calls, recorded (not run)."""
     import keras
 
-    from autograder import probe_runtime
+    from autograder.probe import runtime as probe_runtime
 
     monkeypatch.setattr(probe_runtime, "FIT_LOG", [])
     with monkeypatch.context() as patch:

@@ -3,10 +3,10 @@
 The accuracy a notebook prints proves nothing (lucky seed, test-set training, loaded weights,
 a print statement).  From the extracted model config and the recorded ``fit`` calls:
 
-1. :mod:`autograder.rebuild` reduces them to a canonical recipe of validated numbers (nothing
+1. :mod:`autograder.verifier.rebuild` reduces them to a canonical recipe of validated numbers (nothing
    the student produced is deserialized; initializers, regularizers, constraints, trainable
    flags and BatchNormalization statistics are dropped and listed in the notes);
-2. :mod:`autograder.budget` checks the recipe against the assignment's limits (config size,
+2. :mod:`autograder.verifier.budget` checks the recipe against the assignment's limits (config size,
    parameters, batch size, steps, multiply-adds, batch memory) before any training;
 3. a separate process (``python -I``, memory watched, wall time as a safety net only) builds
    the model from the recipe, trains it on the 60,000 training images at a fixed seed with
@@ -35,12 +35,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autograder.budget import Budget, check as check_budget, check_config_size, recipe_cost
-from autograder.rebuild import RefusedModel, canonical_recipe, describe_optimizer
+from autograder.verifier.budget import Budget, check as check_budget, check_config_size, recipe_cost
+from autograder.verifier.rebuild import RefusedModel, canonical_recipe, describe_optimizer
 
 VERIFIER_VERSION = 2
 DEFAULT_SEED = 1234
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 
 
 class RetrainFailed(RuntimeError):
@@ -136,7 +136,7 @@ def deterministic() -> bool:
 
 def fingerprint(x) -> str | None:
     """Which pixels of the first three images are non-zero: the same for raw, scaled or reshaped copies.
-    (The fit recorder in :mod:`autograder.probe_runtime` computes the same on the notebook's data.)"""
+    (The fit recorder in :mod:`autograder.probe.runtime` computes the same on the notebook's data.)"""
     import numpy as np
 
     try:
@@ -195,7 +195,7 @@ def train_run(job: dict) -> dict:
     import keras
     import numpy as np
 
-    from autograder.rebuild import build_loss, build_model, build_optimizer
+    from autograder.verifier.rebuild import build_loss, build_model, build_optimizer
 
     started = time.monotonic()
     backend = select_backend()
@@ -239,7 +239,7 @@ def worker_main() -> None:
 def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
     """:func:`train_run` in a fresh ``python -I`` process; only its JSON numbers come back."""
     bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
-                 "from autograder.retrain import worker_main; worker_main()")
+                 "from autograder.verifier.retrain import worker_main; worker_main()")
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
                                                          "CNN_GRADER_CACHE", "CNN_GRADER_MNIST", "TMPDIR", "LANG")}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

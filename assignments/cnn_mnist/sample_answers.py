@@ -15,8 +15,7 @@ from pathlib import Path
 
 import nbformat
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLES_DIR = REPO_ROOT / "examples" / "submissions"
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 METADATA_KEY = "cnn_grader_sample"
 
 CORRECT = {

@@ -1,6 +1,6 @@
 """Runs INSIDE the sandbox, in the child process that executes a submission (untrusted side).
 
-Copied into the jail and started by :mod:`autograder.sandbox` as
+Copied into the jail and started by :mod:`autograder.probe.sandbox` as
 ``python -I probe_runtime.py SETUP.json STATUS_FD``; it imports what notebooks need, says ``ready``
 and then reads its one submission (cells, names to extract, function probes) from stdin: a warm
 jail started ahead of its submission waits there.

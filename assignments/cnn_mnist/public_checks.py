@@ -4,11 +4,11 @@ This file is shipped next to the student notebook as ``cnn_checks.py``.  Otter p
 of a failing test, so public tests only call these functions; and this module holds no
 expected values, only SHA-256 digests of canonical answers (and of the answers that typical
 mistakes produce, so feedback can name the mistake).  The build fills ``ANSWER_DIGESTS``,
-``EXPECTED_LAYERS`` and ``PUBLIC_CASES`` from :mod:`autograder.checks`, which computes them
+``EXPECTED_LAYERS`` and ``PUBLIC_CASES`` from :mod:`assignments.cnn_mnist.checks`, which computes them
 with the reference implementation.
 
 It imports only the standard library and numpy, so it works wherever the notebook runs.  The
-trusted grader (:mod:`autograder.checks`) reuses :func:`canonical` so both sides agree on
+trusted grader (:mod:`assignments.cnn_mnist.checks`) reuses :func:`canonical` so both sides agree on
 what "the same answer" means.
 """
 
@@ -32,7 +32,7 @@ __all__ = [
     "not_implemented_message",
 ]
 
-# --- filled by the build (autograder.checks.render_public_module) -------------------------
+# --- filled by the build (assignments.cnn_mnist.checks.render_public_module) -------------------------
 ANSWER_DIGESTS: dict = {}
 EXPECTED_LAYERS: list = []
 PUBLIC_CASES: dict = {}

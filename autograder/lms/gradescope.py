@@ -11,7 +11,7 @@ The run's stdout is kept in ``results/stdout`` and shown to the instructor only;
 only what ``results.json`` says.  The container has the memory, CPUs and timeout chosen in the
 assignment's settings; the timeout is not visible from inside, so it is an option here.
 
-``python -m autograder.gradescope --root DIR`` does exactly that (the root is an option so a
+``python -m autograder.lms.gradescope --root DIR`` does exactly that (the root is an option so a
 test can emulate the layout).  Each question becomes up to two Gradescope tests, its public
 checks (visible at once) and its hidden checks (``after_published`` when Otter's config says
 ``show_hidden: true``, else ``hidden``), as Otter's own Gradescope runner does.
@@ -36,8 +36,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from autograder.engine import Autograder, RetrainOptions, grade_notebook
-from autograder.sandbox import Limits
+from autograder.judge.pipeline import Autograder, RetrainOptions, grade_notebook
+from autograder.probe.sandbox import Limits
 
 #: The Gradescope timeout the README recommends (minutes); Gradescope allows 40 at most.
 DEFAULT_TIMEOUT_MINUTES = 40

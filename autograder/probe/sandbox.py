@@ -1,6 +1,6 @@
 """Probe: execute one untrusted submission in a jail, under limits, and collect data.
 
-The child (:mod:`autograder.probe_runtime`, copied in) runs in a jail (:mod:`autograder.jail`)
+The child (:mod:`autograder.probe.runtime`, copied in) runs in a jail (:mod:`autograder.probe.jail`)
 whose working folder holds only the notebook, the runtime and a read-only copy of MNIST; no
 tests, no solutions, no grader.  This parent enforces:
 
@@ -39,11 +39,11 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from autograder import jail as jails
 from autograder import warm
-from autograder.budget import Budget
+from autograder.probe import jail as jails
+from autograder.verifier.budget import Budget
 
-RUNTIME = Path(__file__).with_name("probe_runtime.py")
+RUNTIME = Path(__file__).with_name("runtime.py")
 MAX_RERUNS = 2  # a notebook runs at most this many more times, each without a cell that crashed it
 MAX_STATUS_BYTES = 64 * 1024 * 1024  # the whole status stream of one run
 MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10.7 MB in base64: MAX_NPY_CHARS)

@@ -1,6 +1,6 @@
 """Judge (trusted): run the assignment's Otter tests against extracted data, in a clean process.
 
-Started as ``python -I -m autograder.judge`` by :mod:`autograder.engine` after the submission's
+Started as ``python -I -m autograder.judge.judge`` by :mod:`autograder.judge.pipeline` after the submission's
 processes are gone.  It reads one JSON request on stdin: the Otter test files and the
 student-side check module (both read from the autograder zip before the submission ran), and
 the values the probe extracted.  It never imports or executes student code: values are plain
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from autograder.sandbox import MAX_ERROR_CHARS, clean_text, decode_npy
+from autograder.probe.sandbox import MAX_ERROR_CHARS, clean_text, decode_npy
 
 
 MAX_MESSAGE_CHARS = 5_000  # a failed check's message (it may quote student values)
@@ -83,7 +83,7 @@ class ExtractedModel:
             raise AssertionError("Retraining is turned off for this run (--no-retrain), so accuracy was not measured.")
         if self.retrain.get("pending"):
             raise AssertionError("Retraining has not finished yet; this score is provisional.")
-        from autograder.retrain import RetrainReport
+        from autograder.verifier.retrain import RetrainReport
 
         report = self.last_report
         if not isinstance(report, dict):

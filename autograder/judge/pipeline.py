@@ -3,8 +3,8 @@
 Otter 7 runs tests inside the student's kernel, after the student's code, with the hidden
 tests on the same disk; a submission can patch ``numpy``, return objects whose ``__eq__``
 lies, or write the results itself.  Here the same Otter test files run in a fresh process
-that never loaded student code (:mod:`autograder.judge`), on values that came out of the
-sandbox (:mod:`autograder.sandbox`) as plain data.
+that never loaded student code (:mod:`autograder.judge.judge`), on values that came out of the
+sandbox (:mod:`autograder.probe.sandbox`) as plain data.
 
 :func:`grade_notebook` returns one JSON-able result per submission (schema in the README).
 """
@@ -26,12 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from autograder import __version__, checks
-from autograder.budget import Budget
-from autograder.sandbox import Limits, probe
+from autograder import __version__
+from assignments.cnn_mnist import checks
+from autograder.verifier.budget import Budget
+from autograder.probe.sandbox import Limits, probe
 
 RESULT_SCHEMA_VERSION = 1
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 JUDGE_MEMORY_MB = 8192  # the trusted judge's own limits: a fault there is a grader error
 JUDGE_SECONDS = 600.0
 
@@ -71,8 +72,8 @@ class Autograder:
 
 @dataclass
 class RetrainOptions:
-    """How the verifier retrains the submitted model (see :mod:`autograder.retrain`); the defaults
-    are the assignment's policy in :mod:`autograder.checks` and limits in :mod:`autograder.budget`."""
+    """How the verifier retrains the submitted model (see :mod:`autograder.verifier.retrain`); the defaults
+    are the assignment's policy in :mod:`assignments.cnn_mnist.checks` and limits in :mod:`autograder.verifier.budget`."""
 
     enabled: bool = True
     max_epochs: int = Budget.max_epochs
@@ -85,7 +86,7 @@ class RetrainOptions:
     data_subset: tuple[int, int] | None = None  # (training, test) images: quick checks only
 
     def settings(self):
-        from autograder import retrain
+        from autograder.verifier import retrain
 
         return retrain.Settings(budget=Budget(max_epochs=self.max_epochs, max_steps=self.max_steps),
                                 max_seconds=self.max_seconds, seeds=self.seeds, seed_margin=self.seed_margin,
@@ -100,7 +101,7 @@ class RetrainOptions:
 
 def _retrain_models(values: dict, options: RetrainOptions) -> dict[str, dict]:
     """Retrain every extracted model in its own process; the reports hold numbers and notes only."""
-    from autograder import retrain
+    from autograder.verifier import retrain
 
     reports = {}
     for name, data in values.items():
@@ -116,9 +117,7 @@ def _retrain_models(values: dict, options: RetrainOptions) -> dict[str, dict]:
 
 
 def _function_plan(variables: list[str]) -> dict[str, list[dict]]:
-    from autograder import checks
-
-    return {name: checks.probe_plan(name) for name in checks.REFERENCE_FUNCTIONS if name in variables}
+    return {k: v for k, v in checks.probe_plan().items() if k in variables}
 
 
 def _grader_fingerprint(extra: list[Path]) -> str:
@@ -155,7 +154,7 @@ class _WarmJudge:
     def start(cls) -> "_WarmJudge":
         # -I: no environment variables, no user site; the package is found where this one was loaded from
         bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
-                     "from autograder.judge import main, warm_up; warm_up(); main()")
+                     "from autograder.judge.judge import main, warm_up; warm_up(); main()")
 
         def no_core() -> None:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

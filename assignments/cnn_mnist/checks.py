@@ -1,6 +1,6 @@
 """What each question asks and how an answer is judged (the trusted side of every test).
 
-Every expected value is computed here from :mod:`autograder.reference`; nothing is pasted.
+Every expected value is computed here from :mod:`assignments.cnn_mnist.reference`; nothing is pasted.
 Each question also lists the answers that typical mistakes produce (flipped kernel, forgotten
 bias or input channels, same vs valid padding, pooling floor, axis order) so feedback can
 name the mistake instead of only saying "wrong".
@@ -9,7 +9,7 @@ Hidden tests call :func:`check_answer`, :func:`check_function`, :func:`check_mod
 :func:`check_accuracy`.  Their messages pass or fail in general terms: they never show a hidden
 input or an expected value, and do not repeat what the public check already said
 (:func:`explain_answer` and :func:`judge_function_output` hold the detail).  Public tests call the same-named functions of the student-side copy
-of :mod:`autograder.public_checks`, which :func:`render_public_module` fills with digests.
+of :mod:`assignments.cnn_mnist.public_checks`, which :func:`render_public_module` fills with digests.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from autograder import public_checks, reference
-from autograder.public_checks import canonical, digest
-from autograder.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
+from assignments.cnn_mnist import public_checks
+from assignments.cnn_mnist import reference
+from assignments.cnn_mnist.public_checks import canonical, digest
+from assignments.cnn_mnist.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
 
 # --- the givens shown in the notebook ----------------------------------------------------
 
@@ -499,7 +500,7 @@ def _public_case_table() -> dict:
 
 
 def render_public_module() -> str:
-    """Source of ``cnn_checks.py``: :mod:`autograder.public_checks` with its tables filled in."""
+    """Source of ``cnn_checks.py``: :mod:`assignments.cnn_mnist.public_checks` with its tables filled in."""
     source = inspect.getsource(public_checks)
     fills = {
         "ANSWER_DIGESTS: dict = {}": _public_digest_table(),
@@ -513,7 +514,8 @@ def render_public_module() -> str:
     return header + source
 
 
-def probe_plan(name: str) -> list[dict]:
-    """Every call the grading engine makes on a student's function in the sandbox (public + hidden)."""
-    return [{"args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args], "kwargs": dict(case.kwargs)}
-            for case in public_cases(name) + hidden_cases(name)]
+def probe_plan() -> dict[str, list[dict]]:
+    """Every call the grading engine makes on each student function in the sandbox (public + hidden)."""
+    return {name: [{"args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args], "kwargs": dict(case.kwargs)}
+                   for case in public_cases(name) + hidden_cases(name)]
+            for name in REFERENCE_FUNCTIONS}

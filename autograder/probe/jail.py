@@ -46,7 +46,7 @@ SLOT_DIR = Path("/run/cnn-grader-slots")
 WORK_INSIDE = "/sandbox"  # the working folder as the probe sees it under bwrap
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives")
 STARTUP_SECONDS = 300.0  # generous: the grader's own start-up is never charged to a submission
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 PROBE_PYTHON: str | None = None  # the interpreter submissions run under (None: the grader's own)
 
 
@@ -115,11 +115,23 @@ def choose_mode() -> str:
                     "--unsafe-no-isolation grades anyway and marks every result as not isolated.")
 
 
+def assignment_dirs() -> list[Path]:
+    """Where the ``assignments`` package (every assignment's answer key) lives, found without importing
+    any assignment: wherever it is installed (site-packages, ``lib/``), it is masked like the grader."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("assignments")
+    except (ImportError, ValueError):
+        return []
+    return [Path(p) for p in (found.submodule_search_locations or [])] if found else []
+
+
 def private_paths(extra=()) -> list[Path]:
     """What a submission must never see: the grader, its caches, inputs and outputs."""
     from autograder.data import cache_dir
 
-    paths = [PACKAGE_DIR, cache_dir(), Path.home() / ".cache" / "cnn-grader", Path.home() / ".keras"]
+    paths = [PACKAGE_DIR, *assignment_dirs(), cache_dir(), Path.home() / ".cache" / "cnn-grader", Path.home() / ".keras"]
     if (PACKAGE_DIR.parent / "pyproject.toml").is_file():  # an editable install: the whole repository
         paths.append(PACKAGE_DIR.parent)
     paths += [Path(p) for p in os.environ.get(ENV_PRIVATE, "").split(os.pathsep) if p]
@@ -414,8 +426,8 @@ for mod in args["imports"]:
     except BaseException as e:
         out["imports"][mod] = (type(e).__name__ + ": " + str(e))[:300]
 try:  # a masked package folder may still import as an empty namespace package: the code must not
-    import autograder.reference
-    out["grader"] = str(autograder.reference.__file__)
+    import assignments.cnn_mnist.reference
+    out["grader"] = str(assignments.cnn_mnist.reference.__file__)
 except BaseException:
     out["grader"] = None
 out["readable"] = []

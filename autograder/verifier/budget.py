@@ -3,7 +3,7 @@
 The cost of a retrain is counted in optimizer steps and in estimated multiply-adds, never in
 seconds, so the verdict is the same on a laptop, in CI and on Gradescope.  Shapes, parameters,
 multiply-adds per image and activation memory are worked out from the canonical layers of
-:mod:`autograder.rebuild` without building anything.
+:mod:`autograder.verifier.rebuild` without building anything.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from autograder.rebuild import RefusedModel
+from autograder.verifier.rebuild import RefusedModel
 
 TRAIN_IMAGES = 60_000
 

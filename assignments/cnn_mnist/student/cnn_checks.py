@@ -5,11 +5,11 @@ This file is shipped next to the student notebook as ``cnn_checks.py``.  Otter p
 of a failing test, so public tests only call these functions; and this module holds no
 expected values, only SHA-256 digests of canonical answers (and of the answers that typical
 mistakes produce, so feedback can name the mistake).  The build fills ``ANSWER_DIGESTS``,
-``EXPECTED_LAYERS`` and ``PUBLIC_CASES`` from :mod:`autograder.checks`, which computes them
+``EXPECTED_LAYERS`` and ``PUBLIC_CASES`` from :mod:`assignments.cnn_mnist.checks`, which computes them
 with the reference implementation.
 
 It imports only the standard library and numpy, so it works wherever the notebook runs.  The
-trusted grader (:mod:`autograder.checks`) reuses :func:`canonical` so both sides agree on
+trusted grader (:mod:`assignments.cnn_mnist.checks`) reuses :func:`canonical` so both sides agree on
 what "the same answer" means.
 """
 
@@ -33,7 +33,7 @@ __all__ = [
     "not_implemented_message",
 ]
 
-# --- filled by the build (autograder.checks.render_public_module) -------------------------
+# --- filled by the build (assignments.cnn_mnist.checks.render_public_module) -------------------------
 ANSWER_DIGESTS: dict = {'conv_small': {'answer': '3f4676b33301d9e6fad06c08e810951ce4bf8a3e37a10191fb857cac05d1feec',
                 'describe': 'a 2x2 numpy array',
                 'hint': 'Top-left entry: f1*a + f2*b + f3*d + f4*e.',
