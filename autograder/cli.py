@@ -73,6 +73,8 @@ def grade(
     autograder_zip: Optional[Path] = typer.Option(
         None, "--autograder", help="Autograder zip from `build` (default: build it from solutions/)."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Submissions graded in parallel (0: one per core)."),
+    warm: int = typer.Option(1, "--warm", help="Jails and judges each worker starts ahead of its next submission "
+                             "(0: start each one when needed; each waiting jail holds about 0.8 GB)."),
     force: bool = typer.Option(False, "--force", help="Regrade submissions that already have a result."),
     retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Retrain the model from scratch to verify accuracy."),
     seeds: int = typer.Option(3, "--seeds", help="Near the threshold, retrain up to k seeds and score the median."),
@@ -131,7 +133,7 @@ def grade(
         built = builder.build_all(out / "_autograder")
         autograder_zip = built[0].autograder_zip
     options = batch.BatchOptions(
-        jobs=jobs or max(os.cpu_count() or 1, 1), force=force, real_fit=real_fit, ray=ray, ray_address=ray_address,
+        jobs=jobs or max(os.cpu_count() or 1, 1), warm=warm, force=force, real_fit=real_fit, ray=ray, ray_address=ray_address,
         canvas=canvas,
         limits=Limits(cell_seconds=cell_seconds, notebook_seconds=notebook_seconds, memory_mb=memory_mb),
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,

@@ -197,7 +197,8 @@ def summarize(results: list[dict], plan: list[dict], wall: float, peak_mib: floa
     per_recipe_full = (train_seconds / len(misses) * scale) if misses else None
     hostile = [p for p in plan if p["hostile"]]
     summary = {
-        "submissions": len(plan), "graded": len(results), "jobs": jobs, "wall_seconds": round(wall, 1),
+        "submissions": len(plan), "graded": len(results), "jobs": jobs,
+        "warm_starts": sum(all((r.get("execution") or {}).get("warm_starts") or [False]) for r in results), "wall_seconds": round(wall, 1),
         "throughput_per_minute": round(len(results) / wall * 60, 2), "peak_mib": round(peak_mib),
         "statuses": {s: sum(r["status"] == s for r in results) for s in {r["status"] for r in results}},
         "models_retrained": len(misses), "cache_hits": hits,
@@ -254,6 +255,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--jobs", type=int, default=0, help="workers (0: one per core)")
     ap.add_argument("--subset", type=int, nargs=2, metavar=("TRAIN", "TEST"), default=None)
     ap.add_argument("--cell-seconds", type=float, default=60.0)
+    ap.add_argument("--warm", type=int, default=1, help="jails and judges started ahead per worker (0: cold)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--keep", type=Path, default=None, help="keep the class and the results in this folder")
     args = ap.parse_args(argv)
@@ -267,7 +269,7 @@ def main(argv=None) -> dict:
         plan = generate(root / "class", args.n, args.seed)
         (built,) = build.build_all(root / "dist", gradescope=False)
         options = batch.BatchOptions(
-            jobs=args.jobs or max(os.cpu_count() or 1, 1), progress=False,
+            jobs=args.jobs or max(os.cpu_count() or 1, 1), progress=False, warm=args.warm,
             limits=Limits(cell_seconds=args.cell_seconds, notebook_seconds=max(4 * args.cell_seconds, 240)),
             retrain=engine.RetrainOptions(cache_dir=str(root / "cache"), seeds=1,
                                           data_subset=tuple(args.subset) if args.subset else None))
@@ -284,7 +286,7 @@ def main(argv=None) -> dict:
     print(f"{summary['graded']} submissions in {summary['wall_seconds']} s with {summary['jobs']} workers: "
           f"{summary['throughput_per_minute']} per minute; peak memory {summary['peak_mib']} MiB "
           f"(load average {summary['load_average_before'][0]} before, {summary['load_average_after'][0]} after)")
-    print(f"statuses: {summary['statuses']}")
+    print(f"statuses: {summary['statuses']}; probes started warm: {summary['warm_starts']} of {summary['graded']}")
     print(f"retraining: {summary['models_retrained']} models trained, {summary['cache_hits']} cache hits "
           f"({summary['distinct_recipes_in_class']} distinct recipes in the class); {summary['training_seconds']} s "
           f"training = {summary['training_share_of_wall']:.0%} of the wall time")
