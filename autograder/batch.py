@@ -42,6 +42,7 @@ class BatchOptions:
     canvas: str | None = None  # the Canvas gradebook column, "Title (assignment id)"; None: no import file
     archives: ArchiveLimits = field(default_factory=ArchiveLimits)
     warm: int = 1  # jails and judges each worker starts ahead of its next submission (0: every start cold)
+    probe_threads: int = 1  # CPU threads per probe (0: TensorFlow's default, every core); retraining keeps all
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -101,6 +102,9 @@ def run_batch(paths: list[Path], autograder_zip: Path, out: Path, options: Batch
     from autograder.probe import jail
 
     jail.add_private_paths([out, autograder_zip.parent, *paths])  # no submission may see these
+    from autograder.probe import sandbox
+
+    os.environ[sandbox.ENV_PROBE_THREADS] = str(options.probe_threads)  # inherited by the workers
     subs = collect(paths, out, options.archives)
     todo = [s for s in subs if options.force or _needs_grading(result_path(out, s.id))]
     started = time.monotonic()

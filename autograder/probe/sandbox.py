@@ -330,6 +330,21 @@ def _rlimits(file_size_mb: int, slot_uid: bool):
     return apply
 
 
+ENV_PROBE_THREADS = "CNN_GRADER_PROBE_THREADS"
+PROBE_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
+                          "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def probe_threads() -> int:
+    """CPU threads a probe's TensorFlow and BLAS may use (``CNN_GRADER_PROBE_THREADS``; 0 or unset: their
+    defaults).  The batch grader sets 1, so that probes beside a retrain do not oversubscribe the cores;
+    ``--real-fit`` probes, which train, keep the defaults."""
+    try:
+        return max(int(os.environ.get(ENV_PROBE_THREADS, "0")), 0)
+    except ValueError:
+        return 0
+
+
 @dataclass(frozen=True)
 class _ProbeSpec:
     """Everything a jail's start-up depends on: a warm jail serves only work with the same spec."""
@@ -341,6 +356,7 @@ class _ProbeSpec:
     mode: str
     keras_backend: str | None
     registered_private: tuple
+    threads: int = 0  # CPU threads for TensorFlow and BLAS in the probe (0: their defaults, every core)
 
 
 class _WarmProbe:
@@ -364,6 +380,8 @@ class _WarmProbe:
                             "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""})
             if spec.keras_backend:
                 env["KERAS_BACKEND"] = spec.keras_backend
+            if spec.threads > 0:  # beside a retrain that uses every core: the probe's cells are light
+                env.update({name: str(spec.threads) for name in PROBE_THREAD_VARIABLES})
             cmd = jail.command([jail.python, "-I", runtime, setup])
             status_r, status_w = os.pipe()
             try:
@@ -573,7 +591,8 @@ class _Run:
         limits = self.limits
         spec = _ProbeSpec(str(mnist_npz) if mnist_npz else None, self.real_fit, limits.file_size_mb,
                           jails.probe_python(), jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
-                          tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))))
+                          tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))),
+                          0 if self.real_fit else probe_threads())
         started = warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
         into.warm_starts.append(started is not None)
         if started is None:
