@@ -56,12 +56,17 @@ class Pool:
         with self._lock:
             for entry in list(self._items):
                 k, item = entry
+                if item.alive() and (k != key or found is not None):
+                    continue
                 if not item.alive():
                     self._items.remove(entry)
                     stale.append(item)
-                elif found is None and k == key and fits(item):
+                elif k == key:
                     self._items.remove(entry)
-                    found = item
+                    if fits(item):
+                        found = item
+                    else:  # started for work it cannot serve (e.g. it does not hide a newly private folder)
+                        stale.append(item)
         for item in stale:
             self._discard(item)
         self.stats["taken_warm" if found else "started_cold"] += 1
@@ -72,8 +77,16 @@ class Pool:
         """Start one more process for ``key`` in the background, unless ``size`` are waiting or starting."""
         if self.size <= 0:
             return
+        evicted = []
         with self._lock:
+            while len(self._items) + sum(self._pending.values()) >= self.size and \
+                    any(k != key for k, _ in self._items):  # what waits for other work makes room
+                entry = next(e for e in self._items if e[0] != key)
+                self._items.remove(entry)
+                evicted.append(entry[1])
             if self._closed or len(self._items) + sum(self._pending.values()) >= self.size:
+                for item in evicted:
+                    self._discard(item)
                 return
             self._pending[key] = self._pending.get(key, 0) + 1
             if self._queue is None:
@@ -81,6 +94,8 @@ class Pool:
                 threading.Thread(target=self._spawner, args=(self._queue,), daemon=True,
                                  name=f"warm-{self.name}").start()
                 _register(self)
+        for item in evicted:
+            self._discard(item)
         self._queue.put((key, start))
 
     def _spawner(self, jobs: queue.Queue) -> None:
