@@ -56,9 +56,10 @@ class Dataset:
     train_size: int  # images the verifier trains on
     test_size: int  # images it measures on
     pixel_scale: float = 255.0  # preprocessing: x / pixel_scale (raw pixels when the notebook trained on raw)
-    # a verified file copied read-only into every probe, so the notebook's own loading call works offline
-    # (for MNIST: Keras' ``mnist.npz``); None when the data ships with a package the sandbox can import
-    probe_file: Callable[[], Path] | None = None
+    # ``probe_file(allow_network=True) -> Path``: a verified file copied read-only into every probe, so the
+    # notebook's own loading call works offline (for MNIST: Keras' ``mnist.npz``; the probe runtime points
+    # keras.datasets.mnist at it); None when the data ships inside a package the sandbox can import
+    probe_file: Callable[..., Path] | None = None
 
     def describe(self) -> dict:
         """The plain, JSON-able facts (for the verifier's job and cache key)."""

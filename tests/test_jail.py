@@ -215,6 +215,8 @@ def _outer_wrapper(home: Path, uid: int, binds: dict | None = None) -> list[str]
     for tree in trees:
         args += _parents(tree, covered) + ["--ro-bind", tree, tree]
     args += _parents(str(jail.PACKAGE_DIR), covered) + ["--ro-bind", str(home / "pkg"), str(jail.PACKAGE_DIR)]
+    (assignments,) = jail.assignment_dirs()  # the answer keys: a copy owned by the grader, like its package
+    args += _parents(str(assignments), covered) + ["--ro-bind", str(home / "assignments"), str(assignments)]
     for source, seen in {str(home): str(home), **(binds or {})}.items():
         args += _parents(seen, covered) + ["--bind", source, seen]
     args += ["--chdir", str(home), "--setenv", "HOME", str(home), "--setenv", "CNN_GRADER_CACHE", str(home / "cache")]
@@ -247,14 +249,15 @@ def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict, 
 
     (home / "cache").mkdir(parents=True)
     shutil.copytree(jail.PACKAGE_DIR, home / "pkg", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(jail.assignment_dirs()[0], home / "assignments", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(data.cache_dir() / "mnist.npz", home / "cache" / "mnist.npz")
     shutil.copy(autograder, home / "autograder.zip")
     shutil.copy(notebook, home / "sub.ipynb")
     for p in [home, *home.rglob("*")]:
         os.chown(p, uid, uid, follow_symlinks=False)
-    for p in (home, home / "pkg", home / "cache"):
+    for p in (home, home / "pkg", home / "assignments", home / "cache"):
         p.chmod(0o700)
-    code = ("import json\nfrom autograder import engine\n"
+    code = ("import json\nfrom autograder.judge import pipeline as engine\n"
             "r = engine.grade_notebook('sub.ipynb', 'autograder.zip', retrain=engine.RetrainOptions(enabled=False),"
             f" limits=engine.Limits(cell_seconds=30, notebook_seconds=240, memory_mb={memory_mb}))\n"
             "print('@@RESULT@@' + json.dumps(r))")
@@ -604,7 +607,7 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
                     "--disable-pip-version-check", str(repo)], check=True, cwd=tmp_path)
     nb = tmp_path / "subs" / "solution.ipynb"
     nb.parent.mkdir()
-    attack = nbformat.v4.new_code_cell("try:\n    from autograder import reference\n    print('IMPORTED')\nexcept ImportError:\n"
+    attack = nbformat.v4.new_code_cell("try:\n    from assignments.cnn_mnist import reference\n    print('IMPORTED')\nexcept ImportError:\n"
                                        "    print('BLOCKED')")
     solution = nbformat.read(samples.SAMPLES_DIR / "solution.ipynb", as_version=4)
     solution.cells.insert(3, attack)
@@ -629,7 +632,7 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
 @pytest.mark.parametrize("limit, expected", [({"memory_mb": 20}, "memory limit (20 MiB)"),
                                              ({"timeout": 0.3}, "time limit")])
 def test_the_judge_runs_under_memory_and_time_limits(limit, expected):
-    request = {"tests": {}, "public_module": "", "values": {}, "functions": {}, "retrain": None}
+    request = {"tests": {}, "public_module": "", "public_module_name": "cnn_checks", "values": {}, "functions": {}, "retrain": None}
     assert engine._run_judge(request) == {"questions": [], "retrain": None}  # within its limits: judged
     with pytest.raises(engine.GraderError, match=re.escape(expected)):
         engine._run_judge(request, **limit)

@@ -27,6 +27,7 @@ from assignments.cnn_mnist import public_checks
 from assignments.cnn_mnist import reference
 from assignments.cnn_mnist.public_checks import canonical, digest
 from assignments.cnn_mnist.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
+from assignments.cnn_mnist.spec import ASSIGNMENT
 
 # --- the givens shown in the notebook ----------------------------------------------------
 
@@ -37,7 +38,7 @@ RGB_SIZE, RGB_K, RGB_FILTERS = 32, 3, 16  # 32x32 RGB image, 3x3 filters, 16 of 
 POOL_INPUT = np.array(
     [[1, 3, 2, 0, 7], [4, 6, 1, 5, 2], [0, 2, 9, 1, 3], [8, 1, 3, 4, 6], [5, 7, 2, 8, 1]]
 )
-ACCURACY_THRESHOLD = 0.99
+ACCURACY_THRESHOLD = ASSIGNMENT.training.threshold  # the policy lives in spec.py
 
 GIVENS = {
     "image_3x3": SMALL_IMAGE,
@@ -403,11 +404,11 @@ def check_model(model) -> None:
         raise AssertionError("The model's layers do not match the lesson's CNN; the public check says where.") from None
 
 
-# --- training policy (one place; `grade --require-lesson-model` overrides the first) -----------
+# --- training policy (in spec.py; `grade --require-lesson-model` overrides the first) ----------
 
-REQUIRE_LESSON_MODEL = False  # True: training credit only for the lesson's exact architecture
-SEED_MARGIN = 0.003  # a first retrained accuracy this close to the threshold gets more seeds
-MAX_SEEDS = 3  # ... up to this many in all; the median is scored
+REQUIRE_LESSON_MODEL = ASSIGNMENT.training.require_lesson_model  # True: credit only for the lesson's architecture
+SEED_MARGIN = ASSIGNMENT.training.seed_margin  # a first accuracy this close to the threshold gets more seeds
+MAX_SEEDS = ASSIGNMENT.training.max_seeds  # ... up to this many in all; the median is scored
 
 
 def training_policy(require_lesson_model: bool = REQUIRE_LESSON_MODEL) -> str:
@@ -448,10 +449,9 @@ def check_accuracy(model, threshold: float = ACCURACY_THRESHOLD) -> None:
 
 def evaluate_live_model(model) -> float:
     """Accuracy of a live Keras model on the 10,000 MNIST test images, scaled by 1/255."""
-    from autograder.data import load_mnist
-
-    _, (x_test, y_test) = load_mnist()
-    x = x_test.reshape(-1, 28, 28, 1).astype("float32") / 255.0
+    data = ASSIGNMENT.dataset
+    _, (x_test, y_test) = data.load()
+    x = x_test.reshape(-1, *data.input_shape).astype("float32") / data.pixel_scale
     probs = np.asarray(model.predict(x, batch_size=1000, verbose=0))
     return float(np.mean(np.argmax(probs, axis=-1) == y_test))
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from autograder import protocol
 from autograder.probe.sandbox import MAX_ERROR_CHARS, clean_text, decode_npy
 
 
@@ -49,7 +50,7 @@ class Replay:
         out = self._outputs.get(case_key(args, kwargs))
         if out is None:
             raise AssertionError(f"{self.__name__} was not run on this input while grading")
-        if out.get("status") != "ok":
+        if out.get("status") != protocol.OK:
             raise RuntimeError(clean_text(out.get("message", "failed"), MAX_ERROR_CHARS))
         return decode_npy(out["npy"])
 
@@ -102,17 +103,17 @@ def build_env(values: dict, functions: dict, retrain: dict | None) -> dict[str, 
     for name, data in values.items():
         status = (data or {}).get("status")
         try:
-            if status == "json":
+            if status == protocol.JSON:
                 env[name] = data["value"]
-            elif status == "array":
+            elif status == protocol.ARRAY:
                 env[name] = decode_npy(data["npy"])
-            elif status == "function":
+            elif status == protocol.FUNCTION:
                 env[name] = Replay(name, functions.get(name, []), data.get("outputs"))
-            elif status == "model":
+            elif status == protocol.MODEL:
                 env[name] = ExtractedModel(data["config"], data.get("fits") or [], retrain, name)
-            elif status == "unanswered":
+            elif status == protocol.UNANSWERED:
                 env[name] = ...
-            elif status == "error":
+            elif status == protocol.ERROR:
                 env[name] = ExtractionFailed(name, str(data.get("message")))
             # "missing": left out, so Otter's convention (None) applies
         except Exception as exc:
@@ -153,9 +154,10 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
 
 
 def judge(request: dict) -> dict:
-    public = types.ModuleType("cnn_checks")
-    exec(compile(request["public_module"], "cnn_checks.py", "exec"), public.__dict__)
-    sys.modules["cnn_checks"] = public
+    name = request["public_module_name"]  # the student-side check module the public tests import
+    public = types.ModuleType(name)
+    exec(compile(request["public_module"], f"{name}.py", "exec"), public.__dict__)
+    sys.modules[name] = public
     env = build_env(request["values"], request["functions"], request.get("retrain"))
     questions = run_tests(request["tests"], env)
     retrain_reports = [v.last_report for v in env.values() if isinstance(v, ExtractedModel) and v.last_report]
@@ -174,7 +176,7 @@ def warm_up() -> None:
 def main() -> None:
     request = json.load(sys.stdin)
     out = judge(request)
-    sys.stdout.write("\n@@JUDGE@@" + json.dumps(out) + "\n")
+    sys.stdout.write(protocol.JUDGE_REPLY + json.dumps(out) + "\n")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ sandbox (:mod:`autograder.probe.sandbox`) as plain data.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,14 +25,15 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from autograder import __version__
-from assignments.cnn_mnist import checks
-from autograder.verifier.budget import Budget
+if TYPE_CHECKING:
+    from autograder.spec import AssignmentSpec, TrainingPolicy
+
+from autograder import __version__, protocol
 from autograder.probe.sandbox import Limits, probe
+from autograder.result import GRADER_ERROR, RESULT_SCHEMA_VERSION, GradeResult  # noqa: F401 (re-exported)
 
-RESULT_SCHEMA_VERSION = 1
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 JUDGE_MEMORY_MB = 8192  # the trusted judge's own limits: a fault there is a grader error
 JUDGE_SECONDS = 600.0
@@ -43,22 +45,36 @@ class GraderError(RuntimeError):
 
 @dataclass(frozen=True)
 class Autograder:
-    """The parts of an Otter autograder zip the engine needs, read once into memory."""
+    """The parts of an Otter autograder zip the engine needs, read once into memory.
+
+    ``name`` is the assignment's name as Otter recorded it (``otter_config.json``:
+    ``assignment_name``); everything else the engine needs comes from that assignment's spec."""
 
     name: str
     tests: dict[str, str]  # file name -> exception-format Otter test source
-    public_module: str  # files/cnn_checks.py
+    public_module: str  # files/<spec.public_module_name>: the student-side check module
     sha256: str
 
     @classmethod
     def from_zip(cls, path: str | os.PathLike) -> "Autograder":
+        """Read a zip built by ``autograder build``; :class:`~autograder.registry.UnknownAssignment`
+        when it names an assignment this grader does not have installed."""
+        from autograder import registry
+
         raw = Path(path).read_bytes()
         with zipfile.ZipFile(path) as z:
             tests = {n.split("/", 1)[1]: z.read(n).decode() for n in z.namelist()
                      if n.startswith("tests/") and n.endswith(".py")}
             config = json.loads(z.read("otter_config.json"))
-            public = z.read("files/cnn_checks.py").decode()
-        return cls(config.get("assignment_name", Path(path).stem), tests, public, hashlib.sha256(raw).hexdigest())
+            name = config.get("assignment_name") or Path(path).stem
+            public = z.read(f"files/{registry.get(name).public_module_name}").decode()
+        return cls(name, tests, public, hashlib.sha256(raw).hexdigest())
+
+    @property
+    def spec(self) -> "AssignmentSpec":
+        from autograder import registry
+
+        return registry.get(self.name)
 
     def variables(self) -> list[str]:
         """Every name a test function takes: the values to extract from the notebook."""
@@ -72,34 +88,51 @@ class Autograder:
 
 @dataclass
 class RetrainOptions:
-    """How the verifier retrains the submitted model (see :mod:`autograder.verifier.retrain`); the defaults
-    are the assignment's policy in :mod:`assignments.cnn_mnist.checks` and limits in :mod:`autograder.verifier.budget`."""
+    """How the verifier retrains the submitted model (see :mod:`autograder.verifier.retrain`).
+
+    A field left at ``None`` takes the assignment's value from its spec
+    (:class:`autograder.spec.TrainingPolicy`, whose budget is :class:`autograder.verifier.budget.Budget`);
+    a value given here (``grade --seeds 1``) overrides it for every assignment of the run."""
 
     enabled: bool = True
-    max_epochs: int = Budget.max_epochs
-    max_steps: int = Budget.max_steps
-    max_seconds: float = 1800.0  # safety net per training run: hitting it is a grader error
-    seeds: int = checks.MAX_SEEDS
-    seed_margin: float = checks.SEED_MARGIN
-    require_lesson_model: bool = checks.REQUIRE_LESSON_MODEL
+    max_epochs: int | None = None
+    max_steps: int | None = None
+    max_seconds: float | None = None  # safety net per training run: hitting it is a grader error
+    seeds: int | None = None
+    seed_margin: float | None = None
+    require_lesson_model: bool | None = None
     cache_dir: str | None = "default"  # None: no cache
     data_subset: tuple[int, int] | None = None  # (training, test) images: quick checks only
 
-    def settings(self):
+    def policy(self, spec: "AssignmentSpec") -> "TrainingPolicy":
+        """The assignment's training policy with this run's overrides."""
+        p = spec.training
+        budget = dataclasses.replace(p.budget, **{k: v for k, v in (("max_epochs", self.max_epochs),
+                                                                    ("max_steps", self.max_steps)) if v is not None})
+        given = {k: getattr(self, k) for k in ("max_seconds", "seed_margin", "require_lesson_model")
+                 if getattr(self, k) is not None}
+        if self.seeds is not None:
+            given["max_seeds"] = self.seeds
+        return dataclasses.replace(p, budget=budget, **given)
+
+    def settings(self, spec: "AssignmentSpec"):
         from autograder.verifier import retrain
 
-        return retrain.Settings(budget=Budget(max_epochs=self.max_epochs, max_steps=self.max_steps),
-                                max_seconds=self.max_seconds, seeds=self.seeds, seed_margin=self.seed_margin,
-                                threshold=checks.ACCURACY_THRESHOLD,
+        policy = self.policy(spec)
+        return retrain.Settings(budget=policy.budget, max_seconds=policy.max_seconds, seeds=policy.max_seeds,
+                                seed_margin=policy.seed_margin, threshold=policy.threshold,
+                                assignment=spec.name,
                                 data_subset=tuple(self.data_subset) if self.data_subset else None)
 
-    def for_judge(self, reports: dict | None = None, pending: bool = False) -> dict | None:
+    def for_judge(self, spec: "AssignmentSpec", reports: dict | None = None, pending: bool = False) -> dict | None:
         if not self.enabled:
             return None
-        return {"reports": reports or {}, "pending": pending, "require_lesson_model": self.require_lesson_model}
+        policy = self.policy(spec)
+        return {"reports": reports or {}, "pending": pending, "require_lesson_model": policy.require_lesson_model,
+                "threshold": policy.threshold}
 
 
-def _retrain_models(values: dict, options: RetrainOptions) -> dict[str, dict]:
+def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec") -> dict[str, dict]:
     """Retrain every extracted model in its own process; the reports hold numbers and notes only."""
     from autograder.verifier import retrain
 
@@ -108,7 +141,7 @@ def _retrain_models(values: dict, options: RetrainOptions) -> dict[str, dict]:
         if (data or {}).get("status") != "model":
             continue
         try:
-            report = retrain.verify(data.get("config"), data.get("fits") or [], options.settings(),
+            report = retrain.verify(data.get("config"), data.get("fits") or [], options.settings(spec),
                                     cache_dir=options.cache_dir)
         except Exception as exc:  # noqa: BLE001 - the grader's fault, reported as such
             report = retrain.RetrainReport(grader_error=f"{type(exc).__name__}: {exc}")
@@ -116,14 +149,13 @@ def _retrain_models(values: dict, options: RetrainOptions) -> dict[str, dict]:
     return reports
 
 
-def _function_plan(variables: list[str]) -> dict[str, list[dict]]:
-    return {k: v for k, v in checks.probe_plan().items() if k in variables}
-
-
 def _grader_fingerprint(extra: list[Path]) -> str:
     """Hash of the grader's own code and inputs: a submission must not be able to change them."""
     h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")) + extra:
+    from autograder.probe.jail import assignment_dirs
+
+    code = [p for d in [PACKAGE_DIR, *assignment_dirs()] for p in sorted(Path(d).rglob("*.py"))]
+    for path in code + extra:
         if path.is_file():
             h.update(str(path).encode())
             h.update(path.read_bytes())
@@ -228,10 +260,10 @@ def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = J
     guard.join(timeout=5)
     if over:
         raise GraderError(f"the judge exceeded its {over[0]}")
-    marker = stdout.rfind("\n@@JUDGE@@")
+    marker = stdout.rfind(protocol.JUDGE_REPLY)
     if proc.returncode != 0 or marker < 0:
         raise GraderError(f"judge failed (exit {proc.returncode}): {stderr[-2000:]}")
-    return json.loads(stdout[marker + len("\n@@JUDGE@@"):])
+    return json.loads(stdout[marker + len(protocol.JUDGE_REPLY):])
 
 
 def grade_notebook(
@@ -247,66 +279,46 @@ def grade_notebook(
 
     ``on_partial`` receives the result judged without the retrained accuracy (``retrain_pending``
     is true, the training check says the score is provisional) before retraining starts."""
-    from autograder.data import ensure_mnist_npz
-
     started = time.monotonic()
     ag = autograder if isinstance(autograder, Autograder) else Autograder.from_zip(autograder)
+    spec = ag.spec
     zip_path = [] if isinstance(autograder, Autograder) else [Path(autograder)]
     variables = ag.variables()
-    functions = _function_plan(variables)
+    functions = spec.probe_plan(variables)
     before = _grader_fingerprint(zip_path)
-    result: dict = {
-        "schema": RESULT_SCHEMA_VERSION, "assignment": ag.name, "submission": str(notebook),
-        "status": "graded", "error": None, "score": 0.0, "max_score": 0.0, "questions": [],
-        "retrain": None, "limits_hit": [], "execution": {}, "isolation": {}, "versions": _versions(),
-    }
+    result = GradeResult(assignment=ag.name, submission=str(notebook), versions=_versions())
     private = [Path(autograder).resolve().parent] if zip_path else []
-    probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, mnist_npz=ensure_mnist_npz(),
+    data_file = spec.dataset.probe_file() if spec.dataset.probe_file else None
+    probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, mnist_npz=data_file,
                    private=private)
-    result["limits_hit"] = probed.limits_hit
-    result["isolation"] = probed.isolation
-    result["execution"] = {"seconds": probed.seconds, "cells": probed.cells, "skipped_cells": probed.skipped,
-                           "runs": probed.runs, "warm_starts": probed.warm_starts,
-                           "output_tail": probed.output[-20000:]}
+    result.limits_hit = probed.limits_hit
+    result.isolation = probed.isolation
+    result.execution = {"seconds": probed.seconds, "cells": probed.cells, "skipped_cells": probed.skipped,
+                        "runs": probed.runs, "warm_starts": probed.warm_starts,
+                        "output_tail": probed.output[-20000:]}
     if probed.grader_error:
-        result.update(status="grader_error", error=probed.grader_error)
-        return _finish(result, started)
+        return result.fail(probed.grader_error, GRADER_ERROR).finish(started).to_dict()
     if _grader_fingerprint(zip_path) != before:
-        result.update(status="error", error="the grader's files changed while the submission ran; not graded")
-        return _finish(result, started)
+        return result.fail("the grader's files changed while the submission ran; not graded").finish(started).to_dict()
     values = probed.values  # plain data, even when the run ended early
     if not probed.complete:
-        result.update(status="error", error=probed.crashed)
-    request = {"tests": ag.tests, "public_module": ag.public_module, "values": values,
-               "functions": functions, "retrain": retrain.for_judge()}
+        result.fail(probed.crashed)
+    request = protocol.judge_request(tests=ag.tests, public_module=ag.public_module,
+                                     public_module_name=spec.public_module_stem, values=values, functions=functions,
+                                     retrain=retrain.for_judge(spec))
     try:
         if retrain.enabled and any((d or {}).get("status") == "model" for d in values.values()):
             if on_partial is not None:
-                partial = _judged(dict(result), _run_judge({**request, "retrain": retrain.for_judge(pending=True)}))
-                on_partial({**partial, "retrain": None, "retrain_pending": True})
-            reports = _retrain_models(values, retrain)
-            request["retrain"] = retrain.for_judge(reports)
+                judged = _run_judge({**request, "retrain": retrain.for_judge(spec, pending=True)})
+                partial = dataclasses.replace(result, retrain_pending=True).judged(judged["questions"], None)
+                on_partial(partial.to_dict())
+            reports = _retrain_models(values, retrain, spec)
+            request["retrain"] = retrain.for_judge(spec, reports)
             failed = [r["grader_error"] for r in reports.values() if r.get("grader_error")]
             if failed:
-                result.update(status="grader_error", error=f"retraining failed: {failed[0]}")
+                result.fail(f"retraining failed: {failed[0]}", GRADER_ERROR)
         judged = _run_judge(request)
     except Exception as exc:  # the trusted side failed: not the submission's fault
-        result.update(status="grader_error",
-                      error=f"{result['error'] + '; ' if result['error'] else ''}grader error: {exc}")
-        return _finish(result, started)
-    return _finish(_judged(result, judged), started)
-
-
-def _judged(result: dict, judged: dict) -> dict:
-    result["questions"] = judged["questions"]
-    result["retrain"] = judged["retrain"]
-    result["score"] = round(sum(q["score"] for q in judged["questions"]), 6)
-    result["max_score"] = round(sum(q["max_score"] for q in judged["questions"]), 6)
-    return result
-
-
-def _finish(result: dict, started: float) -> dict:
-    result["seconds"] = round(time.monotonic() - started, 3)
-    if not result["max_score"]:
-        result["max_score"] = None
-    return result
+        result.fail(f"{result.error + '; ' if result.error else ''}grader error: {exc}", GRADER_ERROR)
+        return result.finish(started).to_dict()
+    return result.judged(judged["questions"], judged["retrain"]).finish(started).to_dict()

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from autograder.judge.pipeline import Autograder, RetrainOptions, grade_notebook
 from autograder.probe.sandbox import Limits
+from autograder.result import GradeResult
 
 #: The Gradescope timeout the README recommends (minutes); Gradescope allows 40 at most.
 DEFAULT_TIMEOUT_MINUTES = 40
@@ -133,14 +134,17 @@ def container_resources(proc_cgroup: Path = Path("/proc/self/cgroup"),
 
 
 def plan_limits(resources: ContainerResources, timeout_minutes: float, *, retrain: bool = True,
-                cell_seconds: float | None = None) -> tuple[Limits, RetrainOptions]:
+                cell_seconds: float | None = None, spec=None) -> tuple[Limits, RetrainOptions]:
     """The engine's limits, kept inside the container's so that Gradescope never kills the run first.
 
     Memory: the submission's processes get the container's memory less :data:`MEMORY_HEADROOM_MB`
     (never more than the engine's default).  Time: of the timeout less
     :data:`TIME_HEADROOM_SECONDS`, the notebook gets a third (at most the engine's default) and
     retraining the rest, shared by the seeds it may train."""
+    from autograder.spec import TrainingPolicy
+
     defaults, retrain_defaults = Limits(), RetrainOptions()
+    policy = spec.training if spec is not None else TrainingPolicy()  # the assignment's seeds and safety net
     memory_mb = defaults.memory_mb
     if resources.memory_mb is not None:
         memory_mb = max(256, min(memory_mb, resources.memory_mb - MEMORY_HEADROOM_MB))
@@ -148,8 +152,9 @@ def plan_limits(resources: ContainerResources, timeout_minutes: float, *, retrai
     notebook_seconds = min(defaults.notebook_seconds, budget / 3)
     cell = min(cell_seconds or defaults.cell_seconds, notebook_seconds)
     limits = dataclasses.replace(defaults, memory_mb=int(memory_mb), notebook_seconds=notebook_seconds, cell_seconds=cell)
-    per_run = (budget - notebook_seconds) / max(retrain_defaults.seeds, 1)  # a recipe may be trained per seed
-    options = dataclasses.replace(retrain_defaults, enabled=retrain, max_seconds=min(retrain_defaults.max_seconds, per_run))
+    per_run = (budget - notebook_seconds) / max(policy.max_seeds, 1)  # a recipe may be trained per seed
+    options = dataclasses.replace(retrain_defaults, enabled=retrain, max_seconds=min(policy.max_seconds, per_run),
+                                  seeds=policy.max_seeds)  # the seeds the time was shared among
     return limits, options
 
 
@@ -158,9 +163,12 @@ def plan_limits(resources: ContainerResources, timeout_minutes: float, *, retrai
 def autograder_from_source(source: Path) -> Autograder:
     tests = {p.name: p.read_text() for p in sorted((source / "tests").glob("*.py"))}
     config = json.loads((source / "otter_config.json").read_text())
-    public = (source / "files" / "cnn_checks.py").read_text()
+    from autograder import registry
+
+    name = config.get("assignment_name", "assignment")
+    public = (source / "files" / registry.get(name).public_module_name).read_text()
     digest = hashlib.sha256("".join(tests.values()).encode() + public.encode()).hexdigest()
-    return Autograder(config.get("assignment_name", "assignment"), tests, public, digest)
+    return Autograder(name, tests, public, digest)
 
 
 def find_notebook(submission: Path, assignment: str) -> tuple[Path | None, str | None]:
@@ -278,21 +286,22 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
         "the autograder was stopped before it finished (Gradescope's timeout or memory limit?)", 0))
     try:
         resources = container_resources()
-        limits, options = plan_limits(resources, timeout_minutes, retrain=retrain, cell_seconds=cell_seconds)
         config = json.loads((root / "source" / "otter_config.json").read_text())
         show_hidden = bool(config.get("show_hidden", False))
-        ag = autograder_from_source(root / "source")
+        ag = autograder_from_source(root / "source")  # the assignment named in Otter's config: its spec
+        limits, options = plan_limits(resources, timeout_minutes, retrain=retrain, cell_seconds=cell_seconds,
+                                      spec=ag.spec)
         _diagnostics("container and limits", {"resources": resources, "limits": limits, "retrain": options,
                                               "timeout_minutes": timeout_minutes, "python": sys.executable})
-        from autograder.data import MNISTUnavailable, ensure_mnist_npz
-
-        try:  # provisioned by setup.sh; grading never fetches it
-            ensure_mnist_npz(allow_network=False)
-        except MNISTUnavailable as exc:
-            raise RuntimeError(f"MNIST is not provisioned in the image (setup.sh runs `python -m autograder data`): {exc}")
+        if ag.spec.dataset.probe_file is not None:
+            try:  # provisioned by setup.sh; grading never fetches it
+                ag.spec.dataset.probe_file(allow_network=False)
+            except Exception as exc:
+                raise RuntimeError(f"{ag.spec.dataset.name} is not provisioned in the image (setup.sh runs "
+                                   f"`python -m autograder data`): {exc}") from None
         notebook, problem = find_notebook(root / "submission", ag.name)
         if notebook is None:
-            result = {"status": "error", "score": 0.0, "questions": [], "error": problem}
+            result = GradeResult.error_row(problem, assignment=ag.name).to_dict()
         else:
             kwargs = {}
             if "on_partial" in inspect.signature(grade_notebook).parameters:

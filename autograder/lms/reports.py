@@ -117,12 +117,13 @@ def write_grades_csv(results: list[dict], path: Path) -> None:
     qs = question_names(results)
     with _private_writer(path) as f:
         w = csv.writer(f)
-        w.writerow(["id", "name", "email", *qs, "total", "max_score", "status", "error"])
+        w.writerow(["id", "name", "email", "assignment", *qs, "total", "max_score", "status", "error"])
         for r in sorted(results, key=lambda r: r["student"]["id"]):
             scores = {q["name"]: q["score"] for q in r.get("questions", [])}
             s = r["student"]
             total = "" if r["status"] == "grader_error" else r["score"]  # not a 0: nothing was graded
-            w.writerow([s["id"], s.get("name", ""), s.get("email", ""), *[scores.get(q, "") for q in qs],
+            w.writerow([s["id"], s.get("name", ""), s.get("email", ""), r.get("assignment") or "",
+                        *[scores.get(q, "") for q in qs],
                         total, r.get("max_score") or "", r["status"], r.get("error") or ""])
 
 
@@ -261,11 +262,25 @@ def _plots(results: list[dict]) -> list[tuple[str, str]]:
     if accs:
         fig, ax = plt.subplots(figsize=(7, 3))
         ax.hist(accs, bins=20, color="#8250df", edgecolor="white")
-        ax.axvline(0.99, color="#cf222e", linestyle="--", label="threshold 0.99")
+        for name, threshold in sorted(_thresholds(results).items()):
+            ax.axvline(threshold, color="#cf222e", linestyle="--", label=f"{name}: threshold {threshold:g}")
         ax.set_xlabel("test accuracy after retraining"), ax.legend()
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         plots.append(("Retrained test accuracy", _png(fig)))
     return plots
+
+
+def _thresholds(results: list[dict]) -> dict[str, float]:
+    """Each retrained assignment's accuracy threshold, from its spec (unknown names are left out)."""
+    from autograder import registry
+
+    out = {}
+    for name in {r.get("assignment") for r in results if r.get("retrain")} - {None}:
+        try:
+            out[name] = registry.get(name).training.threshold
+        except LookupError:
+            pass
+    return out
 
 
 def render_feedback(result: dict) -> str:
@@ -302,7 +317,7 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
     """Grade sheet, review list, Canvas import (when ``canvas``, the column, is given), feedback
     pages and the summary; every file readable by its owner only.  Returns the feedback pages
     that could not be written (and why); everything else is written regardless."""
-    assignment = next((r.get("assignment") for r in results if r.get("assignment")), "assignment")
+    assignment = ", ".join(sorted({r["assignment"] for r in results if r.get("assignment")})) or "assignment"
     os.chmod(out, 0o700)
     write_grades_csv(results, out / "grades.csv")
     if canvas:

@@ -425,11 +425,14 @@ for mod in args["imports"]:
         out["imports"][mod] = None
     except BaseException as e:
         out["imports"][mod] = (type(e).__name__ + ": " + str(e))[:300]
-try:  # a masked package folder may still import as an empty namespace package: the code must not
-    import assignments.cnn_mnist.reference
-    out["grader"] = str(assignments.cnn_mnist.reference.__file__)
-except BaseException:
-    out["grader"] = None
+out["grader"] = None
+for key in args["answer_keys"]:  # a masked package folder may still import as an empty namespace package
+    try:
+        module = __import__(key, fromlist=["_"])
+        out["grader"] = str(getattr(module, "__file__", key))
+        break
+    except BaseException:
+        pass
 out["readable"] = []
 for p in args["secrets"]:
     try:
@@ -449,9 +452,9 @@ deadline = time.monotonic() + args.get("hunt_seconds", 0)
 def secret(folder, name, names):
     if name == "autograder.zip":
         return True
-    if name == "reference.py":
-        return os.path.basename(folder) == "autograder" and "jail.py" in names
-    if name == "cnn_checks.py":
+    if name in ("reference.py", "checks.py"):  # an assignment package's answer key
+        return "spec.py" in names
+    if name in args["public_modules"]:  # a student-side check module beside hidden tests
         return "tests" in names
     return name.endswith(".ipynb") and os.path.basename(folder) in ("solution", "solutions")
 for top in args.get("hunt", []):
@@ -540,6 +543,11 @@ def _run_self_test(private, python: str, imports) -> dict:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
+    from autograder import registry
+
+    specs = registry.all_assignments()
+    answer_keys = [s.checks for s in specs] + [f"{s.package}.reference" for s in specs]  # what must not import
+    public_modules = sorted({s.public_module_name for s in specs})
     try:
         with open_jail(private, python=python) as jail:
             if jail.mode == "none":
@@ -548,6 +556,7 @@ def _run_self_test(private, python: str, imports) -> dict:
             script = jail.put("self_test.py", SELF_TEST.encode())
             args = jail.put("self_test.json", json.dumps({  # a file: the marker must not be on any command line
                 "secrets": secrets, "pid": sentinel.pid, "marker": marker, "imports": list(imports),
+                "answer_keys": answer_keys, "public_modules": public_modules,
                 "trees": python_trees(python, jail.private) if jail.mode == "bwrap" else [],
                 "skip": python_trees(python, []),
                 "port": listener.getsockname()[1],

@@ -11,7 +11,8 @@ bytes (never pickle), the Keras model as its JSON config plus the recorded fit s
 the outputs of student functions on inputs the grader chose.
 
 Everything goes back to the parent as JSON lines on the status pipe; the parent treats all
-of it as untrusted data.  This file imports nothing from :mod:`autograder`.
+of it as untrusted data.  This file imports nothing from :mod:`autograder` inside the jail: the
+message kinds, value statuses and caps come from :mod:`autograder.protocol`, copied beside it.
 """
 
 import base64
@@ -23,9 +24,29 @@ import signal
 import sys
 import time
 
+
+
+def _protocol():
+    """:mod:`autograder.protocol`: the copy beside this file in the jail (loaded before any student code
+    runs), or the package's own where the grader imports this module (tests)."""
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "autograder_protocol.py")
+    if os.path.isfile(here):
+        spec = importlib.util.spec_from_file_location("autograder_protocol", here)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    from autograder import protocol
+
+    return protocol
+
+
+P = _protocol()
 STATUS = None
-MAX_ARRAY_ELEMENTS = 1_000_000
-MAX_JSON_CHARS = 1_000_000
+GO = None  # the grader's go-ahead between cells (a pipe; None when the grader sends none)
+MAX_ARRAY_ELEMENTS = P.MAX_ARRAY_ELEMENTS
+MAX_JSON_CHARS = P.MAX_JSON_CHARS
 FIT_LOG = []  # list of (id(model), record)
 
 
@@ -33,6 +54,18 @@ def send(kind, **payload):
     payload["kind"] = kind
     line = json.dumps(payload, default=str) + "\n"
     os.write(STATUS, line.encode())
+
+
+def wait_for_go():
+    """Block until the grader has looked at the finished cell (its processes, its memory), so
+    what a cell leaves behind is never blamed on a later one.  End of file: the grader is gone."""
+    if GO is None:
+        return
+    try:
+        if not os.read(GO, 1):
+            os._exit(0)
+    except OSError:  # the notebook closed or replaced the descriptor: its own attribution only
+        pass
 
 
 def npy_b64(arr):
@@ -150,16 +183,16 @@ def plain(value, depth=0):
 
     import numpy as np
 
-    if depth > 6:
+    if depth > P.MAX_JSON_DEPTH:
         raise TypeError("nested too deeply")
     if value is None or isinstance(value, (bool, str)):
-        return value if not isinstance(value, str) else str(value)[:10_000]
+        return value if not isinstance(value, str) else str(value)[:P.MAX_JSON_STRING]
     if isinstance(value, numbers.Integral):
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
     if isinstance(value, (list, tuple)):
-        if len(value) > 10_000:
+        if len(value) > P.MAX_JSON_LIST:
             raise TypeError("list too long")
         return [plain(v, depth + 1) for v in value]
     if isinstance(value, np.ndarray) and value.ndim == 0:
@@ -171,46 +204,46 @@ def extract_value(name, value, functions):
     import numpy as np
 
     if value is Ellipsis:
-        return {"status": "unanswered"}
+        return {"status": P.UNANSWERED}
     if name in functions:
         if not callable(value):
-            return {"status": "error", "message": f"not a function ({type(value).__name__})"}
+            return {"status": P.ERROR, "message": f"not a function ({type(value).__name__})"}
         outputs = []
         for case in functions[name]:
-            send("step", label=f"probing {name}")
+            send(P.STEP, label=f"probing {name}")
             signal.signal(signal.SIGINT, signal.default_int_handler)
             args = [np.array(a, dtype=np.float64) for a in case["args"]]
             try:
                 out = np.array(value(*args, **case["kwargs"]), dtype=np.float64)
                 if out.size > MAX_ARRAY_ELEMENTS:
                     raise ValueError(f"output has {out.size} elements")
-                outputs.append({"status": "ok", "npy": npy_b64(out)})
+                outputs.append({"status": P.OK, "npy": npy_b64(out)})
             except KeyboardInterrupt:
-                outputs.append({"status": "error", "message": "TimeoutError: the call exceeded the time limit"})
+                outputs.append({"status": P.ERROR, "message": "TimeoutError: the call exceeded the time limit"})
             except BaseException as exc:  # noqa: BLE001 - student code may raise anything
-                outputs.append({"status": "error", "message": f"{type(exc).__name__}: {str(exc)[:300]}"})
-        return {"status": "function", "outputs": outputs}
+                outputs.append({"status": P.ERROR, "message": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        return {"status": P.FUNCTION, "outputs": outputs}
     if hasattr(value, "to_json") and hasattr(value, "layers"):
         config = value.to_json()
         if not isinstance(config, str) or len(config) > MAX_JSON_CHARS:
-            return {"status": "error", "message": "model config missing or too large"}
+            return {"status": P.ERROR, "message": "model config missing or too large"}
         json.loads(config)
         fits = [record for owner, record in FIT_LOG if owner == id(value)]
-        return {"status": "model", "config": config, "fits": fits}
+        return {"status": P.MODEL, "config": config, "fits": fits}
     if isinstance(value, np.ndarray) and value.ndim > 0:
         if value.size > MAX_ARRAY_ELEMENTS:
-            return {"status": "error", "message": f"array too large ({value.size} elements)"}
+            return {"status": P.ERROR, "message": f"array too large ({value.size} elements)"}
         if value.dtype.kind not in "biuf":
-            return {"status": "error", "message": f"array of dtype {value.dtype} is not numeric"}
-        return {"status": "array", "npy": npy_b64(np.array(value))}
+            return {"status": P.ERROR, "message": f"array of dtype {value.dtype} is not numeric"}
+        return {"status": P.ARRAY, "npy": npy_b64(np.array(value))}
     try:
         data = plain(value)
     except TypeError as exc:
-        return {"status": "error", "message": f"unsupported type {type(value).__name__} ({exc})"}
+        return {"status": P.ERROR, "message": f"unsupported type {type(value).__name__} ({exc})"}
     text = json.dumps(data)
     if len(text) > MAX_JSON_CHARS:
-        return {"status": "error", "message": "value too large"}
-    return {"status": "json", "value": data}
+        return {"status": P.ERROR, "message": "value too large"}
+    return {"status": P.JSON, "value": data}
 
 
 class _InertGrader:
@@ -249,9 +282,10 @@ def read_job(fd=0):
 
 
 def main():
-    global STATUS
+    global STATUS, GO
     setup = json.load(open(sys.argv[1]))  # start-up settings only: nothing of any submission
     STATUS = int(sys.argv[2])
+    GO = int(sys.argv[3]) if len(sys.argv) > 3 else None
 
     import importlib
 
@@ -270,34 +304,35 @@ def main():
         if not setup.get("real_fit"):
             install_fit_recorder()
     except Exception as exc:  # keras missing: the notebook's own imports will say so
-        send("note", message=f"setup: {type(exc).__name__}: {exc}")
+        send(P.NOTE, message=f"setup: {type(exc).__name__}: {exc}")
     # The grader's start-up ends here; this process may wait (warm) until the grader hands it one
     # submission on stdin.  The student's time starts with the first cell.
-    send("ready")
+    send(P.READY)
     job = read_job()
 
     for index, source in job["cells"]:
-        send("cell", index=index)
+        send(P.CELL, index=index)
         started = time.monotonic()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a previous cell may have changed it
         result = shell.run_cell(source, store_history=False)
         error = result.error_before_exec or result.error_in_exec
-        send("cell_done", index=index, seconds=round(time.monotonic() - started, 3),
+        send(P.CELL_DONE, index=index, seconds=round(time.monotonic() - started, 3),
              error=None if error is None else f"{type(error).__name__}: {str(error)[:500]}")
+        wait_for_go()
 
-    send("step", label="extract")
+    send(P.STEP, label="extract")
     namespace = shell.user_ns
     for name in job["variables"]:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if name not in namespace:
-            send("value", name=name, data={"status": "missing"})
+            send(P.VALUE, name=name, data={"status": P.MISSING})
             continue
         try:
             data = extract_value(name, namespace[name], job["functions"])
         except BaseException as exc:  # noqa: BLE001
-            data = {"status": "error", "message": f"{type(exc).__name__}: {str(exc)[:300]}"}
-        send("value", name=name, data=data)
-    send("done")
+            data = {"status": P.ERROR, "message": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        send(P.VALUE, name=name, data=data)
+    send(P.DONE)
     sys.stdout.flush()
     os._exit(0)  # skip interpreter teardown: student atexit handlers do not run
 

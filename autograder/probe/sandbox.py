@@ -39,20 +39,18 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from autograder import warm
+from autograder import protocol, warm
 from autograder.probe import jail as jails
 from autograder.verifier.budget import Budget
 
 RUNTIME = Path(__file__).with_name("runtime.py")
+PROTOCOL = Path(protocol.__file__)
 MAX_RERUNS = 2  # a notebook runs at most this many more times, each without a cell that crashed it
 MAX_STATUS_BYTES = 64 * 1024 * 1024  # the whole status stream of one run
 MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10.7 MB in base64: MAX_NPY_CHARS)
-MAX_ERROR_CHARS = 500
-# A value's fields, as the runtime itself bounds them (probe_runtime.plain / MAX_ARRAY_ELEMENTS / MAX_JSON_CHARS)
-MAX_JSON_DEPTH, MAX_JSON_LIST, MAX_JSON_STRING, MAX_JSON_CHARS = 6, 10_000, 10_000, 1_000_000
-MAX_ARRAY_ELEMENTS = 1_000_000
-MAX_NPY_CHARS = (MAX_ARRAY_ELEMENTS * 8 + 1024) * 4 // 3 + 8  # base64 of 1M float64 plus the .npy header
-MAX_FITS, MAX_FIT_CHARS = 20, 20_000
+# A value's fields, as the runtime itself bounds them: one definition, in autograder.protocol
+from autograder.protocol import (MAX_ARRAY_ELEMENTS, MAX_ERROR_CHARS, MAX_FIT_CHARS, MAX_FITS,  # noqa: E402
+                                 MAX_JSON_CHARS, MAX_JSON_DEPTH, MAX_JSON_LIST, MAX_JSON_STRING, MAX_NPY_CHARS)
 FIT_FIELDS = {"epochs", "batch_size", "initial_epoch", "validation_split", "has_validation_data", "shuffle",
               "class_weight", "sample_weight", "steps_per_epoch", "callbacks", "x", "y", "compile_config",
               "extra_kwargs"}
@@ -99,37 +97,37 @@ def checked_value(data, n_outputs: int | None) -> dict:
     Anything the runtime would never send (student code can write to the status pipe) becomes
     an ``error`` value with a short reason, never an oversized or malformed record."""
     def bad(why: str) -> dict:
-        return {"status": "error", "message": f"the sandbox sent an invalid value ({why})"}
+        return {"status": protocol.ERROR, "message": f"the sandbox sent an invalid value ({why})"}
 
     if not isinstance(data, dict):
         return bad("not a record")
     status = data.get("status")
-    if status in ("missing", "unanswered"):
+    if status in (protocol.MISSING, protocol.UNANSWERED):
         return {"status": status}
-    if status == "error":
-        return {"status": "error", "message": clean_text(data.get("message", ""))}
-    if status == "json":
+    if status == protocol.ERROR:
+        return {"status": protocol.ERROR, "message": clean_text(data.get("message", ""))}
+    if status == protocol.JSON:
         if "value" not in data or not _plain_ok(data["value"]):
             return bad("not plain data within the limits")
         if len(json.dumps(data["value"])) > MAX_JSON_CHARS:
             return bad("too large")
-        return {"status": "json", "value": _clean_strings(data["value"])}
-    if status == "array":
-        return {"status": "array", "npy": data["npy"]} if _npy_ok(data.get("npy")) else bad("array too large")
-    if status == "function":
+        return {"status": protocol.JSON, "value": _clean_strings(data["value"])}
+    if status == protocol.ARRAY:
+        return {"status": protocol.ARRAY, "npy": data["npy"]} if _npy_ok(data.get("npy")) else bad("array too large")
+    if status == protocol.FUNCTION:
         outputs = data.get("outputs")
         if not isinstance(outputs, list) or n_outputs is None or len(outputs) != n_outputs:
             return bad("not one output per planned call")
         kept = []
         for out in outputs:
-            if isinstance(out, dict) and out.get("status") == "ok" and _npy_ok(out.get("npy")):
-                kept.append({"status": "ok", "npy": out["npy"]})
-            elif isinstance(out, dict) and out.get("status") == "error":
-                kept.append({"status": "error", "message": clean_text(out.get("message", ""))})
+            if isinstance(out, dict) and out.get("status") == protocol.OK and _npy_ok(out.get("npy")):
+                kept.append({"status": protocol.OK, "npy": out["npy"]})
+            elif isinstance(out, dict) and out.get("status") == protocol.ERROR:
+                kept.append({"status": protocol.ERROR, "message": clean_text(out.get("message", ""))})
             else:
                 return bad("a malformed function output")
-        return {"status": "function", "outputs": kept}
-    if status == "model":
+        return {"status": protocol.FUNCTION, "outputs": kept}
+    if status == protocol.MODEL:
         config, fits = data.get("config"), data.get("fits")
         if not isinstance(config, str) or len(config) > Budget().max_config_chars:
             return bad(f"model config missing or over {Budget().max_config_chars:,} characters")
@@ -138,7 +136,7 @@ def checked_value(data, n_outputs: int | None) -> dict:
         for fit in fits:
             if not isinstance(fit, dict) or not set(fit) <= FIT_FIELDS or len(json.dumps(fit)) > MAX_FIT_CHARS:
                 return bad("a malformed fit record")
-        return {"status": "model", "config": clean_text(config, Budget().max_config_chars),
+        return {"status": protocol.MODEL, "config": clean_text(config, Budget().max_config_chars),
                 "fits": [_clean_strings(f) for f in fits]}
     return bad("unknown status")
 
@@ -363,8 +361,8 @@ class _WarmProbe:
     """A jail opened and its runtime started, importing what notebooks need; it gets its one submission
     on stdin after it says ``ready`` (:meth:`_Run.execute`).  Nothing of any submission is in it before."""
 
-    def __init__(self, stack: ExitStack, jail, child: subprocess.Popen, status_r: int):
-        self.stack, self.jail, self.child, self.status_r = stack, jail, child, status_r
+    def __init__(self, stack: ExitStack, jail, child: subprocess.Popen, status_r: int, go_w: int):
+        self.stack, self.jail, self.child, self.status_r, self.go_w = stack, jail, child, status_r, go_w
 
     @classmethod
     def start(cls, spec: _ProbeSpec, private) -> "_WarmProbe":
@@ -372,7 +370,8 @@ class _WarmProbe:
         try:
             jail = stack.enter_context(jails.open_jail(private, python=spec.python,
                                                        tmp_bytes=spec.file_size_mb * 1024 * 1024))
-            runtime = jail.put("probe_runtime.py", RUNTIME.read_bytes())
+            runtime = jail.put(protocol.RUNTIME_FILE, RUNTIME.read_bytes())
+            jail.put(protocol.PROTOCOL_FILE, PROTOCOL.read_bytes())  # the runtime loads it before any student code
             mnist = jail.copy_in("mnist.npz", Path(spec.mnist_npz)) if spec.mnist_npz else None
             setup = jail.put("setup.json", json.dumps({"real_fit": spec.real_fit, "mnist_npz": mnist}).encode())
             jail.hand_over()  # nothing is written into the folder after this
@@ -384,17 +383,21 @@ class _WarmProbe:
                 env.update({name: str(spec.threads) for name in PROBE_THREAD_VARIABLES})
             cmd = jail.command([jail.python, "-I", runtime, setup])
             status_r, status_w = os.pipe()
+            go_r, go_w = os.pipe()  # the grader's go-ahead between cells (see _Run._go_ahead)
+            os.set_blocking(go_w, False)
+            stack.callback(os.close, go_w)
             try:
                 child = subprocess.Popen(
-                    [*cmd, str(status_w)], cwd=jail.work, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, pass_fds=(status_w,), start_new_session=True,
-                    preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None))
+                    [*cmd, str(status_w), str(go_r)], cwd=jail.work, env=env, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(status_w, go_r),
+                    start_new_session=True, preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None))
             except BaseException:
                 os.close(status_r)
                 raise
             finally:
                 os.close(status_w)
-            return cls(stack, jail, child, status_r)
+                os.close(go_r)
+            return cls(stack, jail, child, status_r, go_w)
         except BaseException:
             stack.close()
             raise
@@ -516,6 +519,9 @@ class _Run:
         self.ignored = 0
         self.lock = threading.Lock()
         self.uid: int | None = None  # the slot uid, once the jail is open
+        self.root_pid: int | None = None  # the jail's outermost process, once started
+        self.process_culprit: int | None = None  # the cell that left too many processes behind
+        self.go_fd: int | None = None  # write end of the go-ahead pipe the runtime waits on between cells
         self.on_ready = None  # hands the submission over once the jail's start-up is done
 
     # -- status protocol --------------------------------------------------------------------
@@ -530,8 +536,21 @@ class _Run:
             accepted = self._accept(msg, kind, time.monotonic())
             if not accepted:
                 self.ignored += 1
-        if accepted and kind == "ready" and self.on_ready is not None:
+                return
+            if kind == protocol.CELL_DONE and self.process_culprit is None:
+                self._go_ahead()
+        if kind == protocol.READY and self.on_ready is not None:
             self.on_ready()
+
+    def _go_ahead(self) -> None:
+        """Let the runtime start its next cell.  Non-blocking: a notebook that reopened the
+        pipe and filled it only loses its own attribution, never stalls the grader."""
+        if self.go_fd is not None:
+            try:
+                os.write(self.go_fd, b"g")
+            except OSError:
+                pass
+        self.step_started = time.monotonic()  # the check above was the grader's time, not the student's
 
     def _begin_step(self, label: str, now: float) -> None:
         self.step, self.step_started = label, now
@@ -539,33 +558,36 @@ class _Run:
             self.notebook_started = now
 
     def _accept(self, msg: dict, kind, now: float) -> bool:
-        if kind == "ready" and self.phase == "startup":
+        if kind == protocol.READY and self.phase == "startup":
             self.phase = "cells"
             self.step, self.step_started = "between cells", now
             return True
-        if kind == "cell" and self.phase == "cells" and self.current is None:
+        if kind == protocol.CELL and self.phase == "cells" and self.current is None:
             index = msg.get("index")
             if self.position < len(self.expected) and type(index) is int and index == self.expected[self.position]:
                 self.current = index
                 self._begin_step(f"cell {index}", now)
                 return True
             return False
-        if kind == "cell_done" and self.phase == "cells" and self.current is not None:
+        if kind == protocol.CELL_DONE and self.phase == "cells" and self.current is not None:
             if msg.get("index") != self.current or type(msg.get("index")) is not int:
                 return False
             error = msg.get("error")
             error = None if error is None else clean_text(error)
             self.cells.append({"index": self.current, "seconds": round(now - self.step_started, 3), "error": error})
+            if self.process_culprit is None and self._process_count() > self.limits.max_processes:
+                # counted here, before the next cell starts, so a busy watcher cannot blame a later cell
+                self.process_culprit = self.current
             self.current = None
             self.position += 1
             self.step, self.step_started = "between cells", now  # the clock keeps running until the next cell
             return True
-        if kind == "step" and msg.get("label") == "extract" and self.phase == "cells" and self.current is None \
+        if kind == protocol.STEP and msg.get("label") == "extract" and self.phase == "cells" and self.current is None \
                 and self.position == len(self.expected):
             self.phase = "extract"
             self._begin_step("extract", now)
             return True
-        if kind == "step" and self.phase == "extract":
+        if kind == protocol.STEP and self.phase == "extract":
             label = msg.get("label")
             name = label[len("probing "):] if isinstance(label, str) and label.startswith("probing ") else None
             if name is not None and self.probe_steps.get(name, 0) > 0:
@@ -573,7 +595,7 @@ class _Run:
                 self._begin_step(f"probing {name}", now)
                 return True
             return False
-        if kind == "value" and self.phase == "extract" and self.value_position < len(self.variables):
+        if kind == protocol.VALUE and self.phase == "extract" and self.value_position < len(self.variables):
             name = self.variables[self.value_position]
             if msg.get("name") != name or not isinstance(msg.get("data"), dict):
                 return False
@@ -581,10 +603,16 @@ class _Run:
             self.values[name] = checked_value(msg["data"], planned)
             self.value_position += 1
             return True
-        if kind == "done" and self.phase == "extract" and self.value_position == len(self.variables):
+        if kind == protocol.DONE and self.phase == "extract" and self.value_position == len(self.variables):
             self.phase = "done"
             return True
         return False
+
+    def _process_count(self) -> int:
+        if self.root_pid is None:
+            return 0
+        procs = {p.pid for p in _tree(self.root_pid)}
+        return len(procs | {p.pid for p in _uid_processes(self.uid)})
 
     # -- one run ----------------------------------------------------------------------------
     def execute(self, nb, mnist_npz, private, into: ProbeResult) -> None:
@@ -611,15 +639,19 @@ class _Run:
                 pass  # it died: the watchdog reports it
 
         self.on_ready = lambda: threading.Thread(target=hand_over, daemon=True).start()
+        self.go_fd = started.go_w
         preexisting = _my_children() - {p.pid for p in _tree(child.pid)}
         try:
             self._watch(child, started.status_r, preexisting)
         finally:
             _kill_everything(child, preexisting)
+            with self.lock:
+                self.go_fd = None
             started.stack.close()
 
     def _watch(self, child: subprocess.Popen, status_r: int, preexisting: set[int]) -> None:
         limits = self.limits
+        self.root_pid = child.pid
         output = _BoundedBuffer(limits.output_kb * 1024)
 
         def read_output() -> None:
@@ -691,7 +723,11 @@ class _Run:
             if rss > limits.memory_mb * 1024 * 1024:
                 stop = (f"memory limit ({limits.memory_mb} MiB) exceeded during {step}", False)
                 break
-            if len(procs) > limits.max_processes:
+            with self.lock:
+                left_behind = self.process_culprit
+            if len(procs) > limits.max_processes or left_behind is not None:
+                if left_behind is not None:
+                    step = f"cell {left_behind}"
                 stop = (f"process limit ({limits.max_processes}) exceeded during {step}", False)
                 break
             if nb_started is not None and now - nb_started > limits.notebook_seconds:
@@ -711,7 +747,7 @@ class _Run:
                 elif over > 10:  # the interrupt was ignored: this run cannot go on
                     stop = (f"{step} ignored the interrupt", False)
                     break
-        culprit = self.current
+        culprit = self.current if self.process_culprit is None else self.process_culprit
         notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
         _kill_everything(child, preexisting)
         for t in threads:

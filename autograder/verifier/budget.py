@@ -13,9 +13,6 @@ from dataclasses import asdict, dataclass
 
 from autograder.verifier.rebuild import RefusedModel
 
-TRAIN_IMAGES = 60_000
-
-
 @dataclass(frozen=True)
 class Budget:
     """The assignment's limits (one place; ``RetrainOptions`` carries them to the verifier)."""
@@ -58,8 +55,9 @@ def _valid(n: int, k: int, s: int) -> int:
     return (n - k) // s + 1 if n >= k else 0
 
 
-def model_cost(model: dict) -> tuple[int, int, int]:
-    """(parameters, multiply-adds per image, activation values per image); refuses impossible shapes."""
+def model_cost(model: dict, num_classes: int | None = None, data_name: str = "the data") -> tuple[int, int, int]:
+    """(parameters, multiply-adds per image, activation values per image); refuses impossible shapes and,
+    given ``num_classes``, a model whose output is not one value per class."""
     shape = list(model["input_shape"])
     params = macs = acts = 0
     for i, spec in enumerate(model["layers"], start=1):
@@ -68,7 +66,7 @@ def model_cost(model: dict) -> tuple[int, int, int]:
         if kind in ("Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
                     "SpatialDropout2D") and len(shape) != 3:
             raise RefusedModel(f"{where} needs images of shape (height, width, channels), got {tuple(shape)}; "
-                               "add keras.layers.Reshape((28, 28, 1)) first")
+                               f"add keras.layers.Reshape({tuple(model['input_shape'])}) first")
         if kind == "Conv2D":
             (kh, kw), (sh, sw), (dh, dw) = spec["kernel_size"], spec["strides"], spec["dilation_rate"]
             ekh, ekw = (kh - 1) * dh + 1, (kw - 1) * dw + 1
@@ -107,15 +105,18 @@ def model_cost(model: dict) -> tuple[int, int, int]:
         acts += math.prod(shape)
         if params > 10**12:
             break
-    if shape != [10]:
-        raise RefusedModel(f"the model outputs shape {tuple(shape)}; MNIST has 10 classes, so the last layer must "
-                           "give 10 values per image (e.g. Dense(10, activation='softmax'))")
+    if num_classes is not None and shape != [num_classes]:
+        raise RefusedModel(f"the model outputs shape {tuple(shape)}; {data_name} has {num_classes} classes, so the "
+                           f"last layer must give {num_classes} values per image (e.g. Dense({num_classes}, "
+                           "activation='softmax'))")
     return params, macs, acts
 
 
-def recipe_cost(recipe: dict, budget: Budget) -> tuple[Cost, list[dict], list[str]]:
-    """Cost of one training run, the fit plan with epochs capped, and notes about the capping."""
-    params, macs, acts = model_cost(recipe["model"])
+def recipe_cost(recipe: dict, budget: Budget, data: dict) -> tuple[Cost, list[dict], list[str]]:
+    """Cost of one training run, the fit plan with epochs capped, and notes about the capping.
+    ``data`` describes the dataset (:meth:`autograder.spec.Dataset.describe`): its training size and classes."""
+    params, macs, acts = model_cost(recipe["model"], data["num_classes"], data["name"])
+    train_images = data["train_size"]
     notes, plan, left = [], [], budget.max_epochs
     steps = images = largest = 0
     for i, fit in enumerate(recipe["fits"]):
@@ -128,7 +129,7 @@ def recipe_cost(recipe: dict, budget: Budget) -> tuple[Cost, list[dict], list[st
         if not epochs:
             continue
         split = fit["validation_split"] or (0.1 if _watches_validation(fit) else 0.0)
-        rows = TRAIN_IMAGES - int(TRAIN_IMAGES * split)
+        rows = train_images - int(train_images * split)
         per_epoch = math.ceil(rows / fit["batch_size"])
         if fit["steps_per_epoch"] and fit["steps_per_epoch"] < per_epoch:
             per_epoch = fit["steps_per_epoch"]

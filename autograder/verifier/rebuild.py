@@ -29,8 +29,8 @@ ACTIVATIONS = {"relu", "softmax", "sigmoid", "tanh", "linear", "elu", "selu", "g
                "softsign", "leaky_relu", "relu6", "hard_sigmoid", "hard_swish", "mish", "log_softmax", "exponential"}
 SUBCLASSED_HELP = (
     "a subclassed model (a class with its own call method) cannot be rebuilt from its description. "
-    "Write the same layers as keras.Sequential([keras.Input((28, 28, 1)), layers.Conv2D(...), ...]) "
-    "or with the functional API (inputs = keras.Input((28, 28, 1)); x = layers.Conv2D(...)(inputs); ...; "
+    "Write the same layers as keras.Sequential([keras.Input(shape), layers.Conv2D(...), ...]) "
+    "or with the functional API (inputs = keras.Input(shape); x = layers.Conv2D(...)(inputs); ...; "
     "model = keras.Model(inputs, outputs))"
 )
 MAX_NAME = 60
@@ -224,8 +224,11 @@ def _chain(config: dict) -> list[dict]:
     return layers
 
 
-def canonical_model(config: Any) -> tuple[dict, list[str]]:
+def canonical_model(config: Any, input_shape: Any = None) -> tuple[dict, list[str]]:
     """``{"input_shape": [...], "layers": [{"type": ..., field: value}]}`` and notes."""
+    # ``input_shape``: the dataset's (one example, e.g. (28, 28, 1)); the model's own input must hold as
+    # many values, and it is assumed when the config names none
+    expected = list(input_shape) if input_shape is not None else None
     if not isinstance(config, dict):
         raise RefusedModel(f"the model description is not a Keras model config; {SUBCLASSED_HELP}")
     notes: list[str] = []
@@ -277,9 +280,12 @@ def canonical_model(config: Any) -> tuple[dict, list[str]]:
         out.append(spec)
     if input_shape is None:
         build = (config.get("config") or {}).get("build_input_shape")
-        input_shape = _input_shape({"batch_shape": build}) if isinstance(build, list) else [28, 28, 1]
-    if math.prod(input_shape) != 28 * 28 or any(s < 1 for s in input_shape):
-        raise RefusedModel(f"the model's input shape {tuple(input_shape)} does not hold a 28x28 MNIST image")
+        input_shape = _input_shape({"batch_shape": build}) if isinstance(build, list) else expected
+    if input_shape is None:
+        raise RefusedModel("the model does not say what input it takes: start it with keras.Input(shape)")
+    if any(s < 1 for s in input_shape) or (expected is not None and math.prod(input_shape) != math.prod(expected)):
+        raise RefusedModel(f"the model's input shape {tuple(input_shape)} does not hold one "
+                           f"{'x'.join(map(str, expected or []))} image of the assignment's data")
     if not out:
         raise RefusedModel("the model has no layers")
     return {"input_shape": input_shape, "layers": out}, notes
@@ -464,9 +470,9 @@ def _data_description(x: Any) -> dict:
     return out
 
 
-def canonical_recipe(config: Any, fits: Any) -> tuple[dict, list[str]]:
+def canonical_recipe(config: Any, fits: Any, input_shape: Any = None) -> tuple[dict, list[str]]:
     """Model, compile and fit settings as plain validated numbers, plus notes on what was dropped."""
-    model, notes = canonical_model(config)
+    model, notes = canonical_model(config, input_shape)
     compile_config = config.get("compile_config") if isinstance(config, dict) else None
     return {"model": model, "fits": canonical_fits(fits, compile_config, notes)}, notes
 

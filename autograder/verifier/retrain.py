@@ -9,7 +9,7 @@ a print statement).  From the extracted model config and the recorded ``fit`` ca
 2. :mod:`autograder.verifier.budget` checks the recipe against the assignment's limits (config size,
    parameters, batch size, steps, multiply-adds, batch memory) before any training;
 3. a separate process (``python -I``, memory watched, wall time as a safety net only) builds
-   the model from the recipe, trains it on the 60,000 training images at a fixed seed with
+   the model from the recipe, trains it on the assignment's training images at a fixed seed with
    op determinism, and returns only numbers;
 4. when the first accuracy lies within ``seed_margin`` of the threshold, more seeds are
    trained, up to ``seeds``, and the median is scored (every accuracy is reported);
@@ -38,7 +38,7 @@ from pathlib import Path
 from autograder.verifier.budget import Budget, check as check_budget, check_config_size, recipe_cost
 from autograder.verifier.rebuild import RefusedModel, canonical_recipe, describe_optimizer
 
-VERIFIER_VERSION = 2
+VERIFIER_VERSION = 3  # 3: the dataset comes from the assignment's spec (part of the key)
 DEFAULT_SEED = 1234
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 
@@ -79,8 +79,12 @@ class RetrainReport:
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything that decides how a recipe is retrained (all of it is in the cache key)."""
+    """Everything that decides how a recipe is retrained (all of it is in the cache key).
 
+    ``assignment`` names the installed assignment (:mod:`autograder.registry`) whose dataset is
+    trained on; the pipeline fills the rest from its :class:`autograder.spec.TrainingPolicy`."""
+
+    assignment: str
     budget: Budget = Budget()
     max_seconds: float = 1800.0  # safety net per training run; hitting it is a grader error
     memory_mb: int = 6144  # the training process is killed above this (a grader error)
@@ -89,6 +93,12 @@ class Settings:
     threshold: float = 0.99
     seed: int = DEFAULT_SEED
     data_subset: tuple[int, int] | None = None  # (training images, test images): tests only
+
+    def data(self) -> dict:
+        """The dataset's plain description (shape, classes, sizes, pixel scale, hashes)."""
+        from autograder import registry
+
+        return registry.get(self.assignment).dataset.describe()
 
     def key_fields(self) -> dict:
         out = asdict(self)
@@ -146,35 +156,41 @@ def fingerprint(x) -> str | None:
     return hashlib.sha256(np.packbits(rows > 0).tobytes()).hexdigest()[:16]
 
 
-def load_data(subset: tuple[int, int] | None = None, raw: bool = False):
-    """MNIST as float32 images of shape (n, 784), scaled to [0, 1] unless ``raw``."""
-    from autograder.data import load_mnist
+def _dataset(assignment: str):
+    from autograder import registry
 
-    (x_train, y_train), (x_test, y_test) = load_mnist()
+    return registry.get(assignment).dataset
+
+
+def load_data(assignment: str, subset: tuple[int, int] | None = None, raw: bool = False):
+    """The assignment's data (verified by its loader) as float32 rows of shape (n, features), divided by the
+    dataset's pixel scale unless ``raw``."""
+    data = _dataset(assignment)
+    (x_train, y_train), (x_test, y_test) = data.load()
     if subset:
         x_train, y_train, x_test, y_test = x_train[:subset[0]], y_train[:subset[0]], x_test[:subset[1]], y_test[:subset[1]]
-    scale = 1.0 if raw else 1 / 255.0
+    scale = 1.0 if raw else 1 / data.pixel_scale
     prep = lambda x: x.reshape(len(x), -1).astype("float32") * scale  # noqa: E731
     return (prep(x_train), y_train), (prep(x_test), y_test)
 
 
-def _data_notes(recipe: dict, subset: tuple[int, int] | None = None) -> tuple[bool, list[str]]:
+def _data_notes(recipe: dict, assignment: str, subset: tuple[int, int] | None = None) -> tuple[bool, list[str]]:
     """Whether to train on raw pixels (as the notebook did), and notes where the replay differs."""
-    from autograder.data import load_mnist
-
+    data = _dataset(assignment)
     notes, fits = [], recipe["fits"]
-    (x_train, _), (x_test, _) = load_mnist()
+    (x_train, _), (x_test, _) = data.load()
     train_rows = subset[0] if subset else len(x_train)
+    n_train, n_test, top = f"{len(x_train):,}", len(x_test), f"{data.pixel_scale:g}"
     test_print, train_print = fingerprint(x_test), fingerprint(x_train)
     raw = bool(fits[0]["x"].get("raw_pixels"))
     rescales = any(layer["type"] == "Rescaling" for layer in recipe["model"]["layers"])
     for i, fit in enumerate(fits, start=1):
         x = fit["x"]
-        if x.get("fingerprint") == test_print or (x.get("rows") == 10_000 and x.get("fingerprint") != train_print):
-            notes.append(f"fit call {i} trained on the test set; the grader trains on the 60,000 training images and "
+        if x.get("fingerprint") == test_print or (x.get("rows") == n_test and x.get("fingerprint") != train_print):
+            notes.append(f"fit call {i} trained on the test set; the grader trains on the {n_train} training images and "
                          "keeps the test images for measuring")
         elif x["kind"] != "array":
-            notes.append(f"fit call {i} trained on a data pipeline the grader cannot read; it trains on the 60,000 "
+            notes.append(f"fit call {i} trained on a data pipeline the grader cannot read; it trains on the {n_train} "
                          f"training images {'unscaled' if raw else 'scaled to [0, 1]'}")
         elif x.get("rows") not in (None, train_rows):
             notes.append(f"fit call {i} trained on {x['rows']:,} images; the grader trains on the {train_rows:,} "
@@ -182,9 +198,9 @@ def _data_notes(recipe: dict, subset: tuple[int, int] | None = None) -> tuple[bo
         if bool(x.get("raw_pixels")) != raw:
             notes.append(f"fit call {i} used another pixel scale than fit call 1; the grader uses fit call 1's")
     if raw:
-        notes.append("the notebook trained on unscaled pixels (0-255); the grader trains and tests on unscaled pixels too"
-                     + (" (the model's Rescaling layer scales them)" if rescales else
-                        " (dividing by 255, or a Rescaling(1/255) layer, usually trains better)"))
+        notes.append(f"the notebook trained on unscaled pixels (0-{top}); the grader trains and tests on unscaled "
+                     "pixels too" + (" (the model's Rescaling layer scales them)" if rescales else
+                                     f" (dividing by {top}, or a Rescaling(1/{top}) layer, usually trains better)"))
     return raw, notes
 
 
@@ -205,7 +221,7 @@ def train_run(job: dict) -> dict:
 
         tf.config.experimental.enable_op_determinism()
     subset = tuple(job["subset"]) if job.get("subset") else None
-    (x_train, y_train), (x_test, y_test) = load_data(subset, raw=job["raw"])
+    (x_train, y_train), (x_test, y_test) = load_data(job["assignment"], subset, raw=job["raw"])
     shape = tuple(job["model"]["input_shape"])
     x_train, x_test = x_train.reshape((-1, *shape)), x_test.reshape((-1, *shape))
     model = build_model(job["model"])
@@ -215,7 +231,7 @@ def train_run(job: dict) -> dict:
         if settings != compiled_with:
             model.compile(optimizer=build_optimizer(fit["optimizer"]), loss=build_loss(fit["loss"]), metrics=["accuracy"])
             compiled_with = settings
-        labels = keras.utils.to_categorical(y_train, 10) if fit["loss"]["name"] == "categorical_crossentropy" else y_train
+        labels = keras.utils.to_categorical(y_train, job["num_classes"]) if fit["loss"]["name"] == "categorical_crossentropy" else y_train
         callbacks = []
         for cb in fit["callbacks"]:
             kwargs = {k: v for k, v in cb.items() if k != "class"}
@@ -315,12 +331,10 @@ def cache_key(recipe: dict, raw: bool, settings: Settings, seed: int) -> str:
 
     import keras
 
-    from autograder.data import DATASET_SHA256
-
     backend = keras.backend.backend()
     payload = {
         "verifier": VERIFIER_VERSION, "recipe": recipe, "raw_pixels": raw, "settings": settings.key_fields(),
-        "seed": seed, "data": DATASET_SHA256, "keras": keras.__version__, "backend": backend,
+        "seed": seed, "data": settings.data(), "keras": keras.__version__, "backend": backend,
         "backend_version": version(backend), "device": device_description(), "deterministic": deterministic(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
@@ -435,13 +449,14 @@ def prepare(config, fits, settings: Settings):
     """Canonical recipe, the plan to train, its cost and notes; raises RefusedModel before any training."""
     text = config if isinstance(config, str) else json.dumps(config, default=str)
     check_config_size(len(text) + len(json.dumps(fits, default=str)), settings.budget)
-    recipe, notes = canonical_recipe(json.loads(text) if isinstance(config, str) else config, fits)
-    cost, plan, cap_notes = recipe_cost(recipe, settings.budget)
+    data = settings.data()
+    recipe, notes = canonical_recipe(json.loads(text) if isinstance(config, str) else config, fits, data["input_shape"])
+    cost, plan, cap_notes = recipe_cost(recipe, settings.budget, data)
     check_budget(cost, recipe, settings.budget, settings.seeds)
     return recipe, plan, cost, notes + cap_notes
 
 
-def verify(config, fits, settings: Settings = Settings(), *, cache_dir: str | os.PathLike | None = "default",
+def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | None = "default",
            isolated: bool = True) -> RetrainReport:
     """Retrain the submission's recipe from scratch and measure test accuracy (seed rule, cache)."""
     report = RetrainReport()
@@ -453,7 +468,7 @@ def verify(config, fits, settings: Settings = Settings(), *, cache_dir: str | os
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         report.error = f"The model was not retrained: its description could not be read ({type(exc).__name__})."
         return report
-    raw, data_notes = _data_notes(recipe, settings.data_subset)
+    raw, data_notes = _data_notes(recipe, settings.assignment, settings.data_subset)
     report.notes = notes + data_notes
     report.steps, report.batch_size = cost.steps, plan[0]["batch_size"]
     report.optimizer, report.loss = describe_optimizer(plan[0]["optimizer"]), plan[0]["loss"]["name"]
@@ -464,7 +479,8 @@ def verify(config, fits, settings: Settings = Settings(), *, cache_dir: str | os
         planned = {**recipe, "fits": plan}
         runs = []
         for seed in range(settings.seed, settings.seed + max(settings.seeds, 1)):
-            job = {"model": recipe["model"], "plan": plan, "seed": seed, "raw": raw,
+            job = {"assignment": settings.assignment, "num_classes": settings.data()["num_classes"],
+                   "model": recipe["model"], "plan": plan, "seed": seed, "raw": raw,
                    "subset": list(settings.data_subset) if settings.data_subset else None,
                    "deterministic": deterministic()}
             runs.append(train_seed_cached(job, planned, settings, cache, isolated))
