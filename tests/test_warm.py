@@ -53,9 +53,11 @@ def test_a_waiting_jail_holds_nothing_of_any_submission(pool, autograder, tmp_pa
     assert warm.wait_ready(300)
     waiting = _only_waiting_probe()
     assert waiting.alive() and waiting.ready()
-    # what the grader put in, plus the start-up's own dot-folders (IPython's, Keras's caches)
-    assert sorted(n for n in os.listdir(waiting.jail.work) if not n.startswith(".")) == \
-        ["mnist.npz", "probe_runtime.py", "setup.json"]
+    # what the grader put in, plus what the start-up itself writes (IPython's and Keras's dot-folders, bytecode)
+    from autograder import protocol
+
+    assert sorted(n for n in os.listdir(waiting.jail.work) if not n.startswith(".") and n != "__pycache__") == \
+        sorted(["mnist.npz", protocol.RUNTIME_FILE, protocol.PROTOCOL_FILE, "setup.json"])
     for folder, _, files in os.walk(waiting.jail.work):
         for name in files:
             if name != "mnist.npz":
