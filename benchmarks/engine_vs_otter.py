@@ -67,9 +67,9 @@ def main(argv=None) -> dict:
             warm.configure(0)
             grade(f"engine cold, round {i + 1}")
             warm.configure(1)
-            if i == 0:
-                engine.grade_notebook(nb, built.autograder_zip, retrain=retrain)  # fills the pool (not timed)
-            warm.wait_ready(timeout=600)
+            engine.grade_notebook(nb, built.autograder_zip, retrain=retrain)  # starts the next jail (not timed)
+            if not warm.wait_ready(timeout=600):
+                sys.exit("the warm pool did not get ready")
             grade(f"engine warm, round {i + 1}")
             with measured(f"otter run, round {i + 1}", results):
                 scores["otter"] = otter.run.main(str(nb), autograder=str(built.autograder_zip), output_dir=tmp,
@@ -78,8 +78,11 @@ def main(argv=None) -> dict:
     med = {kind: statistics.median(r["seconds"] for k, r in results.items() if k.startswith(kind))
            for kind in ("engine cold", "engine warm", "otter run")}
     peak = {kind: max(r["peak_mib"] for k, r in results.items() if k.startswith(kind)) for kind in med}
+    cpu = {kind: statistics.median(r["cpu_seconds"] for k, r in results.items() if k.startswith(kind)) for kind in med}
     for kind in med:
-        print(f"{kind:12s} median {med[kind]:7.2f} s of {args.rounds}   peak {peak[kind]:6.0f} MiB")
+        print(f"{kind:12s} median {med[kind]:7.2f} s of {args.rounds}   CPU {cpu[kind]:6.1f} s   "
+              f"peak {peak[kind]:6.0f} MiB")
+    print("(CPU counts finished child processes: a warm grade includes its own jail's start-up, done earlier)")
     print(f"notebook: {nb.name}; scores: engine {scores.get('warm')} | otter {scores.get('otter')}; "
           f"load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after ({os.cpu_count()} cores)")
     print(f"per-notebook floor (time outside the student's cells), median: cold {statistics.median(floors['cold']):.2f} s, "
