@@ -176,40 +176,69 @@ def distinct_recipes_expected(students: int, seed: int = 0, trials: int = 20) ->
                            for t in range(trials))
 
 
+def _per_epoch_fit(misses: list[dict]) -> tuple[float, float] | None:
+    """Least squares ``seconds = fixed + per_epoch * epochs`` over the models trained in this run."""
+    points = [(t["epochs"], t["seconds"]) for t in misses if t.get("epochs") and t.get("seconds")]
+    if len({e for e, _ in points}) < 2:
+        return None
+    n = len(points)
+    mean_e, mean_s = sum(e for e, _ in points) / n, sum(s for _, s in points) / n
+    slope = sum((e - mean_e) * (s - mean_s) for e, s in points) / sum((e - mean_e) ** 2 for e, _ in points)
+    return max(mean_s - slope * mean_e, 0.0), max(slope, 0.0)
+
+
 def summarize(results: list[dict], plan: list[dict], wall: float, peak_mib: float, jobs: int,
-              subset: tuple[int, int] | None) -> dict:
+              subset: tuple[int, int] | None, full_recipe_seconds: float | None = None) -> dict:
     by_id = {r["student"]["id"]: r for r in results}
     retrained = [r["retrain"] for r in results if r.get("retrain") and r["retrain"].get("accuracy") is not None]
     misses = [t for t in retrained if not t.get("cache_hit")]
     hits = sum(bool(t.get("cache_hit")) for t in retrained)
     train_seconds = sum(t.get("seconds") or 0 for t in misses)
-    floors, probe_overheads, outside = [], [], []
+    floors, probe_overheads, judges, retrain_walls = [], [], [], []
     for r in results:
         ex = r.get("execution") or {}
+        timings = ex.get("timings") or {}
         cells = sum(c.get("seconds") or 0 for c in ex.get("cells", []))
-        own_training = (r.get("retrain") or {}).get("seconds") or 0 if not (r.get("retrain") or {}).get("cache_hit") else 0
-        if r.get("seconds") is not None:
-            floors.append(r["seconds"] - cells - own_training)
-        if ex.get("seconds") is not None:
-            probe_overheads.append(ex["seconds"] - cells)
-            outside.append(r["seconds"] - ex["seconds"] - own_training)
-    scale = MNIST_TRAIN / subset[0] if subset else 1.0
-    per_recipe_full = (train_seconds / len(misses) * scale) if misses else None
+        if r.get("seconds") is not None and timings:
+            floors.append(r["seconds"] - cells - timings.get("retrain", 0))  # outside the student's cells and retraining
+            probe_overheads.append(timings["probe"] - cells)
+            judges.append(timings.get("judge", 0))
+            retrain_walls.append(timings.get("retrain", 0))
+    epochs_mean = statistics.mean(recipe_of(p)["epochs"] for p in plan if recipe_of(p)) if any(map(recipe_of, plan)) else 0
+    fit = _per_epoch_fit(misses)
+    if full_recipe_seconds:
+        per_recipe_full, how = full_recipe_seconds, "given (--full-recipe-seconds)"
+    elif not subset and misses:
+        per_recipe_full, how = train_seconds / len(misses), "measured on full MNIST"
+    elif fit and subset:
+        fixed, per_epoch = fit
+        per_recipe_full = fixed + per_epoch * epochs_mean * MNIST_TRAIN / subset[0]
+        how = (f"fitted here as {fixed:.1f} s + {per_epoch:.2f} s per epoch of {subset[0]:,} images, scaled to "
+               f"60,000 images at the class's mean {epochs_mean:.1f} epochs")
+    elif misses and subset:
+        per_recipe_full = train_seconds / len(misses) * MNIST_TRAIN / subset[0]
+        how = f"measured on {subset[0]:,} images, scaled linearly (fixed costs scaled too: an overestimate)"
+    else:
+        per_recipe_full, how = None, "no model was trained"
     hostile = [p for p in plan if p["hostile"]]
+    med = lambda xs: round(statistics.median(xs), 2) if xs else None  # noqa: E731
     summary = {
         "submissions": len(plan), "graded": len(results), "jobs": jobs,
-        "warm_starts": sum(all((r.get("execution") or {}).get("warm_starts") or [False]) for r in results), "wall_seconds": round(wall, 1),
+        "warm_starts": sum(all((r.get("execution") or {}).get("warm_starts") or [False]) for r in results),
+        "wall_seconds": round(wall, 1),
         "throughput_per_minute": round(len(results) / wall * 60, 2), "peak_mib": round(peak_mib),
         "statuses": {s: sum(r["status"] == s for r in results) for s in {r["status"] for r in results}},
         "models_retrained": len(misses), "cache_hits": hits,
         "distinct_recipes_in_class": len({p["recipe"] for p in plan if p["recipe"] is not None}),
         "training_seconds": round(train_seconds, 1),
         "training_share_of_wall": round(train_seconds / wall, 3),
-        "floor_seconds_median": round(statistics.median(floors), 2) if floors else None,
-        "probe_overhead_seconds_median": round(statistics.median(probe_overheads), 2) if probe_overheads else None,
-        "judge_and_rest_seconds_median": round(statistics.median(outside), 2) if outside else None,
+        "retrain_wall_seconds_sum": round(sum(retrain_walls), 1),
+        "floor_seconds_median": med(floors),
+        "probe_overhead_seconds_median": med(probe_overheads),
+        "judge_seconds_median": med(judges),
         "subset": list(subset) if subset else None,
         "training_seconds_per_recipe_full_mnist": round(per_recipe_full, 1) if per_recipe_full else None,
+        "training_projection_basis": how,
         "hostile": {p["id"]: {"kind": p["hostile"], "status": by_id.get(p["id"], {}).get("status"),
                               "score": by_id.get(p["id"], {}).get("score")} for p in hostile},
     }
@@ -218,10 +247,10 @@ def summarize(results: list[dict], plan: list[dict], wall: float, peak_mib: floa
 
 def projection(summary: dict, students: int = 500, gpu_speedup: float = 15.0, ray_workers=(4, 16),
                gpu_slots: int = 4) -> list[str]:
-    """Hours for a class of ``students``: the non-training work spreads over the cores, the distinct recipes
+    """Time for a class of ``students``: the work outside training spreads over the workers, the distinct recipes
     train one at a time per CPU machine (or ``gpu_slots`` at once on a GPU)."""
-    n, wall, jobs = summary["graded"], summary["wall_seconds"], summary["jobs"]
-    other = max(wall - summary["training_seconds"], 0.0) / n * jobs  # worker-seconds per submission outside training
+    n, jobs = summary["graded"], summary["jobs"]
+    other = (summary["floor_seconds_median"] or 0.0)  # worker-seconds per submission outside retraining (median)
     distinct = distinct_recipes_expected(students)
     per_recipe = summary["training_seconds_per_recipe_full_mnist"] or 0.0
     train = distinct * per_recipe
@@ -230,21 +259,19 @@ def projection(summary: dict, students: int = 500, gpu_speedup: float = 15.0, ra
         return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
     lines = [f"projection for {students} students (assumptions below):"]
-    cpu = students * other / jobs + train  # this machine: training blocks the cores it uses
-    lines.append(f"  this machine ({jobs} workers, CPU):  {hours(cpu)}")
+    cpu = students * other / jobs + train  # this machine: a retrain takes every core
+    lines.append(f"  this machine ({jobs} workers, CPU):                     {hours(cpu)}")
     gpu = max(students * other / jobs, train / gpu_speedup / gpu_slots)
-    lines.append(f"  + one GPU ({gpu_slots} retrains at once, each {gpu_speedup:g}x a 2-core CPU): {hours(gpu)}")
+    lines.append(f"  + one GPU ({gpu_slots} retrains at once, each {gpu_speedup:g}x this CPU): {hours(gpu)}")
     for w in ray_workers:
-        ray = students * other / (jobs * w) + train / w
-        lines.append(f"  {w} Ray workers like this machine:      {hours(ray)}")
+        lines.append(f"  {w} Ray workers like this machine:                {hours(students * other / (jobs * w) + train / w)}")
     lines += [
-        "  assumptions: per submission, "
-        f"{other:.1f} worker-seconds outside training (measured here); "
-        f"{distinct:.0f} distinct recipes in {students} students (this generator's popularity curve); "
-        f"{per_recipe:.0f} s to train one recipe on full MNIST on this CPU"
-        + (f" (measured on {summary['subset'][0]:,} images, scaled linearly)" if summary["subset"] else " (measured)")
-        + f"; the GPU figure ({gpu_speedup:g}x, {gpu_slots} at once) is an assumption, not measured here; "
-        "Ray workers scale both parts linearly (no shared cache warm-up, no network cost)."]
+        f"  assumptions: {other:.1f} s per submission outside retraining per worker (the median floor measured "
+        f"here, {n} submissions); {distinct:.0f} distinct recipes in {students} students (this generator's "
+        f"popularity curve; the cache trains each once); {per_recipe:.0f} s to train one recipe on full MNIST "
+        f"on this CPU ({summary['training_projection_basis']}); retraining takes every core, so on CPU it adds to "
+        f"the rest; the GPU's {gpu_speedup:g}x and {gpu_slots} retrains at once are assumptions, not measured here; "
+        "Ray workers divide both parts (no network or cache warm-up cost counted)."]
     return lines
 
 
@@ -256,6 +283,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--subset", type=int, nargs=2, metavar=("TRAIN", "TEST"), default=None)
     ap.add_argument("--cell-seconds", type=float, default=60.0)
     ap.add_argument("--warm", type=int, default=1, help="jails and judges started ahead per worker (0: cold)")
+    ap.add_argument("--full-recipe-seconds", type=float, default=None,
+                    help="seconds to train one recipe on full MNIST on this machine, for the projection "
+                         "(default: measured or fitted in this run)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--keep", type=Path, default=None, help="keep the class and the results in this folder")
     args = ap.parse_args(argv)
@@ -280,7 +310,7 @@ def main(argv=None) -> dict:
             results = batch.run_batch([root / "class"], built.autograder_zip, root / "out", options)
         wall = time.perf_counter() - started
     summary = summarize(results, plan, wall, sink["class"]["peak_mib"], options.jobs,
-                        tuple(args.subset) if args.subset else None)
+                        tuple(args.subset) if args.subset else None, args.full_recipe_seconds)
     summary["load_average_before"] = [round(x, 2) for x in load_before]
     summary["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print(f"{summary['graded']} submissions in {summary['wall_seconds']} s with {summary['jobs']} workers: "
@@ -289,10 +319,11 @@ def main(argv=None) -> dict:
     print(f"statuses: {summary['statuses']}; probes started warm: {summary['warm_starts']} of {summary['graded']}")
     print(f"retraining: {summary['models_retrained']} models trained, {summary['cache_hits']} cache hits "
           f"({summary['distinct_recipes_in_class']} distinct recipes in the class); {summary['training_seconds']} s "
-          f"training = {summary['training_share_of_wall']:.0%} of the wall time")
-    print(f"per-notebook floor (median, outside the student's cells and training): {summary['floor_seconds_median']} s "
-          f"(probe start-up and extraction {summary['probe_overhead_seconds_median']} s, judge and the rest "
-          f"{summary['judge_and_rest_seconds_median']} s)")
+          f"training = {summary['training_share_of_wall']:.0%} of the wall time (retraining steps, queue included: "
+          f"{summary['retrain_wall_seconds_sum']} s summed over submissions)")
+    print(f"per-notebook floor (median, outside the student's cells and retraining): {summary['floor_seconds_median']} s "
+          f"(probe start-up, extraction and clean-up {summary['probe_overhead_seconds_median']} s, judge "
+          f"{summary['judge_seconds_median']} s)")
     print(f"hostile: {summary['hostile']}")
     for line in projection(summary):
         print(line)

@@ -306,18 +306,23 @@ def grade_notebook(
     request = protocol.judge_request(tests=ag.tests, public_module=ag.public_module,
                                      public_module_name=spec.public_module_stem, values=values, functions=functions,
                                      retrain=retrain.for_judge(spec))
+    timings = result.execution["timings"] = {"probe": probed.seconds, "retrain": 0.0, "judge": 0.0}
     try:
         if retrain.enabled and any((d or {}).get("status") == "model" for d in values.values()):
             if on_partial is not None:
                 judged = _run_judge({**request, "retrain": retrain.for_judge(spec, pending=True)})
                 partial = dataclasses.replace(result, retrain_pending=True).judged(judged["questions"], None)
                 on_partial(partial.to_dict())
+            clock = time.monotonic()
             reports = _retrain_models(values, retrain, spec)
+            timings["retrain"] = round(time.monotonic() - clock, 3)  # waiting for a training slot included
             request["retrain"] = retrain.for_judge(spec, reports)
             failed = [r["grader_error"] for r in reports.values() if r.get("grader_error")]
             if failed:
                 result.fail(f"retraining failed: {failed[0]}", GRADER_ERROR)
+        clock = time.monotonic()
         judged = _run_judge(request)
+        timings["judge"] = round(time.monotonic() - clock, 3)
     except Exception as exc:  # the trusted side failed: not the submission's fault
         result.fail(f"{result.error + '; ' if result.error else ''}grader error: {exc}", GRADER_ERROR)
         return result.finish(started).to_dict()
