@@ -166,6 +166,24 @@ def test_grades_are_the_same_warm_or_cold(autograder, tmp_path, monkeypatch):
     assert hot["score"] == cold["score"] > 0
 
 
+@needs_bwrap
+def test_files_beside_the_notebook_reach_a_warm_jail_with_its_submission(pool, autograder, tmp_path):
+    from autograder.probe import sandbox
+
+    grade(tiny(tmp_path / "w" / "warmup.ipynb"), autograder)
+    assert warm.wait_ready(300)
+    nb = tiny(tmp_path / "s" / "student.ipynb", "import helper\nprint('HELPER', helper.VALUE, oct(os.stat('helper.py').st_mode & 0o777))",
+              )
+    nb.write_text(nb.read_text().replace("import helper", "import os, helper"))
+    spec = engine.Autograder.from_zip(autograder).spec  # the same start-up as grade()'s: the warm jail fits
+    probed = sandbox.probe(nb, ["conv_small"], {}, limits=FAST, mnist_npz=spec.dataset.probe_file(),
+                           private=[Path(autograder).resolve().parent],
+                           files={"helper.py": b"VALUE = 7\n", "../escape.py": b"x", ".hidden": b"x"})
+    assert probed.warm_starts == [True] and probed.complete, (probed.crashed, probed.output[-2000:])
+    assert "HELPER 7 0o444" in probed.output
+    assert not (tmp_path / "s" / "escape.py").exists()
+
+
 def test_pool_hands_each_process_out_once_and_closes_what_waits():
     class Item:
         closed = 0

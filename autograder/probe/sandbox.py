@@ -436,8 +436,13 @@ def probe(
     real_fit: bool = False,
     mnist_npz: str | os.PathLike | None = None,
     private: list | tuple = (),
+    files: dict[str, bytes] | None = None,
 ) -> ProbeResult:
     """Execute ``notebook`` in a jail and extract ``variables`` as plain data.
+
+    ``files`` are put beside the notebook (what students have there, such as ``cnn_checks.py``): they
+    travel with the submission on the jail's stdin and the runtime writes them, as the sandbox's own
+    user, before the first cell (a warm jail was handed over before its submission was known).
 
     ``functions`` maps a variable that should hold a function to the calls to make on it
     (``{"args": [...], "kwargs": {...}}``); their outputs come back instead of the function.
@@ -462,6 +467,7 @@ def probe(
     _become_subreaper()
     while True:
         run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
+        run.files = dict(files or {})
         run.execute(nb, mnist_npz, private, result)
         result.runs += 1
         if run.grader_error:
@@ -523,6 +529,7 @@ class _Run:
         self.process_culprit: int | None = None  # the cell that left too many processes behind
         self.go_fd: int | None = None  # write end of the go-ahead pipe the runtime waits on between cells
         self.on_ready = None  # hands the submission over once the jail's start-up is done
+        self.files: dict[str, bytes] = {}  # put beside the notebook (sent with the submission)
 
     # -- status protocol --------------------------------------------------------------------
     def on_status(self, line: bytes) -> None:
@@ -629,7 +636,9 @@ class _Run:
         jail, child = started.jail, started.child
         into.isolation["uid"] = jail.uid
         self.uid = jail.uid
-        job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions}).encode()
+        files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
+        job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
+                          "files": files}).encode()
 
         def hand_over() -> None:  # the submission goes to this jail alone, once it is ready for it
             try:
