@@ -224,3 +224,17 @@ def test_pool_hands_each_process_out_once_and_closes_what_waits():
     p.fill("k", Item)  # a closed pool starts nothing
     time.sleep(0.2)
     assert p.waiting() == (0, 0)
+
+
+def test_a_verified_dataset_is_verified_again_once_it_changes(tmp_path):
+    """The per-process memo of verified data files (part of the per-notebook floor) never hides a change."""
+    from autograder import data
+
+    copy = tmp_path / "mnist.npz"
+    shutil.copyfile(data.ensure_mnist_npz(), copy)
+    assert data.ensure_mnist_npz(copy) == copy
+    assert data.ensure_mnist_npz(copy) == copy  # from the memo
+    raw = bytearray(copy.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one byte of the images, same size
+    copy.write_bytes(bytes(raw))
+    assert data.ensure_mnist_npz(copy) != copy  # rejected; the verified cache copy is used instead
