@@ -42,6 +42,8 @@ class BatchOptions:
     ray_address: str | None = None  # None: start a local Ray instance
     canvas: str | None = None  # the Canvas gradebook column, "Title (assignment id)"; None: no import file
     archives: ArchiveLimits = field(default_factory=ArchiveLimits)
+    warm: int = 1  # jails and judges each worker starts ahead of its next submission (0: every start cold)
+    probe_threads: int = 1  # CPU threads per probe (0: TensorFlow's default, every core); retraining keeps all
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -119,8 +121,10 @@ def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | 
 
 def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, options: BatchOptions) -> dict:
     """Grade one submission with its assignment's autograder and write its result file (in a worker process)."""
+    from autograder import warm
     from autograder.judge import pipeline as engine
 
+    warm.configure(options.warm)
     autograders = autograders_by_name(autograders)
     if sub.error:
         result = _error_result(sub, sub.error)
@@ -158,6 +162,9 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     autograders = autograders_by_name(autograder_zip)
     autograder_zip = autograders  # passed on to the workers
     jail.add_private_paths([out, *{Path(z).parent for z in autograders.values()}, *paths])  # no submission may see these
+    from autograder.probe import sandbox
+
+    os.environ[sandbox.ENV_PROBE_THREADS] = str(options.probe_threads)  # inherited by the workers
     subs = collect(paths, out, options.archives)
     todo = [s for s in subs if options.force or _needs_grading(result_path(out, s.id))]
     started = time.monotonic()
@@ -186,9 +193,15 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
                 progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
             return
         if options.jobs <= 1:
-            for sub in todo:
-                done = grade_one(sub, autograder_zip, str(out), options)
-                progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
+            from autograder import warm
+
+            before = warm.PROBES.size
+            try:
+                for sub in todo:
+                    done = grade_one(sub, autograder_zip, str(out), options)
+                    progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
+            finally:
+                warm.configure(before)  # nothing keeps waiting in this process after the batch
             return
         with cf.ProcessPoolExecutor(max_workers=options.jobs) as pool:
             futures = {pool.submit(grade_one, s, autograder_zip, str(out), options): s for s in todo}

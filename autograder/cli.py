@@ -96,6 +96,8 @@ def grade(
         help="Autograder zip from `build`, repeatable (default: build every installed assignment). Each notebook "
              "is graded by the zip of the assignment named in its metadata."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Submissions graded in parallel (0: one per core)."),
+    warm: int = typer.Option(1, "--warm", help="Jails and judges each worker starts ahead of its next submission "
+                             "(0: start each one when needed; each waiting jail holds about 0.8 GB)."),
     force: bool = typer.Option(False, "--force", help="Regrade submissions that already have a result."),
     retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Retrain the model from scratch to verify accuracy."),
     seeds: Optional[int] = typer.Option(
@@ -160,7 +162,7 @@ def grade(
     if not autograder_zips:
         autograder_zips = [b.autograder_zip for b in builder.build_all(out / "_autograder", gradescope=False)]
     options = batch.BatchOptions(
-        jobs=jobs or max(os.cpu_count() or 1, 1), force=force, real_fit=real_fit, ray=ray, ray_address=ray_address,
+        jobs=jobs or max(os.cpu_count() or 1, 1), warm=warm, force=force, real_fit=real_fit, ray=ray, ray_address=ray_address,
         canvas=canvas,
         limits=dataclasses.replace(Limits(), cell_seconds=cell_seconds, notebook_seconds=notebook_seconds,
                                    memory_mb=memory_mb),

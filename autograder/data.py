@@ -180,6 +180,17 @@ def _download_keras(target: Path, timeout: float = 20.0) -> Arrays:
     return _read_npz(target)
 
 
+_VERIFIED: dict[str, tuple] = {}  # path -> identity of the file when this process last verified it
+
+
+def _identity(path: Path) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def ensure_mnist_npz(path: str | os.PathLike | None = None, *, allow_network: bool = True) -> Path:
     """Return the path of a verified ``mnist.npz``, provisioning it on first use.
 
@@ -193,6 +204,8 @@ def ensure_mnist_npz(path: str | os.PathLike | None = None, *, allow_network: bo
         if not candidate.is_file():
             attempts.append(Attempt(f"{label} {candidate}", "not found"))
             return None
+        if not copy and _VERIFIED.get(str(candidate)) == _identity(candidate):
+            return candidate  # verified by this process, and not changed since (same inode, size and times)
         try:
             arrays = _read_npz(candidate)
             verify(arrays)
@@ -202,6 +215,7 @@ def ensure_mnist_npz(path: str | os.PathLike | None = None, *, allow_network: bo
         if copy and candidate.resolve() != ours.resolve():
             _write_npz_atomically(arrays, ours)
             return ours
+        _VERIFIED[str(candidate)] = _identity(candidate)
         return candidate
 
     if user:

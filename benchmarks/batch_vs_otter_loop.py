@@ -1,64 +1,68 @@
-"""A class of N generated submissions: our batch grader against a plain loop of `otter run`.
+"""A class of N generated submissions: our batch grader against a plain loop of `otter run`, in one run.
 
-    python benchmarks/batch_vs_otter_loop.py [N]      # default 50
+    python benchmarks/batch_vs_otter_loop.py [--n 50] [--mode no-training|distinct|shared] [--jobs J]
 
-The mix: a third correct (one shared, cheap training recipe: 1 epoch at batch size 256), a
-third with typical mistakes, a third hostile (patched numpy and checks). Our batch records
-`fit`, retrains each distinct recipe once (the cache serves the rest) and runs the workers in
-parallel; the loop trains in every kernel. Both run in this one process tree, one after the
-other; time and peak memory are printed with their ratio.
+The class comes from :mod:`class_benchmark` (hand answers right or with typical mistakes, 5%
+hostile); ``--mode`` decides the training cell:
+
+* ``no-training`` (issue 12's "batch without retraining", goal >= 20x): nobody trains, so neither
+  side does; the batch runs with retraining off;
+* ``distinct``: every student trains a recipe of their own (1 epoch, a distinct batch size), so
+  every recipe is trained on both sides: `otter run` in the kernel, the batch in the verifier
+  (goal >= 1.5x);
+* ``shared``: every student trains the same cheap recipe; the batch retrains it once (cache).
+
+The batch uses the warm pool (its default); ``--cold`` turns it off for comparison.  Time and peak
+memory of the whole process tree are printed with their ratio and the load average.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
 import sys
 import tempfile
 from pathlib import Path
 
-import nbformat
-
 sys.path.insert(0, str(Path(__file__).parent))
+import class_benchmark  # noqa: E402
 from _measure import measured, report  # noqa: E402
 
-from autograder import batch, build
-from autograder.judge import pipeline as engine
-from assignments.cnn_mnist import sample_answers as samples  # noqa: E402
-
-CHEAP_RECIPE = ("model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
-                "history = model.fit(train_images, train_labels, epochs=1, batch_size=256)")
-HOSTILE = ("import numpy, cnn_checks\nnumpy.allclose = lambda *a, **k: True\n"
-           "cnn_checks.check_answer = lambda *a, **k: None\n")
+from autograder import batch, build  # noqa: E402
+from autograder.judge import pipeline as engine  # noqa: E402
 
 
-def generate(folder: Path, n: int) -> None:
-    solution = nbformat.read(samples.SAMPLES_DIR / "solution.ipynb", as_version=4)
-    for cell in solution.cells:
-        if cell.cell_type == "code" and "model.fit(" in cell.source:
-            cell.source = CHEAP_RECIPE
-    mistakes = [nbformat.read(samples.SAMPLES_DIR / f"{s.name}.ipynb", as_version=4) for s in samples.SAMPLES]
-    for i in range(n):
-        kind = i % 3
-        if kind == 0:
-            nb = nbformat.from_dict(solution)
-        elif kind == 1:
-            nb = nbformat.from_dict(mistakes[i % len(mistakes)])
-        else:
-            nb = nbformat.from_dict(mistakes[0])
-            nb.cells.insert(3, nbformat.v4.new_code_cell(HOSTILE))
-        nb.cells.insert(1, nbformat.v4.new_markdown_cell(f"student {i}"))  # distinct bytes per student
-        nbformat.write(nb, folder / f"student{i:03d}_{1000 + i}_{5000 + i}_cnn_mnist.ipynb")
+def plan_for(mode: str, n: int) -> list[dict]:
+    plan = class_benchmark.plan_class(n)
+    for i, student in enumerate(plan):
+        student["recipe"] = None
+        if mode == "distinct":
+            student["recipe_dict"] = {"epochs": 1, "batch_size": 64 + 8 * i, "optimizer": "adam",
+                                      "schedule": "constant", "validation_split": 0.0}
+        elif mode == "shared":
+            student["recipe_dict"] = {"epochs": 1, "batch_size": 256, "optimizer": "adam",
+                                      "schedule": "constant", "validation_split": 0.0}
+    return plan
 
 
-def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 50
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--mode", choices=("no-training", "distinct", "shared"), default="no-training")
+    ap.add_argument("--jobs", type=int, default=0)
+    ap.add_argument("--cold", action="store_true", help="no warm pool")
+    args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "class").mkdir()
-        generate(tmp / "class", n)
+        class_benchmark.generate(tmp / "class", args.n, plan=plan_for(args.mode, args.n))
         (built,) = build.build_all(tmp / "dist", gradescope=False)
         results: dict = {}
-        options = batch.BatchOptions(progress=False, retrain=engine.RetrainOptions(cache_dir=str(tmp / "cache")))
-        with measured(f"our batch ({options.jobs} workers, retrain + cache)", results):
+        options = batch.BatchOptions(
+            progress=False, jobs=args.jobs or max(os.cpu_count() or 1, 1), warm=0 if args.cold else 1,
+            retrain=engine.RetrainOptions(enabled=args.mode != "no-training", cache_dir=str(tmp / "cache"), seeds=1))
+        load = os.getloadavg()[0]
+        ours_label = f"our batch ({options.jobs} workers, {'cold' if args.cold else 'warm pool'}, {args.mode})"
+        with measured(ours_label, results):
             ours = batch.run_batch([tmp / "class"], built.autograder_zip, tmp / "out", options)
         import otter.run
 
@@ -66,8 +70,11 @@ def main() -> None:
             for nb in sorted((tmp / "class").glob("*.ipynb")):
                 otter.run.main(str(nb), autograder=str(built.autograder_zip), output_dir=str(tmp), no_logo=True)
     hits = sum(bool((r.get("retrain") or {}).get("cache_hit")) for r in ours)
-    print(f"{n} submissions; retrain cache hits: {hits}")
-    report(results, "plain loop of otter run", next(k for k in results if k.startswith("our batch")))
+    print(f"{args.n} submissions ({args.mode}); statuses {sorted({r['status'] for r in ours})}; "
+          f"retrain cache hits: {hits}; load average {load:.1f} before, {os.getloadavg()[0]:.1f} after "
+          f"({os.cpu_count()} cores)")
+    report(results, "plain loop of otter run", ours_label)
+    return {"ratio": results["plain loop of otter run"]["seconds"] / results[ours_label]["seconds"], **results}
 
 
 if __name__ == "__main__":

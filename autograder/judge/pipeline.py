@@ -174,16 +174,62 @@ def _versions() -> dict:
     return out
 
 
+class _WarmJudge:
+    """A judge process started ahead: Python, numpy and Otter imported, waiting for its one request on stdin."""
+
+    KEY = "judge"
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+
+    @classmethod
+    def start(cls) -> "_WarmJudge":
+        # -I: no environment variables, no user site; the package is found where this one was loaded from
+        bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
+                     "from autograder.judge.judge import main, warm_up; warm_up(); main()")
+
+        def no_core() -> None:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+        return cls(subprocess.Popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                    preexec_fn=no_core))
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def ready(self) -> bool:
+        import select
+
+        try:  # warm_up() prints a line once its imports are done
+            return bool(select.select([self.proc.stdout], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+
+    def pids(self) -> set[int]:
+        import psutil
+
+        try:
+            return {self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children(recursive=True))}
+        except psutil.Error:
+            return set()
+
+    def close(self) -> None:
+        try:
+            os.killpg(self.proc.pid, 9)
+        except OSError:
+            pass
+        self.proc.communicate()
+
+
 def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = JUDGE_MEMORY_MB) -> dict:
-    """Run the judge in a fresh process under a wall-time and a memory limit (its whole process tree)."""
-    # -I: no environment variables, no user site; the package is found where this one was loaded from
-    bootstrap = f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); from autograder.judge.judge import main; main()"
+    """Run the judge in a fresh process under a wall-time and a memory limit (its whole process tree).
+    With the warm pool on, the process was started ahead; it serves this one request and exits."""
+    from autograder import warm
 
-    def no_core() -> None:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    proc = subprocess.Popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=no_core)
+    judge = warm.JUDGES.take(_WarmJudge.KEY) or _WarmJudge.start()
+    warm.JUDGES.fill(_WarmJudge.KEY, _WarmJudge.start)
+    proc = judge.proc
     over: list[str] = []
 
     def watchdog() -> None:
@@ -248,7 +294,8 @@ def grade_notebook(
     result.limits_hit = probed.limits_hit
     result.isolation = probed.isolation
     result.execution = {"seconds": probed.seconds, "cells": probed.cells, "skipped_cells": probed.skipped,
-                        "runs": probed.runs, "output_tail": probed.output[-20000:]}
+                        "runs": probed.runs, "warm_starts": probed.warm_starts,
+                        "output_tail": probed.output[-20000:]}
     if probed.grader_error:
         return result.fail(probed.grader_error, GRADER_ERROR).finish(started).to_dict()
     if _grader_fingerprint(zip_path) != before:
@@ -259,18 +306,23 @@ def grade_notebook(
     request = protocol.judge_request(tests=ag.tests, public_module=ag.public_module,
                                      public_module_name=spec.public_module_stem, values=values, functions=functions,
                                      retrain=retrain.for_judge(spec))
+    timings = result.execution["timings"] = {"probe": probed.seconds, "retrain": 0.0, "judge": 0.0}
     try:
         if retrain.enabled and any((d or {}).get("status") == protocol.MODEL for d in values.values()):
             if on_partial is not None:
                 judged = _run_judge({**request, "retrain": retrain.for_judge(spec, pending=True)})
                 partial = dataclasses.replace(result, retrain_pending=True).judged(judged["questions"], None)
                 on_partial(partial.to_dict())
+            clock = time.monotonic()
             reports = _retrain_models(values, retrain, spec)
+            timings["retrain"] = round(time.monotonic() - clock, 3)  # waiting for a training slot included
             request["retrain"] = retrain.for_judge(spec, reports)
             failed = [r["grader_error"] for r in reports.values() if r.get("grader_error")]
             if failed:
                 result.fail(f"retraining failed: {failed[0]}", GRADER_ERROR)
+        clock = time.monotonic()
         judged = _run_judge(request)
+        timings["judge"] = round(time.monotonic() - clock, 3)
     except Exception as exc:  # the trusted side failed: not the submission's fault
         result.fail(f"{result.error + '; ' if result.error else ''}grader error: {exc}", GRADER_ERROR)
         return result.finish(started).to_dict()

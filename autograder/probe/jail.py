@@ -267,6 +267,7 @@ class Jail:
     private: list[Path] = field(default_factory=list)
     python: str = field(default_factory=probe_python)
     tmp_bytes: int = 512 * 1024 * 1024
+    exposed: tuple | None = None  # view() when the sandbox's command was built
 
     @property
     def inside(self) -> str:
@@ -340,9 +341,10 @@ class Jail:
         for f in ETC_FILES:
             if os.path.exists(f):
                 a += ["--ro-bind", f, f]
+        self.exposed = self.view()
         a += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
         made = {"/", "/usr", "/etc", "/tmp"}  # /tmp first: an environment may live under it
-        trees = python_trees(self.python, self.private)
+        trees = list(self.exposed[0])
         for tree in trees:
             parts = Path(tree).parents
             for parent in reversed(list(parts)):
@@ -351,11 +353,36 @@ class Jail:
                     a += ["--perms", "0755", "--dir", p]
                     made.add(p)
             a += ["--ro-bind", tree, tree]
-        for p in self.private:  # masked wherever a mounted tree contains it
-            if _under(str(p), trees) and os.path.exists(p):  # (what we cannot even stat, the sandbox cannot read)
-                a += (["--perms", "0000", "--tmpfs", str(p)] if os.path.isdir(p) else ["--ro-bind", "/dev/null", str(p)])
+        for p in self.exposed[1]:  # masked wherever a mounted tree contains it
+            a += (["--perms", "0000", "--tmpfs", p] if os.path.isdir(p) else ["--ro-bind", "/dev/null", p])
         a += ["--bind", str(self.work), WORK_INSIDE, "--chdir", WORK_INSIDE]
         return a
+
+    def masked(self) -> list[str]:
+        """The private paths this jail hides (bwrap: those inside a mounted tree; what we cannot even stat,
+        the sandbox cannot read); none in the other modes, where permissions keep them out of reach."""
+        if self.mode != "bwrap":
+            return []
+        trees = python_trees(self.python, self.private)
+        return [str(p) for p in self.private if _under(str(p), trees) and os.path.exists(p)]
+
+    def view(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """What the sandbox can see of the host, besides /usr and its own folder: (mounted trees, masked paths)."""
+        if self.mode != "bwrap":
+            return (), ()
+        return tuple(python_trees(self.python, self.private)), tuple(self.masked())
+
+    def hides_as_much_as(self, private) -> bool:
+        """Whether this (already opened) jail hides everything a fresh jail for ``private`` would hide:
+        the same trees mounted, and every path that jail would mask masked here too (or below a masked folder).
+        A warm jail opened before its submission was known serves it only if so."""
+        if self.mode != "bwrap":
+            return True
+        fresh = Jail(self.mode, self.work, self.uid, private_paths(private), self.python, self.tmp_bytes)
+        trees, masked = self.exposed if self.exposed is not None else self.view()  # as its command was built
+        fresh_trees, fresh_masked = fresh.view()
+        return trees == fresh_trees and all(
+            any(m == w or (os.path.isdir(w) and _under(m, [w])) for w in masked) for m in fresh_masked)
 
     @property
     def description(self) -> dict:

@@ -1,7 +1,9 @@
 """Runs INSIDE the sandbox, in the child process that executes a submission (untrusted side).
 
 Copied into the jail and started by :mod:`autograder.probe.sandbox` as
-``python -I probe_runtime.py JOB.json STATUS_FD``.
+``python -I probe_runtime.py SETUP.json STATUS_FD``; it imports what notebooks need, says ``ready``
+and then reads its one submission (cells, names to extract, function probes) from stdin: a warm
+jail started ahead of its submission waits there.
 It executes the notebook's code cells with IPython (magics and all), records ``Model.fit``
 calls instead of running them (unless the job asks for real training), and finally extracts
 each graded variable as plain data: JSON numbers/strings/lists, numpy arrays as ``.npy``
@@ -262,24 +264,65 @@ def install_otter_stub():
     sys.modules["otter"] = stub
 
 
+WARM_IMPORTS = ("numpy", "tensorflow", "keras")  # what notebooks import: done before any work is handed over
+
+
+def read_job(fd=0):
+    """The work, sent by the grader on stdin once this process said ``ready``; stdin is /dev/null afterwards."""
+    chunks = []
+    while True:
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, fd)
+    os.close(null)
+    return json.loads(b"".join(chunks))
+
+
+def write_files(files):
+    """Files the grader sent with the submission (base64), written beside the notebook as this process's
+    own user: plain names only, never over an existing file or through a link."""
+    for name, b64 in files.items():
+        if not isinstance(name, str) or not name or "/" in name or name.startswith(".") or "\0" in name:
+            continue
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o444)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64decode(b64))
+
+
 def main():
     global STATUS, GO
-    job = json.load(open(sys.argv[1]))
+    setup = json.load(open(sys.argv[1]))  # start-up settings only: nothing of any submission
     STATUS = int(sys.argv[2])
     GO = int(sys.argv[3]) if len(sys.argv) > 3 else None
 
+    import importlib
+
+    for name in WARM_IMPORTS:
+        try:
+            importlib.import_module(name)
+        except Exception:  # missing (e.g. no TensorFlow under JAX): the notebook's own imports will say so
+            pass
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance(colors="nocolor")
+    # a notebook imports modules beside it (cnn_checks.py) as in Jupyter; last, so nothing is shadowed
+    sys.path.append(os.getcwd())
     install_otter_stub()
     try:
-        if job.get("mnist_npz"):
-            install_offline_mnist(job["mnist_npz"])
-        if not job.get("real_fit"):
+        if setup.get("mnist_npz"):
+            install_offline_mnist(setup["mnist_npz"])
+        if not setup.get("real_fit"):
             install_fit_recorder()
     except Exception as exc:  # keras missing: the notebook's own imports will say so
         send(P.NOTE, message=f"setup: {type(exc).__name__}: {exc}")
-    send(P.READY)  # the grader's start-up ends here: the student's time starts with the first cell
+    # The grader's start-up ends here; this process may wait (warm) until the grader hands it one
+    # submission on stdin.  The student's time starts with the first cell.
+    send(P.READY)
+    job = read_job()
+    write_files(job.get("files") or {})
 
     for index, source in job["cells"]:
         send(P.CELL, index=index)

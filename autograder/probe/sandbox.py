@@ -29,15 +29,17 @@ import os
 import resource
 import signal
 import subprocess
+import select
 import threading
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
 import psutil
 
-from autograder import protocol
+from autograder import protocol, warm
 from autograder.probe import jail as jails
 from autograder.verifier.budget import Budget
 
@@ -163,6 +165,7 @@ class ProbeResult:
     output: str = ""
     seconds: float = 0.0
     isolation: dict = field(default_factory=dict)
+    warm_starts: list = field(default_factory=list)  # per run: whether its jail had started ahead (warm pool)
 
     @property
     def complete(self) -> bool:
@@ -280,6 +283,7 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
     The child dies first so it cannot spawn more; then we sweep until nothing new appears,
     because a process born between two looks would otherwise escape."""
     me = psutil.Process()
+    preexisting = set(preexisting)
     for kill in (lambda: os.killpg(child.pid, signal.SIGKILL), child.kill):
         try:
             kill()
@@ -288,7 +292,8 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
     for _ in range(50):
         victims = _tree(child.pid)
         try:
-            victims += [p for p in me.children(recursive=True) if p.pid != child.pid and p.pid not in preexisting]
+            spared = preexisting | warm.all_pids()  # jails and judges waiting for other submissions
+            victims += [p for p in me.children(recursive=True) if p.pid != child.pid and p.pid not in spared]
         except psutil.Error:
             pass
         alive = []
@@ -323,6 +328,105 @@ def _rlimits(file_size_mb: int, slot_uid: bool):
     return apply
 
 
+ENV_PROBE_THREADS = "CNN_GRADER_PROBE_THREADS"
+PROBE_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
+                          "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def probe_threads() -> int:
+    """CPU threads a probe's TensorFlow and BLAS may use (``CNN_GRADER_PROBE_THREADS``; 0 or unset: their
+    defaults).  The batch grader sets 1, so that probes beside a retrain do not oversubscribe the cores;
+    ``--real-fit`` probes, which train, keep the defaults."""
+    try:
+        return max(int(os.environ.get(ENV_PROBE_THREADS, "0")), 0)
+    except ValueError:
+        return 0
+
+
+@dataclass(frozen=True)
+class _ProbeSpec:
+    """Everything a jail's start-up depends on: a warm jail serves only work with the same spec."""
+
+    mnist_npz: str | None
+    real_fit: bool
+    file_size_mb: int
+    python: str
+    mode: str
+    keras_backend: str | None
+    registered_private: tuple
+    threads: int = 0  # CPU threads for TensorFlow and BLAS in the probe (0: their defaults, every core)
+
+
+class _WarmProbe:
+    """A jail opened and its runtime started, importing what notebooks need; it gets its one submission
+    on stdin after it says ``ready`` (:meth:`_Run.execute`).  Nothing of any submission is in it before."""
+
+    def __init__(self, stack: ExitStack, jail, child: subprocess.Popen, status_r: int, go_w: int):
+        self.stack, self.jail, self.child, self.status_r, self.go_w = stack, jail, child, status_r, go_w
+
+    @classmethod
+    def start(cls, spec: _ProbeSpec, private) -> "_WarmProbe":
+        stack = ExitStack()
+        try:
+            jail = stack.enter_context(jails.open_jail(private, python=spec.python,
+                                                       tmp_bytes=spec.file_size_mb * 1024 * 1024))
+            runtime = jail.put(protocol.RUNTIME_FILE, RUNTIME.read_bytes())
+            jail.put(protocol.PROTOCOL_FILE, PROTOCOL.read_bytes())  # the runtime loads it before any student code
+            mnist = jail.copy_in("mnist.npz", Path(spec.mnist_npz)) if spec.mnist_npz else None
+            setup = jail.put("setup.json", json.dumps({"real_fit": spec.real_fit, "mnist_npz": mnist}).encode())
+            jail.hand_over()  # nothing is written into the folder after this
+            env = jail.env({"MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": f"{jail.inside}/.keras",
+                            "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""})
+            if spec.keras_backend:
+                env["KERAS_BACKEND"] = spec.keras_backend
+            if spec.threads > 0:  # beside a retrain that uses every core: the probe's cells are light
+                env.update({name: str(spec.threads) for name in PROBE_THREAD_VARIABLES})
+            cmd = jail.command([jail.python, "-I", runtime, setup])
+            status_r, status_w = os.pipe()
+            go_r, go_w = os.pipe()  # the grader's go-ahead between cells (see _Run._go_ahead)
+            os.set_blocking(go_w, False)
+            stack.callback(os.close, go_w)
+            try:
+                child = subprocess.Popen(
+                    [*cmd, str(status_w), str(go_r)], cwd=jail.work, env=env, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(status_w, go_r),
+                    start_new_session=True, preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None))
+            except BaseException:
+                os.close(status_r)
+                raise
+            finally:
+                os.close(status_w)
+                os.close(go_r)
+            return cls(stack, jail, child, status_r, go_w)
+        except BaseException:
+            stack.close()
+            raise
+
+    def alive(self) -> bool:
+        return self.child.poll() is None
+
+    def ready(self) -> bool:
+        """Its runtime has said something (``ready`` comes first, after the imports)."""
+        try:
+            return bool(select.select([self.status_r], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+
+    def pids(self) -> set[int]:
+        return {p.pid for p in _tree(self.child.pid)}
+
+    def close(self) -> None:
+        """Discard it unused: kill its processes, remove its folder, release its uid."""
+        try:
+            _kill_everything(self.child, _my_children() - self.pids())
+        finally:
+            try:
+                os.close(self.status_r)
+            except OSError:
+                pass
+            self.stack.close()
+
+
 def probe(
     notebook: str | os.PathLike,
     variables: list[str],
@@ -332,8 +436,13 @@ def probe(
     real_fit: bool = False,
     mnist_npz: str | os.PathLike | None = None,
     private: list | tuple = (),
+    files: dict[str, bytes] | None = None,
 ) -> ProbeResult:
     """Execute ``notebook`` in a jail and extract ``variables`` as plain data.
+
+    ``files`` are put beside the notebook (what students have there, such as ``cnn_checks.py``): they
+    travel with the submission on the jail's stdin and the runtime writes them, as the sandbox's own
+    user, before the first cell (a warm jail was handed over before its submission was known).
 
     ``functions`` maps a variable that should hold a function to the calls to make on it
     (``{"args": [...], "kwargs": {...}}``); their outputs come back instead of the function.
@@ -358,6 +467,7 @@ def probe(
     _become_subreaper()
     while True:
         run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
+        run.files = dict(files or {})
         run.execute(nb, mnist_npz, private, result)
         result.runs += 1
         if run.grader_error:
@@ -418,6 +528,8 @@ class _Run:
         self.root_pid: int | None = None  # the jail's outermost process, once started
         self.process_culprit: int | None = None  # the cell that left too many processes behind
         self.go_fd: int | None = None  # write end of the go-ahead pipe the runtime waits on between cells
+        self.on_ready = None  # hands the submission over once the jail's start-up is done
+        self.files: dict[str, bytes] = {}  # put beside the notebook (sent with the submission)
 
     # -- status protocol --------------------------------------------------------------------
     def on_status(self, line: bytes) -> None:
@@ -428,11 +540,14 @@ class _Run:
             self.ignored += 1
             return
         with self.lock:
-            if not self._accept(msg, kind, time.monotonic()):
+            accepted = self._accept(msg, kind, time.monotonic())
+            if not accepted:
                 self.ignored += 1
                 return
             if kind == protocol.CELL_DONE and self.process_culprit is None:
                 self._go_ahead()
+        if kind == protocol.READY and self.on_ready is not None:
+            self.on_ready()
 
     def _go_ahead(self) -> None:
         """Let the runtime start its next cell.  Non-blocking: a notebook that reopened the
@@ -509,41 +624,39 @@ class _Run:
     # -- one run ----------------------------------------------------------------------------
     def execute(self, nb, mnist_npz, private, into: ProbeResult) -> None:
         limits = self.limits
-        with jails.open_jail(private, tmp_bytes=limits.file_size_mb * 1024 * 1024) as jail:
-            into.isolation["uid"] = jail.uid
-            self.uid = jail.uid
-            nb_inside = jail.put("submission.ipynb", nbformat.writes(nb).encode())
-            runtime = jail.put(protocol.RUNTIME_FILE, RUNTIME.read_bytes())
-            jail.put(protocol.PROTOCOL_FILE, PROTOCOL.read_bytes())  # the runtime loads it before any student code
-            mnist = jail.copy_in("mnist.npz", mnist_npz) if mnist_npz else None
-            job = {"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
-                   "real_fit": self.real_fit, "mnist_npz": mnist, "notebook": nb_inside}
-            job_path = jail.put("job.json", json.dumps(job).encode())
-            jail.hand_over()
-            env = jail.env({"MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": f"{jail.inside}/.keras",
-                            "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""})
-            if "KERAS_BACKEND" in os.environ:
-                env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
-            preexisting = _my_children()
-            status_r, status_w = os.pipe()
-            go_r, go_w = os.pipe()
-            os.set_blocking(go_w, False)
-            self.go_fd = go_w
-            cmd = jail.command([jail.python, "-I", runtime, job_path, str(status_w), str(go_r)])
-            child = subprocess.Popen(
-                cmd, cwd=jail.work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, pass_fds=(status_w, go_r), start_new_session=True,
-                preexec_fn=_rlimits(limits.file_size_mb, jail.uid is not None),
-            )
-            os.close(status_w)
-            os.close(go_r)
+        spec = _ProbeSpec(str(mnist_npz) if mnist_npz else None, self.real_fit, limits.file_size_mb,
+                          jails.probe_python(), jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
+                          tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))),
+                          0 if self.real_fit else probe_threads())
+        started = warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
+        into.warm_starts.append(started is not None)
+        if started is None:
+            started = _WarmProbe.start(spec, private)
+        warm.PROBES.fill(spec, lambda: _WarmProbe.start(spec, private))  # the next jail warms up meanwhile
+        jail, child = started.jail, started.child
+        into.isolation["uid"] = jail.uid
+        self.uid = jail.uid
+        files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
+        job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
+                          "files": files}).encode()
+
+        def hand_over() -> None:  # the submission goes to this jail alone, once it is ready for it
             try:
-                self._watch(child, status_r, preexisting)
-            finally:
-                _kill_everything(child, preexisting)
-                with self.lock:
-                    self.go_fd = None
-                os.close(go_w)
+                child.stdin.write(job)
+                child.stdin.close()
+            except (OSError, ValueError):
+                pass  # it died: the watchdog reports it
+
+        self.on_ready = lambda: threading.Thread(target=hand_over, daemon=True).start()
+        self.go_fd = started.go_w
+        preexisting = _my_children() - {p.pid for p in _tree(child.pid)}
+        try:
+            self._watch(child, started.status_r, preexisting)
+        finally:
+            _kill_everything(child, preexisting)
+            with self.lock:
+                self.go_fd = None
+            started.stack.close()
 
     def _watch(self, child: subprocess.Popen, status_r: int, preexisting: set[int]) -> None:
         limits = self.limits
@@ -587,22 +700,27 @@ class _Run:
         interrupted = None
         runtime_pid = None
         tick, escaped, outside = 0, [], 0
+        procs, rss, next_scan = [], 0, 0.0
         stop = None  # (message, is a grader fault)
         while child.poll() is None:
             time.sleep(0.05)
             now = time.monotonic()
-            procs = _tree(child.pid)
-            tick += 1
-            if tick % 5 == 1:  # a few times a second: the uid's other processes and RAM held outside RSS
-                escaped = [p for p in _uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
-                outside = _memory_outside_rss(procs + escaped, self.uid)
-            procs = procs + [p for p in escaped if p.is_running()]
-            rss = outside
-            for p in procs:
-                try:
-                    rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
+            if now >= next_scan:  # every 50 ms, unless a scan of the process table costs more than a fifth of that
+                procs = _tree(child.pid)
+                tick += 1
+                if tick % 5 == 1:  # a few times a second: the uid's other processes and RAM held outside RSS
+                    escaped = [p for p in _uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
+                    outside = _memory_outside_rss(procs + escaped, self.uid)
+                procs = procs + [p for p in escaped if p.is_running()]
+                rss = outside
+                for p in procs:
+                    try:
+                        rss += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                # on a loaded machine the watchdog's own scans are the grader's largest cost per notebook:
+                # they become rarer (at most 20% of the watchdog's time), the clocks below stay exact
+                next_scan = now + 4 * (time.monotonic() - now)
             with self.lock:
                 phase, step, step_started, nb_started = self.phase, self.step, self.step_started, self.notebook_started
                 running = phase in ("cells", "extract")  # no state without a clock: see _accept
