@@ -26,16 +26,15 @@ import numpy as np
 from autograder import public_checks, reference
 from autograder.public_checks import canonical, digest
 from autograder.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
+from autograder.variants import LESSON, Givens
 
-# --- the givens shown in the notebook ----------------------------------------------------
+# --- the givens shown in the notebook (the lesson's; a variant has its own, see variants.py) ----
 
-SMALL_IMAGE = np.array([[3, 1, 2], [0, 4, 1], [2, 5, 3]])
-SMALL_FILTER = np.array([[1, 2], [0, -1]])
-SIZE_N, SIZE_K = 28, 5  # output-size questions: a 28x28 image and a 5x5 filter
-RGB_SIZE, RGB_K, RGB_FILTERS = 32, 3, 16  # 32x32 RGB image, 3x3 filters, 16 of them
-POOL_INPUT = np.array(
-    [[1, 3, 2, 0, 7], [4, 6, 1, 5, 2], [0, 2, 9, 1, 3], [8, 1, 3, 4, 6], [5, 7, 2, 8, 1]]
-)
+SMALL_IMAGE = np.array(LESSON.image_3x3)
+SMALL_FILTER = np.array(LESSON.filter_2x2)
+SIZE_N, SIZE_K = LESSON.size_n, LESSON.size_k  # output-size questions: a 28x28 image and a 5x5 filter
+RGB_SIZE, RGB_K, RGB_FILTERS = LESSON.rgb_size, LESSON.rgb_k, LESSON.rgb_filters  # 32x32 RGB, 16 3x3 filters
+POOL_INPUT = np.array(LESSON.pool_input)
 ACCURACY_THRESHOLD = 0.99
 
 GIVENS = {
@@ -66,11 +65,11 @@ def _conv(image, kernel, **kw):
     return reference.conv2d(np.asarray(image, float), np.asarray(kernel, float), **kw)
 
 
-def _size_answers() -> list[Answer]:
-    n, k = SIZE_N, SIZE_K
+def _size_answers(g: Givens = LESSON) -> list[Answer]:
+    n, k, s = g.size_n, g.size_k, g.size_stride
     size = reference.conv_output_size
     same, valid, full = size(n, k, padding="same"), size(n, k), size(n, k, padding="full")
-    stride2 = size(n, k, stride=2)
+    stride2 = size(n, k, stride=s)
     return [
         Answer("size_valid", "int", "an int", valid,
                [(same, "that is the size with 'same' padding; 'valid' means no padding, so the filter only fits n - k + 1 times"),
@@ -85,23 +84,23 @@ def _size_answers() -> list[Answer]:
                 (valid, "that is 'valid' padding"), (same, "that is 'same' padding")],
                hint="Full padding adds k - 1 zeros on each side."),
         Answer("size_stride2", "int", "an int", stride2,
-               [(-(-(n - k) // 2) + 1, "rounded up: a window that does not fit is dropped, so use floor((n - k) / s) + 1"),
-                (valid, "ignored the stride of 2"), ((n - k) // 2, "forgot the + 1")],
+               [(-(-(n - k) // s) + 1, "rounded up: a window that does not fit is dropped, so use floor((n - k) / s) + 1"),
+                (valid, f"ignored the stride of {s}"), ((n - k) // s, "forgot the + 1")],
                hint="With stride s: floor((n - k) / s) + 1."),
     ]
 
 
-def _rgb_answers() -> list[Answer]:
-    n, k, f = RGB_SIZE, RGB_K, RGB_FILTERS
+def _rgb_answers(g: Givens = LESSON) -> list[Answer]:
+    n, k, f, c = g.rgb_size, g.rgb_k, g.rgb_filters, g.rgb_channels
     out = reference.conv_output_size(n, k)
     return [
         Answer("rgb_output_shape", "shape", "a tuple (height, width, channels)", (out, out, f),
-               [((out, out, 3), "the output depth is the number of filters, not the number of input channels"),
+               [((out, out, c), "the output depth is the number of filters, not the number of input channels"),
                 ((n, n, f), "that is 'same' padding; this layer uses 'valid'"),
                 ((f, out, out), "Keras puts channels last: (height, width, channels)")]),
-        Answer("rgb_params", "int", "an int", reference.conv2d_params(k, 3, f),
-               [(reference.conv2d_params(k, 1, f), "forgot the 3 input channels: each filter is 3x3x3"),
-                (reference.conv2d_params(k, 3, f, use_bias=False), "forgot the biases (one per filter)"),
+        Answer("rgb_params", "int", "an int", reference.conv2d_params(k, c, f),
+               [(reference.conv2d_params(k, 1, f), f"forgot the {c} input channels: each filter is {k}x{k}x{c}"),
+                (reference.conv2d_params(k, c, f, use_bias=False), "forgot the biases (one per filter)"),
                 (reference.conv2d_params(k, 1, f, use_bias=False), "forgot both the input channels and the biases")],
                hint="Each filter has k*k*channels weights plus one bias."),
     ]
@@ -113,8 +112,8 @@ def _variant(specs, **changes):
                  for s in specs)
 
 
-def _table_answers() -> list[Answer]:
-    seed, shape = reference.SEED_MODEL, reference.SEED_INPUT_SHAPE
+def _table_answers(g: Givens = LESSON) -> list[Answer]:
+    seed, shape = g.table_model(), reference.SEED_INPUT_SHAPE
     rows = reference.layer_table(shape, seed)
     labels = [f"{r.kind}" for r in rows]
     shape_variants = [
@@ -156,36 +155,54 @@ def _table_answers() -> list[Answer]:
     ]
 
 
-def _answers() -> dict[str, Answer]:
-    small = _conv(SMALL_IMAGE, SMALL_FILTER)
-    edge = _conv(reference.EDGE_IMAGE, reference.EDGE_KERNEL)
+def answers_for(g: Givens = LESSON) -> dict[str, Answer]:
+    """Every plain-answer question's expected value and typical mistakes, for these numbers."""
+    arrays = g.arrays()
+    image, filt, edge_image, edge_filter, pool_input = (
+        arrays[k] for k in ("image_3x3", "filter_2x2", "edge_image", "edge_filter", "pool_input"))
+    small = _conv(image, filt)
+    edge = _conv(edge_image, edge_filter)
     answers = [
         Answer("conv_small", "array", "a 2x2 numpy array", small,
-               [(_conv(SMALL_IMAGE, np.flip(SMALL_FILTER)), "flipped the filter; in deep learning the filter slides over the image as is (cross-correlation)"),
-                (_conv(SMALL_IMAGE, SMALL_FILTER.T), "transposed the filter (rows and columns swapped)"),
+               [(_conv(image, np.flip(filt)), "flipped the filter; in deep learning the filter slides over the image as is (cross-correlation)"),
+                (_conv(image, filt.T), "transposed the filter (rows and columns swapped)"),
                 (small.T, "rows and columns of the result are swapped")],
                hint="Top-left entry: f1*a + f2*b + f3*d + f4*e.",
                shape_hints={(3, 3): "a 3x3 result is what 'same' padding gives; the example uses no padding",
                             (4, 4): "a 4x4 result is 'full' padding; the example uses no padding"}),
         Answer("edge_output", "array", "a 4x3 numpy array", edge,
-               [(_conv(reference.EDGE_IMAGE, np.flip(reference.EDGE_KERNEL)), "flipped the filter (the signs come out reversed)")],
+               [(_conv(edge_image, np.flip(edge_filter)), "flipped the filter (the signs come out reversed)")],
                hint="Slide the 3x3 filter down the 6 rows and across the 5 columns.",
                shape_hints={(6, 5): "that is 'same' padding; the example uses no padding",
                             (3, 4): "rows and columns are swapped: 6 rows give 4 output rows, 5 columns give 3",
                             (8, 7): "that is 'full' padding"}),
-        *_size_answers(),
-        *_rgb_answers(),
-        Answer("pooled", "array", "a 2x2 numpy array", reference.max_pool2d(POOL_INPUT.astype(float)),
-               [(reference.max_pool2d(-POOL_INPUT.astype(float)) * -1, "took the minimum instead of the maximum"),
-                (POOL_INPUT[:4, :4].reshape(2, 2, 2, 2).mean(axis=(1, 3)), "took the average instead of the maximum")],
+        *_size_answers(g),
+        *_rgb_answers(g),
+        Answer("pooled", "array", "a 2x2 numpy array", reference.max_pool2d(pool_input.astype(float)),
+               [(reference.max_pool2d(-pool_input.astype(float)) * -1, "took the minimum instead of the maximum"),
+                (pool_input[:4, :4].reshape(2, 2, 2, 2).mean(axis=(1, 3)), "took the average instead of the maximum")],
                hint="Split into 2x2 blocks and keep the largest value of each.",
                shape_hints={(3, 3): "pooled the incomplete blocks at the edge; 'valid' max pooling drops them (floor(5 / 2) = 2)"}),
-        *_table_answers(),
+        *_table_answers(g),
     ]
     return {a.key: a for a in answers}
 
 
-ANSWERS: dict[str, Answer] = _answers()
+ANSWERS: dict[str, Answer] = answers_for(LESSON)
+
+# The numbers the checks of this process judge with: the lesson's, unless the grader selected the
+# submitter's variant (use_variant) before running the tests.
+_ACTIVE: dict[str, Any] = {"givens": LESSON, "answers": ANSWERS}
+
+
+def use_variant(givens: Givens | None) -> None:
+    """Judge with these numbers from now on (``None``: the lesson's)."""
+    givens = LESSON if givens is None else givens
+    _ACTIVE.update(givens=givens, answers=ANSWERS if givens == LESSON else answers_for(givens))
+
+
+def active_givens() -> Givens:
+    return _ACTIVE["givens"]
 
 
 # --- judging plain answers (hidden tests) -------------------------------------------------
@@ -212,7 +229,12 @@ def explain_answer(key: str, value) -> None:
     This detail is what the public check already tells the student; hidden tests call
     :func:`check_answer`, which does not repeat it.
     """
-    spec = ANSWERS[key]
+    explain_answer_in(_ACTIVE["answers"], key, value)
+
+
+def explain_answer_in(answers: dict[str, Answer], key: str, value) -> None:
+    """:func:`explain_answer` against the given answers (one variant's)."""
+    spec = answers[key]
     if value is None or value is Ellipsis:
         raise AssertionError(f"`{key}` is not answered: expected {spec.describe}.")
     data = canonical(spec.kind, value, f"`{key}`")
@@ -273,14 +295,15 @@ def _ref_max_pool2d(x, size=2):
 REFERENCE_FUNCTIONS: dict[str, Callable] = {"conv2d": _ref_conv2d, "max_pool2d": _ref_max_pool2d}
 
 
-def public_cases(name: str) -> list[FunctionCase]:
-    """Cases shown to students (the lesson's own examples)."""
+def public_cases(name: str, givens: Givens | None = None) -> list[FunctionCase]:
+    """Cases shown to students (the examples of their notebook: the lesson's, or their variant's)."""
+    a = (givens or active_givens()).arrays()
     if name == "conv2d":
         return [
-            FunctionCase("the edge example (valid padding)", (reference.EDGE_IMAGE.astype(float), reference.EDGE_KERNEL.astype(float)), {}),
-            FunctionCase("the 3x3 image with the 2x2 filter", (SMALL_IMAGE.astype(float), SMALL_FILTER.astype(float)), {}),
+            FunctionCase("the edge example (valid padding)", (a["edge_image"].astype(float), a["edge_filter"].astype(float)), {}),
+            FunctionCase("the 3x3 image with the 2x2 filter", (a["image_3x3"].astype(float), a["filter_2x2"].astype(float)), {}),
         ]
-    return [FunctionCase("the pooling example", (POOL_INPUT.astype(float),), {})]
+    return [FunctionCase("the pooling example", (a["pool_input"].astype(float),), {})]
 
 
 def hidden_cases(name: str, seed: int = 2026) -> list[FunctionCase]:
@@ -457,9 +480,9 @@ def evaluate_live_model(model) -> float:
 
 # --- the student-side module --------------------------------------------------------------
 
-def _public_digest_table() -> dict:
+def _public_digest_table(answers: dict[str, Answer] | None = None) -> dict:
     table = {}
-    for key, spec in ANSWERS.items():
+    for key, spec in (ANSWERS if answers is None else answers).items():
         entry: dict[str, Any] = {"kind": spec.kind, "describe": spec.describe, "hint": spec.hint}
         if spec.kind in ("int_list", "shape_list"):
             item_kind = "int" if spec.kind == "int_list" else "shape"
@@ -479,11 +502,11 @@ def _public_digest_table() -> dict:
     return table
 
 
-def _public_case_table() -> dict:
+def _public_case_table(givens: Givens = LESSON) -> dict:
     table = {}
     for name in REFERENCE_FUNCTIONS:
         rows = []
-        for case in public_cases(name):
+        for case in public_cases(name, givens):
             salt = f"{name}:{case.label}"
             rows.append({
                 "label": case.label,
@@ -498,13 +521,37 @@ def _public_case_table() -> dict:
     return table
 
 
-def render_public_module() -> str:
-    """Source of ``cnn_checks.py``: :mod:`autograder.public_checks` with its tables filled in."""
+def public_givens(givens: Givens) -> dict:
+    """What a student's first cell shows: the notebook's arrays and the questions' numbers."""
+    shown = {k: v.tolist() for k, v in givens.arrays().items()}
+    shown.update({k: getattr(givens, k) for k in ("size_n", "size_k", "size_stride", "rgb_size", "rgb_k",
+                                                  "rgb_filters", "rgb_channels", "table_dense")})
+    shown["table_filters"] = list(givens.table_filters)
+    return shown
+
+
+def _public_variant_table(assignment: str, config) -> dict:
+    from autograder import variants
+
+    pool = variants.pool(assignment, config.pool_size, config.salt)
+    return {"assignment": assignment, "pool_size": config.pool_size, "salt": config.salt,
+            "variants": [{"givens": public_givens(g), "answers": _public_digest_table(answers_for(g)),
+                          "cases": _public_case_table(g)} for g in pool]}
+
+
+def render_public_module(assignment: str = "cnn_mnist", variant_config=None) -> str:
+    """Source of ``cnn_checks.py``: :mod:`autograder.public_checks` with its tables filled in.
+
+    With variants on, the lesson's tables stay empty and ``VARIANTS`` holds, per variant of the pool,
+    its numbers (not secret) and the digests of its answers and mistakes (as many as today's, each).
+    """
     source = inspect.getsource(public_checks)
+    on = variant_config is not None and variant_config.enabled
     fills = {
-        "ANSWER_DIGESTS: dict = {}": _public_digest_table(),
+        "ANSWER_DIGESTS: dict = {}": {} if on else _public_digest_table(),
         "EXPECTED_LAYERS: list = []": expected_layers(),
-        "PUBLIC_CASES: dict = {}": _public_case_table(),
+        "PUBLIC_CASES: dict = {}": {} if on else _public_case_table(),
+        "VARIANTS: dict = {}": _public_variant_table(assignment, variant_config) if on else {},
     }
     for placeholder, table in fills.items():
         assert source.count(placeholder) == 1, placeholder
@@ -513,7 +560,7 @@ def render_public_module() -> str:
     return header + source
 
 
-def probe_plan(name: str) -> list[dict]:
+def probe_plan(name: str, givens: Givens | None = None) -> list[dict]:
     """Every call the grading engine makes on a student's function in the sandbox (public + hidden)."""
     return [{"args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args], "kwargs": dict(case.kwargs)}
-            for case in public_cases(name) + hidden_cases(name)]
+            for case in public_cases(name, givens) + hidden_cases(name)]

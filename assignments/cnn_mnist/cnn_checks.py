@@ -31,6 +31,10 @@ __all__ = [
     "is_stub",
     "model_layers",
     "not_implemented_message",
+    "normalize_identity",
+    "variant_index",
+    "use_student",
+    "my_numbers",
 ]
 
 # --- filled by the build (autograder.checks.render_public_module) -------------------------
@@ -672,7 +676,58 @@ PUBLIC_CASES: dict = {'conv2d': [{'answer': '8a2e220d2df4af01ea6aa538f67f1649519
                                                                                                   'the '
                                                                                                   'maximum'},
                  'shape': [2, 2]}]}
+# per-student variants (empty when the assignment has none): {"assignment", "pool_size", "salt",
+# "variants": [{"givens": ..., "answers": <like ANSWER_DIGESTS>, "cases": <like PUBLIC_CASES>}, ...]}
+VARIANTS: dict = {}
 # ------------------------------------------------------------------------------------------
+
+_ACTIVE: dict = {}  # the variant chosen by use_student (student side) or by the grader
+
+
+def normalize_identity(identity) -> str:
+    """The form of an LMS id or e-mail that picks a variant: Unicode NFKC, case-folded, without
+    any whitespace (so ' Ada@Uni.EDU ' and 'ada@uni.edu' are one student)."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", str(identity)).casefold()
+    return "".join(text.split())
+
+
+def variant_index(assignment: str, identity, pool_size: int, salt: str = "") -> int:
+    """Which of ``pool_size`` variants the student with this identity gets (SHA-256, public)."""
+    ident = normalize_identity(identity)
+    if not ident:
+        raise ValueError("the student id is empty")
+    h = hashlib.sha256(f"{assignment}\x1f{salt}\x1f{ident}".encode()).digest()
+    return int.from_bytes(h[:8], "big") % pool_size
+
+
+def use_student(identity) -> dict:
+    """Select this student's numbers for the checks; returns them (the notebook's first cell)."""
+    if not VARIANTS:
+        return {}
+    index = variant_index(VARIANTS["assignment"], identity, VARIANTS["pool_size"], VARIANTS.get("salt", ""))
+    _ACTIVE.clear()
+    _ACTIVE.update(VARIANTS["variants"][index], index=index)
+    return my_numbers()
+
+
+def my_numbers() -> dict:
+    """The selected variant's givens as numpy arrays and ints (empty without variants)."""
+    if not _ACTIVE:
+        return {}
+    import numpy as np
+
+    return {k: (np.array(v) if isinstance(v, list) else v) for k, v in _ACTIVE["givens"].items()}
+
+
+def _tables() -> tuple[dict, dict]:
+    if not VARIANTS:
+        return ANSWER_DIGESTS, PUBLIC_CASES
+    if not _ACTIVE:
+        raise AssertionError("Run the notebook's first cell with your student id first: your numbers, and "
+                             "the checks for them, depend on it.")
+    return _ACTIVE["answers"], _ACTIVE["cases"]
 
 ROUND_DECIMALS = 6
 
@@ -753,7 +808,7 @@ def _judge(entry: dict, data, salt: str, label: str) -> None:
 
 def check_answer(key: str, value) -> None:
     """Raise ``AssertionError`` with feedback unless ``value`` is the right answer for ``key``."""
-    spec = ANSWER_DIGESTS[key]
+    spec = _tables()[0][key]
     if value is None or value is Ellipsis:
         raise AssertionError(f"`{key}` is not answered yet: replace the ... with {spec['describe']}.")
     data = canonical(spec["kind"], value, f"`{key}`")
@@ -809,7 +864,7 @@ def check_function(name: str, func) -> None:
     """Run the student's function on the public cases (inputs shown in the notebook)."""
     if not callable(func):
         raise AssertionError(f"`{name}` should be a function; define it with `def {name}(...)`.")
-    for case in PUBLIC_CASES[name]:
+    for case in _tables()[1][name]:
         import numpy as np
 
         args = [np.array(a, dtype=np.float64) for a in case["args"]]
