@@ -13,6 +13,7 @@ expected values always come from the reference implementation.  And two after it
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -46,17 +47,31 @@ def master_notebooks(solutions_dir: Path = SOLUTIONS_DIR) -> list[Path]:
     return sorted(p for p in solutions_dir.glob("*/*.ipynb") if p.stem == p.parent.name)
 
 
-def build_assignment(master: Path, out_dir: Path, *, gradescope: bool = True) -> BuiltAssignment:
-    """Run Otter Assign on one master notebook; leave ``out_dir/<name>/`` and its autograder.zip."""
+def build_assignment(master: Path, out_dir: Path, *, gradescope: bool = True, variants=None) -> BuiltAssignment:
+    """Run Otter Assign on one master notebook; leave ``out_dir/<name>/`` and its autograder.zip.
+
+    ``variants`` (a :class:`autograder.variants.VariantConfig`, default the assignment's:
+    :data:`autograder.checks.VARIANTS`) on: the notebook's first cell asks for the student's id and
+    shows their numbers, ``cnn_checks.py`` holds every variant's digests, and the zip records the
+    pool in ``variants.json`` for the grader."""
+    import nbformat
     import otter.assign
+    from autograder import checks
     from autograder.checks import render_public_module
 
     name = master.stem
     target = Path(out_dir) / name
+    variants = checks.VARIANTS if variants is None else variants
     with tempfile.TemporaryDirectory(prefix=f"build-{name}-") as tmp:
         work = Path(tmp) / name
         shutil.copytree(master.parent, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
-        (work / PUBLIC_MODULE_NAME).write_text(render_public_module())
+        (work / PUBLIC_MODULE_NAME).write_text(render_public_module(name, variants))
+        if variants.enabled:
+            from autograder.variants import variant_master
+
+            nb = nbformat.read(work / master.name, as_version=4)
+            variant_master(nb)
+            nbformat.write(nb, work / master.name)
         result = Path(tmp) / "dist"
         otter.assign.main(str(work / master.name), str(result), no_pdfs=True, no_run_tests=True)
         zips = list((result / "autograder").glob("*-autograder_*.zip"))
@@ -68,9 +83,17 @@ def build_assignment(master: Path, out_dir: Path, *, gradescope: bool = True) ->
         shutil.copy(zips[0], target / "autograder.zip")
         (target / "solution").mkdir()
         shutil.copy(result / "autograder" / master.name, target / "solution" / master.name)
+    if variants.enabled:  # the solution notebook is one student's: the sample id's
+        from autograder.variants import SAMPLE_ID, set_student_id
+
+        solution = nbformat.read(target / "solution" / master.name, as_version=4)
+        set_student_id(solution, SAMPLE_ID)
+        nbformat.write(solution, target / "solution" / master.name)
     for notebook in (target / master.name, target / "solution" / master.name):
         _stable_cell_ids(notebook)
-    built = BuiltAssignment(name, target, finish_otter_zip(target / "autograder.zip"), target / "solution" / master.name)
+    extra = {"variants.json": json.dumps(dataclasses.asdict(variants))} if variants.enabled else {}
+    built = BuiltAssignment(name, target, finish_otter_zip(target / "autograder.zip", extra),
+                            target / "solution" / master.name)
     if gradescope:
         built.gradescope_zip = make_gradescope_zip(built.autograder_zip, target / "gradescope_autograder.zip")
     return built
@@ -154,7 +177,7 @@ def run_autograder_script() -> str:
                                                  timeout_minutes=gradescope.DEFAULT_TIMEOUT_MINUTES)
 
 
-def _rewrite_zip(src_zip: Path, dest: Path, replace: dict[str, str], add: dict[str, Path]) -> None:
+def _rewrite_zip(src_zip: Path, dest: Path, replace: dict[str, str], add: dict[str, Path | str]) -> None:
     tmp = dest.with_name(dest.name + ".part")
     with zipfile.ZipFile(src_zip) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
         for item in src.infolist():
@@ -163,17 +186,20 @@ def _rewrite_zip(src_zip: Path, dest: Path, replace: dict[str, str], add: dict[s
                 data = replace[item.filename].encode()
             out.writestr(item, data)
         for arcname, path in add.items():
-            out.write(path, arcname)
+            if isinstance(path, str):  # the file's text
+                out.writestr(arcname, path)
+            else:
+                out.write(path, arcname)
     os.replace(tmp, dest)
 
 
-def finish_otter_zip(otter_zip: Path) -> Path:
+def finish_otter_zip(otter_zip: Path, extra: dict[str, str] | None = None) -> Path:
     """Make Otter's own zip work under ``otter grade`` (Docker): pinned environment with TensorFlow,
     and the grader package installed by ``setup.sh`` so ``autograder.otter_plugin`` imports."""
     with zipfile.ZipFile(otter_zip) as z:
         otter_setup = z.read("setup.sh").decode()
     _rewrite_zip(otter_zip, otter_zip, {"environment.yml": environment_yml(),
-                                        "setup.sh": setup_sh(otter_setup, embed_package=True)}, {})
+                                        "setup.sh": setup_sh(otter_setup, embed_package=True)}, dict(extra or {}))
     return otter_zip
 
 
@@ -200,11 +226,12 @@ def _stable_cell_ids(path: Path) -> None:
     nbformat.write(nb, path)
 
 
-def build_all(out_dir: Path, solutions_dir: Path = SOLUTIONS_DIR, *, gradescope: bool = True) -> list[BuiltAssignment]:
+def build_all(out_dir: Path, solutions_dir: Path = SOLUTIONS_DIR, *, gradescope: bool = True,
+              variants=None) -> list[BuiltAssignment]:
     masters = master_notebooks(solutions_dir)
     if not masters:
         raise FileNotFoundError(f"no master notebooks (solutions/<name>/<name>.ipynb) in {solutions_dir}")
-    return [build_assignment(m, out_dir, gradescope=gradescope) for m in masters]
+    return [build_assignment(m, out_dir, gradescope=gradescope, variants=variants) for m in masters]
 
 
 def sync_student_folders(built: list[BuiltAssignment], assignments_dir: Path = ASSIGNMENTS_DIR) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from autograder import public_checks, reference
 from autograder.public_checks import canonical, digest
 from autograder.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
-from autograder.variants import LESSON, Givens
+from autograder.variants import LESSON, Givens, VariantConfig
 
 # --- the givens shown in the notebook (the lesson's; a variant has its own, see variants.py) ----
 
@@ -36,6 +36,9 @@ SIZE_N, SIZE_K = LESSON.size_n, LESSON.size_k  # output-size questions: a 28x28 
 RGB_SIZE, RGB_K, RGB_FILTERS = LESSON.rgb_size, LESSON.rgb_k, LESSON.rgb_filters  # 32x32 RGB, 16 3x3 filters
 POOL_INPUT = np.array(LESSON.pool_input)
 ACCURACY_THRESHOLD = 0.99
+# Per-student variants (off: everyone gets the numbers above). To turn them on:
+# VARIANTS = VariantConfig(enabled=True, pool_size=64), then rebuild (see the README).
+VARIANTS = VariantConfig()
 
 GIVENS = {
     "image_3x3": SMALL_IMAGE,
@@ -196,12 +199,37 @@ _ACTIVE: dict[str, Any] = {"givens": LESSON, "answers": ANSWERS}
 
 
 def use_variant(givens: Givens | None) -> None:
-    """Judge with these numbers from now on (``None``: the lesson's)."""
+    """Judge with these numbers from now on (``None``: the lesson's).  The grader calls it with the
+    variant of the submitter's LMS identity before any test runs."""
     givens = LESSON if givens is None else givens
-    _ACTIVE.update(givens=givens, answers=ANSWERS if givens == LESSON else answers_for(givens))
+    _ACTIVE.update(givens=givens, answers=ANSWERS if givens == LESSON else answers_for(givens), explicit=True)
+
+
+def _notebook_variant() -> Givens | None:
+    """Where nothing chose the variant (``otter run`` in the student's kernel, no LMS identity):
+    the one the notebook's first cell selected in the student-side module, if variants are on."""
+    import sys
+
+    public = sys.modules.get("cnn_checks")
+    table = getattr(public, "VARIANTS", None)
+    active = getattr(public, "_ACTIVE", None)
+    if not table or not active:
+        return None
+    from autograder import variants
+
+    return variants.pool(table["assignment"], table["pool_size"], table.get("salt", ""))[active["index"]]
+
+
+def _sync() -> None:
+    if _ACTIVE.get("explicit"):
+        return
+    givens = _notebook_variant() or LESSON
+    if givens != _ACTIVE["givens"]:
+        _ACTIVE.update(givens=givens, answers=ANSWERS if givens == LESSON else answers_for(givens))
 
 
 def active_givens() -> Givens:
+    _sync()
     return _ACTIVE["givens"]
 
 
@@ -229,6 +257,7 @@ def explain_answer(key: str, value) -> None:
     This detail is what the public check already tells the student; hidden tests call
     :func:`check_answer`, which does not repeat it.
     """
+    _sync()
     explain_answer_in(_ACTIVE["answers"], key, value)
 
 

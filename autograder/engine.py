@@ -48,6 +48,11 @@ class Autograder:
     tests: dict[str, str]  # file name -> exception-format Otter test source
     public_module: str  # files/cnn_checks.py
     sha256: str
+    variants: dict | None = None  # variants.json (VariantConfig as a dict): per-student variants on
+
+    @property
+    def variants_on(self) -> bool:
+        return bool(self.variants and self.variants.get("enabled"))
 
     @classmethod
     def from_zip(cls, path: str | os.PathLike) -> "Autograder":
@@ -57,7 +62,9 @@ class Autograder:
                      if n.startswith("tests/") and n.endswith(".py")}
             config = json.loads(z.read("otter_config.json"))
             public = z.read("files/cnn_checks.py").decode()
-        return cls(config.get("assignment_name", Path(path).stem), tests, public, hashlib.sha256(raw).hexdigest())
+            variants = json.loads(z.read("variants.json")) if "variants.json" in z.namelist() else None
+        return cls(config.get("assignment_name", Path(path).stem), tests, public, hashlib.sha256(raw).hexdigest(),
+                   variants)
 
     def variables(self) -> list[str]:
         """Every name a test function takes: the values to extract from the notebook."""
@@ -115,10 +122,24 @@ def _retrain_models(values: dict, options: RetrainOptions) -> dict[str, dict]:
     return reports
 
 
-def _function_plan(variables: list[str]) -> dict[str, list[dict]]:
+def _function_plan(variables: list[str], ag: "Autograder | None" = None) -> dict[str, list[dict]]:
+    """The calls to record per function; with variants, every variant's public examples (the
+    variant is settled by the judge, and the examples are small)."""
     from autograder import checks
 
-    return {name: checks.probe_plan(name) for name in checks.REFERENCE_FUNCTIONS if name in variables}
+    plan = {name: checks.probe_plan(name) for name in checks.REFERENCE_FUNCTIONS if name in variables}
+    if ag is not None and ag.variants_on:
+        from autograder import variants
+
+        pool = variants.pool(ag.name, int(ag.variants["pool_size"]), str(ag.variants.get("salt", "")))
+        for name in plan:
+            seen = {json.dumps(c, sort_keys=True) for c in plan[name]}
+            for givens in pool:
+                for case in checks.probe_plan(name, givens)[:len(checks.public_cases(name, givens))]:
+                    if json.dumps(case, sort_keys=True) not in seen:
+                        seen.add(json.dumps(case, sort_keys=True))
+                        plan[name].append(case)
+    return plan
 
 
 def _grader_fingerprint(extra: list[Path]) -> str:
@@ -197,8 +218,14 @@ def grade_notebook(
     retrain: RetrainOptions = RetrainOptions(),
     real_fit: bool = False,
     on_partial: Callable[[dict], None] | None = None,
+    identity: str | None = None,
+    identity_source: str = "LMS",
 ) -> dict:
     """Grade one notebook; never raises for anything the submission does.
+
+    ``identity`` is the submitter's LMS identity (e-mail or id, see :func:`variants.lms_identity`):
+    with variants on, it alone chooses the numbers the answers are judged with; the notebook's own
+    ``STUDENT_ID`` is used only when there is none, and a different one is flagged (``variant``).
 
     ``on_partial`` receives the result judged without the retrained accuracy (``retrain_pending``
     is true, the training check says the score is provisional) before retraining starts."""
@@ -208,7 +235,9 @@ def grade_notebook(
     ag = autograder if isinstance(autograder, Autograder) else Autograder.from_zip(autograder)
     zip_path = [] if isinstance(autograder, Autograder) else [Path(autograder)]
     variables = ag.variables()
-    functions = _function_plan(variables)
+    if ag.variants_on and "STUDENT_ID" not in variables:
+        variables.append("STUDENT_ID")  # the notebook's claim: compared, never trusted
+    functions = _function_plan(variables, ag)
     before = _grader_fingerprint(zip_path)
     result: dict = {
         "schema": RESULT_SCHEMA_VERSION, "assignment": ag.name, "submission": str(notebook),
@@ -216,8 +245,10 @@ def grade_notebook(
         "retrain": None, "limits_hit": [], "execution": {}, "isolation": {}, "versions": _versions(),
     }
     private = [Path(autograder).resolve().parent] if zip_path else []
+    # with variants the notebook's first cell imports the student-side checks, as students have them
+    files = {"cnn_checks.py": ag.public_module.encode()} if ag.variants_on else None
     probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, mnist_npz=ensure_mnist_npz(),
-                   private=private)
+                   private=private, files=files)
     result["limits_hit"] = probed.limits_hit
     result["isolation"] = probed.isolation
     result["execution"] = {"seconds": probed.seconds, "cells": probed.cells, "skipped_cells": probed.skipped,
@@ -233,6 +264,9 @@ def grade_notebook(
         result.update(status="error", error=probed.crashed)
     request = {"tests": ag.tests, "public_module": ag.public_module, "values": values,
                "functions": functions, "retrain": retrain.for_judge()}
+    if ag.variants_on:
+        request["variant"] = {"assignment": ag.name, "config": ag.variants, "identity": identity,
+                              "identity_source": identity_source if identity else None}
     try:
         if retrain.enabled and any((d or {}).get("status") == "model" for d in values.values()):
             if on_partial is not None:
@@ -254,6 +288,8 @@ def grade_notebook(
 def _judged(result: dict, judged: dict) -> dict:
     result["questions"] = judged["questions"]
     result["retrain"] = judged["retrain"]
+    if judged.get("variant") is not None:
+        result["variant"] = judged["variant"]
     result["score"] = round(sum(q["score"] for q in judged["questions"]), 6)
     result["max_score"] = round(sum(q["max_score"] for q in judged["questions"]), 6)
     return result

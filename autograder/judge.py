@@ -152,14 +152,55 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
     return questions
 
 
+def select_variant(request: dict, env: dict, public) -> dict | None:
+    """With variants on: judge with the submitter's variant (from the LMS identity; the notebook's
+    ``STUDENT_ID`` only when there is none) and say what the instructor should know."""
+    spec = request.get("variant")
+    if not spec:
+        return None
+    from autograder import checks, variants
+
+    config = spec["config"]
+    pool_size, salt = int(config["pool_size"]), str(config.get("salt", ""))
+    pool = variants.pool(spec["assignment"], pool_size, salt)
+    declared = env.get("STUDENT_ID")
+    declared = clean_text(declared, 200) if isinstance(declared, (str, int)) and not isinstance(declared, bool) else None
+    declared_index = None
+    if declared is not None and variants.normalize_identity(declared):
+        declared_index = variants.variant_index(spec["assignment"], declared, pool_size, salt)
+    info: dict = {"pool_size": pool_size, "identity_source": spec.get("identity_source"),
+                  "declared_id": declared, "declared_index": declared_index, "index": None,
+                  "declared_differs": False, "matches": {}}
+    if spec.get("identity"):
+        info["index"] = variants.variant_index(spec["assignment"], spec["identity"], pool_size, salt)
+        info["declared_differs"] = (declared is None
+                                    or variants.normalize_identity(declared) != variants.normalize_identity(spec["identity"]))
+    elif declared_index is not None:
+        info["index"], info["identity_source"] = declared_index, "the notebook's STUDENT_ID (no LMS identity)"
+    if info["index"] is None:
+        checks.use_variant(None)
+        public._ACTIVE.clear()  # the public checks then ask for the id: nothing to judge with
+        return info
+    checks.use_variant(pool[info["index"]])
+    public._ACTIVE.clear()
+    public._ACTIVE.update(public.VARIANTS["variants"][info["index"]], index=info["index"])
+    answers = {k: v for k, v in env.items() if k in checks.ANSWERS and not isinstance(v, ExtractionFailed)}
+    info["matches"] = {str(i): keys for i, keys in variants.other_variant_matches(answers, info["index"], pool).items()}
+    return info
+
+
 def judge(request: dict) -> dict:
     public = types.ModuleType("cnn_checks")
     exec(compile(request["public_module"], "cnn_checks.py", "exec"), public.__dict__)
     sys.modules["cnn_checks"] = public
     env = build_env(request["values"], request["functions"], request.get("retrain"))
+    variant = select_variant(request, env, public)
     questions = run_tests(request["tests"], env)
     retrain_reports = [v.last_report for v in env.values() if isinstance(v, ExtractedModel) and v.last_report]
-    return {"questions": questions, "retrain": retrain_reports[0] if retrain_reports else None}
+    out = {"questions": questions, "retrain": retrain_reports[0] if retrain_reports else None}
+    if variant is not None:
+        out["variant"] = variant
+    return out
 
 
 def main() -> None:

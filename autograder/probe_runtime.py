@@ -237,6 +237,8 @@ def main():
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance(colors="nocolor")
+    # a notebook imports modules beside it (cnn_checks.py) as in Jupyter; last, so nothing is shadowed
+    sys.path.append(os.getcwd())
     install_otter_stub()
     try:
         if job.get("mnist_npz"):

@@ -333,13 +333,15 @@ def probe(
     real_fit: bool = False,
     mnist_npz: str | os.PathLike | None = None,
     private: list | tuple = (),
+    files: dict[str, bytes] | None = None,
 ) -> ProbeResult:
     """Execute ``notebook`` in a jail and extract ``variables`` as plain data.
 
     ``functions`` maps a variable that should hold a function to the calls to make on it
     (``{"args": [...], "kwargs": {...}}``); their outputs come back instead of the function.
     ``private`` names more folders the submission must not see (the autograder zip's, the
-    submission's own).  The jail is self-tested first (once per process)."""
+    submission's own).  ``files`` are put beside the notebook (what students have there, such as
+    ``cnn_checks.py``).  The jail is self-tested first (once per process)."""
     result = ProbeResult()
     started = time.monotonic()
     try:
@@ -359,6 +361,7 @@ def probe(
     _become_subreaper()
     while True:
         run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
+        run.files = dict(files or {})
         run.execute(nb, mnist_npz, private, result)
         result.runs += 1
         if run.grader_error:
@@ -416,6 +419,7 @@ class _Run:
         self.ignored = 0
         self.lock = threading.Lock()
         self.uid: int | None = None  # the slot uid, once the jail is open
+        self.files: dict[str, bytes] = {}  # put beside the notebook
 
     # -- status protocol --------------------------------------------------------------------
     def on_status(self, line: bytes) -> None:
@@ -490,6 +494,8 @@ class _Run:
             self.uid = jail.uid
             nb_inside = jail.put("submission.ipynb", nbformat.writes(nb).encode())
             runtime = jail.put("probe_runtime.py", RUNTIME.read_bytes())
+            for name, data in self.files.items():
+                jail.put(name, data)
             mnist = jail.copy_in("mnist.npz", mnist_npz) if mnist_npz else None
             job = {"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
                    "real_fit": self.real_fit, "mnist_npz": mnist, "notebook": nb_inside}

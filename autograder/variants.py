@@ -249,9 +249,24 @@ def variant_for(assignment: str, identity: str, config: VariantConfig) -> tuple[
     return index, pool(assignment, config.pool_size, config.salt)[index]
 
 
-def other_variant_matches(values: dict, own: int, variants: tuple[Givens, ...]) -> dict[int, list[str]]:
+@functools.lru_cache(maxsize=4096)
+def _answers(givens: Givens):
+    from autograder import checks
+
+    return checks.answers_for(givens)
+
+
+#: answers that no two variants share (whole arrays and layer lists): one match is evidence
+DISTINCTIVE = frozenset({"conv_small", "edge_output", "pooled", "layer_output_shapes", "layer_params"})
+
+
+def other_variant_matches(values: dict, own: int, variants: tuple[Givens, ...],
+                          min_keys: int = 3) -> dict[int, list[str]]:
     """Variants (other than ``own``) for which answers in ``values`` are right although they are
-    wrong for ``own``: {variant index: [answer keys]}.  Unanswered or unreadable values are skipped."""
+    wrong for ``own``: {variant index: [answer keys]}.  Unanswered or unreadable values are skipped.
+
+    Single ints coincide across variants by chance (two students' n may be equal), so a variant is
+    reported only when it matches one of the :data:`DISTINCTIVE` answers or at least ``min_keys``."""
     from autograder import checks
 
     def right(answers, key, value) -> bool:
@@ -261,7 +276,7 @@ def other_variant_matches(values: dict, own: int, variants: tuple[Givens, ...]) 
         except (AssertionError, ValueError, TypeError):
             return False
 
-    own_answers = checks.answers_for(variants[own])
+    own_answers = _answers(variants[own])
     wrong = {k: v for k, v in values.items() if k in own_answers and v is not None and v is not Ellipsis
              and not right(own_answers, k, v)}
     matches: dict[int, list[str]] = {}
@@ -270,8 +285,149 @@ def other_variant_matches(values: dict, own: int, variants: tuple[Givens, ...]) 
     for i, givens in enumerate(variants):
         if i == own:
             continue
-        answers = checks.answers_for(givens)
+        answers = _answers(givens)
         keys = [k for k, v in wrong.items() if right(answers, k, v)]
-        if keys:
+        if len(keys) >= min_keys or DISTINCTIVE.intersection(keys):
             matches[i] = keys
     return matches
+
+
+# --- whose variant: the identity the LMS gives ------------------------------------------------
+
+def lms_identity(student: dict) -> tuple[str | None, str]:
+    """(identity, where it came from) of a result's ``student`` record, as the batch inputs fill it.
+
+    Gradescope: the submitter's e-mail (what students know and type); Canvas: the Canvas user id;
+    nbgrader: the student folder (the JupyterHub login); a plain file: its name (the instructor's
+    naming).  An anonymous Canvas download has none: ``(None, ...)``, and the notebook's id is used.
+    """
+    extra = student.get("extra") or {}
+    if extra.get("canvas_anonymous_id"):
+        return None, "anonymous Canvas download: no identity"
+    if student.get("email"):
+        return student["email"], "LMS e-mail"
+    if extra.get("canvas_user_id"):
+        return str(extra["canvas_user_id"]), "Canvas user id"
+    if extra.get("nbgrader_student"):
+        return str(extra["nbgrader_student"]), "nbgrader student"
+    if extra.get("sis_user_id"):
+        return str(extra["sis_user_id"]), "SIS user id"
+    if student.get("id"):
+        return str(student["id"]), "file name"
+    return None, "no identity"
+
+
+# --- the variant master notebook ----------------------------------------------------------------
+
+ID_HELP = ("# Your numbers depend on who you are. Enter your id exactly as the course's site knows you:\n"
+           "# Gradescope: your e-mail; Canvas: your Canvas user id (the number at the end of the address of\n"
+           "# your page under People); JupyterHub / nbgrader: your login. The grader uses the id of whoever\n"
+           "# submits: another id only gets you someone else's numbers.\n")
+
+SAMPLE_ID = "ada@example.edu"  # the built solution notebook's id
+ID_LINE = 'STUDENT_ID = ...  # in quotes, e.g. "ada@uni.edu"'
+GIVENS_CELL = ID_HELP + ID_LINE + '''
+
+import numpy as np
+import cnn_checks
+
+numbers = cnn_checks.use_student(STUDENT_ID)
+image_3x3, filter_2x2 = numbers["image_3x3"], numbers["filter_2x2"]
+edge_image, edge_filter = numbers["edge_image"], numbers["edge_filter"]
+pool_input = numbers["pool_input"]
+cnn_checks.show_numbers()'''
+
+#: question -> (prompt markdown, solution code) of the variant notebook
+VARIANT_CELLS = {
+    "conv_small": (
+        "**Question 1.** Convolve your `image_3x3` with your `filter_2x2` (printed by the first cell; no padding, "
+        "stride 1) **by hand** and assign the 2x2 result to `conv_small` as a NumPy array.",
+        "conv_small = np.array([[np.sum(image_3x3[i:i + 2, j:j + 2] * filter_2x2) for j in range(2)] for i in range(2)])  # SOLUTION\n"
+        "conv_small"),
+    "edge_output": (
+        "**Question 2.** A horizontal edge detector. Convolve your 6x5 `edge_image` (three bright rows above three "
+        "darker rows) with your 3x3 `edge_filter` (rows w, 0, -w), no padding, stride 1; the first cell prints "
+        "both. Assign the result to `edge_output` as a NumPy array. Which rows light up, and why?",
+        "edge_output = np.array([[np.sum(edge_image[i:i + 3, j:j + 3] * edge_filter) for j in range(3)] for i in range(4)])  # SOLUTION\n"
+        "edge_output"),
+    "output_sizes": (
+        "**Question 3.** An n x n image is convolved with a k x k filter; your n, k and stride s are printed by the "
+        "first cell (and are in `numbers`). Give the output height (an `int`) for each case: `size_valid` (valid, "
+        "stride 1), `size_same` (same, stride 1), `size_full` (full, stride 1), `size_stride2` (valid, stride s).",
+        'n, k, s = numbers["size_n"], numbers["size_k"], numbers["size_stride"]\n'
+        "size_valid = n - k + 1  # SOLUTION\nsize_same = n  # SOLUTION\nsize_full = n + k - 1  # SOLUTION\n"
+        "size_stride2 = (n - k) // s + 1  # SOLUTION"),
+    "rgb_conv": (
+        "**Question 4.** An image with C channels makes a k x k filter really k x k x C. Your image size, number of "
+        "channels C, filter size k and number of filters are printed by the first cell: a `Conv2D(filters, (k, k))` "
+        "layer (valid padding, with biases) is applied to the image. Give the layer's output shape as a tuple "
+        "`rgb_output_shape = (height, width, channels)` and its number of trainable parameters `rgb_params`.",
+        'size, c, k, f = numbers["rgb_size"], numbers["rgb_channels"], numbers["rgb_k"], numbers["rgb_filters"]\n'
+        "rgb_output_shape = (size - k + 1, size - k + 1, f)  # SOLUTION\nrgb_params = (k * k * c + 1) * f  # SOLUTION"),
+    "max_pooling": (
+        "## Part 3: max pooling\n\n**Question 5.** Apply 2x2 max pooling (stride 2, valid: incomplete blocks at the "
+        "edge are dropped, as in Keras) to your 5x5 `pool_input` by hand. Assign the result to `pooled` as a NumPy "
+        "array.",
+        "pooled = pool_input[:4, :4].reshape(2, 2, 2, 2).max(axis=(1, 3))  # SOLUTION\npooled"),
+    "layer_table": (
+        "## Part 4: shapes and parameters of a CNN like the lesson's\n\nThe lesson's architecture with your own "
+        "filter counts f1, f2, f3 and Dense width d (printed by the first cell), on 28x28x1 inputs:\n\n```python\n"
+        "Conv2D(f1, (3, 3), activation='relu')\nMaxPooling2D((2, 2))\nConv2D(f2, (3, 3), activation='relu')\n"
+        "MaxPooling2D((2, 2))\nConv2D(f3, (3, 3), activation='relu')\nFlatten()\nDense(d, activation='relu')\n"
+        "Dense(10, activation='softmax')\n```\n\n**Question 6.** Without running Keras, give "
+        "`layer_output_shapes`, a list of the 8 output shapes (tuples without the batch axis, e.g. `(26, 26, f1)`), "
+        "`layer_params`, a list of the 8 parameter counts, and `total_params`. (The model you train in Part 6 is "
+        "the lesson's, for everyone.)",
+        'f1, f2, f3 = numbers["table_filters"]\nd = numbers["table_dense"]\n'
+        "layer_output_shapes = [(26, 26, f1), (13, 13, f1), (11, 11, f2), (5, 5, f2), (3, 3, f3), (9 * f3,), (d,), (10,)]  # SOLUTION\n"
+        "layer_params = [(3*3*1 + 1) * f1, 0, (3*3*f1 + 1) * f2, 0, (3*3*f2 + 1) * f3, 0, (9*f3 + 1) * d, (d + 1) * 10]  # SOLUTION\n"
+        "total_params = sum(layer_params)  # SOLUTION"),
+}
+GIVENS_MARKER = "# The numbers the questions use."
+
+
+def variant_master(nb) -> None:
+    """Rewrite a master notebook (nbformat, in place) for variants: the first code cell asks for the
+    student's id and shows their numbers; the by-hand questions' prompts and solutions use them."""
+    import re
+
+    done: dict[str, int] = {"givens": 0, **{f"{q}:prompt": 0 for q in VARIANT_CELLS},
+                            **{f"{q}:solution": 0 for q in VARIANT_CELLS}}
+    question, in_solution, prompted = None, False, False
+    for cell in nb.cells:
+        src = cell.source
+        if cell.cell_type == "code" and GIVENS_MARKER in src:
+            cell.source = GIVENS_CELL
+            done["givens"] += 1
+            continue
+        if cell.cell_type == "raw":
+            m = re.match(r"#\s*BEGIN QUESTION\s*\nname:\s*(\S+)", src.strip())
+            if m:
+                question, prompted = m.group(1), False
+            elif re.match(r"#\s*BEGIN SOLUTION", src.strip()):
+                in_solution = True
+            elif re.match(r"#\s*END SOLUTION", src.strip()):
+                in_solution = False
+            elif re.match(r"#\s*END QUESTION", src.strip()):
+                question = None
+            continue
+        if question not in VARIANT_CELLS:
+            continue
+        prompt, solution = VARIANT_CELLS[question]
+        if cell.cell_type == "markdown" and not prompted and not in_solution:
+            cell.source, prompted = prompt, True
+            done[f"{question}:prompt"] += 1
+        elif cell.cell_type == "code" and in_solution:
+            cell.source = solution
+            done[f"{question}:solution"] += 1
+    wrong = {k: n for k, n in done.items() if n != 1}
+    if wrong:
+        raise ValueError(f"the master notebook does not have the cells variants rewrite exactly once: {wrong}")
+
+
+def set_student_id(nb, identity: str) -> None:
+    """Fill the variant notebook's id line (nbformat, in place): the built solution's, tests'."""
+    hits = [c for c in nb.cells if c.cell_type == "code" and ID_LINE in c.source]
+    if len(hits) != 1:
+        raise ValueError(f"expected one cell with the id line, found {len(hits)}")
+    hits[0].source = hits[0].source.replace(ID_LINE, f"STUDENT_ID = {identity!r}")
