@@ -35,6 +35,7 @@ __all__ = [
     "variant_index",
     "use_student",
     "my_numbers",
+    "show_numbers",
 ]
 
 # --- filled by the build (autograder.checks.render_public_module) -------------------------
@@ -706,6 +707,8 @@ def use_student(identity) -> dict:
     """Select this student's numbers for the checks; returns them (the notebook's first cell)."""
     if not VARIANTS:
         return {}
+    if isinstance(identity, bool) or not isinstance(identity, (str, int)) or not str(identity).strip():
+        raise ValueError("Enter your id first: STUDENT_ID = \"...\" (in quotes) in the first cell.")
     index = variant_index(VARIANTS["assignment"], identity, VARIANTS["pool_size"], VARIANTS.get("salt", ""))
     _ACTIVE.clear()
     _ACTIVE.update(VARIANTS["variants"][index], index=index)
@@ -718,7 +721,28 @@ def my_numbers() -> dict:
         return {}
     import numpy as np
 
-    return {k: (np.array(v) if isinstance(v, list) else v) for k, v in _ACTIVE["givens"].items()}
+    return {k: (np.array(v) if isinstance(v, list) and v and isinstance(v[0], list) else
+                tuple(v) if isinstance(v, list) else v) for k, v in _ACTIVE["givens"].items()}
+
+
+def show_numbers() -> None:
+    """Print the selected variant's numbers, question by question (the notebook's first cell)."""
+    g = _ACTIVE.get("givens") if _ACTIVE else None
+    if not g:
+        return
+    import numpy as np
+
+    f1, f2, f3 = g["table_filters"]
+    print(f"Your numbers (variant {_ACTIVE['index'] + 1} of {VARIANTS['pool_size']}):\n")
+    print("Question 1: image_3x3 =\n" + str(np.array(g["image_3x3"])) + "\nfilter_2x2 =\n" + str(np.array(g["filter_2x2"])))
+    print(f"Question 2: edge_image has three rows of {g['edge_image'][0][0]} above three rows of "
+          f"{g['edge_image'][-1][0]}; edge_filter has rows {g['edge_filter'][0][0]}, 0, {g['edge_filter'][2][0]}")
+    print(f"Question 3: n = {g['size_n']}, k = {g['size_k']}, stride s = {g['size_stride']} (for size_stride2)")
+    print(f"Question 4: a {g['rgb_size']}x{g['rgb_size']} image with {g['rgb_channels']} channels, "
+          f"Conv2D({g['rgb_filters']}, ({g['rgb_k']}, {g['rgb_k']})) with valid padding and biases")
+    print("Question 5: pool_input =\n" + str(np.array(g["pool_input"])))
+    print(f"Question 6: Conv2D({f1}, (3, 3)), MaxPooling2D((2, 2)), Conv2D({f2}, (3, 3)), MaxPooling2D((2, 2)), "
+          f"Conv2D({f3}, (3, 3)), Flatten(), Dense({g['table_dense']}), Dense(10) on 28x28x1 inputs")
 
 
 def _tables() -> tuple[dict, dict]:
