@@ -1,10 +1,10 @@
 """Batch grading: a whole class in one command, in parallel, resumable after any kill.
 
-Each submission is graded by :func:`autograder.engine.grade_notebook` in a worker process and
+Each submission is graded by :func:`autograder.judge.pipeline.grade_notebook` in a worker process and
 its result written atomically to ``OUT/results/<id>.json`` the moment it finishes.  Rerunning
 the same command skips every submission whose result exists (``force=True`` regrades), so a
 batch killed with SIGKILL loses at most the submissions that were in flight.  Retraining
-shares a small number of slots across workers (see :mod:`autograder.retrain`), so many
+shares a small number of slots across workers (see :mod:`autograder.verifier.retrain`), so many
 workers do not fight over the CPU or GPU, and identical recipes retrain once thanks to the
 content-addressed cache.
 
@@ -24,9 +24,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autograder.engine import RetrainOptions
-from autograder.sandbox import Limits
-from autograder.submissions import ArchiveLimits, Submission, collect, private_dir
+from autograder.judge.pipeline import RetrainOptions
+from autograder.probe.sandbox import Limits
+from autograder.lms.submissions import ArchiveLimits, Submission, collect, private_dir
+from autograder.result import GradeResult
 
 
 @dataclass
@@ -62,28 +63,82 @@ def _identity(sub: Submission) -> dict:
     return {"id": sub.id, "source": sub.source, "name": sub.name, "email": sub.email, "extra": sub.extra}
 
 
-def _error_result(sub: Submission, message: str, status: str = "error") -> dict:
-    return {"student": _identity(sub), "status": status, "error": message, "score": 0.0, "max_score": None,
-            "questions": [], "retrain": None, "limits_hit": [], "execution": {}}
+def _error_result(sub: Submission, message: str, status: str = "error", assignment: str | None = None,
+                  retry: bool = False) -> dict:
+    return GradeResult.error_row(message, status=status, student=_identity(sub), assignment=assignment,
+                                 retry=retry).to_dict()
 
 
-def grade_one(sub: Submission, autograder_zip: str, out: str, options: BatchOptions) -> dict:
-    """Grade one submission and write its result file (runs in a worker process)."""
-    from autograder import engine
+def zip_assignment(autograder_zip: str | os.PathLike) -> str:
+    """The assignment an autograder zip grades (Otter's ``otter_config.json``: ``assignment_name``)."""
+    import zipfile
 
+    try:
+        with zipfile.ZipFile(autograder_zip) as z:
+            return json.loads(z.read("otter_config.json")).get("assignment_name") or Path(autograder_zip).stem
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):  # grading with it then fails as a grader error
+        return Path(autograder_zip).stem
+
+
+def autograders_by_name(zips) -> dict[str, str]:
+    """``{assignment: zip}`` from one zip, a list of zips or such a mapping."""
+    if isinstance(zips, dict):
+        return {name: str(z) for name, z in zips.items()}
+    zips = [zips] if isinstance(zips, (str, os.PathLike)) else list(zips)
+    return {zip_assignment(z): str(z) for z in zips}
+
+
+def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | None, str | None]:
+    """(assignment, None) for the notebook's recorded assignment, or (name or None, why it cannot be graded).
+
+    The build records the name in the notebook's metadata (``autograder.assignment``; Otter's
+    ``otter.assignment_name`` too); a notebook that names none is graded by the only autograder given."""
+    from autograder import registry
+
+    try:
+        with open(notebook, encoding="utf-8") as f:
+            nb = json.load(f)
+    except (OSError, ValueError) as exc:
+        return None, f"the notebook could not be read ({type(exc).__name__})"
+    meta = nb.get("metadata") if isinstance(nb, dict) and isinstance(nb.get("metadata"), dict) else {}
+    name = registry.notebook_assignment(nb)
+    if name is None and isinstance(meta.get("otter"), dict) and isinstance(meta["otter"].get("assignment_name"), str):
+        name = meta["otter"]["assignment_name"]
+    if name is None:
+        if len(autograders) == 1:
+            return next(iter(autograders)), None
+        return None, ("the notebook does not say which assignment it is for (its metadata has no assignment name); "
+                      f"grade it with --autograder naming one of {', '.join(sorted(autograders))}")
+    if name not in autograders:
+        known = sorted(set(autograders) | set(registry.names()))
+        if name in known:
+            return name, f"assignment {name!r} was not among the autograders of this run ({', '.join(sorted(autograders))})"
+        return name, str(registry.UnknownAssignment(name, known))
+    return name, None
+
+
+def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, options: BatchOptions) -> dict:
+    """Grade one submission with its assignment's autograder and write its result file (in a worker process)."""
+    from autograder.judge import pipeline as engine
+
+    autograders = autograders_by_name(autograders)
     if sub.error:
         result = _error_result(sub, sub.error)
     else:
-        try:
-            from autograder.variants import lms_identity
+        name, problem = pick_assignment(Path(sub.notebook), autograders)
+        if problem:
+            result = _error_result(sub, problem, assignment=name)
+        else:
+            try:
+                from autograder.variants import lms_identity
 
-            identity, source = lms_identity(_identity(sub))  # chooses the variant, when the assignment has them
-            result = engine.grade_notebook(sub.notebook, autograder_zip, limits=options.limits,
-                                           retrain=options.retrain, real_fit=options.real_fit,
-                                           identity=identity, identity_source=source)
-            result["student"] = _identity(sub)
-        except Exception as exc:  # the engine should not raise; if it does, the batch still goes on
-            result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error")
+                identity, source = lms_identity(_identity(sub))  # chooses the variant, when the assignment has them
+                result = engine.grade_notebook(sub.notebook, autograders[name], limits=options.limits,
+                                               retrain=options.retrain, real_fit=options.real_fit,
+                                               identity=identity, identity_source=source)
+                result["student"] = _identity(sub)
+            except Exception as exc:  # the engine should not raise; if it does, the batch still goes on
+                result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error", name)
     write_json_atomically(result_path(Path(out), sub.id), result)
     return {"id": sub.id, "status": result["status"], "score": result["score"]}
 
@@ -96,21 +151,26 @@ def _needs_grading(path: Path) -> bool:
         return True  # missing, or unreadable: grade it
 
 
-def run_batch(paths: list[Path], autograder_zip: Path, out: Path, options: BatchOptions = BatchOptions()) -> list[dict]:
-    """Grade everything under ``paths`` into ``out``; returns every result (done before or now)."""
-    private_dir(out)
-    from autograder import jail
+def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOptions = BatchOptions()) -> list[dict]:
+    """Grade everything under ``paths`` into ``out``; returns every result (done before or now).
 
-    jail.add_private_paths([out, autograder_zip.parent, *paths])  # no submission may see these
+    ``autograder_zip``: one zip, several, or ``{assignment: zip}``; each notebook is graded by the zip of
+    the assignment it names (a batch may mix assignments)."""
+    private_dir(out)
+    from autograder.probe import jail
+
+    autograders = autograders_by_name(autograder_zip)
+    autograder_zip = autograders  # passed on to the workers
+    jail.add_private_paths([out, *{Path(z).parent for z in autograders.values()}, *paths])  # no submission may see these
     subs = collect(paths, out, options.archives)
     todo = [s for s in subs if options.force or _needs_grading(result_path(out, s.id))]
     started = time.monotonic()
     if todo:
         _run_parallel(todo, autograder_zip, out, options)
     results = [json.loads(result_path(out, s.id).read_text()) for s in subs if result_path(out, s.id).is_file()]
-    from autograder import reports
+    from autograder.lms import reports
 
-    for problem in reports.write_all(results, out, autograder_zip, canvas=options.canvas):
+    for problem in reports.write_all(results, out, canvas=options.canvas):
         print(f"warning: feedback page not written: {problem}", file=sys.stderr)
     write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
                                                "seconds": round(time.monotonic() - started, 2),
@@ -118,7 +178,7 @@ def run_batch(paths: list[Path], autograder_zip: Path, out: Path, options: Batch
     return results
 
 
-def _run_parallel(todo: list[Submission], autograder_zip: Path, out: Path, options: BatchOptions) -> None:
+def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: Path, options: BatchOptions) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     columns = [TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -131,24 +191,24 @@ def _run_parallel(todo: list[Submission], autograder_zip: Path, out: Path, optio
             return
         if options.jobs <= 1:
             for sub in todo:
-                done = grade_one(sub, str(autograder_zip), str(out), options)
+                done = grade_one(sub, autograder_zip, str(out), options)
                 progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
             return
         with cf.ProcessPoolExecutor(max_workers=options.jobs) as pool:
-            futures = {pool.submit(grade_one, s, str(autograder_zip), str(out), options): s for s in todo}
+            futures = {pool.submit(grade_one, s, autograder_zip, str(out), options): s for s in todo}
             for fut in cf.as_completed(futures):
                 sub = futures[fut]
                 try:
                     done = fut.result()
                 except Exception as exc:  # a worker died (e.g. killed): record it, keep going
                     done = {"id": sub.id, "status": "error"}
-                    failed = _error_result(sub, f"grader error: worker failed: {exc}", "grader_error")
-                    failed["retry"] = True  # not the submission's fault: the next run grades it again
+                    # not the submission's fault: the next run grades it again
+                    failed = _error_result(sub, f"grader error: worker failed: {exc}", "grader_error", retry=True)
                     write_json_atomically(result_path(out, sub.id), failed)
                 progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
 
 
-def _run_ray(todo: list[Submission], autograder_zip: Path, out: Path, options: BatchOptions):
+def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, options: BatchOptions):
     """Grade on Ray (the ``ray`` extra): one task per submission; where the cluster has GPUs each
     task asks for a quarter of one, so several retrains share a GPU.  ``out`` and the zip must be
     on storage every node sees.  Yields each submission's summary as it finishes."""
@@ -161,15 +221,14 @@ def _run_ray(todo: list[Submission], autograder_zip: Path, out: Path, options: B
     try:
         gpu_share = 0.25 if ray.cluster_resources().get("GPU") else 0
         task = ray.remote(num_cpus=1, num_gpus=gpu_share, max_retries=1)(grade_one)
-        pending = {task.remote(s, str(autograder_zip), str(out), options): s for s in todo}
+        pending = {task.remote(s, autograder_zip, str(out), options): s for s in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             sub = pending.pop(ready[0])
             try:
                 yield ray.get(ready[0])
             except Exception as exc:  # the task's worker died: keep going, grade it next run
-                failed = _error_result(sub, f"grader error: worker failed: {exc}", "grader_error")
-                failed["retry"] = True
+                failed = _error_result(sub, f"grader error: worker failed: {exc}", "grader_error", retry=True)
                 write_json_atomically(result_path(out, sub.id), failed)
                 yield {"id": sub.id, "status": "error"}
     finally:

@@ -14,14 +14,25 @@ from rich.console import Console
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Autograder for the CNN-on-MNIST unit: build assignments, provision MNIST, grade notebooks.",
+    help="Autograder for notebook assignments (CNN on MNIST, ...): build assignments, provision data, grade notebooks.",
 )
 console = Console()
+
+# Option defaults come from the dataclasses that define them (written once): the sandbox's limits, and
+# each assignment's training policy (autograder.spec.TrainingPolicy), which an option overrides for the run.
+from autograder.probe.sandbox import Limits as _Limits  # noqa: E402
+from autograder.spec import TrainingPolicy as _TrainingPolicy  # noqa: E402
+
+_LIMITS, _POLICY = _Limits(), _TrainingPolicy()
+
+
+def _policy(value) -> str:
+    return f" (default: the assignment's policy; {value} unless its spec says otherwise)"
 
 
 @app.callback()
 def _root() -> None:
-    """Autograder for the CNN-on-MNIST unit."""
+    """Autograder for notebook assignments, one package per assignment (see `assignments/`)."""
 
 
 @app.command()
@@ -48,45 +59,52 @@ def build(
     out: Path = typer.Option(Path("dist"), "--out", help="Where to leave <assignment>/autograder.zip and the student files."),
     update_assignments: bool = typer.Option(
         False, "--update-assignments",
-        help="Also refresh what is committed from the build: assignments/ and examples/submissions/.",
+        help="Also refresh what is committed from the build: each assignment's student/ and samples/ folders.",
     ),
+    only: Optional[list[str]] = typer.Option(None, "--assignment", "-a", help="Build only this assignment (repeatable)."),
 ) -> None:
-    """Run Otter Assign on every master notebook in solutions/."""
+    """Run Otter Assign on every installed assignment's master notebook."""
     from autograder import build as builder
 
-    built = builder.build_all(out)
+    built = builder.build_all(out, only or None)
     for b in built:
         console.print(f"[bold]{b.name}[/bold]: student notebook {b.student_notebook}, autograder {b.autograder_zip}")
     if update_assignments:
-        from autograder import samples
-
         builder.sync_student_folders(built)
-        console.print(f"Student folders refreshed in {builder.ASSIGNMENTS_DIR}")
         for b in built:
-            written = samples.write_samples(b.student_notebook, b.solution_notebook)
-            console.print(f"{len(written)} sample submissions written to {samples.SAMPLES_DIR}")
+            console.print(f"{b.name}: student folder refreshed in {b.spec.student_dir}")
+            written = b.spec.write_samples(b.student_notebook, b.solution_notebook)
+            console.print(f"{b.name}: {len(written)} sample submissions written to {b.spec.samples_dir}")
 
 
 @app.command()
 def grade(
     paths: list[Path] = typer.Argument(..., help="Notebooks, folders, zips, a Gradescope export or a Canvas download."),
     out: Path = typer.Option(Path("grading-out"), "--out", help="Results, grades.csv, feedback/ and report.html."),
-    autograder_zip: Optional[Path] = typer.Option(
-        None, "--autograder", help="Autograder zip from `build` (default: build it from solutions/)."),
+    autograder_zips: Optional[list[Path]] = typer.Option(
+        None, "--autograder",
+        help="Autograder zip from `build`, repeatable (default: build every installed assignment). Each notebook "
+             "is graded by the zip of the assignment named in its metadata."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Submissions graded in parallel (0: one per core)."),
     force: bool = typer.Option(False, "--force", help="Regrade submissions that already have a result."),
     retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Retrain the model from scratch to verify accuracy."),
-    seeds: int = typer.Option(3, "--seeds", help="Near the threshold, retrain up to k seeds and score the median."),
-    max_epochs: int = typer.Option(15, "--max-epochs", help="Cap on the epochs a recipe may train."),
-    max_steps: int = typer.Option(30_000, "--max-steps", help="Training budget: optimizer steps per training run."),
-    require_lesson_model: bool = typer.Option(
-        False, "--require-lesson-model", help="Give training credit only to the lesson's exact architecture."),
-    retrain_seconds: float = typer.Option(1800, "--retrain-seconds",
-                                          help="Safety net per training run (hitting it is a grader error)."),
+    seeds: Optional[int] = typer.Option(
+        None, "--seeds", help=f"Near the threshold, retrain up to k seeds and score the median{_policy(_POLICY.max_seeds)}."),
+    max_epochs: Optional[int] = typer.Option(
+        None, "--max-epochs", help=f"Cap on the epochs a recipe may train{_policy(_POLICY.budget.max_epochs)}."),
+    max_steps: Optional[int] = typer.Option(
+        None, "--max-steps", help=f"Training budget: optimizer steps per training run{_policy(_POLICY.budget.max_steps)}."),
+    require_lesson_model: Optional[bool] = typer.Option(
+        None, "--require-lesson-model/--any-model", show_default=False,
+        help="Give training credit only to the lesson's exact architecture (default: the assignment's policy)."),
+    retrain_seconds: Optional[float] = typer.Option(
+        None, "--retrain-seconds",
+        help=f"Safety net per training run in seconds, a grader error when hit{_policy(_POLICY.max_seconds)}."),
     real_fit: bool = typer.Option(False, "--real-fit", help="Run the notebook's model.fit for real instead of recording it."),
-    cell_seconds: float = typer.Option(120, "--cell-timeout", help="Seconds one cell may run."),
-    notebook_seconds: float = typer.Option(600, "--notebook-timeout", help="Seconds a whole notebook may run."),
-    memory_mb: int = typer.Option(6144, "--memory-mb", help="Memory limit for a submission's processes."),
+    cell_seconds: float = typer.Option(_LIMITS.cell_seconds, "--cell-timeout", help="Seconds one cell may run."),
+    notebook_seconds: float = typer.Option(_LIMITS.notebook_seconds, "--notebook-timeout",
+                                           help="Seconds a whole notebook may run."),
+    memory_mb: int = typer.Option(_LIMITS.memory_mb, "--memory-mb", help="Memory limit for a submission's processes."),
     ray: bool = typer.Option(False, "--ray", help="Spread the batch over Ray (pip install 'cnn-autograder[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: start one)."),
     isolation: Optional[str] = typer.Option(
@@ -105,9 +123,11 @@ def grade(
         None, "--canvas-assignment-id", help="Canvas assignment id (the number in the assignment's URL)."),
 ) -> None:
     """Grade submissions: isolated execution, clean-process judging, verified retraining."""
+    import dataclasses
     import os
 
-    from autograder import batch, build as builder, jail
+    from autograder import batch, build as builder
+    from autograder.probe import jail
 
     if isolation is not None:  # not given: the environment's CNN_GRADER_ISOLATION (or auto) stays
         if isolation not in ("auto", "bwrap", "permissions"):
@@ -115,10 +135,10 @@ def grade(
         os.environ[jail.ENV_MODE] = isolation  # inherited by worker processes
     if unsafe_no_isolation:
         os.environ[jail.ENV_UNSAFE] = "1"
-    from autograder.engine import RetrainOptions
-    from autograder.sandbox import Limits
+    from autograder.judge.pipeline import RetrainOptions
+    from autograder.probe.sandbox import Limits
 
-    from autograder import reports
+    from autograder.lms import reports
 
     canvas = None
     if canvas_assignment or canvas_assignment_id:
@@ -127,17 +147,17 @@ def grade(
         except ValueError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2)
-    if autograder_zip is None:
-        built = builder.build_all(out / "_autograder")
-        autograder_zip = built[0].autograder_zip
+    if not autograder_zips:
+        autograder_zips = [b.autograder_zip for b in builder.build_all(out / "_autograder", gradescope=False)]
     options = batch.BatchOptions(
         jobs=jobs or max(os.cpu_count() or 1, 1), force=force, real_fit=real_fit, ray=ray, ray_address=ray_address,
         canvas=canvas,
-        limits=Limits(cell_seconds=cell_seconds, notebook_seconds=notebook_seconds, memory_mb=memory_mb),
+        limits=dataclasses.replace(Limits(), cell_seconds=cell_seconds, notebook_seconds=notebook_seconds,
+                                   memory_mb=memory_mb),
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )
-    results = batch.run_batch(paths, autograder_zip, out, options)
+    results = batch.run_batch(paths, autograder_zips, out, options)
     _print_results(results)
     console.print(f"\nGrade sheet: {out / 'grades.csv'}   To review: {out / 'needs_review.csv'}   Canvas import: "
                   + (f"{out / 'canvas_grades.csv'} (column {canvas})" if canvas else "none (--canvas-assignment)"))

@@ -15,7 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import measured, report  # noqa: E402
 
-from autograder import build, engine, samples  # noqa: E402
+from autograder import build
+from autograder.judge import pipeline as engine
+from assignments.cnn_mnist import sample_answers as samples  # noqa: E402
 
 
 def main() -> None:

@@ -71,9 +71,9 @@ def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     epochs = int(args[0]) if args else 1
     batch = int(args[1]) if len(args) > 1 else 128
-    from autograder import retrain
+    from autograder.verifier import retrain
 
-    settings = retrain.Settings(seeds=1)
+    settings = retrain.Settings("cnn_mnist", seeds=1)
     config, fits = recipe(epochs, batch)
     results: dict = {}
     plain_acc = report = None

@@ -1,7 +1,7 @@
 """The assignment end to end with Otter itself: build, student folder in sync, samples graded.
 
 ``otter run`` (Otter's own non-container runner) grades every sample in
-``examples/submissions``.  Expected scores are not written down: each sample's metadata names
+``assignments/cnn_mnist/samples``.  Expected scores are not written down: each sample's metadata names
 the test cases it is designed to fail, and the expected score is derived from the point values
 in the built autograder's test files.
 """
@@ -16,7 +16,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder import build, checks, samples
+from autograder import build
+from assignments.cnn_mnist import checks
+from assignments.cnn_mnist import sample_answers as samples
 
 SAMPLE_NAMES = ["solution", "untouched", *(s.name for s in samples.SAMPLES)]
 
@@ -34,9 +36,9 @@ def test_build_leaves_zip_and_student_notebook(built):
 
 
 def test_committed_student_folder_is_in_sync_with_solutions(built):
-    committed = build.ASSIGNMENTS_DIR / built.name
+    committed = built.spec.student_dir
     assert _sources(committed / f"{built.name}.ipynb") == _sources(built.student_notebook), (
-        "assignments/ is stale: run `python -m autograder build --update-assignments`"
+        "the committed student/ folder is stale: run `python -m autograder build --update-assignments`"
     )
     cmp = filecmp.dircmp(committed, built.student_dir, ignore=["autograder.zip", "gradescope_autograder.zip", "solution", "__pycache__", f"{built.name}.ipynb"])
     assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
@@ -54,7 +56,7 @@ def test_student_files_hold_no_hidden_tests_or_plain_answers(built):
     student_text = re.sub(r"\b[0-9a-f]{64}\b", "<digest>", student_text)
     test_text = "\n".join(p.read_text() for p in (built.student_dir / "tests").glob("*.py"))
     assert "hidden=True" not in test_text
-    assert "from autograder.checks import" not in test_text  # hidden tests only
+    assert "from assignments.cnn_mnist.checks import" not in test_text  # hidden tests only
     for answer in ("93322", "18496", "36928", "93088", "448", "[[1.0, 4.0], [3.0, 3.0]]", "(30, 30, 16)"):
         assert answer not in student_text, answer
 
@@ -133,7 +135,7 @@ def test_public_and_hidden_checks_agree_on_every_answer():
 @pytest.fixture(scope="module")
 def engine_results(built, tmp_path_factory):
     """Our engine on the same samples, retraining every model from scratch (fresh cache)."""
-    from autograder import engine
+    from autograder.judge import pipeline as engine
 
     cache = tmp_path_factory.mktemp("retrain-cache")
     options = engine.RetrainOptions(cache_dir=str(cache))

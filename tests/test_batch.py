@@ -16,9 +16,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder import batch, samples
-from autograder.engine import RetrainOptions
-from autograder.submissions import collect
+from autograder import batch
+from assignments.cnn_mnist import sample_answers as samples
+from autograder.judge.pipeline import RetrainOptions
+from autograder.lms.submissions import collect
 
 REPO = Path(__file__).resolve().parent.parent
 NO_RETRAIN = RetrainOptions(enabled=False)
@@ -166,7 +167,7 @@ def test_a_students_page_names_no_classmate(class_run):
 
 
 def test_feedback_says_not_implemented_and_hidden_checks_stay_general(class_run):
-    from autograder import checks
+    from assignments.cnn_mnist import checks
 
     _, out, _ = class_run
     untouched = (out / "feedback" / "1002.html").read_text()

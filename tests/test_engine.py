@@ -13,20 +13,13 @@ import nbformat
 import psutil
 import pytest
 
-from autograder import engine, samples
-from autograder.engine import RetrainOptions
-from autograder.sandbox import Limits
+from autograder.judge import pipeline as engine
+from assignments.cnn_mnist import sample_answers as samples
+from autograder.judge.pipeline import RetrainOptions
+from autograder.probe.sandbox import Limits
 
 NO_RETRAIN = RetrainOptions(enabled=False)
 FAST = Limits(cell_seconds=20, notebook_seconds=240, memory_mb=3072, max_processes=48)
-
-
-@pytest.fixture(scope="module")
-def autograder(tmp_path_factory):
-    from autograder import build
-
-    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
-    return b.autograder_zip
 
 
 def _notebook(tmp_path: Path, base: str, attack: str, *, position: int | None = None, replace: dict | None = None) -> Path:
@@ -60,7 +53,7 @@ def test_patched_numpy_and_checks_fool_otter_but_not_the_engine(autograder, tmp_
         "import numpy, numpy.testing\n"
         "numpy.allclose = lambda *a, **k: True\n"
         "numpy.testing.assert_allclose = lambda *a, **k: None\n"
-        "import cnn_checks, autograder.checks as hidden\n"
+        "import cnn_checks, assignments.cnn_mnist.checks as hidden\n"
         "for mod in (cnn_checks, hidden):\n"
         "    for fn in ('check_answer', 'check_function', 'check_model', 'check_training', 'check_accuracy'):\n"
         "        setattr(mod, fn, lambda *a, **k: None)\n"
@@ -102,11 +95,11 @@ def test_lying_objects_get_no_credit(autograder, tmp_path):
 
 
 def test_grader_files_cannot_be_read_or_rewritten(autograder, tmp_path):
-    import autograder.checks as checks_module
+    import assignments.cnn_mnist.checks as checks_module
 
     before = Path(checks_module.__file__).read_bytes()
     attack = (
-        "import glob, os, autograder.checks as c\n"
+        "import glob, os, assignments.cnn_mnist.checks as c\n"
         "found = [p for p in glob.glob('/**/tests/*.py', recursive=False)] + glob.glob('../**/tests/*.py')\n"
         "print('FOUND', found)\n"
         "try:\n"

@@ -33,9 +33,10 @@ import nbformat
 import psutil
 import pytest
 
-from autograder import gradescope, samples
+from autograder.lms import gradescope
+from assignments.cnn_mnist import sample_answers as samples
 from autograder.data import ensure_mnist_npz
-from autograder.gradescope import ContainerResources, container_resources, plan_limits
+from autograder.lms.gradescope import ContainerResources, container_resources, plan_limits
 
 REPO = Path(__file__).resolve().parent.parent
 CAP_BYTES = 3 << 30  # the Gradescope memory setting the README recommends
@@ -185,7 +186,7 @@ def _unpacked(built, tmp_path: Path) -> Path:
     with zipfile.ZipFile(built.gradescope_zip) as z:
         z.extractall(root / "source")
         assert "lib/autograder/engine.py" in z.namelist()
-        assert "autograder.gradescope" in z.read("run_otter.py").decode()
+        assert "autograder.lms.gradescope" in z.read("run_otter.py").decode()
     return root
 
 
@@ -374,7 +375,7 @@ def _diagnostics(stdout: str) -> dict:
 
 
 def _assert_valid_results(results: dict) -> None:
-    """Gradescope's results.json format (see autograder.gradescope's docstring)."""
+    """Gradescope's results.json format (see autograder.lms.gradescope's docstring)."""
     assert isinstance(results["score"], float) and isinstance(results["execution_time"], int)
     assert isinstance(results["output"], str) and results["stdout_visibility"] == "hidden"
     for t in results["tests"]:

@@ -16,8 +16,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder import batch, reports, samples
-from autograder.submissions import ArchiveLimits, canvas_owner, collect
+from autograder import batch
+from autograder.lms import reports
+from assignments.cnn_mnist import sample_answers as samples
+from autograder.lms.submissions import ArchiveLimits, canvas_owner, collect
 
 
 def _sample(name: str) -> Path:

@@ -20,9 +20,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder import engine, jail
-from autograder.engine import RetrainOptions
-from autograder.sandbox import Limits
+from autograder.judge import pipeline as engine
+from autograder.probe import jail
+from autograder.judge.pipeline import RetrainOptions
+from autograder.probe.sandbox import Limits
 
 NO_RETRAIN = RetrainOptions(enabled=False)
 FAST = Limits(cell_seconds=30, notebook_seconds=240, memory_mb=3072, max_processes=48)
@@ -30,14 +31,6 @@ ANSWER = "import numpy as np\nconv_small = np.array([[1, 4], [3, 3]])"
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs a root grader (CI runs as root)")
 needs_bwrap = pytest.mark.skipif(not jail.bwrap_works(), reason="needs bubblewrap with namespaces (scripts/test.sh installs it)")
-
-
-@pytest.fixture(scope="module")
-def autograder(tmp_path_factory):
-    from autograder import build
-
-    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
-    return b.autograder_zip
 
 
 @pytest.fixture(autouse=True)
@@ -71,9 +64,9 @@ def grade(nb: Path, autograder, limits: Limits = FAST) -> dict:
 def test_the_grader_and_its_reference_answers_cannot_be_imported(autograder, tmp_path):
     nb = tiny(tmp_path / "sub.ipynb", """
         try:
-            from autograder.reference import conv2d, max_pool2d
-            import autograder.checks
-            print("IMPORTED", autograder.checks.__file__)
+            from assignments.cnn_mnist.reference import conv2d, max_pool2d
+            import assignments.cnn_mnist.checks
+            print("IMPORTED", assignments.cnn_mnist.checks.__file__)
         except ImportError as exc:
             print("BLOCKED", exc)
         """)
@@ -168,7 +161,7 @@ def test_concurrent_submissions_cannot_read_or_signal_each_other(autograder, tmp
 
 @needs_root
 def test_slot_uids_are_never_shared_between_processes(tmp_path):
-    code = ("import sys, time\nfrom autograder.jail import SlotLease\nlease = SlotLease()\n"
+    code = ("import sys, time\nfrom autograder.probe.jail import SlotLease\nlease = SlotLease()\n"
             "print(lease.uid, flush=True)\ntime.sleep(3)\nlease.release()")
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     uids = [int(p.communicate(timeout=60)[0]) for p in procs]
@@ -222,6 +215,8 @@ def _outer_wrapper(home: Path, uid: int, binds: dict | None = None) -> list[str]
     for tree in trees:
         args += _parents(tree, covered) + ["--ro-bind", tree, tree]
     args += _parents(str(jail.PACKAGE_DIR), covered) + ["--ro-bind", str(home / "pkg"), str(jail.PACKAGE_DIR)]
+    (assignments,) = jail.assignment_dirs()  # the answer keys: a copy owned by the grader, like its package
+    args += _parents(str(assignments), covered) + ["--ro-bind", str(home / "assignments"), str(assignments)]
     for source, seen in {str(home): str(home), **(binds or {})}.items():
         args += _parents(seen, covered) + ["--bind", source, seen]
     args += ["--chdir", str(home), "--setenv", "HOME", str(home), "--setenv", "CNN_GRADER_CACHE", str(home / "cache")]
@@ -254,14 +249,15 @@ def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict, 
 
     (home / "cache").mkdir(parents=True)
     shutil.copytree(jail.PACKAGE_DIR, home / "pkg", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(jail.assignment_dirs()[0], home / "assignments", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(data.cache_dir() / "mnist.npz", home / "cache" / "mnist.npz")
     shutil.copy(autograder, home / "autograder.zip")
     shutil.copy(notebook, home / "sub.ipynb")
     for p in [home, *home.rglob("*")]:
         os.chown(p, uid, uid, follow_symlinks=False)
-    for p in (home, home / "pkg", home / "cache"):
+    for p in (home, home / "pkg", home / "assignments", home / "cache"):
         p.chmod(0o700)
-    code = ("import json\nfrom autograder import engine\n"
+    code = ("import json\nfrom autograder.judge import pipeline as engine\n"
             "r = engine.grade_notebook('sub.ipynb', 'autograder.zip', retrain=engine.RetrainOptions(enabled=False),"
             f" limits=engine.Limits(cell_seconds=30, notebook_seconds=240, memory_mb={memory_mb}))\n"
             "print('@@RESULT@@' + json.dumps(r))")
@@ -466,7 +462,7 @@ def test_forged_status_messages_add_no_cells_and_extend_no_timer(autograder, tmp
 
 @needs_bwrap
 def test_forged_values_are_bounded_and_a_lone_surrogate_breaks_no_report(autograder, tmp_path):
-    from autograder import reports
+    from autograder.lms import reports
 
     nb = tiny(tmp_path / "sub.ipynb", r"""
         import json, os, sys
@@ -497,7 +493,7 @@ def test_forged_values_are_bounded_and_a_lone_surrogate_breaks_no_report(autogra
 
 
 def test_a_report_page_with_undecodable_text_is_written_and_stops_nothing(tmp_path):
-    from autograder import reports
+    from autograder.lms import reports
 
     bad = {"student": {"id": "s1"}, "status": "error", "score": 0, "max_score": 2, "error": "lone \ud800 surrogate",
            "questions": [{"name": "q", "score": 0, "max_score": 2,
@@ -524,7 +520,7 @@ def test_a_report_page_with_undecodable_text_is_written_and_stops_nothing(tmp_pa
     ({"status": "nope"}, None, "unknown"),
 ])
 def test_sandbox_values_are_checked_field_by_field(data, n_outputs, why):
-    from autograder.sandbox import checked_value
+    from autograder.probe.sandbox import checked_value
 
     checked = checked_value(data, n_outputs)
     assert checked["status"] == "error" and why in checked["message"] and len(checked["message"]) < 200
@@ -597,7 +593,7 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
     package, now inside a mounted site-packages, is masked in the jail."""
     import sysconfig
 
-    from autograder import samples
+    from assignments.cnn_mnist import sample_answers as samples
 
     folder = tmp_path / "private"
     folder.mkdir(mode=0o700)
@@ -611,7 +607,7 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
                     "--disable-pip-version-check", str(repo)], check=True, cwd=tmp_path)
     nb = tmp_path / "subs" / "solution.ipynb"
     nb.parent.mkdir()
-    attack = nbformat.v4.new_code_cell("try:\n    from autograder import reference\n    print('IMPORTED')\nexcept ImportError:\n"
+    attack = nbformat.v4.new_code_cell("try:\n    from assignments.cnn_mnist import reference\n    print('IMPORTED')\nexcept ImportError:\n"
                                        "    print('BLOCKED')")
     solution = nbformat.read(samples.SAMPLES_DIR / "solution.ipynb", as_version=4)
     solution.cells.insert(3, attack)
@@ -636,7 +632,7 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
 @pytest.mark.parametrize("limit, expected", [({"memory_mb": 20}, "memory limit (20 MiB)"),
                                              ({"timeout": 0.3}, "time limit")])
 def test_the_judge_runs_under_memory_and_time_limits(limit, expected):
-    request = {"tests": {}, "public_module": "", "values": {}, "functions": {}, "retrain": None}
+    request = {"tests": {}, "public_module": "", "public_module_name": "cnn_checks", "values": {}, "functions": {}, "retrain": None}
     assert engine._run_judge(request) == {"questions": [], "retrain": None}  # within its limits: judged
     with pytest.raises(engine.GraderError, match=re.escape(expected)):
         engine._run_judge(request, **limit)
@@ -663,7 +659,7 @@ def test_the_isolation_option_keeps_the_environment_unless_given(tmp_path, monke
 # --- 13. the retraining queue's lock files ---------------------------------------------------------
 
 def test_retraining_locks_live_in_a_private_folder_and_never_follow_a_planted_link(tmp_path, monkeypatch):
-    from autograder import retrain
+    from autograder.verifier import retrain
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -692,7 +688,7 @@ def test_retraining_locks_live_in_a_private_folder_and_never_follow_a_planted_li
 def test_a_single_batch_of_60000_images_is_the_students_failed_training_check(autograder, tmp_path):
     """The red team's idea (``fit(batch_size=60000)`` made the judge run out of memory, a grader error):
     the verifier refuses the recipe before any training, and the engine scores it as the student's."""
-    from autograder import samples
+    from assignments.cnn_mnist import sample_answers as samples
 
     nb = nbformat.read(samples.SAMPLES_DIR / "solution.ipynb", as_version=4)
     fits = [c for c in nb.cells if c.cell_type == "code" and ".fit(" in c.source]

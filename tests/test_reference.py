@@ -1,4 +1,4 @@
-"""Tests for autograder.reference: the lesson's hand-worked values, and Keras as an oracle.
+"""Tests for assignments.cnn_mnist.reference: the lesson's hand-worked values, and Keras as an oracle.
 
 Keras is the framework the lesson (and students' models) use, so every convention
 in the reference (no kernel flip, TF "same" padding, floor in "valid" pooling,
@@ -20,8 +20,8 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TF's startup chatter out of test output
 import keras  # noqa: E402
 
-from autograder import reference as ref  # noqa: E402
-from autograder.reference import (  # noqa: E402
+from assignments.cnn_mnist import reference as ref  # noqa: E402
+from assignments.cnn_mnist.reference import (  # noqa: E402
     EDGE_IMAGE,
     EDGE_KERNEL,
     SEED_INPUT_SHAPE,
@@ -469,7 +469,7 @@ def test_layer_table_rejects_unknown_spec():
 
 def test_reference_does_not_import_tensorflow_or_keras():
     code = (
-        "import sys, autograder.reference; "
+        "import sys, assignments.cnn_mnist.reference; "
         "heavy = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
         "assert not heavy, heavy"
     )

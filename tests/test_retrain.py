@@ -9,11 +9,11 @@ import time
 import numpy as np
 import pytest
 
-from autograder import retrain
-from autograder.budget import Budget
-from autograder.rebuild import RefusedModel, canonical_model, canonical_recipe
+from autograder.verifier import retrain
+from autograder.verifier.budget import Budget
+from autograder.verifier.rebuild import RefusedModel, canonical_model, canonical_recipe
 
-TINY = retrain.Settings(data_subset=(2000, 500), seeds=1)
+TINY = retrain.Settings("cnn_mnist", data_subset=(2000, 500), seeds=1)
 
 
 def _seed_model(**conv_kwargs):
@@ -62,12 +62,12 @@ def _no_training(monkeypatch):
 
 @pytest.mark.slow
 def test_seed_recipe_10_epochs_batch_1000_scores_below_threshold(tmp_path):
-    from autograder import checks
-    from autograder.judge import ExtractedModel
+    from assignments.cnn_mnist import checks
+    from autograder.judge.judge import ExtractedModel
 
     model = _seed_model()
     fits = [_fit(model, 10, 1000)]
-    report = retrain.verify(model.to_json(), fits, retrain.Settings(seeds=1), cache_dir=tmp_path)
+    report = retrain.verify(model.to_json(), fits, retrain.Settings("cnn_mnist", seeds=1), cache_dir=tmp_path)
     extracted = ExtractedModel(model.to_json(), fits, {"reports": {"model": report.as_dict()}})
     with pytest.raises(AssertionError) as err:
         checks.check_accuracy(extracted)
@@ -113,7 +113,7 @@ def _plain_twin():
 def test_weights_smuggled_in_the_config_are_dropped_and_fresh_weights_decide():
     import keras
 
-    (x, y), _ = retrain.load_data((2000, 10))
+    (x, y), _ = retrain.load_data("cnn_mnist", (2000, 10))
     trained = _small_model(pool=4)
     trained.fit(x.reshape(-1, 28, 28, 1), y, epochs=1, batch_size=64, verbose=0)
     w = trained.get_weights()
@@ -183,7 +183,7 @@ def test_lambda_custom_and_dict_activations_are_refused_by_name():
 
     model = keras.Sequential([keras.Input((28, 28, 1)), layers.Lambda(lambda x: x * 2, name="doubler"),
                               layers.Flatten(), layers.Dense(10, activation="softmax")])
-    report = retrain.verify(_config(model), [_fit(_small_model(), 1, 64)], cache_dir=None)
+    report = retrain.verify(_config(model), [_fit(_small_model(), 1, 64)], retrain.Settings("cnn_mnist"), cache_dir=None)
     assert report.accuracy is None and "Lambda" in report.error and "allowed" in report.error
     config = _config(_small_model())
     config["config"]["layers"][1]["registered_name"] = "my_pkg>MyConv"
@@ -210,7 +210,7 @@ def test_subclassed_models_get_guidance_not_a_layer_message():
     net = Net()
     net(np.zeros((1, 28, 28, 1), "float32"))
     net.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    report = retrain.verify(_config(net), [_fit(net, 1, 64)], cache_dir=None)
+    report = retrain.verify(_config(net), [_fit(net, 1, 64)], retrain.Settings("cnn_mnist"), cache_dir=None)
     assert "subclassed model" in report.error and "keras.Sequential" in report.error and "functional API" in report.error
     assert "Layer 1 is missing" not in report.error
 
@@ -240,17 +240,17 @@ def test_batch_size_1_is_refused_in_seconds_with_the_cost(monkeypatch, tmp_path)
     _no_training(monkeypatch)
     model = _seed_model()
     started = time.monotonic()
-    report = retrain.verify(model.to_json(), [_fit(model, 15, 1)], cache_dir=tmp_path)
+    report = retrain.verify(model.to_json(), [_fit(model, 15, 1)], retrain.Settings("cnn_mnist"), cache_dir=tmp_path)
     assert time.monotonic() - started < 60  # no training: a refusal, not a 76-minute run
     assert report.accuracy is None and report.grader_error is None
     assert "900,000 steps; the assignment allows 30,000" in report.error
-    report = retrain.verify(model.to_json(), [_fit(model, 1, 60000)], cache_dir=tmp_path)
+    report = retrain.verify(model.to_json(), [_fit(model, 1, 60000)], retrain.Settings("cnn_mnist"), cache_dir=tmp_path)
     assert "batch_size=60,000 is outside the allowed range 16 to 4,096" in report.error
 
 
 def test_usual_recipes_fit_the_budget():
     model = _seed_model()
-    settings = retrain.Settings()
+    settings = retrain.Settings("cnn_mnist")
     for epochs, batch in [(10, 1000), (15, 32), (15, 64), (15, 128), (10, 128)]:
         _, _, cost, _ = retrain.prepare(model.to_json(), [_fit(model, epochs, batch)], settings)
         assert cost.steps <= settings.budget.max_steps and cost.params == 93_322
@@ -266,17 +266,17 @@ def test_config_size_and_parameter_limits(monkeypatch):
     config = _config(_small_model())
     config["config"]["layers"][1]["config"]["kernel_initializer"] = {
         "module": "keras.initializers", "class_name": "Constant", "config": {"value": [0.5] * 100_000}}
-    report = retrain.verify(config, [_fit(_small_model(), 1, 64)], cache_dir=None)
+    report = retrain.verify(config, [_fit(_small_model(), 1, 64)], retrain.Settings("cnn_mnist"), cache_dir=None)
     assert "characters; the assignment allows 200,000" in report.error
     big = keras.Sequential([keras.Input((28, 28, 1)), layers.Flatten(), layers.Dense(8000, activation="relu"),
                             layers.Dense(10)])
     big.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    report = retrain.verify(big.to_json(), [_fit(big, 1, 64)], cache_dir=None)
+    report = retrain.verify(big.to_json(), [_fit(big, 1, 64)], retrain.Settings("cnn_mnist"), cache_dir=None)
     assert "6,360,010 parameters; the assignment allows 5,000,000" in report.error
     wide = keras.Sequential([keras.Input((28, 28, 1)), layers.Conv2D(256, 5, padding="same"),
                              layers.Conv2D(256, 5, padding="same"), layers.Flatten(), layers.Dense(10)])
     wide.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    report = retrain.verify(wide.to_json(), [_fit(wide, 15, 128)], cache_dir=None)
+    report = retrain.verify(wide.to_json(), [_fit(wide, 15, 128)], retrain.Settings("cnn_mnist"), cache_dir=None)
     assert "multiply-adds" in report.error and "the assignment allows" in report.error
 
 
@@ -295,7 +295,7 @@ def _fake_training(monkeypatch, accuracies):
 
 def test_near_the_threshold_more_seeds_are_trained_and_the_median_scores(monkeypatch):
     calls = _fake_training(monkeypatch, [0.9885, 0.9921, 0.9903])
-    settings = retrain.Settings(seeds=3, seed_margin=0.003, threshold=0.99)
+    settings = retrain.Settings("cnn_mnist", seeds=3, seed_margin=0.003, threshold=0.99)
     model = _small_model()
     report = retrain.verify(model.to_json(), [_fit(model, 1, 64)], settings, cache_dir=None)
     assert calls == [1234, 1235, 1236] and report.accuracies == [0.9885, 0.9921, 0.9903] and report.accuracy == 0.9903
@@ -336,8 +336,8 @@ def test_cache_key_covers_options_and_the_fit_data_description(monkeypatch, tmp_
     fits = [_fit(model, 1, 64)]
     retrain.verify(model.to_json(), fits, TINY, cache_dir=tmp_path)
     for settings, f in [
-        (retrain.Settings(data_subset=(2000, 500), seeds=1, budget=Budget(max_epochs=14)), fits),
-        (retrain.Settings(data_subset=(2000, 400), seeds=1), fits),
+        (retrain.Settings("cnn_mnist", data_subset=(2000, 500), seeds=1, budget=Budget(max_epochs=14)), fits),
+        (retrain.Settings("cnn_mnist", data_subset=(2000, 400), seeds=1), fits),
         (TINY, [{**fits[0], "x": {**fits[0]["x"], "max": 255.0}}]),
         (TINY, [{**fits[0], "x": {**fits[0]["x"], "shape": [10000, 28, 28, 1]}}]),
     ]:
@@ -374,7 +374,7 @@ def test_two_notebooks_differing_only_in_scaling_each_get_their_own_result_in_bo
 # --- honest notes ----------------------------------------------------------------------------
 
 def test_notes_for_test_set_training_unreplayable_callbacks_and_unscaled_pixels():
-    from autograder import probe_runtime
+    from autograder.probe import runtime as probe_runtime
     from autograder.data import load_mnist
 
     (x_train, _), (x_test, _) = load_mnist()
@@ -384,12 +384,12 @@ def test_notes_for_test_set_training_unreplayable_callbacks_and_unscaled_pixels(
     model = _small_model()
     fits = [_fit(model, 1, 64, x=described, callbacks=[{"class": "LearningRateScheduler"}, {"class": "TerminateOnNaN"}])]
     recipe, notes = canonical_recipe(_config(model), fits)
-    _, data_notes = retrain._data_notes(recipe)
+    _, data_notes = retrain._data_notes(recipe, "cnn_mnist")
     text = " ".join(notes + data_notes)
     assert "trained on the test set" in text and "LearningRateScheduler" in text and "cannot replay" in text
     assert "TerminateOnNaN is not replayed" in text
     fits = [_fit(model, 1, 64, x=probe_runtime._describe_data(x_train.reshape(-1, 28, 28, 1)))]
-    raw, data_notes = retrain._data_notes(canonical_recipe(_config(model), fits)[0])
+    raw, data_notes = retrain._data_notes(canonical_recipe(_config(model), fits)[0], "cnn_mnist")
     assert raw and "unscaled pixels" in " ".join(data_notes)
 
 
@@ -406,10 +406,10 @@ def test_training_runs_in_its_own_process_and_returns_only_numbers(tmp_path):
 def test_safety_net_and_crashes_are_grader_errors_never_scores(monkeypatch):
     model = _small_model()
     fits = [_fit(model, 1, 64)]
-    slow = retrain.Settings(data_subset=(2000, 500), seeds=1, max_seconds=0.5)
+    slow = retrain.Settings("cnn_mnist", data_subset=(2000, 500), seeds=1, max_seconds=0.5)
     report = retrain.verify(model.to_json(), fits, slow, cache_dir=None)
     assert report.accuracy is None and "safety limit" in report.grader_error and "not your fault" in report.error
-    tight = retrain.Settings(data_subset=(2000, 500), seeds=1, memory_mb=50)
+    tight = retrain.Settings("cnn_mnist", data_subset=(2000, 500), seeds=1, memory_mb=50)
     report = retrain.verify(model.to_json(), fits, tight, cache_dir=None)
     assert report.accuracy is None and "memory" in report.grader_error
 
@@ -449,9 +449,9 @@ def test_jax_backend_trains_the_same_recipe(tmp_path):
     model = _small_model()
     (tmp_path / "job.json").write_text(json.dumps({"config": model.to_json(), "fits": [_fit(model, 1, 64)]}))
     code = (
-        "import json; from autograder import retrain\n"
+        "import json; from autograder.verifier import retrain\n"
         f"job = json.load(open({str(tmp_path / 'job.json')!r}))\n"
-        "settings = retrain.Settings(data_subset=(2000, 500), seeds=1)\n"
+        "settings = retrain.Settings('cnn_mnist', data_subset=(2000, 500), seeds=1)\n"
         "r = retrain.verify(job['config'], job['fits'], settings, cache_dir=None)\n"
         "print(json.dumps(r.as_dict()))\n"
     )

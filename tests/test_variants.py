@@ -12,9 +12,10 @@ import re
 import numpy as np
 import pytest
 
-from autograder import checks, public_checks, reference, variants
-from autograder.public_checks import canonical
-from autograder.variants import LESSON, VariantConfig
+from assignments.cnn_mnist import checks, public_checks, reference, variants
+from assignments.cnn_mnist.public_checks import canonical
+from assignments.cnn_mnist.variants import LESSON
+from autograder.variants import VariantConfig
 
 ASSIGNMENT = "cnn_mnist"
 CONFIG = VariantConfig(enabled=True)
@@ -24,7 +25,7 @@ POOL = variants.pool(ASSIGNMENT, CONFIG.pool_size, CONFIG.salt)
 def _public_module(config=CONFIG):
     spec = importlib.util.spec_from_loader("cnn_checks_variants_test", loader=None)
     mod = importlib.util.module_from_spec(spec)
-    exec(compile(checks.render_public_module(ASSIGNMENT, config), "cnn_checks.py", "exec"), mod.__dict__)
+    exec(compile(checks.render_public_module(variants=config), "cnn_checks.py", "exec"), mod.__dict__)
     return mod
 
 
@@ -156,7 +157,7 @@ def test_two_students_see_different_numbers(public):
 
 def test_the_student_module_holds_no_plain_answer():
     """Only digests: no variant's array answer (as the list the module would hold) appears in it."""
-    source = checks.render_public_module(ASSIGNMENT, CONFIG)
+    source = checks.render_public_module(variants=CONFIG)
     assert "answers_for" not in source and not re.search(r"^\s*(from|import) autograder", source, re.M)
     for g in POOL:
         answers = checks.answers_for(g)

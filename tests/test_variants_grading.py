@@ -17,11 +17,12 @@ import nbformat
 import numpy as np
 import pytest
 
-from autograder import checks, variants
-from autograder.engine import RetrainOptions
-from autograder.sandbox import Limits
+from assignments.cnn_mnist import checks, variants
+from autograder.judge.pipeline import RetrainOptions
+from autograder.probe.sandbox import Limits
+from autograder.variants import VariantConfig, lms_identity
 
-CONFIG = variants.VariantConfig(enabled=True)
+CONFIG = VariantConfig(enabled=True)
 POOL = variants.pool("cnn_mnist", CONFIG.pool_size, CONFIG.salt)
 BY_HAND = ["conv_small", "edge_output", "output_sizes", "rgb_conv", "max_pooling", "layer_table"]
 NO_RETRAIN = RetrainOptions(enabled=False)
@@ -37,7 +38,7 @@ def _index(identity: str) -> int:
 def built_variants(tmp_path_factory):
     from autograder import build
 
-    (b,) = build.build_all(tmp_path_factory.mktemp("dist-variants"), gradescope=False, variants=CONFIG)
+    (b,) = build.build_all(tmp_path_factory.mktemp("dist-variants"), ["cnn_mnist"], gradescope=False, variants=CONFIG)
     return b
 
 
@@ -101,7 +102,7 @@ def test_without_lms_identity_the_kernel_checks_follow_the_notebooks_id():
     the notebook's first cell chose (the only place the notebook's claim counts)."""
     spec = importlib.util.spec_from_loader("cnn_checks", loader=None)
     module = importlib.util.module_from_spec(spec)
-    exec(compile(checks.render_public_module("cnn_mnist", CONFIG), "cnn_checks.py", "exec"), module.__dict__)
+    exec(compile(checks.render_public_module(variants=CONFIG), "cnn_checks.py", "exec"), module.__dict__)
     sys.modules["cnn_checks"] = module
     try:
         module.use_student(GRACE)
@@ -116,7 +117,7 @@ def test_without_lms_identity_the_kernel_checks_follow_the_notebooks_id():
 
 
 def test_gradescope_identity_is_the_submitters_email(tmp_path):
-    from autograder import gradescope
+    from autograder.lms import gradescope
 
     (tmp_path / "submission_metadata.json").write_text(json.dumps(
         {"users": [{"email": "Ada@Uni.edu", "sid": "123", "name": "Ada"}]}))
@@ -127,10 +128,10 @@ def test_gradescope_identity_is_the_submitters_email(tmp_path):
 
 
 def test_lms_identity_per_input():
-    assert variants.lms_identity({"id": "123", "email": "a@b.c", "extra": {"sis_user_id": "123"}}) == ("a@b.c", "LMS e-mail")
-    assert variants.lms_identity({"id": "77", "extra": {"canvas_user_id": "77"}}) == ("77", "Canvas user id")
-    assert variants.lms_identity({"id": "jdoe", "extra": {"nbgrader_student": "jdoe"}}) == ("jdoe", "nbgrader student")
-    assert variants.lms_identity({"id": "anon_x", "extra": {"canvas_anonymous_id": "x"}})[0] is None
+    assert lms_identity({"id": "123", "email": "a@b.c", "extra": {"sis_user_id": "123"}}) == ("a@b.c", "LMS e-mail")
+    assert lms_identity({"id": "77", "extra": {"canvas_user_id": "77"}}) == ("77", "Canvas user id")
+    assert lms_identity({"id": "jdoe", "extra": {"nbgrader_student": "jdoe"}}) == ("jdoe", "nbgrader student")
+    assert lms_identity({"id": "anon_x", "extra": {"canvas_anonymous_id": "x"}})[0] is None
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +171,7 @@ def test_each_students_solution_gets_full_marks_on_their_own_variant(batch_resul
 
 
 def test_a_classmates_answers_get_no_marks_and_a_flag_in_the_instructor_report_only(batch_results):
-    from autograder import reports
+    from autograder.lms import reports
 
     results, out = batch_results
     bob, mallory = results[BOB], results[MALLORY]

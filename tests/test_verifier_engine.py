@@ -7,10 +7,12 @@ import json
 import nbformat
 import pytest
 
-from autograder import checks, engine, samples
-from autograder.engine import RetrainOptions
-from autograder.judge import ExtractedModel
-from autograder.sandbox import Limits
+from assignments.cnn_mnist import checks
+from autograder.judge import pipeline as engine
+from assignments.cnn_mnist import sample_answers as samples
+from autograder.judge.pipeline import RetrainOptions
+from autograder.judge.judge import ExtractedModel
+from autograder.probe.sandbox import Limits
 
 FAST = Limits(cell_seconds=60, notebook_seconds=240, memory_mb=3072, max_processes=48)
 SAME_PADDING = samples.SEED_MODEL_CODE.replace("activation='relu', input_shape", "activation='relu', padding='same', input_shape")
@@ -27,7 +29,7 @@ def _same_padding_config() -> str:
 
 
 def _report(accuracy: float) -> dict:
-    from autograder.retrain import RetrainReport
+    from autograder.verifier.retrain import RetrainReport
 
     return RetrainReport(accuracy=accuracy, accuracies=[accuracy], seeds=[1], epochs=15, batch_size=64,
                          optimizer="Adam", device="CPU", backend="tensorflow").as_dict()
@@ -57,14 +59,6 @@ def test_the_judge_only_reads_numbers_and_grader_errors_are_not_the_students():
     pending = ExtractedModel(_same_padding_config(), fits, {"reports": {}, "pending": True})
     with pytest.raises(AssertionError, match="provisional"):
         checks.check_accuracy(pending)
-
-
-@pytest.fixture(scope="module")
-def autograder(tmp_path_factory):
-    from autograder import build
-
-    (b,) = build.build_all(tmp_path_factory.mktemp("dist"))
-    return b.autograder_zip
 
 
 def test_engine_retrains_before_judging_and_reports_partial_results_first(autograder, tmp_path):

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from autograder import retrain
+from autograder.verifier import retrain
 
 SUBSET = (4000, 1000)
-SETTINGS = retrain.Settings(data_subset=SUBSET, seeds=1)
+SETTINGS = retrain.Settings("cnn_mnist", data_subset=SUBSET, seeds=1)
 TOLERANCE = 0.04  # on 4,000 images; dropped He initialization moves the accuracy by about 0.03 here
 
 SEED_LAYERS = (
@@ -92,7 +92,7 @@ RAW_PIXELS = {"Rescaling inside the model on raw pixels"}
 
 @pytest.fixture(scope="module")
 def data():
-    (x_train, y_train), (x_test, y_test) = retrain.load_data(SUBSET)
+    (x_train, y_train), (x_test, y_test) = retrain.load_data("cnn_mnist", SUBSET)
     return x_train.reshape(-1, 28, 28, 1), y_train, x_test.reshape(-1, 28, 28, 1), y_test
 
 
@@ -110,7 +110,7 @@ def _recorded(code: str, data, monkeypatch):
     """What the grader extracts: the model config and the fit calls, recorded (not run)."""
     import keras
 
-    from autograder import probe_runtime
+    from autograder.probe import runtime as probe_runtime
 
     monkeypatch.setattr(probe_runtime, "FIT_LOG", [])
     with monkeypatch.context() as patch:

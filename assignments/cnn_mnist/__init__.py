@@ -1,0 +1,1 @@
+"""CNN on MNIST (TensorFlow's convolutional network tutorial): the first assignment."""

@@ -1,0 +1,662 @@
+"""What each question asks and how an answer is judged (the trusted side of every test).
+
+Every expected value is computed here from :mod:`assignments.cnn_mnist.reference`; nothing is pasted.
+Each question also lists the answers that typical mistakes produce (flipped kernel, forgotten
+bias or input channels, same vs valid padding, pooling floor, axis order) so feedback can
+name the mistake instead of only saying "wrong".
+
+Hidden tests call :func:`check_answer`, :func:`check_function`, :func:`check_model` and
+:func:`check_accuracy`.  Their messages pass or fail in general terms: they never show a hidden
+input or an expected value, and do not repeat what the public check already said
+(:func:`explain_answer` and :func:`judge_function_output` hold the detail).  Public tests call the same-named functions of the student-side copy
+of :mod:`assignments.cnn_mnist.public_checks`, which :func:`render_public_module` fills with digests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import pprint
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from assignments.cnn_mnist import public_checks
+from assignments.cnn_mnist import reference
+from assignments.cnn_mnist.public_checks import canonical, digest
+from assignments.cnn_mnist.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
+from assignments.cnn_mnist.spec import ASSIGNMENT
+from assignments.cnn_mnist.variants import LESSON, Givens
+
+# --- the givens shown in the notebook (the lesson's; a variant has its own, see variants.py) ----
+
+SMALL_IMAGE = np.array(LESSON.image_3x3)
+SMALL_FILTER = np.array(LESSON.filter_2x2)
+SIZE_N, SIZE_K = LESSON.size_n, LESSON.size_k  # output-size questions: a 28x28 image and a 5x5 filter
+RGB_SIZE, RGB_K, RGB_FILTERS = LESSON.rgb_size, LESSON.rgb_k, LESSON.rgb_filters  # 32x32 RGB, 16 3x3 filters
+POOL_INPUT = np.array(LESSON.pool_input)
+ACCURACY_THRESHOLD = ASSIGNMENT.training.threshold  # the policy lives in spec.py
+
+GIVENS = {
+    "image_3x3": SMALL_IMAGE,
+    "filter_2x2": SMALL_FILTER,
+    "edge_image": reference.EDGE_IMAGE,
+    "edge_filter": reference.EDGE_KERNEL,
+    "pool_input": POOL_INPUT,
+}
+
+
+@dataclass
+class Answer:
+    """One value a student assigns to a named variable."""
+
+    key: str
+    kind: str  # see public_checks.canonical
+    describe: str
+    expected: Any
+    mistakes: list[tuple[Any, str]] = field(default_factory=list)
+    hint: str = ""
+    labels: list[str] = field(default_factory=list)  # per-entry labels for list answers
+    item_mistakes: list[list[tuple[Any, str]]] = field(default_factory=list)
+    shape_hints: dict[tuple, str] = field(default_factory=dict)
+
+
+def _conv(image, kernel, **kw):
+    return reference.conv2d(np.asarray(image, float), np.asarray(kernel, float), **kw)
+
+
+def _size_answers(g: Givens = LESSON) -> list[Answer]:
+    n, k, s = g.size_n, g.size_k, g.size_stride
+    size = reference.conv_output_size
+    same, valid, full = size(n, k, padding="same"), size(n, k), size(n, k, padding="full")
+    stride2 = size(n, k, stride=s)
+    return [
+        Answer("size_valid", "int", "an int", valid,
+               [(same, "that is the size with 'same' padding; 'valid' means no padding, so the filter only fits n - k + 1 times"),
+                (full, "that is 'full' padding"), (n - k, "forgot the + 1 (the first position counts too)")],
+               hint="Valid: output = n - k + 1."),
+        Answer("size_same", "int", "an int", same,
+               [(valid, "that is 'valid' padding; 'same' pads so the output keeps the input size"),
+                (full, "that is 'full' padding")],
+               hint="Same padding keeps the input size at stride 1."),
+        Answer("size_full", "int", "an int", full,
+               [(n + 2 * (k - 1), "that is the padded input size; the filter then fits (n + 2(k-1)) - k + 1 times"),
+                (valid, "that is 'valid' padding"), (same, "that is 'same' padding")],
+               hint="Full padding adds k - 1 zeros on each side."),
+        Answer("size_stride2", "int", "an int", stride2,
+               [(-(-(n - k) // s) + 1, "rounded up: a window that does not fit is dropped, so use floor((n - k) / s) + 1"),
+                (valid, f"ignored the stride of {s}"), ((n - k) // s, "forgot the + 1")],
+               hint="With stride s: floor((n - k) / s) + 1."),
+    ]
+
+
+def _rgb_answers(g: Givens = LESSON) -> list[Answer]:
+    n, k, f, c = g.rgb_size, g.rgb_k, g.rgb_filters, g.rgb_channels
+    out = reference.conv_output_size(n, k)
+    return [
+        Answer("rgb_output_shape", "shape", "a tuple (height, width, channels)", (out, out, f),
+               [((out, out, c), "the output depth is the number of filters, not the number of input channels"),
+                ((n, n, f), "that is 'same' padding; this layer uses 'valid'"),
+                ((f, out, out), "Keras puts channels last: (height, width, channels)")]),
+        Answer("rgb_params", "int", "an int", reference.conv2d_params(k, c, f),
+               [(reference.conv2d_params(k, 1, f), f"forgot the {c} input channels: each filter is {k}x{k}x{c}"),
+                (reference.conv2d_params(k, c, f, use_bias=False), "forgot the biases (one per filter)"),
+                (reference.conv2d_params(k, 1, f, use_bias=False), "forgot both the input channels and the biases")],
+               hint="Each filter has k*k*channels weights plus one bias."),
+    ]
+
+
+def _variant(specs, **changes):
+    """The seed model with every layer of a kind changed (used to predict typical mistakes)."""
+    return tuple(dataclasses.replace(s, **changes[type(s).__name__]) if type(s).__name__ in changes else s
+                 for s in specs)
+
+
+def _table_answers(g: Givens = LESSON) -> list[Answer]:
+    seed, shape = g.table_model(), reference.SEED_INPUT_SHAPE
+    rows = reference.layer_table(shape, seed)
+    labels = [f"{r.kind}" for r in rows]
+    shape_variants = [
+        (reference.layer_table(shape, _variant(seed, Conv2DSpec={"padding": "same"})),
+         "used 'same' padding; the lesson's Conv2D layers use 'valid', which shrinks each side by k - 1"),
+        (reference.layer_table(shape, _variant(seed, MaxPool2DSpec={"padding": "same"})),
+         "rounded up after pooling; max pooling drops the incomplete last window (floor)"),
+    ]
+    param_variants = [
+        (reference.layer_table(shape, _variant(seed, Conv2DSpec={"use_bias": False}, DenseSpec={"use_bias": False})),
+         "forgot the bias terms (one per filter or unit)"),
+    ]
+    shape_items, param_items = [], []
+    for i, row in enumerate(rows):
+        sm = [(v[i].output_shape, msg) for v, msg in shape_variants if v[i].output_shape != row.output_shape]
+        if len(row.output_shape) == 3:
+            h, w, c = row.output_shape
+            sm.append(((c, h, w), "Keras puts channels last: (height, width, channels)"))
+        shape_items.append(sm)
+        pm = [(v[i].params, msg) for v, msg in param_variants if v[i].params != row.params]
+        spec = seed[i]
+        if isinstance(spec, Conv2DSpec):
+            in_ch = rows[i - 1].output_shape[-1] if i else shape[-1]
+            if in_ch != 1:
+                pm.append((reference.conv2d_params(spec.kernel_size, 1, spec.filters),
+                           "forgot the input channels: each filter spans all channels of the previous layer"))
+        param_items.append(pm)
+    total = reference.total_params(rows)
+    return [
+        Answer("layer_output_shapes", "shape_list", "a list of 8 tuples", [r.output_shape for r in rows],
+               labels=labels, item_mistakes=shape_items,
+               hint="Work layer by layer: valid conv shrinks by k - 1, pooling halves (floor)."),
+        Answer("layer_params", "int_list", "a list of 8 ints", [r.params for r in rows],
+               labels=labels, item_mistakes=param_items,
+               hint="Conv2D: (k*k*in_channels + 1) * filters; Dense: (inputs + 1) * units; pooling and Flatten: 0."),
+        Answer("total_params", "int", "an int", total,
+               [(reference.total_params(v), msg) for v, msg in param_variants],
+               hint="Add up the parameters of every layer."),
+    ]
+
+
+def answers_for(g: Givens = LESSON) -> dict[str, Answer]:
+    """Every plain-answer question's expected value and typical mistakes, for these numbers."""
+    arrays = g.arrays()
+    image, filt, edge_image, edge_filter, pool_input = (
+        arrays[k] for k in ("image_3x3", "filter_2x2", "edge_image", "edge_filter", "pool_input"))
+    small = _conv(image, filt)
+    edge = _conv(edge_image, edge_filter)
+    answers = [
+        Answer("conv_small", "array", "a 2x2 numpy array", small,
+               [(_conv(image, np.flip(filt)), "flipped the filter; in deep learning the filter slides over the image as is (cross-correlation)"),
+                (_conv(image, filt.T), "transposed the filter (rows and columns swapped)"),
+                (small.T, "rows and columns of the result are swapped")],
+               hint="Top-left entry: f1*a + f2*b + f3*d + f4*e.",
+               shape_hints={(3, 3): "a 3x3 result is what 'same' padding gives; the example uses no padding",
+                            (4, 4): "a 4x4 result is 'full' padding; the example uses no padding"}),
+        Answer("edge_output", "array", "a 4x3 numpy array", edge,
+               [(_conv(edge_image, np.flip(edge_filter)), "flipped the filter (the signs come out reversed)")],
+               hint="Slide the 3x3 filter down the 6 rows and across the 5 columns.",
+               shape_hints={(6, 5): "that is 'same' padding; the example uses no padding",
+                            (3, 4): "rows and columns are swapped: 6 rows give 4 output rows, 5 columns give 3",
+                            (8, 7): "that is 'full' padding"}),
+        *_size_answers(g),
+        *_rgb_answers(g),
+        Answer("pooled", "array", "a 2x2 numpy array", reference.max_pool2d(pool_input.astype(float)),
+               [(reference.max_pool2d(-pool_input.astype(float)) * -1, "took the minimum instead of the maximum"),
+                (pool_input[:4, :4].reshape(2, 2, 2, 2).mean(axis=(1, 3)), "took the average instead of the maximum")],
+               hint="Split into 2x2 blocks and keep the largest value of each.",
+               shape_hints={(3, 3): "pooled the incomplete blocks at the edge; 'valid' max pooling drops them (floor(5 / 2) = 2)"}),
+        *_table_answers(g),
+    ]
+    return {a.key: a for a in answers}
+
+
+ANSWERS: dict[str, Answer] = answers_for(LESSON)
+
+# The numbers the checks of this process judge with: the lesson's, unless the grader selected the
+# submitter's variant (use_variant) before running the tests.
+_ACTIVE: dict[str, Any] = {"givens": LESSON, "answers": ANSWERS}
+
+
+def use_variant(givens: Givens | None) -> None:
+    """Judge with these numbers from now on (``None``: the lesson's).  The grader calls it with the
+    variant of the submitter's LMS identity before any test runs."""
+    givens = LESSON if givens is None else givens
+    _ACTIVE.update(givens=givens, answers=ANSWERS if givens == LESSON else answers_for(givens), explicit=True)
+
+
+def _notebook_variant() -> Givens | None:
+    """Where nothing chose the variant (``otter run`` in the student's kernel, no LMS identity):
+    the one the notebook's first cell selected in the student-side module, if variants are on."""
+    import sys
+
+    public = sys.modules.get("cnn_checks")
+    table = getattr(public, "VARIANTS", None)
+    active = getattr(public, "_ACTIVE", None)
+    if not table or not active:
+        return None
+    from assignments.cnn_mnist import variants
+
+    return variants.pool(table["assignment"], table["pool_size"], table.get("salt", ""))[active["index"]]
+
+
+def _sync() -> None:
+    if _ACTIVE.get("explicit"):
+        return
+    givens = _notebook_variant() or LESSON
+    if givens != _ACTIVE["givens"]:
+        _ACTIVE.update(givens=givens, answers=ANSWERS if givens == LESSON else answers_for(givens))
+
+
+def active_givens() -> Givens:
+    _sync()
+    return _ACTIVE["givens"]
+
+
+# --- judging plain answers (hidden tests) -------------------------------------------------
+
+ATOL = 1e-6
+
+
+def _close(kind: str, a, b) -> bool:
+    if kind == "array":
+        return a["shape"] == b["shape"] and np.allclose(a["values"], b["values"], rtol=1e-6, atol=ATOL)
+    return a == b
+
+
+def _explain(kind: str, data, expected, mistakes, label: str, hint: str) -> str:
+    for value, msg in mistakes:
+        if _close(kind, data, canonical(kind, value)):
+            return f"{label} is not right. Likely mistake: {msg}"
+    return f"{label} is not right. {hint}".strip()
+
+
+def explain_answer(key: str, value) -> None:
+    """Compare with the reference value (tolerance 1e-6) and name the likely mistake.
+
+    This detail is what the public check already tells the student; hidden tests call
+    :func:`check_answer`, which does not repeat it.
+    """
+    _sync()
+    explain_answer_in(_ACTIVE["answers"], key, value)
+
+
+def explain_answer_in(answers: dict[str, Answer], key: str, value) -> None:
+    """:func:`explain_answer` against the given answers (one variant's)."""
+    spec = answers[key]
+    if value is None or value is Ellipsis:
+        raise AssertionError(f"`{key}` is not answered: expected {spec.describe}.")
+    data = canonical(spec.kind, value, f"`{key}`")
+    want = canonical(spec.kind, spec.expected)
+    if spec.kind in ("int_list", "shape_list"):
+        if len(data) != len(want):
+            raise AssertionError(f"`{key}` should have {len(want)} entries, one per layer, got {len(data)}.")
+        item_kind = "int" if spec.kind == "int_list" else "shape"
+        problems = [
+            _explain(item_kind, d, w, spec.item_mistakes[i], f"entry {i} ({spec.labels[i]})", "")
+            for i, (d, w) in enumerate(zip(data, want)) if d != w
+        ]
+        if problems:
+            raise AssertionError(f"`{key}`: " + "; ".join(problems) + f" {spec.hint}")
+        return
+    if spec.kind == "array" and data["shape"] != want["shape"]:
+        hint = spec.shape_hints.get(tuple(data["shape"]), "")
+        raise AssertionError(
+            f"`{key}` has shape {tuple(data['shape'])}, expected {tuple(want['shape'])}."
+            + (f" Likely mistake: {hint}" if hint else "")
+        )
+    if not _close(spec.kind, data, want):
+        raise AssertionError(_explain(spec.kind, data, want, spec.mistakes, f"`{key}`", spec.hint))
+
+
+def check_answer(key: str, value) -> None:
+    """Hidden test: pass or fail with a general message (no expected value, no repeat of the
+    public check's detail, which :func:`explain_answer` gives)."""
+    if value is None or value is Ellipsis:
+        raise AssertionError(f"`{key}` is not answered yet.")
+    try:
+        explain_answer(key, value)
+    except AssertionError:
+        raise AssertionError(f"`{key}` does not match the grader's answer; the public check for this "
+                             "question says what to look at.") from None
+
+
+# --- functions students implement ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class FunctionCase:
+    label: str
+    args: tuple  # numpy arrays
+    kwargs: dict
+
+    def expected(self, name: str) -> np.ndarray:
+        return REFERENCE_FUNCTIONS[name](*self.args, **self.kwargs)
+
+
+def _ref_conv2d(image, kernel, stride=1, padding="valid"):
+    return reference.conv2d(image, kernel, stride=stride, padding=padding)
+
+
+def _ref_max_pool2d(x, size=2):
+    return reference.max_pool2d(x, pool_size=size)
+
+
+REFERENCE_FUNCTIONS: dict[str, Callable] = {"conv2d": _ref_conv2d, "max_pool2d": _ref_max_pool2d}
+
+
+def public_cases(name: str, givens: Givens | None = None) -> list[FunctionCase]:
+    """Cases shown to students (the examples of their notebook: the lesson's, or their variant's)."""
+    a = (givens or active_givens()).arrays()
+    if name == "conv2d":
+        return [
+            FunctionCase("the edge example (valid padding)", (a["edge_image"].astype(float), a["edge_filter"].astype(float)), {}),
+            FunctionCase("the 3x3 image with the 2x2 filter", (a["image_3x3"].astype(float), a["filter_2x2"].astype(float)), {}),
+        ]
+    return [FunctionCase("the pooling example", (a["pool_input"].astype(float),), {})]
+
+
+def hidden_cases(name: str, seed: int = 2026) -> list[FunctionCase]:
+    """Random cases the grader chooses: sizes, strides and paddings the public cases do not show."""
+    rng = np.random.default_rng(seed + (0 if name == "conv2d" else 1))
+    cases = []
+    if name == "conv2d":
+        for i, (padding, stride) in enumerate([("valid", 1), ("valid", 2), ("same", 1), ("same", 2),
+                                               ("full", 1), ("valid", 3), ("same", 1), ("full", 2)]):
+            k = int(rng.choice([3, 5])) if padding == "same" else int(rng.integers(2, 5))
+            h, w = int(rng.integers(k + 1, 10)), int(rng.integers(k + 1, 10))
+            image = rng.normal(size=(h, w)).round(3)
+            kernel = rng.normal(size=(k, k)).round(3)
+            if i == 6:  # a non-square kernel catches axis mix-ups
+                kernel = rng.normal(size=(3, 5)).round(3)
+            cases.append(FunctionCase(f"random {h}x{w} image, {kernel.shape[0]}x{kernel.shape[1]} kernel, "
+                                      f"stride {stride}, {padding} padding", (image, kernel),
+                                      {"stride": stride, "padding": padding}))
+    else:
+        for size, (h, w) in [(2, (6, 6)), (2, (7, 5)), (3, (9, 9)), (3, (10, 8)), (2, (5, 9))]:
+            x = rng.normal(size=(h, w)).round(3)
+            cases.append(FunctionCase(f"random {h}x{w} input, size {size}", (x,), {"size": size}))
+    return cases
+
+
+def _function_mistakes(name: str, case: FunctionCase) -> list[tuple[np.ndarray, str]]:
+    if name == "conv2d":
+        image, kernel = case.args
+        return [(_ref_conv2d(image, np.flip(kernel), **case.kwargs), "flipped the kernel (deep-learning convolution does not flip it)")]
+    (x,) = case.args
+    size = case.kwargs.get("size", 2)
+    return [(-reference.max_pool2d(-x, pool_size=size), "took the minimum instead of the maximum")]
+
+
+def judge_function_output(name: str, case: FunctionCase, output) -> None:
+    """Compare one output of a student's function with the reference, naming the mistake."""
+    want = canonical("array", case.expected(name))
+    data = canonical("array", output, f"{name} on {case.label}")
+    if data["shape"] != want["shape"]:
+        hint = ""
+        if name == "max_pool2d" and len(data["shape"]) == 2 and data["shape"] == [-(-n // case.kwargs.get("size", 2)) for n in case.args[0].shape]:
+            hint = " Likely mistake: kept the incomplete windows at the edge; use floor division."
+        elif name == "conv2d":
+            hint = f" Check the {case.kwargs.get('padding', 'valid')} padding and stride {case.kwargs.get('stride', 1)} size formula."
+        raise AssertionError(f"{name} on {case.label}: shape {tuple(data['shape'])}, expected {tuple(want['shape'])}.{hint}")
+    if not _close("array", data, want):
+        raise AssertionError(_explain("array", data, want, _function_mistakes(name, case), f"{name} on {case.label}",
+                                      "The values differ from the reference."))
+
+
+def check_function(name: str, func) -> None:
+    """Hidden test: run the student's function on hidden random cases.
+
+    ``func`` may be the live function (Otter in the student's kernel) or a recorded replay of
+    its outputs (our engine probes it in the sandbox and replays the results here).  The
+    message counts the cases that fail and how, never their inputs or expected outputs;
+    :func:`judge_function_output` has the detail.
+    """
+    if not callable(func):
+        raise AssertionError(f"`{name}` should be a function; define it with `def {name}(...)`.")
+    cases = hidden_cases(name)
+    raised = shape = values = 0
+    for case in cases:
+        try:
+            out = func(*[a.copy() for a in case.args], **case.kwargs)
+        except Exception as exc:
+            if public_checks.is_stub(error=exc):
+                raise AssertionError(public_checks.not_implemented_message(name)) from None
+            raised += 1
+            continue
+        if public_checks.is_stub(out):
+            raise AssertionError(public_checks.not_implemented_message(name))
+        try:
+            judge_function_output(name, case, out)
+        except AssertionError as exc:
+            if "shape" in str(exc):
+                shape += 1
+            else:
+                values += 1
+    wrong = raised + shape + values
+    if wrong:
+        how = [f"{n} {what}" for n, what in ((raised, "raised an error"), (shape, "with the wrong output shape"),
+                                             (values, "with wrong values")) if n]
+        raise AssertionError(f"`{name}` is wrong on {wrong} of {len(cases)} hidden inputs ({', '.join(how)}). They "
+                             "use other sizes" + (", strides and paddings" if name == "conv2d" else "")
+                             + " than the notebook's examples.")
+
+
+# --- the model --------------------------------------------------------------------------------
+
+def _two(v) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def expected_layers() -> list[dict]:
+    """The lesson's CNN, layer by layer, in the summary form of :func:`public_checks.model_layers`."""
+    out = []
+    for spec in reference.SEED_MODEL:
+        if isinstance(spec, Conv2DSpec):
+            out.append({"kind": "Conv2D", "filters": spec.filters, "kernel_size": _two(spec.kernel_size),
+                        "strides": _two(spec.strides), "padding": spec.padding, "activation": spec.activation})
+        elif isinstance(spec, MaxPool2DSpec):
+            out.append({"kind": "MaxPooling2D", "pool_size": _two(spec.pool_size), "padding": spec.padding})
+        elif isinstance(spec, FlattenSpec):
+            out.append({"kind": "Flatten"})
+        elif isinstance(spec, DenseSpec):
+            out.append({"kind": "Dense", "units": spec.units, "activation": spec.activation})
+    return out
+
+
+def check_model(model) -> None:
+    """Hidden test: the same structural check as the public one, from trusted code; its message
+    does not repeat the public check's detail."""
+    try:
+        public_checks.check_model(model, expected_layers())
+    except AssertionError:
+        if model is None or model is Ellipsis:
+            raise
+        raise AssertionError("The model's layers do not match the lesson's CNN; the public check says where.") from None
+
+
+# --- training policy (in spec.py; `grade --require-lesson-model` overrides the first) ----------
+
+REQUIRE_LESSON_MODEL = ASSIGNMENT.training.require_lesson_model  # True: credit only for the lesson's architecture
+SEED_MARGIN = ASSIGNMENT.training.seed_margin  # a first accuracy this close to the threshold gets more seeds
+MAX_SEEDS = ASSIGNMENT.training.max_seeds  # ... up to this many in all; the median is scored
+
+
+def training_policy(require_lesson_model: bool = REQUIRE_LESSON_MODEL) -> str:
+    """The sentence the feedback shows so students know what the training question scores."""
+    if require_lesson_model:
+        return ("Training policy: this assignment gives training credit only to the lesson's architecture "
+                "(the structure question must pass).")
+    return ("Training policy: the training question scores the retrained accuracy of whatever model you built "
+            "from the allowed layers within the training budget; the structure question checks the lesson's architecture.")
+
+
+def check_accuracy(model, threshold: float = ACCURACY_THRESHOLD) -> None:
+    """Hidden test: test-set accuracy of the trained model must exceed the threshold.
+
+    With Otter alone this evaluates the model object in the notebook's kernel.  Our engine
+    passes a model *description* whose recipe the retraining verifier has already retrained
+    (in its own process); the accuracy arrives here as a number.
+    """
+    require = getattr(model, "require_lesson_model", REQUIRE_LESSON_MODEL)
+    policy = training_policy(require)
+    if require:
+        try:
+            check_model(model)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} {policy}") from None
+    measure = getattr(model, "measured_accuracy", None)
+    if callable(measure):  # a description from the grading engine: the verifier retrained it
+        accuracy, summary = measure()
+    else:
+        accuracy, summary = evaluate_live_model(model), "evaluated the notebook's trained model"
+    if not accuracy > threshold:
+        raise AssertionError(
+            f"Test accuracy {accuracy:.4f} is not above {threshold:.2f} ({summary}). The lesson's "
+            "recipe (10 epochs at batch size 1000) reaches about 0.988: try smaller batches or more epochs. "
+            f"{policy}"
+        )
+
+
+def evaluate_live_model(model) -> float:
+    """Accuracy of a live Keras model on the 10,000 MNIST test images, scaled by 1/255."""
+    data = ASSIGNMENT.dataset
+    _, (x_test, y_test) = data.load()
+    x = x_test.reshape(-1, *data.input_shape).astype("float32") / data.pixel_scale
+    probs = np.asarray(model.predict(x, batch_size=1000, verbose=0))
+    return float(np.mean(np.argmax(probs, axis=-1) == y_test))
+
+
+# --- the student-side module --------------------------------------------------------------
+
+def _public_digest_table(answers: dict[str, Answer] | None = None) -> dict:
+    table = {}
+    for key, spec in (ANSWERS if answers is None else answers).items():
+        entry: dict[str, Any] = {"kind": spec.kind, "describe": spec.describe, "hint": spec.hint}
+        if spec.kind in ("int_list", "shape_list"):
+            item_kind = "int" if spec.kind == "int_list" else "shape"
+            entry["items"] = [
+                {"label": spec.labels[i],
+                 "answer": digest(canonical(item_kind, want), f"{key}[{i}]"),
+                 "mistakes": {digest(canonical(item_kind, v), f"{key}[{i}]"): m for v, m in spec.item_mistakes[i]}}
+                for i, want in enumerate(spec.expected)
+            ]
+        else:
+            entry["answer"] = digest(canonical(spec.kind, spec.expected), key)
+            entry["mistakes"] = {digest(canonical(spec.kind, v), key): m for v, m in spec.mistakes}
+            if spec.kind == "array":
+                entry["shape"] = list(np.shape(spec.expected))
+                entry["shape_hints"] = {json.dumps(list(s)): m for s, m in spec.shape_hints.items()}
+        table[key] = entry
+    return table
+
+
+def _public_case_table(givens: Givens = LESSON) -> dict:
+    table = {}
+    for name in REFERENCE_FUNCTIONS:
+        rows = []
+        for case in public_cases(name, givens):
+            salt = f"{name}:{case.label}"
+            rows.append({
+                "label": case.label,
+                "args": [a.tolist() for a in case.args],
+                "kwargs": case.kwargs,
+                "shape": list(case.expected(name).shape),
+                "answer": digest(canonical("array", case.expected(name)), salt),
+                "mistakes": {digest(canonical("array", v), salt): m for v, m in _function_mistakes(name, case)},
+                "hint": "",
+            })
+        table[name] = rows
+    return table
+
+
+def public_givens(givens: Givens) -> dict:
+    """What a student's first cell shows: the notebook's arrays and the questions' numbers."""
+    shown = {k: v.tolist() for k, v in givens.arrays().items()}
+    shown.update({k: getattr(givens, k) for k in ("size_n", "size_k", "size_stride", "rgb_size", "rgb_k",
+                                                  "rgb_filters", "rgb_channels", "table_dense")})
+    shown["table_filters"] = list(givens.table_filters)
+    return shown
+
+
+def variant_pool(config) -> tuple[Givens, ...]:
+    """The pool of this assignment's variants for a VariantConfig."""
+    from assignments.cnn_mnist import variants
+
+    return variants.pool(ASSIGNMENT.name, config.pool_size, config.salt)
+
+
+def _public_variant_table(config) -> dict:
+    pool = variant_pool(config)
+    return {"assignment": ASSIGNMENT.name, "pool_size": config.pool_size, "salt": config.salt,
+            "variants": [{"givens": public_givens(g), "answers": _public_digest_table(answers_for(g)),
+                          "cases": _public_case_table(g)} for g in pool]}
+
+
+def render_public_module(variants=None) -> str:
+    """Source of ``cnn_checks.py``: :mod:`assignments.cnn_mnist.public_checks` with its tables filled in.
+
+    With variants on, the lesson's tables stay empty and ``VARIANTS`` holds, per variant of the pool,
+    its numbers (not secret) and the digests of its answers and mistakes (as many as today's, each).
+    """
+    source = inspect.getsource(public_checks)
+    on = variants is not None and variants.enabled
+    fills = {
+        "ANSWER_DIGESTS: dict = {}": {} if on else _public_digest_table(),
+        "EXPECTED_LAYERS: list = []": expected_layers(),
+        "PUBLIC_CASES: dict = {}": {} if on else _public_case_table(),
+        "VARIANTS: dict = {}": _public_variant_table(variants) if on else {},
+    }
+    for placeholder, table in fills.items():
+        assert source.count(placeholder) == 1, placeholder
+        source = source.replace(placeholder, f"{placeholder[:-2]}{pprint.pformat(table, width=100)}")
+    header = "# Generated by `python -m autograder build` from autograder/public_checks.py: do not edit.\n"
+    return header + source
+
+
+def probe_plan(variants=None) -> dict[str, list[dict]]:
+    """Every call the grading engine makes on each student function in the sandbox (public + hidden).
+
+    With ``variants`` (a VariantConfig, on) the public examples of every variant of the pool too:
+    the judge settles the submitter's variant after the probe, and the examples are small."""
+    givens = [LESSON] if variants is None or not variants.enabled else list(variant_pool(variants))
+    plan = {}
+    for name in REFERENCE_FUNCTIONS:
+        cases = [c for g in givens for c in public_cases(name, g)] + hidden_cases(name)
+        calls, seen = [], set()
+        for case in cases:
+            call = {"args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args], "kwargs": dict(case.kwargs)}
+            key = json.dumps(call, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                calls.append(call)
+        plan[name] = calls
+    return plan
+
+
+# --- per-student variants (hooks the engine calls when the spec turns them on) --------------------
+
+def variant_master(nb) -> None:
+    """Rewrite the master notebook for variants (see :func:`assignments.cnn_mnist.variants.variant_master`)."""
+    from assignments.cnn_mnist import variants
+
+    variants.variant_master(nb)
+
+
+def variant_solution(nb) -> None:
+    """The built solution notebook is one student's: fill in the sample id."""
+    from assignments.cnn_mnist import variants
+
+    variants.set_student_id(nb, variants.SAMPLE_ID)
+
+
+def select_variant(config: dict, identity: str | None, identity_source: str | None, declared: str | None,
+                   values: dict, public) -> dict:
+    """Judge with the submitter's variant from now on, in this process (hidden checks here, public
+    checks in ``public``, the student-side module), and return what the instructor should know:
+    ``index`` (0-based; None: unknown), ``pool_size``, ``identity_source``, ``declared_id`` and
+    ``declared_index`` (the notebook's STUDENT_ID), ``declared_differs``, and ``matches``
+    ({variant index: [answer keys]}: answers right for that variant but wrong for one's own)."""
+    from assignments.cnn_mnist import variants
+
+    pool_size, salt = int(config["pool_size"]), str(config.get("salt", ""))
+    pool = variants.pool(ASSIGNMENT.name, pool_size, salt)
+    declared_index = None
+    if declared is not None and variants.normalize_identity(declared):
+        declared_index = variants.variant_index(ASSIGNMENT.name, declared, pool_size, salt)
+    info: dict = {"pool_size": pool_size, "identity_source": identity_source if identity else None,
+                  "declared_id": declared, "declared_index": declared_index, "index": None,
+                  "declared_differs": False, "matches": {}}
+    if identity and variants.normalize_identity(identity):
+        info["index"] = variants.variant_index(ASSIGNMENT.name, identity, pool_size, salt)
+        info["declared_differs"] = (declared is None
+                                    or variants.normalize_identity(declared) != variants.normalize_identity(identity))
+    elif declared_index is not None:
+        info["index"], info["identity_source"] = declared_index, "the notebook's STUDENT_ID (no LMS identity)"
+    public._ACTIVE.clear()  # unknown variant: the public checks ask for the id
+    if info["index"] is None:  # the hidden checks judge with the lesson's numbers; the report flags it
+        use_variant(None)
+        return info
+    use_variant(pool[info["index"]])
+    public._ACTIVE.update(public.VARIANTS["variants"][info["index"]], index=info["index"])
+    answers = {k: v for k, v in values.items() if k in ANSWERS}
+    info["matches"] = {str(i): keys for i, keys in variants.other_variant_matches(answers, info["index"], pool).items()}
+    return info

@@ -1,0 +1,206 @@
+"""Sample submissions: the student notebook filled in the ways real students fill it.
+
+``examples/submissions/`` is generated from the built student notebook (so it follows the
+assignment when the assignment changes) and committed, so the README's main job and the
+tests grade the same files.  Each mistaken sample records, in its metadata, which test cases
+it is designed to fail and what the feedback must say; the tests derive the expected score
+from the assignment's own point values.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
+METADATA_KEY = "cnn_grader_sample"
+
+CORRECT = {
+    "conv_small": "np.array([[1, 4], [3, 3]])",
+    "edge_output": "np.array([[0, 0, 0], [6000, 6000, 6000], [6000, 6000, 6000], [0, 0, 0]])",
+    "size_valid": "24",
+    "size_same": "28",
+    "size_full": "32",
+    "size_stride2": "12",
+    "rgb_output_shape": "(30, 30, 16)",
+    "rgb_params": "448",
+    "pooled": "np.array([[6, 5], [8, 9]])",
+    "layer_output_shapes": "[(26, 26, 32), (13, 13, 32), (11, 11, 64), (5, 5, 64), (3, 3, 64), (576,), (64,), (10,)]",
+    "layer_params": "[320, 0, 18496, 0, 36928, 0, 36928, 650]",
+    "total_params": "93322",
+}
+
+CONV2D_LOOP = """\
+    kh, kw = kernel.shape
+    if padding == "same":
+        out_h, out_w = -(-image.shape[0] // stride), -(-image.shape[1] // stride)
+        ph = max((out_h - 1) * stride + kh - image.shape[0], 0)
+        pw = max((out_w - 1) * stride + kw - image.shape[1], 0)
+        image = np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)))
+    elif padding == "full":
+        image = np.pad(image, ((kh - 1, kh - 1), (kw - 1, kw - 1)))
+    rows = (image.shape[0] - kh) // stride + 1
+    cols = (image.shape[1] - kw) // stride + 1
+    out = np.empty((rows, cols))
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = (image[i*stride:i*stride+kh, j*stride:j*stride+kw] * KERNEL).sum()
+    return out"""
+
+MAX_POOL_FLOOR = """\
+    h, w = x.shape[0] // size * size, x.shape[1] // size * size
+    return x[:h, :w].reshape(h // size, size, w // size, size).max(axis=(1, 3))"""
+
+MAX_POOL_CEIL = """\
+    import math
+    rows, cols = math.ceil(x.shape[0] / size), math.ceil(x.shape[1] / size)
+    out = np.empty((rows, cols))
+    for i in range(rows):
+        for j in range(cols):
+            out[i, j] = x[i*size:(i+1)*size, j*size:(j+1)*size].max()
+    return out"""
+
+SEED_MODEL_CODE = """\
+model.add(layers.Conv2D(32, (3, 3), activation='relu', input_shape=(28, 28, 1)))
+model.add(layers.MaxPooling2D((2, 2)))
+model.add(layers.Conv2D(64, (3, 3), activation='relu'))
+model.add(layers.MaxPooling2D((2, 2)))
+model.add(layers.Conv2D(64, (3, 3), activation='relu'))
+model.add(layers.Flatten())
+model.add(layers.Dense(64, activation='relu'))
+model.add(layers.Dense(10, activation='softmax'))"""
+
+
+@dataclass
+class Sample:
+    name: str
+    description: str
+    answers: dict[str, str] = field(default_factory=dict)  # variable -> source of its value
+    conv2d: str | None = None
+    max_pool2d: str | None = None
+    model: str | None = None
+    training: str | None = None
+    expected_failures: dict[str, list[str]] = field(default_factory=dict)  # question -> test names
+    expected_feedback: dict[str, str] = field(default_factory=dict)  # question -> message fragment
+
+
+SAMPLES = [
+    Sample(
+        "by_hand_mistakes",
+        "Typical hand-calculation slips: flipped kernel, valid for same, channels and biases forgotten; "
+        "conv2d flips its kernel; trained for a single epoch (below 99%).",
+        answers={**CORRECT, "conv_small": "np.array([[1, 8], [9, 9]])", "size_same": "24",
+                 "rgb_params": "160", "layer_params": "[288, 0, 18432, 0, 36864, 0, 36864, 640]",
+                 "total_params": "93088"},
+        conv2d=CONV2D_LOOP.replace("KERNEL", "kernel[::-1, ::-1]"),
+        max_pool2d=MAX_POOL_FLOOR,
+        model=SEED_MODEL_CODE,
+        training="model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
+                 "history = model.fit(train_images, train_labels, epochs=1, batch_size=256)",
+        expected_failures={
+            "conv_small": ["test_conv_small", "test_conv_small_hidden"],
+            "output_sizes": ["test_size_same", "test_size_same_hidden"],
+            "rgb_conv": ["test_rgb_params", "test_rgb_params_hidden"],
+            "layer_table": ["test_layer_params", "test_layer_params_hidden",
+                            "test_total_params", "test_total_params_hidden"],
+            "conv2d_impl": ["test_conv2d", "test_conv2d_hidden"],
+            "training": ["test_accuracy_hidden"],
+        },
+        expected_feedback={
+            "conv_small": "flipped the filter",
+            "output_sizes": "'valid' padding",
+            "rgb_conv": "forgot the 3 input channels",
+            "layer_table": "forgot the bias",
+            "conv2d_impl": "flipped the kernel",
+            "training": "is not above 0.99",
+        },
+    ),
+    Sample(
+        "shape_mistakes",
+        "Shape slips: 'same' padding in the model, pooling that keeps incomplete blocks, swapped axes; "
+        "the model is never compiled or trained.",
+        answers={**CORRECT, "edge_output": "np.zeros((3, 4))", "pooled": "np.array([[6, 5, 7], [8, 9, 6], [7, 8, 1]])",
+                 "layer_output_shapes": "[(28, 28, 32), (14, 14, 32), (14, 14, 64), (7, 7, 64), (7, 7, 64), (3136,), (64,), (10,)]"},
+        conv2d=CONV2D_LOOP.replace("KERNEL", "kernel"),
+        max_pool2d=MAX_POOL_CEIL,
+        model=SEED_MODEL_CODE.replace("activation='relu', input_shape", "activation='relu', padding='same', input_shape"),
+        training=None,
+        expected_failures={
+            "edge_output": ["test_edge_output", "test_edge_output_hidden"],
+            "max_pooling": ["test_pooled", "test_pooled_hidden"],
+            "layer_table": ["test_layer_output_shapes", "test_layer_output_shapes_hidden"],
+            "max_pool_impl": ["test_max_pool2d", "test_max_pool2d_hidden"],
+            "model_structure": ["test_model", "test_model_hidden"],
+            "training": ["test_training", "test_accuracy_hidden"],
+        },
+        expected_feedback={
+            "edge_output": "rows and columns are swapped",
+            "max_pooling": "incomplete blocks",
+            "layer_table": "'same' padding",
+            "max_pool_impl": "shape",
+            "model_structure": "padding is 'same'",
+            "training": "",
+        },
+    ),
+]
+
+
+def _replace_line(source: str, pattern: str, replacement: str) -> str:
+    new, count = re.subn(pattern, lambda m: replacement, source, count=1, flags=re.MULTILINE)
+    if count != 1:
+        raise ValueError(f"pattern {pattern!r} not found in cell:\n{source}")
+    return new
+
+
+def fill(student_nb: nbformat.NotebookNode, sample: Sample) -> nbformat.NotebookNode:
+    """Fill the student notebook's ``...`` placeholders as this sample's student did."""
+    nb = nbformat.from_dict(student_nb)
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        src = cell.source
+        for var, value in sample.answers.items():
+            if re.search(rf"^{var} = \.\.\.$", src, flags=re.MULTILINE):
+                src = _replace_line(src, rf"^{var} = \.\.\.$", f"{var} = {value}")
+        if src.startswith("def conv2d(") and sample.conv2d:
+            src = _replace_line(src, r"^    \.\.\.$", sample.conv2d)
+        elif src.startswith("def max_pool2d(") and sample.max_pool2d:
+            src = _replace_line(src, r"^    \.\.\.$", sample.max_pool2d)
+        elif src.startswith("model = models.Sequential()") and sample.model:
+            src = _replace_line(src, r"^\.\.\.$", sample.model)
+        elif src.strip() == "..." and sample.training:
+            src = sample.training
+        cell.source = src
+    nb.metadata[METADATA_KEY] = {
+        "description": sample.description,
+        "expected_failures": sample.expected_failures,
+        "expected_feedback": sample.expected_feedback,
+    }
+    return nb
+
+
+def write_samples(student_notebook: Path, solution_notebook: Path, out_dir: Path = SAMPLES_DIR) -> list[Path]:
+    """Write the solution, the untouched notebook and every mistaken sample into ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    student = nbformat.read(student_notebook, as_version=4)
+    written = []
+
+    def save(nb, name):
+        path = out_dir / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        written.append(path)
+
+    solution = nbformat.read(solution_notebook, as_version=4)
+    solution.metadata[METADATA_KEY] = {"description": "The instructor's solution: full marks.",
+                                       "expected_failures": {}, "expected_feedback": {}}
+    save(solution, "solution")
+    untouched = nbformat.from_dict(student)
+    untouched.metadata[METADATA_KEY] = {"description": "The notebook as handed out: every answer is ...",
+                                        "expected_failures": "all", "expected_feedback": {}}
+    save(untouched, "untouched")
+    for sample in SAMPLES:
+        save(fill(student, sample), sample.name)
+    return written

@@ -1,0 +1,368 @@
+"""Gradescope: grade ``/autograder/submission`` with our engine and always write ``results.json``.
+
+What Gradescope does, per its autograder specification
+(https://gradescope-autograders.readthedocs.io/en/latest/specs/): the uploaded zip is unpacked
+in ``/autograder/source``, ``setup.sh`` runs once as root while the image is built (with
+internet), then for every submission ``/autograder/run_autograder`` runs as root with the
+student's files in ``/autograder/submission``.  It must leave ``/autograder/results/results.json``
+(``score``, ``execution_time``, ``output``, ``visibility``, ``stdout_visibility``, ``extra_data``,
+``tests`` with ``name``, ``score``, ``max_score``, ``status``, ``output``, ``visibility``).
+The run's stdout is kept in ``results/stdout`` and shown to the instructor only; students see
+only what ``results.json`` says.  The container has the memory, CPUs and timeout chosen in the
+assignment's settings; the timeout is not visible from inside, so it is an option here.
+
+``python -m autograder.lms.gradescope --root DIR`` does exactly that (the root is an option so a
+test can emulate the layout).  Each question becomes up to two Gradescope tests, its public
+checks (visible at once) and its hidden checks (``after_published`` when Otter's config says
+``show_hidden: true``, else ``hidden``), as Otter's own Gradescope runner does.
+
+Whatever happens, a ``results.json`` is written: before grading (so a run that Gradescope
+stops still leaves an explanation), when the engine reports results before retraining, and
+at the end.  A fault of the grader (engine status ``grader_error``, any exception here) reads
+as a grader error for the student and the instructor, never as the student's 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import inspect
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from autograder.judge.pipeline import Autograder, RetrainOptions, grade_notebook
+from autograder.probe.sandbox import Limits
+from autograder.result import GradeResult
+
+#: The Gradescope timeout the README recommends (minutes); Gradescope allows 40 at most.
+DEFAULT_TIMEOUT_MINUTES = 40
+#: Kept out of the submission's memory budget: this process, the judge and the kernel's page cache.
+MEMORY_HEADROOM_MB = 768
+#: Kept out of the time budget: container start-up, the judge, writing results.
+TIME_HEADROOM_SECONDS = 120
+GRADER_ERROR_MESSAGE = (
+    "GRADER ERROR: the autograder could not grade this submission. This is not a problem with "
+    "your work and this score does not count; your instructor has the details and will regrade it."
+)
+
+
+def _json_default(obj):
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else str(obj)
+
+
+# --- the container's resources ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ContainerResources:
+    """What the container's cgroup allows (``None``: no limit found)."""
+
+    memory_mb: int | None
+    cpus: float | None
+    source: str
+
+
+_UNLIMITED = 1 << 60
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _ancestors(base: Path, rel: str) -> list[Path]:
+    """``base/rel`` and each of its parents up to ``base``: a limit anywhere above applies too."""
+    parts = [p for p in rel.strip("/").split("/") if p]
+    return [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def container_resources(proc_cgroup: Path = Path("/proc/self/cgroup"),
+                        cgroup_root: Path = Path("/sys/fs/cgroup")) -> ContainerResources:
+    """Memory and CPU limits of this process's cgroup: v2 ``memory.max``/``cpu.max``, else v1
+    ``memory.limit_in_bytes``/``cpu.cfs_quota_us``; the smallest limit on the way up counts."""
+    text = _read(proc_cgroup) or ""
+    v1, v2 = {}, None
+    for line in text.splitlines():
+        hid, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hid == "0" and controllers == "":
+            v2 = path
+        for c in controllers.split(","):
+            if c:
+                v1[c] = path
+    memory, cpus, source = [], [], []
+    if v2 is not None and (cgroup_root / "cgroup.controllers").exists():
+        for d in _ancestors(cgroup_root, v2):
+            raw = _read(d / "memory.max")
+            if raw and raw != "max":
+                memory.append(int(raw))
+            raw = _read(d / "cpu.max")
+            if raw and not raw.startswith("max"):
+                quota, period = raw.split()[:2]
+                cpus.append(int(quota) / int(period))
+        source.append("cgroup v2")
+    if "memory" in v1 or "cpu" in v1:
+        for key, fname, cgdir in (("memory", "memory.limit_in_bytes", "memory"), ("cpu", "cpu.cfs_quota_us", "cpu")):
+            base = next((cgroup_root / n for n in (cgdir, "cpu,cpuacct", "cpuacct,cpu") if (cgroup_root / n).is_dir()), None)
+            if key not in v1 or base is None:
+                continue
+            for d in _ancestors(base, v1[key]):
+                raw = _read(d / fname)
+                if not raw or raw.startswith("-"):
+                    continue
+                if key == "memory":
+                    memory.append(int(raw))
+                else:
+                    period = _read(d / "cpu.cfs_period_us")
+                    if period:
+                        cpus.append(int(raw) / int(period))
+        source.append("cgroup v1")
+    memory = [m for m in memory if m < _UNLIMITED]
+    try:
+        cpus.append(float(len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        pass
+    return ContainerResources(min(memory) // (1 << 20) if memory else None, min(cpus) if cpus else None,
+                              " + ".join(source) or "no cgroup found")
+
+
+def plan_limits(resources: ContainerResources, timeout_minutes: float, *, retrain: bool = True,
+                cell_seconds: float | None = None, spec=None) -> tuple[Limits, RetrainOptions]:
+    """The engine's limits, kept inside the container's so that Gradescope never kills the run first.
+
+    Memory: the submission's processes get the container's memory less :data:`MEMORY_HEADROOM_MB`
+    (never more than the engine's default).  Time: of the timeout less
+    :data:`TIME_HEADROOM_SECONDS`, the notebook gets a third (at most the engine's default) and
+    retraining the rest, shared by the seeds it may train."""
+    from autograder.spec import TrainingPolicy
+
+    defaults, retrain_defaults = Limits(), RetrainOptions()
+    policy = spec.training if spec is not None else TrainingPolicy()  # the assignment's seeds and safety net
+    memory_mb = defaults.memory_mb
+    if resources.memory_mb is not None:
+        memory_mb = max(256, min(memory_mb, resources.memory_mb - MEMORY_HEADROOM_MB))
+    budget = max(60.0, timeout_minutes * 60 - TIME_HEADROOM_SECONDS)
+    notebook_seconds = min(defaults.notebook_seconds, budget / 3)
+    cell = min(cell_seconds or defaults.cell_seconds, notebook_seconds)
+    limits = dataclasses.replace(defaults, memory_mb=int(memory_mb), notebook_seconds=notebook_seconds, cell_seconds=cell)
+    per_run = (budget - notebook_seconds) / max(policy.max_seeds, 1)  # a recipe may be trained per seed
+    options = dataclasses.replace(retrain_defaults, enabled=retrain, max_seconds=min(policy.max_seconds, per_run))
+    return limits, options
+
+
+# --- Otter's autograder as unpacked by Gradescope ---------------------------------------------
+
+def autograder_from_source(source: Path) -> Autograder:
+    tests = {p.name: p.read_text() for p in sorted((source / "tests").glob("*.py"))}
+    config = json.loads((source / "otter_config.json").read_text())
+    from autograder import registry
+
+    name = config.get("assignment_name", "assignment")
+    public = (source / "files" / registry.get(name).public_module_name).read_text()
+    digest = hashlib.sha256("".join(tests.values()).encode() + public.encode()).hexdigest()
+    variants = source / "variants.json"
+    return Autograder(name, tests, public, digest,
+                      json.loads(variants.read_text()) if variants.is_file() else None)
+
+
+def submitter(root: Path) -> tuple[str | None, str]:
+    """The submitter's identity from Gradescope's ``submission_metadata.json``: the first user's
+    e-mail (what students type as their id), else their SID.  A group submission is graded on its
+    first member's variant."""
+    try:
+        meta = json.loads((root / "submission_metadata.json").read_text())
+        user = (meta.get("users") or [{}])[0]
+    except (OSError, ValueError, AttributeError):
+        return None, "no submission_metadata.json"
+    if user.get("email"):
+        return str(user["email"]), "Gradescope e-mail"
+    if user.get("sid"):
+        return str(user["sid"]), "Gradescope SID"
+    return None, "no e-mail or SID in submission_metadata.json"
+
+
+def find_notebook(submission: Path, assignment: str) -> tuple[Path | None, str | None]:
+    """The submitted notebook, ignoring editor copies (``.ipynb_checkpoints``), hidden folders
+    and macOS metadata; when several remain, the one named after the assignment."""
+    found = sorted(p for p in submission.rglob("*.ipynb")
+                   if not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(submission).parts))
+    if len(found) == 1:
+        return found[0], None
+    named = [p for p in found if p.name == f"{assignment}.ipynb"]
+    if len(named) == 1:
+        return named[0], None
+    names = ", ".join(str(p.relative_to(submission)) for p in found) or "none"
+    return None, (f"expected one .ipynb file in the submission (ideally {assignment}.ipynb), "
+                  f"found {len(found)}: {names}")
+
+
+# --- results.json -----------------------------------------------------------------------------
+
+def _share(q: dict, case: dict) -> float:
+    return case["points"] if case["points"] is not None else q["max_score"] / max(len(q["cases"]), 1)
+
+
+def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) -> dict:
+    """One engine result as Gradescope's ``results.json``."""
+    if result.get("status") == "grader_error":
+        return grader_error_payload(result.get("error") or "unknown cause", seconds, result)
+    hidden_visibility = "after_published" if show_hidden else "hidden"
+    tests = []
+    for q in result.get("questions", []):
+        for hidden, visibility, label in ((False, "visible", "public checks"), (True, hidden_visibility, "hidden checks")):
+            cases = [c for c in q["cases"] if c["hidden"] == hidden]
+            if not cases:
+                continue
+            points = sum(_share(q, c) for c in cases)
+            score = sum(_share(q, c) for c in cases if c["passed"])
+            tests.append({"name": f"{q['name']} ({label})", "score": round(score, 4), "max_score": round(points, 4),
+                          "status": "passed" if all(c["passed"] for c in cases) else "failed",
+                          "output": "\n\n".join(c["message"] for c in cases), "visibility": visibility})
+    lines = []
+    if result.get("error"):
+        lines.append(f"Problem with the submission: {result['error']}")
+    for cell in (result.get("execution") or {}).get("cells") or []:
+        if cell.get("error"):
+            lines.append(f"Error in code cell {cell.get('index')}: {cell['error']}")
+    for hit in result.get("limits_hit", []):
+        lines.append(f"Limit reached: {hit}")
+    rt = result.get("retrain")
+    if rt and rt.get("pending"):
+        lines.append("Your model is being retrained from scratch; its accuracy is not counted yet.")
+    elif rt and rt.get("error"):
+        lines.append(f"Retraining: {rt['error']}")
+    elif rt and rt.get("accuracy") is not None:
+        lines.append(f"Your model was retrained from scratch: test accuracy {rt['accuracy']:.4f} "
+                     f"({rt.get('epochs')} epochs, batch size {rt.get('batch_size')}, {rt.get('device')}).")
+    return {
+        "score": round(float(result.get("score") or 0.0), 4),
+        "execution_time": int(round(seconds)),
+        "output": "\n".join(lines) or "Graded.",
+        "visibility": "visible",
+        "stdout_visibility": "hidden",  # the instructor's diagnostics (see _diagnostics)
+        "extra_data": {"status": result.get("status", "graded")},
+        "tests": tests,
+    }
+
+
+def grader_error_payload(cause: str, seconds: float, result: dict | None = None) -> dict:
+    """A grader fault: nothing scored, a clear message for the student, the cause for the instructor."""
+    return {
+        "score": 0.0,
+        "execution_time": int(round(seconds)),
+        "output": GRADER_ERROR_MESSAGE,
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "extra_data": {"status": "grader_error", "cause": cause[-4000:]},
+        "tests": [{"name": "Autograder error (not your fault)", "score": 0.0, "max_score": 0.0, "status": "failed",
+                   "output": GRADER_ERROR_MESSAGE, "visibility": "visible"}],
+    }
+
+
+def write_results(path: Path, payload: dict) -> None:
+    """Atomically, so Gradescope never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+
+
+def _diagnostics(title: str, data: dict) -> None:
+    """For the instructor: stdout lands in Gradescope's ``results/stdout`` (never shown to students)."""
+    print(f"=== {title} ===")
+    print(json.dumps(data, indent=1, default=_json_default), flush=True)
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain: bool = True,
+        cell_seconds: float | None = None) -> dict:
+    started = time.monotonic()
+    results_path = root / "results" / "results.json"
+
+    def elapsed() -> float:
+        return time.monotonic() - started
+
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    private = [root / "source", root / "submission", results_path.parent]
+    if os.geteuid() == 0:  # the submission's user reads none of these (setup.sh does source/ too)
+        for folder in private:
+            if folder.is_dir():
+                os.chmod(folder, 0o700)
+    # the jail masks these and its self-test proves them unreadable (CNN_GRADER_PRIVATE_PATHS)
+    registered = [p for p in os.environ.get("CNN_GRADER_PRIVATE_PATHS", "").split(os.pathsep) if p]
+    os.environ["CNN_GRADER_PRIVATE_PATHS"] = os.pathsep.join(registered + [str(p.resolve()) for p in private])
+    write_results(results_path, grader_error_payload(
+        "the autograder was stopped before it finished (Gradescope's timeout or memory limit?)", 0))
+    try:
+        resources = container_resources()
+        config = json.loads((root / "source" / "otter_config.json").read_text())
+        show_hidden = bool(config.get("show_hidden", False))
+        ag = autograder_from_source(root / "source")  # the assignment named in Otter's config: its spec
+        limits, options = plan_limits(resources, timeout_minutes, retrain=retrain, cell_seconds=cell_seconds,
+                                      spec=ag.spec)
+        _diagnostics("container and limits", {"resources": resources, "limits": limits, "retrain": options,
+                                              "timeout_minutes": timeout_minutes, "python": sys.executable})
+        if ag.spec.dataset.probe_file is not None:
+            try:  # provisioned by setup.sh; grading never fetches it
+                ag.spec.dataset.probe_file(allow_network=False)
+            except Exception as exc:
+                raise RuntimeError(f"{ag.spec.dataset.name} is not provisioned in the image (setup.sh runs "
+                                   f"`python -m autograder data`): {exc}") from None
+        notebook, problem = find_notebook(root / "submission", ag.name)
+        if notebook is None:
+            result = GradeResult.error_row(problem, assignment=ag.name).to_dict()
+        else:
+            kwargs = {}
+            if "on_partial" in inspect.signature(grade_notebook).parameters:
+                def on_partial(partial: dict) -> None:  # never lets a display problem stop grading
+                    try:
+                        payload = to_gradescope(partial, elapsed(), show_hidden=show_hidden)
+                        payload["output"] = ("Partial results: your model is being retrained; if this message "
+                                             "stays, retraining was stopped by the time limit.\n" + payload["output"])
+                        write_results(results_path, payload)
+                    except Exception:  # noqa: BLE001
+                        _diagnostics("partial results not written", {"cause": traceback.format_exc()})
+
+                kwargs["on_partial"] = on_partial
+            if ag.variants_on:
+                kwargs["identity"], kwargs["identity_source"] = submitter(root)
+            result = grade_notebook(notebook, ag, limits=limits, retrain=options, **kwargs)
+        payload = to_gradescope(result, elapsed(), show_hidden=show_hidden)
+        diag = {k: result.get(k) for k in ("status", "error", "score", "max_score", "limits_hit", "isolation",
+                                           "versions", "retrain", "seconds")}
+        if result.get("variant"):  # instructor only (stdout): flags that may name another variant
+            from autograder.lms.reports import variant_flags
+
+            diag["variant"] = {**result["variant"], "flags": variant_flags(result)}
+        diag["cells"] = (result.get("execution") or {}).get("cells")
+        diag["output_tail"] = ((result.get("execution") or {}).get("output_tail") or "")[-3000:]
+        _diagnostics("result", diag)
+    except BaseException as exc:  # noqa: BLE001 - whatever breaks, results.json says so
+        cause = "".join(traceback.format_exception(exc))
+        _diagnostics("grader error", {"cause": cause})
+        payload = grader_error_payload(f"{type(exc).__name__}: {exc}", elapsed())
+    write_results(results_path, payload)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("/autograder"))
+    parser.add_argument("--timeout-minutes", type=float, default=DEFAULT_TIMEOUT_MINUTES,
+                        help="the timeout set in Gradescope's autograder settings")
+    parser.add_argument("--cell-seconds", type=float, default=None, help="seconds one cell may run")
+    parser.add_argument("--no-retrain", action="store_true")
+    args = parser.parse_args(argv)
+    run(args.root, timeout_minutes=args.timeout_minutes, retrain=not args.no_retrain, cell_seconds=args.cell_seconds)
+
+
+if __name__ == "__main__":
+    main()

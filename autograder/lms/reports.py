@@ -1,0 +1,388 @@
+"""What a batch leaves for people: grade sheet, review list, Canvas import, feedback, summary.
+
+All of it is derived from the per-submission result files, so rerunning a batch rebuilds it
+identically.  HTML pages are self-contained (styles and plots inline) so they can be mailed
+or uploaded as they are.  A student's page holds that student's own results only; flags that
+name a classmate (identical notebooks) and second files go to the instructor's ``report.html``
+and ``needs_review.csv``.  A grader error is shown as such, never as a score of 0, and never
+reaches the Canvas import.  Every file is written readable by its owner only (0600).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import functools
+import io
+import os
+import re
+import statistics
+from pathlib import Path
+
+import jinja2
+
+ENV = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
+
+STYLE = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1f2328}
+h1{font-size:1.6rem} table{border-collapse:collapse;width:100%;margin:1rem 0}
+th,td{border-bottom:1px solid #d0d7de;padding:.45rem .6rem;text-align:left;vertical-align:top}
+th{background:#f6f8fa} .ok{color:#1a7f37;font-weight:600} .bad{color:#cf222e;font-weight:600}
+.part{color:#9a6700;font-weight:600} pre{background:#f6f8fa;padding:.75rem;overflow-x:auto;white-space:pre-wrap}
+.score{font-size:2rem;font-weight:700} .card{border:1px solid #d0d7de;border-radius:8px;padding:1rem;margin:1rem 0}
+.muted{color:#57606a} img{max-width:100%}
+"""
+
+FEEDBACK = ENV.from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Feedback for {{ r.student.id }}: {{ r.assignment or "assignment" }}</title>
+<style>{{ style }}</style></head><body>
+<h1>Feedback: {{ r.assignment or "assignment" }}</h1>
+<p class="muted">Student <strong id="student">{{ r.student.id }}</strong>{% if r.student.name %} ({{ r.student.name }}){% endif %}</p>
+<div class="card">
+{% if r.status == "grader_error" %}<div class="score" id="total">not graded yet</div>
+<p class="part" id="status">The grader had a fault of its own, not of your submission: {{ r.error }}. It will be graded again; no points were taken.</p>
+{% else %}<div class="score" id="total">{{ fmt(r.score) }}{% if r.max_score %} / {{ fmt(r.max_score) }}{% endif %}</div>
+{% if r.status != "graded" %}<p class="bad" id="status">Not fully graded: {{ r.error }}</p>{% endif %}{% endif %}
+</div>
+{% if r.questions %}
+<table id="questions"><thead><tr><th>Question</th><th>Score</th><th>Feedback</th></tr></thead><tbody>
+{% for q in r.questions %}
+<tr><td>{{ q.name }}</td>
+<td class="{{ 'ok' if q.score == q.max_score else ('bad' if q.score == 0 else 'part') }}">{{ fmt(q.score) }} / {{ fmt(q.max_score) }}</td>
+<td>{% for c in q.cases if not c.hidden and not c.passed %}<p class="muted">public check</p><pre>{{ clean(c.message) }}</pre>{% endfor %}
+{% for c in q.cases if c.hidden %}<p class="hidden-check"><span class="muted">hidden check{% if q.cases|selectattr("hidden")|list|length > 1 %} ({{ case_label(c.name) }}){% endif %}:</span>
+{% if c.passed %} <span class="ok">passed</span>{% else %} <span class="bad">failed</span>{% if clean(c.message) %}: {{ clean(c.message) }}{% endif %}{% endif %}</p>{% endfor %}
+{% if q.cases|selectattr("passed", "false")|list|length == 0 %}All checks passed.{% endif %}</td></tr>
+{% endfor %}</tbody></table>
+{% endif %}
+{% if r.retrain %}<div class="card" id="retrain"><h2>Model retrained by the grader</h2>
+{% if r.retrain.error %}<p class="bad">{{ r.retrain.error }}</p>{% else %}
+<p>Test accuracy <strong>{{ "%.4f"|format(r.retrain.accuracy) }}</strong> after {{ r.retrain.epochs }} epochs at batch size {{ r.retrain.batch_size }},
+{{ r.retrain.optimizer }}, on {{ r.retrain.device }} ({{ r.retrain.backend }}){% if r.retrain.cache_hit %}, from the retraining cache{% else %}, {{ r.retrain.seconds }} s{% endif %}.</p>
+{% for n in r.retrain.notes %}<p class="muted">{{ n }}</p>{% endfor %}{% endif %}</div>{% endif %}
+{% if r.limits_hit %}<div class="card"><h2>Limits reached</h2><ul>{% for l in r.limits_hit %}<li>{{ l }}</li>{% endfor %}</ul></div>{% endif %}
+{% if r.status == "error" or failed_cells %}<div class="card" id="log"><h2>Execution log</h2>
+{% for c in failed_cells %}<p>Cell {{ c.index }}: <code>{{ c.error }}</code></p>{% endfor %}
+{% if r.execution and r.execution.output_tail %}<pre>{{ r.execution.output_tail[-6000:] }}</pre>{% endif %}</div>{% endif %}
+</body></html>
+""")
+
+SUMMARY = ENV.from_string("""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Grading summary: {{ assignment }}</title><style>{{ style }}</style></head><body>
+<h1>Grading summary: {{ assignment }}</h1>
+<div class="card"><p><strong id="count">{{ n }}</strong> submissions: <strong>{{ n_scored }}</strong> scored,
+<strong id="n-errors">{{ n_errors }}</strong> with errors (a row that could not be graded at all has no score), <strong id="n-grader-errors">{{ n_grader_errors }}</strong> grader errors (not scored, rerun the batch).
+Mean score <strong>{{ fmt(mean) }}</strong> / {{ fmt(max_score) }}, median {{ fmt(median) }} (scored submissions only).</p>
+{% if canvas %}<p>Canvas import: <code>canvas_grades.csv</code>, column <code>{{ canvas }}</code>; <strong>{{ n_review }}</strong> rows left out of it are listed in <code>needs_review.csv</code>.</p>
+{% else %}<p class="part">No Canvas import written: pass <code>--canvas-assignment "Title (assignment id)"</code> to write one. Rows to review: <code>needs_review.csv</code>.</p>{% endif %}</div>
+{% for title, png in plots %}<h2>{{ title }}</h2><img alt="{{ title }}" src="data:image/png;base64,{{ png }}">{% endfor %}
+<h2>Submissions</h2><table id="submissions"><thead><tr><th>Student</th><th>Score</th><th>Status</th><th>Retrained accuracy</th><th>Flags</th><th>Limits hit</th></tr></thead><tbody>
+{% for r in results %}<tr><td><a href="feedback/{{ r.student.id }}.html">{{ r.student.id }}</a>{% if r.student.name %}<br><span class="muted">{{ r.student.name }}</span>{% endif %}</td>
+<td>{{ fmt(r.score) if scored(r) else "-" }}</td>
+<td class="{{ 'ok' if r.status == 'graded' else ('part' if r.status == 'grader_error' else 'bad') }}">{{ "grader error" if r.status == "grader_error" else r.status }}{% if r.error %}: {{ r.error[:160] }}{% endif %}</td>
+<td>{{ accuracy(r) }}</td>
+<td class="flags">{% for f in flags(r) %}<div class="part">{{ f }}</div>{% endfor %}</td>
+<td>{% for l in r.limits_hit or [] %}<div>{{ l[:120] }}</div>{% endfor %}</td></tr>{% endfor %}
+</tbody></table></body></html>
+""")
+
+
+def fmt(x) -> str:
+    if x is None:
+        return "-"
+    return f"{x:g}" if isinstance(x, (int, float)) else str(x)
+
+
+def question_names(results: list[dict]) -> list[str]:
+    names: list[str] = []
+    for r in results:
+        for q in r.get("questions", []):
+            if q["name"] not in names:
+                names.append(q["name"])
+    return names
+
+
+def _private_writer(path: Path):
+    """Open ``path`` for writing as a file its owner alone can read (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "w", newline="", encoding="utf-8", errors="replace")  # untrusted text never stops a page
+
+
+def write_private_text(path: Path, text: str) -> None:
+    with _private_writer(path) as f:
+        f.write(text)
+
+
+def write_grades_csv(results: list[dict], path: Path) -> None:
+    qs = question_names(results)
+    with _private_writer(path) as f:
+        w = csv.writer(f)
+        w.writerow(["id", "name", "email", "assignment", *qs, "total", "max_score", "status", "error"])
+        for r in sorted(results, key=lambda r: r["student"]["id"]):
+            scores = {q["name"]: q["score"] for q in r.get("questions", [])}
+            s = r["student"]
+            total = "" if r["status"] == "grader_error" else r["score"]  # not a 0: nothing was graded
+            w.writerow([s["id"], s.get("name", ""), s.get("email", ""), r.get("assignment") or "",
+                        *[scores.get(q, "") for q in qs],
+                        total, r.get("max_score") or "", r["status"], r.get("error") or ""])
+
+
+CANVAS_COLUMN = re.compile(r"^(?P<title>.*\S)\s*\((?P<id>\d+)\)$")
+
+
+def canvas_column(assignment: str | None = None, assignment_id: str | int | None = None) -> str:
+    """The gradebook column Canvas matches on: ``Title (assignment id)``.
+
+    Canvas's gradebook export names each assignment column ``Title (id)`` (e.g. ``Quiz 1
+    (87568490)``) and its importer matches columns by that id; a bare title that matches no
+    column creates a new assignment.  Accepts ``"Title (123)"`` alone, or a title and an id.
+    """
+    if assignment_id is not None:
+        if not str(assignment_id).isdigit():
+            raise ValueError(f"a Canvas assignment id is a number, got {assignment_id!r}")
+        title = (assignment or "").strip()
+        if not title:
+            raise ValueError("give the assignment's title with its id")
+        return f"{title} ({assignment_id})"
+    m = CANVAS_COLUMN.match((assignment or "").strip())
+    if not m:
+        raise ValueError(f"expected the Canvas column as 'Title (assignment id)', e.g. 'CNN on MNIST (123456)', "
+                         f"got {assignment!r}")
+    return f"{m.group('title')} ({m.group('id')})"
+
+
+def variant_peers(results: list[dict]) -> dict[int, list[str]]:
+    """Variant index -> the ids of this batch's students who have it (per-student variants)."""
+    peers: dict[int, list[str]] = {}
+    for r in results:
+        index = (r.get("variant") or {}).get("index")
+        if index is not None and not (r["student"].get("extra") or {}).get("duplicate_of"):
+            peers.setdefault(int(index), []).append(r["student"]["id"])
+    return peers
+
+
+def variant_flags(r: dict, peers: dict[int, list[str]] | None = None) -> list[str]:
+    """Per-student variants: a notebook id that is not the submitter's, answers right only for
+    another student's numbers (instructor only: they name classmates)."""
+    v = r.get("variant")
+    if not v:
+        return []
+    out = []
+    own = v.get("index")
+    if own is None:
+        out.append("variant unknown: no LMS identity and no STUDENT_ID in the notebook")
+    elif v.get("declared_differs"):
+        declared = v.get("declared_id")
+        which = ("" if v.get("declared_index") is None else
+                 " (the same variant)" if v.get("declared_index") == own else f" (variant {v['declared_index'] + 1})")
+        out.append(f"notebook's STUDENT_ID {declared!r}{which} is not the submitter's; graded on the submitter's "
+                   f"variant {own + 1}" if declared is not None else
+                   f"no STUDENT_ID in the notebook; graded on the submitter's variant {own + 1}")
+    elif str(v.get("identity_source", "")).startswith("the notebook"):
+        out.append(f"variant {own + 1} taken from the notebook's STUDENT_ID (no LMS identity)")
+    for index, keys in sorted((v.get("matches") or {}).items(), key=lambda kv: int(kv[0])):
+        names = [i for i in (peers or {}).get(int(index), []) if i != r["student"]["id"]]
+        who = ", ".join(names) if names else f"variant {int(index) + 1} (no student of this batch)"
+        out.append(f"matches variant of {who}: {', '.join(keys)}")
+    return out
+
+
+def flags(r: dict, peers: dict[int, list[str]] | None = None) -> list[str]:
+    """What a person should look at for this row (instructor's report only, never a student's page)."""
+    extra = r["student"].get("extra") or {}
+    out = variant_flags(r, peers)
+    if extra.get("identical_to"):
+        out.append(f"byte-identical to {extra['identical_to']}")
+    if extra.get("duplicate_of"):
+        out.append(f"second file of {extra['duplicate_of']} (not graded)")
+    if extra.get("late"):
+        out.append("late (Canvas)")
+    if r.get("retry"):
+        out.append("worker failed: graded again on the next run")
+    return out
+
+
+def canvas_row(r: dict) -> tuple[list | None, str]:
+    """This result's row of the Canvas import, or ``None`` and why it is left out."""
+    s, extra = r["student"], r["student"].get("extra") or {}
+    if r["status"] == "grader_error":
+        return None, f"grader error, not graded: {r.get('error')}"
+    if extra.get("duplicate_of"):
+        return None, r.get("error") or "duplicate"
+    if r.get("retry") or not r.get("questions"):
+        return None, f"not graded: {r.get('error') or 'no result'}"
+    ids = [extra.get("canvas_user_id") or "", extra.get("sis_user_id") or "", extra.get("sis_login_id") or ""]
+    if not any(ids):
+        why = ("anonymous Canvas download: enter the grade in SpeedGrader" if extra.get("canvas_anonymous_id")
+               else "no Canvas identity (not from a Canvas or Gradescope download)")
+        return None, why
+    return [s.get("name") or "", *ids, "", fmt(r["score"])], ""
+
+
+def write_canvas_csv(results: list[dict], path: Path, column: str) -> list[tuple[dict, str]]:
+    """Canvas gradebook import: Student, ID, SIS User ID, SIS Login ID, Section, then ``column``.
+
+    Only rows Canvas can match to the right student are written: ``ID`` is the Canvas user id
+    from the download's file names (never a grader-made id such as ``12345~2``, which Canvas
+    would read as 12345), ``SIS User ID`` a Gradescope SID.  Returns the results left out,
+    with the reason, for :func:`write_review_csv`.
+    """
+    max_score = max((r.get("max_score") or 0 for r in results), default=0)
+    left_out = []
+    with _private_writer(path) as f:
+        w = csv.writer(f)
+        w.writerow(["Student", "ID", "SIS User ID", "SIS Login ID", "Section", column])
+        w.writerow(["Points Possible", "", "", "", "", fmt(max_score)])
+        for r in sorted(results, key=lambda r: r["student"]["id"]):
+            row, why = canvas_row(r)
+            if row is None:
+                left_out.append((r, why))
+            else:
+                w.writerow(row)
+    return left_out
+
+
+def write_review_csv(results: list[dict], path: Path) -> int:
+    """Everything a person should look at: rows left out of the Canvas import, and flags."""
+    n = 0
+    peers = variant_peers(results)
+    with _private_writer(path) as f:
+        w = csv.writer(f)
+        w.writerow(["id", "source", "canvas_user_id", "status", "in_canvas_import", "reason"])
+        for r in sorted(results, key=lambda r: r["student"]["id"]):
+            row, why = canvas_row(r)
+            reasons = ([why] if row is None else []) + [f for f in flags(r, peers) if not why or f not in why]
+            if row is None or reasons:
+                n += 1
+                s = r["student"]
+                w.writerow([s["id"], s.get("source", ""), (s.get("extra") or {}).get("canvas_user_id", ""),
+                            r["status"], "no" if row is None else "yes", "; ".join(reasons)])
+    return n
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _plots(results: list[dict]) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = []
+    scores = [r["score"] for r in results if scored(r)] or [0]
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.hist(scores, bins=min(20, max(len(set(scores)), 1)), color="#2f81f7", edgecolor="white")
+    ax.set_xlabel("total score"), ax.set_ylabel("submissions")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    plots.append(("Score distribution", _png(fig)))
+    qs = question_names(results)
+    if qs:
+        means = []
+        for q in qs:
+            fracs = [x["score"] / x["max_score"] for r in results for x in r.get("questions", [])
+                     if x["name"] == q and x["max_score"]]
+            means.append(100 * statistics.mean(fracs) if fracs else 0)
+        fig, ax = plt.subplots(figsize=(7, 0.35 * len(qs) + 1))
+        ax.barh(qs[::-1], means[::-1], color="#1a7f37")
+        ax.set_xlim(0, 100), ax.set_xlabel("average score (% of the question's points)")
+        plots.append(("Per-question average", _png(fig)))
+    accs = [r["retrain"]["accuracy"] for r in results if r.get("retrain") and r["retrain"].get("accuracy") is not None]
+    if accs:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        ax.hist(accs, bins=20, color="#8250df", edgecolor="white")
+        for name, threshold in sorted(_thresholds(results).items()):
+            ax.axvline(threshold, color="#cf222e", linestyle="--", label=f"{name}: threshold {threshold:g}")
+        ax.set_xlabel("test accuracy after retraining"), ax.legend()
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        plots.append(("Retrained test accuracy", _png(fig)))
+    return plots
+
+
+def _thresholds(results: list[dict]) -> dict[str, float]:
+    """Each retrained assignment's accuracy threshold, from its spec (unknown names are left out)."""
+    from autograder import registry
+
+    out = {}
+    for name in {r.get("assignment") for r in results if r.get("retrain")} - {None}:
+        try:
+            out[name] = registry.get(name).training.threshold
+        except LookupError:
+            pass
+    return out
+
+
+def render_feedback(result: dict) -> str:
+    """The student's own page: their scores and messages, nothing about any classmate."""
+    failed = [c for c in (result.get("execution") or {}).get("cells", []) if c.get("error")]
+    return FEEDBACK.render(r=result, style=STYLE, fmt=fmt, failed_cells=failed, clean=_clean, case_label=_case_label)
+
+
+def _case_label(test_name: str) -> str:
+    """``test_layer_params_hidden`` -> ``layer_params``: which answer a hidden check is about."""
+    name = test_name.removeprefix("test_")
+    return name.removesuffix("_hidden")
+
+
+def scored(r: dict) -> bool:
+    """Whether the row has a score of the submission's own: graded by the engine, not a grader
+    error, not an input that could not be graded (a duplicate, a PDF, a refused zip)."""
+    return r["status"] != "grader_error" and bool(r.get("questions"))
+
+
+def _clean(message: str) -> str:
+    """Otter's "❌ Test case failed" header says nothing the table does not say already."""
+    return (message or "").replace("❌ Test case failed\n", "").replace("✅ Test case passed", "").strip()
+
+
+def _accuracy(r: dict) -> str:
+    rt = r.get("retrain") or {}
+    if rt.get("accuracy") is not None:
+        return f"{rt['accuracy']:.4f}" + (" (cached)" if rt.get("cache_hit") else "")
+    return f"- ({rt['error'][:80]})" if rt.get("error") else "-"
+
+
+def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None, canvas: str | None = None) -> list[str]:
+    """Grade sheet, review list, Canvas import (when ``canvas``, the column, is given), feedback
+    pages and the summary; every file readable by its owner only.  Returns the feedback pages
+    that could not be written (and why); everything else is written regardless."""
+    assignment = ", ".join(sorted({r["assignment"] for r in results if r.get("assignment")})) or "assignment"
+    os.chmod(out, 0o700)
+    write_grades_csv(results, out / "grades.csv")
+    if canvas:
+        write_canvas_csv(results, out / "canvas_grades.csv", canvas)
+    n_review = write_review_csv(results, out / "needs_review.csv")
+    (out / "feedback").mkdir(exist_ok=True)
+    os.chmod(out / "feedback", 0o700)
+    failed = []
+    for r in results:  # one page that cannot be written must not stop the others or the summary
+        try:
+            write_private_text(out / "feedback" / f"{r['student']['id']}.html", render_feedback(r))
+        except Exception as exc:  # noqa: BLE001
+            failed.append(f"{r['student']['id']}: {type(exc).__name__}: {exc}")
+    scored_rows = [r for r in results if scored(r)]
+    scores = [r["score"] for r in scored_rows] or [0]
+    max_score = max((r.get("max_score") or 0 for r in results), default=0)
+    page = SUMMARY.render(style=STYLE, fmt=fmt, assignment=assignment, n=len(results), n_scored=len(scored_rows), scored=scored,
+                          n_errors=sum(r["status"] == "error" for r in results),
+                          n_grader_errors=sum(r["status"] == "grader_error" for r in results),
+                          mean=round(statistics.mean(scores), 2), median=statistics.median(scores),
+                          max_score=max_score, plots=_plots(results) if results else [], canvas=canvas,
+                          n_review=n_review, accuracy=_accuracy,
+                          flags=functools.partial(flags, peers=variant_peers(results)),
+                          results=sorted(results, key=lambda r: r["student"]["id"]))
+    write_private_text(out / "report.html", page)
+    return failed
+
+
+__all__ = ["write_all", "render_feedback", "write_grades_csv", "write_canvas_csv", "write_review_csv",
+           "canvas_column", "canvas_row", "flags", "write_private_text"]

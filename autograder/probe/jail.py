@@ -1,0 +1,615 @@
+"""Jail: where, and as whom, one untrusted probe runs; and a start-up self-test that proves it.
+
+Modes (chosen once per process; ``CNN_GRADER_ISOLATION`` = ``auto`` (default), ``bwrap``,
+``permissions`` or ``none``):
+
+* ``bwrap``: a bubblewrap jail with its own mount, PID, IPC, UTS and network namespaces.
+  Only ``/usr``, a few files of ``/etc`` and the Python trees the interpreter needs are
+  mounted, read-only; the grader's package, caches, inputs and outputs are masked with an
+  empty tmpfs wherever they lie inside a mounted tree.  ``/tmp`` is a private tmpfs and the
+  working folder holds only what the grader copied in.  As root, the probe then drops to a
+  slot uid of its own (``setpriv``); as another user, bwrap maps it into a user namespace.
+* ``permissions`` (root without namespaces): the probe runs under a slot uid of its own in a
+  private 0700 folder filled by root before it is handed over; it sees the real file system,
+  so the self-test checks that nothing of the grader is readable to other users.
+* ``none``: the probe runs as the grader; results say "not isolated".  Used only when asked
+  for, or with ``--unsafe-no-isolation`` (``CNN_GRADER_UNSAFE_NO_ISOLATION=1``) where no
+  jail is possible; otherwise a grader without any jail refuses to grade (grader error).
+
+Slot uids (``SLOT_UID_BASE`` + n) are leased with ``flock`` on files in a root-only folder, so
+concurrent sandboxes, even in separate worker processes, never share a uid.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ENV_MODE = "CNN_GRADER_ISOLATION"
+ENV_UNSAFE = "CNN_GRADER_UNSAFE_NO_ISOLATION"  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
+ENV_PRIVATE = "CNN_GRADER_PRIVATE_PATHS"  # os.pathsep-separated: outputs and inputs of a batch
+MODES = ("auto", "bwrap", "permissions", "none")
+SLOT_UID_BASE = 60001
+SLOT_COUNT = 512
+SLOT_DIR = Path("/run/cnn-grader-slots")
+WORK_INSIDE = "/sandbox"  # the working folder as the probe sees it under bwrap
+ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives")
+STARTUP_SECONDS = 300.0  # generous: the grader's own start-up is never charged to a submission
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
+PROBE_PYTHON: str | None = None  # the interpreter submissions run under (None: the grader's own)
+
+
+def probe_python() -> str:
+    return PROBE_PYTHON or sys.executable
+
+
+class JailError(RuntimeError):
+    """The grader cannot isolate a submission: a grader fault, never the student's."""
+
+
+def requested_mode() -> str:
+    mode = os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise JailError(f"{ENV_MODE}={mode!r} is not one of {', '.join(MODES)}")
+    return mode
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+_BWRAP_OK: dict[bool, bool] = {}
+
+
+def bwrap_works() -> bool:
+    """Whether bubblewrap can create the namespaces we need here (cached)."""
+    root = _is_root()
+    if root not in _BWRAP_OK:
+        ok = False
+        if shutil.which("bwrap"):
+            cmd = ["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+                   "--unshare-uts", *([] if root else ["--unshare-user"]), "--die-with-parent", "true"]
+            try:
+                ok = subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+            except (OSError, subprocess.TimeoutExpired):
+                ok = False
+        _BWRAP_OK[root] = ok
+    return _BWRAP_OK[root]
+
+
+def choose_mode() -> str:
+    """The isolation mode for this process, or :class:`JailError` saying why there is none."""
+    mode = requested_mode()
+    if mode == "none":
+        return "none"
+    if mode in ("auto", "bwrap") and bwrap_works():
+        if not _is_root() or shutil.which("setpriv"):
+            return "bwrap"
+    if mode == "bwrap":
+        raise JailError("bubblewrap was asked for but cannot create namespaces here "
+                        f"(bwrap {'missing' if not shutil.which('bwrap') else 'refused'}). Fix: install it "
+                        "(apt-get install bubblewrap) and allow user namespaces, or use "
+                        f"{ENV_MODE}=permissions as root.")
+    if _is_root() and shutil.which("setpriv"):
+        return "permissions"
+    if mode == "auto" and os.environ.get(ENV_UNSAFE) == "1":
+        return "none"
+    if mode == "permissions":
+        raise JailError("the permission jail needs the grader to run as root (to hand each sandbox its own uid) "
+                        "and setpriv (util-linux).")
+    raise JailError("no isolation is available: this grader is not root and cannot create user namespaces, "
+                    "so a submission would run as the grader's own user and could read or rewrite its files. "
+                    "Fix: install bubblewrap and enable unprivileged user namespaces "
+                    "(sysctl kernel.unprivileged_userns_clone=1), or grade as root; "
+                    "--unsafe-no-isolation grades anyway and marks every result as not isolated.")
+
+
+def assignment_dirs() -> list[Path]:
+    """Where the ``assignments`` package (every assignment's answer key) lives, found without importing
+    any assignment: wherever it is installed (site-packages, ``lib/``), it is masked like the grader."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec("assignments")
+    except (ImportError, ValueError):
+        return []
+    return [Path(p) for p in (found.submodule_search_locations or [])] if found else []
+
+
+def private_paths(extra=()) -> list[Path]:
+    """What a submission must never see: the grader, its caches, inputs and outputs."""
+    from autograder.data import cache_dir
+
+    paths = [PACKAGE_DIR, *assignment_dirs(), cache_dir(), Path.home() / ".cache" / "cnn-grader", Path.home() / ".keras"]
+    if (PACKAGE_DIR.parent / "pyproject.toml").is_file():  # an editable install: the whole repository
+        paths.append(PACKAGE_DIR.parent)
+    paths += [Path(p) for p in os.environ.get(ENV_PRIVATE, "").split(os.pathsep) if p]
+    paths += [Path(p) for p in extra]
+    out: list[Path] = []
+    for p in paths:
+        try:
+            p = Path(os.path.realpath(p))
+        except OSError:
+            continue
+        if p not in out and str(p) != "/":
+            out.append(p)
+    return out
+
+
+def add_private_paths(paths) -> None:
+    """Register folders (a batch's inputs and outputs) for every jail of this process and its workers."""
+    current = [p for p in os.environ.get(ENV_PRIVATE, "").split(os.pathsep) if p]
+    for p in paths:
+        p = os.path.realpath(p)
+        if p not in current:
+            current.append(p)
+    os.environ[ENV_PRIVATE] = os.pathsep.join(current)
+
+
+# --- slot uids --------------------------------------------------------------------------------
+
+def _slot_dir() -> Path:
+    SLOT_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(SLOT_DIR)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0 or st.st_mode & 0o077:
+        raise JailError(f"{SLOT_DIR} must be a root-owned folder of mode 0700 (it holds the sandbox uid leases)")
+    return SLOT_DIR
+
+
+class SlotLease:
+    """An unprivileged uid that no other sandbox on this machine holds while we hold the lock."""
+
+    def __init__(self, clean_shared: bool = False) -> None:
+        self.clean_shared = clean_shared  # a permission jail's uid can write to the host's shared folders
+        folder = _slot_dir()
+        for n in range(SLOT_COUNT):
+            fd = os.open(folder / f"{n}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self.fd, self.uid = fd, SLOT_UID_BASE + n
+            self._clean()  # nothing a previous holder left behind may survive into this sandbox
+            return
+        raise JailError(f"all {SLOT_COUNT} sandbox uids are in use")
+
+    def release(self) -> None:
+        try:
+            self._clean()
+        finally:
+            os.close(self.fd)
+
+    def _clean(self) -> None:
+        _kill_uid(self.uid)
+        if self.clean_shared:
+            remove_uid_files(self.uid)
+
+
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable folders of the host
+
+
+def remove_uid_files(uid: int, folders=SHARED_WRITABLE) -> None:
+    """Delete what ``uid`` owns in the host's world-writable folders (``find -xdev -uid U -delete``:
+    links are removed, never followed), so nothing outlives a sandbox or reaches the next one."""
+    for folder in folders:
+        if os.path.isdir(folder) and not os.path.islink(folder):
+            try:
+                subprocess.run(["find", folder, "-xdev", "-mindepth", "1", "-uid", str(uid), "-delete"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+
+
+def _kill_uid(uid: int) -> None:
+    import psutil
+
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.info["uids"] and uid in (p.info["uids"].real, p.info["uids"].effective):
+                p.kill()
+        except psutil.Error:
+            pass
+
+
+# --- the jail ---------------------------------------------------------------------------------
+
+_TREES: dict[str, list[str]] = {}
+
+
+def python_trees(python: str, private: list[Path]) -> list[str]:
+    """Folders the probe's interpreter needs (its prefixes and ``sys.path`` as it sees it with -I),
+    less any private folder (a legacy editable install puts the repository on ``sys.path``)."""
+    if python not in _TREES:
+        code = "import sys, json; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]))"
+        try:
+            listed = json.loads(subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
+                                               timeout=60, check=True).stdout)
+        except Exception:
+            listed = [sys.prefix, sys.base_prefix, sys.exec_prefix]
+        listed.append(os.path.dirname(python))
+        trees: list[str] = []
+        for p in listed:
+            if not p or not os.path.exists(p):
+                continue
+            for candidate in {os.path.abspath(p), os.path.realpath(p)}:
+                if os.path.isfile(candidate):  # a zip on sys.path
+                    candidate = os.path.dirname(candidate)
+                if candidate != "/" and not _under(candidate, ["/usr"]):
+                    trees.append(candidate)
+        trees = sorted(set(trees), key=len)
+        _TREES[python] = trees
+    hidden = [str(p) for p in private]
+    trees = [t for t in _TREES[python] if t not in hidden]
+    return [t for i, t in enumerate(trees) if not _under(t, trees[:i])]
+
+
+def _under(path: str, roots) -> bool:
+    return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
+
+
+@dataclass
+class Jail:
+    mode: str
+    work: Path  # the private working folder, as the grader sees it
+    uid: int | None = None  # the slot uid (root graders)
+    private: list[Path] = field(default_factory=list)
+    python: str = field(default_factory=probe_python)
+    tmp_bytes: int = 512 * 1024 * 1024
+
+    @property
+    def inside(self) -> str:
+        """The working folder as the probe sees it."""
+        return WORK_INSIDE if self.mode == "bwrap" else str(self.work)
+
+    def put(self, name: str, data: bytes, mode: int = 0o444) -> str:
+        """Create a new file in the (still root-only) working folder; never follows a link."""
+        dfd = os.open(self.work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            os.fchmod(f.fileno(), mode)
+        return f"{self.inside}/{name}"
+
+    def copy_in(self, name: str, source: str | os.PathLike) -> str:
+        """A read-only copy (never a link to the grader's file)."""
+        dfd = os.open(self.work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            os.fchmod(out.fileno(), 0o444)
+        return f"{self.inside}/{name}"
+
+    def hand_over(self) -> None:
+        """Give the filled folder to the sandbox's uid (root graders); nothing is written into it after."""
+        if self.mode == "permissions":
+            os.mkdir(self.work / "tmp", 0o700)
+        if self.uid is not None:
+            if self.mode == "permissions":
+                os.chown(self.work / "tmp", self.uid, self.uid, follow_symlinks=False)
+            os.chown(self.work, self.uid, self.uid, follow_symlinks=False)
+        os.chmod(self.work, 0o700, follow_symlinks=False)
+
+    def env(self, extra: dict | None = None) -> dict:
+        env = {"PATH": f"{os.path.dirname(self.python)}:/usr/local/bin:/usr/bin:/bin", "HOME": self.inside,
+               "LANG": "C.UTF-8", "USER": "student", "LOGNAME": "student",
+               "TMPDIR": "/tmp" if self.mode == "bwrap" else f"{self.work}/tmp"}
+        env.update(extra or {})
+        return env
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` (starting with the interpreter) wrapped so that it runs inside the jail."""
+        drop = []
+        if self.uid is not None:
+            drop = ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups", "--no-new-privs"]
+        if self.mode == "bwrap":
+            return [*self._bwrap(), *drop, *argv]
+        if self.mode == "permissions":
+            return [*drop, "--pdeathsig", "KILL", *argv]
+        return list(argv)
+
+    def _bwrap(self) -> list[str]:
+        a = ["bwrap", "--die-with-parent", "--new-session", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+             "--unshare-uts", "--unshare-cgroup-try", "--hostname", "sandbox"]
+        if not _is_root():
+            a.append("--unshare-user")
+        a += ["--ro-bind", "/usr", "/usr"]
+        for name in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+            if os.path.islink(name):
+                a += ["--symlink", os.readlink(name), name]
+            elif os.path.isdir(name):
+                a += ["--ro-bind", name, name]
+        a += ["--perms", "0755", "--dir", "/etc"]
+        for f in ETC_FILES:
+            if os.path.exists(f):
+                a += ["--ro-bind", f, f]
+        a += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
+        made = {"/", "/usr", "/etc", "/tmp"}  # /tmp first: an environment may live under it
+        trees = python_trees(self.python, self.private)
+        for tree in trees:
+            parts = Path(tree).parents
+            for parent in reversed(list(parts)):
+                p = str(parent)
+                if p not in made and not _under(p, trees):
+                    a += ["--perms", "0755", "--dir", p]
+                    made.add(p)
+            a += ["--ro-bind", tree, tree]
+        for p in self.private:  # masked wherever a mounted tree contains it
+            if _under(str(p), trees) and os.path.exists(p):  # (what we cannot even stat, the sandbox cannot read)
+                a += (["--perms", "0000", "--tmpfs", str(p)] if os.path.isdir(p) else ["--ro-bind", "/dev/null", str(p)])
+        a += ["--bind", str(self.work), WORK_INSIDE, "--chdir", WORK_INSIDE]
+        return a
+
+    @property
+    def description(self) -> dict:
+        notes = {
+            "bwrap": ["bubblewrap jail: own mount, PID, IPC, UTS and network namespaces; only the Python runtime "
+                      "mounted, read-only; private /tmp and working folder",
+                      f"runs as sandbox uid {self.uid}" if self.uid is not None else "runs in a user namespace"],
+            "permissions": [f"permission jail: sandbox uid {self.uid}, private 0700 folder; no namespaces here "
+                            "(processes visible, network not cut off)"],
+            "none": ["not isolated (--unsafe-no-isolation): the submission ran as the grader's own user"],
+        }[self.mode]
+        return {"mode": self.mode, "isolated": self.mode != "none", "uid": self.uid, "notes": notes}
+
+
+@contextmanager
+def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1024 * 1024):
+    """A fresh jail (folder, slot uid) for one run; everything is removed when the block ends."""
+    mode = choose_mode()
+    lease = SlotLease(clean_shared=mode == "permissions") if _is_root() and mode != "none" else None
+    work = Path(tempfile.mkdtemp(prefix="cnn-probe-"))  # 0700, ours, unpredictable name
+    try:
+        yield Jail(mode, work, lease.uid if lease else None, private_paths(private), python or probe_python(),
+                   tmp_bytes)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # fd-based: does not follow links planted inside
+        if lease:
+            lease.release()
+
+
+# --- start-up self-test -----------------------------------------------------------------------
+
+SELF_TEST = r'''
+import json, os, socket, sys
+with open(sys.argv[1]) as f:
+    args = json.load(f)
+out = {"uid": os.getuid(), "imports": {}}
+for mod in args["imports"]:
+    try:
+        __import__(mod)
+        out["imports"][mod] = None
+    except BaseException as e:
+        out["imports"][mod] = (type(e).__name__ + ": " + str(e))[:300]
+out["grader"] = None
+for key in args["answer_keys"]:  # a masked package folder may still import as an empty namespace package
+    try:
+        module = __import__(key, fromlist=["_"])
+        out["grader"] = str(getattr(module, "__file__", key))
+        break
+    except BaseException:
+        pass
+out["readable"] = []
+for p in args["secrets"]:
+    try:
+        if os.path.isdir(p):  # entries that only lead to the mounted Python trees do not count
+            if [e for e in os.listdir(p) if not any((t + "/").startswith(os.path.join(p, e) + "/")
+                                                     for t in args["trees"])]:
+                out["readable"].append(p)
+        else:
+            with open(p, "rb") as f:
+                if f.read(1):
+                    out["readable"].append(p)
+    except OSError:
+        pass
+import time
+out["copies"] = []  # readable copies of the grader's secrets elsewhere on the disk (permission jail)
+deadline = time.monotonic() + args.get("hunt_seconds", 0)
+def secret(folder, name, names):
+    if name == "autograder.zip":
+        return True
+    if name in ("reference.py", "checks.py"):  # an assignment package's answer key
+        return "spec.py" in names
+    if name in args["public_modules"]:  # a student-side check module beside hidden tests
+        return "tests" in names
+    return name.endswith(".ipynb") and os.path.basename(folder) in ("solution", "solutions")
+for top in args.get("hunt", []):
+    stack = [(top, 0)]
+    while stack and time.monotonic() < deadline and len(out["copies"]) < 20:
+        folder, depth = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        names = {e.name for e in entries}
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if depth < 7 and e.path not in args["skip"]:
+                        stack.append((e.path, depth + 1))
+                elif e.is_file(follow_symlinks=False) and secret(folder, e.name, names):
+                    with open(e.path, "rb") as f:
+                        if f.read(1):
+                            out["copies"].append(e.path)
+            except OSError:
+                pass
+try:
+    os.kill(args["pid"], 0)
+    out["signal"] = True
+except OSError:
+    out["signal"] = False
+out["sees"] = False
+for pid in os.listdir("/proc"):
+    try:
+        with open("/proc/%s/cmdline" % pid, "rb") as f:
+            if args["marker"].encode() in f.read() and int(pid) != os.getpid():
+                out["sees"] = True
+    except (OSError, ValueError):
+        pass
+s = socket.socket()
+s.settimeout(3)
+try:
+    s.connect(("127.0.0.1", args["port"]))
+    out["network"] = True
+except OSError:
+    out["network"] = False
+print("@@SELFTEST@@" + json.dumps(out), flush=True)
+'''
+
+# Where a permission jail's self-test looks, as the sandbox uid, for other readable copies of the grader's
+# secrets (an old checkout or build, a Gradescope source folder): a pragmatic, time-capped search.
+HUNT_DIRS = ("/tmp", "/var/tmp", "/srv", "/home", "/opt", "/work", "/mnt", "/data", "/autograder")
+HUNT_SECONDS = 20.0
+_SELF_TESTS: dict[tuple, dict | str] = {}
+_CHECKED: dict[tuple, set] = {}
+NOTEBOOK_IMPORTS = ("numpy", "keras", "IPython", "otter")
+
+
+def self_test(private=(), *, python: str | None = None) -> dict:
+    """Prove the jail works before any submission runs in it.
+
+    The full test (Python starts and imports what notebooks need; the grader, its zip, caches
+    and outputs are out of reach; no other process can be seen or signalled; no network) runs
+    once per process and setting; folders registered later are checked by a light rerun.
+    Returns the isolation description for results; raises :class:`JailError` naming the cause
+    and the fix.  It has ``STARTUP_SECONDS`` of its own, never a submission's time."""
+    python = python or probe_python()
+    mode = choose_mode()
+    key = (mode, python, os.geteuid())
+    secrets = {str(p) for p in private_paths(private) if os.path.exists(p)}
+    if key not in _SELF_TESTS:
+        try:
+            _SELF_TESTS[key] = _run_self_test(private, python, NOTEBOOK_IMPORTS)
+            _CHECKED[key] = secrets
+        except JailError as exc:
+            _SELF_TESTS[key] = str(exc)
+    found = _SELF_TESTS[key]
+    if isinstance(found, str):
+        raise JailError(found)
+    if not secrets <= _CHECKED[key]:
+        _run_self_test(private, python, ())  # raises if a newly registered folder is reachable
+        _CHECKED[key] |= secrets
+    return found
+
+
+def _run_self_test(private, python: str, imports) -> dict:
+    marker = f"cnn-grader-sentinel-{os.getpid()}-{time.monotonic_ns()}"
+    sentinel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", marker],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    from autograder import registry
+
+    specs = registry.all_assignments()
+    answer_keys = [s.checks for s in specs] + [f"{s.package}.reference" for s in specs]  # what must not import
+    public_modules = sorted({s.public_module_name for s in specs})
+    try:
+        with open_jail(private, python=python) as jail:
+            if jail.mode == "none":
+                return jail.description
+            secrets = [str(p) for p in jail.private if os.path.exists(p)]  # (False where we may not look)
+            script = jail.put("self_test.py", SELF_TEST.encode())
+            args = jail.put("self_test.json", json.dumps({  # a file: the marker must not be on any command line
+                "secrets": secrets, "pid": sentinel.pid, "marker": marker, "imports": list(imports),
+                "answer_keys": answer_keys, "public_modules": public_modules,
+                "trees": python_trees(python, jail.private) if jail.mode == "bwrap" else [],
+                "skip": python_trees(python, []),
+                "port": listener.getsockname()[1],
+                "hunt": [d for d in HUNT_DIRS if os.path.isdir(d)] if jail.mode == "permissions" else [],
+                "hunt_seconds": HUNT_SECONDS}).encode())
+            jail.hand_over()
+            try:
+                proc = subprocess.run(jail.command([python, "-I", script, args]), cwd=jail.work,
+                                      env=jail.env({"PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+                                                    "CUDA_VISIBLE_DEVICES": ""}),
+                                      capture_output=True, text=True, timeout=STARTUP_SECONDS)
+            except subprocess.TimeoutExpired:
+                raise JailError(f"the jail's self-test did not finish within {STARTUP_SECONDS:.0f} s "
+                                f"({jail.mode} mode); the machine may be overloaded") from None
+            return _judge_self_test(jail, python, proc)
+    finally:
+        sentinel.kill()
+        sentinel.wait()
+        listener.close()
+
+
+def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess) -> dict:
+    mark = proc.stdout.rfind("@@SELFTEST@@")
+    who = f"uid {jail.uid}" if jail.uid is not None else "the sandbox"
+    if jail.mode == "permissions":  # the sandbox sees the real file system: is the environment reachable?
+        for needed in [python, *python_trees(python, [])]:
+            cause = unreachable(needed, jail.uid)
+            if cause:
+                raise JailError(f"the interpreter under {needed} is not reachable by {who}: {cause}. Fix: install the "
+                                "grader's Python environment where other users can read it (e.g. a venv in /opt), "
+                                "or install bubblewrap (apt-get install bubblewrap), which mounts it into the jail.")
+    if mark < 0:
+        tail = (proc.stderr or proc.stdout)[-800:].strip()
+        raise JailError(f"the jailed Python did not start ({jail.mode} mode, exit {proc.returncode}): {tail}")
+    found = json.loads(proc.stdout[mark + len("@@SELFTEST@@"):].splitlines()[0])
+    broken = {m: e for m, e in found["imports"].items() if e}
+    if broken:
+        raise JailError(f"the jailed Python cannot import what notebooks need ({jail.mode} mode): "
+                        + "; ".join(f"{m}: {e}" for m, e in broken.items())
+                        + ". Fix: install numpy, keras, IPython and otter-grader into the grader's environment, "
+                        "readable by other users.")
+    problems = []
+    if found["grader"]:
+        problems.append(f"it can import the grader package ({found['grader']}): make that folder unreadable to "
+                        "other users (chmod 0700) or use bubblewrap")
+    if found["readable"]:
+        problems.append(f"it can read {', '.join(found['readable'][:5])}: make these unreadable to other users "
+                        "(chmod go-rwx) or use bubblewrap")
+    if found.get("copies"):
+        problems.append(f"it can read copies of the grader's files elsewhere: {', '.join(found['copies'][:5])}: "
+                        "delete them or make them unreadable to other users (chmod go-rwx), or use bubblewrap")
+    if found["signal"]:
+        problems.append("it can signal the grader's processes (it runs as the grader's user)")
+    if jail.mode == "bwrap" and found["sees"]:
+        problems.append("it can see the grader's processes (no PID namespace)")
+    if jail.mode == "bwrap" and found["network"]:
+        problems.append("it can reach the network (no network namespace)")
+    if problems:
+        raise JailError(f"the jail does not hold ({jail.mode} mode, {who}): " + "; ".join(problems) + ".")
+    description = jail.description
+    description["uid"] = None  # per run; the probe fills in its own
+    description["self_test"] = "passed"
+    if jail.mode == "permissions":
+        description["notes"] = [n for n in description["notes"]] + (
+            ["the network is reachable from the sandbox"] if found["network"] else [])
+    return description
+
+
+def unreachable(path: str, uid: int | None) -> str | None:
+    """Why ``uid`` cannot reach ``path`` (a folder on the way it may not enter), or None."""
+    if uid is None:
+        return None
+    for candidate in dict.fromkeys([os.path.abspath(path), os.path.realpath(path)]):
+        p = Path(candidate)
+        for folder in [*reversed(p.parents)]:
+            try:
+                st = os.stat(folder)
+            except OSError:
+                continue
+            bit = stat.S_IXUSR if st.st_uid == uid else (stat.S_IXGRP if st.st_gid == uid else stat.S_IXOTH)
+            if not st.st_mode & bit:
+                return f"{folder} is mode {stat.S_IMODE(st.st_mode):04o} (owner uid {st.st_uid})"
+    return None

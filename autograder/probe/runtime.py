@@ -1,0 +1,299 @@
+"""Runs INSIDE the sandbox, in the child process that executes a submission (untrusted side).
+
+Copied into the jail and started by :mod:`autograder.probe.sandbox` as
+``python -I probe_runtime.py JOB.json STATUS_FD``.
+It executes the notebook's code cells with IPython (magics and all), records ``Model.fit``
+calls instead of running them (unless the job asks for real training), and finally extracts
+each graded variable as plain data: JSON numbers/strings/lists, numpy arrays as ``.npy``
+bytes (never pickle), the Keras model as its JSON config plus the recorded fit settings, and
+the outputs of student functions on inputs the grader chose.
+
+Everything goes back to the parent as JSON lines on the status pipe; the parent treats all
+of it as untrusted data.  This file imports nothing from :mod:`autograder` inside the jail: the
+message kinds, value statuses and caps come from :mod:`autograder.protocol`, copied beside it.
+"""
+
+import base64
+import io
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+
+
+def _protocol():
+    """:mod:`autograder.protocol`: the copy beside this file in the jail (loaded before any student code
+    runs), or the package's own where the grader imports this module (tests)."""
+    import importlib.util
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "autograder_protocol.py")
+    if os.path.isfile(here):
+        spec = importlib.util.spec_from_file_location("autograder_protocol", here)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    from autograder import protocol
+
+    return protocol
+
+
+P = _protocol()
+STATUS = None
+MAX_ARRAY_ELEMENTS = P.MAX_ARRAY_ELEMENTS
+MAX_JSON_CHARS = P.MAX_JSON_CHARS
+FIT_LOG = []  # list of (id(model), record)
+
+
+def send(kind, **payload):
+    payload["kind"] = kind
+    line = json.dumps(payload, default=str) + "\n"
+    os.write(STATUS, line.encode())
+
+
+def npy_b64(arr):
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+# --- training is recorded, not run ----------------------------------------------------------
+
+def _describe_data(x):
+    """Shape, scale and a fingerprint of the fit data (which pixels of the first three images are
+    non-zero: the grader compares it with the training and test sets'; see retrain.fingerprint)."""
+    try:
+        import hashlib
+
+        import numpy as np
+
+        if hasattr(x, "shape") and hasattr(x, "dtype"):
+            sample = np.asarray(x[:256], dtype="float64")
+            info = {"kind": "array", "shape": [int(n) for n in x.shape], "dtype": str(x.dtype),
+                    "min": float(sample.min()), "max": float(sample.max()), "mean": float(sample.mean())}
+            if len(sample) >= 3:
+                rows = sample[:3].reshape(3, -1)
+                info["fingerprint"] = hashlib.sha256(np.packbits(rows > 0).tobytes()).hexdigest()[:16]
+            return info
+    except Exception:
+        pass
+    return {"kind": type(x).__name__}
+
+
+CALLBACK_SETTINGS = ("monitor", "patience", "factor", "min_delta", "restore_best_weights", "min_lr", "cooldown",
+                     "mode", "start_from_epoch")
+
+
+def _callback_summary(cb):
+    info = {"class": type(cb).__name__}
+    for key in CALLBACK_SETTINGS:
+        if hasattr(cb, key):
+            value = getattr(cb, key)
+            if isinstance(value, (int, float, str, bool)) or value is None:
+                info[key] = value
+    return info
+
+
+def install_fit_recorder():
+    import keras
+
+    def recorded_fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None,
+                     validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+                     sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+                     validation_batch_size=None, validation_freq=1, **kwargs):
+        try:
+            compile_config = self.get_compile_config()
+        except Exception:
+            compile_config = None
+        import numbers
+
+        def as_int(v):
+            return int(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+
+        epochs, batch_size, initial_epoch = as_int(epochs), as_int(batch_size), as_int(initial_epoch)
+        if batch_size is None and hasattr(x, "_batch_size"):  # a batched tf.data.Dataset
+            try:
+                batch_size = int(x._batch_size)
+            except Exception:
+                pass
+        record = {
+            "epochs": epochs, "batch_size": batch_size, "initial_epoch": initial_epoch,
+            "validation_split": validation_split, "has_validation_data": validation_data is not None,
+            "shuffle": shuffle, "class_weight": class_weight is not None,
+            "sample_weight": sample_weight is not None, "steps_per_epoch": steps_per_epoch,
+            "callbacks": [_callback_summary(cb) for cb in (callbacks or [])],
+            "x": _describe_data(x), "y": _describe_data(y), "compile_config": compile_config,
+            "extra_kwargs": sorted(kwargs),
+        }
+        FIT_LOG.append((id(self), record))
+        n = max(int(epochs) - int(initial_epoch), 1) if isinstance(epochs, int) else 1
+        history = keras.callbacks.History()
+        history.set_model(self)
+        curve = [0.9 + 0.09 * (1 - math.exp(-i)) for i in range(n)]
+        history.history = {"loss": [0.3 * math.exp(-i / 2) for i in range(n)], "accuracy": curve}
+        if validation_data is not None or validation_split:
+            history.history.update(val_loss=[0.35 * math.exp(-i / 2) for i in range(n)], val_accuracy=curve)
+        history.epoch = list(range(initial_epoch, initial_epoch + n))
+        history.params = {"epochs": epochs, "verbose": verbose}
+        self.history = history
+        print(f"[grader] model.fit(epochs={epochs}, batch_size={batch_size}) recorded; "
+              "the grader retrains this recipe itself.")
+        return history
+
+    keras.Model.fit = recorded_fit
+
+
+def install_offline_mnist(npz_path):
+    import keras.src.datasets.mnist as keras_mnist
+
+    original = keras_mnist.get_file
+
+    def get_file(fname=None, origin=None, *args, **kwargs):
+        if origin and str(origin).endswith("/mnist.npz"):
+            return npz_path
+        return original(fname, origin, *args, **kwargs)
+
+    keras_mnist.get_file = get_file
+
+
+# --- extraction -------------------------------------------------------------------------------
+
+def plain(value, depth=0):
+    """Convert to JSON-able data or raise TypeError; numbers become int/float, tuples lists."""
+    import numbers
+
+    import numpy as np
+
+    if depth > P.MAX_JSON_DEPTH:
+        raise TypeError("nested too deeply")
+    if value is None or isinstance(value, (bool, str)):
+        return value if not isinstance(value, str) else str(value)[:P.MAX_JSON_STRING]
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        if len(value) > P.MAX_JSON_LIST:
+            raise TypeError("list too long")
+        return [plain(v, depth + 1) for v in value]
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return plain(value.item(), depth)
+    raise TypeError(type(value).__name__)
+
+
+def extract_value(name, value, functions):
+    import numpy as np
+
+    if value is Ellipsis:
+        return {"status": P.UNANSWERED}
+    if name in functions:
+        if not callable(value):
+            return {"status": P.ERROR, "message": f"not a function ({type(value).__name__})"}
+        outputs = []
+        for case in functions[name]:
+            send(P.STEP, label=f"probing {name}")
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            args = [np.array(a, dtype=np.float64) for a in case["args"]]
+            try:
+                out = np.array(value(*args, **case["kwargs"]), dtype=np.float64)
+                if out.size > MAX_ARRAY_ELEMENTS:
+                    raise ValueError(f"output has {out.size} elements")
+                outputs.append({"status": P.OK, "npy": npy_b64(out)})
+            except KeyboardInterrupt:
+                outputs.append({"status": P.ERROR, "message": "TimeoutError: the call exceeded the time limit"})
+            except BaseException as exc:  # noqa: BLE001 - student code may raise anything
+                outputs.append({"status": P.ERROR, "message": f"{type(exc).__name__}: {str(exc)[:300]}"})
+        return {"status": P.FUNCTION, "outputs": outputs}
+    if hasattr(value, "to_json") and hasattr(value, "layers"):
+        config = value.to_json()
+        if not isinstance(config, str) or len(config) > MAX_JSON_CHARS:
+            return {"status": P.ERROR, "message": "model config missing or too large"}
+        json.loads(config)
+        fits = [record for owner, record in FIT_LOG if owner == id(value)]
+        return {"status": P.MODEL, "config": config, "fits": fits}
+    if isinstance(value, np.ndarray) and value.ndim > 0:
+        if value.size > MAX_ARRAY_ELEMENTS:
+            return {"status": P.ERROR, "message": f"array too large ({value.size} elements)"}
+        if value.dtype.kind not in "biuf":
+            return {"status": P.ERROR, "message": f"array of dtype {value.dtype} is not numeric"}
+        return {"status": P.ARRAY, "npy": npy_b64(np.array(value))}
+    try:
+        data = plain(value)
+    except TypeError as exc:
+        return {"status": P.ERROR, "message": f"unsupported type {type(value).__name__} ({exc})"}
+    text = json.dumps(data)
+    if len(text) > MAX_JSON_CHARS:
+        return {"status": P.ERROR, "message": "value too large"}
+    return {"status": P.JSON, "value": data}
+
+
+class _InertGrader:
+    """Stands in for ``otter.Notebook``: Otter's own checks do not run in the sandbox."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+def install_otter_stub():
+    import types
+
+    stub = types.ModuleType("otter")
+    stub.Notebook = _InertGrader
+    sys.modules["otter"] = stub
+
+
+def main():
+    global STATUS
+    job = json.load(open(sys.argv[1]))
+    STATUS = int(sys.argv[2])
+
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance(colors="nocolor")
+    # a notebook imports modules beside it (cnn_checks.py) as in Jupyter; last, so nothing is shadowed
+    sys.path.append(os.getcwd())
+    install_otter_stub()
+    try:
+        if job.get("mnist_npz"):
+            install_offline_mnist(job["mnist_npz"])
+        if not job.get("real_fit"):
+            install_fit_recorder()
+    except Exception as exc:  # keras missing: the notebook's own imports will say so
+        send(P.NOTE, message=f"setup: {type(exc).__name__}: {exc}")
+    send(P.READY)  # the grader's start-up ends here: the student's time starts with the first cell
+
+    for index, source in job["cells"]:
+        send(P.CELL, index=index)
+        started = time.monotonic()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a previous cell may have changed it
+        result = shell.run_cell(source, store_history=False)
+        error = result.error_before_exec or result.error_in_exec
+        send(P.CELL_DONE, index=index, seconds=round(time.monotonic() - started, 3),
+             error=None if error is None else f"{type(error).__name__}: {str(error)[:500]}")
+
+    send(P.STEP, label="extract")
+    namespace = shell.user_ns
+    for name in job["variables"]:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if name not in namespace:
+            send(P.VALUE, name=name, data={"status": P.MISSING})
+            continue
+        try:
+            data = extract_value(name, namespace[name], job["functions"])
+        except BaseException as exc:  # noqa: BLE001
+            data = {"status": P.ERROR, "message": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        send(P.VALUE, name=name, data=data)
+    send(P.DONE)
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown: student atexit handlers do not run
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,671 @@
+"""Probe: execute one untrusted submission in a jail, under limits, and collect data.
+
+The child (:mod:`autograder.probe.runtime`, copied in) runs in a jail (:mod:`autograder.probe.jail`)
+whose working folder holds only the notebook, the runtime and a read-only copy of MNIST; no
+tests, no solutions, no grader.  This parent enforces:
+
+* a wall-time limit per cell (SIGINT, which IPython turns into an error in that cell only)
+  and per notebook (the whole process tree is killed); both start at the first student cell,
+  the grader's own start-up has a separate limit whose expiry is a grader error;
+* a memory limit on the resident size of the whole process tree, and a process-count limit
+  (fork bombs), checked by a watchdog thread;
+* capped output (only the head and tail of stdout/stderr are kept);
+* a strict protocol on the status pipe: one record per real cell, in order, with bounded
+  fields; values only for the requested names, once; the parent owns every timer.
+
+A cell that brings the whole run down (``os._exit``, a segfault, a memory or fork bomb, a
+loop that ignores interrupts) costs that cell: the notebook runs again without it, at most
+twice more.  Whatever happens, :func:`probe` returns a :class:`ProbeResult`; it never raises
+for anything the submission does and never leaves a process behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import io
+import json
+import os
+import resource
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import psutil
+
+from autograder import protocol
+from autograder.probe import jail as jails
+from autograder.verifier.budget import Budget
+
+RUNTIME = Path(__file__).with_name("runtime.py")
+PROTOCOL = Path(protocol.__file__)
+MAX_RERUNS = 2  # a notebook runs at most this many more times, each without a cell that crashed it
+MAX_STATUS_BYTES = 64 * 1024 * 1024  # the whole status stream of one run
+MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10.7 MB in base64: MAX_NPY_CHARS)
+# A value's fields, as the runtime itself bounds them: one definition, in autograder.protocol
+from autograder.protocol import (MAX_ARRAY_ELEMENTS, MAX_ERROR_CHARS, MAX_FIT_CHARS, MAX_FITS,  # noqa: E402
+                                 MAX_JSON_CHARS, MAX_JSON_DEPTH, MAX_JSON_LIST, MAX_JSON_STRING, MAX_NPY_CHARS)
+FIT_FIELDS = {"epochs", "batch_size", "initial_epoch", "validation_split", "has_validation_data", "shuffle",
+              "class_weight", "sample_weight", "steps_per_epoch", "callbacks", "x", "y", "compile_config",
+              "extra_kwargs"}
+
+
+def clean_text(text, limit: int = MAX_ERROR_CHARS) -> str:
+    """An untrusted string made safe to store and print: at most ``limit`` characters, valid UTF-8
+    (a lone surrogate, which JSON can carry but no UTF-8 file can hold, becomes "?")."""
+    text = str(text)[:limit]
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _plain_ok(value, depth: int = 0) -> bool:
+    """Whether ``value`` is what the runtime's ``plain`` can produce (same depth, list and string caps)."""
+    if depth > MAX_JSON_DEPTH:
+        return False
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return len(value) <= MAX_JSON_STRING
+    if isinstance(value, list):
+        return len(value) <= MAX_JSON_LIST and all(_plain_ok(v, depth + 1) for v in value)
+    return False
+
+
+def _clean_strings(value):
+    """Every string of plain data made valid UTF-8 (the structure was checked before)."""
+    if isinstance(value, str):
+        return clean_text(value, MAX_JSON_STRING)
+    if isinstance(value, list):
+        return [_clean_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {clean_text(k, 200): _clean_strings(v) for k, v in value.items()}
+    return value
+
+
+def _npy_ok(b64) -> bool:
+    return isinstance(b64, str) and 0 < len(b64) <= MAX_NPY_CHARS and b64.isascii()
+
+
+def checked_value(data, n_outputs: int | None) -> dict:
+    """The structure of one extracted value, checked field by field with hard caps.
+
+    Anything the runtime would never send (student code can write to the status pipe) becomes
+    an ``error`` value with a short reason, never an oversized or malformed record."""
+    def bad(why: str) -> dict:
+        return {"status": "error", "message": f"the sandbox sent an invalid value ({why})"}
+
+    if not isinstance(data, dict):
+        return bad("not a record")
+    status = data.get("status")
+    if status in ("missing", "unanswered"):
+        return {"status": status}
+    if status == "error":
+        return {"status": "error", "message": clean_text(data.get("message", ""))}
+    if status == "json":
+        if "value" not in data or not _plain_ok(data["value"]):
+            return bad("not plain data within the limits")
+        if len(json.dumps(data["value"])) > MAX_JSON_CHARS:
+            return bad("too large")
+        return {"status": "json", "value": _clean_strings(data["value"])}
+    if status == "array":
+        return {"status": "array", "npy": data["npy"]} if _npy_ok(data.get("npy")) else bad("array too large")
+    if status == "function":
+        outputs = data.get("outputs")
+        if not isinstance(outputs, list) or n_outputs is None or len(outputs) != n_outputs:
+            return bad("not one output per planned call")
+        kept = []
+        for out in outputs:
+            if isinstance(out, dict) and out.get("status") == "ok" and _npy_ok(out.get("npy")):
+                kept.append({"status": "ok", "npy": out["npy"]})
+            elif isinstance(out, dict) and out.get("status") == "error":
+                kept.append({"status": "error", "message": clean_text(out.get("message", ""))})
+            else:
+                return bad("a malformed function output")
+        return {"status": "function", "outputs": kept}
+    if status == "model":
+        config, fits = data.get("config"), data.get("fits")
+        if not isinstance(config, str) or len(config) > Budget().max_config_chars:
+            return bad(f"model config missing or over {Budget().max_config_chars:,} characters")
+        if not isinstance(fits, list) or len(fits) > MAX_FITS:
+            return bad(f"more than {MAX_FITS} fit records")
+        for fit in fits:
+            if not isinstance(fit, dict) or not set(fit) <= FIT_FIELDS or len(json.dumps(fit)) > MAX_FIT_CHARS:
+                return bad("a malformed fit record")
+        return {"status": "model", "config": clean_text(config, Budget().max_config_chars),
+                "fits": [_clean_strings(f) for f in fits]}
+    return bad("unknown status")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits for one submission (instructors may raise them for slow machines)."""
+
+    cell_seconds: float = 120.0
+    notebook_seconds: float = 600.0
+    memory_mb: int = 6144
+    max_processes: int = 64
+    output_kb: int = 64
+    file_size_mb: int = 512
+
+
+@dataclass
+class ProbeResult:
+    values: dict = field(default_factory=dict)  # variable -> untrusted plain data (see probe_runtime)
+    cells: list = field(default_factory=list)  # per real cell: index, seconds (measured here), error
+    limits_hit: list = field(default_factory=list)
+    crashed: str | None = None  # why the last run ended before extraction finished, if it did
+    grader_error: str | None = None  # a fault of the grader (jail, start-up): never the student's
+    skipped: list = field(default_factory=list)  # cells left out of a rerun: index, reason
+    runs: int = 0
+    output: str = ""
+    seconds: float = 0.0
+    isolation: dict = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.crashed is None and self.grader_error is None
+
+
+class _BoundedBuffer:
+    """Keeps the first and last ``limit`` bytes of a stream: huge output costs nothing."""
+
+    def __init__(self, limit: int):
+        self.limit, self.head, self.tail, self.dropped = limit, bytearray(), bytearray(), 0
+
+    def feed(self, chunk: bytes) -> None:
+        room = self.limit - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > self.limit:
+                self.dropped += len(self.tail) - self.limit
+                del self.tail[: len(self.tail) - self.limit]
+
+    def text(self) -> str:
+        middle = f"\n... [{self.dropped} bytes of output omitted] ...\n" if self.dropped else ""
+        return (bytes(self.head) + middle.encode() + bytes(self.tail)).decode("utf-8", "replace")
+
+
+def _become_subreaper() -> None:
+    """Orphans of the submission (double forks) re-parent to us, so we can kill them all."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:
+        pass
+
+
+def code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, str]]:
+    return [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
+
+
+def _tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def _uid_processes(uid: int | None) -> list[psutil.Process]:
+    """Every process of the slot uid: exact, since the uid is leased to this sandbox alone, and it
+    catches orphans that escaped the tree (double forks re-parented elsewhere)."""
+    if uid is None:
+        return []
+    found = []
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.info["uids"] and uid in (p.info["uids"].real, p.info["uids"].effective):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+SHARED_DIRS = ("/dev/shm",)  # RAM-backed folders outside the jail's own (size-capped) /tmp
+
+
+def _memory_outside_rss(procs: list[psutil.Process], uid: int | None) -> int:
+    """Bytes the sandbox holds in RAM that no RSS shows: memfd files open in its processes and,
+    for a slot uid, its files in /dev/shm (each file counted once)."""
+    seen, total = set(), 0
+    for p in procs:
+        try:
+            fds = os.listdir(f"/proc/{p.pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            path = f"/proc/{p.pid}/fd/{fd}"
+            try:
+                if not os.readlink(path).startswith(("/memfd:", "/dev/shm/")):
+                    continue
+                st = os.stat(path)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    if uid is not None:
+        for folder in SHARED_DIRS:
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_uid == uid and (st.st_dev, st.st_ino) not in seen:
+                    seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+    return total
+
+
+def _my_children() -> set[int]:
+    try:
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return set()
+
+
+def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
+    """Kill the child, its descendants, and any orphan of it that re-parented to this process
+    (we are a subreaper); processes this grader had before the probe are left alone.
+
+    The child dies first so it cannot spawn more; then we sweep until nothing new appears,
+    because a process born between two looks would otherwise escape."""
+    me = psutil.Process()
+    for kill in (lambda: os.killpg(child.pid, signal.SIGKILL), child.kill):
+        try:
+            kill()
+        except OSError:
+            pass
+    for _ in range(50):
+        victims = _tree(child.pid)
+        try:
+            victims += [p for p in me.children(recursive=True) if p.pid != child.pid and p.pid not in preexisting]
+        except psutil.Error:
+            pass
+        alive = []
+        for p in victims:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    p.kill()
+                    alive.append(p)
+            except psutil.Error:
+                pass
+        psutil.wait_procs(victims, timeout=0.5)  # also reaps orphans that became our children
+        if not alive:
+            break
+    try:
+        child.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _rlimits(file_size_mb: int, slot_uid: bool):
+    def apply() -> None:
+        try:  # if the grader dies (even by SIGKILL), the submission dies with it
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        except Exception:
+            pass
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        size = file_size_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        if slot_uid:  # counts the sandbox uid's threads too; TF uses many
+            resource.setrlimit(resource.RLIMIT_NPROC, (4096, 4096))
+
+    return apply
+
+
+def probe(
+    notebook: str | os.PathLike,
+    variables: list[str],
+    functions: dict[str, list[dict]],
+    *,
+    limits: Limits = Limits(),
+    real_fit: bool = False,
+    mnist_npz: str | os.PathLike | None = None,
+    private: list | tuple = (),
+    files: dict[str, bytes] | None = None,
+) -> ProbeResult:
+    """Execute ``notebook`` in a jail and extract ``variables`` as plain data.
+
+    ``functions`` maps a variable that should hold a function to the calls to make on it
+    (``{"args": [...], "kwargs": {...}}``); their outputs come back instead of the function.
+    ``private`` names more folders the submission must not see (the autograder zip's, the
+    submission's own).  ``files`` are put beside the notebook (what students have there, such as
+    ``cnn_checks.py``).  The jail is self-tested first (once per process)."""
+    result = ProbeResult()
+    started = time.monotonic()
+    try:
+        nb = nbformat.read(str(notebook), as_version=4)
+    except Exception as exc:
+        result.crashed = f"the notebook could not be read: {type(exc).__name__}: {exc}"
+        return result
+    private = [*private, Path(notebook).resolve().parent]
+    try:
+        result.isolation = dict(jails.self_test(private))
+    except jails.JailError as exc:
+        result.grader_error = f"the sandbox is not safe to grade in: {exc}"
+        result.seconds = round(time.monotonic() - started, 3)
+        return result
+    cells = code_cells(nb)
+    skipped: dict[int, str] = {}
+    _become_subreaper()
+    while True:
+        run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
+        run.files = dict(files or {})
+        run.execute(nb, mnist_npz, private, result)
+        result.runs += 1
+        if run.grader_error:
+            result.grader_error = run.grader_error
+            break
+        culprit = run.crashed_cell
+        if run.crashed and culprit is not None and run.rerunnable and result.runs <= MAX_RERUNS:
+            skipped[culprit] = run.crash_reason
+            result.limits_hit += run.limits_hit
+            continue
+        break
+    result.values = run.values
+    result.cells = sorted(run.cells + [{"index": i, "seconds": None, "error": f"not run: on an earlier run this cell "
+                                        f"brought the whole notebook down ({why}); the rest was graded without it"}
+                                       for i, why in skipped.items()], key=lambda c: c["index"])
+    result.skipped = [{"index": i, "reason": why} for i, why in skipped.items()]
+    result.limits_hit += run.limits_hit
+    result.crashed = run.crashed
+    result.output = run.output
+    result.seconds = round(time.monotonic() - started, 3)
+    return result
+
+
+class _Run:
+    """One execution of the notebook in a fresh jail, with the parent owning every timer.
+
+    The status pipe is untrusted: a message is accepted only where the protocol expects it
+    (``ready``; then ``cell i`` / ``cell_done i`` for each real cell in order; ``step extract``;
+    a bounded number of ``step probing NAME``; one ``value`` per requested name in order;
+    ``done``).  Anything else is counted and ignored, so forged records cannot add cells.  The
+    cell clock never stops between ``ready`` and ``done``: a message restarts it only when it
+    advances the protocol, which it can do a bounded number of times, and the notebook limit,
+    started at the first cell, is never restarted."""
+
+    def __init__(self, cells, variables, functions, limits: Limits, real_fit: bool):
+        self.job_cells, self.variables, self.functions = cells, variables, functions
+        self.limits, self.real_fit = limits, real_fit
+        self.expected = [i for i, _ in cells]
+        self.probe_steps = {name: len(functions.get(name, [])) for name in variables}
+        self.values: dict = {}
+        self.cells: list = []
+        self.limits_hit: list = []
+        self.crashed: str | None = None
+        self.crashed_cell: int | None = None
+        self.crash_reason = ""
+        self.rerunnable = False
+        self.grader_error: str | None = None
+        self.output = ""
+        self.phase = "startup"  # startup -> cells -> extract -> done
+        self.position = 0  # next cell of self.expected
+        self.current: int | None = None  # the cell running now
+        self.step = "start-up"
+        self.step_started = self.notebook_started = None
+        self.value_position = 0
+        self.ignored = 0
+        self.lock = threading.Lock()
+        self.uid: int | None = None  # the slot uid, once the jail is open
+        self.files: dict[str, bytes] = {}  # put beside the notebook
+
+    # -- status protocol --------------------------------------------------------------------
+    def on_status(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+            kind = msg["kind"]
+        except Exception:
+            self.ignored += 1
+            return
+        with self.lock:
+            if not self._accept(msg, kind, time.monotonic()):
+                self.ignored += 1
+
+    def _begin_step(self, label: str, now: float) -> None:
+        self.step, self.step_started = label, now
+        if self.notebook_started is None:  # the notebook's clock starts with the first student code
+            self.notebook_started = now
+
+    def _accept(self, msg: dict, kind, now: float) -> bool:
+        if kind == "ready" and self.phase == "startup":
+            self.phase = "cells"
+            self.step, self.step_started = "between cells", now
+            return True
+        if kind == "cell" and self.phase == "cells" and self.current is None:
+            index = msg.get("index")
+            if self.position < len(self.expected) and type(index) is int and index == self.expected[self.position]:
+                self.current = index
+                self._begin_step(f"cell {index}", now)
+                return True
+            return False
+        if kind == "cell_done" and self.phase == "cells" and self.current is not None:
+            if msg.get("index") != self.current or type(msg.get("index")) is not int:
+                return False
+            error = msg.get("error")
+            error = None if error is None else clean_text(error)
+            self.cells.append({"index": self.current, "seconds": round(now - self.step_started, 3), "error": error})
+            self.current = None
+            self.position += 1
+            self.step, self.step_started = "between cells", now  # the clock keeps running until the next cell
+            return True
+        if kind == "step" and msg.get("label") == "extract" and self.phase == "cells" and self.current is None \
+                and self.position == len(self.expected):
+            self.phase = "extract"
+            self._begin_step("extract", now)
+            return True
+        if kind == "step" and self.phase == "extract":
+            label = msg.get("label")
+            name = label[len("probing "):] if isinstance(label, str) and label.startswith("probing ") else None
+            if name is not None and self.probe_steps.get(name, 0) > 0:
+                self.probe_steps[name] -= 1
+                self._begin_step(f"probing {name}", now)
+                return True
+            return False
+        if kind == "value" and self.phase == "extract" and self.value_position < len(self.variables):
+            name = self.variables[self.value_position]
+            if msg.get("name") != name or not isinstance(msg.get("data"), dict):
+                return False
+            planned = len(self.functions[name]) if name in self.functions else None
+            self.values[name] = checked_value(msg["data"], planned)
+            self.value_position += 1
+            return True
+        if kind == "done" and self.phase == "extract" and self.value_position == len(self.variables):
+            self.phase = "done"
+            return True
+        return False
+
+    # -- one run ----------------------------------------------------------------------------
+    def execute(self, nb, mnist_npz, private, into: ProbeResult) -> None:
+        limits = self.limits
+        with jails.open_jail(private, tmp_bytes=limits.file_size_mb * 1024 * 1024) as jail:
+            into.isolation["uid"] = jail.uid
+            self.uid = jail.uid
+            nb_inside = jail.put("submission.ipynb", nbformat.writes(nb).encode())
+            runtime = jail.put(protocol.RUNTIME_FILE, RUNTIME.read_bytes())
+            jail.put(protocol.PROTOCOL_FILE, PROTOCOL.read_bytes())  # the runtime loads it before any student code
+            for name, data in self.files.items():
+                jail.put(name, data)
+            mnist = jail.copy_in("mnist.npz", mnist_npz) if mnist_npz else None
+            job = {"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
+                   "real_fit": self.real_fit, "mnist_npz": mnist, "notebook": nb_inside}
+            job_path = jail.put("job.json", json.dumps(job).encode())
+            jail.hand_over()
+            env = jail.env({"MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": f"{jail.inside}/.keras",
+                            "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""})
+            if "KERAS_BACKEND" in os.environ:
+                env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
+            preexisting = _my_children()
+            status_r, status_w = os.pipe()
+            cmd = jail.command([jail.python, "-I", runtime, job_path, str(status_w)])
+            child = subprocess.Popen(
+                cmd, cwd=jail.work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, pass_fds=(status_w,), start_new_session=True,
+                preexec_fn=_rlimits(limits.file_size_mb, jail.uid is not None),
+            )
+            os.close(status_w)
+            try:
+                self._watch(child, status_r, preexisting)
+            finally:
+                _kill_everything(child, preexisting)
+
+    def _watch(self, child: subprocess.Popen, status_r: int, preexisting: set[int]) -> None:
+        limits = self.limits
+        output = _BoundedBuffer(limits.output_kb * 1024)
+
+        def read_output() -> None:
+            while chunk := child.stdout.read1(65536):
+                output.feed(chunk)
+
+        def read_status() -> None:
+            buf, total = b"", 0
+            with os.fdopen(status_r, "rb") as f:
+                while chunk := f.read1(1 << 20):
+                    total += len(chunk)
+                    if total > MAX_STATUS_BYTES:  # a flood on the status pipe: stop listening
+                        self.limits_hit.append(f"status stream exceeded {MAX_STATUS_BYTES >> 20} MiB")
+                        return
+                    buf += chunk
+                    *lines, buf = buf.split(b"\n")
+                    for line in lines:
+                        if len(line) > MAX_STATUS_LINE:
+                            self.ignored += 1
+                        else:
+                            self.on_status(line)
+                    if len(buf) > MAX_STATUS_LINE:  # a line without end: drop it up to its newline
+                        self.ignored += 1
+                        buf, skipping = b"", True
+                        while skipping and (chunk := f.read1(1 << 20)):
+                            total += len(chunk)
+                            if total > MAX_STATUS_BYTES:
+                                self.limits_hit.append(f"status stream exceeded {MAX_STATUS_BYTES >> 20} MiB")
+                                return
+                            if b"\n" in chunk:
+                                buf, skipping = chunk.split(b"\n", 1)[1], False
+
+        threads = [threading.Thread(target=read_output, daemon=True), threading.Thread(target=read_status, daemon=True)]
+        for t in threads:
+            t.start()
+        started = time.monotonic()
+        interrupted = None
+        runtime_pid = None
+        tick, escaped, outside = 0, [], 0
+        stop = None  # (message, is a grader fault)
+        while child.poll() is None:
+            time.sleep(0.05)
+            now = time.monotonic()
+            procs = _tree(child.pid)
+            tick += 1
+            if tick % 5 == 1:  # a few times a second: the uid's other processes and RAM held outside RSS
+                escaped = [p for p in _uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
+                outside = _memory_outside_rss(procs + escaped, self.uid)
+            procs = procs + [p for p in escaped if p.is_running()]
+            rss = outside
+            for p in procs:
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            with self.lock:
+                phase, step, step_started, nb_started = self.phase, self.step, self.step_started, self.notebook_started
+                running = phase in ("cells", "extract")  # no state without a clock: see _accept
+            if phase == "startup":
+                if now - started > jails.STARTUP_SECONDS:
+                    stop = (f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s (grader start-up, "
+                            "before any student code); the machine may be overloaded", True)
+                    break
+                if rss > limits.memory_mb * 1024 * 1024:
+                    stop = (f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
+                            "raise --memory-mb", True)
+                    break
+                continue
+            if rss > limits.memory_mb * 1024 * 1024:
+                stop = (f"memory limit ({limits.memory_mb} MiB) exceeded during {step}", False)
+                break
+            if len(procs) > limits.max_processes:
+                stop = (f"process limit ({limits.max_processes}) exceeded during {step}", False)
+                break
+            if nb_started is not None and now - nb_started > limits.notebook_seconds:
+                stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step}", False)
+                self.rerunnable = False
+                break
+            over = now - step_started - limits.cell_seconds if running and step_started else 0
+            if over > 0:
+                if interrupted != (step, step_started):
+                    interrupted = (step, step_started)
+                    self.limits_hit.append(f"cell time limit ({limits.cell_seconds:.0f} s) reached in {step}")
+                    runtime_pid = runtime_pid or _runtime_pid(child.pid)
+                    try:
+                        os.kill(runtime_pid or child.pid, signal.SIGINT)
+                    except OSError:
+                        pass
+                elif over > 10:  # the interrupt was ignored: this run cannot go on
+                    stop = (f"{step} ignored the interrupt", False)
+                    break
+        culprit = self.current
+        notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
+        _kill_everything(child, preexisting)
+        for t in threads:
+            t.join(timeout=5)
+        self.output = output.text()
+        if self.ignored:
+            self.limits_hit.append(f"{self.ignored} forged or out-of-order status message(s) ignored")
+        if stop and stop[1]:
+            self.grader_error = stop[0]
+            return
+        if stop:
+            self.limits_hit.append(stop[0])
+        if self.phase == "startup":
+            self.grader_error = (f"the probe stopped during the grader's start-up, before any student code ran "
+                                 f"(exit {child.returncode}): {self.output[-1500:].strip()}")
+            return
+        if self.phase != "done":
+            why = stop[0] if stop else _exit_reason(child.returncode)
+            self.crash_reason = why
+            self.crashed = f"the submission stopped before grading finished ({why}, during {self.step})"
+            self.crashed_cell = culprit
+            self.rerunnable = culprit is not None and not notebook_limit
+
+
+def _exit_reason(code: int | None) -> str:
+    """bubblewrap reports a child killed by signal N as status 128 + N."""
+    signum = -code if code is not None and code < 0 else (code - 128 if code is not None and 128 < code < 160 else 0)
+    try:
+        return f"killed by signal {signal.Signals(signum).name}"
+    except ValueError:
+        return f"exited with status {code}"
+
+
+def _runtime_pid(outer: int) -> int | None:
+    """The probe runtime's pid: under bubblewrap, the first process below the bwrap processes."""
+    try:
+        p = psutil.Process(outer)
+        while p.name() == "bwrap":
+            kids = p.children()
+            if not kids:
+                return None
+            p = min(kids, key=lambda k: k.create_time())
+        return p.pid
+    except psutil.Error:
+        return None
+
+
+def decode_npy(b64: str, max_elements: int = 1_000_000):
+    """Untrusted ``.npy`` bytes to an array: no pickle, numeric dtypes only, size capped."""
+    import numpy as np
+
+    raw = base64.b64decode(b64, validate=True)
+    arr = np.load(io.BytesIO(raw), allow_pickle=False)
+    if arr.dtype.kind not in "biuf" or arr.size > max_elements:
+        raise ValueError(f"refusing array of dtype {arr.dtype} and size {arr.size}")
+    return arr

@@ -1,0 +1,520 @@
+"""Canonical rebuild: turn a submitted (untrusted) Keras config into a recipe of plain numbers.
+
+Nothing the student's notebook produced is ever deserialized.  The model config, the compile
+config and the recorded ``fit`` calls are read as JSON and reduced to a *recipe*: per layer a
+whitelist of scalar fields (filters, kernel size, strides, padding, activation from a named set,
+units, rate, ...), one optimizer from a list with scalar hyperparameters (learning-rate schedules
+from a list with scalar parameters), a loss (name, ``from_logits``, ``label_smoothing``), and the
+fit settings.  Everything else takes Keras's default: fresh default initializers, no
+regularizers or constraints, every layer trainable, no BatchNormalization statistics.  Each
+non-default field that is dropped is listed in ``notes``; anything that cannot be expressed
+raises :class:`RefusedModel` with a message saying what to write instead.
+
+:func:`build_model` and :func:`build_optimizer` construct Keras objects from a recipe by calling
+the layer and optimizer constructors with those validated scalars only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable
+
+
+class RefusedModel(ValueError):
+    """The submission cannot be retrained as written; the message says why and what to do."""
+
+
+ACTIVATIONS = {"relu", "softmax", "sigmoid", "tanh", "linear", "elu", "selu", "gelu", "swish", "silu", "softplus",
+               "softsign", "leaky_relu", "relu6", "hard_sigmoid", "hard_swish", "mish", "log_softmax", "exponential"}
+SUBCLASSED_HELP = (
+    "a subclassed model (a class with its own call method) cannot be rebuilt from its description. "
+    "Write the same layers as keras.Sequential([keras.Input(shape), layers.Conv2D(...), ...]) "
+    "or with the functional API (inputs = keras.Input(shape); x = layers.Conv2D(...)(inputs); ...; "
+    "model = keras.Model(inputs, outputs))"
+)
+MAX_NAME = 60
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= MAX_NAME else text[:MAX_NAME] + "..."
+
+
+# --- validators: each returns the canonical value or raises ValueError -----------------------
+
+def _int(lo: int, hi: int) -> Callable:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ValueError(f"must be an integer from {lo} to {hi}")
+        return v
+    return check
+
+
+def _float(lo: float, hi: float) -> Callable:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+            raise ValueError(f"must be a number from {lo:g} to {hi:g}")
+        return float(v)
+    return check
+
+
+def _pair(lo: int, hi: int) -> Callable:
+    one = _int(lo, hi)
+
+    def check(v):
+        v = [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+        if not isinstance(v, list) or len(v) != 2:
+            raise ValueError("must be an integer or a pair of integers")
+        return [one(x) for x in v]
+    return check
+
+
+def _optional(inner: Callable) -> Callable:
+    return lambda v: None if v is None else inner(v)
+
+
+def _choice(*allowed) -> Callable:
+    def check(v):
+        if v not in allowed:
+            raise ValueError(f"must be one of {', '.join(map(repr, allowed))}")
+        return v
+    return check
+
+
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError("must be True or False")
+    return v
+
+
+def _activation(v):
+    if v is None:
+        return "linear"
+    if isinstance(v, str) and v in ACTIVATIONS:
+        return v
+    raise ValueError(f"must be one of the named activations ({', '.join(sorted(ACTIVATIONS))})")
+
+
+def _shape(v):
+    if not isinstance(v, list) or not 1 <= len(v) <= 3:
+        raise ValueError("must be a list of 1 to 3 sizes")
+    return [_int(-1, 100_000)(x) for x in v]
+
+
+SIZE = _pair(1, 64)
+LAYER_FIELDS: dict[str, dict[str, Callable]] = {
+    "Conv2D": {"filters": _int(1, 4096), "kernel_size": SIZE, "strides": SIZE, "padding": _choice("valid", "same"),
+               "dilation_rate": SIZE, "activation": _activation, "use_bias": _bool},
+    "Dense": {"units": _int(1, 1_000_000), "activation": _activation, "use_bias": _bool},
+    "MaxPooling2D": {"pool_size": SIZE, "strides": _optional(SIZE), "padding": _choice("valid", "same")},
+    "AveragePooling2D": {"pool_size": SIZE, "strides": _optional(SIZE), "padding": _choice("valid", "same")},
+    "GlobalAveragePooling2D": {"keepdims": _bool},
+    "GlobalMaxPooling2D": {"keepdims": _bool},
+    "Flatten": {},
+    "Dropout": {"rate": _float(0.0, 0.99)},
+    "SpatialDropout2D": {"rate": _float(0.0, 0.99)},
+    "Activation": {"activation": _activation},
+    "ReLU": {"max_value": _optional(_float(0.0, 1e6)), "negative_slope": _float(0.0, 1.0), "threshold": _float(-1e6, 1e6)},
+    "LeakyReLU": {"negative_slope": _float(0.0, 1.0)},
+    "Softmax": {"axis": _choice(-1)},
+    "BatchNormalization": {"axis": _choice(-1, 3), "momentum": _float(0.0, 1.0), "epsilon": _float(1e-12, 1.0),
+                           "center": _bool, "scale": _bool},
+    "Reshape": {"target_shape": _shape},
+    "Rescaling": {"scale": _float(-1e6, 1e6), "offset": _float(-1e6, 1e6)},
+}
+ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D", "AveragePooling2D": "AveragePooling2D",
+           "GlobalAvgPool2D": "GlobalAveragePooling2D", "GlobalMaxPool2D": "GlobalMaxPooling2D"}
+# fields that never change training and are not worth a note
+SILENT_FIELDS = {"name", "dtype", "data_format", "build_config", "registered_name", "module", "synchronized",
+                 "quantization_config", "autocast", "seed"}
+MODEL_CLASSES = {"Sequential", "Functional", "Model"}
+
+OPTIMIZERS = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "Lion", "Ftrl"}
+OPTIMIZER_ALIASES = {o.lower(): o for o in OPTIMIZERS}
+SCHEDULES = {"ExponentialDecay", "PiecewiseConstantDecay", "InverseTimeDecay", "PolynomialDecay", "CosineDecay",
+             "CosineDecayRestarts"}
+LOSSES = {"sparse_categorical_crossentropy": "sparse_categorical_crossentropy",
+          "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
+          "categorical_crossentropy": "categorical_crossentropy",
+          "CategoricalCrossentropy": "categorical_crossentropy"}
+CALLBACK_FIELDS = {
+    "EarlyStopping": {"monitor": _choice("loss", "val_loss", "accuracy", "val_accuracy"), "patience": _int(0, 1000),
+                      "min_delta": _float(0.0, 1e3), "restore_best_weights": _bool,
+                      "mode": _choice("auto", "min", "max"), "start_from_epoch": _int(0, 1000)},
+    "ReduceLROnPlateau": {"monitor": _choice("loss", "val_loss", "accuracy", "val_accuracy"), "patience": _int(0, 1000),
+                          "factor": _float(0.0, 0.999), "min_delta": _float(0.0, 1e3), "min_lr": _float(0.0, 1.0),
+                          "cooldown": _int(0, 1000), "mode": _choice("auto", "min", "max")},
+}
+SILENT_CALLBACKS = {"History", "ProgbarLogger", "ModelCheckpoint", "TensorBoard", "CSVLogger", "TqdmCallback",
+                    "BackupAndRestore"}
+
+
+def _default_layer_config(cls: str) -> dict:
+    """Keras's own defaults for a layer class (trusted: built here from constants)."""
+    from keras import layers
+
+    required = {"Conv2D": (1, 1), "Dense": (1,), "Dropout": (0.5,), "SpatialDropout2D": (0.5,), "Reshape": ((1,),),
+                "Rescaling": (1.0,), "Activation": ("linear",), "AveragePooling2D": (2,)}
+    layer = getattr(layers, cls)(*required.get(cls, ()))
+    return json.loads(json.dumps(layer.get_config(), default=str))
+
+
+_DEFAULTS: dict[str, dict] = {}
+
+
+def _defaults(cls: str) -> dict:
+    if cls not in _DEFAULTS:
+        _DEFAULTS[cls] = _default_layer_config(cls)
+    return _DEFAULTS[cls]
+
+
+def _describe_dropped(value) -> str:
+    if isinstance(value, dict) and isinstance(value.get("class_name"), str):
+        return _short(value["class_name"])
+    return _short(value)
+
+
+# --- the model ------------------------------------------------------------------------------
+
+def _input_shape(layer_config: dict) -> list[int]:
+    shape = layer_config.get("batch_shape") or layer_config.get("batch_input_shape")
+    if isinstance(shape, list) and shape:
+        shape = shape[1:]
+    else:
+        shape = layer_config.get("shape")
+    try:
+        return _shape(shape)
+    except ValueError:
+        raise RefusedModel(f"the input shape {_short(shape)} is not a list of sizes") from None
+
+
+def _chain(config: dict) -> list[dict]:
+    """The layers of a Sequential model, or of a functional model that is a single chain."""
+    cls = config.get("class_name")
+    inner = config.get("config") if isinstance(config.get("config"), dict) else {}
+    layers = inner.get("layers")
+    if cls not in MODEL_CLASSES or config.get("registered_name") not in (None, cls, "Functional") \
+            or not str(config.get("module") or "keras").startswith("keras"):
+        raise RefusedModel(f"the model is of class {_short(cls)}, {SUBCLASSED_HELP}")
+    if not isinstance(layers, list) or not all(isinstance(l, dict) for l in layers):
+        raise RefusedModel(f"the model has no list of layers; {SUBCLASSED_HELP}")
+    if cls == "Sequential":
+        return layers
+    # functional: every layer must take exactly the previous layer's output
+    names = [l.get("name") or (l.get("config") or {}).get("name") for l in layers]
+    for i, layer in enumerate(layers[1:], start=1):
+        nodes = layer.get("inbound_nodes")
+        history = None
+        try:
+            (node,) = nodes
+            (arg,) = node["args"]
+            history = arg["config"]["keras_history"][0]
+            extra = node.get("kwargs") or {}
+        except (TypeError, ValueError, KeyError, IndexError):
+            extra = {"?": 1}
+        if history != names[i - 1] or any(k not in ("training", "mask") for k in extra):
+            raise RefusedModel(
+                "the functional model is not a single chain of layers (layer "
+                f"{_short(names[i])!r} does not take exactly the previous layer's output); branches, skip "
+                "connections and several inputs or outputs cannot be retrained: write one layer after another")
+    if layers[0].get("class_name") != "InputLayer" or inner.get("output_layers") not in (
+            [names[-1], 0, 0], [[names[-1], 0, 0]]):
+        raise RefusedModel("the functional model must have one Input and the last layer as its only output")
+    return layers
+
+
+def canonical_model(config: Any, input_shape: Any = None) -> tuple[dict, list[str]]:
+    """``{"input_shape": [...], "layers": [{"type": ..., field: value}]}`` and notes."""
+    # ``input_shape``: the dataset's (one example, e.g. (28, 28, 1)); the model's own input must hold as
+    # many values, and it is assumed when the config names none
+    expected = list(input_shape) if input_shape is not None else None
+    if not isinstance(config, dict):
+        raise RefusedModel(f"the model description is not a Keras model config; {SUBCLASSED_HELP}")
+    notes: list[str] = []
+    raw_layers = _chain(config)
+    input_shape, out = None, []
+    for i, layer in enumerate(raw_layers):
+        cls = layer.get("class_name")
+        lc = layer.get("config") if isinstance(layer.get("config"), dict) else {}
+        label = f"layer {i + (0 if raw_layers and raw_layers[0].get('class_name') == 'InputLayer' else 1)}"
+        if cls == "InputLayer":
+            if i != 0:
+                raise RefusedModel("an InputLayer may only come first")
+            input_shape = _input_shape(lc)
+            continue
+        cls = ALIASES.get(cls, cls)
+        if cls not in LAYER_FIELDS:
+            raise RefusedModel(
+                f"{label} ({_short(cls)}) is not a layer the grader can rebuild; allowed: "
+                f"{', '.join(sorted(LAYER_FIELDS))} (and an Input)")
+        if not str(layer.get("module") or "keras").startswith("keras") or layer.get("registered_name") not in (None, cls):
+            raise RefusedModel(f"{label} ({_short(cls)}) is a custom class ({_short(layer.get('registered_name'))})")
+        if i == 0 and input_shape is None and isinstance(lc.get("batch_shape") or lc.get("batch_input_shape"), list):
+            input_shape = _input_shape(lc)  # Keras 2 style input_shape= on the first layer
+        spec: dict[str, Any] = {"type": cls}
+        fields = LAYER_FIELDS[cls]
+        defaults = _defaults(cls)
+        for key, check in fields.items():
+            value = lc.get(key, defaults.get(key))
+            if cls == "LeakyReLU" and key == "negative_slope" and "alpha" in lc:
+                value = lc["alpha"]
+            try:
+                spec[key] = check(value)
+            except ValueError as exc:
+                raise RefusedModel(f"{label} ({cls}): {key}={_short(value)} {exc}") from None
+        dropped = []
+        for key, value in lc.items():
+            if key in fields or key in SILENT_FIELDS or key in ("batch_shape", "batch_input_shape", "alpha"):
+                continue
+            if key == "trainable":
+                if value is not True:
+                    dropped.append("trainable=False (every layer is trained)")
+                continue
+            if key not in defaults or json.dumps(value, sort_keys=True) != json.dumps(defaults[key], sort_keys=True):
+                dropped.append(f"{_short(key)}={_describe_dropped(value)}")
+        if isinstance(lc.get("dtype"), (str, dict)) and "float32" not in json.dumps(lc.get("dtype")):
+            dropped.append(f"dtype={_describe_dropped(lc['dtype'])} (float32 is used)")
+        if dropped:
+            notes.append(f"{label} ({cls}): dropped {', '.join(dropped)}; the grader uses Keras's defaults")
+        out.append(spec)
+    if input_shape is None:
+        build = (config.get("config") or {}).get("build_input_shape")
+        input_shape = _input_shape({"batch_shape": build}) if isinstance(build, list) else expected
+    if input_shape is None:
+        raise RefusedModel("the model does not say what input it takes: start it with keras.Input(shape)")
+    if any(s < 1 for s in input_shape) or (expected is not None and math.prod(input_shape) != math.prod(expected)):
+        raise RefusedModel(f"the model's input shape {tuple(input_shape)} does not hold one "
+                           f"{'x'.join(map(str, expected or []))} image of the assignment's data")
+    if not out:
+        raise RefusedModel("the model has no layers")
+    return {"input_shape": input_shape, "layers": out}, notes
+
+
+# --- optimizer, loss, fit -------------------------------------------------------------------
+
+def _scalar_fields(given: dict, defaults: dict, what: str, notes: list[str]) -> dict:
+    out = {}
+    for key, value in given.items():
+        if key == "name":
+            continue
+        if key not in defaults:
+            notes.append(f"{what}: dropped unknown setting {_short(key)}")
+            continue
+        if value is None or isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)):
+            if value is not None and defaults[key] is not None and isinstance(defaults[key], bool) != isinstance(value, bool):
+                notes.append(f"{what}: dropped {key}={_short(value)}")
+                continue
+            out[key] = value
+        elif isinstance(value, list) and len(value) <= 100 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in value):
+            out[key] = value
+        else:
+            notes.append(f"{what}: dropped {key}={_describe_dropped(value)} (only numbers are kept)")
+    return out
+
+
+def _schedule(value: dict, notes: list[str]) -> dict:
+    import keras
+
+    cls = value.get("class_name")
+    if cls not in SCHEDULES or not str(value.get("module") or "keras").startswith("keras"):
+        raise RefusedModel(f"the learning-rate schedule {_short(cls)} is not one the grader can rebuild; "
+                           f"allowed: {', '.join(sorted(SCHEDULES))} (or a fixed learning rate)")
+    given = value.get("config") if isinstance(value.get("config"), dict) else {}
+    required = {"ExponentialDecay": (0.1, 10, 0.9), "PiecewiseConstantDecay": ([1], [0.1, 0.01]),
+                "InverseTimeDecay": (0.1, 10, 0.5), "PolynomialDecay": (0.1, 10), "CosineDecay": (0.1, 10),
+                "CosineDecayRestarts": (0.1, 10)}[cls]
+    defaults = getattr(keras.optimizers.schedules, cls)(*required).get_config()
+    return {"class": cls, "config": _scalar_fields(given, defaults, f"schedule {cls}", notes)}
+
+
+def canonical_optimizer(value: Any, notes: list[str]) -> dict:
+    import keras
+
+    if isinstance(value, str):
+        cls = OPTIMIZER_ALIASES.get(value.lower())
+        if cls is None:
+            raise RefusedModel(f"optimizer {_short(value)!r} is not allowed; use one of {', '.join(sorted(OPTIMIZERS))}")
+        return {"class": cls, "config": {}}
+    if value is None:
+        return {"class": "RMSprop", "config": {}}
+    if not isinstance(value, dict) or value.get("class_name") not in OPTIMIZERS \
+            or not str(value.get("module") or "keras").startswith("keras"):
+        cls = value.get("class_name") if isinstance(value, dict) else type(value).__name__
+        raise RefusedModel(f"optimizer {_short(cls)!r} is not allowed; use one of {', '.join(sorted(OPTIMIZERS))}")
+    cls = value["class_name"]
+    given = dict(value.get("config") if isinstance(value.get("config"), dict) else {})
+    defaults = getattr(keras.optimizers, cls)().get_config()
+    lr = given.pop("learning_rate", None)
+    config = _scalar_fields(given, defaults, f"optimizer {cls}", notes)
+    if isinstance(lr, dict):
+        config["learning_rate"] = _schedule(lr, notes)
+    elif lr is not None:
+        config["learning_rate"] = _float(0.0, 100.0)(lr) if isinstance(lr, (int, float)) else None
+        if config["learning_rate"] is None:
+            raise RefusedModel(f"the learning rate {_short(lr)} is not a number")
+    return {"class": cls, "config": config}
+
+
+def canonical_loss(value: Any, notes: list[str]) -> dict:
+    config: dict = {}
+    if isinstance(value, dict):
+        name = value.get("class_name")
+        config = value.get("config") if isinstance(value.get("config"), dict) else {}
+        if name == "function" and isinstance(value.get("config"), str):
+            name, config = value["config"], {}
+        elif not str(value.get("module") or "keras").startswith("keras"):
+            name = f"custom {name}"
+    else:
+        name = value
+    canonical = LOSSES.get(name) if isinstance(name, str) else None
+    if canonical is None:
+        raise RefusedModel(f"the loss {_short(name)} is not supported: for ten classes use "
+                           "'sparse_categorical_crossentropy' (integer labels) or 'categorical_crossentropy' (one-hot)")
+    out = {"name": canonical, "from_logits": False, "label_smoothing": 0.0}
+    if config.get("from_logits") is not None:
+        out["from_logits"] = _bool(config["from_logits"]) if isinstance(config["from_logits"], bool) else False
+    smoothing = config.get("label_smoothing")
+    if smoothing:
+        if canonical != "categorical_crossentropy":
+            notes.append("loss: label_smoothing applies to categorical_crossentropy only; dropped")
+        else:
+            out["label_smoothing"] = _float(0.0, 0.5)(smoothing)
+    for key in config:
+        if key not in ("name", "reduction", "from_logits", "label_smoothing", "ignore_class", "axis", "dtype"):
+            notes.append(f"loss: dropped {_short(key)}")
+    return out
+
+
+def _count(value, default: int, lo: int, hi: int, what: str) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RefusedModel(f"{what}={_short(value)} is not an integer")
+    if not lo <= value <= hi:
+        raise RefusedModel(f"{what}={value} is outside {lo} to {hi}")
+    return value
+
+
+def canonical_fits(fits: Any, model_compile_config: Any, notes: list[str]) -> list[dict]:
+    """One entry per recorded ``fit`` call, with its optimizer, loss and training settings."""
+    if not isinstance(fits, list) or not fits:
+        raise RefusedModel("the notebook never called model.fit, so there is no training recipe to verify")
+    out = []
+    for i, fit in enumerate(fits[:20]):
+        if not isinstance(fit, dict):
+            continue
+        where = f"fit call {i + 1}"
+        cc = fit.get("compile_config") or model_compile_config
+        if not isinstance(cc, dict) or not cc:
+            raise RefusedModel(f"{where}: the model was not compiled")
+        epochs = _count(fit.get("epochs"), 1, 0, 10_000, f"{where}: epochs")
+        initial = _count(fit.get("initial_epoch"), 0, 0, 10_000, f"{where}: initial_epoch")
+        split = fit.get("validation_split") or 0.0
+        split = _float(0.0, 0.5)(split) if isinstance(split, (int, float)) and not isinstance(split, bool) else 0.0
+        steps = fit.get("steps_per_epoch")
+        callbacks = []
+        for cb in fit.get("callbacks") or []:
+            cls = cb.get("class") if isinstance(cb, dict) else None
+            if cls in CALLBACK_FIELDS:
+                kept = {}
+                for key, check in CALLBACK_FIELDS[cls].items():
+                    if key in cb:
+                        try:
+                            kept[key] = check(cb[key])
+                        except ValueError as exc:
+                            notes.append(f"{where}: {cls} {key} {exc}; Keras's default used")
+                callbacks.append({"class": cls, **kept})
+            elif cls == "LearningRateScheduler":
+                notes.append(f"{where}: the LearningRateScheduler callback runs a Python function, which the grader "
+                             "cannot replay; trained with the optimizer's own learning rate (use a schedule such as "
+                             "keras.optimizers.schedules.ExponentialDecay to have it replayed)")
+            elif cls not in SILENT_CALLBACKS:
+                notes.append(f"{where}: callback {_short(cls)} is not replayed")
+        out.append({
+            "optimizer": canonical_optimizer(cc.get("optimizer"), notes),
+            "loss": canonical_loss(cc.get("loss"), notes),
+            "epochs": max(epochs - initial, 0),
+            "batch_size": _count(fit.get("batch_size"), 32, 1, 10_000_000, f"{where}: batch_size"),
+            "validation_split": split,
+            "shuffle": fit.get("shuffle") is not False,
+            "steps_per_epoch": steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None,
+            "callbacks": callbacks,
+            "x": _data_description(fit.get("x")),
+        })
+        if fit.get("class_weight") or fit.get("sample_weight"):
+            notes.append(f"{where}: class or sample weights are not replayed")
+        if fit.get("has_validation_data"):
+            notes.append(f"{where}: validation_data is not used; callbacks that watch validation metrics see the last "
+                         "10% of the training images")
+    return [f for f in out if f["epochs"] > 0] or _no_epochs()
+
+
+def _no_epochs():
+    raise RefusedModel("the recorded fit calls train for 0 epochs")
+
+
+def _data_description(x: Any) -> dict:
+    """The parts of the recorder's description of the fit data that the verifier uses."""
+    if not isinstance(x, dict):
+        return {"kind": "unknown"}
+    out = {"kind": x.get("kind") if x.get("kind") == "array" else "other"}
+    shape = x.get("shape")
+    if isinstance(shape, list) and shape and isinstance(shape[0], int):
+        out["rows"] = shape[0]
+    if isinstance(x.get("max"), (int, float)):
+        out["raw_pixels"] = x["max"] > 1.5
+    if isinstance(x.get("fingerprint"), str):
+        out["fingerprint"] = x["fingerprint"][:64]
+    return out
+
+
+def canonical_recipe(config: Any, fits: Any, input_shape: Any = None) -> tuple[dict, list[str]]:
+    """Model, compile and fit settings as plain validated numbers, plus notes on what was dropped."""
+    model, notes = canonical_model(config, input_shape)
+    compile_config = config.get("compile_config") if isinstance(config, dict) else None
+    return {"model": model, "fits": canonical_fits(fits, compile_config, notes)}, notes
+
+
+# --- building Keras objects from a recipe (trusted values only) -----------------------------
+
+def build_model(model: dict):
+    import keras
+    from keras import layers
+
+    built = [keras.Input(tuple(model["input_shape"]))]
+    for spec in model["layers"]:
+        kwargs = {k: v for k, v in spec.items() if k != "type"}
+        if spec["type"] in ("Conv2D", "MaxPooling2D", "AveragePooling2D"):
+            kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+        if spec["type"] == "Reshape":
+            kwargs["target_shape"] = tuple(kwargs["target_shape"])
+        built.append(getattr(layers, spec["type"])(**kwargs))
+    return keras.Sequential(built)
+
+
+def build_optimizer(spec: dict):
+    import keras
+
+    config = dict(spec["config"])
+    lr = config.pop("learning_rate", None)
+    if isinstance(lr, dict):
+        config["learning_rate"] = getattr(keras.optimizers.schedules, lr["class"])(**lr["config"])
+    elif lr is not None:
+        config["learning_rate"] = lr
+    return getattr(keras.optimizers, spec["class"])(**config)
+
+
+def build_loss(spec: dict):
+    import keras
+
+    if spec["name"] == "categorical_crossentropy":
+        return keras.losses.CategoricalCrossentropy(from_logits=spec["from_logits"], label_smoothing=spec["label_smoothing"])
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=spec["from_logits"])
+
+
+def describe_optimizer(spec: dict) -> str:
+    lr = spec["config"].get("learning_rate")
+    lr_text = "default" if lr is None else (f"{lr:g}" if isinstance(lr, float) else f"{lr['class']} schedule")
+    return f"{spec['class']} (learning rate {lr_text})"
