@@ -1,17 +1,18 @@
-"""Autograder for the CNN-on-MNIST course unit.
+"""A generic grading engine for notebook assignments, built on Otter-Grader; no course content.
 
-Modules, one responsibility each:
+Each assignment is a package in ``assignments/`` with a spec (:mod:`autograder.spec`), found by
+name (:mod:`autograder.registry`).  Modules, one responsibility each:
 
-- ``reference``: the math students compute by hand (convolution, pooling, shapes, parameters).
-- ``checks`` / ``public_checks``: what each question expects and how answers are judged.
+- ``probe/``: the untrusted side: ``jail`` (bubblewrap or permission jail), ``sandbox`` (run a
+  submission under limits, check its messages), ``runtime`` (inside the jail: run, extract data).
+- ``judge/``: the trusted side: ``judge`` (Otter's tests on extracted data, clean process) and
+  ``pipeline`` (probe -> retrain -> judge: one result per submission).
+- ``verifier/``: ``rebuild``, ``budget``, ``retrain``: rebuild and retrain the submitted model.
+- ``lms/``: ``gradescope`` (+ templates), ``reports`` (grade sheets, Canvas, feedback), ``submissions``.
+- ``protocol`` (probe <-> judge messages), ``result`` (the typed result), ``spec``, ``registry``.
+- ``build`` / ``otter_plugin``: Otter Assign; offline MNIST under ``otter run``.
 - ``data``: MNIST, provisioned offline and verified by content hash.
-- ``build`` / ``otter_plugin`` / ``samples``: Otter Assign, offline MNIST under ``otter run``, samples.
-- ``sandbox`` / ``probe_runtime``: run an untrusted submission under limits and extract its answers.
-- ``judge`` / ``engine``: run the Otter tests on extracted data in a clean process.
-- ``retrain``: rebuild and retrain the submitted model from scratch to verify its accuracy.
-- ``submissions`` / ``batch`` / ``reports``: whole-class grading, grade sheets and feedback.
-- ``gradescope``: the Gradescope entry point.
-- ``cli``: the ``cnn-grader`` / ``python -m autograder`` command line.
+- ``batch``: whole-class grading; ``cli``: the ``cnn-grader`` / ``python -m autograder`` command line.
 """
 
 __version__ = "0.1.0"

@@ -1,14 +1,16 @@
-"""Build assignments: master notebooks in ``solutions/`` -> student folders and autograder zips.
+"""Build assignments: each installed assignment's master notebook -> student folder and autograder zips.
 
-Otter Assign does the work.  We add one step before it: rendering the student-side check
-module ``cnn_checks.py`` (answer digests, never answers) from :mod:`assignments.cnn_mnist.checks`, so
-expected values always come from the reference implementation.  And two after it:
+Otter Assign does the work.  We add one step before it: rendering the student-side check module
+(``spec.public_module_name``: answer digests, never answers) from the assignment's answer key, so
+expected values always come from its reference implementation.  And some after it:
 
+* every notebook records the assignment's name in its metadata (``autograder.assignment``), which
+  is how ``grade`` picks the autograder for each submission;
 * Otter's ``autograder.zip`` gets a pinned ``environment.yml`` (TensorFlow included) and a
-  ``setup.sh`` that installs this package and provisions MNIST, so ``otter grade`` (Docker) can
-  run its ``autograder.otter_plugin``;
-* ``gradescope_autograder.zip`` is the same with our engine bundled under ``lib/`` and our
-  ``run_autograder`` (templates in ``autograder/templates/``; see :mod:`autograder.lms.gradescope`).
+  ``setup.sh`` that installs this package and the assignment's package and provisions MNIST, so
+  ``otter grade`` (Docker) can run its ``autograder.otter_plugin``;
+* ``gradescope_autograder.zip`` is the same with our engine and the assignment bundled under ``lib/``
+  and our ``run_autograder`` (templates in ``autograder/lms/templates/``; see :mod:`autograder.lms.gradescope`).
 """
 
 from __future__ import annotations

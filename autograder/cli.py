@@ -40,7 +40,8 @@ def data(
     mnist: Optional[Path] = typer.Option(None, "--mnist", help="A Keras-format mnist.npz to verify and use."),
     offline: bool = typer.Option(False, "--offline", help="Do not try the network."),
 ) -> None:
-    """Provision MNIST (offline-capable), verify it by content hash and say where it is."""
+    """Provision MNIST (offline-capable), verify it by content hash and say where it is; check every
+    installed assignment's data through its verified loader."""
     from autograder import data as mnist_data
 
     try:
@@ -52,6 +53,15 @@ def data(
     console.print(f"MNIST verified (SHA-256 of all four arrays): [bold]{path}[/bold]")
     console.print(f"  train {x_train.shape} {x_train.dtype}, first labels {y_train[:5].tolist()}")
     console.print(f"  test  {x_test.shape} {x_test.dtype}, first labels {y_test[:5].tolist()}")
+    from autograder import registry
+
+    for spec in registry.all_assignments():  # every installed assignment's data, through its verified loader
+        try:
+            (x_train, _), (x_test, _) = spec.dataset.load()
+        except Exception as exc:  # noqa: BLE001 - say which assignment cannot grade, and why
+            console.print(f"[red]{spec.name}: {spec.dataset.name} could not be loaded: {exc}[/red]")
+            raise typer.Exit(1)
+        console.print(f"{spec.name}: {spec.dataset.name} verified, train {x_train.shape}, test {x_test.shape}")
 
 
 @app.command()

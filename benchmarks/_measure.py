@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import resource
 import threading
 import time
 from contextlib import contextmanager
@@ -9,9 +10,16 @@ from contextlib import contextmanager
 import psutil
 
 
+def _cpu_seconds() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 @contextmanager
 def measured(label: str, sink: dict):
-    """Record seconds and peak resident memory (MiB, whole process tree, sampled every 50 ms)."""
+    """Record seconds, CPU seconds (this process plus the children it waited for: less sensitive to
+    other load on a shared machine than wall time) and peak resident memory (MiB, whole process
+    tree, sampled every 50 ms)."""
     me = psutil.Process()
     peak = [0]
     stop = threading.Event()
@@ -29,11 +37,12 @@ def measured(label: str, sink: dict):
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), _cpu_seconds()
     try:
         yield
     finally:
-        sink[label] = {"seconds": time.perf_counter() - started, "peak_mib": peak[0] / 2**20}
+        sink[label] = {"seconds": time.perf_counter() - started, "cpu_seconds": _cpu_seconds() - cpu_started,
+                       "peak_mib": peak[0] / 2**20}
         stop.set()
         t.join()
 

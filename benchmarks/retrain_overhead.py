@@ -79,6 +79,7 @@ def main() -> None:
     plain_acc = report = None
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "TF_CPP_MIN_LOG_LEVEL": "2"}
     rounds = int(os.environ.get("BENCH_ROUNDS", "2"))
+    load_before = os.getloadavg()
     for round_ in range(1, rounds + 1):
         with measured(f"plain Keras script (run {round_})", results):
             out = subprocess.run([sys.executable, "-c", PLAIN, str(epochs), str(batch)], capture_output=True,
@@ -96,15 +97,19 @@ def main() -> None:
         hit = retrain.verify(config, fits, settings, cache_dir=cache)
         hit_ms = (time.perf_counter() - started) * 1000
     for label, r in results.items():
-        print(f"{label:38s} {r['seconds']:8.2f} s   peak {r['peak_mib']:7.0f} MiB")
+        print(f"{label:44s} {r['seconds']:8.2f} s  cpu {r['cpu_seconds']:8.2f} s   peak {r['peak_mib']:7.0f} MiB")
     plain = min(r["seconds"] for k, r in results.items() if k.startswith("plain"))
     ours = min(r["seconds"] for k, r in results.items() if k.startswith("verifier, own"))
     ours_loose = min(r["seconds"] for k, r in results.items() if k.startswith("verifier without"))
     ratio = ours / plain
+    cpu = lambda prefix: min(r["cpu_seconds"] for k, r in results.items() if k.startswith(prefix))  # noqa: E731
+    print(f"load average before/after: {load_before} / {os.getloadavg()}")
     print(f"{epochs} epochs at batch size {batch}; accuracy: plain {plain_acc:.4f}, verifier {report.accuracy:.4f} "
           f"({report.device}, {report.backend})")
     print(f"ratio verifier / plain (best of {rounds} each): {ratio:.3f}  (limit {MAX_RATIO})")
     print(f"ratio verifier without op determinism / plain: {ours_loose / plain:.3f}  (accuracy {loose.accuracy:.4f})")
+    print(f"CPU-time ratios (less sensitive to other load): verifier / plain {cpu('verifier, own') / cpu('plain'):.3f}, "
+          f"without op determinism / plain {cpu('verifier without') / cpu('plain'):.3f}")
     print(f"cache hit: {hit_ms:.1f} ms (cache_hit={hit.cache_hit})")
     if "--load" in sys.argv:
         ctx = multiprocessing.get_context("spawn")

@@ -12,4 +12,12 @@ python3 -m venv .venv
 pip install -q --disable-pip-version-check -e .
 python -m autograder data
 python -m autograder build --out dist
-python -m autograder grade assignments/*/samples --out grading-out "$@"
+# one class folder holding every assignment's samples, named <assignment>-<sample> (the file name is the student
+# id); each notebook is graded by the autograder of the assignment its metadata names
+rm -rf grading-in && mkdir grading-in
+for samples in assignments/*/samples; do
+  name="$(basename "$(dirname "$samples")")"
+  for nb in "$samples"/*.ipynb; do cp "$nb" "grading-in/$name-$(basename "$nb")"; done
+done
+zips=(); for z in dist/*/autograder.zip; do zips+=(--autograder "$z"); done
+python -m autograder grade grading-in --out grading-out "${zips[@]}" "$@"

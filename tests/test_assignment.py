@@ -1,14 +1,16 @@
-"""The assignment end to end with Otter itself: build, student folder in sync, samples graded.
+"""Every assignment end to end with Otter itself: build, student folder in sync, samples graded.
 
-``otter run`` (Otter's own non-container runner) grades every sample in
-``assignments/cnn_mnist/samples``.  Expected scores are not written down: each sample's metadata names
-the test cases it is designed to fail, and the expected score is derived from the point values
-in the built autograder's test files.
+``otter run`` (Otter's own non-container runner) grades every sample in each assignment's
+``samples/`` folder, and so does our engine.  Expected scores are not written down: each
+sample's metadata names the test cases it is designed to fail, and the expected score is derived
+from the point values in the built autograder's test files.  A new assignment is covered as soon
+as it is installed (``autograder.registry``).
 """
 
 from __future__ import annotations
 
 import filecmp
+import importlib
 import re
 import zipfile
 from pathlib import Path
@@ -16,11 +18,19 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder import build
+from autograder import registry
 from assignments.cnn_mnist import checks
-from assignments.cnn_mnist import sample_answers as samples
 
-SAMPLE_NAMES = ["solution", "untouched", *(s.name for s in samples.SAMPLES)]
+ASSIGNMENTS = registry.names()
+SAMPLES = [(a, p.stem) for a in ASSIGNMENTS for p in sorted(registry.get(a).samples_dir.glob("*.ipynb"))]
+
+
+def _samples_module(assignment: str):
+    return importlib.import_module(registry.get(assignment).samples)
+
+
+def _sample(assignment: str, name: str) -> Path:
+    return registry.get(assignment).samples_dir / f"{name}.ipynb"
 
 
 def _sources(path: Path) -> list[tuple[str, str]]:
@@ -28,35 +38,57 @@ def _sources(path: Path) -> list[tuple[str, str]]:
     return [(c.cell_type, c.source) for c in nb.cells]
 
 
-def test_build_leaves_zip_and_student_notebook(built):
+def test_every_assignment_has_the_designed_samples():
+    for assignment in ASSIGNMENTS:
+        names = {name for a, name in SAMPLES if a == assignment}
+        assert {"solution", "untouched"} <= names and len(names) >= 3, (assignment, names)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_build_leaves_zip_and_student_notebook(assignment, builds):
+    built, spec = builds[assignment], registry.get(assignment)
     assert built.autograder_zip.is_file() and built.student_notebook.is_file()
     with zipfile.ZipFile(built.autograder_zip) as z:
         names = set(z.namelist())
-    assert {"otter_config.json", "files/cnn_checks.py", "tests/training.py"} <= names
+        config = __import__("json").loads(z.read("otter_config.json"))
+    assert {"otter_config.json", f"files/{spec.public_module_name}"} <= names
+    assert any(n.startswith("tests/") for n in names) and config["assignment_name"] == assignment
+    for nb in (built.student_notebook, built.solution_notebook):
+        assert registry.notebook_assignment(nbformat.read(nb, as_version=4)) == assignment
 
 
-def test_committed_student_folder_is_in_sync_with_solutions(built):
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_committed_student_folder_is_in_sync_with_the_master(assignment, builds):
+    built = builds[assignment]
     committed = built.spec.student_dir
     assert _sources(committed / f"{built.name}.ipynb") == _sources(built.student_notebook), (
-        "the committed student/ folder is stale: run `python -m autograder build --update-assignments`"
+        f"{committed} is stale: run `python -m autograder build --update-assignments`"
     )
     cmp = filecmp.dircmp(committed, built.student_dir, ignore=["autograder.zip", "gradescope_autograder.zip", "solution", "__pycache__", f"{built.name}.ipynb"])
     assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
     assert not filecmp.dircmp(committed / "tests", built.student_dir / "tests").diff_files
 
 
-def test_committed_samples_are_in_sync(built, tmp_path):
-    samples.write_samples(built.student_notebook, built.solution_notebook, tmp_path)
-    for name in SAMPLE_NAMES:
-        assert _sources(samples.SAMPLES_DIR / f"{name}.ipynb") == _sources(tmp_path / f"{name}.ipynb"), name
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_committed_samples_are_in_sync(assignment, builds, tmp_path):
+    built = builds[assignment]
+    _samples_module(assignment).write_samples(built.student_notebook, built.solution_notebook, tmp_path)
+    for a, name in SAMPLES:
+        if a == assignment:
+            assert _sources(_sample(a, name)) == _sources(tmp_path / f"{name}.ipynb"), name
 
 
-def test_student_files_hold_no_hidden_tests_or_plain_answers(built):
-    student_text = "\n".join(p.read_text() for p in built.student_dir.rglob("*.py"))
-    student_text = re.sub(r"\b[0-9a-f]{64}\b", "<digest>", student_text)
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_student_files_hold_no_hidden_tests(assignment, builds):
+    built = builds[assignment]
     test_text = "\n".join(p.read_text() for p in (built.student_dir / "tests").glob("*.py"))
     assert "hidden=True" not in test_text
-    assert "from assignments.cnn_mnist.checks import" not in test_text  # hidden tests only
+    assert f"from assignments.{assignment}" not in test_text and "import assignments" not in test_text
+
+
+def test_cnn_mnist_student_files_hold_no_plain_answers(built):
+    student_text = "\n".join(p.read_text() for p in built.student_dir.rglob("*.py"))
+    student_text = re.sub(r"\b[0-9a-f]{64}\b", "<digest>", student_text)
     for answer in ("93322", "18496", "36928", "93088", "448", "[[1.0, 4.0], [3.0, 3.0]]", "(30, 30, 16)"):
         assert answer not in student_text, answer
 
@@ -75,24 +107,36 @@ def _test_points(zip_path: Path, tmp_path: Path) -> dict[str, dict[str, float]]:
     return points
 
 
+class _Lazy(dict):
+    """assignment -> {sample: result}, computed on first use (one assignment's samples at a time)."""
+
+    def __init__(self, grade):
+        super().__init__()
+        self._grade = grade
+
+    def __missing__(self, assignment):
+        self[assignment] = {name: self._grade(assignment, name) for a, name in SAMPLES if a == assignment}
+        return self[assignment]
+
+
 @pytest.fixture(scope="module")
-def otter_results(built, tmp_path_factory):
+def otter_results(builds, tmp_path_factory):
     import otter.run
 
-    out = {}
-    for name in SAMPLE_NAMES:
-        dest = tmp_path_factory.mktemp(f"otter-{name}")
-        out[name] = otter.run.main(str(samples.SAMPLES_DIR / f"{name}.ipynb"), autograder=str(built.autograder_zip),
-                                   output_dir=str(dest), no_logo=True)
-    return out
+    def grade(assignment, name):
+        dest = tmp_path_factory.mktemp(f"otter-{assignment}-{name}")
+        return otter.run.main(str(_sample(assignment, name)), autograder=str(builds[assignment].autograder_zip),
+                              output_dir=str(dest), no_logo=True)
+
+    return _Lazy(grade)
 
 
-@pytest.mark.parametrize("name", SAMPLE_NAMES)
-def test_otter_run_gives_each_sample_its_designed_score(name, built, otter_results, tmp_path):
-    points = _test_points(built.autograder_zip, tmp_path)
-    meta = nbformat.read(samples.SAMPLES_DIR / f"{name}.ipynb", as_version=4).metadata[samples.METADATA_KEY]
+@pytest.mark.parametrize("assignment,name", SAMPLES)
+def test_otter_run_gives_each_sample_its_designed_score(assignment, name, builds, otter_results, tmp_path):
+    points = _test_points(builds[assignment].autograder_zip, tmp_path)
+    meta = nbformat.read(_sample(assignment, name), as_version=4).metadata[_samples_module(assignment).METADATA_KEY]
     failures = meta["expected_failures"]
-    results = otter_results[name]
+    results = otter_results[assignment][name]
     expected_total = 0.0
     for question, cases in points.items():
         lost = set(cases) if failures == "all" else set(failures.get(question, []))
@@ -107,10 +151,12 @@ def test_otter_run_gives_each_sample_its_designed_score(name, built, otter_resul
     assert results.total == pytest.approx(expected_total)
 
 
-def test_solution_gets_full_marks_and_untouched_gets_zero(otter_results):
-    assert otter_results["solution"].possible > 0
-    assert otter_results["solution"].total == otter_results["solution"].possible
-    assert otter_results["untouched"].total == 0
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_solution_gets_full_marks_and_untouched_gets_zero(assignment, otter_results):
+    results = otter_results[assignment]
+    assert results["solution"].possible > 0
+    assert results["solution"].total == results["solution"].possible
+    assert results["untouched"].total == 0
 
 
 def test_public_and_hidden_checks_agree_on_every_answer():
@@ -133,27 +179,26 @@ def test_public_and_hidden_checks_agree_on_every_answer():
 
 
 @pytest.fixture(scope="module")
-def engine_results(built, tmp_path_factory):
+def engine_results(builds, tmp_path_factory):
     """Our engine on the same samples, retraining every model from scratch (fresh cache)."""
     from autograder.judge import pipeline as engine
 
-    cache = tmp_path_factory.mktemp("retrain-cache")
-    options = engine.RetrainOptions(cache_dir=str(cache))
-    return {name: engine.grade_notebook(samples.SAMPLES_DIR / f"{name}.ipynb", built.autograder_zip, retrain=options)
-            for name in SAMPLE_NAMES}
+    options = engine.RetrainOptions(cache_dir=str(tmp_path_factory.mktemp("retrain-cache")))
+    return _Lazy(lambda assignment, name: engine.grade_notebook(_sample(assignment, name),
+                                                                builds[assignment].autograder_zip, retrain=options))
 
 
-@pytest.mark.parametrize("name", SAMPLE_NAMES)
-def test_engine_scores_equal_otter_run_on_honest_submissions(name, otter_results, engine_results):
-    ours = {q["name"]: q["score"] for q in engine_results[name]["questions"]}
-    theirs = {q: r.score for q, r in otter_results[name].results.items()}
+@pytest.mark.parametrize("assignment,name", SAMPLES)
+def test_engine_scores_equal_otter_run_on_honest_submissions(assignment, name, otter_results, engine_results):
+    ours = {q["name"]: q["score"] for q in engine_results[assignment][name]["questions"]}
+    theirs = {q: r.score for q, r in otter_results[assignment][name].results.items()}
     assert ours == pytest.approx(theirs)
-    assert engine_results[name]["max_score"] == pytest.approx(otter_results[name].possible)
+    assert engine_results[assignment][name]["max_score"] == pytest.approx(otter_results[assignment][name].possible)
 
 
 @pytest.mark.slow
 def test_solution_recipe_retrained_from_scratch_reaches_99(engine_results):
-    report = engine_results["solution"]["retrain"]
+    report = engine_results["cnn_mnist"]["solution"]["retrain"]
     assert report["error"] is None and not report["cache_hit"]
     assert report["accuracy"] >= 0.99, report
     assert report["epochs"] == 10 and report["batch_size"] == 128

@@ -217,3 +217,36 @@ def test_ray_mode_on_a_local_instance_gives_the_same_grades(built, tmp_path):
                              batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False, ray=True))
     assert _rows(tmp_path / "ray" / "grades.csv") == _rows(tmp_path / "local" / "grades.csv")
     assert len(on_ray) == len(local) == 3
+
+
+def test_one_batch_grades_every_assignments_samples_with_their_own_autograders(builds, tmp_path):
+    """A folder holding every installed assignment's samples, graded in one call: each notebook goes to
+    the autograder its metadata names, and gets its designed score on every question that does not
+    need the retrained accuracy (retraining is off here; tests/test_assignment.py covers it)."""
+    import importlib
+
+    from autograder import registry
+
+    folder = tmp_path / "class"
+    folder.mkdir()
+    expected = {}
+    for name in registry.names():
+        spec = registry.get(name)
+        key = importlib.import_module(spec.samples).METADATA_KEY
+        for nb in sorted(spec.samples_dir.glob("*.ipynb")):
+            sid = f"{name}-{nb.stem}"
+            shutil.copy(nb, folder / f"{sid}.ipynb")
+            expected[sid] = (name, nbformat.read(nb, as_version=4).metadata[key]["expected_failures"])
+    zips = [builds[name].autograder_zip for name in registry.names()]
+    results = batch.run_batch([folder], zips, tmp_path / "out", batch.BatchOptions(jobs=2, retrain=NO_RETRAIN,
+                                                                                     progress=False))
+    assert {r["student"]["id"] for r in results} == set(expected)
+    for r in results:
+        assignment, failures = expected[r["student"]["id"]]
+        assert r["assignment"] == assignment and r["status"] == "graded", (r["student"]["id"], r["error"])
+        for q in r["questions"]:
+            if any("--no-retrain" in c["message"] for c in q["cases"]):
+                continue  # the training question waits for the retrained accuracy
+            lost = {c["name"] for c in q["cases"]} if failures == "all" else set(failures.get(q["name"], []))
+            designed = sum(c["points"] for c in q["cases"] if c["name"] not in lost)
+            assert q["score"] == pytest.approx(designed), (r["student"]["id"], q["name"], q["cases"])

@@ -153,7 +153,8 @@ def plan_limits(resources: ContainerResources, timeout_minutes: float, *, retrai
     cell = min(cell_seconds or defaults.cell_seconds, notebook_seconds)
     limits = dataclasses.replace(defaults, memory_mb=int(memory_mb), notebook_seconds=notebook_seconds, cell_seconds=cell)
     per_run = (budget - notebook_seconds) / max(policy.max_seeds, 1)  # a recipe may be trained per seed
-    options = dataclasses.replace(retrain_defaults, enabled=retrain, max_seconds=min(policy.max_seconds, per_run))
+    options = dataclasses.replace(retrain_defaults, enabled=retrain, max_seconds=min(policy.max_seconds, per_run),
+                                  seeds=policy.max_seeds)  # the seeds the time was shared among
     return limits, options
 
 

@@ -95,37 +95,37 @@ def checked_value(data, n_outputs: int | None) -> dict:
     Anything the runtime would never send (student code can write to the status pipe) becomes
     an ``error`` value with a short reason, never an oversized or malformed record."""
     def bad(why: str) -> dict:
-        return {"status": "error", "message": f"the sandbox sent an invalid value ({why})"}
+        return {"status": protocol.ERROR, "message": f"the sandbox sent an invalid value ({why})"}
 
     if not isinstance(data, dict):
         return bad("not a record")
     status = data.get("status")
-    if status in ("missing", "unanswered"):
+    if status in (protocol.MISSING, protocol.UNANSWERED):
         return {"status": status}
-    if status == "error":
-        return {"status": "error", "message": clean_text(data.get("message", ""))}
-    if status == "json":
+    if status == protocol.ERROR:
+        return {"status": protocol.ERROR, "message": clean_text(data.get("message", ""))}
+    if status == protocol.JSON:
         if "value" not in data or not _plain_ok(data["value"]):
             return bad("not plain data within the limits")
         if len(json.dumps(data["value"])) > MAX_JSON_CHARS:
             return bad("too large")
-        return {"status": "json", "value": _clean_strings(data["value"])}
-    if status == "array":
-        return {"status": "array", "npy": data["npy"]} if _npy_ok(data.get("npy")) else bad("array too large")
-    if status == "function":
+        return {"status": protocol.JSON, "value": _clean_strings(data["value"])}
+    if status == protocol.ARRAY:
+        return {"status": protocol.ARRAY, "npy": data["npy"]} if _npy_ok(data.get("npy")) else bad("array too large")
+    if status == protocol.FUNCTION:
         outputs = data.get("outputs")
         if not isinstance(outputs, list) or n_outputs is None or len(outputs) != n_outputs:
             return bad("not one output per planned call")
         kept = []
         for out in outputs:
-            if isinstance(out, dict) and out.get("status") == "ok" and _npy_ok(out.get("npy")):
-                kept.append({"status": "ok", "npy": out["npy"]})
-            elif isinstance(out, dict) and out.get("status") == "error":
-                kept.append({"status": "error", "message": clean_text(out.get("message", ""))})
+            if isinstance(out, dict) and out.get("status") == protocol.OK and _npy_ok(out.get("npy")):
+                kept.append({"status": protocol.OK, "npy": out["npy"]})
+            elif isinstance(out, dict) and out.get("status") == protocol.ERROR:
+                kept.append({"status": protocol.ERROR, "message": clean_text(out.get("message", ""))})
             else:
                 return bad("a malformed function output")
-        return {"status": "function", "outputs": kept}
-    if status == "model":
+        return {"status": protocol.FUNCTION, "outputs": kept}
+    if status == protocol.MODEL:
         config, fits = data.get("config"), data.get("fits")
         if not isinstance(config, str) or len(config) > Budget().max_config_chars:
             return bad(f"model config missing or over {Budget().max_config_chars:,} characters")
@@ -134,7 +134,7 @@ def checked_value(data, n_outputs: int | None) -> dict:
         for fit in fits:
             if not isinstance(fit, dict) or not set(fit) <= FIT_FIELDS or len(json.dumps(fit)) > MAX_FIT_CHARS:
                 return bad("a malformed fit record")
-        return {"status": "model", "config": clean_text(config, Budget().max_config_chars),
+        return {"status": protocol.MODEL, "config": clean_text(config, Budget().max_config_chars),
                 "fits": [_clean_strings(f) for f in fits]}
     return bad("unknown status")
 
@@ -419,6 +419,9 @@ class _Run:
         self.lock = threading.Lock()
         self.uid: int | None = None  # the slot uid, once the jail is open
         self.files: dict[str, bytes] = {}  # put beside the notebook
+        self.root_pid: int | None = None  # the jail's outermost process, once started
+        self.process_culprit: int | None = None  # the cell that left too many processes behind
+        self.go_fd: int | None = None  # write end of the go-ahead pipe the runtime waits on between cells
 
     # -- status protocol --------------------------------------------------------------------
     def on_status(self, line: bytes) -> None:
@@ -431,6 +434,19 @@ class _Run:
         with self.lock:
             if not self._accept(msg, kind, time.monotonic()):
                 self.ignored += 1
+                return
+            if kind == protocol.CELL_DONE and self.process_culprit is None:
+                self._go_ahead()
+
+    def _go_ahead(self) -> None:
+        """Let the runtime start its next cell.  Non-blocking: a notebook that reopened the
+        pipe and filled it only loses its own attribution, never stalls the grader."""
+        if self.go_fd is not None:
+            try:
+                os.write(self.go_fd, b"g")
+            except OSError:
+                pass
+        self.step_started = time.monotonic()  # the check above was the grader's time, not the student's
 
     def _begin_step(self, label: str, now: float) -> None:
         self.step, self.step_started = label, now
@@ -438,33 +454,36 @@ class _Run:
             self.notebook_started = now
 
     def _accept(self, msg: dict, kind, now: float) -> bool:
-        if kind == "ready" and self.phase == "startup":
+        if kind == protocol.READY and self.phase == "startup":
             self.phase = "cells"
             self.step, self.step_started = "between cells", now
             return True
-        if kind == "cell" and self.phase == "cells" and self.current is None:
+        if kind == protocol.CELL and self.phase == "cells" and self.current is None:
             index = msg.get("index")
             if self.position < len(self.expected) and type(index) is int and index == self.expected[self.position]:
                 self.current = index
                 self._begin_step(f"cell {index}", now)
                 return True
             return False
-        if kind == "cell_done" and self.phase == "cells" and self.current is not None:
+        if kind == protocol.CELL_DONE and self.phase == "cells" and self.current is not None:
             if msg.get("index") != self.current or type(msg.get("index")) is not int:
                 return False
             error = msg.get("error")
             error = None if error is None else clean_text(error)
             self.cells.append({"index": self.current, "seconds": round(now - self.step_started, 3), "error": error})
+            if self.process_culprit is None and self._process_count() > self.limits.max_processes:
+                # counted here, before the next cell starts, so a busy watcher cannot blame a later cell
+                self.process_culprit = self.current
             self.current = None
             self.position += 1
             self.step, self.step_started = "between cells", now  # the clock keeps running until the next cell
             return True
-        if kind == "step" and msg.get("label") == "extract" and self.phase == "cells" and self.current is None \
+        if kind == protocol.STEP and msg.get("label") == "extract" and self.phase == "cells" and self.current is None \
                 and self.position == len(self.expected):
             self.phase = "extract"
             self._begin_step("extract", now)
             return True
-        if kind == "step" and self.phase == "extract":
+        if kind == protocol.STEP and self.phase == "extract":
             label = msg.get("label")
             name = label[len("probing "):] if isinstance(label, str) and label.startswith("probing ") else None
             if name is not None and self.probe_steps.get(name, 0) > 0:
@@ -472,7 +491,7 @@ class _Run:
                 self._begin_step(f"probing {name}", now)
                 return True
             return False
-        if kind == "value" and self.phase == "extract" and self.value_position < len(self.variables):
+        if kind == protocol.VALUE and self.phase == "extract" and self.value_position < len(self.variables):
             name = self.variables[self.value_position]
             if msg.get("name") != name or not isinstance(msg.get("data"), dict):
                 return False
@@ -480,10 +499,16 @@ class _Run:
             self.values[name] = checked_value(msg["data"], planned)
             self.value_position += 1
             return True
-        if kind == "done" and self.phase == "extract" and self.value_position == len(self.variables):
+        if kind == protocol.DONE and self.phase == "extract" and self.value_position == len(self.variables):
             self.phase = "done"
             return True
         return False
+
+    def _process_count(self) -> int:
+        if self.root_pid is None:
+            return 0
+        procs = {p.pid for p in _tree(self.root_pid)}
+        return len(procs | {p.pid for p in _uid_processes(self.uid)})
 
     # -- one run ----------------------------------------------------------------------------
     def execute(self, nb, mnist_npz, private, into: ProbeResult) -> None:
@@ -507,20 +532,28 @@ class _Run:
                 env["KERAS_BACKEND"] = os.environ["KERAS_BACKEND"]
             preexisting = _my_children()
             status_r, status_w = os.pipe()
-            cmd = jail.command([jail.python, "-I", runtime, job_path, str(status_w)])
+            go_r, go_w = os.pipe()
+            os.set_blocking(go_w, False)
+            self.go_fd = go_w
+            cmd = jail.command([jail.python, "-I", runtime, job_path, str(status_w), str(go_r)])
             child = subprocess.Popen(
                 cmd, cwd=jail.work, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, pass_fds=(status_w,), start_new_session=True,
+                stderr=subprocess.STDOUT, pass_fds=(status_w, go_r), start_new_session=True,
                 preexec_fn=_rlimits(limits.file_size_mb, jail.uid is not None),
             )
             os.close(status_w)
+            os.close(go_r)
             try:
                 self._watch(child, status_r, preexisting)
             finally:
                 _kill_everything(child, preexisting)
+                with self.lock:
+                    self.go_fd = None
+                os.close(go_w)
 
     def _watch(self, child: subprocess.Popen, status_r: int, preexisting: set[int]) -> None:
         limits = self.limits
+        self.root_pid = child.pid
         output = _BoundedBuffer(limits.output_kb * 1024)
 
         def read_output() -> None:
@@ -592,7 +625,11 @@ class _Run:
             if rss > limits.memory_mb * 1024 * 1024:
                 stop = (f"memory limit ({limits.memory_mb} MiB) exceeded during {step}", False)
                 break
-            if len(procs) > limits.max_processes:
+            with self.lock:
+                left_behind = self.process_culprit
+            if len(procs) > limits.max_processes or left_behind is not None:
+                if left_behind is not None:
+                    step = f"cell {left_behind}"
                 stop = (f"process limit ({limits.max_processes}) exceeded during {step}", False)
                 break
             if nb_started is not None and now - nb_started > limits.notebook_seconds:
@@ -612,7 +649,7 @@ class _Run:
                 elif over > 10:  # the interrupt was ignored: this run cannot go on
                     stop = (f"{step} ignored the interrupt", False)
                     break
-        culprit = self.current
+        culprit = self.current if self.process_culprit is None else self.process_culprit
         notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
         _kill_everything(child, preexisting)
         for t in threads:
