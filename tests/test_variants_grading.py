@@ -38,7 +38,7 @@ def _index(identity: str) -> int:
 def built_variants(tmp_path_factory):
     from autograder import build
 
-    (b,) = build.build_all(tmp_path_factory.mktemp("dist-variants"), ["cnn_mnist"], gradescope=False, variants=CONFIG)
+    (b,) = build.build_all(tmp_path_factory.mktemp("dist-variants"), ["cnn_mnist"], gradescope=True, variants=CONFIG)
     return b
 
 
@@ -194,3 +194,31 @@ def test_a_classmates_answers_get_no_marks_and_a_flag_in_the_instructor_report_o
         page = (out / "feedback" / f"{who}.html").read_text()
         assert GRACE not in page and "matches variant" not in page and "STUDENT_ID" not in page
     assert reports.flags(results[ADA], peers) == [] and reports.flags(results[GRACE], peers) == []
+
+
+def test_gradescope_takes_the_variant_from_the_submitters_email(built_variants, tmp_path):
+    """run_autograder's entry point: Ada's own notebook gets full marks on the by-hand questions; Grace's
+    notebook uploaded by Ada gets none, and only the instructor's stdout says why."""
+    import subprocess
+    import zipfile
+
+    for who, notebook_of in ((ADA, ADA), (ADA, GRACE)):
+        root = tmp_path / f"{who}-{notebook_of}" / "autograder"
+        (root / "submission").mkdir(parents=True)
+        with zipfile.ZipFile(built_variants.gradescope_zip) as z:
+            z.extractall(root / "source")
+        nbformat.write(_solution(built_variants, notebook_of), root / "submission" / "cnn_mnist.ipynb")
+        (root / "submission_metadata.json").write_text(json.dumps({"users": [{"email": who.upper(), "sid": "1"}]}))
+        proc = subprocess.run([sys.executable, "-I", str(root / "source" / "run_otter.py"), "--root", str(root),
+                               "--no-retrain"], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results = json.loads((root / "results" / "results.json").read_text())
+        by_hand = [t for t in results["tests"] if t["name"].split(" ")[0] in BY_HAND]
+        assert by_hand
+        if notebook_of == who:
+            assert all(t["score"] == t["max_score"] for t in by_hand), by_hand
+        else:
+            assert all(t["score"] == 0 for t in by_hand), by_hand
+            assert "not the submitter's" in proc.stdout and f"STUDENT_ID '{GRACE}'" in proc.stdout
+            text = json.dumps(results)
+            assert GRACE not in text and "matches variant" not in text and "submitter" not in text
