@@ -820,21 +820,27 @@ def digest(data, salt: str = "") -> str:
     return hashlib.sha256(f"{salt}|{text}".encode()).hexdigest()
 
 
+def _text(x) -> str:
+    """A message: the text itself, or (variant tables) its index in the shared ``VARIANTS["texts"]``."""
+    return VARIANTS["texts"][x] if isinstance(x, int) and not isinstance(x, bool) and VARIANTS else (x or "")
+
+
 def _judge(entry: dict, data, salt: str, label: str) -> None:
     h = digest(data, salt)
-    if h == entry["answer"]:
+    if h[:len(entry["answer"])] == entry["answer"]:
         return
-    hint = entry["mistakes"].get(h)
-    if hint:
-        raise AssertionError(f"{label} is not right yet. Likely mistake: {hint}")
-    raise AssertionError(f"{label} is not right yet. {entry.get('hint', '')}".strip())
+    mistakes = entry["mistakes"]
+    hint = next((m for d, m in mistakes.items() if h[:len(d)] == d), None) if VARIANTS else mistakes.get(h)
+    if hint is not None and _text(hint):
+        raise AssertionError(f"{label} is not right yet. Likely mistake: {_text(hint)}")
+    raise AssertionError(f"{label} is not right yet. {_text(entry.get('hint', ''))}".strip())
 
 
 def check_answer(key: str, value) -> None:
     """Raise ``AssertionError`` with feedback unless ``value`` is the right answer for ``key``."""
     spec = _tables()[0][key]
     if value is None or value is Ellipsis:
-        raise AssertionError(f"`{key}` is not answered yet: replace the ... with {spec['describe']}.")
+        raise AssertionError(f"`{key}` is not answered yet: replace the ... with {_text(spec['describe'])}.")
     data = canonical(spec["kind"], value, f"`{key}`")
     if spec["kind"] in ("int_list", "shape_list"):
         items = spec["items"]
@@ -845,14 +851,14 @@ def check_answer(key: str, value) -> None:
         problems = []
         for i, (item, entry) in enumerate(zip(data, items)):
             try:
-                _judge(entry, item, f"{key}[{i}]", f"entry {i} ({entry['label']})")
+                _judge(entry, item, f"{key}[{i}]", f"entry {i} ({_text(entry['label'])})")
             except AssertionError as exc:
                 problems.append(str(exc))
         if problems:
             raise AssertionError(f"`{key}`:\n  " + "\n  ".join(problems))
         return
     if spec["kind"] == "array" and data["shape"] != spec["shape"]:
-        hint = spec.get("shape_hints", {}).get(json.dumps(data["shape"]))
+        hint = _text(spec.get("shape_hints", {}).get(json.dumps(data["shape"])))
         msg = f"`{key}` has shape {tuple(data['shape'])}, expected {tuple(spec['shape'])}."
         raise AssertionError(msg + (f" Likely mistake: {hint}" if hint else ""))
     _judge(spec, data, key, f"`{key}`")
