@@ -4,7 +4,8 @@
 
 Both sides start a fresh Python process, import Keras, load MNIST, build the lesson's model,
 train it at the same seed and measure the test set; the verifier adds the canonical rebuild,
-the budget check and op determinism.  Each side runs twice, alternating, and the faster run
+the budget check and the seed (op determinism only on a GPU by default; the run with
+``CNN_GRADER_DETERMINISTIC=1`` shows what forcing it costs on this machine).  Each side runs twice, alternating, and the faster run
 counts.  Prints both times, their ratio (must stay at or below 1.05), peak memory of the whole
 process tree, and the cache-hit time.  ``--load`` also trains the recipe once more while every
 core is busy with other work and checks that the accuracy is identical (the budget is in steps,
@@ -87,9 +88,9 @@ def main() -> None:
             plain_acc = json.loads(out.stdout.strip().splitlines()[-1])
         with measured(f"verifier, own process (run {round_})", results):
             report = retrain.verify(config, fits, settings, cache_dir=None)
-        os.environ["CNN_GRADER_DETERMINISTIC"] = "0"
-        with measured(f"verifier without op determinism (run {round_})", results):
-            loose = retrain.verify(config, fits, settings, cache_dir=None)
+        os.environ["CNN_GRADER_DETERMINISTIC"] = "1"
+        with measured(f"verifier with op determinism forced (run {round_})", results):
+            strict = retrain.verify(config, fits, settings, cache_dir=None)
         del os.environ["CNN_GRADER_DETERMINISTIC"]
     with tempfile.TemporaryDirectory() as cache:
         retrain.verify(config, fits, settings, cache_dir=cache)
@@ -100,16 +101,16 @@ def main() -> None:
         print(f"{label:44s} {r['seconds']:8.2f} s  cpu {r['cpu_seconds']:8.2f} s   peak {r['peak_mib']:7.0f} MiB")
     plain = min(r["seconds"] for k, r in results.items() if k.startswith("plain"))
     ours = min(r["seconds"] for k, r in results.items() if k.startswith("verifier, own"))
-    ours_loose = min(r["seconds"] for k, r in results.items() if k.startswith("verifier without"))
+    ours_strict = min(r["seconds"] for k, r in results.items() if k.startswith("verifier with op"))
     ratio = ours / plain
     cpu = lambda prefix: min(r["cpu_seconds"] for k, r in results.items() if k.startswith(prefix))  # noqa: E731
     print(f"load average before/after: {load_before} / {os.getloadavg()}")
     print(f"{epochs} epochs at batch size {batch}; accuracy: plain {plain_acc:.4f}, verifier {report.accuracy:.4f} "
           f"({report.device}, {report.backend})")
     print(f"ratio verifier / plain (best of {rounds} each): {ratio:.3f}  (limit {MAX_RATIO})")
-    print(f"ratio verifier without op determinism / plain: {ours_loose / plain:.3f}  (accuracy {loose.accuracy:.4f})")
+    print(f"ratio verifier with op determinism forced / plain: {ours_strict / plain:.3f}  (accuracy {strict.accuracy:.4f})")
     print(f"CPU-time ratios (less sensitive to other load): verifier / plain {cpu('verifier, own') / cpu('plain'):.3f}, "
-          f"without op determinism / plain {cpu('verifier without') / cpu('plain'):.3f}")
+          f"op determinism forced / plain {cpu('verifier with op') / cpu('plain'):.3f}")
     print(f"cache hit: {hit_ms:.1f} ms (cache_hit={hit.cache_hit})")
     if "--load" in sys.argv:
         ctx = multiprocessing.get_context("spawn")
@@ -126,8 +127,13 @@ def main() -> None:
               f"({'identical' if busy.accuracy == report.accuracy else 'DIFFERENT'})")
         if busy.accuracy != report.accuracy:
             sys.exit(1)
-    if ratio > MAX_RATIO:
+    cpu_ratio = cpu("verifier, own") / cpu("plain")
+    loaded = max(load_before[0], os.getloadavg()[0]) > (os.cpu_count() or 1) + 0.5
+    if ratio > MAX_RATIO and not (loaded and cpu_ratio <= MAX_RATIO):
         sys.exit(f"overhead above {MAX_RATIO}")
+    if ratio > MAX_RATIO:
+        print(f"wall-time ratio above {MAX_RATIO} on a machine busy with other work (load above its "
+              f"{os.cpu_count()} cores); judged on CPU time instead: {cpu_ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec
 
     reports = {}
     for name, data in values.items():
-        if (data or {}).get("status") != "model":
+        if (data or {}).get("status") != protocol.MODEL:
             continue
         try:
             report = retrain.verify(data.get("config"), data.get("fits") or [], options.settings(spec),
@@ -281,7 +281,7 @@ def grade_notebook(
         request["variant"] = {"assignment": ag.name, "config": ag.variants, "identity": identity,
                               "identity_source": identity_source if identity else None}
     try:
-        if retrain.enabled and any((d or {}).get("status") == "model" for d in values.values()):
+        if retrain.enabled and any((d or {}).get("status") == protocol.MODEL for d in values.values()):
             if on_partial is not None:
                 judged = _run_judge({**request, "retrain": retrain.for_judge(spec, pending=True)})
                 partial = dataclasses.replace(result, retrain_pending=True).judged(judged["questions"], None)
