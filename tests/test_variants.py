@@ -12,7 +12,7 @@ import re
 import numpy as np
 import pytest
 
-from assignments.cnn_mnist import checks, public_checks, reference, variants
+from assignments.cnn_mnist import checks, public_checks, variants
 from assignments.cnn_mnist.public_checks import canonical
 from assignments.cnn_mnist.variants import LESSON
 from autograder.variants import VariantConfig

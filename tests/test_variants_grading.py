@@ -11,7 +11,6 @@ import importlib.util
 import io
 import json
 import sys
-from pathlib import Path
 
 import nbformat
 import numpy as np
