@@ -134,8 +134,12 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
             result = _error_result(sub, problem, assignment=name)
         else:
             try:
+                from autograder.variants import lms_identity
+
+                identity, source = lms_identity(_identity(sub))  # chooses the variant, when the assignment has them
                 result = engine.grade_notebook(sub.notebook, autograders[name], limits=options.limits,
-                                               retrain=options.retrain, real_fit=options.real_fit)
+                                               retrain=options.retrain, real_fit=options.real_fit,
+                                               identity=identity, identity_source=source)
                 result["student"] = _identity(sub)
             except Exception as exc:  # the engine should not raise; if it does, the batch still goes on
                 result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error", name)

@@ -15,6 +15,7 @@ expected values always come from its reference implementation.  And some after i
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -51,18 +52,29 @@ class BuiltAssignment:
         return registry.get(self.name)
 
 
-def build_assignment(spec: "AssignmentSpec", out_dir: Path, *, gradescope: bool = True) -> BuiltAssignment:
-    """Run Otter Assign on one assignment's master notebook; leave ``out_dir/<name>/`` and its zips."""
+def build_assignment(spec: "AssignmentSpec", out_dir: Path, *, gradescope: bool = True, variants=None) -> BuiltAssignment:
+    """Run Otter Assign on one assignment's master notebook; leave ``out_dir/<name>/`` and its zips.
+
+    ``variants`` (a :class:`autograder.variants.VariantConfig`; default the spec's) on: the assignment's
+    checks rewrite the master notebook (the first cell asks for the student's id and shows their
+    numbers), the student-side module holds every variant's digests, and the zips record the pool in
+    ``variants.json`` for the grader."""
+    import nbformat
     import otter.assign
 
     name, master = spec.name, spec.master_notebook
     if master.stem != name:
         raise ValueError(f"the master notebook of {name!r} must be called {name}.ipynb, not {master.name}")
     target = Path(out_dir) / name
+    variants = spec.variants if variants is None else variants
     with tempfile.TemporaryDirectory(prefix=f"build-{name}-") as tmp:
         work = Path(tmp) / name
         shutil.copytree(master.parent, work, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
-        (work / spec.public_module_name).write_text(spec.render_public_module())
+        (work / spec.public_module_name).write_text(spec.render_public_module(variants))
+        if variants.enabled:
+            nb = nbformat.read(work / master.name, as_version=4)
+            spec.checks_module().variant_master(nb)
+            nbformat.write(nb, work / master.name)
         result = Path(tmp) / "dist"
         otter.assign.main(str(work / master.name), str(result), no_pdfs=True, no_run_tests=True)
         zips = list((result / "autograder").glob("*-autograder_*.zip"))
@@ -78,9 +90,14 @@ def build_assignment(spec: "AssignmentSpec", out_dir: Path, *, gradescope: bool 
         shutil.copy(zips[0], target / "autograder.zip")
         (target / "solution").mkdir()
         shutil.copy(result / "autograder" / master.name, target / "solution" / master.name)
+    if variants.enabled:  # the solution notebook is one student's (the checks' sample id)
+        solution = nbformat.read(target / "solution" / master.name, as_version=4)
+        spec.checks_module().variant_solution(solution)
+        nbformat.write(solution, target / "solution" / master.name)
     for notebook in (target / master.name, target / "solution" / master.name):
         _finish_notebook(notebook, name)
-    built = BuiltAssignment(name, target, finish_otter_zip(target / "autograder.zip", spec),
+    extra = {"variants.json": json.dumps(dataclasses.asdict(variants))} if variants.enabled else {}
+    built = BuiltAssignment(name, target, finish_otter_zip(target / "autograder.zip", spec, extra),
                             target / "solution" / master.name)
     if gradescope:
         built.gradescope_zip = make_gradescope_zip(built.autograder_zip, target / "gradescope_autograder.zip", spec)
@@ -174,7 +191,7 @@ def run_autograder_script() -> str:
                                                  timeout_minutes=gradescope.DEFAULT_TIMEOUT_MINUTES)
 
 
-def _rewrite_zip(src_zip: Path, dest: Path, replace: dict[str, str], add: dict[str, Path]) -> None:
+def _rewrite_zip(src_zip: Path, dest: Path, replace: dict[str, str], add: dict[str, Path | str]) -> None:
     tmp = dest.with_name(dest.name + ".part")
     with zipfile.ZipFile(src_zip) as src, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
         for item in src.infolist():
@@ -183,17 +200,20 @@ def _rewrite_zip(src_zip: Path, dest: Path, replace: dict[str, str], add: dict[s
                 data = replace[item.filename].encode()
             out.writestr(item, data)
         for arcname, path in add.items():
-            out.write(path, arcname)
+            if isinstance(path, str):  # the file's text
+                out.writestr(arcname, path)
+            else:
+                out.write(path, arcname)
     os.replace(tmp, dest)
 
 
-def finish_otter_zip(otter_zip: Path, spec: "AssignmentSpec | None" = None) -> Path:
+def finish_otter_zip(otter_zip: Path, spec: "AssignmentSpec | None" = None, extra: dict[str, str] | None = None) -> Path:
     """Make Otter's own zip work under ``otter grade`` (Docker): pinned environment with TensorFlow,
     and the grader package installed by ``setup.sh`` so ``autograder.otter_plugin`` imports."""
     with zipfile.ZipFile(otter_zip) as z:
         otter_setup = z.read("setup.sh").decode()
     _rewrite_zip(otter_zip, otter_zip, {"environment.yml": environment_yml(),
-                                        "setup.sh": setup_sh(otter_setup, embed_package=True, spec=spec)}, {})
+                                        "setup.sh": setup_sh(otter_setup, embed_package=True, spec=spec)}, dict(extra or {}))
     return otter_zip
 
 
@@ -224,14 +244,15 @@ def _finish_notebook(path: Path, name: str) -> None:
     nbformat.write(nb, path)
 
 
-def build_all(out_dir: Path, names: list[str] | None = None, *, gradescope: bool = True) -> list[BuiltAssignment]:
+def build_all(out_dir: Path, names: list[str] | None = None, *, gradescope: bool = True,
+              variants=None) -> list[BuiltAssignment]:
     """Build every installed assignment (or those named), in name order."""
     from autograder import registry
 
     specs = registry.all_assignments() if names is None else [registry.get(n) for n in names]
     if not specs:
         raise FileNotFoundError("no assignments are installed (entry points 'autograder.assignments')")
-    return [build_assignment(spec, out_dir, gradescope=gradescope) for spec in specs]
+    return [build_assignment(spec, out_dir, gradescope=gradescope, variants=variants) for spec in specs]
 
 
 def sync_student_folders(built: list[BuiltAssignment]) -> None:

@@ -64,6 +64,7 @@ class GradeResult:
     student: dict | None = None  # set by the batch: id, source, name, email, extra
     retry: bool = False  # a worker died: the next run grades it again
     retrain_pending: bool = False  # a partial result, judged before retraining finished
+    variant: dict | None = None  # per-student variants: the variant judged with, and the instructor's flags
     schema: int = RESULT_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -102,7 +103,7 @@ class GradeResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``results/<id>.json`` (README: Result file); optional flags only when set."""
         out = asdict(self)
-        for flag in ("retry", "retrain_pending"):
+        for flag in ("retry", "retrain_pending", "variant"):
             if not out[flag]:
                 del out[flag]
         return out

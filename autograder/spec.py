@@ -19,6 +19,12 @@ What is specific to one unit, and where it lives:
     the probe makes on it in the sandbox (``{"args": [...], "kwargs": {...}}``, grader-chosen
     inputs, plain JSON);
   - ``expected_layers() -> list[dict]``: the expected model structure (``[]`` when there is none);
+  - only with per-student variants on (``variants=VariantConfig(enabled=True)``, see
+    :mod:`autograder.variants`): ``render_public_module(variants=...)`` and ``probe_plan(variants=...)``
+    for the whole pool, ``variant_master(nb)`` and ``variant_solution(nb)`` (rewrite the master and the
+    built solution notebook, in place), and ``select_variant(config, identity, identity_source,
+    declared_id, values, public_module) -> dict`` (the judge: judge with the submitter's variant and
+    return the result's ``variant`` record);
 * the dataset (:class:`Dataset`): a loader verified by content hash, the input shape, the number
   of classes, the sizes of the two splits and the preprocessing (pixel scale) the verifier applies;
 * the training policy (:class:`TrainingPolicy`): accuracy threshold, the seed rule, the compute
@@ -38,6 +44,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Callable, Mapping
 
+from autograder.variants import VariantConfig
 from autograder.verifier.budget import Budget
 
 #: Where the build records the assignment's name in a notebook's metadata.
@@ -93,6 +100,7 @@ class AssignmentSpec:
     training: TrainingPolicy = field(default_factory=TrainingPolicy)
     master: str = ""  # master notebook, relative to the package folder (default "master/<name>.ipynb")
     samples: str | None = None  # module with write_samples(student_nb, solution_nb, out_dir)
+    variants: VariantConfig = field(default_factory=VariantConfig)  # per-student numbers (off by default)
 
     # --- derived ---------------------------------------------------------------------------
 
@@ -123,12 +131,17 @@ class AssignmentSpec:
         """The answer key (trusted side only)."""
         return importlib.import_module(self.checks)
 
-    def probe_plan(self, variables: list[str] | None = None) -> dict[str, list[dict]]:
-        """The calls the probe makes on each student function the tests use (grader-chosen inputs)."""
-        plan = self.checks_module().probe_plan()
+    def probe_plan(self, variables: list[str] | None = None, variants: VariantConfig | None = None) -> dict[str, list[dict]]:
+        """The calls the probe makes on each student function the tests use (grader-chosen inputs);
+        with ``variants`` on (as built: the zip's ``variants.json``), every variant's public examples too."""
+        checks = self.checks_module()
+        plan = checks.probe_plan(variants=variants) if variants is not None and variants.enabled else checks.probe_plan()
         return {k: v for k, v in plan.items() if variables is None or k in variables}
 
-    def render_public_module(self) -> str:
+    def render_public_module(self, variants: VariantConfig | None = None) -> str:
+        variants = self.variants if variants is None else variants
+        if variants.enabled:
+            return self.checks_module().render_public_module(variants=variants)
         return self.checks_module().render_public_module()
 
     def expected_layers(self) -> list[dict]:

@@ -28,16 +28,15 @@ from assignments.cnn_mnist import reference
 from assignments.cnn_mnist.public_checks import canonical, digest
 from assignments.cnn_mnist.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
 from assignments.cnn_mnist.spec import ASSIGNMENT
+from assignments.cnn_mnist.variants import LESSON, Givens
 
-# --- the givens shown in the notebook ----------------------------------------------------
+# --- the givens shown in the notebook (the lesson's; a variant has its own, see variants.py) ----
 
-SMALL_IMAGE = np.array([[3, 1, 2], [0, 4, 1], [2, 5, 3]])
-SMALL_FILTER = np.array([[1, 2], [0, -1]])
-SIZE_N, SIZE_K = 28, 5  # output-size questions: a 28x28 image and a 5x5 filter
-RGB_SIZE, RGB_K, RGB_FILTERS = 32, 3, 16  # 32x32 RGB image, 3x3 filters, 16 of them
-POOL_INPUT = np.array(
-    [[1, 3, 2, 0, 7], [4, 6, 1, 5, 2], [0, 2, 9, 1, 3], [8, 1, 3, 4, 6], [5, 7, 2, 8, 1]]
-)
+SMALL_IMAGE = np.array(LESSON.image_3x3)
+SMALL_FILTER = np.array(LESSON.filter_2x2)
+SIZE_N, SIZE_K = LESSON.size_n, LESSON.size_k  # output-size questions: a 28x28 image and a 5x5 filter
+RGB_SIZE, RGB_K, RGB_FILTERS = LESSON.rgb_size, LESSON.rgb_k, LESSON.rgb_filters  # 32x32 RGB, 16 3x3 filters
+POOL_INPUT = np.array(LESSON.pool_input)
 ACCURACY_THRESHOLD = ASSIGNMENT.training.threshold  # the policy lives in spec.py
 
 GIVENS = {
@@ -68,11 +67,11 @@ def _conv(image, kernel, **kw):
     return reference.conv2d(np.asarray(image, float), np.asarray(kernel, float), **kw)
 
 
-def _size_answers() -> list[Answer]:
-    n, k = SIZE_N, SIZE_K
+def _size_answers(g: Givens = LESSON) -> list[Answer]:
+    n, k, s = g.size_n, g.size_k, g.size_stride
     size = reference.conv_output_size
     same, valid, full = size(n, k, padding="same"), size(n, k), size(n, k, padding="full")
-    stride2 = size(n, k, stride=2)
+    stride2 = size(n, k, stride=s)
     return [
         Answer("size_valid", "int", "an int", valid,
                [(same, "that is the size with 'same' padding; 'valid' means no padding, so the filter only fits n - k + 1 times"),
@@ -87,23 +86,23 @@ def _size_answers() -> list[Answer]:
                 (valid, "that is 'valid' padding"), (same, "that is 'same' padding")],
                hint="Full padding adds k - 1 zeros on each side."),
         Answer("size_stride2", "int", "an int", stride2,
-               [(-(-(n - k) // 2) + 1, "rounded up: a window that does not fit is dropped, so use floor((n - k) / s) + 1"),
-                (valid, "ignored the stride of 2"), ((n - k) // 2, "forgot the + 1")],
+               [(-(-(n - k) // s) + 1, "rounded up: a window that does not fit is dropped, so use floor((n - k) / s) + 1"),
+                (valid, f"ignored the stride of {s}"), ((n - k) // s, "forgot the + 1")],
                hint="With stride s: floor((n - k) / s) + 1."),
     ]
 
 
-def _rgb_answers() -> list[Answer]:
-    n, k, f = RGB_SIZE, RGB_K, RGB_FILTERS
+def _rgb_answers(g: Givens = LESSON) -> list[Answer]:
+    n, k, f, c = g.rgb_size, g.rgb_k, g.rgb_filters, g.rgb_channels
     out = reference.conv_output_size(n, k)
     return [
         Answer("rgb_output_shape", "shape", "a tuple (height, width, channels)", (out, out, f),
-               [((out, out, 3), "the output depth is the number of filters, not the number of input channels"),
+               [((out, out, c), "the output depth is the number of filters, not the number of input channels"),
                 ((n, n, f), "that is 'same' padding; this layer uses 'valid'"),
                 ((f, out, out), "Keras puts channels last: (height, width, channels)")]),
-        Answer("rgb_params", "int", "an int", reference.conv2d_params(k, 3, f),
-               [(reference.conv2d_params(k, 1, f), "forgot the 3 input channels: each filter is 3x3x3"),
-                (reference.conv2d_params(k, 3, f, use_bias=False), "forgot the biases (one per filter)"),
+        Answer("rgb_params", "int", "an int", reference.conv2d_params(k, c, f),
+               [(reference.conv2d_params(k, 1, f), f"forgot the {c} input channels: each filter is {k}x{k}x{c}"),
+                (reference.conv2d_params(k, c, f, use_bias=False), "forgot the biases (one per filter)"),
                 (reference.conv2d_params(k, 1, f, use_bias=False), "forgot both the input channels and the biases")],
                hint="Each filter has k*k*channels weights plus one bias."),
     ]
@@ -115,8 +114,8 @@ def _variant(specs, **changes):
                  for s in specs)
 
 
-def _table_answers() -> list[Answer]:
-    seed, shape = reference.SEED_MODEL, reference.SEED_INPUT_SHAPE
+def _table_answers(g: Givens = LESSON) -> list[Answer]:
+    seed, shape = g.table_model(), reference.SEED_INPUT_SHAPE
     rows = reference.layer_table(shape, seed)
     labels = [f"{r.kind}" for r in rows]
     shape_variants = [
@@ -158,36 +157,79 @@ def _table_answers() -> list[Answer]:
     ]
 
 
-def _answers() -> dict[str, Answer]:
-    small = _conv(SMALL_IMAGE, SMALL_FILTER)
-    edge = _conv(reference.EDGE_IMAGE, reference.EDGE_KERNEL)
+def answers_for(g: Givens = LESSON) -> dict[str, Answer]:
+    """Every plain-answer question's expected value and typical mistakes, for these numbers."""
+    arrays = g.arrays()
+    image, filt, edge_image, edge_filter, pool_input = (
+        arrays[k] for k in ("image_3x3", "filter_2x2", "edge_image", "edge_filter", "pool_input"))
+    small = _conv(image, filt)
+    edge = _conv(edge_image, edge_filter)
     answers = [
         Answer("conv_small", "array", "a 2x2 numpy array", small,
-               [(_conv(SMALL_IMAGE, np.flip(SMALL_FILTER)), "flipped the filter; in deep learning the filter slides over the image as is (cross-correlation)"),
-                (_conv(SMALL_IMAGE, SMALL_FILTER.T), "transposed the filter (rows and columns swapped)"),
+               [(_conv(image, np.flip(filt)), "flipped the filter; in deep learning the filter slides over the image as is (cross-correlation)"),
+                (_conv(image, filt.T), "transposed the filter (rows and columns swapped)"),
                 (small.T, "rows and columns of the result are swapped")],
                hint="Top-left entry: f1*a + f2*b + f3*d + f4*e.",
                shape_hints={(3, 3): "a 3x3 result is what 'same' padding gives; the example uses no padding",
                             (4, 4): "a 4x4 result is 'full' padding; the example uses no padding"}),
         Answer("edge_output", "array", "a 4x3 numpy array", edge,
-               [(_conv(reference.EDGE_IMAGE, np.flip(reference.EDGE_KERNEL)), "flipped the filter (the signs come out reversed)")],
+               [(_conv(edge_image, np.flip(edge_filter)), "flipped the filter (the signs come out reversed)")],
                hint="Slide the 3x3 filter down the 6 rows and across the 5 columns.",
                shape_hints={(6, 5): "that is 'same' padding; the example uses no padding",
                             (3, 4): "rows and columns are swapped: 6 rows give 4 output rows, 5 columns give 3",
                             (8, 7): "that is 'full' padding"}),
-        *_size_answers(),
-        *_rgb_answers(),
-        Answer("pooled", "array", "a 2x2 numpy array", reference.max_pool2d(POOL_INPUT.astype(float)),
-               [(reference.max_pool2d(-POOL_INPUT.astype(float)) * -1, "took the minimum instead of the maximum"),
-                (POOL_INPUT[:4, :4].reshape(2, 2, 2, 2).mean(axis=(1, 3)), "took the average instead of the maximum")],
+        *_size_answers(g),
+        *_rgb_answers(g),
+        Answer("pooled", "array", "a 2x2 numpy array", reference.max_pool2d(pool_input.astype(float)),
+               [(reference.max_pool2d(-pool_input.astype(float)) * -1, "took the minimum instead of the maximum"),
+                (pool_input[:4, :4].reshape(2, 2, 2, 2).mean(axis=(1, 3)), "took the average instead of the maximum")],
                hint="Split into 2x2 blocks and keep the largest value of each.",
                shape_hints={(3, 3): "pooled the incomplete blocks at the edge; 'valid' max pooling drops them (floor(5 / 2) = 2)"}),
-        *_table_answers(),
+        *_table_answers(g),
     ]
     return {a.key: a for a in answers}
 
 
-ANSWERS: dict[str, Answer] = _answers()
+ANSWERS: dict[str, Answer] = answers_for(LESSON)
+
+# The numbers the checks of this process judge with: the lesson's, unless the grader selected the
+# submitter's variant (use_variant) before running the tests.
+_ACTIVE: dict[str, Any] = {"givens": LESSON, "answers": ANSWERS}
+
+
+def use_variant(givens: Givens | None) -> None:
+    """Judge with these numbers from now on (``None``: the lesson's).  The grader calls it with the
+    variant of the submitter's LMS identity before any test runs."""
+    givens = LESSON if givens is None else givens
+    _ACTIVE.update(givens=givens, answers=ANSWERS if givens == LESSON else answers_for(givens), explicit=True)
+
+
+def _notebook_variant() -> Givens | None:
+    """Where nothing chose the variant (``otter run`` in the student's kernel, no LMS identity):
+    the one the notebook's first cell selected in the student-side module, if variants are on."""
+    import sys
+
+    public = sys.modules.get("cnn_checks")
+    table = getattr(public, "VARIANTS", None)
+    active = getattr(public, "_ACTIVE", None)
+    if not table or not active:
+        return None
+    from assignments.cnn_mnist import variants
+
+    return variants.pool(table["assignment"], table["pool_size"], table.get("salt", ""))[active["index"]]
+
+
+def _sync() -> None:
+    if _ACTIVE.get("explicit"):
+        return
+    givens = _notebook_variant() or LESSON
+    if givens != _ACTIVE["givens"]:
+        _ACTIVE.update(givens=givens, answers=ANSWERS if givens == LESSON else answers_for(givens))
+
+
+def active_givens() -> Givens:
+    _sync()
+    return _ACTIVE["givens"]
 
 
 # --- judging plain answers (hidden tests) -------------------------------------------------
@@ -214,7 +256,13 @@ def explain_answer(key: str, value) -> None:
     This detail is what the public check already tells the student; hidden tests call
     :func:`check_answer`, which does not repeat it.
     """
-    spec = ANSWERS[key]
+    _sync()
+    explain_answer_in(_ACTIVE["answers"], key, value)
+
+
+def explain_answer_in(answers: dict[str, Answer], key: str, value) -> None:
+    """:func:`explain_answer` against the given answers (one variant's)."""
+    spec = answers[key]
     if value is None or value is Ellipsis:
         raise AssertionError(f"`{key}` is not answered: expected {spec.describe}.")
     data = canonical(spec.kind, value, f"`{key}`")
@@ -275,14 +323,15 @@ def _ref_max_pool2d(x, size=2):
 REFERENCE_FUNCTIONS: dict[str, Callable] = {"conv2d": _ref_conv2d, "max_pool2d": _ref_max_pool2d}
 
 
-def public_cases(name: str) -> list[FunctionCase]:
-    """Cases shown to students (the lesson's own examples)."""
+def public_cases(name: str, givens: Givens | None = None) -> list[FunctionCase]:
+    """Cases shown to students (the examples of their notebook: the lesson's, or their variant's)."""
+    a = (givens or active_givens()).arrays()
     if name == "conv2d":
         return [
-            FunctionCase("the edge example (valid padding)", (reference.EDGE_IMAGE.astype(float), reference.EDGE_KERNEL.astype(float)), {}),
-            FunctionCase("the 3x3 image with the 2x2 filter", (SMALL_IMAGE.astype(float), SMALL_FILTER.astype(float)), {}),
+            FunctionCase("the edge example (valid padding)", (a["edge_image"].astype(float), a["edge_filter"].astype(float)), {}),
+            FunctionCase("the 3x3 image with the 2x2 filter", (a["image_3x3"].astype(float), a["filter_2x2"].astype(float)), {}),
         ]
-    return [FunctionCase("the pooling example", (POOL_INPUT.astype(float),), {})]
+    return [FunctionCase("the pooling example", (a["pool_input"].astype(float),), {})]
 
 
 def hidden_cases(name: str, seed: int = 2026) -> list[FunctionCase]:
@@ -458,9 +507,9 @@ def evaluate_live_model(model) -> float:
 
 # --- the student-side module --------------------------------------------------------------
 
-def _public_digest_table() -> dict:
+def _public_digest_table(answers: dict[str, Answer] | None = None) -> dict:
     table = {}
-    for key, spec in ANSWERS.items():
+    for key, spec in (ANSWERS if answers is None else answers).items():
         entry: dict[str, Any] = {"kind": spec.kind, "describe": spec.describe, "hint": spec.hint}
         if spec.kind in ("int_list", "shape_list"):
             item_kind = "int" if spec.kind == "int_list" else "shape"
@@ -480,11 +529,11 @@ def _public_digest_table() -> dict:
     return table
 
 
-def _public_case_table() -> dict:
+def _public_case_table(givens: Givens = LESSON) -> dict:
     table = {}
     for name in REFERENCE_FUNCTIONS:
         rows = []
-        for case in public_cases(name):
+        for case in public_cases(name, givens):
             salt = f"{name}:{case.label}"
             rows.append({
                 "label": case.label,
@@ -499,23 +548,162 @@ def _public_case_table() -> dict:
     return table
 
 
-def render_public_module() -> str:
-    """Source of ``cnn_checks.py``: :mod:`assignments.cnn_mnist.public_checks` with its tables filled in."""
+def public_givens(givens: Givens) -> dict:
+    """What a student's first cell shows: the notebook's arrays and the questions' numbers."""
+    shown = {k: v.tolist() for k, v in givens.arrays().items()}
+    shown.update({k: getattr(givens, k) for k in ("size_n", "size_k", "size_stride", "rgb_size", "rgb_k",
+                                                  "rgb_filters", "rgb_channels", "table_dense")})
+    shown["table_filters"] = list(givens.table_filters)
+    return shown
+
+
+def variant_pool(config) -> tuple[Givens, ...]:
+    """The pool of this assignment's variants for a VariantConfig."""
+    from assignments.cnn_mnist import variants
+
+    return variants.pool(ASSIGNMENT.name, config.pool_size, config.salt)
+
+
+VARIANT_DIGEST_CHARS = 32  # 128 bits of SHA-256 per digest in the variant tables (64 variants of them)
+
+
+def _compact(table: dict, texts: list[str], index: dict[str, int]) -> dict:
+    """One variant's digest table with every message replaced by its index in the shared ``texts``
+    and digests cut to :data:`VARIANT_DIGEST_CHARS` (a 64-variant module stays small)."""
+    def text(t: str) -> int:
+        if t not in index:
+            index[t] = len(texts)
+            texts.append(t)
+        return index[t]
+
+    def entry(e: dict) -> dict:
+        out = dict(e)
+        if "answer" in e:
+            out["answer"] = e["answer"][:VARIANT_DIGEST_CHARS]
+            out["mistakes"] = {d[:VARIANT_DIGEST_CHARS]: text(m) for d, m in e["mistakes"].items()}
+        for k in ("hint", "describe", "label"):
+            if k in e:
+                out[k] = text(e[k])
+        if "shape_hints" in e:
+            out["shape_hints"] = {s: text(m) for s, m in e["shape_hints"].items()}
+        if "items" in e:
+            out["items"] = [entry(i) for i in e["items"]]
+        return out
+
+    return {key: entry(e) for key, e in table.items()}
+
+
+def _public_variant_table(config) -> dict:
+    pool = variant_pool(config)
+    texts: list[str] = []
+    index: dict[str, int] = {}
+    variants = []
+    for g in pool:
+        cases = _public_case_table(g)
+        variants.append({"givens": public_givens(g), "answers": _compact(_public_digest_table(answers_for(g)), texts, index),
+                         "cases": {name: [dict(_compact({"c": c}, texts, index)["c"], label=c["label"]) for c in rows]
+                                   for name, rows in cases.items()}})
+    return {"assignment": ASSIGNMENT.name, "pool_size": config.pool_size, "salt": config.salt,
+            "texts": texts, "variants": variants}
+
+
+def _variant_literal(table: dict) -> str:
+    """The variant table as a Python literal with one line per variant (pprint would take 2.5x the bytes)."""
+    head = {k: v for k, v in table.items() if k != "variants"}
+    lines = [pprint.pformat(head, width=100)[:-1] + ","]
+    lines.append(" 'variants': [")
+    lines += [f"  {v!r}," for v in table["variants"]]
+    lines.append(" ]}")
+    return "\n".join(lines)
+
+
+def render_public_module(variants=None) -> str:
+    """Source of ``cnn_checks.py``: :mod:`assignments.cnn_mnist.public_checks` with its tables filled in.
+
+    With variants on, the lesson's tables stay empty and ``VARIANTS`` holds, per variant of the pool,
+    its numbers (not secret) and the digests of its answers and mistakes (as many as today's, each).
+    """
     source = inspect.getsource(public_checks)
+    on = variants is not None and variants.enabled
     fills = {
-        "ANSWER_DIGESTS: dict = {}": _public_digest_table(),
+        "ANSWER_DIGESTS: dict = {}": {} if on else _public_digest_table(),
         "EXPECTED_LAYERS: list = []": expected_layers(),
-        "PUBLIC_CASES: dict = {}": _public_case_table(),
+        "PUBLIC_CASES: dict = {}": {} if on else _public_case_table(),
+        "VARIANTS: dict = {}": _public_variant_table(variants) if on else {},
     }
     for placeholder, table in fills.items():
         assert source.count(placeholder) == 1, placeholder
-        source = source.replace(placeholder, f"{placeholder[:-2]}{pprint.pformat(table, width=100)}")
+        text = _variant_literal(table) if placeholder.startswith("VARIANTS") and table else pprint.pformat(table, width=100)
+        source = source.replace(placeholder, f"{placeholder[:-2]}{text}")
     header = "# Generated by `python -m autograder build` from autograder/public_checks.py: do not edit.\n"
     return header + source
 
 
-def probe_plan() -> dict[str, list[dict]]:
-    """Every call the grading engine makes on each student function in the sandbox (public + hidden)."""
-    return {name: [{"args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args], "kwargs": dict(case.kwargs)}
-                   for case in public_cases(name) + hidden_cases(name)]
-            for name in REFERENCE_FUNCTIONS}
+def probe_plan(variants=None) -> dict[str, list[dict]]:
+    """Every call the grading engine makes on each student function in the sandbox (public + hidden).
+
+    With ``variants`` (a VariantConfig, on) the public examples of every variant of the pool too:
+    the judge settles the submitter's variant after the probe, and the examples are small."""
+    givens = [LESSON] if variants is None or not variants.enabled else list(variant_pool(variants))
+    plan = {}
+    for name in REFERENCE_FUNCTIONS:
+        cases = [c for g in givens for c in public_cases(name, g)] + hidden_cases(name)
+        calls, seen = [], set()
+        for case in cases:
+            call = {"args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args], "kwargs": dict(case.kwargs)}
+            key = json.dumps(call, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                calls.append(call)
+        plan[name] = calls
+    return plan
+
+
+# --- per-student variants (hooks the engine calls when the spec turns them on) --------------------
+
+def variant_master(nb) -> None:
+    """Rewrite the master notebook for variants (see :func:`assignments.cnn_mnist.variants.variant_master`)."""
+    from assignments.cnn_mnist import variants
+
+    variants.variant_master(nb)
+
+
+def variant_solution(nb) -> None:
+    """The built solution notebook is one student's: fill in the sample id."""
+    from assignments.cnn_mnist import variants
+
+    variants.set_student_id(nb, variants.SAMPLE_ID)
+
+
+def select_variant(config: dict, identity: str | None, identity_source: str | None, declared: str | None,
+                   values: dict, public) -> dict:
+    """Judge with the submitter's variant from now on, in this process (hidden checks here, public
+    checks in ``public``, the student-side module), and return what the instructor should know:
+    ``index`` (0-based; None: unknown), ``pool_size``, ``identity_source``, ``declared_id`` and
+    ``declared_index`` (the notebook's STUDENT_ID), ``declared_differs``, and ``matches``
+    ({variant index: [answer keys]}: answers right for that variant but wrong for one's own)."""
+    from assignments.cnn_mnist import variants
+
+    pool_size, salt = int(config["pool_size"]), str(config.get("salt", ""))
+    pool = variants.pool(ASSIGNMENT.name, pool_size, salt)
+    declared_index = None
+    if declared is not None and variants.normalize_identity(declared):
+        declared_index = variants.variant_index(ASSIGNMENT.name, declared, pool_size, salt)
+    info: dict = {"pool_size": pool_size, "identity_source": identity_source if identity else None,
+                  "declared_id": declared, "declared_index": declared_index, "index": None,
+                  "declared_differs": False, "matches": {}}
+    if identity and variants.normalize_identity(identity):
+        info["index"] = variants.variant_index(ASSIGNMENT.name, identity, pool_size, salt)
+        info["declared_differs"] = (declared is None
+                                    or variants.normalize_identity(declared) != variants.normalize_identity(identity))
+    elif declared_index is not None:
+        info["index"], info["identity_source"] = declared_index, "the notebook's STUDENT_ID (no LMS identity)"
+    public._ACTIVE.clear()  # unknown variant: the public checks ask for the id
+    if info["index"] is None:  # the hidden checks judge with the lesson's numbers; the report flags it
+        use_variant(None)
+        return info
+    use_variant(pool[info["index"]])
+    public._ACTIVE.update(public.VARIANTS["variants"][info["index"]], index=info["index"])
+    answers = {k: v for k, v in values.items() if k in ANSWERS}
+    info["matches"] = {str(i): keys for i, keys in variants.other_variant_matches(answers, info["index"], pool).items()}
+    return info

@@ -30,13 +30,92 @@ __all__ = [
     "is_stub",
     "model_layers",
     "not_implemented_message",
+    "normalize_identity",
+    "variant_index",
+    "use_student",
+    "my_numbers",
+    "show_numbers",
 ]
 
 # --- filled by the build (assignments.cnn_mnist.checks.render_public_module) -------------------------
 ANSWER_DIGESTS: dict = {}
 EXPECTED_LAYERS: list = []
 PUBLIC_CASES: dict = {}
+# per-student variants (empty when the assignment has none): {"assignment", "pool_size", "salt",
+# "variants": [{"givens": ..., "answers": <like ANSWER_DIGESTS>, "cases": <like PUBLIC_CASES>}, ...]}
+VARIANTS: dict = {}
 # ------------------------------------------------------------------------------------------
+
+_ACTIVE: dict = {}  # the variant chosen by use_student (student side) or by the grader
+
+
+def normalize_identity(identity) -> str:
+    """The form of an LMS id or e-mail that picks a variant: Unicode NFKC, case-folded, without
+    any whitespace (so ' Ada@Uni.EDU ' and 'ada@uni.edu' are one student)."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", str(identity)).casefold()
+    return "".join(text.split())
+
+
+def variant_index(assignment: str, identity, pool_size: int, salt: str = "") -> int:
+    """Which of ``pool_size`` variants the student with this identity gets (SHA-256, public)."""
+    ident = normalize_identity(identity)
+    if not ident:
+        raise ValueError("the student id is empty")
+    h = hashlib.sha256(f"{assignment}\x1f{salt}\x1f{ident}".encode()).digest()
+    return int.from_bytes(h[:8], "big") % pool_size
+
+
+def use_student(identity) -> dict:
+    """Select this student's numbers for the checks; returns them (the notebook's first cell)."""
+    if not VARIANTS:
+        return {}
+    if isinstance(identity, bool) or not isinstance(identity, (str, int)) or not str(identity).strip():
+        raise ValueError("Enter your id first: STUDENT_ID = \"...\" (in quotes) in the first cell.")
+    index = variant_index(VARIANTS["assignment"], identity, VARIANTS["pool_size"], VARIANTS.get("salt", ""))
+    _ACTIVE.clear()
+    _ACTIVE.update(VARIANTS["variants"][index], index=index)
+    return my_numbers()
+
+
+def my_numbers() -> dict:
+    """The selected variant's givens as numpy arrays and ints (empty without variants)."""
+    if not _ACTIVE:
+        return {}
+    import numpy as np
+
+    return {k: (np.array(v) if isinstance(v, list) and v and isinstance(v[0], list) else
+                tuple(v) if isinstance(v, list) else v) for k, v in _ACTIVE["givens"].items()}
+
+
+def show_numbers() -> None:
+    """Print the selected variant's numbers, question by question (the notebook's first cell)."""
+    g = _ACTIVE.get("givens") if _ACTIVE else None
+    if not g:
+        return
+    import numpy as np
+
+    f1, f2, f3 = g["table_filters"]
+    print(f"Your numbers (variant {_ACTIVE['index'] + 1} of {VARIANTS['pool_size']}):\n")
+    print("Question 1: image_3x3 =\n" + str(np.array(g["image_3x3"])) + "\nfilter_2x2 =\n" + str(np.array(g["filter_2x2"])))
+    print(f"Question 2: edge_image has three rows of {g['edge_image'][0][0]} above three rows of "
+          f"{g['edge_image'][-1][0]}; edge_filter has rows {g['edge_filter'][0][0]}, 0, {g['edge_filter'][2][0]}")
+    print(f"Question 3: n = {g['size_n']}, k = {g['size_k']}, stride s = {g['size_stride']} (for size_stride2)")
+    print(f"Question 4: a {g['rgb_size']}x{g['rgb_size']} image with {g['rgb_channels']} channels, "
+          f"Conv2D({g['rgb_filters']}, ({g['rgb_k']}, {g['rgb_k']})) with valid padding and biases")
+    print("Question 5: pool_input =\n" + str(np.array(g["pool_input"])))
+    print(f"Question 6: Conv2D({f1}, (3, 3)), MaxPooling2D((2, 2)), Conv2D({f2}, (3, 3)), MaxPooling2D((2, 2)), "
+          f"Conv2D({f3}, (3, 3)), Flatten(), Dense({g['table_dense']}), Dense(10) on 28x28x1 inputs")
+
+
+def _tables() -> tuple[dict, dict]:
+    if not VARIANTS:
+        return ANSWER_DIGESTS, PUBLIC_CASES
+    if not _ACTIVE:
+        raise AssertionError("Run the notebook's first cell with your student id first: your numbers, and "
+                             "the checks for them, depend on it.")
+    return _ACTIVE["answers"], _ACTIVE["cases"]
 
 ROUND_DECIMALS = 6
 
@@ -105,21 +184,27 @@ def digest(data, salt: str = "") -> str:
     return hashlib.sha256(f"{salt}|{text}".encode()).hexdigest()
 
 
+def _text(x) -> str:
+    """A message: the text itself, or (variant tables) its index in the shared ``VARIANTS["texts"]``."""
+    return VARIANTS["texts"][x] if isinstance(x, int) and not isinstance(x, bool) and VARIANTS else (x or "")
+
+
 def _judge(entry: dict, data, salt: str, label: str) -> None:
     h = digest(data, salt)
-    if h == entry["answer"]:
+    if h[:len(entry["answer"])] == entry["answer"]:
         return
-    hint = entry["mistakes"].get(h)
-    if hint:
-        raise AssertionError(f"{label} is not right yet. Likely mistake: {hint}")
-    raise AssertionError(f"{label} is not right yet. {entry.get('hint', '')}".strip())
+    mistakes = entry["mistakes"]
+    hint = next((m for d, m in mistakes.items() if h[:len(d)] == d), None) if VARIANTS else mistakes.get(h)
+    if hint is not None and _text(hint):
+        raise AssertionError(f"{label} is not right yet. Likely mistake: {_text(hint)}")
+    raise AssertionError(f"{label} is not right yet. {_text(entry.get('hint', ''))}".strip())
 
 
 def check_answer(key: str, value) -> None:
     """Raise ``AssertionError`` with feedback unless ``value`` is the right answer for ``key``."""
-    spec = ANSWER_DIGESTS[key]
+    spec = _tables()[0][key]
     if value is None or value is Ellipsis:
-        raise AssertionError(f"`{key}` is not answered yet: replace the ... with {spec['describe']}.")
+        raise AssertionError(f"`{key}` is not answered yet: replace the ... with {_text(spec['describe'])}.")
     data = canonical(spec["kind"], value, f"`{key}`")
     if spec["kind"] in ("int_list", "shape_list"):
         items = spec["items"]
@@ -130,14 +215,14 @@ def check_answer(key: str, value) -> None:
         problems = []
         for i, (item, entry) in enumerate(zip(data, items)):
             try:
-                _judge(entry, item, f"{key}[{i}]", f"entry {i} ({entry['label']})")
+                _judge(entry, item, f"{key}[{i}]", f"entry {i} ({_text(entry['label'])})")
             except AssertionError as exc:
                 problems.append(str(exc))
         if problems:
             raise AssertionError(f"`{key}`:\n  " + "\n  ".join(problems))
         return
     if spec["kind"] == "array" and data["shape"] != spec["shape"]:
-        hint = spec.get("shape_hints", {}).get(json.dumps(data["shape"]))
+        hint = _text(spec.get("shape_hints", {}).get(json.dumps(data["shape"])))
         msg = f"`{key}` has shape {tuple(data['shape'])}, expected {tuple(spec['shape'])}."
         raise AssertionError(msg + (f" Likely mistake: {hint}" if hint else ""))
     _judge(spec, data, key, f"`{key}`")
@@ -173,7 +258,7 @@ def check_function(name: str, func) -> None:
     """Run the student's function on the public cases (inputs shown in the notebook)."""
     if not callable(func):
         raise AssertionError(f"`{name}` should be a function; define it with `def {name}(...)`.")
-    for case in PUBLIC_CASES[name]:
+    for case in _tables()[1][name]:
         import numpy as np
 
         args = [np.array(a, dtype=np.float64) for a in case["args"]]

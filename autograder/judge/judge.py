@@ -153,15 +153,35 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
     return questions
 
 
+def select_variant(request: dict, env: dict, public) -> dict | None:
+    """With variants on: the assignment's checks judge with the submitter's variant (from the LMS
+    identity; the notebook's ``STUDENT_ID`` only when there is none) and say what the instructor
+    should know (returned as the result's ``variant``)."""
+    spec = request.get("variant")
+    if not spec:
+        return None
+    from autograder import registry
+
+    declared = env.get("STUDENT_ID")
+    declared = clean_text(declared, 200) if isinstance(declared, (str, int)) and not isinstance(declared, bool) else None
+    answers = {k: v for k, v in env.items() if not isinstance(v, ExtractionFailed)}
+    return registry.get(spec["assignment"]).checks_module().select_variant(
+        spec["config"], spec.get("identity"), spec.get("identity_source"), declared, answers, public)
+
+
 def judge(request: dict) -> dict:
     name = request["public_module_name"]  # the student-side check module the public tests import
     public = types.ModuleType(name)
     exec(compile(request["public_module"], f"{name}.py", "exec"), public.__dict__)
     sys.modules[name] = public
     env = build_env(request["values"], request["functions"], request.get("retrain"))
+    variant = select_variant(request, env, public)
     questions = run_tests(request["tests"], env)
     retrain_reports = [v.last_report for v in env.values() if isinstance(v, ExtractedModel) and v.last_report]
-    return {"questions": questions, "retrain": retrain_reports[0] if retrain_reports else None}
+    out = {"questions": questions, "retrain": retrain_reports[0] if retrain_reports else None}
+    if variant is not None:
+        out["variant"] = variant
+    return out
 
 
 def warm_up() -> None:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from autograder.spec import AssignmentSpec, TrainingPolicy
 
 from autograder import __version__, protocol
+from autograder.variants import VariantConfig
 from autograder.probe.sandbox import Limits, probe
 from autograder.result import GRADER_ERROR, RESULT_SCHEMA_VERSION, GradeResult  # noqa: F401 (re-exported)
 
@@ -54,6 +55,11 @@ class Autograder:
     tests: dict[str, str]  # file name -> exception-format Otter test source
     public_module: str  # files/<spec.public_module_name>: the student-side check module
     sha256: str
+    variants: dict | None = None  # variants.json (VariantConfig as a dict): per-student variants on
+
+    @property
+    def variants_on(self) -> bool:
+        return bool(self.variants and self.variants.get("enabled"))
 
     @classmethod
     def from_zip(cls, path: str | os.PathLike) -> "Autograder":
@@ -68,7 +74,8 @@ class Autograder:
             config = json.loads(z.read("otter_config.json"))
             name = config.get("assignment_name") or Path(path).stem
             public = z.read(f"files/{registry.get(name).public_module_name}").decode()
-        return cls(name, tests, public, hashlib.sha256(raw).hexdigest())
+            variants = json.loads(z.read("variants.json")) if "variants.json" in z.namelist() else None
+        return cls(name, tests, public, hashlib.sha256(raw).hexdigest(), variants)
 
     @property
     def spec(self) -> "AssignmentSpec":
@@ -274,8 +281,14 @@ def grade_notebook(
     retrain: RetrainOptions = RetrainOptions(),
     real_fit: bool = False,
     on_partial: Callable[[dict], None] | None = None,
+    identity: str | None = None,
+    identity_source: str = "LMS",
 ) -> dict:
     """Grade one notebook; never raises for anything the submission does.
+
+    ``identity`` is the submitter's LMS identity (e-mail or id, see :func:`variants.lms_identity`):
+    with variants on, it alone chooses the numbers the answers are judged with; the notebook's own
+    ``STUDENT_ID`` is used only when there is none, and a different one is flagged (``variant``).
 
     ``on_partial`` receives the result judged without the retrained accuracy (``retrain_pending``
     is true, the training check says the score is provisional) before retraining starts."""
@@ -284,13 +297,18 @@ def grade_notebook(
     spec = ag.spec
     zip_path = [] if isinstance(autograder, Autograder) else [Path(autograder)]
     variables = ag.variables()
-    functions = spec.probe_plan(variables)
+    if ag.variants_on and "STUDENT_ID" not in variables:
+        variables.append("STUDENT_ID")  # the notebook's claim: compared, never trusted
+    variant_config = VariantConfig(**ag.variants) if ag.variants_on else None
+    functions = spec.probe_plan(variables, variant_config)
     before = _grader_fingerprint(zip_path)
     result = GradeResult(assignment=ag.name, submission=str(notebook), versions=_versions())
     private = [Path(autograder).resolve().parent] if zip_path else []
     data_file = spec.dataset.probe_file() if spec.dataset.probe_file else None
+    # with variants the notebook's first cell imports the student-side checks, as students have them
+    files = {spec.public_module_name: ag.public_module.encode()} if ag.variants_on else None
     probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, mnist_npz=data_file,
-                   private=private)
+                   private=private, files=files)
     result.limits_hit = probed.limits_hit
     result.isolation = probed.isolation
     result.execution = {"seconds": probed.seconds, "cells": probed.cells, "skipped_cells": probed.skipped,
@@ -307,6 +325,9 @@ def grade_notebook(
                                      public_module_name=spec.public_module_stem, values=values, functions=functions,
                                      retrain=retrain.for_judge(spec))
     timings = result.execution["timings"] = {"probe": probed.seconds, "retrain": 0.0, "judge": 0.0}
+    if ag.variants_on:
+        request["variant"] = {"assignment": ag.name, "config": ag.variants, "identity": identity,
+                              "identity_source": identity_source if identity else None}
     try:
         if retrain.enabled and any((d or {}).get("status") == protocol.MODEL for d in values.values()):
             if on_partial is not None:
@@ -326,4 +347,5 @@ def grade_notebook(
     except Exception as exc:  # the trusted side failed: not the submission's fault
         result.fail(f"{result.error + '; ' if result.error else ''}grader error: {exc}", GRADER_ERROR)
         return result.finish(started).to_dict()
+    result.variant = judged.get("variant")
     return result.judged(judged["questions"], judged["retrain"]).finish(started).to_dict()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import functools
 import io
 import os
 import re
@@ -151,10 +152,46 @@ def canvas_column(assignment: str | None = None, assignment_id: str | int | None
     return f"{m.group('title')} ({m.group('id')})"
 
 
-def flags(r: dict) -> list[str]:
+def variant_peers(results: list[dict]) -> dict[int, list[str]]:
+    """Variant index -> the ids of this batch's students who have it (per-student variants)."""
+    peers: dict[int, list[str]] = {}
+    for r in results:
+        index = (r.get("variant") or {}).get("index")
+        if index is not None and not (r["student"].get("extra") or {}).get("duplicate_of"):
+            peers.setdefault(int(index), []).append(r["student"]["id"])
+    return peers
+
+
+def variant_flags(r: dict, peers: dict[int, list[str]] | None = None) -> list[str]:
+    """Per-student variants: a notebook id that is not the submitter's, answers right only for
+    another student's numbers (instructor only: they name classmates)."""
+    v = r.get("variant")
+    if not v:
+        return []
+    out = []
+    own = v.get("index")
+    if own is None:
+        out.append("variant unknown: no LMS identity and no STUDENT_ID in the notebook")
+    elif v.get("declared_differs"):
+        declared = v.get("declared_id")
+        which = ("" if v.get("declared_index") is None else
+                 " (the same variant)" if v.get("declared_index") == own else f" (variant {v['declared_index'] + 1})")
+        out.append(f"notebook's STUDENT_ID {declared!r}{which} is not the submitter's; graded on the submitter's "
+                   f"variant {own + 1}" if declared is not None else
+                   f"no STUDENT_ID in the notebook; graded on the submitter's variant {own + 1}")
+    elif str(v.get("identity_source", "")).startswith("the notebook"):
+        out.append(f"variant {own + 1} taken from the notebook's STUDENT_ID (no LMS identity)")
+    for index, keys in sorted((v.get("matches") or {}).items(), key=lambda kv: int(kv[0])):
+        names = [i for i in (peers or {}).get(int(index), []) if i != r["student"]["id"]]
+        who = ", ".join(names) if names else f"variant {int(index) + 1} (no student of this batch)"
+        out.append(f"matches variant of {who}: {', '.join(keys)}")
+    return out
+
+
+def flags(r: dict, peers: dict[int, list[str]] | None = None) -> list[str]:
     """What a person should look at for this row (instructor's report only, never a student's page)."""
     extra = r["student"].get("extra") or {}
-    out = []
+    out = variant_flags(r, peers)
     if extra.get("identical_to"):
         out.append(f"byte-identical to {extra['identical_to']}")
     if extra.get("duplicate_of"):
@@ -209,12 +246,13 @@ def write_canvas_csv(results: list[dict], path: Path, column: str) -> list[tuple
 def write_review_csv(results: list[dict], path: Path) -> int:
     """Everything a person should look at: rows left out of the Canvas import, and flags."""
     n = 0
+    peers = variant_peers(results)
     with _private_writer(path) as f:
         w = csv.writer(f)
         w.writerow(["id", "source", "canvas_user_id", "status", "in_canvas_import", "reason"])
         for r in sorted(results, key=lambda r: r["student"]["id"]):
             row, why = canvas_row(r)
-            reasons = ([why] if row is None else []) + [f for f in flags(r) if not why or f not in why]
+            reasons = ([why] if row is None else []) + [f for f in flags(r, peers) if not why or f not in why]
             if row is None or reasons:
                 n += 1
                 s = r["student"]
@@ -339,7 +377,8 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
                           n_grader_errors=sum(r["status"] == "grader_error" for r in results),
                           mean=round(statistics.mean(scores), 2), median=statistics.median(scores),
                           max_score=max_score, plots=_plots(results) if results else [], canvas=canvas,
-                          n_review=n_review, accuracy=_accuracy, flags=flags,
+                          n_review=n_review, accuracy=_accuracy,
+                          flags=functools.partial(flags, peers=variant_peers(results)),
                           results=sorted(results, key=lambda r: r["student"]["id"]))
     write_private_text(out / "report.html", page)
     return failed

@@ -447,7 +447,8 @@ def probe(
     ``functions`` maps a variable that should hold a function to the calls to make on it
     (``{"args": [...], "kwargs": {...}}``); their outputs come back instead of the function.
     ``private`` names more folders the submission must not see (the autograder zip's, the
-    submission's own).  The jail is self-tested first (once per process)."""
+    submission's own).  ``files`` are put beside the notebook (what students have there, such as
+    ``cnn_checks.py``).  The jail is self-tested first (once per process)."""
     result = ProbeResult()
     started = time.monotonic()
     try:
@@ -525,6 +526,7 @@ class _Run:
         self.ignored = 0
         self.lock = threading.Lock()
         self.uid: int | None = None  # the slot uid, once the jail is open
+        self.files: dict[str, bytes] = {}  # put beside the notebook
         self.root_pid: int | None = None  # the jail's outermost process, once started
         self.process_culprit: int | None = None  # the cell that left too many processes behind
         self.go_fd: int | None = None  # write end of the go-ahead pipe the runtime waits on between cells
