@@ -217,3 +217,19 @@ def test_keras_agrees_on_every_variants_sizes_channels_and_layer_table(keras):
             L.Dense(g.table_dense, activation="relu"), L.Dense(10, activation="softmax")])
         assert shapes == answers["layer_output_shapes"].expected
         assert params == answers["layer_params"].expected and total == answers["total_params"].expected
+
+
+def test_the_variant_notebook_rewrite_finds_every_cell_it_rewrites_exactly_once():
+    import nbformat
+
+    from autograder import registry
+
+    master = registry.get(ASSIGNMENT).master_notebook
+    nb = nbformat.read(master, as_version=4)
+    variants.variant_master(nb)
+    text = "\n".join(c.source for c in nb.cells)
+    assert "STUDENT_ID = ..." in text and "the lesson's examples" not in text
+    broken = nbformat.read(master, as_version=4)
+    broken.cells = [c for c in broken.cells if variants.GIVENS_MARKER not in c.source]
+    with pytest.raises(ValueError, match="givens"):
+        variants.variant_master(broken)

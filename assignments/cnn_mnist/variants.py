@@ -346,6 +346,12 @@ VARIANT_CELLS = {
         "total_params = sum(layer_params)  # SOLUTION"),
 }
 GIVENS_MARKER = "# The numbers the questions use."
+#: phrases of other markdown cells that would be wrong with one's own numbers (each occurs once)
+TEXT_CHANGES = {
+    "every layer's output shape and parameter count of the lesson's CNN,":
+        "every layer's output shape and parameter count of a CNN like the lesson's (with your own numbers),",
+    "The public check runs it on the lesson's examples;": "The public check runs it on your notebook's examples;",
+}
 
 
 def variant_master(nb) -> None:
@@ -355,9 +361,15 @@ def variant_master(nb) -> None:
 
     done: dict[str, int] = {"givens": 0, **{f"{q}:prompt": 0 for q in VARIANT_CELLS},
                             **{f"{q}:solution": 0 for q in VARIANT_CELLS}}
+    done.update({phrase: 0 for phrase in TEXT_CHANGES})
     question, in_solution, prompted = None, False, False
     for cell in nb.cells:
         src = cell.source
+        if cell.cell_type == "markdown":
+            for phrase, new in TEXT_CHANGES.items():
+                if phrase in src:
+                    cell.source = src = src.replace(phrase, new)
+                    done[phrase] += 1
         if cell.cell_type == "code" and GIVENS_MARKER in src:
             cell.source = GIVENS_CELL
             done["givens"] += 1
