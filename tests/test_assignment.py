@@ -202,3 +202,11 @@ def test_solution_recipe_retrained_from_scratch_reaches_99(engine_results):
     assert report["error"] is None and not report["cache_hit"]
     assert report["accuracy"] >= 0.99, report
     assert report["epochs"] == 10 and report["batch_size"] == 128
+
+
+def test_digits_solution_recipe_retrained_from_scratch_above_its_threshold(engine_results):
+    """The second assignment's solution retrains in seconds, so every run retrains it (not marked slow)."""
+    report = engine_results["digits"]["solution"]["retrain"]
+    assert report["error"] is None and not report["cache_hit"], report
+    assert report["accuracy"] > registry.get("digits").training.threshold, report
+    assert report["epochs"] == 40 and report["batch_size"] == 32
