@@ -137,15 +137,19 @@ def environment_yml() -> str:
 
 
 def _package_files(spec: "AssignmentSpec | None" = None) -> dict[str, Path]:
-    """The grader package and the assignment's package (Python files), by their path in a bundle."""
+    """The grader package, the assignment's package and the shared course content it imports
+    (``spec.shared``; Python files), by their path in a bundle."""
     files = {f"autograder/{p.relative_to(PACKAGE_DIR).as_posix()}": p for p in sorted(PACKAGE_DIR.rglob("*.py"))
              if "__pycache__" not in p.parts}
     if spec is not None:
         top = spec.package_dir.parent  # assignments/
         files["assignments/__init__.py"] = top / "__init__.py"
-        for p in sorted(spec.package_dir.rglob("*.py")):
-            if "__pycache__" not in p.parts and not {"student", "samples", "master"} & set(p.relative_to(top).parts):
-                files[f"assignments/{p.relative_to(top).as_posix()}"] = p
+        for folder in [spec.package_dir, *spec.shared_dirs]:  # its own package and the shared content it imports
+            if folder.parent != top:
+                raise ValueError(f"{folder} is not a package directly under {top}")
+            for p in sorted(folder.rglob("*.py")):
+                if "__pycache__" not in p.parts and not {"student", "samples", "master"} & set(p.relative_to(folder).parts):
+                    files[f"assignments/{p.relative_to(top).as_posix()}"] = p
     return files
 
 

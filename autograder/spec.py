@@ -30,7 +30,9 @@ What is specific to one unit, and where it lives:
 * the training policy (:class:`TrainingPolicy`): accuracy threshold, the seed rule, the compute
   budget, whether training credit needs the lesson's architecture;
 * the master notebook (Otter Assign format) and, optionally, a ``samples`` module that writes the
-  sample submissions.
+  sample submissions;
+* the course-content packages it shares with other units (``shared``, e.g. ``assignments.cnn_common``),
+  which the build bundles with it.
 
 Defaults are written once, here (and in :class:`autograder.verifier.budget.Budget`); the CLI
 reads its option defaults from these dataclasses.
@@ -101,6 +103,9 @@ class AssignmentSpec:
     master: str = ""  # master notebook, relative to the package folder (default "master/<name>.ipynb")
     samples: str | None = None  # module with write_samples(student_nb, solution_nb, out_dir)
     variants: VariantConfig = field(default_factory=VariantConfig)  # per-student numbers (off by default)
+    # course-content packages the assignment's modules import besides its own (e.g. content shared by
+    # several units, "assignments.cnn_common"): bundled with it in the zips, masked in the jail like it
+    shared: tuple[str, ...] = ()
 
     # --- derived ---------------------------------------------------------------------------
 
@@ -108,6 +113,11 @@ class AssignmentSpec:
     def package_dir(self) -> Path:
         module = importlib.import_module(self.package)
         return Path(module.__file__).resolve().parent
+
+    @property
+    def shared_dirs(self) -> list[Path]:
+        """The folders of the :attr:`shared` packages."""
+        return [Path(importlib.import_module(p).__file__).resolve().parent for p in self.shared]
 
     @property
     def master_notebook(self) -> Path:

@@ -148,8 +148,9 @@ def notebook_for(student: dict, untouched: nbformat.NotebookNode) -> nbformat.No
         model = model.replace("activation='relu', input_shape", "activation='relu', padding='same', input_shape")
     sample = samples.Sample(
         student["id"], "generated", answers=answers,
-        conv2d=samples.CONV2D_LOOP.replace("KERNEL", "kernel" if student["conv2d"] == "right" else "kernel[::-1, ::-1]"),
-        max_pool2d=samples.MAX_POOL_FLOOR if student["max_pool2d"] == "right" else samples.MAX_POOL_CEIL,
+        functions={"conv2d": samples.CONV2D_LOOP.replace("KERNEL", "kernel" if student["conv2d"] == "right"
+                                                         else "kernel[::-1, ::-1]"),
+                   "max_pool2d": samples.MAX_POOL_FLOOR if student["max_pool2d"] == "right" else samples.MAX_POOL_CEIL},
         model=model, training=None if recipe_of(student) is None else training_code(recipe_of(student)))
     nb = samples.fill(untouched, sample)
     nb.metadata.pop(samples.METADATA_KEY, None)

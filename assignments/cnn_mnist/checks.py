@@ -10,22 +10,22 @@ Hidden tests call :func:`check_answer`, :func:`check_function`, :func:`check_mod
 input or an expected value, and do not repeat what the public check already said
 (:func:`explain_answer` and :func:`judge_function_output` hold the detail).  Public tests call the same-named functions of the student-side copy
 of :mod:`assignments.cnn_mnist.public_checks`, which :func:`render_public_module` fills with digests.
+The judging machinery is the CNN units' shared :mod:`assignments.cnn_common.judging`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
 import pprint
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from assignments.cnn_common import judging
+from assignments.cnn_common.judging import Answer
 from assignments.cnn_mnist import public_checks
 from assignments.cnn_mnist import reference
-from assignments.cnn_mnist.public_checks import canonical, digest
+from assignments.cnn_mnist.public_checks import canonical
 from assignments.cnn_mnist.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
 from assignments.cnn_mnist.spec import ASSIGNMENT
 from assignments.cnn_mnist.variants import LESSON, Givens
@@ -46,21 +46,6 @@ GIVENS = {
     "edge_filter": reference.EDGE_KERNEL,
     "pool_input": POOL_INPUT,
 }
-
-
-@dataclass
-class Answer:
-    """One value a student assigns to a named variable."""
-
-    key: str
-    kind: str  # see public_checks.canonical
-    describe: str
-    expected: Any
-    mistakes: list[tuple[Any, str]] = field(default_factory=list)
-    hint: str = ""
-    labels: list[str] = field(default_factory=list)  # per-entry labels for list answers
-    item_mistakes: list[list[tuple[Any, str]]] = field(default_factory=list)
-    shape_hints: dict[tuple, str] = field(default_factory=dict)
 
 
 def _conv(image, kernel, **kw):
@@ -234,20 +219,7 @@ def active_givens() -> Givens:
 
 # --- judging plain answers (hidden tests) -------------------------------------------------
 
-ATOL = 1e-6
-
-
-def _close(kind: str, a, b) -> bool:
-    if kind == "array":
-        return a["shape"] == b["shape"] and np.allclose(a["values"], b["values"], rtol=1e-6, atol=ATOL)
-    return a == b
-
-
-def _explain(kind: str, data, expected, mistakes, label: str, hint: str) -> str:
-    for value, msg in mistakes:
-        if _close(kind, data, canonical(kind, value)):
-            return f"{label} is not right. Likely mistake: {msg}"
-    return f"{label} is not right. {hint}".strip()
+ATOL = judging.ATOL
 
 
 def explain_answer(key: str, value) -> None:
@@ -262,52 +234,18 @@ def explain_answer(key: str, value) -> None:
 
 def explain_answer_in(answers: dict[str, Answer], key: str, value) -> None:
     """:func:`explain_answer` against the given answers (one variant's)."""
-    spec = answers[key]
-    if value is None or value is Ellipsis:
-        raise AssertionError(f"`{key}` is not answered: expected {spec.describe}.")
-    data = canonical(spec.kind, value, f"`{key}`")
-    want = canonical(spec.kind, spec.expected)
-    if spec.kind in ("int_list", "shape_list"):
-        if len(data) != len(want):
-            raise AssertionError(f"`{key}` should have {len(want)} entries, one per layer, got {len(data)}.")
-        item_kind = "int" if spec.kind == "int_list" else "shape"
-        problems = [
-            _explain(item_kind, d, w, spec.item_mistakes[i], f"entry {i} ({spec.labels[i]})", "")
-            for i, (d, w) in enumerate(zip(data, want)) if d != w
-        ]
-        if problems:
-            raise AssertionError(f"`{key}`: " + "; ".join(problems) + f" {spec.hint}")
-        return
-    if spec.kind == "array" and data["shape"] != want["shape"]:
-        hint = spec.shape_hints.get(tuple(data["shape"]), "")
-        raise AssertionError(
-            f"`{key}` has shape {tuple(data['shape'])}, expected {tuple(want['shape'])}."
-            + (f" Likely mistake: {hint}" if hint else "")
-        )
-    if not _close(spec.kind, data, want):
-        raise AssertionError(_explain(spec.kind, data, want, spec.mistakes, f"`{key}`", spec.hint))
+    judging.explain_answer_in(answers, key, value)
 
 
 def check_answer(key: str, value) -> None:
     """Hidden test: pass or fail with a general message (no expected value, no repeat of the
     public check's detail, which :func:`explain_answer` gives)."""
-    if value is None or value is Ellipsis:
-        raise AssertionError(f"`{key}` is not answered yet.")
-    try:
-        explain_answer(key, value)
-    except AssertionError:
-        raise AssertionError(f"`{key}` does not match the grader's answer; the public check for this "
-                             "question says what to look at.") from None
+    judging.check_answer_with(explain_answer, key, value)
 
 
 # --- functions students implement ---------------------------------------------------------
 
-@dataclass(frozen=True)
-class FunctionCase:
-    label: str
-    args: tuple  # numpy arrays
-    kwargs: dict
-
+class FunctionCase(judging.FunctionCase):
     def expected(self, name: str) -> np.ndarray:
         return REFERENCE_FUNCTIONS[name](*self.args, **self.kwargs)
 
@@ -377,9 +315,9 @@ def judge_function_output(name: str, case: FunctionCase, output) -> None:
         elif name == "conv2d":
             hint = f" Check the {case.kwargs.get('padding', 'valid')} padding and stride {case.kwargs.get('stride', 1)} size formula."
         raise AssertionError(f"{name} on {case.label}: shape {tuple(data['shape'])}, expected {tuple(want['shape'])}.{hint}")
-    if not _close("array", data, want):
-        raise AssertionError(_explain("array", data, want, _function_mistakes(name, case), f"{name} on {case.label}",
-                                      "The values differ from the reference."))
+    if not judging.close("array", data, want):
+        raise AssertionError(judging.explain("array", data, _function_mistakes(name, case), f"{name} on {case.label}",
+                                             "The values differ from the reference."))
 
 
 def check_function(name: str, func) -> None:
@@ -390,67 +328,21 @@ def check_function(name: str, func) -> None:
     message counts the cases that fail and how, never their inputs or expected outputs;
     :func:`judge_function_output` has the detail.
     """
-    if not callable(func):
-        raise AssertionError(f"`{name}` should be a function; define it with `def {name}(...)`.")
-    cases = hidden_cases(name)
-    raised = shape = values = 0
-    for case in cases:
-        try:
-            out = func(*[a.copy() for a in case.args], **case.kwargs)
-        except Exception as exc:
-            if public_checks.is_stub(error=exc):
-                raise AssertionError(public_checks.not_implemented_message(name)) from None
-            raised += 1
-            continue
-        if public_checks.is_stub(out):
-            raise AssertionError(public_checks.not_implemented_message(name))
-        try:
-            judge_function_output(name, case, out)
-        except AssertionError as exc:
-            if "shape" in str(exc):
-                shape += 1
-            else:
-                values += 1
-    wrong = raised + shape + values
-    if wrong:
-        how = [f"{n} {what}" for n, what in ((raised, "raised an error"), (shape, "with the wrong output shape"),
-                                             (values, "with wrong values")) if n]
-        raise AssertionError(f"`{name}` is wrong on {wrong} of {len(cases)} hidden inputs ({', '.join(how)}). They "
-                             "use other sizes" + (", strides and paddings" if name == "conv2d" else "")
-                             + " than the notebook's examples.")
+    judging.check_function_on(name, func, hidden_cases(name), judge_function_output,
+                              "other sizes" + (", strides and paddings" if name == "conv2d" else ""))
 
 
 # --- the model --------------------------------------------------------------------------------
 
-def _two(v) -> list[int]:
-    return [v, v] if isinstance(v, int) else list(v)
-
-
 def expected_layers() -> list[dict]:
     """The lesson's CNN, layer by layer, in the summary form of :func:`public_checks.model_layers`."""
-    out = []
-    for spec in reference.SEED_MODEL:
-        if isinstance(spec, Conv2DSpec):
-            out.append({"kind": "Conv2D", "filters": spec.filters, "kernel_size": _two(spec.kernel_size),
-                        "strides": _two(spec.strides), "padding": spec.padding, "activation": spec.activation})
-        elif isinstance(spec, MaxPool2DSpec):
-            out.append({"kind": "MaxPooling2D", "pool_size": _two(spec.pool_size), "padding": spec.padding})
-        elif isinstance(spec, FlattenSpec):
-            out.append({"kind": "Flatten"})
-        elif isinstance(spec, DenseSpec):
-            out.append({"kind": "Dense", "units": spec.units, "activation": spec.activation})
-    return out
+    return judging.expected_layers(reference.SEED_MODEL)
 
 
 def check_model(model) -> None:
     """Hidden test: the same structural check as the public one, from trusted code; its message
     does not repeat the public check's detail."""
-    try:
-        public_checks.check_model(model, expected_layers())
-    except AssertionError:
-        if model is None or model is Ellipsis:
-            raise
-        raise AssertionError("The model's layers do not match the lesson's CNN; the public check says where.") from None
+    judging.check_model_against(model, expected_layers(), reference.SEED_INPUT_SHAPE, "the lesson's")
 
 
 # --- training policy (in spec.py; `grade --require-lesson-model` overrides the first) ----------
@@ -462,38 +354,16 @@ MAX_SEEDS = ASSIGNMENT.training.max_seeds  # ... up to this many in all; the med
 
 def training_policy(require_lesson_model: bool = REQUIRE_LESSON_MODEL) -> str:
     """The sentence the feedback shows so students know what the training question scores."""
-    if require_lesson_model:
-        return ("Training policy: this assignment gives training credit only to the lesson's architecture "
-                "(the structure question must pass).")
-    return ("Training policy: the training question scores the retrained accuracy of whatever model you built "
-            "from the allowed layers within the training budget; the structure question checks the lesson's architecture.")
+    return judging.training_policy(require_lesson_model, "the lesson's")
 
 
 def check_accuracy(model, threshold: float = ACCURACY_THRESHOLD) -> None:
-    """Hidden test: test-set accuracy of the trained model must exceed the threshold.
-
-    With Otter alone this evaluates the model object in the notebook's kernel.  Our engine
-    passes a model *description* whose recipe the retraining verifier has already retrained
-    (in its own process); the accuracy arrives here as a number.
-    """
-    require = getattr(model, "require_lesson_model", REQUIRE_LESSON_MODEL)
-    policy = training_policy(require)
-    if require:
-        try:
-            check_model(model)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc} {policy}") from None
-    measure = getattr(model, "measured_accuracy", None)
-    if callable(measure):  # a description from the grading engine: the verifier retrained it
-        accuracy, summary = measure()
-    else:
-        accuracy, summary = evaluate_live_model(model), "evaluated the notebook's trained model"
-    if not accuracy > threshold:
-        raise AssertionError(
-            f"Test accuracy {accuracy:.4f} is not above {threshold:.2f} ({summary}). The lesson's "
-            "recipe (10 epochs at batch size 1000) reaches about 0.988: try smaller batches or more epochs. "
-            f"{policy}"
-        )
+    """Hidden test: test-set accuracy of the trained model (retrained by our engine's verifier, or
+    evaluated live under Otter alone) must exceed the threshold."""
+    judging.check_accuracy_with(
+        model, threshold, require_default=REQUIRE_LESSON_MODEL, check_model=check_model, evaluate=evaluate_live_model,
+        advice="The lesson's recipe (10 epochs at batch size 1000) reaches about 0.988: try smaller batches or more epochs.",
+        owner="the lesson's")
 
 
 def evaluate_live_model(model) -> float:
@@ -508,44 +378,14 @@ def evaluate_live_model(model) -> float:
 # --- the student-side module --------------------------------------------------------------
 
 def _public_digest_table(answers: dict[str, Answer] | None = None) -> dict:
-    table = {}
-    for key, spec in (ANSWERS if answers is None else answers).items():
-        entry: dict[str, Any] = {"kind": spec.kind, "describe": spec.describe, "hint": spec.hint}
-        if spec.kind in ("int_list", "shape_list"):
-            item_kind = "int" if spec.kind == "int_list" else "shape"
-            entry["items"] = [
-                {"label": spec.labels[i],
-                 "answer": digest(canonical(item_kind, want), f"{key}[{i}]"),
-                 "mistakes": {digest(canonical(item_kind, v), f"{key}[{i}]"): m for v, m in spec.item_mistakes[i]}}
-                for i, want in enumerate(spec.expected)
-            ]
-        else:
-            entry["answer"] = digest(canonical(spec.kind, spec.expected), key)
-            entry["mistakes"] = {digest(canonical(spec.kind, v), key): m for v, m in spec.mistakes}
-            if spec.kind == "array":
-                entry["shape"] = list(np.shape(spec.expected))
-                entry["shape_hints"] = {json.dumps(list(s)): m for s, m in spec.shape_hints.items()}
-        table[key] = entry
-    return table
+    return judging.public_digest_table(ANSWERS if answers is None else answers)
 
 
 def _public_case_table(givens: Givens = LESSON) -> dict:
-    table = {}
-    for name in REFERENCE_FUNCTIONS:
-        rows = []
-        for case in public_cases(name, givens):
-            salt = f"{name}:{case.label}"
-            rows.append({
-                "label": case.label,
-                "args": [a.tolist() for a in case.args],
-                "kwargs": case.kwargs,
-                "shape": list(case.expected(name).shape),
-                "answer": digest(canonical("array", case.expected(name)), salt),
-                "mistakes": {digest(canonical("array", v), salt): m for v, m in _function_mistakes(name, case)},
-                "hint": "",
-            })
-        table[name] = rows
-    return table
+    return {name: [judging.public_case_row(name, case.label, case.args, case.kwargs, case.expected(name),
+                                           _function_mistakes(name, case))
+                   for case in public_cases(name, givens)]
+            for name in REFERENCE_FUNCTIONS}
 
 
 def public_givens(givens: Givens) -> dict:
@@ -623,20 +463,15 @@ def render_public_module(variants=None) -> str:
     With variants on, the lesson's tables stay empty and ``VARIANTS`` holds, per variant of the pool,
     its numbers (not secret) and the digests of its answers and mistakes (as many as today's, each).
     """
-    source = inspect.getsource(public_checks)
     on = variants is not None and variants.enabled
-    fills = {
-        "ANSWER_DIGESTS: dict = {}": {} if on else _public_digest_table(),
-        "EXPECTED_LAYERS: list = []": expected_layers(),
-        "PUBLIC_CASES: dict = {}": {} if on else _public_case_table(),
-        "VARIANTS: dict = {}": _public_variant_table(variants) if on else {},
-    }
-    for placeholder, table in fills.items():
-        assert source.count(placeholder) == 1, placeholder
-        text = _variant_literal(table) if placeholder.startswith("VARIANTS") and table else pprint.pformat(table, width=100)
-        source = source.replace(placeholder, f"{placeholder[:-2]}{text}")
-    header = "# Generated by `python -m autograder build` from autograder/public_checks.py: do not edit.\n"
-    return header + source
+    lit = judging.literal
+    return judging.render_public_module(public_checks, {
+        "ANSWER_DIGESTS: dict = {}": lit({} if on else _public_digest_table()),
+        "EXPECTED_LAYERS: list = []": lit(expected_layers()),
+        "EXPECTED_INPUT_SHAPE: list = []": lit(list(reference.SEED_INPUT_SHAPE)),
+        "PUBLIC_CASES: dict = {}": lit({} if on else _public_case_table()),
+        "VARIANTS: dict = {}": _variant_literal(_public_variant_table(variants)) if on else lit({}),
+    })
 
 
 def probe_plan(variants=None) -> dict[str, list[dict]]:
@@ -647,15 +482,7 @@ def probe_plan(variants=None) -> dict[str, list[dict]]:
     givens = [LESSON] if variants is None or not variants.enabled else list(variant_pool(variants))
     plan = {}
     for name in REFERENCE_FUNCTIONS:
-        cases = [c for g in givens for c in public_cases(name, g)] + hidden_cases(name)
-        calls, seen = [], set()
-        for case in cases:
-            call = {"args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args], "kwargs": dict(case.kwargs)}
-            key = json.dumps(call, sort_keys=True)
-            if key not in seen:
-                seen.add(key)
-                calls.append(call)
-        plan[name] = calls
+        plan[name] = judging.probe_calls([c for g in givens for c in public_cases(name, g)] + hidden_cases(name))
     return plan
 
 

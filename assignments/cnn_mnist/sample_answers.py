@@ -1,6 +1,6 @@
 """Sample submissions: the student notebook filled in the ways real students fill it.
 
-``examples/submissions/`` is generated from the built student notebook (so it follows the
+``assignments/cnn_mnist/samples/`` is generated from the built student notebook (so it follows the
 assignment when the assignment changes) and committed, so the README's main job and the
 tests grade the same files.  Each mistaken sample records, in its metadata, which test cases
 it is designed to fail and what the feedback must say; the tests derive the expected score
@@ -9,11 +9,12 @@ from the assignment's own point values.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+
+from assignments.cnn_common import samples as _samples
+from assignments.cnn_common.samples import Sample
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 METADATA_KEY = "cnn_grader_sample"
@@ -74,19 +75,6 @@ model.add(layers.Dense(64, activation='relu'))
 model.add(layers.Dense(10, activation='softmax'))"""
 
 
-@dataclass
-class Sample:
-    name: str
-    description: str
-    answers: dict[str, str] = field(default_factory=dict)  # variable -> source of its value
-    conv2d: str | None = None
-    max_pool2d: str | None = None
-    model: str | None = None
-    training: str | None = None
-    expected_failures: dict[str, list[str]] = field(default_factory=dict)  # question -> test names
-    expected_feedback: dict[str, str] = field(default_factory=dict)  # question -> message fragment
-
-
 SAMPLES = [
     Sample(
         "by_hand_mistakes",
@@ -95,8 +83,7 @@ SAMPLES = [
         answers={**CORRECT, "conv_small": "np.array([[1, 8], [9, 9]])", "size_same": "24",
                  "rgb_params": "160", "layer_params": "[288, 0, 18432, 0, 36864, 0, 36864, 640]",
                  "total_params": "93088"},
-        conv2d=CONV2D_LOOP.replace("KERNEL", "kernel[::-1, ::-1]"),
-        max_pool2d=MAX_POOL_FLOOR,
+        functions={"conv2d": CONV2D_LOOP.replace("KERNEL", "kernel[::-1, ::-1]"), "max_pool2d": MAX_POOL_FLOOR},
         model=SEED_MODEL_CODE,
         training="model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
                  "history = model.fit(train_images, train_labels, epochs=1, batch_size=256)",
@@ -124,8 +111,7 @@ SAMPLES = [
         "the model is never compiled or trained.",
         answers={**CORRECT, "edge_output": "np.zeros((3, 4))", "pooled": "np.array([[6, 5, 7], [8, 9, 6], [7, 8, 1]])",
                  "layer_output_shapes": "[(28, 28, 32), (14, 14, 32), (14, 14, 64), (7, 7, 64), (7, 7, 64), (3136,), (64,), (10,)]"},
-        conv2d=CONV2D_LOOP.replace("KERNEL", "kernel"),
-        max_pool2d=MAX_POOL_CEIL,
+        functions={"conv2d": CONV2D_LOOP.replace("KERNEL", "kernel"), "max_pool2d": MAX_POOL_CEIL},
         model=SEED_MODEL_CODE.replace("activation='relu', input_shape", "activation='relu', padding='same', input_shape"),
         training=None,
         expected_failures={
@@ -148,59 +134,11 @@ SAMPLES = [
 ]
 
 
-def _replace_line(source: str, pattern: str, replacement: str) -> str:
-    new, count = re.subn(pattern, lambda m: replacement, source, count=1, flags=re.MULTILINE)
-    if count != 1:
-        raise ValueError(f"pattern {pattern!r} not found in cell:\n{source}")
-    return new
-
-
 def fill(student_nb: nbformat.NotebookNode, sample: Sample) -> nbformat.NotebookNode:
     """Fill the student notebook's ``...`` placeholders as this sample's student did."""
-    nb = nbformat.from_dict(student_nb)
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        src = cell.source
-        for var, value in sample.answers.items():
-            if re.search(rf"^{var} = \.\.\.$", src, flags=re.MULTILINE):
-                src = _replace_line(src, rf"^{var} = \.\.\.$", f"{var} = {value}")
-        if src.startswith("def conv2d(") and sample.conv2d:
-            src = _replace_line(src, r"^    \.\.\.$", sample.conv2d)
-        elif src.startswith("def max_pool2d(") and sample.max_pool2d:
-            src = _replace_line(src, r"^    \.\.\.$", sample.max_pool2d)
-        elif src.startswith("model = models.Sequential()") and sample.model:
-            src = _replace_line(src, r"^\.\.\.$", sample.model)
-        elif src.strip() == "..." and sample.training:
-            src = sample.training
-        cell.source = src
-    nb.metadata[METADATA_KEY] = {
-        "description": sample.description,
-        "expected_failures": sample.expected_failures,
-        "expected_feedback": sample.expected_feedback,
-    }
-    return nb
+    return _samples.fill(student_nb, sample, METADATA_KEY)
 
 
 def write_samples(student_notebook: Path, solution_notebook: Path, out_dir: Path = SAMPLES_DIR) -> list[Path]:
     """Write the solution, the untouched notebook and every mistaken sample into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    student = nbformat.read(student_notebook, as_version=4)
-    written = []
-
-    def save(nb, name):
-        path = out_dir / f"{name}.ipynb"
-        nbformat.write(nb, path)
-        written.append(path)
-
-    solution = nbformat.read(solution_notebook, as_version=4)
-    solution.metadata[METADATA_KEY] = {"description": "The instructor's solution: full marks.",
-                                       "expected_failures": {}, "expected_feedback": {}}
-    save(solution, "solution")
-    untouched = nbformat.from_dict(student)
-    untouched.metadata[METADATA_KEY] = {"description": "The notebook as handed out: every answer is ...",
-                                        "expected_failures": "all", "expected_feedback": {}}
-    save(untouched, "untouched")
-    for sample in SAMPLES:
-        save(fill(student, sample), sample.name)
-    return written
+    return _samples.write_samples(student_notebook, solution_notebook, out_dir, SAMPLES, METADATA_KEY)

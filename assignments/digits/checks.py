@@ -10,42 +10,27 @@ Hidden tests call :func:`check_answer`, :func:`check_function`, :func:`check_mod
 :func:`check_accuracy`; their messages pass or fail in general terms and never show a hidden
 input or an expected value.  Public tests call the same-named functions of the student-side
 module ``digits_checks.py`` (:mod:`assignments.digits.public_checks` filled with digests by
-:func:`render_public_module`).
+:func:`render_public_module`).  The judging machinery is the CNN units' shared
+:mod:`assignments.cnn_common.judging`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
-import pprint
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
+from assignments.cnn_common import judging
+from assignments.cnn_common.judging import Answer
 from assignments.digits import public_checks, reference
-from assignments.digits.public_checks import canonical, digest
-from assignments.digits.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
+from assignments.digits.public_checks import canonical
+from assignments.digits.reference import Conv2DSpec
 
 #: Retrained test accuracy (on the last 360 images) must be above this; see the master notebook
 #: for the measurements behind it.
 ACCURACY_THRESHOLD = 0.90
-
-
-@dataclass
-class Answer:
-    """One value a student assigns to a named variable."""
-
-    key: str
-    kind: str  # see public_checks.canonical
-    describe: str
-    expected: Any
-    mistakes: list[tuple[Any, str]] = field(default_factory=list)
-    hint: str = ""
-    labels: list[str] = field(default_factory=list)  # per-entry labels for list answers
-    item_mistakes: list[list[tuple[Any, str]]] = field(default_factory=list)
-    shape_hints: dict[tuple, str] = field(default_factory=dict)
 
 
 def _conv(image, kernel, **kw):
@@ -187,66 +172,23 @@ ANSWERS: dict[str, Answer] = _answers()
 
 # --- judging plain answers -------------------------------------------------------------------
 
-ATOL = 1e-6
-
-
-def _close(kind: str, a, b) -> bool:
-    if kind == "array":
-        return a["shape"] == b["shape"] and np.allclose(a["values"], b["values"], rtol=1e-6, atol=ATOL)
-    return a == b
-
-
-def _explain(kind: str, data, mistakes, label: str, hint: str) -> str:
-    for value, msg in mistakes:
-        if _close(kind, data, canonical(kind, value)):
-            return f"{label} is not right. Likely mistake: {msg}"
-    return f"{label} is not right. {hint}".strip()
+ATOL = judging.ATOL
 
 
 def explain_answer(key: str, value) -> None:
     """Compare with the reference value (tolerance 1e-6) and name the likely mistake (what the
     public check already tells the student)."""
-    spec = ANSWERS[key]
-    if value is None or value is Ellipsis:
-        raise AssertionError(f"`{key}` is not answered: expected {spec.describe}.")
-    data = canonical(spec.kind, value, f"`{key}`")
-    want = canonical(spec.kind, spec.expected)
-    if spec.kind in ("int_list", "shape_list"):
-        if len(data) != len(want):
-            raise AssertionError(f"`{key}` should have {len(want)} entries, one per layer, got {len(data)}.")
-        item_kind = "int" if spec.kind == "int_list" else "shape"
-        problems = [_explain(item_kind, d, spec.item_mistakes[i], f"entry {i} ({spec.labels[i]})", "")
-                    for i, (d, w) in enumerate(zip(data, want)) if d != w]
-        if problems:
-            raise AssertionError(f"`{key}`: " + "; ".join(problems) + f" {spec.hint}")
-        return
-    if spec.kind == "array" and data["shape"] != want["shape"]:
-        hint = spec.shape_hints.get(tuple(data["shape"]), "")
-        raise AssertionError(f"`{key}` has shape {tuple(data['shape'])}, expected {tuple(want['shape'])}."
-                             + (f" Likely mistake: {hint}" if hint else ""))
-    if not _close(spec.kind, data, want):
-        raise AssertionError(_explain(spec.kind, data, spec.mistakes, f"`{key}`", spec.hint))
+    judging.explain_answer_in(ANSWERS, key, value)
 
 
 def check_answer(key: str, value) -> None:
     """Hidden test: pass or fail with a general message (no expected value)."""
-    if value is None or value is Ellipsis:
-        raise AssertionError(f"`{key}` is not answered yet.")
-    try:
-        explain_answer(key, value)
-    except AssertionError:
-        raise AssertionError(f"`{key}` does not match the grader's answer; the public check for this "
-                             "question says what to look at.") from None
+    judging.check_answer_with(explain_answer, key, value)
 
 
 # --- functions students implement ----------------------------------------------------------
 
-@dataclass(frozen=True)
-class FunctionCase:
-    label: str
-    args: tuple  # numpy arrays
-    kwargs: dict
-
+class FunctionCase(judging.FunctionCase):
     def expected(self, name: str) -> np.ndarray:
         return REFERENCE_FUNCTIONS[name](*self.args, **self.kwargs)
 
@@ -355,9 +297,9 @@ def judge_function_output(name: str, case: FunctionCase, output) -> None:
     if data["shape"] != want["shape"]:
         raise AssertionError(f"{name} on {case.label}: shape {tuple(data['shape'])}, expected "
                              f"{tuple(want['shape'])}.{_shape_hint(name, case, data['shape'])}")
-    if not _close("array", data, want):
-        raise AssertionError(_explain("array", data, _function_mistakes(name, case), f"{name} on {case.label}",
-                                      "The values differ from the reference."))
+    if not judging.close("array", data, want):
+        raise AssertionError(judging.explain("array", data, _function_mistakes(name, case), f"{name} on {case.label}",
+                                             "The values differ from the reference."))
 
 
 def check_function(name: str, func) -> None:
@@ -367,66 +309,21 @@ def check_function(name: str, func) -> None:
     the outputs it recorded in the sandbox.  The message counts the failing cases and how, never
     their inputs or expected outputs.
     """
-    if not callable(func):
-        raise AssertionError(f"`{name}` should be a function; define it with `def {name}(...)`.")
-    cases = hidden_cases(name)
-    raised = shape = values = 0
-    for case in cases:
-        try:
-            out = func(*[a.copy() for a in case.args], **case.kwargs)
-        except Exception as exc:
-            if public_checks.is_stub(error=exc):
-                raise AssertionError(public_checks.not_implemented_message(name)) from None
-            raised += 1
-            continue
-        if public_checks.is_stub(out):
-            raise AssertionError(public_checks.not_implemented_message(name))
-        try:
-            judge_function_output(name, case, out)
-        except AssertionError as exc:
-            if "shape" in str(exc):
-                shape += 1
-            else:
-                values += 1
-    wrong = raised + shape + values
-    if wrong:
-        how = [f"{n} {what}" for n, what in ((raised, "raised an error"), (shape, "with the wrong output shape"),
-                                             (values, "with wrong values")) if n]
-        raise AssertionError(f"`{name}` is wrong on {wrong} of {len(cases)} hidden inputs ({', '.join(how)}). They use "
-                             + ("other sizes, channel counts and filter counts" if name == "conv_layer"
-                                else "other sizes, strides and channel counts") + " than the notebook's examples.")
+    judging.check_function_on(name, func, hidden_cases(name), judge_function_output,
+                              "other sizes, channel counts and filter counts" if name == "conv_layer"
+                              else "other sizes, strides and channel counts")
 
 
 # --- the model -------------------------------------------------------------------------------
 
-def _two(v) -> list[int]:
-    return [v, v] if isinstance(v, int) else list(v)
-
-
 def expected_layers() -> list[dict]:
     """The unit's CNN, layer by layer, in the summary form of :func:`public_checks.model_layers`."""
-    out = []
-    for spec in reference.SEED_MODEL:
-        if isinstance(spec, Conv2DSpec):
-            out.append({"kind": "Conv2D", "filters": spec.filters, "kernel_size": _two(spec.kernel_size),
-                        "strides": _two(spec.strides), "padding": spec.padding, "activation": spec.activation})
-        elif isinstance(spec, MaxPool2DSpec):
-            out.append({"kind": "MaxPooling2D", "pool_size": _two(spec.pool_size), "padding": spec.padding})
-        elif isinstance(spec, FlattenSpec):
-            out.append({"kind": "Flatten"})
-        elif isinstance(spec, DenseSpec):
-            out.append({"kind": "Dense", "units": spec.units, "activation": spec.activation})
-    return out
+    return judging.expected_layers(reference.SEED_MODEL)
 
 
 def check_model(model) -> None:
     """Hidden test: the public structural check, from trusted code, with a general message."""
-    try:
-        public_checks.check_model(model, expected_layers(), list(reference.INPUT_SHAPE))
-    except AssertionError:
-        if model is None or model is Ellipsis:
-            raise
-        raise AssertionError("The model's layers do not match the unit's CNN; the public check says where.") from None
+    judging.check_model_against(model, expected_layers(), reference.INPUT_SHAPE, "the unit's")
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -435,36 +332,17 @@ REQUIRE_LESSON_MODEL = False
 
 
 def training_policy(require_lesson_model: bool = REQUIRE_LESSON_MODEL) -> str:
-    if require_lesson_model:
-        return ("Training policy: this assignment gives training credit only to the unit's architecture "
-                "(the structure question must pass).")
-    return ("Training policy: the training question scores the retrained accuracy of whatever model you built "
-            "from the allowed layers within the training budget; the structure question checks the unit's architecture.")
+    return judging.training_policy(require_lesson_model, "the unit's")
 
 
 def check_accuracy(model, threshold: float = ACCURACY_THRESHOLD) -> None:
-    """Hidden test: accuracy on the 360 test digits must exceed the threshold.
-
-    With Otter alone this evaluates the model object in the notebook's kernel; our engine passes
-    a description whose recipe the retraining verifier has retrained, with the accuracy attached.
-    """
-    require = getattr(model, "require_lesson_model", REQUIRE_LESSON_MODEL)
-    policy = training_policy(require)
-    if require:
-        try:
-            check_model(model)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc} {policy}") from None
-    measure = getattr(model, "measured_accuracy", None)
-    if callable(measure):
-        accuracy, summary = measure()
-    else:
-        accuracy, summary = evaluate_live_model(model), "evaluated the notebook's trained model"
-    if not accuracy > threshold:
-        raise AssertionError(
-            f"Test accuracy {accuracy:.4f} is not above {threshold:.2f} ({summary}). With 1,437 training images "
-            "one epoch is only 45 steps at batch size 32: train for more epochs (the training question lists "
-            f"measured recipes). {policy}")
+    """Hidden test: accuracy on the 360 test digits (retrained by our engine's verifier, or evaluated
+    live under Otter alone) must exceed the threshold."""
+    judging.check_accuracy_with(
+        model, threshold, require_default=REQUIRE_LESSON_MODEL, check_model=check_model, evaluate=evaluate_live_model,
+        advice=("With 1,437 training images one epoch is only 45 steps at batch size 32: train for more epochs "
+                "(the training question lists measured recipes)."),
+        owner="the unit's")
 
 
 def evaluate_live_model(model) -> float:
@@ -479,65 +357,26 @@ def evaluate_live_model(model) -> float:
 
 # --- the student-side module --------------------------------------------------------------------
 
-def _public_digest_table() -> dict:
-    table = {}
-    for key, spec in ANSWERS.items():
-        entry: dict[str, Any] = {"kind": spec.kind, "describe": spec.describe, "hint": spec.hint}
-        if spec.kind in ("int_list", "shape_list"):
-            item_kind = "int" if spec.kind == "int_list" else "shape"
-            entry["items"] = [
-                {"label": spec.labels[i],
-                 "answer": digest(canonical(item_kind, want), f"{key}[{i}]"),
-                 "mistakes": {digest(canonical(item_kind, v), f"{key}[{i}]"): m for v, m in spec.item_mistakes[i]}}
-                for i, want in enumerate(spec.expected)]
-        else:
-            entry["answer"] = digest(canonical(spec.kind, spec.expected), key)
-            entry["mistakes"] = {digest(canonical(spec.kind, v), key): m for v, m in spec.mistakes}
-            if spec.kind == "array":
-                entry["shape"] = list(np.shape(spec.expected))
-                entry["shape_hints"] = {json.dumps(list(s)): m for s, m in spec.shape_hints.items()}
-        table[key] = entry
-    return table
-
-
 def _public_case_table() -> dict:
-    table = {}
-    for name in REFERENCE_FUNCTIONS:
-        rows = []
-        for case in public_cases(name):
-            salt = f"{name}:{case.label}"
-            rows.append({
-                "label": case.label,
-                "args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args],
-                "kwargs": case.kwargs,
-                "shape": list(case.expected(name).shape),
-                "answer": digest(canonical("array", case.expected(name)), salt),
-                "mistakes": {digest(canonical("array", v), salt): m for v, m in _function_mistakes(name, case)},
-                "shape_hints": _public_shape_hints(name, case),
-                "hint": "",
-            })
-        table[name] = rows
-    return table
+    return {name: [judging.public_case_row(name, case.label, case.args, case.kwargs, case.expected(name),
+                                           _function_mistakes(name, case), _public_shape_hints(name, case))
+                   for case in public_cases(name)]
+            for name in REFERENCE_FUNCTIONS}
 
 
 def render_public_module() -> str:
-    """Source of ``digits_checks.py``: :mod:`assignments.digits.public_checks` with its tables filled in."""
-    source = inspect.getsource(public_checks)
-    fills = {
-        "ANSWER_DIGESTS: dict = {}": _public_digest_table(),
-        "EXPECTED_LAYERS: list = []": expected_layers(),
-        "EXPECTED_INPUT_SHAPE: list = []": list(reference.INPUT_SHAPE),
-        "PUBLIC_CASES: dict = {}": _public_case_table(),
-    }
-    for placeholder, table in fills.items():
-        assert source.count(placeholder) == 1, placeholder
-        source = source.replace(placeholder, f"{placeholder[:-2]}{pprint.pformat(table, width=100)}")
-    header = "# Generated by `python -m autograder build` from assignments/digits/public_checks.py: do not edit.\n"
-    return header + source
+    """Source of ``digits_checks.py``: the shared student-side module and :mod:`assignments.digits.public_checks`,
+    with the tables filled in."""
+    lit = judging.literal
+    return judging.render_public_module(public_checks, {
+        "ANSWER_DIGESTS: dict = {}": lit(judging.public_digest_table(ANSWERS)),
+        "EXPECTED_LAYERS: list = []": lit(expected_layers()),
+        "EXPECTED_INPUT_SHAPE: list = []": lit(list(reference.INPUT_SHAPE)),
+        "PUBLIC_CASES: dict = {}": lit(_public_case_table()),
+        "VARIANTS: dict = {}": lit({}),
+    })
 
 
 def probe_plan() -> dict[str, list[dict]]:
     """Every call the grading engine makes on each student function in the sandbox (public + hidden)."""
-    return {name: [{"args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args], "kwargs": dict(case.kwargs)}
-                   for case in public_cases(name) + hidden_cases(name)]
-            for name in REFERENCE_FUNCTIONS}
+    return {name: judging.probe_calls(public_cases(name) + hidden_cases(name)) for name in REFERENCE_FUNCTIONS}

@@ -8,11 +8,12 @@ derive the expected score from the assignment's own point values.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
+
+from assignments.cnn_common import samples as _samples
+from assignments.cnn_common.samples import Sample
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"
 METADATA_KEY = "cnn_grader_sample"
@@ -46,18 +47,6 @@ MAX_POOL_LOOP = """\
 #: The naive recipe: the lesson's compile settings, one epoch.
 NAIVE_TRAINING = ("model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
                   "history = model.fit(train_images, train_labels, epochs=1, batch_size=32)")
-
-
-@dataclass
-class Sample:
-    name: str
-    description: str
-    answers: dict[str, str] = field(default_factory=dict)  # variable -> source of its value
-    functions: dict[str, str] = field(default_factory=dict)  # function name -> body
-    model: str | None = None
-    training: str | None = None
-    expected_failures: dict[str, list[str]] = field(default_factory=dict)  # question -> test names
-    expected_feedback: dict[str, str] = field(default_factory=dict)  # question -> message fragment
 
 
 SAMPLES = [
@@ -130,59 +119,11 @@ SAMPLES = [
 ]
 
 
-def _replace_line(source: str, pattern: str, replacement: str) -> str:
-    new, count = re.subn(pattern, lambda m: replacement, source, count=1, flags=re.MULTILINE)
-    if count != 1:
-        raise ValueError(f"pattern {pattern!r} not found in cell:\n{source}")
-    return new
-
-
 def fill(student_nb: nbformat.NotebookNode, sample: Sample) -> nbformat.NotebookNode:
     """Fill the student notebook's ``...`` placeholders as this sample's student did."""
-    nb = nbformat.from_dict(student_nb)
-    for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        src = cell.source
-        for var, value in sample.answers.items():
-            if re.search(rf"^{var} = \.\.\.$", src, flags=re.MULTILINE):
-                src = _replace_line(src, rf"^{var} = \.\.\.$", f"{var} = {value}")
-        for name, body in sample.functions.items():
-            if src.startswith(f"def {name}("):
-                src = _replace_line(src, r"^    \.\.\.$", body)
-        if src.startswith("model = models.Sequential()") and sample.model:
-            src = _replace_line(src, r"^\.\.\.$", sample.model)
-        elif src.strip() == "..." and sample.training:
-            src = sample.training
-        cell.source = src
-    nb.metadata[METADATA_KEY] = {
-        "description": sample.description,
-        "expected_failures": sample.expected_failures,
-        "expected_feedback": sample.expected_feedback,
-    }
-    return nb
+    return _samples.fill(student_nb, sample, METADATA_KEY)
 
 
 def write_samples(student_notebook: Path, solution_notebook: Path, out_dir: Path = SAMPLES_DIR) -> list[Path]:
     """Write the solution, the untouched notebook and every mistaken sample into ``out_dir``."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    student = nbformat.read(student_notebook, as_version=4)
-    written = []
-
-    def save(nb, name):
-        path = out_dir / f"{name}.ipynb"
-        nbformat.write(nb, path)
-        written.append(path)
-
-    solution = nbformat.read(solution_notebook, as_version=4)
-    solution.metadata[METADATA_KEY] = {"description": "The instructor's solution: full marks.",
-                                       "expected_failures": {}, "expected_feedback": {}}
-    save(solution, "solution")
-    untouched = nbformat.from_dict(student)
-    untouched.metadata[METADATA_KEY] = {"description": "The notebook as handed out: every answer is ...",
-                                        "expected_failures": "all", "expected_feedback": {}}
-    save(untouched, "untouched")
-    for sample in SAMPLES:
-        save(fill(student, sample), sample.name)
-    return written
+    return _samples.write_samples(student_notebook, solution_notebook, out_dir, SAMPLES, METADATA_KEY)

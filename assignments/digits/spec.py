@@ -41,4 +41,5 @@ ASSIGNMENT = AssignmentSpec(
         max_seconds=300.0,
     ),
     samples="assignments.digits.sample_answers",
+    shared=("assignments.cnn_common",),  # reference math, check machinery, sample writing shared by the CNN units
 )

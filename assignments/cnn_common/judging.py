@@ -1,0 +1,312 @@
+"""The trusted side's answer judging, shared by the CNN units' answer keys (``assignments.<unit>.checks``).
+
+Each unit's ``checks`` module says what its questions ask (:class:`Answer`: expected value computed
+from the reference, typical mistakes with their messages), which functions students implement
+and on which cases; this module judges answers against them (tolerance :data:`ATOL`, naming the
+likely mistake), runs the hidden checks with general messages, builds the digest tables of the
+student-side module and renders that module (:func:`render_public_module`).
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import pprint
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from assignments.cnn_common import public_checks
+from assignments.cnn_common.public_checks import canonical, digest
+from assignments.cnn_common.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
+
+
+@dataclass
+class Answer:
+    """One value a student assigns to a named variable."""
+
+    key: str
+    kind: str  # see public_checks.canonical
+    describe: str
+    expected: Any
+    mistakes: list[tuple[Any, str]] = field(default_factory=list)
+    hint: str = ""
+    labels: list[str] = field(default_factory=list)  # per-entry labels for list answers
+    item_mistakes: list[list[tuple[Any, str]]] = field(default_factory=list)
+    shape_hints: dict[tuple, str] = field(default_factory=dict)
+
+
+# --- judging plain answers --------------------------------------------------------------------
+
+ATOL = 1e-6
+
+
+def close(kind: str, a, b) -> bool:
+    """Whether two canonical answers agree (arrays: same shape, values within 1e-6)."""
+    if kind == "array":
+        return a["shape"] == b["shape"] and np.allclose(a["values"], b["values"], rtol=1e-6, atol=ATOL)
+    return a == b
+
+
+def explain(kind: str, data, mistakes, label: str, hint: str) -> str:
+    """The message for a wrong canonical answer: the first listed mistake it matches, else the hint."""
+    for value, msg in mistakes:
+        if close(kind, data, canonical(kind, value)):
+            return f"{label} is not right. Likely mistake: {msg}"
+    return f"{label} is not right. {hint}".strip()
+
+
+def explain_answer_in(answers: dict[str, Answer], key: str, value) -> None:
+    """Compare with the reference value (tolerance 1e-6) and name the likely mistake: the detail the
+    public check already tells the student (hidden tests use :func:`check_answer_with`)."""
+    spec = answers[key]
+    if value is None or value is Ellipsis:
+        raise AssertionError(f"`{key}` is not answered: expected {spec.describe}.")
+    data = canonical(spec.kind, value, f"`{key}`")
+    want = canonical(spec.kind, spec.expected)
+    if spec.kind in ("int_list", "shape_list"):
+        if len(data) != len(want):
+            raise AssertionError(f"`{key}` should have {len(want)} entries, one per layer, got {len(data)}.")
+        item_kind = "int" if spec.kind == "int_list" else "shape"
+        problems = [explain(item_kind, d, spec.item_mistakes[i], f"entry {i} ({spec.labels[i]})", "")
+                    for i, (d, w) in enumerate(zip(data, want)) if d != w]
+        if problems:
+            raise AssertionError(f"`{key}`: " + "; ".join(problems) + f" {spec.hint}")
+        return
+    if spec.kind == "array" and data["shape"] != want["shape"]:
+        hint = spec.shape_hints.get(tuple(data["shape"]), "")
+        raise AssertionError(f"`{key}` has shape {tuple(data['shape'])}, expected {tuple(want['shape'])}."
+                             + (f" Likely mistake: {hint}" if hint else ""))
+    if not close(spec.kind, data, want):
+        raise AssertionError(explain(spec.kind, data, spec.mistakes, f"`{key}`", spec.hint))
+
+
+def check_answer_with(explain_answer: Callable[[str, Any], None], key: str, value) -> None:
+    """Hidden test: pass or fail with a general message (no expected value, no repeat of the public
+    check's detail, which ``explain_answer`` gives)."""
+    if value is None or value is Ellipsis:
+        raise AssertionError(f"`{key}` is not answered yet.")
+    try:
+        explain_answer(key, value)
+    except AssertionError:
+        raise AssertionError(f"`{key}` does not match the grader's answer; the public check for this "
+                             "question says what to look at.") from None
+
+
+# --- functions students implement -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FunctionCase:
+    """One call of a function students implement: a label (may be shown), numpy arrays, keyword
+    arguments.  A unit subclasses it with ``expected(name)``: its reference function's output."""
+
+    label: str
+    args: tuple  # numpy arrays
+    kwargs: dict
+
+    def expected(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+def check_function_on(name: str, func, cases: list, judge_output: Callable, differs: str) -> None:
+    """Hidden test: run the student's function on the grader's cases (objects with ``args`` and
+    ``kwargs``); ``judge_output(name, case, output)`` raises on a wrong output.
+
+    ``func`` may be the live function (Otter in the student's kernel) or the engine's replay of the
+    outputs it recorded in the sandbox.  The message counts the failing cases and how, never their
+    inputs or expected outputs; ``differs`` says how the hidden inputs differ from the notebook's
+    examples ("other sizes and strides").
+    """
+    if not callable(func):
+        raise AssertionError(f"`{name}` should be a function; define it with `def {name}(...)`.")
+    raised = shape = values = 0
+    for case in cases:
+        try:
+            out = func(*[a.copy() for a in case.args], **case.kwargs)
+        except Exception as exc:
+            if public_checks.is_stub(error=exc):
+                raise AssertionError(public_checks.not_implemented_message(name)) from None
+            raised += 1
+            continue
+        if public_checks.is_stub(out):
+            raise AssertionError(public_checks.not_implemented_message(name))
+        try:
+            judge_output(name, case, out)
+        except AssertionError as exc:
+            if "shape" in str(exc):
+                shape += 1
+            else:
+                values += 1
+    wrong = raised + shape + values
+    if wrong:
+        how = [f"{n} {what}" for n, what in ((raised, "raised an error"), (shape, "with the wrong output shape"),
+                                             (values, "with wrong values")) if n]
+        raise AssertionError(f"`{name}` is wrong on {wrong} of {len(cases)} hidden inputs ({', '.join(how)}). "
+                             f"They use {differs} than the notebook's examples.")
+
+
+def probe_calls(cases: Iterable) -> list[dict]:
+    """The probe's calls for these cases (plain JSON), each distinct call once, in order."""
+    calls, seen = [], set()
+    for case in cases:
+        call = {"args": [np.asarray(a, dtype=np.float64).tolist() for a in case.args], "kwargs": dict(case.kwargs)}
+        key = json.dumps(call, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            calls.append(call)
+    return calls
+
+
+# --- the model --------------------------------------------------------------------------------
+
+def _two(v) -> list[int]:
+    return [v, v] if isinstance(v, int) else list(v)
+
+
+def expected_layers(seed_model: Iterable) -> list[dict]:
+    """A seed model (reference layer specs), layer by layer, in the summary form of
+    :func:`public_checks.model_layers`."""
+    out = []
+    for spec in seed_model:
+        if isinstance(spec, Conv2DSpec):
+            out.append({"kind": "Conv2D", "filters": spec.filters, "kernel_size": _two(spec.kernel_size),
+                        "strides": _two(spec.strides), "padding": spec.padding, "activation": spec.activation})
+        elif isinstance(spec, MaxPool2DSpec):
+            out.append({"kind": "MaxPooling2D", "pool_size": _two(spec.pool_size), "padding": spec.padding})
+        elif isinstance(spec, FlattenSpec):
+            out.append({"kind": "Flatten"})
+        elif isinstance(spec, DenseSpec):
+            out.append({"kind": "Dense", "units": spec.units, "activation": spec.activation})
+    return out
+
+
+def check_model_against(model, expected: list[dict], input_shape, owner: str) -> None:
+    """Hidden test: the public structural check, from trusted code; its message does not repeat the
+    public check's detail (``owner``: whose CNN, e.g. "the lesson's")."""
+    try:
+        public_checks.check_model(model, expected, list(input_shape))
+    except AssertionError:
+        if model is None or model is Ellipsis:
+            raise
+        raise AssertionError(f"The model's layers do not match {owner} CNN; the public check says where.") from None
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def training_policy(require_lesson_model: bool, owner: str) -> str:
+    """The sentence the feedback shows so students know what the training question scores
+    (``owner``: whose architecture, e.g. "the lesson's")."""
+    if require_lesson_model:
+        return (f"Training policy: this assignment gives training credit only to {owner} architecture "
+                "(the structure question must pass).")
+    return ("Training policy: the training question scores the retrained accuracy of whatever model you built "
+            f"from the allowed layers within the training budget; the structure question checks {owner} architecture.")
+
+
+def check_accuracy_with(model, threshold: float, *, require_default: bool, check_model: Callable,
+                        evaluate: Callable, advice: str, owner: str) -> None:
+    """Hidden test: test-set accuracy of the trained model must exceed ``threshold``.
+
+    With Otter alone this evaluates the model object in the notebook's kernel (``evaluate(model)``).
+    Our engine passes a model *description* whose recipe the retraining verifier has already
+    retrained (in its own process); the accuracy arrives here as a number.  ``advice``: what to
+    try, shown when the accuracy is too low.
+    """
+    require = getattr(model, "require_lesson_model", require_default)
+    policy = training_policy(require, owner)
+    if require:
+        try:
+            check_model(model)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc} {policy}") from None
+    measure = getattr(model, "measured_accuracy", None)
+    if callable(measure):  # a description from the grading engine: the verifier retrained it
+        accuracy, summary = measure()
+    else:
+        accuracy, summary = evaluate(model), "evaluated the notebook's trained model"
+    if not accuracy > threshold:
+        raise AssertionError(f"Test accuracy {accuracy:.4f} is not above {threshold:.2f} ({summary}). {advice} {policy}")
+
+
+# --- the student-side module ------------------------------------------------------------------
+
+def public_digest_table(answers: dict[str, Answer]) -> dict:
+    """What the student-side module knows of each answer: kind, wording, digests of the answer and
+    of each listed mistake (salted with the question key), array shapes and shape hints."""
+    table = {}
+    for key, spec in answers.items():
+        entry: dict[str, Any] = {"kind": spec.kind, "describe": spec.describe, "hint": spec.hint}
+        if spec.kind in ("int_list", "shape_list"):
+            item_kind = "int" if spec.kind == "int_list" else "shape"
+            entry["items"] = [
+                {"label": spec.labels[i],
+                 "answer": digest(canonical(item_kind, want), f"{key}[{i}]"),
+                 "mistakes": {digest(canonical(item_kind, v), f"{key}[{i}]"): m for v, m in spec.item_mistakes[i]}}
+                for i, want in enumerate(spec.expected)]
+        else:
+            entry["answer"] = digest(canonical(spec.kind, spec.expected), key)
+            entry["mistakes"] = {digest(canonical(spec.kind, v), key): m for v, m in spec.mistakes}
+            if spec.kind == "array":
+                entry["shape"] = list(np.shape(spec.expected))
+                entry["shape_hints"] = {json.dumps(list(s)): m for s, m in spec.shape_hints.items()}
+        table[key] = entry
+    return table
+
+
+def public_case_row(name: str, label: str, args, kwargs: dict, expected, mistakes,
+                    shape_hints: dict[str, str] | None = None) -> dict:
+    """One public case of a function students implement, as the student-side module holds it: the
+    inputs (shown in the notebook), the output's shape and digests of the output and of each mistake."""
+    salt = f"{name}:{label}"
+    row = {
+        "label": label,
+        "args": [np.asarray(a, dtype=np.float64).tolist() for a in args],
+        "kwargs": kwargs,
+        "shape": list(np.shape(expected)),
+        "answer": digest(canonical("array", expected), salt),
+        "mistakes": {digest(canonical("array", v), salt): m for v, m in mistakes},
+    }
+    if shape_hints is not None:
+        row["shape_hints"] = shape_hints
+    row["hint"] = ""
+    return row
+
+
+def literal(table) -> str:
+    return pprint.pformat(table, width=100)
+
+
+def _unit_part(source: str) -> str:
+    """A unit's ``public_checks.py`` without its docstring and its imports of ``__future__`` and of
+    this package (the rendered file already holds them)."""
+    tree = ast.parse(source)
+    drop: set[int] = set()
+    for i, node in enumerate(tree.body):
+        doc = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
+            and isinstance(node.value.value, str)
+        ours = isinstance(node, ast.ImportFrom) and (node.module == "__future__"
+                                                     or (node.module or "").startswith("assignments."))
+        if doc or ours:
+            drop.update(range(node.lineno, node.end_lineno + 1))
+    lines = [line for n, line in enumerate(source.splitlines(keepends=True), 1) if n not in drop]
+    return "".join(lines).strip("\n") + "\n"
+
+
+def render_public_module(unit_public: ModuleType, fills: dict[str, str]) -> str:
+    """The source of a unit's student-side module: :mod:`assignments.cnn_common.public_checks`, then
+    the unit's part (``unit_public``, its imports dropped), with each placeholder line of ``fills``
+    (e.g. ``"ANSWER_DIGESTS: dict = {}"``) given its value (Python literal text).  One self-contained
+    file, digests only."""
+    unit_path = unit_public.__name__.replace(".", "/") + ".py"
+    source = (inspect.getsource(public_checks).rstrip("\n")
+              + f"\n\n\n# --- the unit's part ({unit_path}) " + "-" * max(3, 70 - len(unit_path)) + "\n\n"
+              + _unit_part(inspect.getsource(unit_public)))
+    for placeholder, text in fills.items():
+        assert source.count(placeholder) == 1, placeholder
+        source = source.replace(placeholder, f"{placeholder[:-2]}{text}")
+    header = ("# Generated by `python -m autograder build` from assignments/cnn_common/public_checks.py and "
+              f"{unit_path}: do not edit.\n")
+    return header + source

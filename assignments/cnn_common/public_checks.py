@@ -1,0 +1,400 @@
+"""Checks that students run with ``grader.check``: helpful, without holding the answers.
+
+The student-side check machinery of the CNN units.  Each unit ships it next to its student
+notebook as one self-contained file (``cnn_checks.py``, ``digits_checks.py``): this module's
+source, then the unit's own part (``assignments/<unit>/public_checks.py``: its wording, helpers of
+its own), with the tables below filled by the build (:func:`assignments.cnn_common.judging.render_public_module`).
+Otter prints the source of a failing test, so public tests only call these functions; and the file
+holds no expected values, only SHA-256 digests of canonical answers (and of the answers that
+typical mistakes produce, so feedback can name the mistake).
+
+It imports only the standard library and numpy, so it works wherever the notebook runs.  The
+trusted graders (``assignments.<unit>.checks``) reuse :func:`canonical` and :func:`digest` so both
+sides agree on what "the same answer" means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import numbers
+
+__all__ = [
+    "AnswerFormatError",
+    "canonical",
+    "digest",
+    "check_answer",
+    "check_function",
+    "check_model",
+    "check_training",
+    "is_stub",
+    "model_layers",
+    "not_implemented_message",
+    "normalize_identity",
+    "variant_index",
+    "use_student",
+    "my_numbers",
+]
+
+# --- filled by the build (the unit's checks.render_public_module) ---------------------------
+ANSWER_DIGESTS: dict = {}
+EXPECTED_LAYERS: list = []
+EXPECTED_INPUT_SHAPE: list = []
+PUBLIC_CASES: dict = {}
+# per-student variants (empty when the assignment has none): {"assignment", "pool_size", "salt",
+# "variants": [{"givens": ..., "answers": <like ANSWER_DIGESTS>, "cases": <like PUBLIC_CASES>}, ...]}
+VARIANTS: dict = {}
+# ------------------------------------------------------------------------------------------
+
+_ACTIVE: dict = {}  # the variant chosen by use_student (student side) or by the grader
+
+# --- the unit's words (its part of the file, which follows this one, sets them) --------------
+UNIT_MODEL = "the unit's"  # whose CNN the model check compares with ("the lesson's")
+INPUT_NAME = "the images"  # what the model's inputs are, e.g. "MNIST images"
+SHAPE_EXAMPLE = "(26, 26, 32)"  # an output shape in this unit's notation
+PADDING_HINTS: dict = {}  # a layer's expected padding -> why, when a student's differs
+
+
+def normalize_identity(identity) -> str:
+    """The form of an LMS id or e-mail that picks a variant: Unicode NFKC, case-folded, without
+    any whitespace (so ' Ada@Uni.EDU ' and 'ada@uni.edu' are one student)."""
+    import unicodedata
+
+    text = unicodedata.normalize("NFKC", str(identity)).casefold()
+    return "".join(text.split())
+
+
+def variant_index(assignment: str, identity, pool_size: int, salt: str = "") -> int:
+    """Which of ``pool_size`` variants the student with this identity gets (SHA-256, public)."""
+    ident = normalize_identity(identity)
+    if not ident:
+        raise ValueError("the student id is empty")
+    h = hashlib.sha256(f"{assignment}\x1f{salt}\x1f{ident}".encode()).digest()
+    return int.from_bytes(h[:8], "big") % pool_size
+
+
+def use_student(identity) -> dict:
+    """Select this student's numbers for the checks; returns them (the notebook's first cell)."""
+    if not VARIANTS:
+        return {}
+    if isinstance(identity, bool) or not isinstance(identity, (str, int)) or not str(identity).strip():
+        raise ValueError("Enter your id first: STUDENT_ID = \"...\" (in quotes) in the first cell.")
+    index = variant_index(VARIANTS["assignment"], identity, VARIANTS["pool_size"], VARIANTS.get("salt", ""))
+    _ACTIVE.clear()
+    _ACTIVE.update(VARIANTS["variants"][index], index=index)
+    return my_numbers()
+
+
+def my_numbers() -> dict:
+    """The selected variant's givens as numpy arrays and ints (empty without variants)."""
+    if not _ACTIVE:
+        return {}
+    import numpy as np
+
+    return {k: (np.array(v) if isinstance(v, list) and v and isinstance(v[0], list) else
+                tuple(v) if isinstance(v, list) else v) for k, v in _ACTIVE["givens"].items()}
+
+
+def _tables() -> tuple[dict, dict]:
+    if not VARIANTS:
+        return ANSWER_DIGESTS, PUBLIC_CASES
+    if not _ACTIVE:
+        raise AssertionError("Run the notebook's first cell with your student id first: your numbers, and "
+                             "the checks for them, depend on it.")
+    return _ACTIVE["answers"], _ACTIVE["cases"]
+
+ROUND_DECIMALS = 6
+
+
+class AnswerFormatError(AssertionError):
+    """The answer has the wrong type or shape to be compared at all."""
+
+
+def _as_number(x, what: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise AnswerFormatError(f"{what} should be a number, got {type(x).__name__}")
+    value = float(x)
+    if not math.isfinite(value):
+        raise AnswerFormatError(f"{what} is {value}; expected a finite number")
+    return value
+
+
+def _as_int(x, what: str) -> int:
+    value = _as_number(x, what)
+    if value != int(value):
+        raise AnswerFormatError(f"{what} should be a whole number, got {value}")
+    return int(value)
+
+
+def _as_shape(x, what: str) -> list:
+    if not isinstance(x, (tuple, list)):
+        raise AnswerFormatError(f"{what} should be a tuple of ints such as {SHAPE_EXAMPLE}, got {type(x).__name__}")
+    dims = list(x)
+    if dims and dims[0] is None:  # Keras prints (None, 26, 26, 32): the batch axis is not asked for
+        dims = dims[1:]
+    return [_as_int(d, what) for d in dims]
+
+
+def _as_array(x, what: str) -> dict:
+    import numpy as np
+
+    try:
+        arr = np.array(x, dtype=np.float64)  # a copy: never trust the caller's object
+    except (TypeError, ValueError) as exc:
+        raise AnswerFormatError(f"{what} should be a numeric array: {exc}") from None
+    if not np.all(np.isfinite(arr)):
+        raise AnswerFormatError(f"{what} contains NaN or infinity")
+    values = np.round(arr, ROUND_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return {"shape": list(arr.shape), "values": values.ravel().tolist()}
+
+
+def canonical(kind: str, value, what: str = "your answer"):
+    """Plain JSON data that two equal answers share, whatever Python types they came in."""
+    if kind == "array":
+        return _as_array(value, what)
+    if kind == "int":
+        return _as_int(value, what)
+    if kind == "shape":
+        return _as_shape(value, what)
+    if kind in ("int_list", "shape_list"):
+        if not isinstance(value, (list, tuple)):
+            raise AnswerFormatError(f"{what} should be a list, got {type(value).__name__}")
+        item = "int" if kind == "int_list" else "shape"
+        return [canonical(item, v, f"{what}[{i}]") for i, v in enumerate(value)]
+    raise ValueError(f"unknown answer kind {kind!r}")
+
+
+def digest(data, salt: str = "") -> str:
+    """SHA-256 of canonical data (salted with the question key so equal answers differ per question)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{salt}|{text}".encode()).hexdigest()
+
+
+def _text(x) -> str:
+    """A message: the text itself, or (variant tables) its index in the shared ``VARIANTS["texts"]``."""
+    return VARIANTS["texts"][x] if isinstance(x, int) and not isinstance(x, bool) and VARIANTS else (x or "")
+
+
+def _judge(entry: dict, data, salt: str, label: str) -> None:
+    h = digest(data, salt)
+    if h[:len(entry["answer"])] == entry["answer"]:
+        return
+    mistakes = entry["mistakes"]
+    hint = next((m for d, m in mistakes.items() if h[:len(d)] == d), None) if VARIANTS else mistakes.get(h)
+    if hint is not None and _text(hint):
+        raise AssertionError(f"{label} is not right yet. Likely mistake: {_text(hint)}")
+    raise AssertionError(f"{label} is not right yet. {_text(entry.get('hint', ''))}".strip())
+
+
+def check_answer(key: str, value) -> None:
+    """Raise ``AssertionError`` with feedback unless ``value`` is the right answer for ``key``."""
+    spec = _tables()[0][key]
+    if value is None or value is Ellipsis:
+        raise AssertionError(f"`{key}` is not answered yet: replace the ... with {_text(spec['describe'])}.")
+    data = canonical(spec["kind"], value, f"`{key}`")
+    if spec["kind"] in ("int_list", "shape_list"):
+        items = spec["items"]
+        if len(data) != len(items):
+            raise AssertionError(
+                f"`{key}` should have {len(items)} entries, one per layer, got {len(data)}."
+            )
+        problems = []
+        for i, (item, entry) in enumerate(zip(data, items)):
+            try:
+                _judge(entry, item, f"{key}[{i}]", f"entry {i} ({_text(entry['label'])})")
+            except AssertionError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise AssertionError(f"`{key}`:\n  " + "\n  ".join(problems))
+        return
+    if spec["kind"] == "array" and data["shape"] != spec["shape"]:
+        hint = _text(spec.get("shape_hints", {}).get(json.dumps(data["shape"])))
+        msg = f"`{key}` has shape {tuple(data['shape'])}, expected {tuple(spec['shape'])}."
+        raise AssertionError(msg + (f" Likely mistake: {hint}" if hint else ""))
+    _judge(spec, data, key, f"`{key}`")
+
+
+def is_stub(output=None, error: BaseException | None = None) -> bool:
+    """Whether a function's result says "not written yet" rather than "wrong".
+
+    A stub returns ``None`` (the template's ``...`` body) or ``...``, or raises
+    ``NotImplementedError``.  Seen through the grading engine, which records outputs as float
+    arrays, ``None`` arrives as a 0-d NaN and the other two as the recorded error's text.
+    """
+    if error is not None:
+        text = str(error)
+        return (isinstance(error, NotImplementedError) or text.startswith("NotImplementedError")
+                or "'ellipsis'" in text or "'NoneType'" in text)
+    if output is None or output is Ellipsis:
+        return True
+    import numpy as np
+
+    try:
+        arr = np.asarray(output, dtype=np.float64)
+    except (TypeError, ValueError):
+        return False
+    return arr.ndim == 0 and bool(np.isnan(arr))
+
+
+def not_implemented_message(name: str) -> str:
+    return f"`{name}` is not implemented yet: replace the `...` in its body with your code."
+
+
+def check_function(name: str, func) -> None:
+    """Run the student's function on the public cases (inputs shown in the notebook)."""
+    if not callable(func):
+        raise AssertionError(f"`{name}` should be a function; define it with `def {name}(...)`.")
+    for case in _tables()[1][name]:
+        import numpy as np
+
+        args = [np.array(a, dtype=np.float64) for a in case["args"]]
+        try:
+            out = func(*args, **case["kwargs"])
+        except Exception as exc:
+            if is_stub(error=exc):
+                raise AssertionError(not_implemented_message(name)) from None
+            raise AssertionError(f"{name} raised {type(exc).__name__}: {exc} on {case['label']}") from None
+        if is_stub(out):
+            raise AssertionError(not_implemented_message(name))
+        data = canonical("array", out, f"{name}(...) on {case['label']}")
+        if data["shape"] != case["shape"]:
+            hint = _text(case.get("shape_hints", {}).get(json.dumps(data["shape"])))
+            raise AssertionError(
+                f"{name} on {case['label']} returned shape {tuple(data['shape'])}, "
+                f"expected {tuple(case['shape'])}." + (f" {hint}" if hint else "")
+            )
+        _judge(case, data, f"{name}:{case['label']}", f"{name} on {case['label']}")
+
+
+# --- the Keras model ------------------------------------------------------------------------
+
+_FOLDED = {"Activation", "ReLU", "Softmax"}  # standalone activations fold into the layer before
+# no parameters and no change of shape: dropout (identity at test time), input scaling inside the model
+_IGNORED = {"InputLayer", "Dropout", "SpatialDropout2D", "Rescaling"}
+
+
+def _model_config(model) -> dict:
+    if isinstance(model, dict):
+        return model
+    if isinstance(model, str):
+        return json.loads(model)
+    to_json = getattr(model, "to_json", None)
+    if to_json is None:
+        raise AssertionError(f"`model` should be a Keras model, got {type(model).__name__}.")
+    return json.loads(to_json())
+
+
+def _pair(v):
+    return list(v) if isinstance(v, (list, tuple)) else [v, v]
+
+
+def model_layers(model) -> tuple[list, list | None]:
+    """Summarize a Keras model (live or its JSON config) as ``(layers, input_shape)``.
+
+    Each layer is a small dict of what the assignment grades: kind, width, kernel, stride,
+    padding and activation.
+    """
+    config = _model_config(model)
+    layers, input_shape = [], None
+    inner = config.get("config", {})
+    if isinstance(inner, dict) and "build_input_shape" in inner and inner["build_input_shape"]:
+        input_shape = list(inner["build_input_shape"])[1:]
+    for layer in inner.get("layers", []) if isinstance(inner, dict) else []:
+        cls, cfg = layer.get("class_name"), layer.get("config", {})
+        if cls == "InputLayer":
+            shape = cfg.get("batch_shape") or cfg.get("batch_input_shape")
+            if shape:
+                input_shape = list(shape)[1:]
+        if cls in _IGNORED:
+            continue
+        if cls in _FOLDED and layers:
+            act = cfg.get("activation") or {"ReLU": "relu", "Softmax": "softmax"}.get(cls)
+            if layers[-1].get("activation") in (None, "linear"):
+                layers[-1]["activation"] = act
+                continue
+        entry = {"kind": cls}
+        if cls == "Conv2D":
+            entry.update(filters=cfg.get("filters"), kernel_size=_pair(cfg.get("kernel_size")),
+                         strides=_pair(cfg.get("strides", 1)), padding=cfg.get("padding"),
+                         activation=cfg.get("activation"), use_bias=cfg.get("use_bias", True))
+        elif cls in ("MaxPooling2D", "MaxPool2D"):
+            entry["kind"] = "MaxPooling2D"
+            entry.update(pool_size=_pair(cfg.get("pool_size")),
+                         strides=_pair(cfg.get("strides") or cfg.get("pool_size")),
+                         padding=cfg.get("padding"))
+        elif cls == "Dense":
+            entry.update(units=cfg.get("units"), activation=cfg.get("activation"),
+                         use_bias=cfg.get("use_bias", True))
+        if isinstance(entry.get("activation"), dict):  # activation given as a serialized object
+            entry["activation"] = entry["activation"].get("config", {}).get("name", "custom")
+        layers.append(entry)
+    return layers, input_shape
+
+
+_DESCRIBE = {
+    "Conv2D": lambda l: (f"Conv2D({l['filters']}, {tuple(l['kernel_size'])}, "
+                         + (f"padding='{l['padding']}', " if l.get("padding") not in (None, "valid") else "")
+                         + f"activation='{l['activation']}')"),
+    "MaxPooling2D": lambda l: f"MaxPooling2D({tuple(l['pool_size'])})",
+    "Flatten": lambda l: "Flatten()",
+    "Dense": lambda l: f"Dense({l['units']}, activation='{l['activation']}')",
+}
+
+
+def _describe(layer: dict) -> str:
+    return _DESCRIBE.get(layer["kind"], lambda l: l["kind"])(layer)
+
+
+def check_model(model, expected: list | None = None, input_shape: list | None = None) -> None:
+    """Compare the model's layers, one by one, with the unit's CNN (and its input shape)."""
+    expected = EXPECTED_LAYERS if expected is None else expected
+    want_shape = list(EXPECTED_INPUT_SHAPE if input_shape is None else input_shape)
+    if model is None or model is Ellipsis:
+        raise AssertionError("`model` is not defined yet: build it with keras.models.Sequential().")
+    got, input_shape = model_layers(model)
+    if input_shape is not None and want_shape and list(input_shape) != want_shape:
+        raise AssertionError(
+            f"The model's input shape is {tuple(input_shape)}; {INPUT_NAME} reshaped for Conv2D are "
+            f"{tuple(want_shape)} (height, width, channels)."
+        )
+    for i, want in enumerate(expected):
+        if i >= len(got):
+            raise AssertionError(f"Layer {i + 1} is missing: expected {_describe(want)} there.")
+        have = got[i]
+        if have["kind"] != want["kind"]:
+            raise AssertionError(f"Layer {i + 1} is {have['kind']}, expected {_describe(want)}.")
+        for key, value in want.items():
+            if have.get(key) != value:
+                hint = PADDING_HINTS.get(value, "") if key == "padding" else ""
+                raise AssertionError(
+                    f"Layer {i + 1} ({have['kind']}): {key} is {have.get(key)!r}, expected {value!r}{hint}."
+                )
+    if len(got) > len(expected):
+        raise AssertionError(
+            f"The model has {len(got)} layers with parameters or shape changes; {UNIT_MODEL} has "
+            f"{len(expected)}. Extra: {', '.join(_describe(l) for l in got[len(expected):])}."
+        )
+
+
+def check_training(model) -> None:
+    """Public check for the training question: compiled for integer labels and actually trained.
+    The architecture is the structure question's business unless the assignment requires it."""
+    if getattr(model, "require_lesson_model", False):
+        check_model(model)
+    elif model is None or model is Ellipsis:
+        raise AssertionError("`model` is not defined yet: build it with keras.models.Sequential().")
+    compile_config = _model_config(model).get("compile_config") or {}
+    if not compile_config:
+        raise AssertionError("`model` is not compiled yet: call model.compile(optimizer=..., loss=..., metrics=['accuracy']).")
+    loss = compile_config.get("loss")
+    name = (loss if isinstance(loss, str) else json.dumps(loss)).lower().replace(" ", "_")
+    if "categorical_crossentropy" not in name and "categoricalcrossentropy" not in name:
+        raise AssertionError(
+            f"The loss is {loss}. For ten classes use 'sparse_categorical_crossentropy' with the integer "
+            "labels (or 'categorical_crossentropy' with one-hot labels)."
+        )
+    optimizer = getattr(model, "optimizer", None)
+    iterations = getattr(optimizer, "iterations", None)
+    if iterations is not None and int(iterations.numpy() if hasattr(iterations, "numpy") else iterations) == 0:
+        raise AssertionError("The model has not been trained yet: call model.fit(...).")
