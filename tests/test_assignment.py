@@ -58,6 +58,27 @@ def test_build_leaves_zip_and_student_notebook(assignment, builds):
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_zips_carry_the_assignment_and_the_shared_content_it_imports(assignment, builds, tmp_path):
+    """Gradescope's lib/ (and Otter's setup.sh tarball, built from the same file list) holds the
+    assignment's package and every shared package its spec lists; its answer key imports from lib/ alone."""
+    import subprocess
+    import sys
+
+    built, spec = builds[assignment], registry.get(assignment)
+    with zipfile.ZipFile(built.gradescope_zip) as z:
+        names = set(z.namelist())
+        z.extractall(tmp_path, [n for n in names if n.startswith("lib/")])
+    for package in (spec.package, *spec.shared):
+        assert f"lib/{package.replace('.', '/')}/__init__.py" in names, package
+    assert not [n for n in names if n.startswith("lib/assignments/") and ("/student/" in n or "/samples/" in n)]
+    code = ("import importlib, sys; sys.path.insert(0, sys.argv[1]); m = importlib.import_module(sys.argv[2]); "
+            "assert m.__file__.startswith(sys.argv[1]), m.__file__; "
+            "assert all(importlib.import_module(p).__file__.startswith(sys.argv[1]) for p in sys.argv[3:]); "
+            "m.render_public_module()")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "lib"), spec.checks, *spec.shared], check=True)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_committed_student_folder_is_in_sync_with_the_master(assignment, builds):
     built = builds[assignment]
     committed = built.spec.student_dir

@@ -39,6 +39,44 @@ class Answer:
     shape_hints: dict[tuple, str] = field(default_factory=dict)
 
 
+def layer_table_answers(input_shape, seed, shape_variants: list, param_variants: list, shapes_hint: str,
+                        channels_message: Callable[[int], str]) -> list[Answer]:
+    """The three layer-table questions (``layer_output_shapes``, ``layer_params``, ``total_params``)
+    for a seed model (reference layer specs) on ``input_shape``.  ``shape_variants`` and
+    ``param_variants`` are ``(layer table, message)`` pairs: the tables typical mistakes give; every
+    unit also gets the channels-first shape and the forgotten input channels of a Conv2D
+    (``channels_message(in_channels)``) as mistakes."""
+    from assignments.cnn_common import reference
+
+    rows = reference.layer_table(input_shape, seed)
+    labels = [r.kind for r in rows]
+    shape_items, param_items = [], []
+    for i, row in enumerate(rows):
+        sm = [(v[i].output_shape, msg) for v, msg in shape_variants if v[i].output_shape != row.output_shape]
+        if len(row.output_shape) == 3:
+            h, w, c = row.output_shape
+            sm.append(((c, h, w), "Keras puts channels last: (height, width, channels)"))
+        shape_items.append(sm)
+        pm = [(v[i].params, msg) for v, msg in param_variants if v[i].params != row.params]
+        spec = seed[i]
+        in_ch = rows[i - 1].output_shape[-1] if i else input_shape[-1]
+        if isinstance(spec, Conv2DSpec) and in_ch != 1:
+            one_channel = reference.conv2d_params(spec.kernel_size, 1, spec.filters)
+            if all(v != one_channel for v, _ in pm):
+                pm.append((one_channel, channels_message(in_ch)))
+        param_items.append(pm)
+    return [
+        Answer("layer_output_shapes", "shape_list", f"a list of {len(rows)} tuples", [r.output_shape for r in rows],
+               labels=labels, item_mistakes=shape_items, hint=shapes_hint),
+        Answer("layer_params", "int_list", f"a list of {len(rows)} ints", [r.params for r in rows],
+               labels=labels, item_mistakes=param_items,
+               hint="Conv2D: (k*k*in_channels + 1) * filters; Dense: (inputs + 1) * units; pooling and Flatten: 0."),
+        Answer("total_params", "int", "an int", reference.total_params(rows),
+               [(reference.total_params(v), msg) for v, msg in param_variants],
+               hint="Add up the parameters of every layer."),
+    ]
+
+
 # --- judging plain answers --------------------------------------------------------------------
 
 ATOL = 1e-6

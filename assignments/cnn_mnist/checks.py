@@ -26,7 +26,6 @@ from assignments.cnn_common.judging import Answer
 from assignments.cnn_mnist import public_checks
 from assignments.cnn_mnist import reference
 from assignments.cnn_mnist.public_checks import canonical
-from assignments.cnn_mnist.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
 from assignments.cnn_mnist.spec import ASSIGNMENT
 from assignments.cnn_mnist.variants import LESSON, Givens
 
@@ -101,8 +100,6 @@ def _variant(specs, **changes):
 
 def _table_answers(g: Givens = LESSON) -> list[Answer]:
     seed, shape = g.table_model(), reference.SEED_INPUT_SHAPE
-    rows = reference.layer_table(shape, seed)
-    labels = [f"{r.kind}" for r in rows]
     shape_variants = [
         (reference.layer_table(shape, _variant(seed, Conv2DSpec={"padding": "same"})),
          "used 'same' padding; the lesson's Conv2D layers use 'valid', which shrinks each side by k - 1"),
@@ -113,33 +110,10 @@ def _table_answers(g: Givens = LESSON) -> list[Answer]:
         (reference.layer_table(shape, _variant(seed, Conv2DSpec={"use_bias": False}, DenseSpec={"use_bias": False})),
          "forgot the bias terms (one per filter or unit)"),
     ]
-    shape_items, param_items = [], []
-    for i, row in enumerate(rows):
-        sm = [(v[i].output_shape, msg) for v, msg in shape_variants if v[i].output_shape != row.output_shape]
-        if len(row.output_shape) == 3:
-            h, w, c = row.output_shape
-            sm.append(((c, h, w), "Keras puts channels last: (height, width, channels)"))
-        shape_items.append(sm)
-        pm = [(v[i].params, msg) for v, msg in param_variants if v[i].params != row.params]
-        spec = seed[i]
-        if isinstance(spec, Conv2DSpec):
-            in_ch = rows[i - 1].output_shape[-1] if i else shape[-1]
-            if in_ch != 1:
-                pm.append((reference.conv2d_params(spec.kernel_size, 1, spec.filters),
-                           "forgot the input channels: each filter spans all channels of the previous layer"))
-        param_items.append(pm)
-    total = reference.total_params(rows)
-    return [
-        Answer("layer_output_shapes", "shape_list", "a list of 8 tuples", [r.output_shape for r in rows],
-               labels=labels, item_mistakes=shape_items,
-               hint="Work layer by layer: valid conv shrinks by k - 1, pooling halves (floor)."),
-        Answer("layer_params", "int_list", "a list of 8 ints", [r.params for r in rows],
-               labels=labels, item_mistakes=param_items,
-               hint="Conv2D: (k*k*in_channels + 1) * filters; Dense: (inputs + 1) * units; pooling and Flatten: 0."),
-        Answer("total_params", "int", "an int", total,
-               [(reference.total_params(v), msg) for v, msg in param_variants],
-               hint="Add up the parameters of every layer."),
-    ]
+    return judging.layer_table_answers(
+        shape, seed, shape_variants, param_variants,
+        "Work layer by layer: valid conv shrinks by k - 1, pooling halves (floor).",
+        lambda in_ch: "forgot the input channels: each filter spans all channels of the previous layer")
 
 
 def answers_for(g: Givens = LESSON) -> dict[str, Answer]:

@@ -26,7 +26,6 @@ from assignments.cnn_common import judging
 from assignments.cnn_common.judging import Answer
 from assignments.digits import public_checks, reference
 from assignments.digits.public_checks import canonical
-from assignments.digits.reference import Conv2DSpec
 
 #: Retrained test accuracy (on the last 360 images) must be above this; see the master notebook
 #: for the measurements behind it.
@@ -117,8 +116,6 @@ def _variant(specs, kind: str, index: int | None = None, **changes):
 def _table_answers() -> list[Answer]:
     seed, shape = reference.SEED_MODEL, reference.INPUT_SHAPE
     table = lambda specs: reference.layer_table(shape, specs)  # noqa: E731
-    rows = table(seed)
-    labels = [r.kind for r in rows]
     shape_variants = [
         (table(_variant(seed, "Conv2DSpec", 0, padding="valid")),
          "the first Conv2D has padding='same', which keeps 8x8; only the second one is 'valid'"),
@@ -134,32 +131,10 @@ def _table_answers() -> list[Answer]:
         (table(_variant(seed, "Conv2DSpec", 1, padding="same")),
          "the Flatten size: the second Conv2D is 'valid', so it gives 2x2x32 = 128 values"),
     ]
-    shape_items, param_items = [], []
-    for i, row in enumerate(rows):
-        sm = [(v[i].output_shape, msg) for v, msg in shape_variants if v[i].output_shape != row.output_shape]
-        if len(row.output_shape) == 3:
-            h, w, c = row.output_shape
-            sm.append(((c, h, w), "Keras puts channels last: (height, width, channels)"))
-        shape_items.append(sm)
-        pm = [(v[i].params, msg) for v, msg in param_variants if v[i].params != row.params]
-        spec = seed[i]
-        in_ch = rows[i - 1].output_shape[-1] if i else shape[-1]
-        if isinstance(spec, Conv2DSpec) and in_ch != 1 and all(v != reference.conv2d_params(spec.kernel_size, 1, spec.filters)
-                                                             for v, _ in pm):
-            pm.append((reference.conv2d_params(spec.kernel_size, 1, spec.filters),
-                       f"forgot the input channels: each filter spans all {in_ch} channels of the previous layer"))
-        param_items.append(pm)
-    return [
-        Answer("layer_output_shapes", "shape_list", f"a list of {len(rows)} tuples", [r.output_shape for r in rows],
-               labels=labels, item_mistakes=shape_items,
-               hint="Work layer by layer: 'same' keeps 8x8, pooling halves, a valid 3x3 convolution shrinks by 2."),
-        Answer("layer_params", "int_list", f"a list of {len(rows)} ints", [r.params for r in rows],
-               labels=labels, item_mistakes=param_items,
-               hint="Conv2D: (k*k*in_channels + 1) * filters; Dense: (inputs + 1) * units; pooling and Flatten: 0."),
-        Answer("total_params", "int", "an int", reference.total_params(rows),
-               [(reference.total_params(v), msg) for v, msg in param_variants],
-               hint="Add up the parameters of every layer."),
-    ]
+    return judging.layer_table_answers(
+        shape, seed, shape_variants, param_variants,
+        "Work layer by layer: 'same' keeps 8x8, pooling halves, a valid 3x3 convolution shrinks by 2.",
+        lambda in_ch: f"forgot the input channels: each filter spans all {in_ch} channels of the previous layer")
 
 
 def _answers() -> dict[str, Answer]:
