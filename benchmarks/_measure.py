@@ -49,6 +49,8 @@ def measured(label: str, sink: dict):
 
 def report(results: dict, baseline: str, ours: str) -> None:
     for label, r in results.items():
-        print(f"{label:40s} {r['seconds']:9.2f} s   peak {r['peak_mib']:8.0f} MiB")
+        print(f"{label:40s} {r['seconds']:9.2f} s   CPU {r.get('cpu_seconds', 0):8.1f} s   peak {r['peak_mib']:8.0f} MiB")
     ratio = results[baseline]["seconds"] / results[ours]["seconds"]
     print(f"ratio {baseline} / {ours}: {ratio:.2f}x (time)")
+    if results[ours].get("cpu_seconds"):
+        print(f"ratio of CPU seconds: {results[baseline]['cpu_seconds'] / results[ours]['cpu_seconds']:.2f}x")

@@ -42,7 +42,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--probes", type=int, default=4)
     args = ap.parse_args(argv)
     config, fits = recipe(1, 128)
-    settings = retrain.Settings(seeds=1, data_subset=tuple(args.subset))
+    settings = retrain.Settings("cnn_mnist", seeds=1, data_subset=tuple(args.subset))
     nb = samples.SAMPLES_DIR / "untouched.ipynb"
     out: dict = {"load_before": os.getloadavg()[0], "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as tmp:
