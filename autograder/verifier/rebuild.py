@@ -229,10 +229,14 @@ def canonical_model(config: Any, input_shape: Any = None) -> tuple[dict, list[st
     # ``input_shape``: the dataset's (one example, e.g. (28, 28, 1)); the model's own input must hold as
     # many values, and it is assumed when the config names none
     expected = list(input_shape) if input_shape is not None else None
-    if not isinstance(config, dict):
-        raise RefusedModel(f"the model description is not a Keras model config; {SUBCLASSED_HELP}")
+    try:
+        if not isinstance(config, dict):
+            raise RefusedModel(f"the model description is not a Keras model config; {SUBCLASSED_HELP}")
+        raw_layers = _chain(config)
+    except RefusedModel as exc:  # the guidance names the assignment's input shape
+        shape = f"keras.Input({tuple(expected)})" if expected is not None else "keras.Input(shape)"
+        raise RefusedModel(str(exc).replace("keras.Input(shape)", shape)) from None
     notes: list[str] = []
-    raw_layers = _chain(config)
     input_shape, out = None, []
     for i, layer in enumerate(raw_layers):
         cls = layer.get("class_name")
