@@ -55,6 +55,8 @@ def data(
     console.print(f"  test  {x_test.shape} {x_test.dtype}, first labels {y_test[:5].tolist()}")
     from autograder import registry
 
+    for name, cause in registry.broken().items():  # a stale or shadowed plug-in: said, not fatal here
+        console.print(f"[yellow]{name}: skipped, {cause}[/yellow]")
     for spec in registry.all_assignments():  # every installed assignment's data, through its verified loader
         try:
             (x_train, _), (x_test, _) = spec.dataset.load()

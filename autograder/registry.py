@@ -4,7 +4,10 @@ The list of installed assignments is the entry-point group ``autograder.assignme
 ``pyproject.toml``: ``cnn_mnist = "assignments.cnn_mnist.spec:ASSIGNMENT"``).  Where the package
 is not installed (the Gradescope image runs it from ``lib/``), every ``assignments.<name>.spec``
 module found beside it is used instead.  An unknown name is a :class:`UnknownAssignment` that
-names it and lists the known ones.
+names it and lists the known ones.  An entry point that cannot be loaded (a stale install, a
+package shadowed by another ``assignments`` folder, a plug-in with a bug) does not stop the others:
+it is listed by :func:`broken`, and asking for it by name raises :class:`BrokenAssignment` with
+the cause.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ class UnknownAssignment(LookupError):
                          f"{', '.join(repr(k) for k in known) or 'no assignments'} installed")
 
 
+class BrokenAssignment(LookupError):
+    """An installed assignment whose plug-in cannot be loaded; the message says why."""
+
+    def __init__(self, name, cause):
+        self.name = name
+        super().__init__(f"assignment {name!r} is installed but cannot be loaded: {cause}")
+
+
 def _check(spec, where: str) -> AssignmentSpec:
     if not isinstance(spec, AssignmentSpec):
         raise TypeError(f"{where} is not an AssignmentSpec")
@@ -34,17 +45,23 @@ def _check(spec, where: str) -> AssignmentSpec:
 
 
 @lru_cache(maxsize=1)
-def _installed() -> dict[str, AssignmentSpec]:
+def _scan() -> tuple[dict[str, AssignmentSpec], dict[str, str]]:
+    """(loadable assignments by name, causes of the entry points that failed to load by name)."""
     from importlib.metadata import entry_points
 
     found: dict[str, AssignmentSpec] = {}
+    failed: dict[str, str] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        spec = _check(ep.load(), f"entry point {ep.name} ({ep.value})")
+        try:
+            spec = _check(ep.load(), f"entry point {ep.name} ({ep.value})")
+        except Exception as exc:  # noqa: BLE001 - one bad plug-in must not hide the others
+            failed[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
+            continue
         found[spec.name] = spec
     try:
         import assignments
     except ImportError:
-        return found
+        return found, failed
     for info in pkgutil.iter_modules(assignments.__path__):  # not installed (e.g. lib/ on Gradescope)
         if info.ispkg and info.name not in found:
             try:
@@ -54,7 +71,16 @@ def _installed() -> dict[str, AssignmentSpec]:
             spec = getattr(module, "ASSIGNMENT", None)
             if spec is not None:
                 found[_check(spec, module.__name__).name] = spec
-    return found
+    return found, {name: cause for name, cause in failed.items() if name not in found}
+
+
+def _installed() -> dict[str, AssignmentSpec]:
+    return _scan()[0]
+
+
+def broken() -> dict[str, str]:
+    """Installed assignments that cannot be loaded, with the cause of each."""
+    return dict(_scan()[1])
 
 
 def all_assignments() -> list[AssignmentSpec]:
@@ -68,7 +94,9 @@ def names() -> list[str]:
 
 def get(name: str) -> AssignmentSpec:
     """The spec of the assignment called ``name``; :class:`UnknownAssignment` if there is none."""
-    specs = _installed()
+    specs, failed = _scan()
+    if name in failed:
+        raise BrokenAssignment(name, failed[name])
     if name not in specs:
         raise UnknownAssignment(name, sorted(specs))
     return specs[name]

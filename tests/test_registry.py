@@ -26,6 +26,27 @@ def test_installed_assignments_are_found_by_name_and_an_unknown_name_is_a_clear_
         registry.get("no_such_unit")
 
 
+def test_an_entry_point_that_cannot_load_is_named_with_its_cause_and_hides_no_other(monkeypatch):
+    """A stale install (the entry point names a module that is gone, as when a Gradescope zip's
+    lib/assignments shadows the installed one) must not stop the working assignments."""
+    import importlib.metadata as md
+
+    real = md.entry_points(group=registry.ENTRY_POINT_GROUP)
+    ghost = md.EntryPoint(name="ghost_unit", value="assignments.ghost_unit.spec:ASSIGNMENT",
+                          group=registry.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(md, "entry_points", lambda group=None: [*real, ghost])
+    registry._scan.cache_clear()
+    try:
+        assert "cnn_mnist" in registry.names() and "ghost_unit" not in registry.names()
+        assert "ModuleNotFoundError" in registry.broken()["ghost_unit"]
+        with pytest.raises(registry.BrokenAssignment, match="'ghost_unit' is installed but cannot be loaded.*ghost_unit"):
+            registry.get("ghost_unit")
+    finally:
+        monkeypatch.undo()
+        registry._scan.cache_clear()
+    assert registry.broken() == {}
+
+
 @pytest.mark.parametrize("name", registry.names())
 def test_every_spec_is_complete(name):
     """What the engine calls on an assignment's answer key exists and returns plain data."""
