@@ -238,3 +238,42 @@ def test_a_verified_dataset_is_verified_again_once_it_changes(tmp_path):
     raw[len(raw) // 2] ^= 0xFF  # one byte of the images, same size
     copy.write_bytes(bytes(raw))
     assert data.ensure_mnist_npz(copy) != copy  # rejected; the verified cache copy is used instead
+
+
+def test_a_clean_up_spares_what_the_grader_starts_meanwhile_and_kills_orphans():
+    """The demo's lost jails: discarding one warm jail killed the jail just started for the next
+    submission, because the clean-up listed it before its bwrap had forked its Python and then took
+    that new grandchild for an orphan.  A clean-up kills its own tree and unregistered direct children
+    (orphans), never a process the grader launched nor anything such a process starts."""
+    import subprocess
+
+    import psutil
+
+    from autograder import children
+    from autograder.probe.sandbox import _kill_everything, _my_children
+
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    preexisting = _my_children() - {victim.pid}
+    # like a jail: the launched process forks its real work a moment later
+    own = children.popen([sys.executable, "-c", "import subprocess, sys, time; time.sleep(0.5); "
+                          "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"],
+                         start_new_session=True)
+    orphan_like = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    deadline = time.monotonic() + 30
+    while len(psutil.Process(own.pid).children()) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = psutil.Process(own.pid).children()[0]
+    try:
+        _kill_everything(victim, preexisting)
+        assert victim.poll() is not None
+        assert orphan_like.wait(timeout=10) is not None  # an unregistered child of ours: killed
+        assert own.poll() is None and grandchild.is_running() and grandchild.status() != psutil.STATUS_ZOMBIE
+    finally:
+        for p in (own, orphan_like):
+            p.kill()
+            p.wait()
+        children.forget(own)
+        try:
+            grandchild.kill()
+        except psutil.Error:
+            pass

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from autograder.spec import AssignmentSpec, TrainingPolicy
 
-from autograder import __version__, protocol
+from autograder import __version__, children, protocol
 from autograder.variants import VariantConfig
 from autograder.probe.sandbox import Limits, probe
 from autograder.result import GRADER_ERROR, RESULT_SCHEMA_VERSION, GradeResult  # noqa: F401 (re-exported)
@@ -198,7 +198,7 @@ class _WarmJudge:
         def no_core() -> None:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-        return cls(subprocess.Popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE,
+        return cls(children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                                     preexec_fn=no_core))
 
@@ -227,6 +227,7 @@ class _WarmJudge:
         except OSError:
             pass
         self.proc.communicate()
+        children.forget(self.proc)
 
 
 def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = JUDGE_MEMORY_MB) -> dict:
@@ -263,7 +264,10 @@ def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = J
 
     guard = threading.Thread(target=watchdog, daemon=True)
     guard.start()
-    stdout, stderr = proc.communicate(json.dumps(request))
+    try:
+        stdout, stderr = proc.communicate(json.dumps(request))
+    finally:
+        children.forget(proc)
     guard.join(timeout=5)
     if over:
         raise GraderError(f"the judge exceeded its {over[0]}")

@@ -39,7 +39,7 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from autograder import protocol, warm
+from autograder import children, protocol, warm
 from autograder.probe import jail as jails
 from autograder.verifier.budget import Budget
 
@@ -291,11 +291,16 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
             pass
     for _ in range(50):
         victims = _tree(child.pid)
-        try:
-            spared = preexisting | warm.all_pids()  # jails and judges waiting for other submissions
-            victims += [p for p in me.children(recursive=True) if p.pid != child.pid and p.pid not in spared]
-        except psutil.Error:
-            pass
+        with children.listing() as own:  # no launch of the grader's falls between the listing and the kill
+            spared = preexisting | own | warm.all_pids()  # jails, judges and retrains of other work
+            try:
+                # direct children only: an orphan re-parents to us (we are a subreaper), while what a
+                # spared process starts (a warm jail's own bwrap and Python) is its child, not ours
+                for p in me.children():
+                    if p.pid != child.pid and p.pid not in spared:
+                        victims += _tree(p.pid)
+            except psutil.Error:
+                pass
         alive = []
         for p in victims:
             try:
@@ -311,6 +316,7 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
         child.wait(timeout=5)
     except subprocess.TimeoutExpired:
         pass
+    children.forget(child)
 
 
 def _rlimits(file_size_mb: int, slot_uid: bool):
@@ -387,7 +393,7 @@ class _WarmProbe:
             os.set_blocking(go_w, False)
             stack.callback(os.close, go_w)
             try:
-                child = subprocess.Popen(
+                child = children.popen(
                     [*cmd, str(status_w), str(go_r)], cwd=jail.work, env=env, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(status_w, go_r),
                     start_new_session=True, preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None))

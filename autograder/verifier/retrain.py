@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from autograder import children
 from autograder.verifier.budget import Budget, check as check_budget, check_config_size, recipe_cost
 from autograder.verifier.rebuild import RefusedModel, canonical_recipe, describe_optimizer
 
@@ -266,8 +267,8 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
                                                          "CNN_GRADER_CACHE", "CNN_GRADER_MNIST", "TMPDIR", "LANG")}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.Popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     over_memory = threading.Event()
 
     def watch():
@@ -291,8 +292,10 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
+        children.forget(proc)
         raise RetrainFailed(f"retraining did not finish within the grader's {max_seconds:.0f} s safety limit "
                             "(the recipe is within the assignment's budget, so the machine is too slow or overloaded)")
+    children.forget(proc)
     if over_memory.is_set():
         raise RetrainFailed(f"retraining used more than the grader's {memory_mb} MB memory limit")
     marker = stdout.rfind("\n@@RETRAIN@@")

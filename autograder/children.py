@@ -1,0 +1,49 @@
+"""The grader's own child processes: what a probe's clean-up must never kill.
+
+A probe's clean-up (:func:`autograder.probe.sandbox._kill_everything`) kills the probe's process
+tree and every orphan that re-parented to the grader (it is a subreaper).  Orphans are told apart
+from the grader's own children (a jail waiting in the warm pool, a judge, a retraining process,
+each possibly started by another thread a moment ago) by this registry: every process the grader
+launches is registered here, under the same lock that a clean-up holds while it lists its victims,
+so no launch can fall between the two.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from contextlib import contextmanager
+
+_LOCK = threading.RLock()
+_OWN: set[int] = set()
+
+
+def popen(*args, **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen``, with the new process registered as the grader's own before any clean-up
+    can list it.  :func:`forget` it when it is done (its pid may be reused)."""
+    with _LOCK:
+        proc = subprocess.Popen(*args, **kwargs)
+        _OWN.add(proc.pid)
+    return proc
+
+
+def forget(proc: subprocess.Popen | int) -> None:
+    with _LOCK:
+        _OWN.discard(proc if isinstance(proc, int) else proc.pid)
+
+
+@contextmanager
+def listing():
+    """Hold while listing processes to kill: yields the pids launched by the grader (a copy)."""
+    with _LOCK:
+        yield set(_OWN)
+
+
+def _after_fork() -> None:
+    global _LOCK
+    _LOCK = threading.RLock()  # a lock held by another thread at fork time would never be released
+    _OWN.clear()  # a forked worker's children are its own; its parent's are not its to spare or kill
+
+
+os.register_at_fork(after_in_child=_after_fork)
