@@ -42,7 +42,7 @@ class BatchOptions:
     ray_address: str | None = None  # None: start a local Ray instance
     canvas: str | None = None  # the Canvas gradebook column, "Title (assignment id)"; None: no import file
     archives: ArchiveLimits = field(default_factory=ArchiveLimits)
-    warm: int = 0  # off by default (see README: Throughput); jails and judges each worker starts ahead of its next submission (0: every start cold)
+    warm: int = 1  # jails and judges each worker starts ahead of its next submission (0: every start cold)
     probe_threads: int = 1  # CPU threads per probe (0: TensorFlow's default, every core); retraining keeps all
 
 

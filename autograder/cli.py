@@ -98,7 +98,7 @@ def grade(
         help="Autograder zip from `build`, repeatable (default: build every installed assignment). Each notebook "
              "is graded by the zip of the assignment named in its metadata."),
     jobs: int = typer.Option(0, "--jobs", "-j", help="Submissions graded in parallel (0: one per core)."),
-    warm: int = typer.Option(0, "--warm", help="Jails and judges each worker starts ahead of its next submission "
+    warm: int = typer.Option(1, "--warm", help="Jails and judges each worker starts ahead of its next submission "
                              "(0: start each one when needed; each waiting jail holds about 0.8 GB)."),
     force: bool = typer.Option(False, "--force", help="Regrade submissions that already have a result."),
     retrain: bool = typer.Option(True, "--retrain/--no-retrain", help="Retrain the model from scratch to verify accuracy."),
