@@ -40,7 +40,8 @@ class BatchOptions:
     progress: bool = True
     ray: bool = False  # spread the batch over a Ray cluster instead of the local process pool
     ray_address: str | None = None  # None: start a local Ray instance
-    canvas: str | None = None  # the Canvas gradebook column, "Title (assignment id)"; None: no import file
+    # the Canvas gradebook column, "Title (assignment id)", or one per assignment {name: column}; None: no import
+    canvas: str | dict[str | None, str] | None = None
     archives: ArchiveLimits = field(default_factory=ArchiveLimits)
     warm: int = 1  # jails and judges each worker starts ahead of its next submission (0: every start cold)
     probe_threads: int = 1  # CPU threads per probe (0: TensorFlow's default, every core); retraining keeps all
@@ -178,7 +179,7 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     from autograder.lms import reports
 
     for problem in reports.write_all(results, out, canvas=options.canvas):
-        print(f"warning: feedback page not written: {problem}", file=sys.stderr)
+        print(f"warning: not written: {problem}", file=sys.stderr)
     write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
                                                "seconds": round(time.monotonic() - started, 2),
                                                "options": asdict(options)})

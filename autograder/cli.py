@@ -129,10 +129,11 @@ def grade(
         False, "--unsafe-no-isolation",
         help="Grade even where no jail is possible (non-root without user namespaces): submissions then run as "
              "this user and every result says 'not isolated'."),
-    canvas_assignment: Optional[str] = typer.Option(
+    canvas_assignment: Optional[list[str]] = typer.Option(
         None, "--canvas-assignment",
         help="Canvas gradebook column, 'Title (assignment id)' as in Canvas's gradebook export, or the title "
-             "with --canvas-assignment-id. Without it no canvas_grades.csv is written."),
+             "with --canvas-assignment-id. A batch of several assignments takes one per assignment: "
+             "--canvas-assignment 'cnn_mnist=CNN on MNIST (123)' (repeatable). Without it no Canvas import is written."),
     canvas_assignment_id: Optional[str] = typer.Option(
         None, "--canvas-assignment-id", help="Canvas assignment id (the number in the assignment's URL)."),
 ) -> None:
@@ -157,7 +158,7 @@ def grade(
     canvas = None
     if canvas_assignment or canvas_assignment_id:
         try:
-            canvas = reports.canvas_column(canvas_assignment, canvas_assignment_id)
+            canvas = reports.canvas_columns(canvas_assignment or [""], canvas_assignment_id)
         except ValueError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2)
@@ -173,8 +174,9 @@ def grade(
     )
     results = batch.run_batch(paths, autograder_zips, out, options)
     _print_results(results)
+    imports = [f"{out / file} (column {column})" for file, _, column in reports.canvas_files(results, canvas)[0]]
     console.print(f"\nGrade sheet: {out / 'grades.csv'}   To review: {out / 'needs_review.csv'}   Canvas import: "
-                  + (f"{out / 'canvas_grades.csv'} (column {canvas})" if canvas else "none (--canvas-assignment)"))
+                  + (", ".join(imports) or "none (--canvas-assignment)"))
     console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}")
 
 

@@ -46,6 +46,26 @@ def test_a_grader_error_is_shown_as_such_never_as_a_zero(tmp_path):
     assert [r[1] for r in canvas[2:]] == ["1001"]  # the grader's fault never reaches the gradebook
 
 
+def test_a_mixed_batch_gets_one_canvas_import_per_assignment_each_with_its_own_column(tmp_path):
+    """Canvas has one gradebook column per assignment: a batch of two assignments must not put the
+    digits grade in the CNN column (nor out of its own points possible)."""
+    digits = {**_result("1002", canvas_user_id="1002", score=17.0), "assignment": "digits", "max_score": 31.0}
+    results = [_result("1001", canvas_user_id="1001"), digits]
+    problems = reports.write_all(results, tmp_path, canvas="CNN on MNIST (4242)")  # one bare column: ambiguous
+    assert not list(tmp_path.glob("canvas_grades*.csv"))
+    assert any("'cnn_mnist=Title (assignment id)'" in p for p in problems)
+    columns = reports.canvas_columns(["cnn_mnist=CNN on MNIST (4242)", "digits = Digits (4343)"])
+    assert reports.write_all(results, tmp_path, canvas=columns) == []
+    cnn = list(csv.reader(open(tmp_path / "canvas_grades_cnn_mnist.csv")))
+    dig = list(csv.reader(open(tmp_path / "canvas_grades_digits.csv")))
+    assert cnn[0][5] == "CNN on MNIST (4242)" and cnn[1][5] == "33" and [r[1] for r in cnn[2:]] == ["1001"]
+    assert dig[0][5] == "Digits (4343)" and dig[1][5] == "31" and [(r[1], r[5]) for r in dig[2:]] == [("1002", "17")]
+    report = (tmp_path / "report.html").read_text()
+    assert "canvas_grades_cnn_mnist.csv" in report and "Digits (4343)" in report
+    with pytest.raises(ValueError, match="two Canvas columns"):
+        reports.canvas_columns(["digits=A (1)", "digits=B (2)"])
+
+
 def test_report_table_has_accuracy_flags_and_limits(tmp_path):
     twin = _result("1002", canvas_user_id="1002", identical_to="1001", late=True)
     reports.write_all([_result("1001", canvas_user_id="1001"), twin], tmp_path)

@@ -73,7 +73,7 @@ SUMMARY = ENV.from_string("""<!doctype html>
 <div class="card"><p><strong id="count">{{ n }}</strong> submissions: <strong>{{ n_scored }}</strong> scored,
 <strong id="n-errors">{{ n_errors }}</strong> with errors (a row that could not be graded at all has no score), <strong id="n-grader-errors">{{ n_grader_errors }}</strong> grader errors (not scored, rerun the batch).
 Mean score <strong>{{ fmt(mean) }}</strong> / {{ fmt(max_score) }}, median {{ fmt(median) }} (scored submissions only).</p>
-{% if canvas %}<p>Canvas import: <code>canvas_grades.csv</code>, column <code>{{ canvas }}</code>; <strong>{{ n_review }}</strong> rows left out of it are listed in <code>needs_review.csv</code>.</p>
+{% if canvas %}<p>Canvas import: {% for file, column in canvas %}<code>{{ file }}</code>, column <code>{{ column }}</code>{{ "; " if not loop.last }}{% endfor %}; <strong>{{ n_review }}</strong> rows left out of it are listed in <code>needs_review.csv</code>.</p>
 {% else %}<p class="part">No Canvas import written: pass <code>--canvas-assignment "Title (assignment id)"</code> to write one. Rows to review: <code>needs_review.csv</code>.</p>{% endif %}</div>
 {% for title, png in plots %}<h2>{{ title }}</h2><img alt="{{ title }}" src="data:image/png;base64,{{ png }}">{% endfor %}
 <h2>Submissions</h2><table id="submissions"><thead><tr><th>Student</th><th>Score</th><th>Status</th><th>Retrained accuracy</th><th>Flags</th><th>Limits hit</th></tr></thead><tbody>
@@ -129,6 +129,7 @@ def write_grades_csv(results: list[dict], path: Path) -> None:
 
 
 CANVAS_COLUMN = re.compile(r"^(?P<title>.*\S)\s*\((?P<id>\d+)\)$")
+ASSIGNMENT_PREFIX = re.compile(r"^\s*(?P<name>[A-Za-z_]\w*)\s*=\s*(?P<column>.+)$")  # "cnn_mnist=Title (id)"
 
 
 def canvas_column(assignment: str | None = None, assignment_id: str | int | None = None) -> str:
@@ -150,6 +151,51 @@ def canvas_column(assignment: str | None = None, assignment_id: str | int | None
         raise ValueError(f"expected the Canvas column as 'Title (assignment id)', e.g. 'CNN on MNIST (123456)', "
                          f"got {assignment!r}")
     return f"{m.group('title')} ({m.group('id')})"
+
+
+def canvas_columns(values: list[str], assignment_id: str | int | None = None) -> dict[str | None, str]:
+    """``--canvas-assignment`` values as {assignment name or None: column}.
+
+    Each value is ``"Title (id)"`` (for a batch of one assignment) or ``"name=Title (id)"`` (one per
+    assignment of a mixed batch: Canvas has one gradebook column per assignment).  With
+    ``assignment_id`` there is one value, the bare title."""
+    columns: dict[str | None, str] = {}
+    if assignment_id is not None:
+        if len(values) != 1 or "=" in values[0]:
+            raise ValueError("--canvas-assignment-id goes with exactly one bare --canvas-assignment title")
+        return {None: canvas_column(values[0], assignment_id)}
+    for value in values:
+        m = ASSIGNMENT_PREFIX.match(value)
+        key, column = (m.group("name"), m.group("column")) if m else (None, value)
+        if key in columns:
+            raise ValueError(f"two Canvas columns given for {'assignment ' + repr(key) if key else 'the batch'}")
+        columns[key] = canvas_column(column)
+    return columns
+
+
+def canvas_files(results: list[dict], canvas: str | dict[str | None, str] | None) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Which Canvas import files a batch gets: [(file name, assignment, column)] and the problems.
+
+    One assignment: ``canvas_grades.csv``.  A mixed batch: ``canvas_grades_<assignment>.csv`` for
+    each assignment that has its own column (a single bare column cannot say which one it is)."""
+    if not canvas:
+        return [], []
+    columns = {None: canvas} if isinstance(canvas, str) else dict(canvas)
+    names = sorted({r["assignment"] for r in results if r.get("assignment")})  # a row of no known assignment: none
+    problems = [f"--canvas-assignment names {name!r}, which has no submission in this batch"
+                for name in columns if name is not None and name not in names]
+    if len(names) <= 1:
+        name = names[0] if names else ""
+        column = columns.get(name) or columns.get(None)
+        return ([("canvas_grades.csv", name, column)] if column else []), problems
+    files = []
+    for name in names:
+        if name in columns:
+            files.append((f"canvas_grades_{name}.csv", name, columns[name]))
+        else:
+            problems.append(f"no Canvas import for {name!r}: this batch holds {len(names)} assignments, so each "
+                            f"needs its own column (--canvas-assignment '{name}=Title (assignment id)')")
+    return files, problems
 
 
 def variant_peers(results: list[dict]) -> dict[int, list[str]]:
@@ -351,19 +397,21 @@ def _accuracy(r: dict) -> str:
     return f"- ({rt['error'][:80]})" if rt.get("error") else "-"
 
 
-def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None, canvas: str | None = None) -> list[str]:
-    """Grade sheet, review list, Canvas import (when ``canvas``, the column, is given), feedback
-    pages and the summary; every file readable by its owner only.  Returns the feedback pages
-    that could not be written (and why); everything else is written regardless."""
+def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None,
+              canvas: str | dict[str | None, str] | None = None) -> list[str]:
+    """Grade sheet, review list, Canvas imports (when ``canvas``, the column or the columns by
+    assignment, is given; see :func:`canvas_files`), feedback pages and the summary; every file
+    readable by its owner only.  Returns what could not be written (and why): feedback pages, an
+    assignment without its Canvas column; everything else is written regardless."""
     assignment = ", ".join(sorted({r["assignment"] for r in results if r.get("assignment")})) or "assignment"
     os.chmod(out, 0o700)
     write_grades_csv(results, out / "grades.csv")
-    if canvas:
-        write_canvas_csv(results, out / "canvas_grades.csv", canvas)
+    imports, failed = canvas_files(results, canvas)
+    for file, name, column in imports:
+        write_canvas_csv([r for r in results if (r.get("assignment") or "") == name], out / file, column)
     n_review = write_review_csv(results, out / "needs_review.csv")
     (out / "feedback").mkdir(exist_ok=True)
     os.chmod(out / "feedback", 0o700)
-    failed = []
     for r in results:  # one page that cannot be written must not stop the others or the summary
         try:
             write_private_text(out / "feedback" / f"{r['student']['id']}.html", render_feedback(r))
@@ -376,7 +424,8 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
                           n_errors=sum(r["status"] == "error" for r in results),
                           n_grader_errors=sum(r["status"] == "grader_error" for r in results),
                           mean=round(statistics.mean(scores), 2), median=statistics.median(scores),
-                          max_score=max_score, plots=_plots(results) if results else [], canvas=canvas,
+                          max_score=max_score, plots=_plots(results) if results else [],
+                          canvas=[(file, column) for file, _, column in imports],
                           n_review=n_review, accuracy=_accuracy,
                           flags=functools.partial(flags, peers=variant_peers(results)),
                           results=sorted(results, key=lambda r: r["student"]["id"]))
@@ -385,4 +434,4 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
 
 
 __all__ = ["write_all", "render_feedback", "write_grades_csv", "write_canvas_csv", "write_review_csv",
-           "canvas_column", "canvas_row", "flags", "write_private_text"]
+           "canvas_column", "canvas_columns", "canvas_files", "canvas_row", "flags", "write_private_text"]
