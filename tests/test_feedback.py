@@ -62,6 +62,9 @@ def test_a_mixed_batch_gets_one_canvas_import_per_assignment_each_with_its_own_c
     assert dig[0][5] == "Digits (4343)" and dig[1][5] == "31" and [(r[1], r[5]) for r in dig[2:]] == [("1002", "17")]
     report = (tmp_path / "report.html").read_text()
     assert "canvas_grades_cnn_mnist.csv" in report and "Digits (4343)" in report
+    # and the summary's figures are per assignment (17 of 31 and 20 of 33 have no common mean)
+    assert "<strong>cnn_mnist</strong>: 1 scored, mean score <strong>20</strong> / 33" in report
+    assert "<strong>digits</strong>: 1 scored, mean score <strong>17</strong> / 31" in report
     with pytest.raises(ValueError, match="two Canvas columns"):
         reports.canvas_columns(["digits=A (1)", "digits=B (2)"])
 

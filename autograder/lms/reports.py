@@ -21,70 +21,10 @@ from pathlib import Path
 
 import jinja2
 
-ENV = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
-
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1f2328}
-h1{font-size:1.6rem} table{border-collapse:collapse;width:100%;margin:1rem 0}
-th,td{border-bottom:1px solid #d0d7de;padding:.45rem .6rem;text-align:left;vertical-align:top}
-th{background:#f6f8fa} .ok{color:#1a7f37;font-weight:600} .bad{color:#cf222e;font-weight:600}
-.part{color:#9a6700;font-weight:600} pre{background:#f6f8fa;padding:.75rem;overflow-x:auto;white-space:pre-wrap}
-.score{font-size:2rem;font-weight:700} .card{border:1px solid #d0d7de;border-radius:8px;padding:1rem;margin:1rem 0}
-.muted{color:#57606a} img{max-width:100%}
-"""
-
-FEEDBACK = ENV.from_string("""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Feedback for {{ r.student.id }}: {{ r.assignment or "assignment" }}</title>
-<style>{{ style }}</style></head><body>
-<h1>Feedback: {{ r.assignment or "assignment" }}</h1>
-<p class="muted">Student <strong id="student">{{ r.student.id }}</strong>{% if r.student.name %} ({{ r.student.name }}){% endif %}</p>
-<div class="card">
-{% if r.status == "grader_error" %}<div class="score" id="total">not graded yet</div>
-<p class="part" id="status">The grader had a fault of its own, not of your submission: {{ r.error }}. It will be graded again; no points were taken.</p>
-{% else %}<div class="score" id="total">{{ fmt(r.score) }}{% if r.max_score %} / {{ fmt(r.max_score) }}{% endif %}</div>
-{% if r.status != "graded" %}<p class="bad" id="status">Not fully graded: {{ r.error }}</p>{% endif %}{% endif %}
-</div>
-{% if r.questions %}
-<table id="questions"><thead><tr><th>Question</th><th>Score</th><th>Feedback</th></tr></thead><tbody>
-{% for q in r.questions %}
-<tr><td>{{ q.name }}</td>
-<td class="{{ 'ok' if q.score == q.max_score else ('bad' if q.score == 0 else 'part') }}">{{ fmt(q.score) }} / {{ fmt(q.max_score) }}</td>
-<td>{% for c in q.cases if not c.hidden and not c.passed %}<p class="muted">public check</p><pre>{{ clean(c.message) }}</pre>{% endfor %}
-{% for c in q.cases if c.hidden %}<p class="hidden-check"><span class="muted">hidden check{% if q.cases|selectattr("hidden")|list|length > 1 %} ({{ case_label(c.name) }}){% endif %}:</span>
-{% if c.passed %} <span class="ok">passed</span>{% else %} <span class="bad">failed</span>{% if clean(c.message) %}: {{ clean(c.message) }}{% endif %}{% endif %}</p>{% endfor %}
-{% if q.cases|selectattr("passed", "false")|list|length == 0 %}All checks passed.{% endif %}</td></tr>
-{% endfor %}</tbody></table>
-{% endif %}
-{% if r.retrain %}<div class="card" id="retrain"><h2>Model retrained by the grader</h2>
-{% if r.retrain.error %}<p class="bad">{{ r.retrain.error }}</p>{% else %}
-<p>Test accuracy <strong>{{ "%.4f"|format(r.retrain.accuracy) }}</strong> after {{ r.retrain.epochs }} epochs at batch size {{ r.retrain.batch_size }},
-{{ r.retrain.optimizer }}, on {{ r.retrain.device }} ({{ r.retrain.backend }}){% if r.retrain.cache_hit %}, from the retraining cache{% else %}, {{ r.retrain.seconds }} s{% endif %}.</p>
-{% for n in r.retrain.notes %}<p class="muted">{{ n }}</p>{% endfor %}{% endif %}</div>{% endif %}
-{% if r.limits_hit %}<div class="card"><h2>Limits reached</h2><ul>{% for l in r.limits_hit %}<li>{{ l }}</li>{% endfor %}</ul></div>{% endif %}
-{% if r.status == "error" or failed_cells %}<div class="card" id="log"><h2>Execution log</h2>
-{% for c in failed_cells %}<p>Cell {{ c.index }}: <code>{{ c.error }}</code></p>{% endfor %}
-{% if r.execution and r.execution.output_tail %}<pre>{{ r.execution.output_tail[-6000:] }}</pre>{% endif %}</div>{% endif %}
-</body></html>
-""")
-
-SUMMARY = ENV.from_string("""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Grading summary: {{ assignment }}</title><style>{{ style }}</style></head><body>
-<h1>Grading summary: {{ assignment }}</h1>
-<div class="card"><p><strong id="count">{{ n }}</strong> submissions: <strong>{{ n_scored }}</strong> scored,
-<strong id="n-errors">{{ n_errors }}</strong> with errors (a row that could not be graded at all has no score), <strong id="n-grader-errors">{{ n_grader_errors }}</strong> grader errors (not scored, rerun the batch).
-Mean score <strong>{{ fmt(mean) }}</strong> / {{ fmt(max_score) }}, median {{ fmt(median) }} (scored submissions only).</p>
-{% if canvas %}<p>Canvas import: {% for file, column in canvas %}<code>{{ file }}</code>, column <code>{{ column }}</code>{{ "; " if not loop.last }}{% endfor %}; <strong>{{ n_review }}</strong> rows left out of it are listed in <code>needs_review.csv</code>.</p>
-{% else %}<p class="part">No Canvas import written: pass <code>--canvas-assignment "Title (assignment id)"</code> to write one. Rows to review: <code>needs_review.csv</code>.</p>{% endif %}</div>
-{% for title, png in plots %}<h2>{{ title }}</h2><img alt="{{ title }}" src="data:image/png;base64,{{ png }}">{% endfor %}
-<h2>Submissions</h2><table id="submissions"><thead><tr><th>Student</th><th>Score</th><th>Status</th><th>Retrained accuracy</th><th>Flags</th><th>Limits hit</th></tr></thead><tbody>
-{% for r in results %}<tr><td><a href="feedback/{{ r.student.id }}.html">{{ r.student.id }}</a>{% if r.student.name %}<br><span class="muted">{{ r.student.name }}</span>{% endif %}</td>
-<td>{{ fmt(r.score) if scored(r) else "-" }}</td>
-<td class="{{ 'ok' if r.status == 'graded' else ('part' if r.status == 'grader_error' else 'bad') }}">{{ "grader error" if r.status == "grader_error" else r.status }}{% if r.error %}: {{ r.error[:160] }}{% endif %}</td>
-<td>{{ accuracy(r) }}</td>
-<td class="flags">{% for f in flags(r) %}<div class="part">{{ f }}</div>{% endfor %}</td>
-<td>{% for l in r.limits_hit or [] %}<div>{{ l[:120] }}</div>{% endfor %}</td></tr>{% endfor %}
-</tbody></table></body></html>
-""")
+ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
+                         autoescape=True, trim_blocks=True, lstrip_blocks=True)
+FEEDBACK = ENV.get_template("feedback.html.j2")  # a student's page
+SUMMARY = ENV.get_template("summary.html.j2")  # the instructor's page of a batch
 
 
 def fmt(x) -> str:
@@ -370,7 +310,7 @@ def _thresholds(results: list[dict]) -> dict[str, float]:
 def render_feedback(result: dict) -> str:
     """The student's own page: their scores and messages, nothing about any classmate."""
     failed = [c for c in (result.get("execution") or {}).get("cells", []) if c.get("error")]
-    return FEEDBACK.render(r=result, style=STYLE, fmt=fmt, failed_cells=failed, clean=_clean, case_label=_case_label)
+    return FEEDBACK.render(r=result, fmt=fmt, failed_cells=failed, clean=_clean, case_label=_case_label)
 
 
 def _case_label(test_name: str) -> str:
@@ -418,13 +358,17 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
         except Exception as exc:  # noqa: BLE001
             failed.append(f"{r['student']['id']}: {type(exc).__name__}: {exc}")
     scored_rows = [r for r in results if scored(r)]
-    scores = [r["score"] for r in scored_rows] or [0]
-    max_score = max((r.get("max_score") or 0 for r in results), default=0)
-    page = SUMMARY.render(style=STYLE, fmt=fmt, assignment=assignment, n=len(results), n_scored=len(scored_rows), scored=scored,
+    stats = []  # per assignment: a mixed batch's scores are out of different totals
+    for name in sorted({r.get("assignment") or "" for r in results}) or [""]:
+        rows = [r for r in results if (r.get("assignment") or "") == name]
+        scores = [r["score"] for r in rows if scored(r)] or [0]
+        stats.append({"assignment": name or "unknown assignment", "n_scored": sum(scored(r) for r in rows),
+                      "mean": round(statistics.mean(scores), 2), "median": statistics.median(scores),
+                      "max_score": max((r.get("max_score") or 0 for r in rows), default=0)})
+    page = SUMMARY.render(fmt=fmt, assignment=assignment, n=len(results), n_scored=len(scored_rows), scored=scored,
                           n_errors=sum(r["status"] == "error" for r in results),
                           n_grader_errors=sum(r["status"] == "grader_error" for r in results),
-                          mean=round(statistics.mean(scores), 2), median=statistics.median(scores),
-                          max_score=max_score, plots=_plots(results) if results else [],
+                          stats=stats, plots=_plots(results) if results else [],
                           canvas=[(file, column) for file, _, column in imports],
                           n_review=n_review, accuracy=_accuracy,
                           flags=functools.partial(flags, peers=variant_peers(results)),
