@@ -223,8 +223,10 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
 
 
 def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, options: BatchOptions):
-    """Grade on Ray (the ``ray`` extra): one task per submission; where the cluster has GPUs each
-    task asks for a quarter of one, so several retrains share a GPU.  ``out`` and the zip must be
+    """Grade on Ray (the ``ray`` extra): one task per submission, asking for one CPU and the probe's
+    memory cap; where the cluster has GPUs each task asks for a quarter of one, so several retrains
+    share a GPU.  A task whose node dies runs once more elsewhere (``max_retries=1``); if that fails
+    too its row is a grader error that the next run grades again.  ``out`` and the zip must be
     on storage every node sees.  Yields each submission's summary as it finishes."""
     import ray
 
@@ -234,7 +236,9 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
                  include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     try:
         gpu_share = 0.25 if ray.cluster_resources().get("GPU") else 0
-        task = ray.remote(num_cpus=1, num_gpus=gpu_share, max_retries=1)(grade_one)
+        # what one submission may hold at once: its probe (or, later, its retrain) under the probe's memory cap
+        memory = options.limits.memory_mb * 2**20
+        task = ray.remote(num_cpus=1, num_gpus=gpu_share, memory=memory, max_retries=1)(grade_one)
         pending = {task.remote(s, autograder_zip, str(out), options): s for s in todo}
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)

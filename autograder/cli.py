@@ -120,7 +120,7 @@ def grade(
                                            help="Seconds a whole notebook may run."),
     memory_mb: int = typer.Option(_LIMITS.memory_mb, "--memory-mb", help="Memory limit for a submission's processes."),
     ray: bool = typer.Option(False, "--ray", help="Spread the batch over Ray (pip install 'cnn-autograder[ray]')."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster (default: start one)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster to grade on (implies --ray; without it --ray starts a local one)."),
     isolation: Optional[str] = typer.Option(
         None, "--isolation",
         help="How submissions are jailed: auto (bubblewrap where namespaces work, else a permission jail as root), "
@@ -165,7 +165,7 @@ def grade(
     if not autograder_zips:
         autograder_zips = [b.autograder_zip for b in builder.build_all(out / "_autograder", gradescope=False)]
     options = batch.BatchOptions(
-        jobs=jobs or max(os.cpu_count() or 1, 1), warm=warm, force=force, real_fit=real_fit, ray=ray, ray_address=ray_address,
+        jobs=jobs or max(os.cpu_count() or 1, 1), warm=warm, force=force, real_fit=real_fit, ray=ray or bool(ray_address), ray_address=ray_address,
         canvas=canvas,
         limits=dataclasses.replace(Limits(), cell_seconds=cell_seconds, notebook_seconds=notebook_seconds,
                                    memory_mb=memory_mb),
