@@ -61,6 +61,7 @@ class RetrainReport:
     device: str = ""
     backend: str = ""
     seconds: float = 0.0
+    peak_mb: int = 0  # the largest memory (RSS) of a training process, as measured when it trained
     cache_hit: bool = False
     notes: list[str] = field(default_factory=list)
     error: str | None = None  # why there is no accuracy (a refused recipe, or the grader_error)
@@ -270,6 +271,7 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
     proc = children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     over_memory = threading.Event()
+    peak = [0]
 
     def watch():
         import psutil
@@ -278,6 +280,7 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
             p = psutil.Process(proc.pid)
             while proc.poll() is None:
                 rss = sum(c.memory_info().rss for c in [p, *p.children(recursive=True)])
+                peak[0] = max(peak[0], rss)
                 if rss > memory_mb * 2**20:
                     over_memory.set()
                     proc.kill()
@@ -304,6 +307,7 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
     out = json.loads(stdout[marker + len("\n@@RETRAIN@@"):])
     if not isinstance(out.get("accuracy"), float):
         raise RetrainFailed("the retraining process returned no accuracy")
+    out["peak_mb"] = round(peak[0] / 2**20)  # sampled every 0.25 s: what a memory cap must leave room for
     return out
 
 
@@ -506,6 +510,7 @@ def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | N
     report.epochs = runs[0]["epochs"]
     report.seconds = round(sum(r["seconds"] for r in runs if not r["cache_hit"]), 2)
     report.cache_hit = all(r["cache_hit"] for r in runs)
+    report.peak_mb = max(int(r.get("peak_mb") or 0) for r in runs)
     if len(runs) > 1:
         report.notes.append(f"the first accuracy, {report.accuracies[0]:.4f}, was within {settings.seed_margin} of the "
                             f"threshold {settings.threshold}, so {len(runs)} seeds were trained and the median counts")
