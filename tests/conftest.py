@@ -1,6 +1,31 @@
-"""Fixtures shared by the test modules."""
+"""Fixtures shared by the test modules, and the suite's share of the cores.
+
+Under ``pytest -n N`` (the default: ``-n 2``) each worker process gets ``cores // N`` CPU threads for
+every TensorFlow and BLAS it starts: its own, a notebook's kernel under ``otter run``, a jail's probe,
+the verifier's retraining process.  TensorFlow's thread pools spin while they wait, so two workers
+each training with every core stall each other many times over (a full-MNIST training measured
+about 14 times slower that way in a CI run).  Set before anything imports TensorFlow; a variable
+already set in the environment wins.
+"""
+
+import os
 
 import pytest
+
+
+def _share_the_cores() -> None:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+    if workers <= 1:
+        return
+    from autograder.verifier.retrain import ENV_RETRAIN_THREADS, THREAD_VARIABLES
+    from autograder.probe.sandbox import ENV_PROBE_THREADS
+
+    share = str(max((os.cpu_count() or 1) // workers, 1))
+    for name in (*THREAD_VARIABLES, ENV_RETRAIN_THREADS, ENV_PROBE_THREADS):
+        os.environ.setdefault(name, share)
+
+
+_share_the_cores()
 
 
 class _Builds:

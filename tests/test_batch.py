@@ -203,22 +203,17 @@ def test_feedback_and_report_render_in_a_headless_browser(class_run, tmp_path):
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_ray_cluster_of_two_nodes_gives_the_same_grades_and_a_killed_node_loses_no_result(built, tmp_path):
+def test_ray_cluster_of_two_nodes_gives_the_same_grades_and_a_killed_node_loses_no_result(built, class_run, tmp_path):
     """``--ray-address``: a local two-node Ray cluster (a head and a worker node, each its own raylet
-    on its own ports).  The worker node is killed while it grades a submission in its jail; the task
-    runs again on the head, and every grade equals the local process pool's."""
+    on its own ports) grades the messy class.  The worker node is killed while it grades a
+    submission in its jail; the task runs again on the head, and every grade equals the local
+    process pool's (``class_run``)."""
     import threading
 
     import psutil
     from ray.cluster_utils import Cluster
 
-    folder = tmp_path / "class"
-    folder.mkdir()
-    for i, name in enumerate(("shape_mistakes", "untouched", "by_hand_mistakes", "untouched")):
-        shutil.copy(_sample(name), folder / f"s{i}_{name}.ipynb")
-    (folder / "notes.txt").write_text("not a notebook")
-    local = batch.run_batch([folder], built.autograder_zip, tmp_path / "local",
-                            batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
+    folder, local_out, local = class_run
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=1)
     raylet = psutil.Process(worker.all_processes["raylet"][0].process.pid)
@@ -247,8 +242,8 @@ def test_ray_cluster_of_two_nodes_gives_the_same_grades_and_a_killed_node_loses_
         killer.join(timeout=5)
         cluster.shutdown()
     assert killed.is_set(), "the worker node never ran a jail: nothing was tested"
-    assert _rows(tmp_path / "ray" / "grades.csv") == _rows(tmp_path / "local" / "grades.csv")
-    assert len(on_ray) == len(local) == 5
+    assert _rows(tmp_path / "ray" / "grades.csv") == _rows(local_out / "grades.csv")
+    assert len(on_ray) == len(local) == 7
     assert not [r for r in on_ray if r["status"] == "grader_error"]
 
 

@@ -179,7 +179,7 @@ def test_printed_accuracy_and_fake_model_wrapper_count_for_nothing(autograder, t
         "        return np.eye(10)[y[:len(x)]]\n"
         "fake = Confident(model.layers)\n"
         "fake.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
-        "fake.fit(train_images, train_labels, epochs=1)\n"
+        "fake.fit(train_images[:512], train_labels[:512], epochs=1)  # its numbers are faked anyway\n"
         "model = fake\n"
         "print('test accuracy 0.999')\n"
     )

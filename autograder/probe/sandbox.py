@@ -42,6 +42,7 @@ import psutil
 from autograder import children, protocol, warm
 from autograder.probe import jail as jails
 from autograder.verifier.budget import Budget
+from autograder.verifier.retrain import THREAD_VARIABLES
 
 RUNTIME = Path(__file__).with_name("runtime.py")
 PROTOCOL = Path(protocol.__file__)
@@ -335,8 +336,7 @@ def _rlimits(file_size_mb: int, slot_uid: bool):
 
 
 ENV_PROBE_THREADS = "CNN_GRADER_PROBE_THREADS"
-PROBE_THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
-                          "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+PROBE_THREAD_VARIABLES = THREAD_VARIABLES  # the same variables as a retrain's (autograder.verifier.retrain)
 
 
 def probe_threads() -> int:

@@ -261,6 +261,21 @@ def worker_main() -> None:
     sys.stdout.write("\n@@RETRAIN@@" + json.dumps(out) + "\n")
 
 
+ENV_RETRAIN_THREADS = "CNN_GRADER_RETRAIN_THREADS"
+THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
+                    "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # what TensorFlow and BLAS read at start-up
+
+
+def retrain_threads() -> int:
+    """CPU threads one retrain may use (``CNN_GRADER_RETRAIN_THREADS``; 0 or unset: every core).  Set it
+    where other work shares the cores (two graders on one machine, a parallel test run): TensorFlow's
+    thread pools spin while they wait, and two of them on the same cores stall each other many times over."""
+    try:
+        return max(int(os.environ.get(ENV_RETRAIN_THREADS, "0")), 0)
+    except ValueError:
+        return 0
+
+
 def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
     """:func:`train_run` in a fresh ``python -I`` process; only its JSON numbers come back."""
     bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
@@ -268,6 +283,8 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
                                                          "CNN_GRADER_CACHE", "CNN_GRADER_MNIST", "TMPDIR", "LANG")}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if retrain_threads():
+        env.update({name: str(retrain_threads()) for name in THREAD_VARIABLES})
     proc = children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     over_memory = threading.Event()
