@@ -82,6 +82,7 @@ def test_seed_recipe_below_threshold_fails_with_the_recipe_and_the_policy_named(
     assert report.epochs == 10 and report.batch_size == 1000 and report.accuracy < 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.lesson_recipe
 def test_seed_recipe_10_epochs_batch_1000_scores_below_threshold_on_full_mnist(tmp_path):
     """The same on full MNIST, where the lesson's recipe reaches about 98.8%: 6 to 12 minutes of CPU
