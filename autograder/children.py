@@ -28,6 +28,26 @@ def popen(*args, **kwargs) -> subprocess.Popen:
     return proc
 
 
+def run(args, *, timeout: float | None = None, check: bool = False, input=None, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` for the grader's own helpers (``find``, ``bwrap`` checks, the jail's self-test):
+    registered while it runs, so that no clean-up takes it for an orphan."""
+    if kwargs.pop("capture_output", False):
+        kwargs["stdout"] = kwargs["stderr"] = subprocess.PIPE
+    proc = popen(args, stdin=subprocess.PIPE if input is not None else kwargs.pop("stdin", None), **kwargs)
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        forget(proc)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    if check:
+        done.check_returncode()
+    return done
+
+
 def forget(proc: subprocess.Popen | int) -> None:
     with _LOCK:
         _OWN.discard(proc if isinstance(proc, int) else proc.pid)

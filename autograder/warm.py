@@ -84,19 +84,18 @@ class Pool:
                 entry = next(e for e in self._items if e[0] != key)
                 self._items.remove(entry)
                 evicted.append(entry[1])
-            if self._closed or len(self._items) + sum(self._pending.values()) >= self.size:
-                for item in evicted:
-                    self._discard(item)
-                return
-            self._pending[key] = self._pending.get(key, 0) + 1
-            if self._queue is None:
-                self._queue = queue.Queue()
-                threading.Thread(target=self._spawner, args=(self._queue,), daemon=True,
-                                 name=f"warm-{self.name}").start()
-                _register(self)
-        for item in evicted:
+            full = self._closed or len(self._items) + sum(self._pending.values()) >= self.size
+            if not full:
+                self._pending[key] = self._pending.get(key, 0) + 1
+                if self._queue is None:
+                    self._queue = queue.Queue()
+                    threading.Thread(target=self._spawner, args=(self._queue,), daemon=True,
+                                     name=f"warm-{self.name}").start()
+                    _register(self)
+        for item in evicted:  # outside the lock: a discard's clean-up asks every pool for its pids
             self._discard(item)
-        self._queue.put((key, start))
+        if not full:
+            self._queue.put((key, start))
 
     def _spawner(self, jobs: queue.Queue) -> None:
         while True:

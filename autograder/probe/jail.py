@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from autograder import children
+
 ENV_MODE = "CNN_GRADER_ISOLATION"
 ENV_UNSAFE = "CNN_GRADER_UNSAFE_NO_ISOLATION"  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
 ENV_PRIVATE = "CNN_GRADER_PRIVATE_PATHS"  # os.pathsep-separated: outputs and inputs of a batch
@@ -81,7 +83,7 @@ def bwrap_works() -> bool:
             cmd = ["bwrap", "--ro-bind", "/", "/", "--unshare-pid", "--unshare-net", "--unshare-ipc",
                    "--unshare-uts", *([] if root else ["--unshare-user"]), "--die-with-parent", "true"]
             try:
-                ok = subprocess.run(cmd, capture_output=True, timeout=30).returncode == 0
+                ok = children.run(cmd, capture_output=True, timeout=30).returncode == 0
             except (OSError, subprocess.TimeoutExpired):
                 ok = False
         _BWRAP_OK[root] = ok
@@ -206,8 +208,8 @@ def remove_uid_files(uid: int, folders=SHARED_WRITABLE) -> None:
     for folder in folders:
         if os.path.isdir(folder) and not os.path.islink(folder):
             try:
-                subprocess.run(["find", folder, "-xdev", "-mindepth", "1", "-uid", str(uid), "-delete"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
+                children.run(["find", folder, "-xdev", "-mindepth", "1", "-uid", str(uid), "-delete"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
             except (OSError, subprocess.TimeoutExpired):
                 pass
 
@@ -234,8 +236,8 @@ def python_trees(python: str, private: list[Path]) -> list[str]:
     if python not in _TREES:
         code = "import sys, json; print(json.dumps([sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path]))"
         try:
-            listed = json.loads(subprocess.run([python, "-I", "-c", code], capture_output=True, text=True,
-                                               timeout=60, check=True).stdout)
+            listed = json.loads(children.run([python, "-I", "-c", code], capture_output=True, text=True,
+                                             timeout=60, check=True).stdout)
         except Exception:
             listed = [sys.prefix, sys.base_prefix, sys.exec_prefix]
         listed.append(os.path.dirname(python))
@@ -538,8 +540,8 @@ def self_test(private=(), *, python: str | None = None) -> dict:
 
 def _run_self_test(private, python: str, imports) -> dict:
     marker = f"cnn-grader-sentinel-{os.getpid()}-{time.monotonic_ns()}"
-    sentinel = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)", marker],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sentinel = children.popen([sys.executable, "-c", "import time; time.sleep(3600)", marker],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -564,10 +566,10 @@ def _run_self_test(private, python: str, imports) -> dict:
                 "hunt_seconds": HUNT_SECONDS}).encode())
             jail.hand_over()
             try:
-                proc = subprocess.run(jail.command([python, "-I", script, args]), cwd=jail.work,
-                                      env=jail.env({"PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-                                                    "CUDA_VISIBLE_DEVICES": ""}),
-                                      capture_output=True, text=True, timeout=STARTUP_SECONDS)
+                proc = children.run(jail.command([python, "-I", script, args]), cwd=jail.work,
+                                    env=jail.env({"PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
+                                                  "CUDA_VISIBLE_DEVICES": ""}),
+                                    capture_output=True, text=True, timeout=STARTUP_SECONDS)
             except subprocess.TimeoutExpired:
                 raise JailError(f"the jail's self-test did not finish within {STARTUP_SECONDS:.0f} s "
                                 f"({jail.mode} mode); the machine may be overloaded") from None
@@ -575,6 +577,7 @@ def _run_self_test(private, python: str, imports) -> dict:
     finally:
         sentinel.kill()
         sentinel.wait()
+        children.forget(sentinel)
         listener.close()
 
 

@@ -285,13 +285,15 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
     because a process born between two looks would otherwise escape."""
     me = psutil.Process()
     preexisting = set(preexisting)
-    for kill in (lambda: os.killpg(child.pid, signal.SIGKILL), child.kill):
-        try:
-            kill()
-        except OSError:
-            pass
+    if child.poll() is None:  # once reaped, its pid (and group id) may already be another process's
+        for kill in (lambda: os.killpg(child.pid, signal.SIGKILL), child.kill):
+            try:
+                kill()
+            except OSError:
+                pass
     for _ in range(50):
-        victims = _tree(child.pid)
+        # its descendants: through the child while it is not reaped, else re-parented to us (below)
+        victims = _tree(child.pid) if child.returncode is None else []
         with children.listing() as own:  # no launch of the grader's falls between the listing and the kill
             spared = preexisting | own | warm.all_pids()  # jails, judges and retrains of other work
             try:
@@ -311,6 +313,7 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
             except psutil.Error:
                 pass
         psutil.wait_procs(victims, timeout=0.5)  # also reaps orphans that became our children
+        child.poll()  # the wait above may have reaped the child: from now on its pid is not ours to use
         if not alive:
             break
     try:
@@ -640,25 +643,25 @@ class _Run:
         into.warm_starts.append(started is not None)
         if started is None:
             started = _WarmProbe.start(spec, private)
-        warm.PROBES.fill(spec, lambda: _WarmProbe.start(spec, private))  # the next jail warms up meanwhile
         jail, child = started.jail, started.child
-        into.isolation["uid"] = jail.uid
-        self.uid = jail.uid
-        files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
-        job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
-                          "files": files}).encode()
-
-        def hand_over() -> None:  # the submission goes to this jail alone, once it is ready for it
-            try:
-                child.stdin.write(job)
-                child.stdin.close()
-            except (OSError, ValueError):
-                pass  # it died: the watchdog reports it
-
-        self.on_ready = lambda: threading.Thread(target=hand_over, daemon=True).start()
-        self.go_fd = started.go_w
         preexisting = _my_children() - {p.pid for p in _tree(child.pid)}
-        try:
+        try:  # from here on the jail is ours: whatever happens, it is killed and its folder and uid released
+            warm.PROBES.fill(spec, lambda: _WarmProbe.start(spec, private))  # the next jail warms up meanwhile
+            into.isolation["uid"] = jail.uid
+            self.uid = jail.uid
+            files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
+            job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
+                              "files": files}).encode()
+
+            def hand_over() -> None:  # the submission goes to this jail alone, once it is ready for it
+                try:
+                    child.stdin.write(job)
+                    child.stdin.close()
+                except (OSError, ValueError):
+                    pass  # it died: the watchdog reports it
+
+            self.on_ready = lambda: threading.Thread(target=hand_over, daemon=True).start()
+            self.go_fd = started.go_w
             self._watch(child, started.status_r, preexisting)
         finally:
             _kill_everything(child, preexisting)

@@ -312,10 +312,14 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        children.forget(proc)
         raise RetrainFailed(f"retraining did not finish within the grader's {max_seconds:.0f} s safety limit "
                             "(the recipe is within the assignment's budget, so the machine is too slow or overloaded)")
-    children.forget(proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        children.forget(proc)
     if over_memory.is_set():
         raise RetrainFailed(f"retraining used more than the grader's {memory_mb} MB memory limit")
     marker = stdout.rfind("\n@@RETRAIN@@")
