@@ -137,10 +137,10 @@ def environment_yml() -> str:
 
 
 def _package_files(spec: "AssignmentSpec | None" = None) -> dict[str, Path]:
-    """The grader package, the assignment's package and the shared course content it imports
-    (``spec.shared``; Python files), by their path in a bundle."""
-    files = {f"autograder/{p.relative_to(PACKAGE_DIR).as_posix()}": p for p in sorted(PACKAGE_DIR.rglob("*.py"))
-             if "__pycache__" not in p.parts}
+    """The grader package (Python files and its templates), the assignment's package and the shared
+    course content it imports (``spec.shared``; Python files), by their path in a bundle."""
+    files = {f"autograder/{p.relative_to(PACKAGE_DIR).as_posix()}": p
+             for p in sorted([*PACKAGE_DIR.rglob("*.py"), *PACKAGE_DIR.rglob("*.j2")]) if "__pycache__" not in p.parts}
     if spec is not None:
         top = spec.package_dir.parent  # assignments/
         files["assignments/__init__.py"] = top / "__init__.py"

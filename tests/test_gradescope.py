@@ -126,6 +126,22 @@ def test_gradescope_zip_pins_versions_provisions_mnist_and_fixes_permissions(bui
     assert fallback["extra_data"]["status"] == "grader_error" and "not a problem with your work" in fallback["output"]
 
 
+def test_the_bundled_package_imports_every_module_from_the_zip_alone(built, tmp_path):
+    """Everything the grader package needs at run time is in the zip's ``lib/`` (its templates
+    included): every module of the bundled ``autograder`` imports from there, in a fresh ``python -I``."""
+    with zipfile.ZipFile(built.gradescope_zip) as z:
+        z.extractall(tmp_path / "source")
+    lib = tmp_path / "source" / "lib"
+    code = ("import importlib, pkgutil, sys; sys.path.insert(0, sys.argv[1]); import autograder; "
+            "assert autograder.__file__.startswith(sys.argv[1]), autograder.__file__; "
+            "names = [m.name for m in pkgutil.walk_packages(autograder.__path__, 'autograder.') "
+            "         if not m.name.endswith('__main__')]; "
+            "[importlib.import_module(n) for n in names]; print(len(names))")
+    proc = subprocess.run([sys.executable, "-I", "-c", code, str(lib)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert int(proc.stdout.split()[-1]) > 20
+
+
 def _otter_dockerfile_setup_files() -> list[str]:
     """What Otter's grading image holds when it runs setup.sh (``ADD ... /autograder/source/``
     lines before ``RUN ... setup.sh`` in otter/grade/Dockerfile)."""
