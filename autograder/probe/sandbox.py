@@ -772,11 +772,17 @@ class _Run:
                 elif over > 10:  # the interrupt was ignored: this run cannot go on
                     stop = (f"{step} ignored the interrupt", False)
                     break
-        culprit = self.current if self.process_culprit is None else self.process_culprit
         notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
         _kill_everything(child, preexisting)
         for t in threads:
             t.join(timeout=5)
+        # Blame only once the status reader has read everything the runtime wrote: on a loaded machine
+        # the runtime may have started its next cell (and filled the memory) before its `cell` message
+        # was read, which the watchdog then saw as time "between cells".
+        with self.lock:
+            culprit = self.current if self.process_culprit is None else self.process_culprit
+            if stop and culprit is not None and stop[0].endswith("during between cells"):
+                stop = (stop[0][: -len("between cells")] + f"cell {culprit}", stop[1])
         self.output = output.text()
         if self.ignored:
             self.limits_hit.append(f"{self.ignored} forged or out-of-order status message(s) ignored")
