@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import nbformat
@@ -166,6 +167,36 @@ def test_slot_uids_are_never_shared_between_processes(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     uids = [int(p.communicate(timeout=60)[0]) for p in procs]
     assert len(set(uids)) == 3 and min(uids) >= jail.SLOT_UID_BASE
+
+
+@needs_root
+def test_a_slot_uids_processes_are_all_killed_even_one_that_forks_to_a_new_pid_without_end():
+    """A process of the slot uid that starts itself again and exits, in a loop, has a new pid every
+    millisecond: a kill by listed pid misses it (the listing never catches it alive).  The lease's
+    clean-up must leave none: every generation holds the write end of a pipe, which reads to its end
+    only once the last of them is dead."""
+    import select
+
+    from autograder.probe.sandbox import _become_subreaper
+
+    _become_subreaper()  # as the grader is: the dead generations come back to us and are reaped
+    sh = shutil.which("sh", path="/usr/bin:/bin")  # not the test's interpreter: it may lie under a 0700 home
+    uid = jail.SLOT_UID_BASE + jail.SLOT_COUNT - 1  # the last slot: no other test leases it at once
+    hop = 'echo x; sh -c "$0" "$0" & exit'  # starts itself again and exits: a new pid each generation
+    starter = subprocess.Popen([sh, "-c", hop, hop], user=uid, group=uid, extra_groups=[],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert starter.stdout.read(20) == b"x\n" * 10, "the hopping process did not start"
+        jail._kill_uid(uid)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and select.select([starter.stdout], [], [], 1)[0]:
+            if not starter.stdout.read1(1 << 16):
+                break  # every writer is gone
+        else:
+            pytest.fail("a process of the slot uid survived its clean-up")
+    finally:
+        jail._kill_uid(uid)
+        starter.wait(timeout=30)
 
 
 # --- 4. symlinks planted for the root grader ---------------------------------------------------------

@@ -214,15 +214,47 @@ def remove_uid_files(uid: int, folders=SHARED_WRITABLE) -> None:
                 pass
 
 
-def _kill_uid(uid: int) -> None:
+def _kill_uid(uid: int, passes: int = 20) -> None:
+    """Kill every process of ``uid``.  One of them may fork while the others are killed, so the
+    signal is sent by a helper running as ``uid`` itself with ``kill -KILL -1``: the kernel signals
+    every process the sender may signal in one pass that no fork can slip through (a forking process
+    with the kill pending makes no child).  Repeated until none is left."""
     import psutil
 
-    for p in psutil.process_iter(["uids"]):
+    def left() -> list:
+        found = []
+        for p in psutil.process_iter(["uids"]):
+            try:
+                if p.info["uids"] and uid in (p.info["uids"].real, p.info["uids"].effective, p.info["uids"].saved):
+                    found.append(p)
+            except psutil.Error:
+                pass
+        return found
+
+    def alive(p) -> bool:
         try:
-            if p.info["uids"] and uid in (p.info["uids"].real, p.info["uids"].effective):
-                p.kill()
+            return p.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
-            pass
+            return False
+
+    kill = shutil.which("kill")
+    for _ in range(passes):
+        if kill and _is_root():  # first, always: a listing can miss a process that keeps changing its pid
+            try:
+                children.run([kill, "-KILL", "-1"], user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+            except (OSError, subprocess.SubprocessError):
+                pass
+        victims = left()
+        if not any(alive(p) for p in victims):
+            psutil.wait_procs(victims, timeout=0)  # reaps those that are our children
+            return
+        for p in victims:  # also where the helper could not run
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(victims, timeout=0.5)
 
 
 # --- the jail ---------------------------------------------------------------------------------

@@ -270,16 +270,19 @@ def _memory_outside_rss(procs: list[psutil.Process], uid: int | None) -> int:
     return total
 
 
-def _my_children() -> set[int]:
+def _my_children() -> set[psutil.Process]:
+    """The grader's processes now, by identity (pid and start time: a pid freed later and taken by a
+    submission's orphan is not one of them)."""
     try:
-        return {p.pid for p in psutil.Process().children(recursive=True)}
+        return set(psutil.Process().children(recursive=True))
     except psutil.Error:
         return set()
 
 
-def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
+def _kill_everything(child: subprocess.Popen, preexisting: set[psutil.Process]) -> None:
     """Kill the child, its descendants, and any orphan of it that re-parented to this process
-    (we are a subreaper); processes this grader had before the probe are left alone.
+    (we are a subreaper); processes this grader had before the probe (the same processes, not just
+    the same pids) are left alone.
 
     The child dies first so it cannot spawn more; then we sweep until nothing new appears,
     because a process born between two looks would otherwise escape."""
@@ -295,12 +298,12 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[int]) -> None:
         # its descendants: through the child while it is not reaped, else re-parented to us (below)
         victims = _tree(child.pid) if child.returncode is None else []
         with children.listing() as own:  # no launch of the grader's falls between the listing and the kill
-            spared = preexisting | own | warm.all_pids()  # jails, judges and retrains of other work
+            spared = own | warm.all_pids()  # jails, judges and retrains of other work (registered, unreaped)
             try:
                 # direct children only: an orphan re-parents to us (we are a subreaper), while what a
                 # spared process starts (a warm jail's own bwrap and Python) is its child, not ours
                 for p in me.children():
-                    if p.pid != child.pid and p.pid not in spared:
+                    if p.pid != child.pid and p.pid not in spared and p not in preexisting:
                         victims += _tree(p.pid)
             except psutil.Error:
                 pass
@@ -644,7 +647,7 @@ class _Run:
         if started is None:
             started = _WarmProbe.start(spec, private)
         jail, child = started.jail, started.child
-        preexisting = _my_children() - {p.pid for p in _tree(child.pid)}
+        preexisting = _my_children() - set(_tree(child.pid))
         try:  # from here on the jail is ours: whatever happens, it is killed and its folder and uid released
             warm.PROBES.fill(spec, lambda: _WarmProbe.start(spec, private))  # the next jail warms up meanwhile
             into.isolation["uid"] = jail.uid
@@ -669,7 +672,7 @@ class _Run:
                 self.go_fd = None
             started.stack.close()
 
-    def _watch(self, child: subprocess.Popen, status_r: int, preexisting: set[int]) -> None:
+    def _watch(self, child: subprocess.Popen, status_r: int, preexisting: set[psutil.Process]) -> None:
         limits = self.limits
         self.root_pid = child.pid
         output = _BoundedBuffer(limits.output_kb * 1024)
