@@ -418,6 +418,43 @@ def test_training_runs_in_its_own_process_and_returns_only_numbers(tmp_path):
     assert isolated.error is None and isolated.accuracy == in_process.accuracy  # deterministic at a fixed seed
 
 
+def test_a_retrain_process_starts_up_while_it_waits_for_its_slot(tmp_path):
+    """The retraining queue is spent on training: while another retrain holds the slot, the next
+    retrain's process has already imported TensorFlow/Keras and loaded its data; it trains, and its
+    result comes, only once the slot is free."""
+    import threading
+
+    import psutil
+
+    model = _small_model()
+    recipe, plan, _, _ = retrain.prepare(model.to_json(), [_fit(model, 1, 64)], TINY)
+    job = {"model": recipe["model"], "plan": plan, "seed": 0, "assignment": "cnn_mnist", "num_classes": 10,
+           "subset": list(TINY.data_subset), "raw": False, "deterministic": None}
+    slots = tmp_path / "slots"
+    held = retrain._Slot(slots, 1).__enter__()  # another retrain is training
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.update(
+        retrain._run_isolated(job, 600, 4000, retrain._Slot(slots, 1))), daemon=True)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 300
+        prepared = False
+        while time.monotonic() < deadline and not prepared:
+            time.sleep(0.5)
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    if "worker_main" in " ".join(p.cmdline()):
+                        prepared = any("tensorflow" in m.path for m in p.memory_maps())
+                except psutil.Error:
+                    pass
+        assert prepared, "the waiting retrain process did not import TensorFlow"
+        assert not done and worker.is_alive()  # ... and did not train: the slot is held
+    finally:
+        held.__exit__(None, None, None)
+    worker.join(timeout=300)
+    assert isinstance(done.get("accuracy"), float) and done["epochs"] == 1, done
+
+
 def test_safety_net_and_crashes_are_grader_errors_never_scores(monkeypatch):
     model = _small_model()
     fits = [_fit(model, 1, 64)]

@@ -213,14 +213,15 @@ def _data_notes(recipe: dict, assignment: str, subset: tuple[int, int] | None = 
 
 # --- one training run (in its own process) ---------------------------------------------------
 
-def train_run(job: dict) -> dict:
-    """Build the canonical model, train it at ``seed``, return numbers only (runs in the worker)."""
+def prepare_run(job: dict):
+    """Everything before the first training step (imports, data, the canonical model at ``seed``);
+    returns the function that trains it and returns numbers only.  A retrain process does this while
+    it waits for a retraining slot, so the slot is spent on training alone."""
     import keras
     import numpy as np
 
     from autograder.verifier.rebuild import build_loss, build_model, build_optimizer
 
-    started = time.monotonic()
     backend = select_backend()
     keras.utils.set_random_seed(job["seed"])
     if backend == "tensorflow":
@@ -234,30 +235,50 @@ def train_run(job: dict) -> dict:
     shape = tuple(job["model"]["input_shape"])
     x_train, x_test = x_train.reshape((-1, *shape)), x_test.reshape((-1, *shape))
     model = build_model(job["model"])
-    epochs_run, compiled_with = 0, None
-    for fit in job["plan"]:
-        settings = (fit["optimizer"], fit["loss"])
-        if settings != compiled_with:
-            model.compile(optimizer=build_optimizer(fit["optimizer"]), loss=build_loss(fit["loss"]), metrics=["accuracy"])
-            compiled_with = settings
-        labels = keras.utils.to_categorical(y_train, job["num_classes"]) if fit["loss"]["name"] == "categorical_crossentropy" else y_train
-        callbacks = []
-        for cb in fit["callbacks"]:
-            kwargs = {k: v for k, v in cb.items() if k != "class"}
-            callbacks.append(getattr(keras.callbacks, cb["class"])(**kwargs))
-        full_epoch = -(-int(len(x_train) * (1 - fit["validation_split"])) // fit["batch_size"])
-        steps = fit["steps_per_epoch"] if fit["steps_per_epoch"] < full_epoch else None
-        history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=fit["batch_size"], shuffle=fit["shuffle"],
-                            validation_split=fit["validation_split"], steps_per_epoch=steps, callbacks=callbacks, verbose=0)
-        epochs_run += len(history.epoch)
-    probs = np.asarray(model.predict(x_test, batch_size=1000, verbose=0))
-    accuracy = float(np.mean(np.argmax(probs, axis=-1) == y_test))
-    return {"accuracy": accuracy, "epochs": epochs_run, "seconds": round(time.monotonic() - started, 2)}
+
+    def train() -> dict:
+        started = time.monotonic()
+        epochs_run, compiled_with = 0, None
+        for fit in job["plan"]:
+            settings = (fit["optimizer"], fit["loss"])
+            if settings != compiled_with:
+                model.compile(optimizer=build_optimizer(fit["optimizer"]), loss=build_loss(fit["loss"]),
+                              metrics=["accuracy"])
+                compiled_with = settings
+            labels = (keras.utils.to_categorical(y_train, job["num_classes"])
+                      if fit["loss"]["name"] == "categorical_crossentropy" else y_train)
+            callbacks = []
+            for cb in fit["callbacks"]:
+                kwargs = {k: v for k, v in cb.items() if k != "class"}
+                callbacks.append(getattr(keras.callbacks, cb["class"])(**kwargs))
+            full_epoch = -(-int(len(x_train) * (1 - fit["validation_split"])) // fit["batch_size"])
+            steps = fit["steps_per_epoch"] if fit["steps_per_epoch"] < full_epoch else None
+            history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=fit["batch_size"],
+                                shuffle=fit["shuffle"], validation_split=fit["validation_split"],
+                                steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+            epochs_run += len(history.epoch)
+        probs = np.asarray(model.predict(x_test, batch_size=1000, verbose=0))
+        accuracy = float(np.mean(np.argmax(probs, axis=-1) == y_test))
+        return {"accuracy": accuracy, "epochs": epochs_run, "seconds": round(time.monotonic() - started, 2)}
+
+    return train
+
+
+def train_run(job: dict) -> dict:
+    """Build the canonical model, train it at ``seed``, return numbers only (``seconds``: the training
+    and the measuring, not the start-up)."""
+    return prepare_run(job)()
+
+
+GO = "go"  # the line that tells a prepared retrain process its slot is free
 
 
 def worker_main() -> None:
-    job = json.load(sys.stdin)
-    out = train_run(job)
+    """A retrain process: reads its job (one line), prepares, waits for the go line, trains."""
+    train = prepare_run(json.loads(sys.stdin.readline()))
+    if sys.stdin.readline().strip() != GO:
+        sys.exit(3)  # the grader gave up on it before its slot came
+    out = train()
     sys.stdout.write("\n@@RETRAIN@@" + json.dumps(out) + "\n")
 
 
@@ -276,8 +297,11 @@ def retrain_threads() -> int:
         return 0
 
 
-def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
-    """:func:`train_run` in a fresh ``python -I`` process; only its JSON numbers come back."""
+def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
+    """:func:`train_run` in a fresh ``python -I`` process; only its JSON numbers come back.  The process
+    starts, imports, loads its data and builds its model while this waits for ``slot`` (the retraining
+    queue), and trains once it has it: a slot is not spent on another retrain's start-up.  The
+    ``max_seconds`` safety limit counts from the slot."""
     bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
                  "from autograder.verifier.retrain import worker_main; worker_main()")
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
@@ -308,7 +332,13 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int) -> dict:
 
     threading.Thread(target=watch, daemon=True).start()
     try:
-        stdout, stderr = proc.communicate(json.dumps(job), timeout=max_seconds)
+        try:
+            proc.stdin.write(json.dumps(job) + "\n")
+            proc.stdin.flush()
+        except BrokenPipeError:
+            pass  # it died starting: its exit and stderr are reported below
+        with slot:
+            stdout, stderr = proc.communicate(GO + "\n", timeout=max_seconds)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
@@ -456,8 +486,11 @@ def default_slot_dir() -> Path:
 
 
 def _train(job: dict, settings: Settings, isolated: bool, slots: Path) -> dict:
-    with _Slot(slots, retrain_slots()):
-        return _run_isolated(job, settings.max_seconds, settings.memory_mb) if isolated else train_run(job)
+    slot = _Slot(slots, retrain_slots())
+    if isolated:
+        return _run_isolated(job, settings.max_seconds, settings.memory_mb, slot)
+    with slot:
+        return train_run(job)
 
 
 def train_seed_cached(job: dict, recipe: dict, settings: Settings, cache: Path | None, isolated: bool = True) -> dict:
