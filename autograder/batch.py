@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -120,12 +121,31 @@ def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | 
     return name, None
 
 
+_UNSTARTED = None  # in a worker of the process pool: how many submissions of the batch no worker has taken yet
+
+
+def _init_worker(unstarted) -> None:
+    global _UNSTARTED
+    _UNSTARTED = unstarted
+
+
+def _more_after_this(options: BatchOptions) -> bool:
+    """Whether a warm jail started now would find a submission: only while at least one is left for
+    each worker (a jail started for the last ones would be thrown away when the batch ends)."""
+    if _UNSTARTED is None:
+        return True
+    with _UNSTARTED.get_lock():
+        _UNSTARTED.value -= 1
+        return _UNSTARTED.value >= max(options.jobs, 1)
+
+
 def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, options: BatchOptions) -> dict:
     """Grade one submission with its assignment's autograder and write its result file (in a worker process)."""
     from autograder import warm
     from autograder.judge import pipeline as engine
 
     warm.configure(options.warm)
+    warm.expect_more(_more_after_this(options))
     autograders = autograders_by_name(autograders)
     if sub.error:
         result = _error_result(sub, sub.error)
@@ -201,14 +221,18 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
             from autograder import warm
 
             before = warm.PROBES.size
+            _init_worker(multiprocessing.Value("i", len(todo)))
             try:
                 for sub in todo:
                     done = grade_one(sub, autograder_zip, str(out), options)
                     progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
             finally:
+                _init_worker(None)
+                warm.expect_more(True)
                 warm.configure(before)  # nothing keeps waiting in this process after the batch
             return
-        with cf.ProcessPoolExecutor(max_workers=options.jobs) as pool:
+        unstarted = multiprocessing.Value("i", len(todo))
+        with cf.ProcessPoolExecutor(max_workers=options.jobs, initializer=_init_worker, initargs=(unstarted,)) as pool:
             futures = {pool.submit(grade_one, s, autograder_zip, str(out), options): s for s in todo}
             for fut in cf.as_completed(futures):
                 sub = futures[fut]

@@ -27,6 +27,7 @@ import threading
 from typing import Callable, Hashable, Protocol
 
 ENV_WARM = "CNN_GRADER_WARM"
+_MORE_COMING = True  # see expect_more
 
 
 class Warm(Protocol):
@@ -74,8 +75,9 @@ class Pool:
 
     # -- filling ------------------------------------------------------------------------------
     def fill(self, key: Hashable, start: Callable[[], Warm]) -> None:
-        """Start one more process for ``key`` in the background, unless ``size`` are waiting or starting."""
-        if self.size <= 0:
+        """Start one more process for ``key`` in the background, unless ``size`` are waiting or starting
+        or no more work is coming to this process (:func:`expect_more`)."""
+        if self.size <= 0 or not _MORE_COMING:
             return
         evicted = []
         with self._lock:
@@ -218,6 +220,13 @@ def wait_ready(timeout: float = 600.0) -> bool:
             return False  # nothing is starting: nothing to wait for
         time.sleep(0.1)
     return False
+
+
+def expect_more(more: bool) -> None:
+    """Whether this process will get more work after the current one.  The batch says no for its last
+    submissions, so that no jail and no judge is started only to be thrown away at the end."""
+    global _MORE_COMING
+    _MORE_COMING = bool(more)
 
 
 def configure(size: int) -> None:

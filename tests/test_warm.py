@@ -277,3 +277,24 @@ def test_a_clean_up_spares_what_the_grader_starts_meanwhile_and_kills_orphans():
             grandchild.kill()
         except psutil.Error:
             pass
+
+
+@needs_bwrap
+def test_a_batch_starts_no_jail_ahead_for_a_submission_that_is_not_coming(autograder, tmp_path, monkeypatch):
+    """One worker, three submissions: the first starts cold, the next two take a jail and a judge started
+    ahead, and nothing is started after the last one (it would only be thrown away)."""
+    from autograder import batch
+
+    monkeypatch.delenv(warm.ENV_WARM, raising=False)
+    folder = tmp_path / "class"
+    folder.mkdir()
+    for i in range(3):
+        tiny(folder / f"s{i}.ipynb", f"x = {i}")
+    before = {pool.name: dict(pool.stats) for pool in (warm.PROBES, warm.JUDGES)}
+    results = batch.run_batch([folder], autograder, tmp_path / "out",
+                              batch.BatchOptions(jobs=1, warm=1, progress=False, limits=FAST, retrain=NO_RETRAIN))
+    assert sorted(r["execution"]["warm_starts"] for r in results) == [[False], [True], [True]]
+    for pool in (warm.PROBES, warm.JUDGES):
+        grew = {k: v - before[pool.name][k] for k, v in pool.stats.items()}
+        assert grew["started_warm"] == grew["taken_warm"] == 2 and grew["discarded"] == 0, (pool.name, grew)
+    assert warm.PROBES.size == 0  # and nothing waits after the batch
