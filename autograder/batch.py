@@ -16,6 +16,7 @@ output folder (results, reports, unpacked submissions) is private: folders 0700,
 from __future__ import annotations
 
 import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
 import json
 import multiprocessing
 import os
@@ -231,19 +232,53 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
                 warm.expect_more(True)
                 warm.configure(before)  # nothing keeps waiting in this process after the batch
             return
-        unstarted = multiprocessing.Value("i", len(todo))
-        with cf.ProcessPoolExecutor(max_workers=options.jobs, initializer=_init_worker, initargs=(unstarted,)) as pool:
-            futures = {pool.submit(grade_one, s, autograder_zip, str(out), options): s for s in todo}
-            for fut in cf.as_completed(futures):
-                sub = futures[fut]
-                try:
-                    done = fut.result()
-                except Exception as exc:  # a worker died (e.g. killed): record it, keep going
-                    done = {"id": sub.id, "status": "error"}
-                    # not the submission's fault: the next run grades it again
-                    failed = _error_result(sub, f"grader error: worker failed: {exc}", "grader_error", retry=True)
-                    write_json_atomically(result_path(out, sub.id), failed)
-                progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
+        def on_done(done: dict) -> None:
+            progress.update(task, advance=1, description=f"{done['id']}: {done['status']}")
+
+        pending, died = todo, {}
+        for workers in (options.jobs, options.jobs, 0):  # a worker that died costs no result: its work runs again
+            pending = _pool_round(pending, autograder_zip, out, options, workers, died, on_done) if pending else []
+        for sub in pending:
+            write_json_atomically(result_path(out, sub.id), _error_result(
+                sub, f"grader error: its worker process died on every try ({died[sub.id]})", "grader_error",
+                retry=True))
+            on_done({"id": sub.id, "status": "grader_error"})
+
+
+def _pool_round(todo: list[Submission], autograder_zip: dict[str, str], out: Path, options: BatchOptions,
+                workers: int, died: dict[str, str], on_done) -> list[Submission]:
+    """Grade ``todo`` in a pool of ``workers`` processes (0: a pool of one for each submission, so one
+    that kills its worker every time takes no other down); returns the submissions lost to a worker
+    that died (a pool with a dead worker fails everything it had not finished), with how it ended in
+    ``died``."""
+    if workers == 0:
+        return [lost for sub in todo for lost in _pool_round([sub], autograder_zip, out, options, 1, died, on_done)]
+    lost: list[Submission] = []
+    unstarted = multiprocessing.Value("i", len(todo))
+    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(unstarted,)) as pool:
+        futures = {pool.submit(grade_one, s, autograder_zip, str(out), options): s for s in todo}
+        processes = list(getattr(pool, "_processes", {}).values())  # for the exit codes, should one die
+        for fut in cf.as_completed(futures):
+            sub = futures[fut]
+            try:
+                on_done(fut.result())
+            except Exception as exc:  # its worker died (e.g. killed)
+                ended = sorted({_exit_description(p.exitcode) for p in processes if p.exitcode not in (None, 0)})
+                broken = isinstance(exc, BrokenProcessPool)
+                died[sub.id] = "; ".join(ended) if broken and ended else f"{type(exc).__name__}: {exc}"
+                lost.append(sub)
+    return lost
+
+
+def _exit_description(code: int) -> str:
+    import signal
+
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
 
 
 def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, options: BatchOptions):

@@ -278,3 +278,52 @@ def test_one_batch_grades_every_assignments_samples_with_their_own_autograders(b
             lost = {c["name"] for c in q["cases"]} if failures == "all" else set(failures.get(q["name"], []))
             designed = sum(c["points"] for c in q["cases"] if c["name"] not in lost)
             assert q["score"] == pytest.approx(designed), (r["student"]["id"], q["name"], q["cases"])
+
+
+def _tiny_class(folder: Path, n: int) -> Path:
+    folder.mkdir()
+    for i in range(n):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(f"x = {i}")]
+        nbformat.write(nb, folder / f"s{i}.ipynb")
+    return folder
+
+
+def _die_in_worker(monkeypatch, victim: str, marker: Path | None) -> None:
+    """Patch the engine (the pool's workers are forked, so they get the patch) to SIGKILL its own worker
+    when it grades ``victim``: once if ``marker`` is given, else every time."""
+    from autograder.judge import pipeline
+
+    real = pipeline.grade_notebook
+
+    def dying(notebook, *args, **kwargs):
+        if Path(notebook).stem == victim and (marker is None or not marker.exists()):
+            if marker is not None:
+                marker.write_text("died once")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(notebook, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "grade_notebook", dying)
+
+
+def test_a_worker_killed_mid_batch_loses_no_result(autograder, tmp_path, monkeypatch):
+    """A pool whose worker dies fails everything it had not finished; the batch grades those again in a
+    fresh pool, in the same run."""
+    marker = tmp_path / "died"
+    _die_in_worker(monkeypatch, "s1", marker)
+    results = batch.run_batch([_tiny_class(tmp_path / "class", 4)], autograder, tmp_path / "out",
+                              batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
+    assert marker.exists(), "no worker died: nothing was tested"
+    assert sorted(r["student"]["id"] for r in results) == ["s0", "s1", "s2", "s3"]
+    assert {r["status"] for r in results} == {"graded"}, [(r["student"]["id"], r["error"]) for r in results]
+
+
+def test_a_submission_whose_worker_dies_every_time_is_a_grader_error_that_names_how(autograder, tmp_path,
+                                                                                    monkeypatch):
+    _die_in_worker(monkeypatch, "s0", None)
+    results = batch.run_batch([_tiny_class(tmp_path / "class", 3)], autograder, tmp_path / "out",
+                              batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
+    rows = {r["student"]["id"]: r for r in results}
+    assert rows["s0"]["status"] == "grader_error" and rows["s0"]["retry"] is True
+    assert "killed by SIGKILL" in rows["s0"]["error"], rows["s0"]["error"]
+    assert rows["s1"]["status"] == rows["s2"]["status"] == "graded"  # the pool of its own took no other down

@@ -430,7 +430,7 @@ class _WarmProbe:
     def close(self) -> None:
         """Discard it unused: kill its processes, remove its folder, release its uid."""
         try:
-            _kill_everything(self.child, _my_children() - self.pids())
+            _kill_everything(self.child, _my_children() - set(_tree(self.child.pid)))
         finally:
             try:
                 os.close(self.status_r)
