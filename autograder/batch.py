@@ -247,12 +247,14 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
 
 def _pool_round(todo: list[Submission], autograder_zip: dict[str, str], out: Path, options: BatchOptions,
                 workers: int, died: dict[str, str], on_done) -> list[Submission]:
-    """Grade ``todo`` in a pool of ``workers`` processes (0: a pool of one for each submission, so one
-    that kills its worker every time takes no other down); returns the submissions lost to a worker
-    that died (a pool with a dead worker fails everything it had not finished), with how it ended in
-    ``died``."""
+    """Grade ``todo`` in a pool of ``workers`` processes (0: a pool of one for each submission, ``jobs``
+    such pools at a time, so one that kills its worker every time takes no other down); returns the
+    submissions lost to a worker that died (a pool with a dead worker fails everything it had not
+    finished), with how it ended in ``died``."""
     if workers == 0:
-        return [lost for sub in todo for lost in _pool_round([sub], autograder_zip, out, options, 1, died, on_done)]
+        with cf.ThreadPoolExecutor(max_workers=max(options.jobs, 1)) as threads:
+            rounds = threads.map(lambda sub: _pool_round([sub], autograder_zip, out, options, 1, died, on_done), todo)
+            return [lost for round_lost in rounds for lost in round_lost]
     lost: list[Submission] = []
     unstarted = multiprocessing.Value("i", len(todo))
     with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(unstarted,)) as pool:

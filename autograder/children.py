@@ -48,6 +48,27 @@ def run(args, *, timeout: float | None = None, check: bool = False, input=None, 
     return done
 
 
+def run_forked(action) -> int:
+    """Run ``action`` in a forked child that never executes a program (so it must only make system
+    calls: set ids, send signals), registered like every other child; returns its exit status.
+    For a helper that must take ids no program could keep across ``execve`` (a saved uid)."""
+    with _LOCK:
+        pid = os.fork()
+        if pid == 0:  # the child: no Python-level locks, no imports, no return
+            code = 1
+            try:
+                action()
+                code = 0
+            finally:
+                os._exit(code)
+        _OWN.add(pid)
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        forget(pid)
+    return os.waitstatus_to_exitcode(status)
+
+
 def forget(proc: subprocess.Popen | int) -> None:
     with _LOCK:
         _OWN.discard(proc if isinstance(proc, int) else proc.pid)

@@ -199,6 +199,58 @@ def test_a_slot_uids_processes_are_all_killed_even_one_that_forks_to_a_new_pid_w
         starter.wait(timeout=30)
 
 
+ATTACKER = """
+import ctypes, os, platform, sys, threading, time
+
+def kill_my_uid_forever():  # any clean-up helper that runs as this uid dies at once
+    sys.stdout.write("x\\n" * 10)
+    sys.stdout.flush()
+    while True:
+        try:
+            os.kill(-1, 9)
+        except OSError:
+            pass
+
+threading.Thread(target=kill_my_uid_forever).start()
+time.sleep(0.5)
+# the main thread alone exits: the process shows as a zombie while its other thread runs on
+ctypes.CDLL(None).syscall({"x86_64": 60, "aarch64": 93}[platform.machine()], 0)
+"""
+
+
+@needs_root
+def test_a_slot_uids_processes_are_all_killed_even_one_that_kills_its_uid_and_looks_like_a_zombie():
+    """A process of the slot uid that SIGKILLs everything of its uid in a loop (so a clean-up helper
+    running as that uid dies before it acts) and whose main thread has exited (so a listing shows it as
+    a zombie) must not survive its lease's clean-up: it holds a pipe that reads to its end once it is dead."""
+    import select
+
+    from autograder.probe.sandbox import _become_subreaper
+
+    python = shutil.which("python3", path="/usr/bin:/bin")  # reachable by the slot uid (not under a 0700 home)
+    if python is None:
+        pytest.skip("no system python3 to run the attacker as the slot uid")
+    _become_subreaper()
+    uid = jail.SLOT_UID_BASE + jail.SLOT_COUNT - 2  # a slot no other test leases at once
+    attacker = subprocess.Popen([python, "-I", "-c", ATTACKER], user=uid, group=uid, extra_groups=[], cwd="/",
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert attacker.stdout.read(20) == b"x\n" * 10, "the attacker did not start"
+        time.sleep(1)  # its main thread has exited by now
+        jail._kill_uid(uid)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and select.select([attacker.stdout], [], [], 1)[0]:
+            if not attacker.stdout.read1(1 << 16):
+                break
+        else:
+            pytest.fail("a process of the slot uid survived its clean-up")
+    finally:
+        try:
+            jail._kill_uid(uid)
+        finally:
+            attacker.wait(timeout=30)
+
+
 # --- 4. symlinks planted for the root grader ---------------------------------------------------------
 
 @needs_root

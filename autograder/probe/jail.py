@@ -169,6 +169,9 @@ def _slot_dir() -> Path:
     return SLOT_DIR
 
 
+_RETIRED: list[int] = []  # lease locks kept for good: their uid had a process no kill could end
+
+
 class SlotLease:
     """An unprivileged uid that no other sandbox on this machine holds while we hold the lock."""
 
@@ -183,15 +186,25 @@ class SlotLease:
                 os.close(fd)
                 continue
             self.fd, self.uid = fd, SLOT_UID_BASE + n
-            self._clean()  # nothing a previous holder left behind may survive into this sandbox
+            try:
+                self._clean()  # nothing a previous holder left behind may survive into this sandbox
+            except JailError:
+                _RETIRED.append(fd)  # never leased again by this process; the next slot is tried
+                continue
             return
-        raise JailError(f"all {SLOT_COUNT} sandbox uids are in use")
+        raise JailError(f"all {SLOT_COUNT} sandbox uids are in use or retired")
 
     def release(self) -> None:
         try:
             self._clean()
-        finally:
+        except JailError as exc:  # fail closed: the uid is not leased again while something of it lives
+            _RETIRED.append(self.fd)
+            print(f"warning: {exc}; uid {self.uid} is retired", file=sys.stderr)
+            return
+        except BaseException:
             os.close(self.fd)
+            raise
+        os.close(self.fd)
 
     def _clean(self) -> None:
         _kill_uid(self.uid)
@@ -214,11 +227,19 @@ def remove_uid_files(uid: int, folders=SHARED_WRITABLE) -> None:
                 pass
 
 
+KILLER_UID = SLOT_UID_BASE - 1  # no sandbox runs as it: see _kill_uid
+
+
 def _kill_uid(uid: int, passes: int = 20) -> None:
-    """Kill every process of ``uid``.  One of them may fork while the others are killed, so the
-    signal is sent by a helper running as ``uid`` itself with ``kill -KILL -1``: the kernel signals
-    every process the sender may signal in one pass that no fork can slip through (a forking process
-    with the kill pending makes no child).  Repeated until none is left."""
+    """Kill every process of ``uid``; raises :class:`JailError` if one survives.
+
+    A forked helper (no program: its ids survive) takes real and saved uid ``KILLER_UID`` and effective
+    uid ``uid``, and sends ``kill(SIGKILL, -1)``: the kernel signals every process of ``uid`` in one pass
+    that no fork slips through (a forking process with the kill pending makes no child), while no
+    process of ``uid`` may signal the helper (none has its real or saved uid), so a process that kills
+    everything of its uid in a loop cannot stop it.  Then every survivor the listing finds is killed
+    by pid, zombie-looking ones too (a process whose main thread has exited shows as a zombie while its
+    other threads run), until none is left."""
     import psutil
 
     def left() -> list:
@@ -231,30 +252,35 @@ def _kill_uid(uid: int, passes: int = 20) -> None:
                 pass
         return found
 
-    def alive(p) -> bool:
+    def running(p) -> bool:  # a real zombie has one thread, its leader, and that one has exited
         try:
-            return p.status() != psutil.STATUS_ZOMBIE
+            return p.status() != psutil.STATUS_ZOMBIE or p.num_threads() > 1
         except psutil.Error:
             return False
 
-    kill = shutil.which("kill")
+    def kill_all_of_uid() -> None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(KILLER_UID, uid, KILLER_UID)
+        try:
+            os.kill(-1, 9)
+        except ProcessLookupError:
+            pass
+
     for _ in range(passes):
-        if kill and _is_root():  # first, always: a listing can miss a process that keeps changing its pid
-            try:
-                children.run([kill, "-KILL", "-1"], user=uid, group=uid, extra_groups=[], stdin=subprocess.DEVNULL,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
-            except (OSError, subprocess.SubprocessError):
-                pass
+        if _is_root():  # first, always: a listing can miss a process that keeps changing its pid
+            children.run_forked(kill_all_of_uid)
         victims = left()
-        if not any(alive(p) for p in victims):
+        if not any(running(p) for p in victims):
             psutil.wait_procs(victims, timeout=0)  # reaps those that are our children
             return
-        for p in victims:  # also where the helper could not run
+        for p in victims:
             try:
                 p.kill()
             except psutil.Error:
                 pass
         psutil.wait_procs(victims, timeout=0.5)
+    raise JailError(f"processes of sandbox uid {uid} survived {passes} rounds of killing")
 
 
 # --- the jail ---------------------------------------------------------------------------------

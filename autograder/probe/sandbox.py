@@ -310,9 +310,10 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[psutil.Process]) 
         alive = []
         for p in victims:
             try:
-                if p.status() != psutil.STATUS_ZOMBIE:
-                    p.kill()
+                # a zombie-looking process may be a leader whose main thread exited while others run
+                if p.status() != psutil.STATUS_ZOMBIE or p.num_threads() > 1:
                     alive.append(p)
+                p.kill()  # harmless on a real zombie
             except psutil.Error:
                 pass
         psutil.wait_procs(victims, timeout=0.5)  # also reaps orphans that became our children

@@ -214,16 +214,16 @@ def _data_notes(recipe: dict, assignment: str, subset: tuple[int, int] | None = 
 # --- one training run (in its own process) ---------------------------------------------------
 
 def prepare_run(job: dict):
-    """Everything before the first training step (imports, data, the canonical model at ``seed``);
-    returns the function that trains it and returns numbers only.  A retrain process does this while
-    it waits for a retraining slot, so the slot is spent on training alone."""
+    """Everything before the model (imports, the device's settings, the data); returns the function
+    that builds the canonical model at ``seed``, trains it and returns numbers only.  A retrain process
+    does this while it waits for a retraining slot, so the slot is spent on training alone; it holds
+    no device memory while it waits."""
     import keras
     import numpy as np
 
     from autograder.verifier.rebuild import build_loss, build_model, build_optimizer
 
     backend = select_backend()
-    keras.utils.set_random_seed(job["seed"])
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -234,10 +234,11 @@ def prepare_run(job: dict):
     (x_train, y_train), (x_test, y_test) = load_data(job["assignment"], subset, raw=job["raw"])
     shape = tuple(job["model"]["input_shape"])
     x_train, x_test = x_train.reshape((-1, *shape)), x_test.reshape((-1, *shape))
-    model = build_model(job["model"])
 
     def train() -> dict:
         started = time.monotonic()
+        keras.utils.set_random_seed(job["seed"])
+        model = build_model(job["model"])  # not before: on a GPU its weights would take device memory while it waits
         epochs_run, compiled_with = 0, None
         for fit in job["plan"]:
             settings = (fit["optimizer"], fit["loss"])
@@ -297,6 +298,15 @@ def retrain_threads() -> int:
         return 0
 
 
+def _die_with_parent() -> None:
+    """In the retrain process before it starts: if the grader dies (even by SIGKILL), so does it, and no
+    training goes on unwatched, without its limits or its slot."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     """:func:`train_run` in a fresh ``python -I`` process; only its JSON numbers come back.  The process
     starts, imports, loads its data and builds its model while this waits for ``slot`` (the retraining
@@ -310,7 +320,7 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     if retrain_threads():
         env.update({name: str(retrain_threads()) for name in THREAD_VARIABLES})
     proc = children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+                          stderr=subprocess.PIPE, text=True, env=env, start_new_session=True, preexec_fn=_die_with_parent)
     over_memory = threading.Event()
     peak = [0]
 
