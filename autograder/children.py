@@ -48,25 +48,42 @@ def run(args, *, timeout: float | None = None, check: bool = False, input=None, 
     return done
 
 
-def run_forked(action) -> int:
+def run_forked(action, timeout: float = 10.0) -> int:
     """Run ``action`` in a forked child that never executes a program (so it must only make system
-    calls: set ids, send signals), registered like every other child; returns its exit status.
-    For a helper that must take ids no program could keep across ``execve`` (a saved uid)."""
-    with _LOCK:
-        pid = os.fork()
-        if pid == 0:  # the child: no Python-level locks, no imports, no return
-            code = 1
-            try:
-                action()
-                code = 0
-            finally:
-                os._exit(code)
-        _OWN.add(pid)
+    calls: set ids, send signals), registered like every other child; returns its exit status (-9
+    if it had to be killed after ``timeout`` seconds).  For a helper that must take ids no program
+    could keep across ``execve`` (a saved uid).  Signals are blocked across the fork, so none can
+    send the child back into the grader's code."""
+    import signal
+    import time
+
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
-        _, status = os.waitpid(pid, 0)
+        with _LOCK:
+            pid = os.fork()
+            if pid == 0:  # the child: signals stay blocked; no Python-level locks, no imports, no return
+                code = 1
+                try:
+                    action()
+                    code = 0
+                finally:
+                    os._exit(code)
+            _OWN.add(pid)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                return -9
+            time.sleep(0.005)
     finally:
         forget(pid)
-    return os.waitstatus_to_exitcode(status)
 
 
 def forget(proc: subprocess.Popen | int) -> None:

@@ -188,7 +188,7 @@ class SlotLease:
             self.fd, self.uid = fd, SLOT_UID_BASE + n
             try:
                 self._clean()  # nothing a previous holder left behind may survive into this sandbox
-            except JailError:
+            except Exception:  # noqa: BLE001
                 _RETIRED.append(fd)  # never leased again by this process; the next slot is tried
                 continue
             return
@@ -197,13 +197,12 @@ class SlotLease:
     def release(self) -> None:
         try:
             self._clean()
-        except JailError as exc:  # fail closed: the uid is not leased again while something of it lives
+        except BaseException as exc:  # fail closed: the uid is not leased again while something of it may live
             _RETIRED.append(self.fd)
-            print(f"warning: {exc}; uid {self.uid} is retired", file=sys.stderr)
+            print(f"warning: the clean-up of sandbox uid {self.uid} failed ({exc}); the uid is retired", file=sys.stderr)
+            if not isinstance(exc, Exception):
+                raise
             return
-        except BaseException:
-            os.close(self.fd)
-            raise
         os.close(self.fd)
 
     def _clean(self) -> None:
@@ -227,13 +226,16 @@ def remove_uid_files(uid: int, folders=SHARED_WRITABLE) -> None:
                 pass
 
 
-KILLER_UID = SLOT_UID_BASE - 1  # no sandbox runs as it: see _kill_uid
+def killer_uid(uid: int) -> int:
+    """The uid the clean-up helper of slot uid ``uid`` takes as its real and saved uid (see _kill_uid):
+    one per slot, outside the slot range, so that no two helpers may signal each other either."""
+    return uid + SLOT_COUNT
 
 
 def _kill_uid(uid: int, passes: int = 20) -> None:
     """Kill every process of ``uid``; raises :class:`JailError` if one survives.
 
-    A forked helper (no program: its ids survive) takes real and saved uid ``KILLER_UID`` and effective
+    A forked helper (no program: its ids survive) takes real and saved uid ``killer_uid(uid)`` and effective
     uid ``uid``, and sends ``kill(SIGKILL, -1)``: the kernel signals every process of ``uid`` in one pass
     that no fork slips through (a forking process with the kill pending makes no child), while no
     process of ``uid`` may signal the helper (none has its real or saved uid), so a process that kills
@@ -261,7 +263,7 @@ def _kill_uid(uid: int, passes: int = 20) -> None:
     def kill_all_of_uid() -> None:
         os.setgroups([])
         os.setresgid(uid, uid, uid)
-        os.setresuid(KILLER_UID, uid, KILLER_UID)
+        os.setresuid(killer_uid(uid), uid, killer_uid(uid))
         try:
             os.kill(-1, 9)
         except ProcessLookupError:
@@ -269,7 +271,10 @@ def _kill_uid(uid: int, passes: int = 20) -> None:
 
     for _ in range(passes):
         if _is_root():  # first, always: a listing can miss a process that keeps changing its pid
-            children.run_forked(kill_all_of_uid)
+            try:
+                children.run_forked(kill_all_of_uid)
+            except OSError:  # no process to be had (e.g. a pid limit filled): the kill by pid below
+                pass
         victims = left()
         if not any(running(p) for p in victims):
             psutil.wait_procs(victims, timeout=0)  # reaps those that are our children

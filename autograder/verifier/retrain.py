@@ -298,13 +298,19 @@ def retrain_threads() -> int:
         return 0
 
 
-def _die_with_parent() -> None:
-    """In the retrain process before it starts: if the grader dies (even by SIGKILL), so does it, and no
-    training goes on unwatched, without its limits or its slot."""
-    import ctypes
-    import signal
+def _die_with(grader: int):
+    """For the retrain process, before it starts: if the grader (pid ``grader``) dies, even by SIGKILL,
+    so does it, and no training goes on unwatched, without its limits or its slot."""
 
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    def arm() -> None:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+        if os.getppid() != grader:  # the grader died before the line above
+            os._exit(1)
+
+    return arm
 
 
 def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
@@ -320,7 +326,8 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     if retrain_threads():
         env.update({name: str(retrain_threads()) for name in THREAD_VARIABLES})
     proc = children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env, start_new_session=True, preexec_fn=_die_with_parent)
+                          stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+                          preexec_fn=_die_with(os.getpid()))
     over_memory = threading.Event()
     peak = [0]
 
