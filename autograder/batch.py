@@ -265,11 +265,21 @@ def _pool_round(todo: list[Submission], autograder_zip: dict[str, str], out: Pat
             try:
                 on_done(fut.result())
             except Exception as exc:  # its worker died (e.g. killed)
-                ended = sorted({_exit_description(p.exitcode) for p in processes if p.exitcode not in (None, 0)})
-                broken = isinstance(exc, BrokenProcessPool)
-                died[sub.id] = "; ".join(ended) if broken and ended else f"{type(exc).__name__}: {exc}"
+                ended = _how_workers_ended(processes) if isinstance(exc, BrokenProcessPool) else []
+                died[sub.id] = "; ".join(ended) or f"{type(exc).__name__}: {exc}"
                 lost.append(sub)
     return lost
+
+
+def _how_workers_ended(processes, wait: float = 5.0) -> list[str]:
+    """How the pool's dead workers ended.  The pool's own thread reaps a dead worker at about the time
+    the failure reaches us, and while it does, a worker's exit code reads as unknown: so wait for it."""
+    deadline = time.monotonic() + wait
+    while True:
+        ended = sorted({_exit_description(p.exitcode) for p in processes if p.exitcode not in (None, 0)})
+        if ended or time.monotonic() > deadline:
+            return ended
+        time.sleep(0.05)
 
 
 def _exit_description(code: int) -> str:
