@@ -11,8 +11,10 @@ so no launch can fall between the two.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import threading
+import time
 from contextlib import contextmanager
 
 _LOCK = threading.RLock()
@@ -54,9 +56,6 @@ def run_forked(action, timeout: float = 10.0) -> int:
     if it had to be killed after ``timeout`` seconds).  For a helper that must take ids no program
     could keep across ``execve`` (a saved uid).  Signals are blocked across the fork, so none can
     send the child back into the grader's code."""
-    import signal
-    import time
-
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
         with _LOCK:

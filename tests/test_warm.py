@@ -253,7 +253,7 @@ def test_a_clean_up_spares_what_the_grader_starts_meanwhile_and_kills_orphans():
     from autograder.probe.sandbox import _kill_everything, _my_children
 
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    preexisting = _my_children() - {victim.pid}
+    preexisting = _my_children() - {psutil.Process(victim.pid)}
     # like a jail: the launched process forks its real work a moment later
     own = children.popen([sys.executable, "-c", "import subprocess, sys, time; time.sleep(0.5); "
                           "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"],

@@ -232,6 +232,35 @@ def killer_uid(uid: int) -> int:
     return uid + SLOT_COUNT
 
 
+def uid_processes(uid: int | None) -> list:
+    """Every process whose real, effective or saved uid is ``uid`` (none for ``None``): for a slot uid,
+    exactly the sandbox's, orphans that left its process tree included, since the uid is leased to
+    that sandbox alone."""
+    import psutil
+
+    if uid is None:
+        return []
+    found = []
+    for p in psutil.process_iter(["uids"]):
+        try:
+            if p.info["uids"] and uid in (p.info["uids"].real, p.info["uids"].effective, p.info["uids"].saved):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def still_running(p) -> bool:
+    """Whether ``p`` (a psutil process) may still run code: a process whose main thread has exited
+    shows as a zombie while its other threads run; a real zombie has its one thread exited."""
+    import psutil
+
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE or p.num_threads() > 1
+    except psutil.Error:
+        return False
+
+
 def _kill_uid(uid: int, passes: int = 20) -> None:
     """Kill every process of ``uid``; raises :class:`JailError` if one survives.
 
@@ -240,25 +269,8 @@ def _kill_uid(uid: int, passes: int = 20) -> None:
     that no fork slips through (a forking process with the kill pending makes no child), while no
     process of ``uid`` may signal the helper (none has its real or saved uid), so a process that kills
     everything of its uid in a loop cannot stop it.  Then every survivor the listing finds is killed
-    by pid, zombie-looking ones too (a process whose main thread has exited shows as a zombie while its
-    other threads run), until none is left."""
+    by pid, zombie-looking ones too (:func:`still_running`), until none is left."""
     import psutil
-
-    def left() -> list:
-        found = []
-        for p in psutil.process_iter(["uids"]):
-            try:
-                if p.info["uids"] and uid in (p.info["uids"].real, p.info["uids"].effective, p.info["uids"].saved):
-                    found.append(p)
-            except psutil.Error:
-                pass
-        return found
-
-    def running(p) -> bool:  # a real zombie has one thread, its leader, and that one has exited
-        try:
-            return p.status() != psutil.STATUS_ZOMBIE or p.num_threads() > 1
-        except psutil.Error:
-            return False
 
     def kill_all_of_uid() -> None:
         os.setgroups([])
@@ -275,8 +287,8 @@ def _kill_uid(uid: int, passes: int = 20) -> None:
                 children.run_forked(kill_all_of_uid)
             except OSError:  # no process to be had (e.g. a pid limit filled): the kill by pid below
                 pass
-        victims = left()
-        if not any(running(p) for p in victims):
+        victims = uid_processes(uid)
+        if not any(still_running(p) for p in victims):
             psutil.wait_procs(victims, timeout=0)  # reaps those that are our children
             return
         for p in victims:

@@ -215,21 +215,6 @@ def _tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _uid_processes(uid: int | None) -> list[psutil.Process]:
-    """Every process of the slot uid: exact, since the uid is leased to this sandbox alone, and it
-    catches orphans that escaped the tree (double forks re-parented elsewhere)."""
-    if uid is None:
-        return []
-    found = []
-    for p in psutil.process_iter(["uids"]):
-        try:
-            if p.info["uids"] and uid in (p.info["uids"].real, p.info["uids"].effective):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
-
-
 SHARED_DIRS = ("/dev/shm",)  # RAM-backed folders outside the jail's own (size-capped) /tmp
 
 
@@ -310,8 +295,7 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[psutil.Process]) 
         alive = []
         for p in victims:
             try:
-                # a zombie-looking process may be a leader whose main thread exited while others run
-                if p.status() != psutil.STATUS_ZOMBIE or p.num_threads() > 1:
+                if jails.still_running(p):
                     alive.append(p)
                 p.kill()  # harmless on a real zombie
             except psutil.Error:
@@ -634,7 +618,7 @@ class _Run:
         if self.root_pid is None:
             return 0
         procs = {p.pid for p in _tree(self.root_pid)}
-        return len(procs | {p.pid for p in _uid_processes(self.uid)})
+        return len(procs | {p.pid for p in jails.uid_processes(self.uid)})
 
     # -- one run ----------------------------------------------------------------------------
     def execute(self, nb, mnist_npz, private, into: ProbeResult) -> None:
@@ -724,7 +708,7 @@ class _Run:
                 procs = _tree(child.pid)
                 tick += 1
                 if tick % 5 == 1:  # a few times a second: the uid's other processes and RAM held outside RSS
-                    escaped = [p for p in _uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
+                    escaped = [p for p in jails.uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
                     outside = _memory_outside_rss(procs + escaped, self.uid)
                 procs = procs + [p for p in escaped if p.is_running()]
                 rss = outside

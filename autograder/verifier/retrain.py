@@ -315,9 +315,9 @@ def _die_with(grader: int):
 
 def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     """:func:`train_run` in a fresh ``python -I`` process; only its JSON numbers come back.  The process
-    starts, imports, loads its data and builds its model while this waits for ``slot`` (the retraining
-    queue), and trains once it has it: a slot is not spent on another retrain's start-up.  The
-    ``max_seconds`` safety limit counts from the slot."""
+    starts, imports and loads its data (:func:`prepare_run`) while this waits for ``slot`` (the
+    retraining queue), and builds and trains its model once it has it: a slot is not spent on another
+    retrain's start-up.  The ``max_seconds`` safety limit counts from the slot."""
     bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
                  "from autograder.verifier.retrain import worker_main; worker_main()")
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
