@@ -10,12 +10,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 RESULT_SCHEMA_VERSION = 1
 
 GRADED, ERROR, GRADER_ERROR = "graded", "error", "grader_error"  # error: the submission's fault, scored
 STATUSES = (GRADED, ERROR, GRADER_ERROR)  # grader_error: the grader's fault, graded again by the next run
+
+# Why a grader_error happened: never the submission's doing, always one of these.
+GraderErrorCause = Literal[
+    "host_limit",  # the host ran short: memory, disk, processes, a retrain killed at the grader's memory limit
+    "timeout_infrastructure",  # a grader clock ran out while the machine was starved or slow (safety nets)
+    "grader_crash",  # the grader's own code failed (the judge, a retrain worker, an exception in the engine)
+    "dataset_missing",  # the assignment's data could not be found or verified
+    "interpreter",  # Python, the kernel or the jail could not start
+    "worker_died",  # a batch worker process died
+    "unknown",  # a result written before causes were recorded
+]
+GRADER_ERROR_CAUSES: tuple[str, ...] = get_args(GraderErrorCause)
 
 
 @dataclass
@@ -65,22 +77,40 @@ class GradeResult:
     retry: bool = False  # a worker died: the next run grades it again
     retrain_pending: bool = False  # a partial result, judged before retraining finished
     variant: dict | None = None  # per-student variants: the variant judged with, and the instructor's flags
+    cause: GraderErrorCause | None = None  # with grader_error only: which kind of fault of the grader or host
+    earlier_causes: list[str] = field(default_factory=list)  # the causes of this submission's earlier grader errors
     schema: int = RESULT_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"unknown result status {self.status!r}")
+        if self.status == GRADER_ERROR and self.cause is None:
+            self.cause = "unknown"
+        if self.status != GRADER_ERROR:
+            self.cause = None
+        if self.cause is not None and self.cause not in GRADER_ERROR_CAUSES:
+            raise ValueError(f"unknown grader error cause {self.cause!r}")
+
+    @property
+    def repeated_cause(self) -> str | None:
+        """The cause when this grader error repeats the last run's (the same fault on a rerun)."""
+        return self.cause if self.cause and self.earlier_causes and self.earlier_causes[-1] == self.cause else None
 
     # --- building ----------------------------------------------------------------------------
 
     @classmethod
     def error_row(cls, message: str, *, status: str = ERROR, student: dict | None = None,
-                  assignment: str | None = None, retry: bool = False) -> "GradeResult":
+                  assignment: str | None = None, retry: bool = False,
+                  cause: GraderErrorCause | None = None) -> "GradeResult":
         """A row for something that was not graded (a PDF, a refused zip, an unknown assignment, a dead worker)."""
-        return cls(assignment=assignment, status=status, error=message, student=student, retry=retry)
+        return cls(assignment=assignment, status=status, error=message, student=student, retry=retry,
+                   cause=cause if status == GRADER_ERROR else None)
 
-    def fail(self, message: str, status: str = ERROR) -> "GradeResult":
-        self.status, self.error = status, message
+    def fail(self, message: str, status: str = ERROR, cause: GraderErrorCause | None = None) -> "GradeResult":
+        """Set the status and message; a ``grader_error`` names its cause (``grader_crash`` when not given)."""
+        if status == GRADER_ERROR and cause not in GRADER_ERROR_CAUSES:
+            cause = "grader_crash"
+        self.status, self.error, self.cause = status, message, cause if status == GRADER_ERROR else None
         return self
 
     def judged(self, questions: list[dict], retrain: dict | None) -> "GradeResult":
@@ -103,7 +133,7 @@ class GradeResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``results/<id>.json`` (README: Result file); optional flags only when set."""
         out = asdict(self)
-        for flag in ("retry", "retrain_pending", "variant"):
+        for flag in ("retry", "retrain_pending", "variant", "cause", "earlier_causes"):
             if not out[flag]:
                 del out[flag]
         return out
