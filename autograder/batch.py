@@ -69,9 +69,24 @@ def _identity(sub: Submission) -> dict:
 
 
 def _error_result(sub: Submission, message: str, status: str = "error", assignment: str | None = None,
-                  retry: bool = False) -> dict:
+                  retry: bool = False, cause: str | None = None) -> dict:
     return GradeResult.error_row(message, status=status, student=_identity(sub), assignment=assignment,
-                                 retry=retry).to_dict()
+                                 retry=retry, cause=cause).to_dict()
+
+
+def _with_earlier_causes(result: dict, path: Path) -> dict:
+    """A grader error that follows grader errors of earlier runs keeps their causes (``earlier_causes``), so a
+    fault that repeats on rerun is listed for the instructor as such."""
+    if result.get("status") != "grader_error":
+        return result
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return result
+    if previous.get("status") == "grader_error":
+        earlier = [str(c) for c in previous.get("earlier_causes") or []][-20:]
+        result["earlier_causes"] = [*earlier, str(previous.get("cause") or "unknown")]
+    return result
 
 
 def zip_assignment(autograder_zip: str | os.PathLike) -> str:
@@ -164,7 +179,9 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
                                                identity=identity, identity_source=source)
                 result["student"] = _identity(sub)
             except Exception as exc:  # the engine should not raise; if it does, the batch still goes on
-                result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error", name)
+                result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error", name,
+                                       cause="grader_crash")
+    result = _with_earlier_causes(result, result_path(Path(out), sub.id))
     write_json_atomically(result_path(Path(out), sub.id), result)
     return {"id": sub.id, "status": result["status"], "score": result["score"]}
 
@@ -239,9 +256,9 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
         for workers in (options.jobs, options.jobs, 0):  # a worker that died costs no result: its work runs again
             pending = _pool_round(pending, autograder_zip, out, options, workers, died, on_done) if pending else []
         for sub in pending:
-            write_json_atomically(result_path(out, sub.id), _error_result(
+            write_json_atomically(result_path(out, sub.id), _with_earlier_causes(_error_result(
                 sub, f"grader error: its worker process died on every try ({died[sub.id]})", "grader_error",
-                retry=True))
+                retry=True, cause="worker_died"), result_path(out, sub.id)))
             on_done({"id": sub.id, "status": "grader_error"})
 
 
@@ -317,7 +334,8 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
             try:
                 yield ray.get(ready[0])
             except Exception as exc:  # the task's worker died: keep going, grade it next run
-                failed = _error_result(sub, f"grader error: worker failed: {exc}", "grader_error", retry=True)
+                failed = _with_earlier_causes(_error_result(sub, f"grader error: worker failed: {exc}", "grader_error",
+                                                            retry=True, cause="worker_died"), result_path(out, sub.id))
                 write_json_atomically(result_path(out, sub.id), failed)
                 yield {"id": sub.id, "status": "error"}
     finally:

@@ -186,7 +186,27 @@ def flags(r: dict, peers: dict[int, list[str]] | None = None) -> list[str]:
         out.append("late (Canvas)")
     if r.get("retry"):
         out.append("worker failed: graded again on the next run")
+    repeated = repeated_grader_error(r)
+    if repeated:
+        out.append(f"repeated grader error: {repeated} (the same cause on {repeated_runs(r)} runs in a row)")
     return out
+
+
+def repeated_grader_error(r: dict) -> str | None:
+    """The cause of a grader error that repeats the previous run's cause (a rerun did not help), else None."""
+    if r.get("status") != "grader_error":
+        return None
+    cause, earlier = r.get("cause") or "unknown", r.get("earlier_causes") or []
+    return cause if earlier and earlier[-1] == cause else None
+
+
+def repeated_runs(r: dict) -> int:
+    cause, n = r.get("cause") or "unknown", 1
+    for earlier in reversed(r.get("earlier_causes") or []):
+        if earlier != cause:
+            break
+        n += 1
+    return n
 
 
 def canvas_row(r: dict) -> tuple[list | None, str]:
