@@ -272,7 +272,7 @@ def prepare_run(job: dict):
     def train() -> dict:
         started = time.monotonic()
         keras.utils.set_random_seed(job["seed"])
-        clock = _clock(keras, job)
+        clock = _clock(keras, {**job, "steps": run_steps(job["plan"], len(x_train))})
         try:
             return _train_recipe(keras, np, job, clock, started, (x_train, y_train, x_test, y_test),
                                  (build_model, build_optimizer, build_loss))
@@ -327,6 +327,15 @@ def _train_recipe(keras, np, job: dict, clock, started: float, data, builders) -
     accuracy = float(np.mean(np.argmax(probs, axis=-1) == y_test))
     return {"accuracy": accuracy, "epochs": epochs_run, "seconds": round(time.monotonic() - started, 2),
             "projection": clock.projection}
+
+
+def run_steps(plan: list[dict], rows: int) -> int:
+    """The optimizer steps this run trains on ``rows`` training images (what ``model.fit`` will do)."""
+    total = 0
+    for fit in plan:
+        full_epoch = -(-int(rows * (1 - fit["validation_split"])) // fit["batch_size"])
+        total += fit["epochs"] * min(fit["steps_per_epoch"] or full_epoch, full_epoch)
+    return total
 
 
 def build_callbacks(fit: dict) -> list:
