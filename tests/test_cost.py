@@ -182,14 +182,17 @@ def _hidden_heavy_recipe():
     return model
 
 
-def test_a_hidden_heavy_cost_is_refused_from_the_measured_projection(monkeypatch):
+@pytest.mark.parametrize("isolated", [False, True])
+def test_a_hidden_heavy_cost_is_refused_from_the_measured_projection(isolated, monkeypatch, tmp_path):
     """The static model is fooled (its check is switched off here); the first real steps are timed and the
-    projection refuses the run, as the submission's, with the figures, after a handful of steps."""
+    projection refuses the run, as the submission's, with the figures, after a handful of steps (and the
+    refusal, which depends on the machine, is not cached)."""
     monkeypatch.setattr(retrain, "check_budget", lambda *a, **k: None)
     model = _hidden_heavy_recipe()
     settings = retrain.Settings("cnn_mnist", data_subset=(2000, 500), seeds=1, max_seconds=40.0)
     started = time.monotonic()
-    report = retrain.verify(model.to_json(), [_fit(model, 15, 64)], settings, cache_dir=None, isolated=False)
+    report = retrain.verify(model.to_json(), [_fit(model, 15, 64)], settings, cache_dir=tmp_path, isolated=isolated)
+    assert not list(tmp_path.glob("*.json"))
     assert report.grader_error is None and report.accuracy is None, report
     assert "training would take about" in report.error and "ms per step" in report.error
     assert "the assignment allows 30 s per training run" in report.error
@@ -266,3 +269,33 @@ def test_a_grader_error_repeated_on_rerun_is_listed_for_the_instructor(tmp_path)
     assert "repeated grader error" not in rows["s2"]["reason"]  # another cause than last time
     assert "repeated grader error" not in rows["s3"]["reason"]  # the first time
     assert any(f.startswith("repeated grader error: host_limit") for f in reports.flags(rerun))
+
+
+def test_the_untouched_notebook_with_a_keras_raising_optimizer_is_graded_not_a_grader_error(autograder, tmp_path):
+    """The issue's escape from a 0: the lesson notebook, its optimizer given both clipnorm and global_clipnorm.
+    It is graded (0 on the training question, Keras's message in its feedback), never a grader_error."""
+    import nbformat
+
+    from assignments.cnn_mnist import sample_answers as samples
+    from autograder.judge import pipeline as engine
+    from autograder.judge.pipeline import RetrainOptions
+    from autograder.probe.sandbox import Limits
+
+    nb = nbformat.read(samples.SAMPLES_DIR / "untouched.ipynb", as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.strip() == "...":
+            cell.source = ("import keras\n"
+                           "opt = keras.optimizers.Adam(clipnorm=1.0)\n"
+                           "opt.global_clipnorm = 1.0  # passes in the notebook; its config has both\n"
+                           "model.compile(optimizer=opt, loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
+                           "model.fit(train_images, train_labels, epochs=1, batch_size=256)")
+    path = tmp_path / "clipped.ipynb"
+    nbformat.write(nb, path)
+    options = RetrainOptions(cache_dir=str(tmp_path / "cache"), data_subset=(2000, 500), seeds=1)
+    limits = Limits(cell_seconds=60, notebook_seconds=240, memory_mb=3072, max_processes=48)
+    result = engine.grade_notebook(path, autograder, limits=limits, retrain=options)
+    assert result["status"] in ("graded", "error") and "cause" not in result, (result["status"], result["error"])
+    training = next(q for q in result["questions"] if q["name"] == "training")
+    assert training["score"] == 0
+    messages = json.dumps(training)
+    assert "global_clipnorm" in messages and "Keras could not build the recipe" in messages

@@ -345,35 +345,70 @@ def build_callbacks(fit: dict) -> list:
             for cb in fit["callbacks"]]
 
 
+LOADED_SHARE = 0.1  # other processes using more than this share of the machine's CPU: the wall time is inflated
+
+
+def _snapshot() -> tuple[float, float, float, float]:
+    """(wall, this process's CPU seconds, the machine's busy and total CPU seconds from /proc/stat)."""
+    busy = total = 0.0
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+        total, busy = sum(values) / hz, (sum(values) - values[3] - values[4]) / hz
+    except (OSError, ValueError, IndexError):
+        pass
+    return time.monotonic(), time.process_time(), busy, total
+
+
+def fair_seconds(start: tuple, end: tuple, threads: int) -> float:
+    """What the span from ``start`` to ``end`` (:func:`_snapshot`) would have taken with the machine to itself.
+
+    Idle machine: the wall time.  Loaded (other processes used more than ``LOADED_SHARE`` of its CPU): the wall
+    time less the share the others took, kept between this process's CPU time spread over its threads (a
+    lower bound) and the smaller of its wall and CPU times; so a classmate's load never makes a recipe look
+    slower than it is (it may make it look faster: the safety net stays the backstop)."""
+    wall, cpu = end[0] - start[0], end[1] - start[1]
+    busy, total = end[2] - start[2], end[3] - start[3]
+    if total <= 0 or wall <= 0:
+        return min(wall, cpu) if cpu > 0 else wall
+    others = max(busy - cpu, 0.0) / total
+    if others < LOADED_SHARE:
+        return wall
+    low, high = cpu / max(threads, 1), min(wall, cpu)
+    return min(max(wall * (1 - others), low), max(high, low))
+
+
 def _clock(keras, job: dict):
     """A callback that times the first real training steps (one warm-up step, then up to ``TIMED_STEPS``
     within ``TIMING_WALL_S``), projects the whole run from them and refuses it (:class:`RecipeFault`) when the
     projection exceeds ``job["allowed_seconds"]``; later it stops a run that overruns its own projection.
 
-    A step's cost is the smaller of its wall time and the process's CPU time: on an idle machine the wall time
-    (TensorFlow's threads add CPU time together), on a loaded one the CPU time (waiting for a core costs the
-    recipe nothing), so a classmate's load neither refuses a recipe nor hides one's cost."""
+    A step's cost is :func:`fair_seconds`: its wall time on an idle machine, less what other processes took on a
+    loaded one, so a classmate's load does not refuse a recipe.  Overruns are checked at most once a second."""
     total, allowed = int(job.get("steps") or 0), job.get("allowed_seconds")
     max_seconds = float(job.get("max_seconds") or 0)
+    threads = retrain_threads() or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
     class Clock(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
             self.steps_done, self.measured, self.projection = 0, [], None
-            self.begun = (time.monotonic(), time.process_time())
+            self.begun = _snapshot()
             self.step_start = self.begun
             self.measuring_since = None
+            self.checked = 0.0
 
         def on_train_batch_begin(self, batch, logs=None):
-            self.step_start = (time.monotonic(), time.process_time())
+            if self.projection is None:
+                self.step_start = _snapshot()
 
         def on_train_batch_end(self, batch, logs=None):
-            wall, cpu = time.monotonic() - self.step_start[0], time.process_time() - self.step_start[1]
             self.steps_done += 1
             if self.steps_done == 1:  # the warm-up step: tracing and first allocations
                 self.measuring_since = time.monotonic()
             elif self.projection is None:
-                self.measured.append(min(wall, cpu))
+                self.measured.append(fair_seconds(self.step_start, _snapshot(), threads))
                 if len(self.measured) >= TIMED_STEPS or time.monotonic() - self.measuring_since > TIMING_WALL_S:
                     self._project()
             self._check_overrun()
@@ -397,11 +432,12 @@ def _clock(keras, job: dict):
                     "windows or a smaller model")
 
         def _check_overrun(self):
-            if self.projection is None or not max_seconds:
+            if self.projection is None or not max_seconds or time.monotonic() - self.checked < 1.0:
                 return
+            self.checked = time.monotonic()
             projected = self.projection["projected_seconds"]
             limit = min(max(OVERRUN_FACTOR * projected, projected + OVERRUN_SLACK_S), OVERRUN_SHARE * max_seconds)
-            used = min(time.monotonic() - self.begun[0], time.process_time() - self.begun[1])
+            used = fair_seconds(self.begun, _snapshot(), threads)
             if used > limit:
                 raise RecipeFault(
                     f"your recipe took longer than its own measured estimate: {used:,.0f} s after {self.steps_done:,} of "
