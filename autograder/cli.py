@@ -113,7 +113,8 @@ def grade(
         help="Give training credit only to the lesson's exact architecture (default: the assignment's policy)."),
     retrain_seconds: Optional[float] = typer.Option(
         None, "--retrain-seconds",
-        help=f"Safety net per training run in seconds, a grader error when hit{_policy(_POLICY.max_seconds)}."),
+        help=f"Seconds per training run: a recipe whose timed projection exceeds 75% of it is refused; the safety "
+             f"net, a grader error when hit{_policy(_POLICY.max_seconds)}."),
     real_fit: bool = typer.Option(False, "--real-fit", help="Run the notebook's model.fit for real instead of recording it."),
     cell_seconds: float = typer.Option(_LIMITS.cell_seconds, "--cell-timeout", help="Seconds one cell may run."),
     notebook_seconds: float = typer.Option(_LIMITS.notebook_seconds, "--notebook-timeout",

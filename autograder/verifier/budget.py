@@ -57,7 +57,8 @@ class Cost:
 
 # per-value operations (forward) of layers without multiply-adds; a type not named here costs the generic rate
 ELEMENT_OPS = {"Flatten": 0, "Activation": 0, "Reshape": 0, "InputLayer": 0, "Dropout": 2, "SpatialDropout2D": 2,
-               "Rescaling": 2, "ReLU": 2, "LeakyReLU": 2, "Softmax": 8, "BatchNormalization": 8, "LayerNormalization": 10}
+               "Rescaling": 2, "ReLU": 2, "LeakyReLU": 2, "Softmax": 8, "BatchNormalization": 8,
+               "LayerNormalization": 10}
 GENERIC_OPS_PER_VALUE = 16  # per value read and written: generous for resizing, interpolating augmentation, noise
 ACTIVATION_OPS = {"linear": 0, "relu": 1, "relu6": 2, "leaky_relu": 2, "hard_sigmoid": 3, "hard_swish": 4}
 ACTIVATION_DEFAULT_OPS = 8  # exp, tanh, erf ... per value

@@ -7,10 +7,16 @@ a print statement).  From the extracted model config and the recorded ``fit`` ca
    the student produced is deserialized; initializers, regularizers, constraints, trainable
    flags and BatchNormalization statistics are dropped and listed in the notes);
 2. :mod:`autograder.verifier.budget` checks the recipe against the assignment's limits (config size,
-   parameters, batch size, steps, multiply-adds, batch memory) before any training;
+   parameters, batch size, steps, operations of every layer, batch memory) before any training, and
+   :func:`check_buildable` builds and compiles the whole recipe without data: whatever Keras raises there
+   is the submission's error, with Keras's message;
 3. a separate process (``python -I``, memory watched, wall time as a safety net only) builds
    the model from the recipe, trains it on the assignment's training images at a fixed seed with
-   op determinism, and returns only numbers;
+   op determinism, and returns only numbers.  Its first real steps (one warm-up, then up to
+   ``TIMED_STEPS``) are timed; a run whose measured projection exceeds ``PROJECTION_SHARE`` of
+   ``max_seconds``, or that later overruns its own projection, is stopped and refused as the
+   submission's, with the figures; a failure before the first step is the submission's too.  A
+   ``grader_error`` is left for the grader's and the host's faults, each with its cause;
 4. when the first accuracy lies within ``seed_margin`` of the threshold, more seeds are
    trained, up to ``seeds``, and the median is scored (every accuracy is reported);
 5. results are cached by the canonical recipe, the data description, every option and the
@@ -117,7 +123,7 @@ class Settings:
 
     assignment: str
     budget: Budget = Budget()
-    max_seconds: float = 1800.0  # safety net per training run; hitting it is a grader error
+    max_seconds: float = 1800.0  # per run: a projection over PROJECTION_SHARE of it is refused; hitting it: grader error
     memory_mb: int = 6144  # the training process is killed above this (a grader error)
     seeds: int = 3  # at most this many seeds when the first accuracy is near the threshold
     seed_margin: float = 0.003
@@ -404,6 +410,12 @@ def _clock(keras, job: dict):
                 self.step_start = _snapshot()
 
         def on_train_batch_end(self, batch, logs=None):
+            if self.projection is None:  # wait for the step itself (a GPU runs ahead of Python)
+                for value in (logs or {}).values():
+                    try:
+                        float(value)
+                    except (TypeError, ValueError):
+                        pass
             self.steps_done += 1
             if self.steps_done == 1:  # the warm-up step: tracing and first allocations
                 self.measuring_since = time.monotonic()
