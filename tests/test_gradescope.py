@@ -97,7 +97,8 @@ def test_engine_grader_errors_and_pending_retraining_read_as_such():
         {"name": "test_accuracy_hidden", "hidden": True, "points": 5, "passed": False, "message": "pending"}]}
     faulty = gradescope.to_gradescope({"status": "grader_error", "error": "the jailed Python did not start",
                                        "score": 0.0, "questions": [question]}, 3.0)
-    assert faulty["extra_data"] == {"status": "grader_error", "cause": "the jailed Python did not start"}
+    assert faulty["extra_data"] == {"status": "grader_error", "cause": "the jailed Python did not start",
+                                   "cause_class": "unknown"}  # a result written without a cause class
     assert faulty["output"] == gradescope.GRADER_ERROR_MESSAGE and faulty["tests"][0]["max_score"] == 0
     partial = gradescope.to_gradescope({"status": "graded", "score": 1.0, "questions": [question],
                                         "retrain": {"pending": True}}, 3.0, show_hidden=True)

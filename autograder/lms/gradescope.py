@@ -262,7 +262,7 @@ def grader_error_payload(cause: str, seconds: float, result: dict | None = None)
         "visibility": "visible",
         "stdout_visibility": "hidden",
         "extra_data": {"status": "grader_error", "cause": cause[-4000:],
-                       "cause_class": (result or {}).get("cause") or "grader_crash"},
+                       "cause_class": (result.get("cause") or "unknown") if result else "grader_crash"},
         "tests": [{"name": "Autograder error (not your fault)", "score": 0.0, "max_score": 0.0, "status": "failed",
                    "output": GRADER_ERROR_MESSAGE, "visibility": "visible"}],
     }
