@@ -304,3 +304,16 @@ def test_the_untouched_notebook_with_a_keras_raising_optimizer_is_graded_not_a_g
     assert refused and not any(c["passed"] for c in refused), training  # the accuracy check: no points
     assert "global_clipnorm" in refused[0]["message"] and "not your fault" not in refused[0]["message"]
     assert training["score"] < training["max_score"]
+
+
+@pytest.mark.parametrize("case,isolated", [("clipnorm and global_clipnorm", False),
+                                           ("BatchNormalization axis after Dense", True)])
+def test_a_recipe_that_fails_in_the_training_process_before_its_first_step_is_the_submissions(case, isolated,
+                                                                                             monkeypatch):
+    """Second line: had the recipe passed the check when prepared, the training process builds it again and
+    whatever Keras raises before the first step is the submission's, with Keras's message, not a grader_error."""
+    monkeypatch.setattr(retrain, "check_buildable", lambda *a, **k: None)
+    config, fits, keras_says = _keras_raising_recipes()[case]
+    report = retrain.verify(config, fits, TINY, cache_dir=None, isolated=isolated)
+    assert report.grader_error is None and report.accuracy is None, report
+    assert "Keras could not build the recipe" in report.error and keras_says in report.error
