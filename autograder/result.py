@@ -78,7 +78,8 @@ class GradeResult:
     retrain_pending: bool = False  # a partial result, judged before retraining finished
     variant: dict | None = None  # per-student variants: the variant judged with, and the instructor's flags
     cause: GraderErrorCause | None = None  # with grader_error only: which kind of fault of the grader or host
-    earlier_causes: list[str] = field(default_factory=list)  # the causes of this submission's earlier grader errors
+    earlier_causes: list[str] = field(default_factory=list)  # causes of this submission's grader errors on earlier
+    # runs, oldest first (set by the batch; a repeat is listed by autograder.lms.reports.repeated_grader_error)
     schema: int = RESULT_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -90,11 +91,6 @@ class GradeResult:
             self.cause = None
         if self.cause is not None and self.cause not in GRADER_ERROR_CAUSES:
             raise ValueError(f"unknown grader error cause {self.cause!r}")
-
-    @property
-    def repeated_cause(self) -> str | None:
-        """The cause when this grader error repeats the last run's (the same fault on a rerun)."""
-        return self.cause if self.cause and self.earlier_causes and self.earlier_causes[-1] == self.cause else None
 
     # --- building ----------------------------------------------------------------------------
 
