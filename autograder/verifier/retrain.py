@@ -321,8 +321,7 @@ def _train_recipe(keras, np, job: dict, clock, started: float, data, builders) -
             compiled_with = settings
         labels = (keras.utils.to_categorical(y_train, job["num_classes"])
                   if fit["loss"]["name"] == "categorical_crossentropy" else y_train)
-        callbacks = [_recipe("callbacks", lambda: build_callbacks(fit))]
-        callbacks = [*callbacks[0], clock]
+        callbacks = [*_recipe("callbacks", lambda: build_callbacks(fit)), clock]  # the clock times and stops
         full_epoch = -(-int(len(x_train) * (1 - fit["validation_split"])) // fit["batch_size"])
         steps = fit["steps_per_epoch"] if fit["steps_per_epoch"] < full_epoch else None
         history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=fit["batch_size"],
