@@ -38,7 +38,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-import nbformat
+from autograder.submission_files import SubmissionFileError, describe_error, parse_notebook, read_submission_file
 
 # Canvas's per-file names (lib/content_zipper.rb): [name_][LATE_]userid_attachmentid_file or
 # [LATE_]anon_anonymousid_attachmentid_file.  \w is Unicode-aware, as Ruby's [[:word:]] is.
@@ -95,15 +95,14 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def check_notebook(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> str | None:
-    """Why this file cannot be graded, or ``None``."""
-    size = path.stat().st_size
-    if size > limits.max_notebook_bytes:
-        return f"the notebook is {size / 2**20:.1f} MB, over the {limits.max_notebook_bytes / 2**20:.0f} MB limit"
+def check_notebook(path: Path, limits: ArchiveLimits = ArchiveLimits(), root: Path | None = None) -> str | None:
+    """Why this file cannot be graded, or ``None``: read as every submitted file is (never through
+    a symbolic link, see :mod:`autograder.submission_files`), and never quoted in the reason."""
     try:
-        nb = nbformat.read(str(path), as_version=4)
-    except Exception as exc:
-        return f"not a readable notebook ({type(exc).__name__}: {str(exc)[:200]})"
+        data = read_submission_file(path, limits.max_notebook_bytes, root=root, what="the notebook")
+        nb = parse_notebook(data, path.name)
+    except SubmissionFileError as exc:
+        return str(exc)
     if not any(c.cell_type == "code" and c.source.strip() for c in nb.cells):
         return "the notebook has no code cells"
     return None
@@ -144,22 +143,27 @@ def _nbgrader_student(rel: PurePosixPath) -> str | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _notebook_submission(path: Path, owner: Owner, source: str, limits: ArchiveLimits) -> Submission:
+def _notebook_submission(path: Path, owner: Owner, source: str, limits: ArchiveLimits,
+                         root: Path | None = None) -> Submission:
+    """``root``: the folder the path was found under, every folder below which must be a real one."""
     sub = Submission(owner.id, source, name=owner.name, email=owner.email, extra=dict(owner.extra))
     if path.suffix.lower() != ".ipynb":
         sub.error = f"not a notebook: {path.name}"
         return sub
+    try:
+        data = read_submission_file(path, limits.max_notebook_bytes, root=root, what="the notebook")
+    except SubmissionFileError as exc:  # a link, not a regular file, too large: never handed on
+        sub.error = str(exc)
+        return sub
     sub.notebook = path
-    sub.error = check_notebook(path, limits)
-    sub.sha256 = _sha256(path)
+    sub.sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        nb = parse_notebook(data, path.name)
+    except SubmissionFileError as exc:
+        sub.error = str(exc)
+        return sub
+    if not any(c.cell_type == "code" and c.source.strip() for c in nb.cells):
+        sub.error = "the notebook has no code cells"
     return sub
 
 
@@ -293,7 +297,15 @@ def _student_zip(path: Path, owner: Owner, source: str, workdir: Path, limits: A
 def _gradescope(folder: Path, limits: ArchiveLimits) -> list[Submission]:
     import yaml
 
-    meta = yaml.safe_load((folder / "submission_metadata.yml").read_text()) or {}
+    try:
+        text = read_submission_file(folder / "submission_metadata.yml", 16 * 2**20, root=folder,
+                                    what="submission_metadata.yml").decode("utf-8")
+        meta = yaml.safe_load(text) or {}
+        if not isinstance(meta, dict):
+            raise ValueError("not a mapping")
+    except (SubmissionFileError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        why = str(exc) if isinstance(exc, SubmissionFileError) else describe_error(exc)
+        return [Submission(_safe(folder.name), folder.name, error=f"unreadable Gradescope export: {why}")]
     subs = []
     for key, info in meta.items():
         submitters = (info or {}).get(":submitters") or [{}]
@@ -302,14 +314,14 @@ def _gradescope(folder: Path, limits: ArchiveLimits) -> list[Submission]:
         owner = Owner(_safe(str(who.get(":sid") or who.get(":email") or key)), name=who.get(":name", ""),
                       email=who.get(":email", ""),
                       extra={"sis_user_id": sid, "sis_login_id": who.get(":email", "") if not sid else ""})
-        sub_dir = folder / str(key)
-        notebooks = sorted(p for p in sub_dir.rglob("*.ipynb") if not _hidden(p.relative_to(sub_dir).parts)) \
-            if sub_dir.is_dir() else []
+        sub_dir = folder / _safe(str(key))  # a key is a submission id; never a path of its own
+        notebooks = [p for p in _files(sub_dir) if p.suffix.lower() == ".ipynb"] \
+            if sub_dir.is_dir() and not sub_dir.is_symlink() else []
         if not notebooks:
             subs.append(Submission(owner.id, f"{folder.name}/{key}", error="no notebook in the submission",
                                    name=owner.name, email=owner.email, extra=owner.extra))
             continue
-        subs.append(_notebook_submission(notebooks[0], owner, f"{folder.name}/{key}", limits))
+        subs.append(_notebook_submission(notebooks[0], owner, f"{folder.name}/{key}", limits, root=folder))
     return subs
 
 
@@ -336,13 +348,13 @@ def _folder(folder: Path, workdir: Path, limits: ArchiveLimits, depth: int) -> l
         if student is not None:
             if path.suffix.lower() == ".ipynb":  # nbgrader's timestamp.txt and other files are not submissions
                 subs.append(_notebook_submission(path, Owner(_safe(student), extra={"nbgrader_student": student}),
-                                                 source, limits))
+                                                 source, limits, root=folder))
             continue
         owner = canvas_owner(path.name) or Owner(_safe(str(rel.with_suffix(""))))
         if path.suffix.lower() == ".zip":
             subs.append(_student_zip(path, owner, source, workdir, limits, depth + 1))
         else:
-            subs.append(_notebook_submission(path, owner, source, limits))
+            subs.append(_notebook_submission(path, owner, source, limits, root=folder))
     return subs
 
 
@@ -408,8 +420,9 @@ def collect(paths: list[Path], workdir: Path, limits: ArchiveLimits = ArchiveLim
             subs += _folder(p, workdir, limits, 0)
         elif p.suffix.lower() == ".zip" and p.is_file():
             subs += _top_zip(p, workdir, limits)
-        elif p.is_file():
-            subs.append(_notebook_submission(p, canvas_owner(p.name) or Owner(_safe(p.stem)), p.name, limits))
+        elif p.is_file():  # named by the instructor: a link given here is followed, once, here
+            subs.append(_notebook_submission(Path(os.path.realpath(p)), canvas_owner(p.name) or Owner(_safe(p.stem)),
+                                             p.name, limits))
         else:
             subs.append(Submission(_safe(p.name), str(p), error="no such file or folder"))
     by_student: dict[str, list[Submission]] = {}
