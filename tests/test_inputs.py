@@ -277,6 +277,72 @@ def test_a_nested_zip_bomb_is_refused_quickly_without_large_writes(zip_bomb, tmp
     assert seconds < 60  # refused from the zip's directory: well under a second when idle
 
 
+def _files_written(out: Path) -> int:
+    return sum(1 for p in out.rglob("*") if p.is_file()) if out.exists() else 0
+
+
+def _zip_of_copies(path: Path, inner: bytes, inner_name: str, copies: int, method=zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", method) as z:
+        for i in range(copies):
+            z.writestr(f"{i}-{inner_name}", inner)
+    return path
+
+
+def _bytes_of(build, path: Path) -> bytes:
+    build(path)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+@pytest.mark.parametrize("where", ["student upload", "inside a class download"])
+@pytest.mark.parametrize("leaf", ["empty notebooks", "empty zips"])
+def test_nested_zips_of_empty_members_are_refused_quickly_with_few_files_written(tmp_path, where, leaf):
+    """The attack: a small zip of zips of zero-byte members (notebooks, or valid empty zips one level
+    deeper) unpacked naively writes one file per member, over 100,000 of them.  Members are counted
+    over every nesting level of one student's upload, so it is refused at the first inner zip."""
+    empty_zip = _bytes_of(lambda p: zipfile.ZipFile(p, "w").close(), tmp_path / "e.zip")
+    leaf_name, leaf_bytes = ("cnn_mnist.ipynb", b"") if leaf == "empty notebooks" else ("x.zip", empty_zip)
+    middle = _bytes_of(lambda p: _zip_of_copies(p, leaf_bytes, leaf_name, 1999), tmp_path / "m.zip")
+    given = _zip_of_copies(tmp_path / "lovelaceada_1001_5001_cnn_mnist.zip", middle, "part.zip", 12)
+    if where != "student upload":
+        given = tmp_path / "class submissions.zip"
+        with zipfile.ZipFile(given, "w") as z:
+            z.write(tmp_path / "lovelaceada_1001_5001_cnn_mnist.zip", "lovelaceada_1001_5001_cnn_mnist.zip")
+            z.write(_sample("solution"), "turingalan_1002_5002_cnn_mnist.ipynb")
+    out = tmp_path / "out"
+    started = time.monotonic()
+    subs = {s.id: s for s in collect([given], out)}
+    seconds = time.monotonic() - started
+    assert "zip refused" in subs["1001"].error and "more than 2000 members" in subs["1001"].error, subs["1001"].error
+    if where != "student upload":
+        assert subs["1002"].error is None  # the rest of the class is still graded
+    assert _files_written(out) < 50, _files_written(out)
+    assert seconds < 10, seconds
+
+
+def test_zero_byte_members_cost_bytes_too(tmp_path):
+    """Each member costs at least ``min_member_bytes`` of the byte budget, written or not."""
+    archive = _zip_with(tmp_path / "ada_1_2_cnn.zip", [("cnn_mnist.ipynb", _sample("solution").read_bytes()),
+                                                      *[(f"f{i}.txt", b"") for i in range(300)]])
+    limits = ArchiveLimits(max_submission_bytes=2**20, min_member_bytes=4096)  # 300 x 4 KiB: over 1 MB
+    (sub,) = collect([archive], tmp_path / "out", limits)
+    assert sub.notebook is None and "zip refused" in sub.error and "more than 1 MB" in sub.error, sub.error
+
+
+def test_a_second_notebook_stops_reading_the_zip(tmp_path):
+    """Two notebooks already make a student's zip ambiguous: what follows is never unpacked (here a
+    corrupt nested zip, which would otherwise refuse the zip as corrupt)."""
+    notebook = _sample("solution").read_bytes()
+    archive = _zip_with(tmp_path / "ada_1_2_cnn.zip", [("cnn_mnist.ipynb", notebook), ("copy.ipynb", notebook),
+                                                      ("more.zip", b"not a zip at all"), ("last.ipynb", notebook)])
+    out = tmp_path / "out"
+    (sub,) = collect([archive], out)
+    assert sub.notebook is None and "more than one notebook" in sub.error, sub.error
+    assert "'cnn_mnist.ipynb', 'copy.ipynb'" in sub.error and "last.ipynb" not in sub.error
+    assert _files_written(out) == 0  # neither notebook is kept, the nested zip never written
+
+
 def test_a_member_that_unpacks_past_the_limit_is_cut_off(tmp_path):
     archive = tmp_path / "ada_1_2_big.zip"
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:

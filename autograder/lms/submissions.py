@@ -58,6 +58,12 @@ class ArchiveLimits:
     max_members: int = 2000  # per zip
     max_submission_bytes: int = 64 * 2**20  # what one student's zip unpacks to, nested zips included
     max_class_bytes: int = 2 * 2**30  # what a class's zip (Canvas, Gradescope) unpacks to
+    # members of one student's upload counted over every nesting level, and of a class's zip with
+    # every zip in it; each member also costs at least min_member_bytes of the byte budgets, so
+    # empty members are not free
+    max_submission_members: int = 2000
+    max_class_members: int = 50_000
+    min_member_bytes: int = 4096
     max_depth: int = 3  # a class zip holding a student's zip holding a zip
     max_notebook_bytes: int = 32 * 2**20
 
@@ -170,28 +176,49 @@ def _notebook_submission(path: Path, owner: Owner, source: str, limits: ArchiveL
 # --- archives ------------------------------------------------------------------------------------
 
 class _Budget:
-    """Uncompressed bytes one archive (with the zips nested in it) may still unpack."""
+    """What one archive (with the zips nested in it) may still unpack: uncompressed bytes, and
+    members counted over every nesting level, each costing at least ``min_member_bytes`` of the
+    bytes.  A student's budget inside a class's zip draws on the class's budget too."""
 
-    def __init__(self, limits: ArchiveLimits, total: int):
+    def __init__(self, limits: ArchiveLimits, total: int, members: int, parent: "_Budget | None" = None):
         self.limits, self.total, self.left = limits, total, total
+        self.members_total, self.members_left = members, members
+        self.parent = parent
 
     def take(self, n: int) -> None:
         self.left -= n
         if self.left < 0:
             raise ArchiveRefused(f"it unpacks to more than {self.total / 2**20:.0f} MB")
+        if self.parent is not None:
+            self.parent.take(n)
+
+    def count(self, members: int) -> None:
+        """Charge a zip's members (from its directory, before any is read)."""
+        self.members_left -= members
+        if self.members_left < 0:
+            raise ArchiveRefused(f"it holds more than {self.members_total} members, counting those of the zips "
+                                 "inside it")
+        self.take(members * self.limits.min_member_bytes)
+        if self.parent is not None:
+            self.parent.count(members)
 
 
 EXTRACTED = (".ipynb", ".zip")  # the only members ever written to disk (and Gradescope's metadata)
+
+
+def _name(name: str, limit: int = 100) -> str:
+    """A member's name for a message: quoted, cut short (the name, never the member's content)."""
+    return repr(name if len(name) <= limit else name[:limit] + "...")
 
 
 def _member_problem(info: zipfile.ZipInfo) -> str | None:
     name = info.filename
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
-        return f"it contains a symbolic link ({name!r})"
+        return f"it contains a symbolic link ({_name(name)})"
     path = PurePosixPath(name.replace("\\", "/"))
     if name.startswith(("/", "\\")) or ".." in path.parts or re.match(r"^[A-Za-z]:", name):
-        return f"a member's path leaves the archive ({name!r})"
+        return f"a member's path leaves the archive ({_name(name)})"
     return None
 
 
@@ -203,11 +230,16 @@ def _open_checked(path: Path, budget: _Budget, depth: int) -> zipfile.ZipFile:
     try:
         z = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise ArchiveRefused(f"corrupt zip: {exc}") from None
+        raise ArchiveRefused(f"corrupt zip ({describe_error(exc)})") from None
     infos = z.infolist()
     if len(infos) > limits.max_members:
         z.close()
         raise ArchiveRefused(f"the zip has {len(infos)} members, over the limit of {limits.max_members}")
+    try:
+        budget.count(len(infos))
+    except ArchiveRefused:
+        z.close()
+        raise
     for info in infos:
         problem = _member_problem(info)
         if problem:
@@ -233,12 +265,12 @@ def _extract_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, bud
             while block := src.read(1 << 20):
                 written += len(block)
                 if written > cap:
-                    raise ArchiveRefused(f"{info.filename!r} is larger than {cap / 2**20:.0f} MB")
+                    raise ArchiveRefused(f"{_name(info.filename)} is larger than {cap / 2**20:.0f} MB")
                 budget.take(len(block))
                 dst.write(block)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:
         target.unlink(missing_ok=True)
-        raise ArchiveRefused(f"corrupt zip member {info.filename!r}: {exc}") from None
+        raise ArchiveRefused(f"corrupt zip member {_name(info.filename)} ({describe_error(exc)})") from None
     except ArchiveRefused:
         target.unlink(missing_ok=True)
         raise
@@ -253,32 +285,52 @@ def _unpack_dir(workdir: Path, archive: Path) -> Path:
     return private_dir(target)
 
 
-def _notebooks_in_zip(path: Path, workdir: Path, budget: _Budget, depth: int) -> list[tuple[Path, str]]:
-    """Every notebook in a student's zip (nested zips included), unpacked: ``(path, inner name)``."""
-    found: list[tuple[Path, str]] = []
+#: A student's zip is read until its second notebook: two already make it ambiguous (refused).
+STOP_AT_NOTEBOOKS = 2
+
+
+def _notebooks_in_zip(path: Path, workdir: Path, budget: _Budget, depth: int,
+                      found: list[tuple[Path, str]] | None = None, prefix: str = "") -> list[tuple[Path, str]]:
+    """The notebooks in a student's zip (nested zips included), unpacked, ``(path, inner name)``,
+    in the order met: reading stops at the second, which is enough to refuse the zip."""
+    found = [] if found is None else found
     with _open_checked(path, budget, depth) as z:
         target = _unpack_dir(workdir, path)
-        for i, info in enumerate(z.infolist()):
-            rel = PurePosixPath(info.filename)
-            if info.is_dir() or _hidden(rel.parts):
-                continue
-            suffix = rel.suffix.lower()
-            if suffix == ".ipynb":
-                out = target / f"{i}-{_safe(rel.name)}"
-                _extract_member(z, info, out, budget, budget.limits.max_notebook_bytes)
-                found.append((out, info.filename))
-            elif suffix == ".zip":
-                out = target / f"{i}-{_safe(rel.name)}"
-                _extract_member(z, info, out, budget, budget.left)
-                found += [(p, f"{info.filename}/{n}") for p, n in _notebooks_in_zip(out, workdir, budget, depth + 1)]
+        try:
+            _unpack_notebooks(z, target, workdir, budget, depth, found, prefix)
+        except ArchiveRefused:
+            shutil.rmtree(target, ignore_errors=True)  # a refused zip leaves nothing behind
+            raise
     return found
 
 
-def _student_zip(path: Path, owner: Owner, source: str, workdir: Path, limits: ArchiveLimits, depth: int) -> Submission:
+def _unpack_notebooks(z: zipfile.ZipFile, target: Path, workdir: Path, budget: _Budget, depth: int,
+                      found: list[tuple[Path, str]], prefix: str) -> None:
+    for i, info in enumerate(z.infolist()):
+        if len(found) >= STOP_AT_NOTEBOOKS:
+            break
+        rel = PurePosixPath(info.filename)
+        if info.is_dir() or _hidden(rel.parts):
+            continue
+        suffix = rel.suffix.lower()
+        if suffix == ".ipynb":
+            out = target / f"{i}-{_safe(rel.name)}"
+            _extract_member(z, info, out, budget, budget.limits.max_notebook_bytes)
+            found.append((out, prefix + info.filename))
+        elif suffix == ".zip":
+            out = target / f"{i}-{_safe(rel.name)}"
+            _extract_member(z, info, out, budget, budget.left)
+            _notebooks_in_zip(out, workdir, budget, depth + 1, found, f"{prefix}{info.filename}/")
+            out.unlink(missing_ok=True)  # read: its notebooks are out
+
+
+def _student_zip(path: Path, owner: Owner, source: str, workdir: Path, limits: ArchiveLimits, depth: int,
+                 class_budget: _Budget | None = None) -> Submission:
     """A zip one student uploaded (Otter's export): its one notebook, graded as ``owner``'s."""
     sub = Submission(owner.id, source, name=owner.name, email=owner.email, extra=dict(owner.extra))
+    budget = _Budget(limits, limits.max_submission_bytes, limits.max_submission_members, class_budget)
     try:
-        notebooks = _notebooks_in_zip(path, workdir, _Budget(limits, limits.max_submission_bytes), depth)
+        notebooks = _notebooks_in_zip(path, workdir, budget, depth)
     except ArchiveRefused as exc:
         sub.error = f"zip refused: {exc}"
         return sub
@@ -286,7 +338,10 @@ def _student_zip(path: Path, owner: Owner, source: str, workdir: Path, limits: A
         sub.error = f"no notebook in the zip {path.name}"
         return sub
     if len(notebooks) > 1:
-        sub.error = f"the zip {path.name} holds {len(notebooks)} notebooks ({', '.join(n for _, n in notebooks[:5])}): upload one"
+        for nb_path, _ in notebooks:  # never graded: not kept
+            nb_path.unlink(missing_ok=True)
+        sub.error = (f"the zip {path.name} holds more than one notebook ({', '.join(_name(n) for _, n in notebooks)}, "
+                     "...; not read further): upload one")
         return sub
     nb_path, inner = notebooks[0]
     return _notebook_submission(nb_path, owner, f"{source}:{inner}", limits)
@@ -333,7 +388,9 @@ def _files(folder: Path) -> list[Path]:
     return out
 
 
-def _folder(folder: Path, workdir: Path, limits: ArchiveLimits, depth: int) -> list[Submission]:
+def _folder(folder: Path, workdir: Path, limits: ArchiveLimits, depth: int,
+            class_budget: _Budget | None = None) -> list[Submission]:
+    """``class_budget``: what is left of the class zip's (the folder was unpacked from one)."""
     if (folder / "submission_metadata.yml").is_file():
         return _gradescope(folder, limits)
     subs = []
@@ -352,7 +409,7 @@ def _folder(folder: Path, workdir: Path, limits: ArchiveLimits, depth: int) -> l
             continue
         owner = canvas_owner(path.name) or Owner(_safe(str(rel.with_suffix(""))))
         if path.suffix.lower() == ".zip":
-            subs.append(_student_zip(path, owner, source, workdir, limits, depth + 1))
+            subs.append(_student_zip(path, owner, source, workdir, limits, depth + 1, class_budget))
         else:
             subs.append(_notebook_submission(path, owner, source, limits, root=folder))
     return subs
@@ -360,7 +417,7 @@ def _folder(folder: Path, workdir: Path, limits: ArchiveLimits, depth: int) -> l
 
 def _top_zip(path: Path, workdir: Path, limits: ArchiveLimits) -> list[Submission]:
     """A zip given on the command line: one student's upload, or a class's (Canvas, Gradescope)."""
-    budget = _Budget(limits, limits.max_class_bytes)
+    budget = _Budget(limits, limits.max_class_bytes, limits.max_class_members)
     owner = canvas_owner(path.name)
     try:
         with _open_checked(path, budget, 1) as z:
@@ -394,7 +451,7 @@ def _top_zip(path: Path, workdir: Path, limits: ArchiveLimits) -> list[Submissio
                            extra=owner.extra if owner else {})]
     for sub_folder in [p for p in target.rglob("*") if p.is_dir()]:
         os.chmod(sub_folder, 0o700)
-    return _folder(target, workdir, limits, 1)
+    return _folder(target, workdir, limits, 1, budget)
 
 
 # --- the whole input ---------------------------------------------------------------------------
