@@ -447,3 +447,74 @@ def test_a_symlink_in_a_class_folder_is_an_error_row_and_never_read(tmp_path):
     subs = {s.id: s for s in collect([folder], tmp_path / "out")}
     assert subs["1001"].notebook is None and "symbolic link" in subs["1001"].error
     assert subs["1002"].error is None
+
+
+# --- every reader of a submitted file: no link followed, no content quoted -----------------------
+
+SECRET = "GRADER-ONLY-SECRET-9c1e"
+
+
+def _secret_file(tmp_path: Path) -> Path:
+    secret = tmp_path / "secret" / "cnn_mnist.ipynb"
+    secret.parent.mkdir()
+    secret.write_text(SECRET + " {not a notebook")
+    os.chmod(secret, 0o600)
+    return secret
+
+
+def test_a_symlinked_notebook_in_a_gradescope_export_is_never_read(tmp_path):
+    secret = _secret_file(tmp_path)
+    export = tmp_path / "export"
+    (export / "submission_111").mkdir(parents=True)
+    (export / "submission_222").mkdir(parents=True)
+    (export / "submission_111" / "cnn_mnist.ipynb").symlink_to(secret)
+    (export / "submission_222" / "work").symlink_to(secret.parent)  # a linked folder is never entered
+    (export / "submission_metadata.yml").write_text(
+        "submission_111:\n  :submitters:\n  - :name: Ada\n    :sid: '111'\n"
+        "submission_222:\n  :submitters:\n  - :name: Alan\n    :sid: '222'\n")
+    subs = {s.id: s for s in collect([export], tmp_path / "out")}
+    assert subs["111"].notebook is None and "is a symbolic link; not read" in subs["111"].error
+    assert subs["222"].notebook is None and subs["222"].error == "no notebook in the submission"
+    assert not any(SECRET[:6] in (s.error or "") for s in subs.values())
+
+
+def test_a_notebook_that_is_not_json_is_named_never_quoted(tmp_path):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    shutil.copy(_secret_file(tmp_path), folder / "ada_1001_5001_cnn_mnist.ipynb")
+    (folder / "alan_1002_5002_cnn_mnist.ipynb").write_bytes(b'{"nbformat": 4, "cells": "' + SECRET.encode() + b'"}')
+    subs = {s.id: s for s in collect([folder], tmp_path / "out")}
+    assert subs["1001"].error == ("ada_1001_5001_cnn_mnist.ipynb is not a readable notebook: not JSON "
+                                  "(Expecting value at line 1, column 1)")
+    assert "not a readable notebook" in subs["1002"].error
+    assert not any(SECRET[:6] in s.error for s in subs.values())
+
+
+def test_the_assignment_picker_and_the_probe_refuse_a_link(tmp_path):
+    from autograder.probe.sandbox import probe
+
+    secret = _secret_file(tmp_path)
+    link = tmp_path / "cnn_mnist.ipynb"
+    link.symlink_to(secret)
+    name, problem = batch.pick_assignment(link, {"cnn_mnist": "unused.zip"})
+    assert "is a symbolic link; not read" in problem
+    probed = probe(link, [], {})
+    assert "is a symbolic link; not read" in probed.crashed and probed.runs == 0
+    shutil.copy(secret, tmp_path / "copy.ipynb")  # a file of its own: read, and its fault named, never quoted
+    probed = probe(tmp_path / "copy.ipynb", [], {})
+    assert "not JSON" in probed.crashed and SECRET[:6] not in probed.crashed
+
+
+def test_a_symlinked_folder_below_the_root_is_refused(tmp_path):
+    from autograder.submission_files import SubmissionFileError, read_notebook
+
+    secret = _secret_file(tmp_path)
+    root = tmp_path / "submission"
+    root.mkdir()
+    (root / "work").symlink_to(secret.parent)
+    with pytest.raises(SubmissionFileError, match=r"a folder on its path \(work\) is a symbolic link"):
+        read_notebook(root / "work" / "cnn_mnist.ipynb", root=root)
+    (root / "fifo.ipynb").parent.mkdir(exist_ok=True)
+    os.mkfifo(root / "fifo.ipynb")  # never blocks the grader
+    with pytest.raises(SubmissionFileError, match="not a regular file"):
+        read_notebook(root / "fifo.ipynb", root=root)
