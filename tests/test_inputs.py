@@ -192,6 +192,66 @@ def test_canvas_import_has_only_matchable_rows_and_the_rest_go_to_review(canvas_
     assert "grader error" in review["1003"]["reason"] and "SpeedGrader" in review["anon_Xk3pQ"]["reason"]
 
 
+@pytest.mark.parametrize("late", [False, True])
+def test_a_canvas_name_that_reads_as_another_students_never_takes_their_place(tmp_path, late):
+    """User 111 takes the display name ``x_222_999999`` (Canvas keeps it as typed once a ``-`` is
+    dropped); their upload is named ``x_222_999999_111_7_...``, which also reads as user 222's latest
+    upload.  222's real file is still the one graded as 222; the other is listed for review with
+    both readings and never imported as anyone's grade."""
+    import csv
+
+    folder = tmp_path / "class"
+    folder.mkdir()
+    shutil.copy(_sample("solution"), folder / "realstudent_222_5222_cnn_mnist.ipynb")
+    ambiguous = f"x_222_999999_{'LATE_' if late else ''}111_7_cnn_mnist.ipynb"
+    shutil.copy(_sample("untouched"), folder / ambiguous)
+    shutil.copy(_sample("shape_mistakes"), folder / "plain_333_5333_cnn_mnist.ipynb")
+    subs = {s.id: s for s in collect([folder], tmp_path / "out")}
+    assert set(subs) == {"222", "222~2", "333"}
+    assert subs["222"].source == "realstudent_222_5222_cnn_mnist.ipynb" and subs["222"].error is None
+    assert subs["222"].notebook.read_bytes() == _sample("solution").read_bytes()
+    assert subs["222~2"].source == ambiguous and "duplicate" in subs["222~2"].error
+    assert "canvas_ambiguous" not in subs["222"].extra and "canvas_ambiguous" not in subs["333"].extra
+    results = [_graded(s, 30.0) if not s.error else batch._error_result(s, s.error) for s in subs.values()]
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    left_out = reports.write_canvas_csv(results, out / "canvas_grades.csv", "CNN on MNIST (4242)")
+    rows = list(csv.reader(open(out / "canvas_grades.csv", encoding="utf-8")))
+    assert sorted(r[1] for r in rows[2:]) == ["222", "333"]
+    assert {r["student"]["id"] for r, _ in left_out} == {"222~2"}
+    reports.write_review_csv(results, out / "needs_review.csv")
+    review = {r["id"]: r for r in csv.DictReader(open(out / "needs_review.csv", encoding="utf-8"))}
+    reason = review["222~2"]["reason"]
+    assert review["222~2"]["in_canvas_import"] == "no" and review["222~2"]["source"] == ambiguous
+    assert "ambiguous Canvas file name" in reason and "user 111 (attachment 7" in reason, reason
+    assert "222" not in review  # the real file is not in question
+
+
+def test_an_ambiguous_canvas_name_alone_is_graded_but_never_imported(tmp_path):
+    """With no other file of 222, the ambiguous file is graded under its first reading (so a person
+    sees a score), never imported into Canvas, and listed for review."""
+    folder = tmp_path / "class"
+    folder.mkdir()
+    shutil.copy(_sample("solution"), folder / "x_222_9_111_7_cnn_mnist.ipynb")
+    (sub,) = collect([folder], tmp_path / "out")
+    assert sub.id == "222" and sub.error is None and "user 111" in sub.extra["canvas_ambiguous"]
+    row, why = reports.canvas_row(_graded(sub, 30.0))
+    assert row is None and why.startswith("ambiguous Canvas file name")
+
+
+@pytest.mark.parametrize("file_name, readings", [
+    ("x_222_9_111_7_cnn_mnist.ipynb", [("222", "9"), ("9", "111"), ("111", "7")]),
+    ("ada_1001_5001_lab_3_1_cnn.ipynb", [("1001", "5001"), ("3", "1")]),  # a file name with numbers: flagged too
+    ("garcíajosé_1007_5007_cnn_mnist_2026_11_20T10_15_00_123456.zip", [("1007", "5007")]),  # Otter's stamp
+    ("turingalan_LATE_1002_5002_cnn_mnist.ipynb", [("1002", "5002")]),  # LATE_ is part of one reading
+])
+def test_every_reading_of_a_canvas_name_is_found(file_name, readings):
+    from autograder.lms.submissions import canvas_readings
+
+    assert [(r["user"], r["attachment"]) for r in canvas_readings(file_name)] == readings
+    assert ("canvas_ambiguous" in canvas_owner(file_name).extra) == (len(readings) > 1)
+
+
 @pytest.mark.parametrize("text, column", [
     ("CNN on MNIST (123456)", "CNN on MNIST (123456)"),
     ("  Lab 3: CNN (7) ", "Lab 3: CNN (7)"),

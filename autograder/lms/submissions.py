@@ -42,11 +42,15 @@ from autograder.submission_files import SubmissionFileError, describe_error, par
 
 # Canvas's per-file names (lib/content_zipper.rb): [name_][LATE_]userid_attachmentid_file or
 # [LATE_]anon_anonymousid_attachmentid_file.  \w is Unicode-aware, as Ruby's [[:word:]] is.
-CANVAS_NAME = re.compile(r"^(?:(?P<name>\w*?)_)??(?P<late>LATE_)?(?P<user>\d+)_(?P<attachment>\d+)_(?P<file>.+)$")
+# A name part is only word characters; the ids are ASCII digits.  CANVAS_IDS is tried at the
+# start and after every underscore: each place it matches is one way to read the name.
+CANVAS_IDS = re.compile(r"(?P<late>LATE_)?(?P<user>[0-9]+)_(?P<attachment>[0-9]+)_(?P<file>.+)$", re.S)
+CANVAS_NAME_PART = re.compile(r"\w*")
 CANVAS_ANON_NAME = re.compile(r"^(?P<late>LATE_)?anon_(?P<anon>[A-Za-z0-9]+)_(?P<attachment>\d+)_(?P<file>.+)$")
 # Otter's export is named <assignment>_YYYY_MM_DDTHH_MM_SS_ffffff.zip: on its own (not inside a
 # Canvas name) the date's numbers must not read as a Canvas user and attachment id
 OTTER_STAMP = re.compile(r"^\d{2}T\d{2}_\d{2}_\d{2}")
+OTTER_STAMP_SPAN = re.compile(r"_[0-9]{4}_[0-9]{2}_[0-9]{2}T[0-9]{2}_[0-9]{2}_[0-9]{2}_[0-9]+")
 SAFE_ID = re.compile(r"[^\w.@-]+")
 SKIPPED_FOLDERS = {"__MACOSX"}  # with every hidden (dot) folder: .ipynb_checkpoints, .git, ...
 
@@ -124,20 +128,56 @@ class Owner:
     extra: dict = field(default_factory=dict)
 
 
+def canvas_readings(file_name: str) -> list[dict]:
+    """Every way to read a Canvas download's (non-anonymous) file name as
+    ``name_[LATE_]user_attachment_file``, leftmost first (``name``, ``late``, ``user``,
+    ``attachment``, ``file``).  Numbers inside Otter's export stamp never count as ids.
+
+    More than one reading means the name is ambiguous: Canvas takes the name part from the
+    student's sortable name, which a student may be able to edit, and only partly strips digits
+    from it (``sanitize_user_name`` drops the underscores of ``_<digits>_``, but a name such as
+    ``x_222-_9`` loses its ``-`` afterwards and reads ``x_222_9``), so a name part can itself
+    look like a user id and an attachment id."""
+    stamps = [m.span() for m in OTTER_STAMP_SPAN.finditer(file_name)]
+    readings, seen = [], set()
+    for start in [0] + [i + 1 for i, ch in enumerate(file_name) if ch == "_"]:
+        m = CANVAS_IDS.match(file_name, start)
+        if not m:
+            continue
+        user_at = m.start("user")
+        if user_at in seen or any(a < user_at < b for a, b in stamps) or OTTER_STAMP.match(m.group("file")):
+            continue
+        name = file_name[:start - 1] if start else ""
+        if not CANVAS_NAME_PART.fullmatch(name):
+            continue
+        seen.add(user_at)
+        readings.append({"name": name, "late": bool(m.group("late")), "user": m.group("user"),
+                         "attachment": m.group("attachment"), "file": m.group("file")})
+    return readings
+
+
 def canvas_owner(file_name: str) -> Owner | None:
-    """The student a Canvas download's file name names, or ``None`` if it is not one."""
+    """The student a Canvas download's file name names, or ``None`` if it is not one.
+
+    A name that reads more than one way (see :func:`canvas_readings`) is read as before (the
+    leftmost reading) and marked ``canvas_ambiguous`` with the other readings: it never outranks
+    an unambiguous file of the same student (:func:`collect`), and a person decides whose it is."""
     file_name = unicodedata.normalize("NFC", file_name)  # a name unpacked on macOS comes decomposed
     m = CANVAS_ANON_NAME.match(file_name)
     if m:
         anon = m.group("anon")
         return Owner(f"anon_{anon}", extra={"canvas_anonymous_id": anon, "late": bool(m.group("late")),
                                              "canvas_attachment_id": m.group("attachment")})
-    m = CANVAS_NAME.match(file_name)
-    if m and not OTTER_STAMP.match(m.group("file")):
-        return Owner(m.group("user"), name=m.group("name") or "",
-                     extra={"canvas_user_id": m.group("user"), "late": bool(m.group("late")),
-                            "canvas_attachment_id": m.group("attachment")})
-    return None
+    readings = canvas_readings(file_name)
+    if not readings:
+        return None
+    first = readings[0]
+    extra = {"canvas_user_id": first["user"], "late": first["late"], "canvas_attachment_id": first["attachment"]}
+    if len(readings) > 1:
+        others = ", ".join(f"user {r['user']} (attachment {r['attachment']}, name {r['name']!r})" for r in readings[1:])
+        extra["canvas_ambiguous"] = (f"ambiguous Canvas file name: read as user {first['user']} (attachment "
+                                     f"{first['attachment']}), but it could also be {others}; check whose it is")
+    return Owner(first["user"], name=first["name"], extra=extra)
 
 
 def _nbgrader_student(rel: PurePosixPath) -> str | None:
@@ -466,8 +506,9 @@ def _attachment(sub: Submission) -> int:
 def collect(paths: list[Path], workdir: Path, limits: ArchiveLimits = ArchiveLimits()) -> list[Submission]:
     """Every submission under ``paths``.
 
-    One file per student is graded: a gradable notebook before an error, then the latest Canvas
-    upload (highest attachment id), then the first found.  The others become ``duplicate``
+    One file per student is graded: a file whose Canvas name is unambiguous before one whose
+    name reads more than one way, then a gradable notebook before an error, then the latest
+    Canvas upload (highest attachment id), then the first found.  The others become ``duplicate``
     rows (``<id>~2``, ...), not graded.  Byte-identical notebooks of different students are
     graded and flagged (``extra["identical_to"]``) for the instructor's report only.
     """
@@ -487,7 +528,9 @@ def collect(paths: list[Path], workdir: Path, limits: ArchiveLimits = ArchiveLim
         by_student.setdefault(sub.id, []).append(sub)
     ordered: list[Submission] = []
     for sid, group in by_student.items():
-        ranked = sorted(group, key=lambda s: (s.error is not None, -_attachment(s)))  # stable: then as found
+        # stable: then as found; a file whose Canvas name is ambiguous never outranks one that is not
+        ranked = sorted(group, key=lambda s: (bool(s.extra.get("canvas_ambiguous")), s.error is not None,
+                                              -_attachment(s)))
         primary = ranked[0]
         ordered.append(primary)
         for n, other in enumerate(ranked[1:], start=2):
