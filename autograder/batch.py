@@ -20,6 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 import json
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import time
@@ -121,7 +122,10 @@ def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | 
         known = sorted(set(autograders) | set(registry.names()))
         if name in known:
             return name, f"assignment {name!r} was not among the autograders of this run ({', '.join(sorted(autograders))})"
-        return name, str(registry.UnknownAssignment(name, known))
+        # the notebook's own text, so only a plain name of ordinary length is shown
+        plain = re.fullmatch(r"[\w.-]{1,64}", name) is not None
+        return (name if plain else None), str(registry.UnknownAssignment(
+            name if plain else "(a name that is not an assignment's)", known))
     return name, None
 
 
