@@ -578,3 +578,22 @@ def test_a_symlinked_folder_below_the_root_is_refused(tmp_path):
     os.mkfifo(root / "fifo.ipynb")  # never blocks the grader
     with pytest.raises(SubmissionFileError, match="not a regular file"):
         read_notebook(root / "fifo.ipynb", root=root)
+
+
+def test_a_broken_gradescope_metadata_file_is_named_never_quoted(tmp_path):
+    export = tmp_path / "export"
+    (export / "submission_111").mkdir(parents=True)
+    shutil.copy(_sample("untouched"), export / "submission_111" / "cnn_mnist.ipynb")
+    (export / "submission_metadata.yml").write_text(f"submission_111:\n  :submitters: [\n  {SECRET}: : :\n")
+    (sub,) = collect([export], tmp_path / "out")
+    assert sub.notebook is None and "submission_metadata.yml is not readable" in sub.error
+    assert SECRET[:6] not in sub.error
+
+
+def test_library_errors_lose_what_they_quote():
+    from autograder.submission_files import describe_error
+
+    assert describe_error(ValueError(f"Notebook does not appear to be JSON: {SECRET!r}")) == \
+        "ValueError: Notebook does not appear to be JSON: …"
+    assert SECRET not in describe_error(ValueError(f"bad header 'abc' then '{SECRET}"))  # an unmatched quote
+    assert SECRET not in describe_error(ValueError(f"bytes b'{SECRET}'"))

@@ -399,7 +399,9 @@ def _gradescope(folder: Path, limits: ArchiveLimits) -> list[Submission]:
         if not isinstance(meta, dict):
             raise ValueError("not a mapping")
     except (SubmissionFileError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
-        why = str(exc) if isinstance(exc, SubmissionFileError) else describe_error(exc)
+        # YAML's own messages show the lines around a fault: only its kind is named
+        why = str(exc) if isinstance(exc, SubmissionFileError) else f"submission_metadata.yml is not readable " \
+            f"({type(exc).__name__})"
         return [Submission(_safe(folder.name), folder.name, error=f"unreadable Gradescope export: {why}")]
     subs = []
     for key, info in meta.items():
