@@ -199,7 +199,7 @@ def find_notebook(submission: Path, assignment: str) -> tuple[Path | None, str |
     found = []
     for folder, dirs, files in os.walk(submission):  # never enters a symlinked folder
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
-        found += [Path(folder) / f for f in sorted(files) if f.lower().endswith(".ipynb") and not f.startswith(".")]
+        found += [Path(folder) / f for f in sorted(files) if f.endswith(".ipynb") and not f.startswith(".")]
     found.sort()
     named = [p for p in found if p.name == f"{assignment}.ipynb"]
     chosen = found[0] if len(found) == 1 else named[0] if len(named) == 1 else None
