@@ -597,3 +597,21 @@ def test_library_errors_lose_what_they_quote():
         "ValueError: Notebook does not appear to be JSON: …"
     assert SECRET not in describe_error(ValueError(f"bad header 'abc' then '{SECRET}"))  # an unmatched quote
     assert SECRET not in describe_error(ValueError(f"bytes b'{SECRET}'"))
+
+
+def test_a_students_zips_share_one_budget_that_a_misleading_name_cannot_spend(tmp_path):
+    """Members are counted per student over all of their zips; a zip whose name also reads as 222's
+    draws on a budget of its own, so 222's real zip is still read."""
+    folder = tmp_path / "class"
+    folder.mkdir()
+    filler = [(f"f{i}.txt", b"") for i in range(15)]
+    notebook = _sample("solution").read_bytes()
+    for n in (1, 2):  # 111's two uploads: 2 x 16 members, over 111's 20 in all
+        _zip_with(folder / f"ada_111_{n}_cnn_mnist.zip", [("cnn_mnist.ipynb", notebook), *filler])
+    # reads as 222's, and is read before 222's real zip (file names in order: "a" < "r")
+    _zip_with(folder / "a_222_99_111_3_cnn_mnist.zip", [("cnn_mnist.ipynb", notebook), *filler])
+    _zip_with(folder / "real_222_5_cnn_mnist.zip", [("cnn_mnist.ipynb", notebook), *filler])
+    subs = {s.id: s for s in collect([folder], tmp_path / "out", ArchiveLimits(max_submission_members=20))}
+    errors = sorted(s.error or "" for k, s in subs.items() if k.startswith("111"))
+    assert errors[0] == "" and "more than 20 members" in subs["111~2"].error
+    assert subs["222"].source.startswith("real_222_5_cnn_mnist.zip") and subs["222"].error is None

@@ -364,11 +364,16 @@ def _unpack_notebooks(z: zipfile.ZipFile, target: Path, workdir: Path, budget: _
             out.unlink(missing_ok=True)  # read: its notebooks are out
 
 
+def _student_budget(limits: ArchiveLimits, class_budget: _Budget | None = None) -> _Budget:
+    return _Budget(limits, limits.max_submission_bytes, limits.max_submission_members, class_budget)
+
+
 def _student_zip(path: Path, owner: Owner, source: str, workdir: Path, limits: ArchiveLimits, depth: int,
-                 class_budget: _Budget | None = None) -> Submission:
-    """A zip one student uploaded (Otter's export): its one notebook, graded as ``owner``'s."""
+                 budget: _Budget | None = None) -> Submission:
+    """A zip one student uploaded (Otter's export): its one notebook, graded as ``owner``'s.
+    ``budget``: what is left of the student's (shared by all their zips), else a fresh one."""
     sub = Submission(owner.id, source, name=owner.name, email=owner.email, extra=dict(owner.extra))
-    budget = _Budget(limits, limits.max_submission_bytes, limits.max_submission_members, class_budget)
+    budget = budget or _student_budget(limits)
     try:
         notebooks = _notebooks_in_zip(path, workdir, budget, depth)
     except ArchiveRefused as exc:
@@ -435,7 +440,7 @@ def _folder(folder: Path, workdir: Path, limits: ArchiveLimits, depth: int,
     """``class_budget``: what is left of the class zip's (the folder was unpacked from one)."""
     if (folder / "submission_metadata.yml").is_file():
         return _gradescope(folder, limits)
-    subs = []
+    subs, budgets = [], {}
     for path in _files(folder):
         rel = PurePosixPath(path.relative_to(folder).as_posix())
         source = str(rel)
@@ -451,7 +456,11 @@ def _folder(folder: Path, workdir: Path, limits: ArchiveLimits, depth: int,
             continue
         owner = canvas_owner(path.name) or Owner(_safe(str(rel.with_suffix(""))))
         if path.suffix.lower() == ".zip":
-            subs.append(_student_zip(path, owner, source, workdir, limits, depth + 1, class_budget))
+            # one budget per student for all their zips; files whose Canvas name is ambiguous share one of
+            # their own, so that a name reading as a classmate's can never spend the classmate's budget
+            key = "\0ambiguous" if owner.extra.get("canvas_ambiguous") else owner.id
+            budget = budgets.setdefault(key, _student_budget(limits, class_budget))
+            subs.append(_student_zip(path, owner, source, workdir, limits, depth + 1, budget))
         else:
             subs.append(_notebook_submission(path, owner, source, limits, root=folder))
     return subs
