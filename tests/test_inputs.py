@@ -615,3 +615,19 @@ def test_a_students_zips_share_one_budget_that_a_misleading_name_cannot_spend(tm
     errors = sorted(s.error or "" for k, s in subs.items() if k.startswith("111"))
     assert errors[0] == "" and "more than 20 members" in subs["111~2"].error
     assert subs["222"].source.startswith("real_222_5_cnn_mnist.zip") and subs["222"].error is None
+
+
+def test_a_class_download_counts_the_members_of_every_zip_in_it(tmp_path):
+    notebook = _sample("solution").read_bytes()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for n in (1, 2, 3):  # 10 members each, with the class zip's own 3: 13, 23, then 33 > 30
+        _zip_with(staging / f"s{n}_10{n}_50{n}_cnn_mnist.zip",
+                  [("cnn_mnist.ipynb", notebook), *[(f"f{i}.txt", b"") for i in range(9)]])
+    archive = tmp_path / "class submissions.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted(staging.iterdir()):
+            z.write(p, p.name)
+    subs = {s.id: s for s in collect([archive], tmp_path / "out", ArchiveLimits(max_class_members=30))}
+    assert subs["101"].error is None and subs["102"].error is None
+    assert "zip refused" in subs["103"].error and "more than 30 members" in subs["103"].error

@@ -225,20 +225,20 @@ class _Budget:
         self.members_total, self.members_left = members, members
         self.parent = parent
 
-    def take(self, n: int) -> None:
+    def take(self, n: int, *, parent: bool = True) -> None:
         self.left -= n
         if self.left < 0:
             raise ArchiveRefused(f"it unpacks to more than {self.total / 2**20:.0f} MB")
-        if self.parent is not None:
+        if parent and self.parent is not None:
             self.parent.take(n)
 
     def count(self, members: int) -> None:
-        """Charge a zip's members (from its directory, before any is read)."""
+        """Charge a zip's members (from its directory, before any is read), here and above."""
         self.members_left -= members
         if self.members_left < 0:
             raise ArchiveRefused(f"it holds more than {self.members_total} members, counting those of the zips "
                                  "inside it")
-        self.take(members * self.limits.min_member_bytes)
+        self.take(members * self.limits.min_member_bytes, parent=False)  # the parent's count charges its own
         if self.parent is not None:
             self.parent.count(members)
 
