@@ -115,12 +115,6 @@ def read_submission_file(path: str | os.PathLike, max_bytes: int, *, root: str |
     return data
 
 
-def sha256_of(path: str | os.PathLike, max_bytes: int, *, root: str | os.PathLike | None = None) -> str:
-    import hashlib
-
-    return hashlib.sha256(read_submission_file(path, max_bytes, root=root)).hexdigest()
-
-
 def parse_notebook(data: bytes, label: str):
     """A notebook (nbformat 4) from a file's bytes; faults are named, never quoted."""
     import nbformat
