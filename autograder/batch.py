@@ -20,6 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 import json
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import time
@@ -115,10 +116,13 @@ def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | 
     ``otter.assignment_name`` too); a notebook that names none is graded by the only autograder given."""
     from autograder import registry
 
-    try:
-        with open(notebook, encoding="utf-8") as f:
-            nb = json.load(f)
-    except (OSError, ValueError) as exc:
+    from autograder.submission_files import SubmissionFileError, read_submission_file
+
+    try:  # never through a link, and never quoted (see autograder.submission_files)
+        nb = json.loads(read_submission_file(notebook, ArchiveLimits().max_notebook_bytes, what="the notebook"))
+    except SubmissionFileError as exc:
+        return None, f"the notebook could not be read: {exc}"
+    except (ValueError, RecursionError) as exc:
         return None, f"the notebook could not be read ({type(exc).__name__})"
     meta = nb.get("metadata") if isinstance(nb, dict) and isinstance(nb.get("metadata"), dict) else {}
     name = registry.notebook_assignment(nb)
@@ -133,7 +137,10 @@ def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | 
         known = sorted(set(autograders) | set(registry.names()))
         if name in known:
             return name, f"assignment {name!r} was not among the autograders of this run ({', '.join(sorted(autograders))})"
-        return name, str(registry.UnknownAssignment(name, known))
+        # the notebook's own text, so only a plain name of ordinary length is shown
+        plain = re.fullmatch(r"[\w.-]{1,64}", name) is not None
+        return (name if plain else None), str(registry.UnknownAssignment(
+            name if plain else "(a name that is not an assignment's)", known))
     return name, None
 
 

@@ -230,6 +230,54 @@ def test_gradescope_without_a_notebook_still_writes_results(built, tmp_path):
     assert json.loads((root / "results" / "results.json").read_text()) == payload
 
 
+# --- what the runner reads from the submission ------------------------------------------------
+
+def _bare_root(tmp_path: Path) -> Path:
+    """Gradescope's layout with just what the runner reads before grading (no build: fast)."""
+    root = tmp_path / "autograder"
+    (root / "submission").mkdir(parents=True)
+    (root / "source" / "tests").mkdir(parents=True)
+    (root / "source" / "files").mkdir()
+    (root / "source" / "otter_config.json").write_text(json.dumps({"assignment_name": "cnn_mnist"}))
+    (root / "source" / "files" / registry.get("cnn_mnist").public_module_name).write_text("")
+    return root
+
+
+SECRET = "ROOT-ONLY-SECRET-7f3a"
+
+
+@pytest.mark.parametrize("how", ["linked notebook", "linked folder", "not JSON"])
+def test_the_runner_never_follows_a_link_nor_quotes_a_file(tmp_path, how):
+    root = _bare_root(tmp_path)
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "cnn_mnist.ipynb").write_text(SECRET + " {not json")
+    os.chmod(secret / "cnn_mnist.ipynb", 0o600)
+    if how == "linked notebook":
+        (root / "submission" / "cnn_mnist.ipynb").symlink_to(secret / "cnn_mnist.ipynb")
+    elif how == "linked folder":
+        (root / "submission" / "work").symlink_to(secret)
+    else:
+        shutil.copy(secret / "cnn_mnist.ipynb", root / "submission" / "cnn_mnist.ipynb")
+    payload = gradescope.run(root, retrain=False)
+    text = json.dumps(payload)
+    assert SECRET[:4] not in text and "not json" not in text
+    assert payload["extra_data"]["status"] == "error" and payload["score"] == 0
+    expected = {"linked notebook": "cnn_mnist.ipynb is a symbolic link; not read",
+                "linked folder": "found 0",  # a linked folder is never entered
+                "not JSON": "cnn_mnist.ipynb is not a readable notebook: not JSON (Expecting value at line 1"}[how]
+    assert expected in payload["output"], payload["output"]
+
+
+def test_the_runner_reads_a_notebook_below_a_real_folder(tmp_path):
+    root = _bare_root(tmp_path)
+    (root / "submission" / "work").mkdir()
+    shutil.copy(_sample("untouched"), root / "submission" / "work" / "cnn_mnist.ipynb")
+    (root / "submission" / "other.ipynb").symlink_to(_sample("solution"))  # not chosen: not read
+    notebook, problem = gradescope.find_notebook(root / "submission", "cnn_mnist")
+    assert problem is None and notebook == root / "submission" / "work" / "cnn_mnist.ipynb"
+
+
 # --- Gradescope, emulated ---------------------------------------------------------------------
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),

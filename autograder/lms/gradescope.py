@@ -39,6 +39,7 @@ from pathlib import Path
 from autograder.judge.pipeline import Autograder, RetrainOptions, grade_notebook
 from autograder.probe.sandbox import Limits
 from autograder.result import GradeResult
+from autograder.submission_files import SubmissionFileError, read_notebook
 
 #: The Gradescope timeout the README recommends (minutes); Gradescope allows 40 at most.
 DEFAULT_TIMEOUT_MINUTES = 40
@@ -191,17 +192,26 @@ def submitter(root: Path) -> tuple[str | None, str]:
 
 def find_notebook(submission: Path, assignment: str) -> tuple[Path | None, str | None]:
     """The submitted notebook, ignoring editor copies (``.ipynb_checkpoints``), hidden folders
-    and macOS metadata; when several remain, the one named after the assignment."""
-    found = sorted(p for p in submission.rglob("*.ipynb")
-                   if not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(submission).parts))
-    if len(found) == 1:
-        return found[0], None
+    and macOS metadata; when several remain, the one named after the assignment.
+
+    Nothing is followed: a symlinked folder is not entered, and a symlinked notebook (or one that
+    is not a regular file) is refused by name, never read (see :mod:`autograder.submission_files`)."""
+    found = []
+    for folder, dirs, files in os.walk(submission):  # never enters a symlinked folder
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        found += [Path(folder) / f for f in sorted(files) if f.endswith(".ipynb") and not f.startswith(".")]
+    found.sort()
     named = [p for p in found if p.name == f"{assignment}.ipynb"]
-    if len(named) == 1:
-        return named[0], None
-    names = ", ".join(str(p.relative_to(submission)) for p in found) or "none"
-    return None, (f"expected one .ipynb file in the submission (ideally {assignment}.ipynb), "
-                  f"found {len(found)}: {names}")
+    chosen = found[0] if len(found) == 1 else named[0] if len(named) == 1 else None
+    if chosen is None:
+        names = ", ".join(str(p.relative_to(submission)) for p in found) or "none"
+        return None, (f"expected one .ipynb file in the submission (ideally {assignment}.ipynb), "
+                      f"found {len(found)}: {names}")
+    try:  # read here as every submitted file is: the grading reads it again the same way
+        read_notebook(chosen, root=submission)
+    except SubmissionFileError as exc:
+        return None, f"the notebook could not be read: {exc}"
+    return chosen, None
 
 
 # --- results.json -----------------------------------------------------------------------------

@@ -184,6 +184,8 @@ def flags(r: dict, peers: dict[int, list[str]] | None = None) -> list[str]:
         out.append(f"second file of {extra['duplicate_of']} (not graded)")
     if extra.get("late"):
         out.append("late (Canvas)")
+    if extra.get("canvas_ambiguous"):  # whose it is is a person's call (see submissions.canvas_readings)
+        out.append(extra["canvas_ambiguous"])
     if r.get("retry"):
         out.append("worker failed: graded again on the next run")
     repeated = repeated_grader_error(r)
@@ -216,6 +218,8 @@ def canvas_row(r: dict) -> tuple[list | None, str]:
         return None, f"grader error, not graded: {r.get('error')}"
     if extra.get("duplicate_of"):
         return None, r.get("error") or "duplicate"
+    if extra.get("canvas_ambiguous"):  # its file name may name another student: never imported as theirs
+        return None, extra["canvas_ambiguous"]
     if r.get("retry") or not r.get("questions"):
         return None, f"not graded: {r.get('error') or 'no result'}"
     ids = [extra.get("canvas_user_id") or "", extra.get("sis_user_id") or "", extra.get("sis_login_id") or ""]

@@ -448,10 +448,12 @@ def probe(
     ``cnn_checks.py``).  The jail is self-tested first (once per process)."""
     result = ProbeResult()
     started = time.monotonic()
-    try:
-        nb = nbformat.read(str(notebook), as_version=4)
-    except Exception as exc:
-        result.crashed = f"the notebook could not be read: {type(exc).__name__}: {exc}"
+    from autograder.submission_files import SubmissionFileError, read_notebook
+
+    try:  # never through a link; the reason names the fault, never the file's content
+        nb = read_notebook(notebook)
+    except SubmissionFileError as exc:
+        result.crashed = f"the notebook could not be read: {exc}"
         return result
     private = [*private, Path(notebook).resolve().parent]
     try:
