@@ -27,6 +27,9 @@ class CaseResult:
     points: float | None
     passed: bool
     message: str
+    # the named likely mistakes this failed case points to (ids of the assignment's misconception
+    # catalogue, e.g. "flipped_filter"); empty when it names none
+    misconceptions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -65,6 +68,9 @@ class GradeResult:
     retry: bool = False  # a worker died: the next run grades it again
     retrain_pending: bool = False  # a partial result, judged before retraining finished
     variant: dict | None = None  # per-student variants: the variant judged with, and the instructor's flags
+    # hand-graded questions (Otter Assign ``manual: true``), see autograder.manual.ManualAnswer: name,
+    # max_score, score (None: pending), comment, answer; their points are in max_score, and in score once graded
+    manual: list[dict] = field(default_factory=list)
     schema: int = RESULT_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -103,7 +109,7 @@ class GradeResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``results/<id>.json`` (README: Result file); optional flags only when set."""
         out = asdict(self)
-        for flag in ("retry", "retrain_pending", "variant"):
+        for flag in ("retry", "retrain_pending", "variant", "manual"):
             if not out[flag]:
                 del out[flag]
         return out
