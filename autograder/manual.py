@@ -36,6 +36,8 @@ MAX_IMAGE_BYTES = 1_000_000
 PLACEHOLDERS = {"", "...", "_type your answer here, replacing this text._", "type your answer here, replacing this text."}
 SCORES_HEADER = ["id", "question", "points", "comment"]
 PENDING, GRADED_BY_HAND = "pending", "graded"
+#: In an autograder zip: the hand-graded questions (the master is not bundled; the prompts are the student's too)
+ZIP_FILE = "manual_questions.json"
 
 
 @dataclass(frozen=True)
@@ -202,11 +204,23 @@ def extract_answers(nb: dict, questions: list[ManualQuestion] | tuple[ManualQues
             answer.parts, answer.truncated = _answer_parts(cells[first + 1:last])
             answer.blank = all(p.get("kind") != "image" and p.get("text", "").strip().lower() in PLACEHOLDERS
                                for p in answer.parts if p["kind"] != "output")
+            if not answer.blank:  # the template's placeholder left beside a real answer says nothing
+                answer.parts = [p for p in answer.parts
+                                if p["kind"] != "markdown" or p["text"].strip().lower() not in PLACEHOLDERS]
         answers.append(answer)
     return answers
 
 
-def enrich(result: dict, notebook: str | os.PathLike | None) -> dict:
+def questions_from_file(path: Path) -> tuple[ManualQuestion, ...]:
+    """The questions as the build wrote them into an autograder zip (:data:`ZIP_FILE`); () if absent."""
+    try:
+        return tuple(ManualQuestion(**q) for q in json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return ()
+
+
+def enrich(result: dict, notebook: str | os.PathLike | None,
+           questions: tuple[ManualQuestion, ...] | list[ManualQuestion] | None = None) -> dict:
     """Add what the trusted side reads without running anything: the hand-graded questions' answers
     (their points join ``max_score``, pending) and the misconception ids of each failed case.
     Never raises: a problem here leaves the result as the engine made it."""
@@ -215,7 +229,7 @@ def enrich(result: dict, notebook: str | os.PathLike | None) -> dict:
     except Exception:  # noqa: BLE001
         pass
     try:
-        questions = questions_for(result.get("assignment"))
+        questions = questions or questions_for(result.get("assignment"))
         if not questions or result.get("manual") or result.get("status") == "grader_error" or not notebook:
             return result
         nb = json.loads(Path(notebook).read_text(encoding="utf-8", errors="replace"))
@@ -223,7 +237,8 @@ def enrich(result: dict, notebook: str | os.PathLike | None) -> dict:
         if result.get("max_score"):
             result["max_score"] = round(result["max_score"] + sum(q.points for q in questions), 6)
     except Exception:  # noqa: BLE001 - an unreadable notebook: its answers are missing, said on the page
-        result["manual"] = [asdict(ManualAnswer(q.name, q.points)) for q in questions_for(result.get("assignment"))]
+        result["manual"] = [asdict(ManualAnswer(q.name, q.points))
+                            for q in questions or questions_for(result.get("assignment"))]
     return result
 
 
@@ -382,6 +397,16 @@ def merge(results: list[dict], scores: dict[tuple[str, str], tuple[float, str]])
             r["score"] = round(float(r["score"]) + extra, 6)
         merged.append(r)
     return merged
+
+
+def answer_text(m: dict, limit: int = 8000) -> str:
+    """The answer as plain text (images named, not shown): for Gradescope's staff-only test output."""
+    if not m.get("found"):
+        return "(the question's markers are missing from the notebook: open it to find the answer)"
+    if m.get("blank"):
+        return "(no answer: the template's placeholder only)"
+    text = "\n\n".join(p["text"] if p["kind"] != "image" else f"[{p['mime']} image]" for p in m.get("parts") or [])
+    return text[:limit] + ("\n[... cut]" if len(text) > limit or m.get("truncated") else "")
 
 
 def pending(r: dict) -> list[dict]:
