@@ -205,7 +205,7 @@ def test_anonymous_pages_show_codes_that_the_scores_file_accepts(graded_class):
 
 def test_gradescope_lists_the_hand_graded_question_for_staff_pending_and_not_scored():
     nb = _answered([nbformat.v4.new_markdown_cell("Weights are shared across positions.")])
-    result = {"assignment": "cnn_mnist", "status": "graded", "score": 30.0, "max_score": 33.0, "questions": [
+    result = {"assignment": "cnn_mnist", "status": "graded", "score": 2.0, "max_score": 33.0, "questions": [
         {"name": "conv_small", "score": 2.0, "max_score": 2.0,
          "cases": [{"name": "test_conv_small", "hidden": False, "points": 2.0, "passed": True, "message": "ok"}]}]}
     path = Path(__file__).resolve().parent / "_gs_answer.ipynb"
@@ -218,7 +218,10 @@ def test_gradescope_lists_the_hand_graded_question_for_staff_pending_and_not_sco
     (test,) = [t for t in payload["tests"] if "graded by hand" in t["name"]]
     assert test["visibility"] == "hidden" and test["score"] == 0 and test["max_score"] == 0  # staff only, not scored
     assert "pending" in test["name"] and "Weights are shared across positions." in test["output"]
-    assert "status" not in test and payload["score"] == 30.0
+    assert "status" not in test and payload["score"] == 2.0
+    from test_gradescope import _assert_valid_results
+
+    _assert_valid_results(payload)
     assert "graded by hand" in payload["output"]
 
 

@@ -232,9 +232,7 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
         tests.append({"name": f"{m['name']} (graded by hand: pending, {m['max_score']:g} points)",
                       "score": 0.0, "max_score": 0.0, "visibility": "hidden",
                       "output": f"To be graded by hand ({m['max_score']:g} points); not counted in this score. "
-                                f"The student's answer:\n\n{answer_text(m)}",
-                      "extra_data": {"manual": True, "pending": True, "question": m["name"],
-                                     "points": m["max_score"]}})
+                                f"The student's answer:\n\n{answer_text(m)}"})  # no status: neither passed nor failed
     lines = []
     if result.get("error"):
         lines.append(f"Problem with the submission: {result['error']}")
