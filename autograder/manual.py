@@ -267,7 +267,7 @@ def tag_misconceptions(result: dict) -> dict:
     module = _classifier(result.get("assignment"))
     for q in result.get("questions") or []:
         for c in q.get("cases") or []:
-            if "misconceptions" not in c or c["misconceptions"] is None:
+            if not c.get("misconceptions"):  # the judge's cases come with an empty list
                 c["misconceptions"] = module.classify(c.get("message", "")) if module and not c.get("passed") else []
     return result
 
