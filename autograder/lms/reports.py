@@ -6,6 +6,13 @@ or uploaded as they are.  A student's page holds that student's own results only
 name a classmate (identical notebooks) and second files go to the instructor's ``report.html``
 and ``needs_review.csv``.  A grader error is shown as such, never as a score of 0, and never
 reaches the Canvas import.  Every file is written readable by its owner only (0600).
+
+Hand-graded questions (:mod:`autograder.manual`): their points count in ``max_score`` from the
+start and show as ``pending`` until ``manual_scores.csv`` gives them; a student's row enters the
+Canvas import only once all of them are graded (a partial total out of the full maximum would read
+as a low grade), and the rows left waiting are listed in ``needs_review.csv``.  ``manual/`` holds
+one graders' page per question; ``misconceptions.csv`` and ``report.html`` the class insight
+(:mod:`autograder.lms.insight`).
 """
 
 from __future__ import annotations
