@@ -272,3 +272,37 @@ def test_misconception_counts_of_the_samples_follow_their_designed_mistakes(buil
     report = (out / "report.html").read_text()
     assert 'id="unit-cnn_mnist"' in report and 'id="unit-digits"' in report  # one section per unit
     assert "flipped_filter" in report and "cnn_mnist-by_hand_mistakes" in report
+
+
+def _insight_row(sid: str, assignment: str, accuracy: float, flipped: bool) -> dict:
+    case = {"name": "test_conv_small_hidden", "hidden": True, "points": 2.0, "passed": not flipped,
+            "message": "Likely mistake: flipped the filter" if flipped else "ok"}
+    r = {"student": {"id": sid, "source": "", "name": "", "email": "", "extra": {}}, "assignment": assignment,
+         "status": "graded", "error": None, "score": 2.0, "max_score": 33.0, "execution": {}, "limits_hit": [],
+         "questions": [{"name": "conv_small", "score": 0.0 if flipped else 2.0, "max_score": 2.0, "cases": [case]}],
+         "retrain": {"accuracy": accuracy, "epochs": 1, "batch_size": 32, "optimizer": "adam", "device": "CPU",
+                     "backend": "tensorflow", "seconds": 1.0, "cache_hit": False, "notes": [], "error": None}}
+    return manual.tag_misconceptions(r)
+
+
+def test_a_mixed_batch_gets_one_insight_section_per_unit_with_its_threshold(tmp_path):
+    from autograder.lms import reports
+
+    results = [_insight_row("a", "cnn_mnist", 0.995, True), _insight_row("b", "cnn_mnist", 0.98, True),
+               _insight_row("c", "cnn_mnist", 0.992, False), _insight_row("d", "digits", 0.95, False)]
+    by_unit = {s["assignment"]: s for s in insight.sections(results)}
+    assert set(by_unit) == {"cnn_mnist", "digits"}
+    cnn = by_unit["cnn_mnist"]
+    assert cnn["threshold"] == registry.get("cnn_mnist").training.threshold and cnn["below_threshold"] == 1
+    (q,) = cnn["questions"]
+    assert q["misconceptions"] == [{"id": "flipped_filter", "title": manual.catalogue("cnn_mnist")["flipped_filter"],
+                                    "count": 2, "students": ["a", "b"]}]
+    assert q["hidden"] == [{"case": "test_conv_small_hidden", "failed": 2, "total": 3, "rate": 2 / 3}]
+    assert by_unit["digits"]["questions"][0]["misconceptions"] == []
+    reports.write_all(results, tmp_path)
+    report = (tmp_path / "report.html").read_text()
+    assert report.count('<section class="unit"') == 2 and "1</strong> of 3 at or below the threshold 0.99" in report
+    assert "67%" in report and "a, b" in report
+    assert _rows(tmp_path / "misconceptions.csv") == [{"assignment": "cnn_mnist", "question": "conv_small",
+                                                       "misconception": "flipped_filter", "title": q["misconceptions"][0]["title"],
+                                                       "students": "2", "of_scored": "3", "ids": "a;b"}]
