@@ -207,7 +207,9 @@ def test_feedback_and_report_render_in_a_headless_browser(class_run, tmp_path):
     _, out, _ = class_run
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     pages = {"feedback": (out / "feedback" / "1001.html", ['id="questions"', "rows and columns are swapped"]),
-             "report": (out / "report.html", ['id="submissions"', "byte-identical to 1003"])}
+             "report": (out / "report.html", ['id="submissions"', "byte-identical to 1003", 'id="n-pending"',
+                                              "swapped_axes"]),
+             "manual": (out / "manual" / "cnn_mnist-written_pooling.html", ['id="answers"', "Question 11"])}
     for name, (page, expected) in pages.items():
         dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                              timeout=120)
