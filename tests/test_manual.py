@@ -306,3 +306,23 @@ def test_a_mixed_batch_gets_one_insight_section_per_unit_with_its_threshold(tmp_
     assert _rows(tmp_path / "misconceptions.csv") == [{"assignment": "cnn_mnist", "question": "conv_small",
                                                        "misconception": "flipped_filter", "title": q["misconceptions"][0]["title"],
                                                        "students": "2", "of_scored": "3", "ids": "a;b"}]
+
+
+@pytest.mark.parametrize("unit", ["cnn_mnist", "digits"])
+def test_every_mistake_a_unit_names_is_a_misconception_of_its_catalogue(unit):
+    """A mistake added to a unit's checks without an identifier would be missing from the class insight."""
+    spec = registry.get(unit)
+    checks = importlib.import_module(spec.checks)
+    classifier = importlib.import_module(spec.misconceptions)
+    answers = checks.answers_for() if hasattr(checks, "answers_for") else checks.ANSWERS
+    messages = set()
+    for a in answers.values():
+        messages |= {m for _, m in a.mistakes} | {m for items in a.item_mistakes for _, m in items}
+        messages |= set(a.shape_hints.values())
+    functions = list(checks.probe_plan())  # the functions students implement
+    for name in functions:
+        for case in checks.public_cases(name):
+            messages |= {m for _, m in checks._function_mistakes(name, case)}
+    assert len(messages) > 20
+    assert [m for m in sorted(messages) if not classifier.classify(m)] == []
+    assert {mid for m in messages for mid in classifier.classify(m)} <= set(classifier.CATALOGUE)

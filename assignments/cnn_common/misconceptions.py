@@ -24,6 +24,7 @@ CATALOGUE: dict[str, str] = {
     "ignored_stride": "ignored the stride",
     "pool_window_size": "used the wrong pooling window",
     "forgot_relu": "forgot or misplaced the ReLU",
+    "not_max_pooling": "pooled with another function than the maximum",
 }
 
 _PATTERNS: dict[str, str] = {
@@ -33,12 +34,13 @@ _PATTERNS: dict[str, str] = {
     "forgot_input_channels": r"forgot (?:the )?(?:\d+ )?input channels|forgot both the input channels|"
                              r"used only the first input channel|output depth is the number of filters",
     "padding_mixup": r"'(?:full|same|valid)' padding|padding is '|padding='same'|default 'valid'|"
-                     r"size with 'same'|zeros before the patch",
+                     r"size with 'same'|zeros before the patch|padded input size|Conv2D is 'valid'",
     "pooling_floor": r"incomplete|rounded up|(?:windows|window) that do(?:es)? not fit",
     "forgot_plus_one": r"forgot the \+ 1",
     "ignored_stride": r"ignored the stride|moved the window by",
     "pool_window_size": r"used \d+x\d+ windows",
-    "forgot_relu": r"forgot the ReLU",
+    "forgot_relu": r"forgot the ReLU|added the bias after the ReLU",
+    "not_max_pooling": r"took the (?:average|minimum|mean|sum) instead of the maximum",
 }
 _COMPILED = {key: re.compile(pattern, re.IGNORECASE) for key, pattern in _PATTERNS.items()}
 
