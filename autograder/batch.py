@@ -48,6 +48,11 @@ class BatchOptions:
     archives: ArchiveLimits = field(default_factory=ArchiveLimits)
     warm: int = 1  # jails and judges each worker starts ahead of its next submission (0: every start cold)
     probe_threads: int = 1  # CPU threads per probe (0: TensorFlow's default, every core); retraining keeps all
+    # hand-graded questions: a filled scores file to merge (copied to OUT/manual_scores.csv, which a later
+    # run reads by itself); None: OUT/manual_scores.csv if it is there.  anonymous: graders' pages and the
+    # scores template show codes, not names or ids
+    manual_scores: Path | None = None
+    anonymous: bool = False
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -185,6 +190,9 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
                                                retrain=options.retrain, real_fit=options.real_fit,
                                                identity=identity, identity_source=source)
                 result["student"] = _identity(sub)
+                from autograder import manual
+
+                manual.enrich(result, sub.notebook)  # hand-graded answers and misconception ids, read as data
             except Exception as exc:  # the engine should not raise; if it does, the batch still goes on
                 result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error", name,
                                        cause="grader_crash")
@@ -221,14 +229,44 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     if todo:
         _run_parallel(todo, autograder_zip, out, options)
     results = [json.loads(result_path(out, s.id).read_text()) for s in subs if result_path(out, s.id).is_file()]
+    results = merge_manual_scores(results, out, options)  # ManualScoresError: nothing below is rewritten
     from autograder.lms import reports
 
-    for problem in reports.write_all(results, out, canvas=options.canvas):
+    for problem in reports.write_all(results, out, canvas=options.canvas, anonymous=options.anonymous):
         print(f"warning: not written: {problem}", file=sys.stderr)
     write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
                                                "seconds": round(time.monotonic() - started, 2),
                                                "options": asdict(options)})
     return results
+
+
+def merge_manual_scores(results: list[dict], out: Path, options: BatchOptions) -> list[dict]:
+    """The results with the hand-graded scores merged (in memory: the result files stay as graded).
+
+    Reads ``options.manual_scores`` (then kept as ``OUT/manual_scores.csv``) or else
+    ``OUT/manual_scores.csv``; writes that file ready to fill in when it is not there, and adds rows
+    for new submissions.  A bad file raises :class:`autograder.manual.ManualScoresError` naming
+    the line, before anything is written."""
+    import shutil
+
+    from autograder import manual
+
+    results = [manual.enrich(r, r.get("submission")) if "manual" not in r else manual.tag_misconceptions(r)
+               for r in results]  # results written before hand-graded questions were read
+    if not any(r.get("manual") for r in results):
+        return manual.merge(results, {})
+    key = manual.anonymous_key(out)
+    codes = {r["student"]["id"]: manual.anonymous_code(key, r["student"]["id"]) for r in results}
+    target = out / "manual_scores.csv"
+    given = Path(options.manual_scores) if options.manual_scores else None
+    if given is not None and not (target.exists() and given.resolve() == target.resolve()):
+        scores = manual.read_scores(given, results, codes)
+        shutil.copyfile(given, target)
+        os.chmod(target, 0o600)
+    else:
+        scores = manual.read_scores(target, results, codes) if target.is_file() else {}
+    manual.write_template(results, target, codes if options.anonymous else None)
+    return manual.merge(results, scores)
 
 
 def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: Path, options: BatchOptions) -> None:

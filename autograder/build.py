@@ -97,6 +97,11 @@ def build_assignment(spec: "AssignmentSpec", out_dir: Path, *, gradescope: bool 
     for notebook in (target / master.name, target / "solution" / master.name):
         _finish_notebook(notebook, name)
     extra = {"variants.json": json.dumps(dataclasses.asdict(variants))} if variants.enabled else {}
+    from autograder import manual
+
+    questions = manual.questions_from_master(json.loads(master.read_text(encoding="utf-8")), name)
+    if questions:  # the hand-graded questions (name, points, text: no answer), for the Gradescope runner
+        extra[manual.ZIP_FILE] = json.dumps([dataclasses.asdict(q) for q in questions], indent=1)
     built = BuiltAssignment(name, target, finish_otter_zip(target / "autograder.zip", spec, extra),
                             target / "solution" / master.name)
     if gradescope:

@@ -137,6 +137,15 @@ def grade(
              "--canvas-assignment 'cnn_mnist=CNN on MNIST (123)' (repeatable). Without it no Canvas import is written."),
     canvas_assignment_id: Optional[str] = typer.Option(
         None, "--canvas-assignment-id", help="Canvas assignment id (the number in the assignment's URL)."),
+    manual_scores: Optional[Path] = typer.Option(
+        None, "--manual-scores",
+        help="A filled manual_scores.csv (id, question, points, comment) of the hand-graded questions: merged into "
+             "the results without grading anything again, and kept as OUT/manual_scores.csv (a later run reads that "
+             "by itself). A bad file is refused, naming the line."),
+    anonymous: bool = typer.Option(
+        False, "--anonymous",
+        help="Graders' pages of the hand-graded questions (OUT/manual/) and a new manual_scores.csv show a code "
+             "per student, not names or ids."),
 ) -> None:
     """Grade submissions: isolated execution, clean-process judging, verified retraining."""
     import dataclasses
@@ -167,18 +176,29 @@ def grade(
         autograder_zips = [b.autograder_zip for b in builder.build_all(out / "_autograder", gradescope=False)]
     options = batch.BatchOptions(
         jobs=jobs or max(os.cpu_count() or 1, 1), warm=warm, force=force, real_fit=real_fit, ray=ray or bool(ray_address), ray_address=ray_address,
-        canvas=canvas,
+        canvas=canvas, manual_scores=manual_scores, anonymous=anonymous,
         limits=dataclasses.replace(Limits(), cell_seconds=cell_seconds, notebook_seconds=notebook_seconds,
                                    memory_mb=memory_mb),
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )
-    results = batch.run_batch(paths, autograder_zips, out, options)
+    from autograder.manual import ManualScoresError
+
+    try:
+        results = batch.run_batch(paths, autograder_zips, out, options)
+    except ManualScoresError as exc:  # every result is kept; the reports are left as they were
+        console.print(f"[red]manual scores refused: {exc}[/red]\nNothing was lost: the results in {out / 'results'} "
+                      "are kept; fix the file and run grade again (nothing is graded again).")
+        raise typer.Exit(2)
     _print_results(results)
     imports = [f"{out / file} (column {column})" for file, _, column in reports.canvas_files(results, canvas)[0]]
     console.print(f"\nGrade sheet: {out / 'grades.csv'}   To review: {out / 'needs_review.csv'}   Canvas import: "
                   + (", ".join(imports) or "none (--canvas-assignment)"))
     console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}")
+    waiting = sum(m.get("score") is None for r in results for m in r.get("manual") or [])
+    if any(r.get("manual") for r in results):
+        console.print(f"Hand-graded questions: {waiting} answers left; pages in {out / 'manual'}, scores in "
+                      f"{out / 'manual_scores.csv'} (fill it in, then run grade again)")
 
 
 def _print_results(results: list[dict]) -> None:
@@ -191,6 +211,9 @@ def _print_results(results: list[dict]) -> None:
         for q in r["questions"]:
             msgs = "; ".join(c["message"].replace("❌ Test case failed\n", "") for c in q["cases"] if not c["passed"])
             table.add_row(q["name"], f"{q['score']:g} / {q['max_score']:g}", msgs[:300] or "all checks passed")
+        for m in r.get("manual") or []:
+            table.add_row(m["name"], (f"{m['score']:g}" if m.get("score") is not None else "pending") + f" / {m['max_score']:g}",
+                          m.get("comment") or "graded by hand" if m.get("score") is not None else "to be graded by hand")
         console.print(table)
         if r.get("retrain") and r["retrain"].get("accuracy") is not None:
             rt = r["retrain"]

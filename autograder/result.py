@@ -39,6 +39,9 @@ class CaseResult:
     points: float | None
     passed: bool
     message: str
+    # the named likely mistakes this failed case points to (ids of the assignment's misconception
+    # catalogue, e.g. "flipped_filter"); empty when it names none
+    misconceptions: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -80,6 +83,9 @@ class GradeResult:
     cause: GraderErrorCause | None = None  # with grader_error only: which kind of fault of the grader or host
     earlier_causes: list[str] = field(default_factory=list)  # causes of this submission's grader errors on earlier
     # runs, oldest first (set by the batch; a repeat is listed by autograder.lms.reports.repeated_grader_error)
+    # hand-graded questions (Otter Assign ``manual: true``), see autograder.manual.ManualAnswer: name,
+    # max_score, score (None: pending), comment, answer; their points are in max_score, and in score once graded
+    manual: list[dict] = field(default_factory=list)
     schema: int = RESULT_SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -129,7 +135,7 @@ class GradeResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``results/<id>.json`` (README: Result file); optional flags only when set."""
         out = asdict(self)
-        for flag in ("retry", "retrain_pending", "variant", "cause", "earlier_causes"):
+        for flag in ("retry", "retrain_pending", "variant", "cause", "earlier_causes", "manual"):
             if not out[flag]:
                 del out[flag]
         return out

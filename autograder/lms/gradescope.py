@@ -236,6 +236,13 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
             tests.append({"name": f"{q['name']} ({label})", "score": round(score, 4), "max_score": round(points, 4),
                           "status": "passed" if all(c["passed"] for c in cases) else "failed",
                           "output": "\n\n".join(c["message"] for c in cases), "visibility": visibility})
+    from autograder.manual import answer_text
+
+    for m in result.get("manual") or []:  # staff only, not scored: graded by hand in Gradescope (README)
+        tests.append({"name": f"{m['name']} (graded by hand: pending, {m['max_score']:g} points)",
+                      "score": 0.0, "max_score": 0.0, "visibility": "hidden",
+                      "output": f"To be graded by hand ({m['max_score']:g} points); not counted in this score. "
+                                f"The student's answer:\n\n{answer_text(m)}"})  # no status: neither passed nor failed
     lines = []
     if result.get("error"):
         lines.append(f"Problem with the submission: {result['error']}")
@@ -244,6 +251,10 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
             lines.append(f"Error in code cell {cell.get('index')}: {cell['error']}")
     for hit in result.get("limits_hit", []):
         lines.append(f"Limit reached: {hit}")
+    if result.get("manual"):
+        waiting = ", ".join(m["name"] for m in result["manual"])
+        lines.append(f"Question(s) {waiting} ({sum(m['max_score'] for m in result['manual']):g} points) will be "
+                     "graded by hand; this score is the autograded part only.")
     rt = result.get("retrain")
     if rt and rt.get("pending"):
         lines.append("Your model is being retrained from scratch; its accuracy is not counted yet.")
@@ -347,6 +358,9 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
             if ag.variants_on:
                 kwargs["identity"], kwargs["identity_source"] = submitter(root)
             result = grade_notebook(notebook, ag, limits=limits, retrain=options, **kwargs)
+            from autograder import manual
+
+            manual.enrich(result, notebook, manual.questions_from_file(root / "source" / manual.ZIP_FILE))  # the hand-graded answers (staff only) and misconception ids
         payload = to_gradescope(result, elapsed(), show_hidden=show_hidden)
         diag = {k: result.get(k) for k in ("status", "error", "score", "max_score", "limits_hit", "isolation",
                                            "versions", "retrain", "seconds")}
