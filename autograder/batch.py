@@ -20,7 +20,6 @@ from concurrent.futures.process import BrokenProcessPool
 import json
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -197,10 +196,11 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     if todo:
         _run_parallel(todo, autograder_zip, out, options)
     results = [json.loads(result_path(out, s.id).read_text()) for s in subs if result_path(out, s.id).is_file()]
+    from autograder import logs
     from autograder.lms import reports
 
     for problem in reports.write_all(results, out, canvas=options.canvas):
-        print(f"warning: not written: {problem}", file=sys.stderr)
+        logs.say(f"warning: not written: {problem}")
     write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
                                                "seconds": round(time.monotonic() - started, 2),
                                                "options": asdict(options)})

@@ -136,6 +136,10 @@ def grade(
              "--canvas-assignment 'cnn_mnist=CNN on MNIST (123)' (repeatable). Without it no Canvas import is written."),
     canvas_assignment_id: Optional[str] = typer.Option(
         None, "--canvas-assignment-id", help="Canvas assignment id (the number in the assignment's URL)."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v",
+        help="Show the grader's log (its subprocesses' stderr, TensorFlow's start-up lines) on the console "
+             "instead of only in <out>/logs/grader.log."),
 ) -> None:
     """Grade submissions: isolated execution, clean-process judging, verified retraining."""
     import dataclasses
@@ -172,12 +176,16 @@ def grade(
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )
-    results = batch.run_batch(paths, autograder_zips, out, options)
+    from autograder import logs
+
+    with logs.to_file(out, verbose) as log:
+        results = batch.run_batch(paths, autograder_zips, out, options)
     _print_results(results)
     imports = [f"{out / file} (column {column})" for file, _, column in reports.canvas_files(results, canvas)[0]]
     console.print(f"\nGrade sheet: {out / 'grades.csv'}   To review: {out / 'needs_review.csv'}   Canvas import: "
                   + (", ".join(imports) or "none (--canvas-assignment)"))
-    console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}")
+    console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}"
+                  + ("" if verbose else f"   Grader's log: {log}"))
 
 
 def _print_results(results: list[dict]) -> None:
@@ -208,7 +216,7 @@ def _print_results(results: list[dict]) -> None:
 
 
 def main() -> None:
-    import os
+    from autograder import logs
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter (no GPU here, CPU flags)
+    logs.quiet_children()  # TensorFlow's, absl's and gRPC's start-up chatter, here and in every subprocess
     app()

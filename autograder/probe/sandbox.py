@@ -39,7 +39,7 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from autograder import children, protocol, warm
+from autograder import children, protocol, settings, warm
 from autograder.probe import jail as jails
 from autograder.verifier.budget import Budget
 from autograder.verifier.retrain import THREAD_VARIABLES
@@ -372,7 +372,7 @@ class _WarmProbe:
             mnist = jail.copy_in("mnist.npz", Path(spec.mnist_npz)) if spec.mnist_npz else None
             setup = jail.put("setup.json", json.dumps({"real_fit": spec.real_fit, "mnist_npz": mnist}).encode())
             jail.hand_over()  # nothing is written into the folder after this
-            env = jail.env({"MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": f"{jail.inside}/.keras",
+            env = jail.env({**settings.QUIET_LOGGING_ENV, "MPLBACKEND": "Agg", "KERAS_HOME": f"{jail.inside}/.keras",
                             "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""})
             if spec.keras_backend:
                 env["KERAS_BACKEND"] = spec.keras_backend
