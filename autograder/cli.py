@@ -37,33 +37,30 @@ def _root() -> None:
 
 @app.command()
 def data(
-    mnist: Optional[Path] = typer.Option(None, "--mnist", help="A Keras-format mnist.npz to verify and use."),
+    mnist: Optional[Path] = typer.Option(
+        None, "--mnist", help="A Keras-format mnist.npz to verify and use (for the MNIST assignment; sets $CNN_GRADER_MNIST)."),
     offline: bool = typer.Option(False, "--offline", help="Do not try the network."),
 ) -> None:
-    """Provision MNIST (offline-capable), verify it by content hash and say where it is; check every
-    installed assignment's data through its verified loader."""
-    from autograder import data as mnist_data
+    """Provision every installed assignment's dataset (offline-capable), verify it by content hash through
+    the assignment's own loader, and say where it is."""
+    import os
 
-    try:
-        path = mnist_data.ensure_mnist_npz(mnist, allow_network=not offline)
-    except mnist_data.MNISTUnavailable as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1)
-    (x_train, y_train), (x_test, y_test) = mnist_data.load_mnist(path)
-    console.print(f"MNIST verified (SHA-256 of all four arrays): [bold]{path}[/bold]")
-    console.print(f"  train {x_train.shape} {x_train.dtype}, first labels {y_train[:5].tolist()}")
-    console.print(f"  test  {x_test.shape} {x_test.dtype}, first labels {y_test[:5].tolist()}")
-    from autograder import registry
+    from autograder import data as datasets, registry, settings
 
+    if mnist is not None:
+        os.environ[settings.MNIST.name] = str(mnist)
     for name, cause in registry.broken().items():  # a stale or shadowed plug-in: said, not fatal here
         console.print(f"[yellow]{name}: skipped, {cause}[/yellow]")
-    for spec in registry.all_assignments():  # every installed assignment's data, through its verified loader
+    for spec in registry.all_assignments():  # each assignment's dataset provisions and verifies itself
         try:
-            (x_train, _), (x_test, _) = spec.dataset.load()
+            where = datasets.provision(spec, allow_network=not offline)
+            (x_train, y_train), (x_test, _) = spec.dataset.load()
         except Exception as exc:  # noqa: BLE001 - say which assignment cannot grade, and why
-            console.print(f"[red]{spec.name}: {spec.dataset.name} could not be loaded: {exc}[/red]")
+            console.print(f"[red]{spec.name}: {spec.dataset.name} could not be provisioned: {exc}[/red]")
             raise typer.Exit(1)
-        console.print(f"{spec.name}: {spec.dataset.name} verified, train {x_train.shape}, test {x_test.shape}")
+        console.print(f"{spec.name}: {spec.dataset.name} verified (SHA-256 of every array)"
+                      + (f": [bold]{where}[/bold]" if where else ""))
+        console.print(f"  train {x_train.shape} {x_train.dtype}, first labels {y_train[:5].tolist()}; test {x_test.shape}")
 
 
 @app.command()
