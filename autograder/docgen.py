@@ -155,6 +155,10 @@ def _field_default(f: dataclasses.Field) -> str:
     return f"`{value!r}`"
 
 
+# defaults that depend on the machine the docs are built on: said in words
+MACHINE_DEFAULTS = {("BatchOptions", "jobs"): "the machine's cores"}
+
+
 def dataclass_table(cls, with_defaults: bool = True) -> str:
     comments = _field_comments(cls)
     hints = {}
@@ -167,7 +171,7 @@ def dataclass_table(cls, with_defaults: bool = True) -> str:
         tp = _type_name(hints.get(f.name, f.type))
         row = [f"`{f.name}`", f"`{tp}`"]
         if with_defaults:
-            row.append(_field_default(f))
+            row.append(MACHINE_DEFAULTS.get((cls.__name__, f.name)) or _field_default(f))
         row.append(comments.get(f.name, ""))
         rows.append(row)
     header = ["field", "type", "default", "what"] if with_defaults else ["field", "type", "what"]
@@ -216,8 +220,7 @@ def knobs(only: tuple[str, ...] | None = None) -> str:
         (RetrainOptions, "autograder.judge.pipeline", "What `grade` passes to the verifier (unset: the assignment's)."),
         (ArchiveLimits, "autograder.lms.submissions", "What an input archive may hold."),
         (VariantConfig, "autograder.variants", "Per assignment, in its `spec.py`."),
-        (BatchOptions, "autograder.batch", "A batch's options (`grade`'s options fill them; `jobs` is the "
-                                           "machine's cores by default)."),
+        (BatchOptions, "autograder.batch", "A batch's options (`grade`'s options fill them)."),
     )
     parts = []
     for cls, module, how in sections:
@@ -225,6 +228,14 @@ def knobs(only: tuple[str, ...] | None = None) -> str:
             continue
         parts.append(f"### `{cls.__name__}` (`{module}`)\n\n{_doc(cls)} {how}\n\n{dataclass_table(cls)}\n")
     return "\n".join(parts)
+
+
+def assignment_interface() -> str:
+    """The assignment interface's dataclasses (``autograder/spec.py``), without defaults for the required."""
+    from autograder.spec import AssignmentSpec, Dataset
+
+    return "\n".join(f"### `{cls.__name__}`\n\n{_doc(cls)}\n\n{dataclass_table(cls)}\n"
+                     for cls in (AssignmentSpec, Dataset))
 
 
 def environment_table() -> str:
@@ -242,6 +253,7 @@ GENERATORS = {
     "result_schema": result_schema,
     "environment": environment_table,
     "knobs": knobs,
+    "assignment_interface": assignment_interface,
     "limits": lambda: knobs(only=("Limits", "Budget", "ArchiveLimits")),
 }
 
