@@ -212,7 +212,8 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
 
     columns = [TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}")]
-    with Progress(*columns, disable=not options.progress, transient=False) as progress:
+    # stderr stays where it is (the grader's log while `grade` runs: autograder.logs), also in the workers forked meanwhile
+    with Progress(*columns, disable=not options.progress, transient=False, redirect_stderr=False) as progress:
         task = progress.add_task("", total=len(todo))
         if options.ray:
             for done in _run_ray(todo, autograder_zip, out, options):
