@@ -41,7 +41,7 @@ from assignments.cnn_mnist.data import ensure_mnist_npz
 from autograder.lms.gradescope import ContainerResources, container_resources, plan_limits
 
 REPO = Path(__file__).resolve().parent.parent
-CAP_BYTES = 3 << 30  # the Gradescope memory setting the README recommends
+CAP_BYTES = 3 << 30  # the Gradescope memory setting the docs recommend (docs/instructors/gradescope.md)
 
 
 def _sample(name: str) -> Path:

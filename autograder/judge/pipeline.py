@@ -6,7 +6,7 @@ lies, or write the results itself.  Here the same Otter test files run in a fres
 that never loaded student code (:mod:`autograder.judge.judge`), on values that came out of the
 sandbox (:mod:`autograder.probe.sandbox`) as plain data.
 
-:func:`grade_notebook` returns one JSON-able result per submission (schema in the README).
+:func:`grade_notebook` returns one JSON-able result per submission (schema: docs/reference/result-schema.md).
 """
 
 from __future__ import annotations
