@@ -1,7 +1,7 @@
 """Every ``CNN_GRADER_*`` environment variable, with its default and meaning, in one place.
 
-The modules that read a variable name it through this table (``settings.CACHE.name``) or, where
-they are edited by others, by its literal name; ``tests/test_docs.py`` checks that every
+Modules name a variable through this table (``settings.CACHE.name``); the jail, the sandbox and the
+verifier still spell theirs out (``jail.ENV_MODE``, ...).  ``tests/test_docs.py`` checks that every
 ``CNN_GRADER_*`` name found anywhere in the code is listed here, and the documentation's
 configuration reference (``docs/reference/configuration.md``) is generated from this table at
 build time, so the two cannot drift apart.
