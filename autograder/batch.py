@@ -21,7 +21,6 @@ import json
 import multiprocessing
 import os
 import re
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -230,10 +229,11 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
         _run_parallel(todo, autograder_zip, out, options)
     results = [json.loads(result_path(out, s.id).read_text()) for s in subs if result_path(out, s.id).is_file()]
     results = merge_manual_scores(results, out, options)  # ManualScoresError: nothing below is rewritten
+    from autograder import logs
     from autograder.lms import reports
 
     for problem in reports.write_all(results, out, canvas=options.canvas, anonymous=options.anonymous):
-        print(f"warning: not written: {problem}", file=sys.stderr)
+        logs.say(f"warning: not written: {problem}")
     write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
                                                "seconds": round(time.monotonic() - started, 2),
                                                "options": asdict(options)})
@@ -274,7 +274,8 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
 
     columns = [TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}")]
-    with Progress(*columns, disable=not options.progress, transient=False) as progress:
+    # stderr stays where it is (the grader's log while `grade` runs: autograder.logs), also in the workers forked meanwhile
+    with Progress(*columns, disable=not options.progress, transient=False, redirect_stderr=False) as progress:
         task = progress.add_task("", total=len(todo))
         if options.ray:
             for done in _run_ray(todo, autograder_zip, out, options):

@@ -37,33 +37,30 @@ def _root() -> None:
 
 @app.command()
 def data(
-    mnist: Optional[Path] = typer.Option(None, "--mnist", help="A Keras-format mnist.npz to verify and use."),
+    mnist: Optional[Path] = typer.Option(
+        None, "--mnist", help="A Keras-format mnist.npz to verify and use (for the MNIST assignment; sets $CNN_GRADER_MNIST)."),
     offline: bool = typer.Option(False, "--offline", help="Do not try the network."),
 ) -> None:
-    """Provision MNIST (offline-capable), verify it by content hash and say where it is; check every
-    installed assignment's data through its verified loader."""
-    from autograder import data as mnist_data
+    """Provision every installed assignment's dataset (offline-capable), verify it by content hash through
+    the assignment's own loader, and say where it is."""
+    import os
 
-    try:
-        path = mnist_data.ensure_mnist_npz(mnist, allow_network=not offline)
-    except mnist_data.MNISTUnavailable as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1)
-    (x_train, y_train), (x_test, y_test) = mnist_data.load_mnist(path)
-    console.print(f"MNIST verified (SHA-256 of all four arrays): [bold]{path}[/bold]")
-    console.print(f"  train {x_train.shape} {x_train.dtype}, first labels {y_train[:5].tolist()}")
-    console.print(f"  test  {x_test.shape} {x_test.dtype}, first labels {y_test[:5].tolist()}")
-    from autograder import registry
+    from autograder import data as datasets, registry, settings
 
+    if mnist is not None:
+        os.environ[settings.MNIST.name] = str(mnist)
     for name, cause in registry.broken().items():  # a stale or shadowed plug-in: said, not fatal here
         console.print(f"[yellow]{name}: skipped, {cause}[/yellow]")
-    for spec in registry.all_assignments():  # every installed assignment's data, through its verified loader
+    for spec in registry.all_assignments():  # each assignment's dataset provisions and verifies itself
         try:
-            (x_train, _), (x_test, _) = spec.dataset.load()
+            where = datasets.provision(spec, allow_network=not offline)
+            (x_train, y_train), (x_test, _) = spec.dataset.load()
         except Exception as exc:  # noqa: BLE001 - say which assignment cannot grade, and why
-            console.print(f"[red]{spec.name}: {spec.dataset.name} could not be loaded: {exc}[/red]")
+            console.print(f"[red]{spec.name}: {spec.dataset.name} could not be provisioned: {exc}[/red]")
             raise typer.Exit(1)
-        console.print(f"{spec.name}: {spec.dataset.name} verified, train {x_train.shape}, test {x_test.shape}")
+        console.print(f"{spec.name}: {spec.dataset.name} verified (SHA-256 of every array)"
+                      + (f": [bold]{where}[/bold]" if where else ""))
+        console.print(f"  train {x_train.shape} {x_train.dtype}, first labels {y_train[:5].tolist()}; test {x_test.shape}")
 
 
 @app.command()
@@ -146,6 +143,10 @@ def grade(
         False, "--anonymous",
         help="Graders' pages of the hand-graded questions (OUT/manual/) and a new manual_scores.csv show a code "
              "per student, not names or ids."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v",
+        help="Show the grader's log (its subprocesses' stderr, TensorFlow's start-up lines) on the console "
+             "instead of only in <out>/logs/grader.log."),
 ) -> None:
     """Grade submissions: isolated execution, clean-process judging, verified retraining."""
     import dataclasses
@@ -182,10 +183,12 @@ def grade(
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )
+    from autograder import logs
     from autograder.manual import ManualScoresError
 
     try:
-        results = batch.run_batch(paths, autograder_zips, out, options)
+        with logs.to_file(out, verbose) as log:
+            results = batch.run_batch(paths, autograder_zips, out, options)
     except ManualScoresError as exc:  # every result is kept; the reports are left as they were
         console.print(f"[red]manual scores refused: {exc}[/red]\nNothing was lost: the results in {out / 'results'} "
                       "are kept; fix the file and run grade again (nothing is graded again).")
@@ -194,7 +197,8 @@ def grade(
     imports = [f"{out / file} (column {column})" for file, _, column in reports.canvas_files(results, canvas)[0]]
     console.print(f"\nGrade sheet: {out / 'grades.csv'}   To review: {out / 'needs_review.csv'}   Canvas import: "
                   + (", ".join(imports) or "none (--canvas-assignment)"))
-    console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}")
+    console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}"
+                  + ("" if verbose else f"   Grader's log: {log}"))
     waiting = sum(m.get("score") is None for r in results for m in r.get("manual") or [])
     if any(r.get("manual") for r in results):
         console.print(f"Hand-graded questions: {waiting} answers left; pages in {out / 'manual'}, scores in "
@@ -232,7 +236,7 @@ def _print_results(results: list[dict]) -> None:
 
 
 def main() -> None:
-    import os
+    from autograder import logs
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter (no GPU here, CPU flags)
+    logs.quiet_children()  # TensorFlow's, absl's and gRPC's start-up chatter, here and in every subprocess
     app()

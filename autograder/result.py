@@ -1,4 +1,4 @@
-"""One typed result per submission, with its schema version (the JSON shape in the README).
+"""One typed result per submission, with its schema version (the JSON shape: docs/reference/result-schema.md, generated from these classes).
 
 The engine (:mod:`autograder.judge.pipeline`), the batch (:mod:`autograder.batch`: rows for inputs
 that could not be graded) and the Gradescope runner (:mod:`autograder.lms.gradescope`) all build a
@@ -34,11 +34,11 @@ GRADER_ERROR_CAUSES: tuple[str, ...] = get_args(GraderErrorCause)
 class CaseResult:
     """One Otter test case."""
 
-    name: str
-    hidden: bool
-    points: float | None
+    name: str  # the test case's name in Otter's test file
+    hidden: bool  # a hidden check: counts, shown to the student as passed/failed only
+    points: float | None  # its points (None: the question's points are split among its cases)
     passed: bool
-    message: str
+    message: str  # the feedback: the likely mistake for a public check, a general message for a hidden one
     # the named likely mistakes this failed case points to (ids of the assignment's misconception
     # catalogue, e.g. "flipped_filter"); empty when it names none
     misconceptions: list[str] = field(default_factory=list)
@@ -48,10 +48,10 @@ class CaseResult:
 class QuestionResult:
     """One question (one Otter test file)."""
 
-    name: str
+    name: str  # the question (Otter's test file name)
     score: float
     max_score: float
-    cases: list[CaseResult] = field(default_factory=list)
+    cases: list[CaseResult] = field(default_factory=list)  # every public and hidden case
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuestionResult":
@@ -63,19 +63,19 @@ class GradeResult:
     """A submission's result.  ``status``: ``graded``, ``error`` (the submission's fault: scored on what
     ran) or ``grader_error`` (never the student's: not scored, graded again by the next run)."""
 
-    assignment: str | None = None
-    submission: str | None = None
-    status: str = GRADED
-    error: str | None = None
-    score: float = 0.0
-    max_score: float | None = None
-    questions: list[QuestionResult] = field(default_factory=list)
+    assignment: str | None = None  # the assignment's name (e.g. "cnn_mnist")
+    submission: str | None = None  # the notebook graded
+    status: str = GRADED  # graded, error or grader_error
+    error: str | None = None  # why the status is not graded, for people
+    score: float = 0.0  # the sum of the questions' scores
+    max_score: float | None = None  # the sum of their maximum scores (None: no question was judged)
+    questions: list[QuestionResult] = field(default_factory=list)  # one per Otter test file
     retrain: dict | None = None  # autograder.verifier.retrain.RetrainReport, as a dict
-    limits_hit: list[str] = field(default_factory=list)
+    limits_hit: list[str] = field(default_factory=list)  # each limit the submission reached, for people
     execution: dict = field(default_factory=dict)  # seconds, cells, skipped_cells, runs, output_tail
     isolation: dict = field(default_factory=dict)  # mode, isolated, uid, notes, self_test
-    versions: dict = field(default_factory=dict)
-    seconds: float | None = None
+    versions: dict = field(default_factory=dict)  # the grader, Python, otter-grader, numpy, keras, tensorflow, jax (those installed)
+    seconds: float | None = None  # wall time to grade it
     student: dict | None = None  # set by the batch: id, source, name, email, extra
     retry: bool = False  # a worker died: the next run grades it again
     retrain_pending: bool = False  # a partial result, judged before retraining finished
@@ -86,7 +86,7 @@ class GradeResult:
     # hand-graded questions (Otter Assign ``manual: true``), see autograder.manual.ManualAnswer: name,
     # max_score, score (None: pending), comment, answer; their points are in max_score, and in score once graded
     manual: list[dict] = field(default_factory=list)
-    schema: int = RESULT_SCHEMA_VERSION
+    schema: int = RESULT_SCHEMA_VERSION  # the version of this layout
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -133,7 +133,7 @@ class GradeResult:
     # --- JSON ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of ``results/<id>.json`` (README: Result file); optional flags only when set."""
+        """The JSON object of ``results/<id>.json`` (docs: reference/result-schema.md); optional flags only when set."""
         out = asdict(self)
         for flag in ("retry", "retrain_pending", "variant", "cause", "earlier_causes", "manual"):
             if not out[flag]:

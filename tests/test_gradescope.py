@@ -37,11 +37,11 @@ import pytest
 from autograder import registry
 from autograder.lms import gradescope
 from assignments.cnn_mnist import sample_answers as samples
-from autograder.data import ensure_mnist_npz
+from assignments.cnn_mnist.data import ensure_mnist_npz
 from autograder.lms.gradescope import ContainerResources, container_resources, plan_limits
 
 REPO = Path(__file__).resolve().parent.parent
-CAP_BYTES = 3 << 30  # the Gradescope memory setting the README recommends
+CAP_BYTES = 3 << 30  # the Gradescope memory setting the docs recommend (docs/instructors/gradescope.md)
 
 
 def _sample(name: str) -> Path:

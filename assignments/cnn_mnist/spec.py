@@ -1,6 +1,6 @@
 """The CNN-on-MNIST assignment's spec (see autograder.spec)."""
 
-from autograder import data
+from assignments.cnn_mnist import data
 from autograder.spec import AssignmentSpec, Dataset, TrainingPolicy
 from autograder.verifier.budget import Budget
 
@@ -14,6 +14,9 @@ MNIST = Dataset(
     test_size=10_000,
     pixel_scale=255.0,
     probe_file=data.ensure_mnist_npz,  # datasets.mnist.load_data() in the notebook reads it offline
+    probe_setup=data.PROBE_SETUP,
+    provision=data.ensure_mnist_npz,
+    install_offline=data.install_keras_offline_mnist,
 )
 
 ASSIGNMENT = AssignmentSpec(

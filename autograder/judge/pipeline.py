@@ -6,7 +6,7 @@ lies, or write the results itself.  Here the same Otter test files run in a fres
 that never loaded student code (:mod:`autograder.judge.judge`), on values that came out of the
 sandbox (:mod:`autograder.probe.sandbox`) as plain data.
 
-:func:`grade_notebook` returns one JSON-able result per submission (schema in the README).
+:func:`grade_notebook` returns one JSON-able result per submission (schema: docs/reference/result-schema.md).
 """
 
 from __future__ import annotations
@@ -317,8 +317,8 @@ def grade_notebook(
     data_file = spec.dataset.probe_file() if spec.dataset.probe_file else None
     # with variants the notebook's first cell imports the student-side checks, as students have them
     files = {spec.public_module_name: ag.public_module.encode()} if ag.variants_on else None
-    probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, mnist_npz=data_file,
-                   private=private, files=files)
+    probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, data_file=data_file,
+                   data_setup=spec.dataset.probe_setup, private=private, files=files)
     result.limits_hit = probed.limits_hit
     result.isolation = probed.isolation
     result.execution = {"seconds": probed.seconds, "cells": probed.cells, "skipped_cells": probed.skipped,

@@ -41,7 +41,7 @@ from autograder.probe.sandbox import Limits
 from autograder.result import GradeResult
 from autograder.submission_files import SubmissionFileError, read_notebook
 
-#: The Gradescope timeout the README recommends (minutes); Gradescope allows 40 at most.
+#: The Gradescope timeout the docs recommend (docs/instructors/gradescope.md) (minutes); Gradescope allows 40 at most.
 DEFAULT_TIMEOUT_MINUTES = 40
 #: Kept out of the submission's memory budget: this process, the judge and the kernel's page cache.
 MEMORY_HEADROOM_MB = 768

@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autograder import children
+from autograder import children, settings
 from autograder.verifier.budget import Budget, check as check_budget, check_config_size, recipe_cost
 from autograder.verifier.rebuild import RefusedModel, canonical_recipe, describe_optimizer
 
@@ -516,7 +516,7 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
                  "from autograder.verifier.retrain import worker_main; worker_main()")
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
                                                          "CNN_GRADER_CACHE", "CNN_GRADER_MNIST", "TMPDIR", "LANG")}
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(settings.QUIET_LOGGING_ENV)  # TensorFlow's and absl's start-up lines
     if retrain_threads():
         env.update({name: str(retrain_threads()) for name in THREAD_VARIABLES})
     proc = children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
