@@ -171,6 +171,21 @@ def test_under_the_grader_the_public_check_leaves_accuracy_to_the_hidden_one(pub
     public.check_training(extracted)
 
 
+def test_under_otters_own_grading_the_public_point_still_means_compiled_and_trained(public, mnist, monkeypatch):
+    """``otter run``/``otter grade`` execute the notebook in grading mode: the hidden check scores the accuracy
+    there (as under our engine), so the public point keeps its meaning and the samples their designed scores."""
+    import otter
+
+    (x, y), _ = mnist
+    model = _small()
+    model.fit(x[:64], y[:64], epochs=1, batch_size=64, verbose=0)  # far below the threshold
+    monkeypatch.setattr(otter.Notebook, "_grading_mode", True)
+    public.check_training(model)
+    monkeypatch.setattr(otter.Notebook, "_grading_mode", False)
+    with pytest.raises(AssertionError, match="Your model scores"):
+        public.check_training(model, data=(x[:500], y[:500]))
+
+
 def test_the_student_module_ships_the_verifiers_rules_unchanged_but_for_their_imports(public):
     shipped = dict(public.GRADER_RULES)
     assert set(student_rules.ENTRY_MODULES) <= set(shipped)
