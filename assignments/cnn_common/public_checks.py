@@ -8,9 +8,15 @@ Otter prints the source of a failing test, so public tests only call these funct
 holds no expected values, only SHA-256 digests of canonical answers (and of the answers that
 typical mistakes produce, so feedback can name the mistake).
 
-It imports only the standard library and numpy, so it works wherever the notebook runs.  The
-trusted graders (``assignments.<unit>.checks``) reuse :func:`canonical` and :func:`digest` so both
-sides agree on what "the same answer" means.
+It imports only the standard library and numpy, so it works wherever the notebook runs (the
+training check, given the notebook's live Keras model, also uses Keras).  The trusted graders
+(``assignments.<unit>.checks``) reuse :func:`canonical` and :func:`digest` so both sides agree on
+what "the same answer" means.
+
+The training check (:func:`check_training`) measures the notebook's model on the unit's test images
+against the threshold, and applies the grader's public rules (:func:`check_recipe`): the build ships
+the verifier's own ``rebuild`` and ``budget`` modules in ``GRADER_RULES`` (:mod:`autograder.student_rules`),
+so a recipe the grader refuses fails here with the grader's message.  Rules and policy, never answers.
 """
 
 from __future__ import annotations
