@@ -72,8 +72,8 @@ def test_a_model_below_the_threshold_fails_with_its_score(public, mnist):
     with pytest.raises(AssertionError) as failed:
         public.check_training(model)
     message = str(failed.value)
-    assert "Your model scores 0." in message and "on the MNIST test images; the grader needs more than 0.99" in message
-    assert "retrains your recipe from scratch" in message and "a lucky run may not repeat" in message
+    assert "Your model scores 0." in message and "on the MNIST test images; the grader needs more than 0.99." in message
+    assert "It retrains your recipe from scratch" in message and "a lucky run may not repeat" in message
     score = float(message.split("Your model scores ")[1].split()[0])
     assert 0.5 < score < 0.99
 
@@ -96,8 +96,40 @@ def test_a_model_above_the_threshold_passes_and_says_the_grader_retrains(public,
     own = np.argmax(model.predict(x_test[:500], verbose=0), axis=-1)  # labels it gets right by construction
     public.check_training(model, data=(x_test[:500], own))
     out = capsys.readouterr().out
-    assert "Your model scores 1.0000 on the MNIST test images (the grader needs more than 0.99)" in out
-    assert "retrains your recipe from scratch" in out
+    assert "Your model scores 1.0000 on the MNIST test images; the grader needs more than 0.99." in out
+    assert "It retrains your recipe from scratch" in out
+
+
+def test_grader_check_in_the_student_notebook_says_where_the_model_stands(mnist, tmp_path, monkeypatch):
+    """What a student sees: Otter's ``grader.check("training")`` in a copy of the committed student folder,
+    for a model below the threshold and for one the grader refuses."""
+    import shutil
+
+    import otter
+
+    from autograder import registry
+    from autograder.data import install_keras_offline_mnist
+
+    install_keras_offline_mnist()
+    folder = tmp_path / "student"
+    shutil.copytree(registry.get("cnn_mnist").student_dir, folder)
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "cnn_checks", raising=False)
+    grader = otter.Notebook("cnn_mnist.ipynb")
+    (x, y), _ = mnist
+    low = _small()
+    low.fit(x, y, epochs=1, batch_size=4096, verbose=0)
+    refused = _compiled(keras.layers.Reshape((28, 28)), keras.layers.SimpleRNN(4), keras.layers.Dense(10))
+    refused.fit(x, y, epochs=1, batch_size=4096, verbose=0)
+    try:
+        below = grader.check("training", global_env={"model": low})
+        not_rebuilt = grader.check("training", global_env={"model": refused})
+    finally:
+        sys.modules.pop("cnn_checks", None)
+    assert below.grade == 0 and not not_rebuilt.grade
+    assert "Your model scores 0." in repr(below) and "the grader needs more than 0.99" in repr(below)
+    assert "The model was not retrained: layer 2 (SimpleRNN) is not a layer the grader can rebuild" in repr(not_rebuilt)
 
 
 @pytest.mark.parametrize("recipe", ["900,000 steps", "a layer outside the allowed set", "a subclassed model"])
