@@ -50,9 +50,17 @@ def _small():
     return _compiled(keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax"))
 
 
-def _graders_message(model, fits) -> str:
+def _grader_settings(assignment: str):
+    """The verifier's settings as the grading engine makes them from the assignment's spec (no overrides)."""
+    from autograder import registry
+    from autograder.judge.pipeline import RetrainOptions
+
+    return RetrainOptions().settings(registry.get(assignment))
+
+
+def _graders_message(model, fits, assignment: str = "cnn_mnist") -> str:
     """What the grader says about this recipe (it is refused before any training)."""
-    settings = retrain.Settings("cnn_mnist")
+    settings = _grader_settings(assignment)
     with pytest.raises(rebuild.RefusedModel):
         retrain.prepare(model.to_json(), fits, settings)
     report = retrain.verify(model.to_json(), fits, settings, cache_dir=None)
@@ -256,3 +264,26 @@ def test_the_digits_module_knows_its_own_test_split():
     assert np.array_equal(labels, y_test)
     assert module.TRAINING["threshold"] == 0.90 and module.TRAINING["budget"]["max_steps"] == 6_000
     assert "digits_checks_training_under_test" not in sys.modules
+
+
+def test_the_digits_check_measures_on_its_own_test_split_and_budget():
+    """The second unit: its own threshold (0.90), data and budget (6,000 steps), from its spec."""
+    from assignments.digits import checks as digits_checks
+    from assignments.digits import data
+
+    module = types.ModuleType("digits_checks_live_under_test")
+    exec(compile(digits_checks.render_public_module(), "digits_checks.py", "exec"), module.__dict__)
+    (x, y), _ = data.load_digits_split()
+    model = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x.reshape(-1, 8, 8, 1) / 16, y, epochs=1, batch_size=32, verbose=0)
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])  # class 0 for every digit
+    with pytest.raises(AssertionError, match=r"scores 0\.\d{4} on the scikit-learn digits \(8x8\) test images; the "
+                                             r"grader needs more than 0\.90"):
+        module.check_training(model)
+    fits = [{"epochs": 60, "batch_size": 8}]  # 10,800 steps, and a batch size below the unit's 16
+    grader = _graders_message(model, fits, "digits")
+    assert "the recipe trains 10,800 steps; the assignment allows 6,000" in grader
+    with pytest.raises(AssertionError) as failed:
+        module.check_recipe(model, fits)
+    assert str(failed.value).startswith(grader + "\n")
