@@ -68,7 +68,7 @@ def build(
     out: Path = typer.Option(Path("dist"), "--out", help="Where to leave <assignment>/autograder.zip and the student files."),
     update_assignments: bool = typer.Option(
         False, "--update-assignments",
-        help="Also refresh what is committed from the build: each assignment's student/ and samples/ folders.",
+        help="Also refresh what is committed from the build: each assignment's student/ and samples/ folders and solutions/<name>.ipynb.",
     ),
     only: Optional[list[str]] = typer.Option(None, "--assignment", "-a", help="Build only this assignment (repeatable)."),
 ) -> None:
@@ -82,6 +82,8 @@ def build(
         builder.sync_student_folders(built)
         for b in built:
             console.print(f"{b.name}: student folder refreshed in {b.spec.student_dir}")
+        for path in builder.sync_solutions(built):
+            console.print(f"solution notebook refreshed: {path}")
             written = b.spec.write_samples(b.student_notebook, b.solution_notebook)
             console.print(f"{b.name}: {len(written)} sample submissions written to {b.spec.samples_dir}")
 
