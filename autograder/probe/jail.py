@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder import children
+from autograder.probe import cgroup
 
 ENV_MODE = "CNN_GRADER_ISOLATION"
 ENV_UNSAFE = "CNN_GRADER_UNSAFE_NO_ISOLATION"  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
@@ -209,9 +210,54 @@ class SlotLease:
         _kill_uid(self.uid)
         if self.clean_shared:
             remove_uid_files(self.uid)
+            left = remove_uid_ipc(self.uid)
+            if left:
+                raise JailError(f"IPC objects of sandbox uid {self.uid} could not be removed: {', '.join(left[:5])}")
 
 
-SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable folders of the host
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")  # world-writable folders of the host
+SYSVIPC = {"shm": ("shmid", 0), "sem": ("semid", 1), "msg": ("msqid", 2)}  # /proc/sysvipc table: (id column, kind)
+IPC_RMID = 0
+
+
+def uid_ipc(uid: int, kinds=tuple(SYSVIPC)) -> list[dict]:
+    """System V IPC objects (shared memory, semaphore sets, message queues) that ``uid`` owns or created,
+    from ``/proc/sysvipc``: ``{"kind", "id", "bytes" (shm: resident, else its size), "attached"}``."""
+    found = []
+    for kind in kinds:
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                header, *rows = f.read().splitlines()
+        except OSError:
+            continue
+        names = header.split()
+        for row in rows:
+            values = dict(zip(names, row.split()))
+            try:
+                if uid not in (int(values["uid"]), int(values["cuid"])):
+                    continue
+                size = int(values.get("rss", values.get("size", 0))) if kind == "shm" else 0
+                found.append({"kind": kind, "id": int(values[SYSVIPC[kind][0]]), "bytes": size,
+                              "attached": int(values.get("nattch", 0)),
+                              # SHM_DEST: removed, gone once its last user (outside the uid) detaches
+                              "removed": kind == "shm" and bool(int(values.get("perms", "0"), 8) & 0o1000)})
+            except (KeyError, ValueError):
+                continue
+    return found
+
+
+def remove_uid_ipc(uid: int) -> list[str]:
+    """Remove every System V IPC object ``uid`` owns or created (``IPC_RMID``: a shared-memory segment
+    still attached goes once its last user detaches; the uid's processes are killed first).  POSIX
+    message queues are files in ``/dev/mqueue`` (:data:`SHARED_WRITABLE`).  Returns what is left."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    remove = {"shm": lambda i: libc.shmctl(i, IPC_RMID, None), "sem": lambda i: libc.semctl(i, 0, IPC_RMID),
+              "msg": lambda i: libc.msgctl(i, IPC_RMID, None)}
+    for obj in uid_ipc(uid):
+        remove[obj["kind"]](obj["id"])
+    return [f"{o['kind']} {o['id']}" for o in uid_ipc(uid) if not o["removed"]]
 
 
 def remove_uid_files(uid: int, folders=SHARED_WRITABLE) -> None:
@@ -345,6 +391,8 @@ class Jail:
     python: str = field(default_factory=probe_python)
     tmp_bytes: int = 512 * 1024 * 1024
     exposed: tuple | None = None  # view() when the sandbox's command was built
+    group: "cgroup.Group | None" = None  # the kernel-metered control group its processes join (root graders)
+    group_missing: str | None = None  # why it has none
 
     @property
     def inside(self) -> str:
@@ -471,19 +519,47 @@ class Jail:
                             "(processes visible, network not cut off)"],
             "none": ["not isolated (--unsafe-no-isolation): the submission ran as the grader's own user"],
         }[self.mode]
-        return {"mode": self.mode, "isolated": self.mode != "none", "uid": self.uid, "notes": notes}
+        notes.append(self.metering)
+        return {"mode": self.mode, "isolated": self.mode != "none", "uid": self.uid, "notes": notes,
+                "cgroup": self.group.version if self.group else None}
+
+    @property
+    def metering(self) -> str:
+        """What the kernel meters of this jail, for its isolation notes."""
+        if self.group is not None:
+            return f"metered by the kernel ({self.group.description})"
+        return f"{cgroup.NO_CGROUP_NOTE}: {self.group_missing or cgroup.unavailable() or 'none made'}"
+
+    def preexec(self):
+        """What a jailed child runs between fork and exec: join the jail's group (before any student code)."""
+        return self.group.joiner() if self.group is not None else (lambda: None)
+
+
+def memory_ceiling(memory_mb: int) -> int:
+    """The kernel's hard memory limit for a jail whose watchdog stops it at ``memory_mb``: a little above,
+    so that the watchdog names the step first where it can, and the kernel stops what is faster."""
+    return (memory_mb + max(64, memory_mb // 16)) * 2**20
 
 
 @contextmanager
-def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1024 * 1024):
-    """A fresh jail (folder, slot uid) for one run; everything is removed when the block ends."""
+def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1024 * 1024,
+              memory_mb: int | None = None):
+    """A fresh jail (folder, slot uid, control group) for one run; everything is removed when the block ends."""
     mode = choose_mode()
     lease = SlotLease(clean_shared=mode == "permissions") if _is_root() and mode != "none" else None
     work = Path(tempfile.mkdtemp(prefix="cnn-probe-"))  # 0700, ours, unpredictable name
+    group, missing = None, cgroup.unavailable()
     try:
+        if missing is None:
+            try:
+                group = cgroup.create("jail", memory_bytes=memory_ceiling(memory_mb) if memory_mb else None)
+            except OSError as exc:  # made for the self-test, but not now: said in this result's notes
+                missing = f"this jail's cgroup could not be made ({exc})"
         yield Jail(mode, work, lease.uid if lease else None, private_paths(private), python or probe_python(),
-                   tmp_bytes)
+                   tmp_bytes, group=group, group_missing=missing)
     finally:
+        if group is not None:
+            group.remove()  # kills by group: nothing of the jail outlives it, whatever session it started
         shutil.rmtree(work, ignore_errors=True)  # fd-based: does not follow links planted inside
         if lease:
             lease.release()
@@ -644,7 +720,8 @@ def _run_self_test(private, python: str, imports) -> dict:
                 proc = children.run(jail.command([python, "-I", script, args]), cwd=jail.work,
                                     env=jail.env({"PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
                                                   "CUDA_VISIBLE_DEVICES": ""}),
-                                    capture_output=True, text=True, timeout=STARTUP_SECONDS)
+                                    capture_output=True, text=True, timeout=STARTUP_SECONDS,
+                                    preexec_fn=jail.preexec())
             except subprocess.TimeoutExpired:
                 raise JailError(f"the jail's self-test did not finish within {STARTUP_SECONDS:.0f} s "
                                 f"({jail.mode} mode); the machine may be overloaded") from None
@@ -692,6 +769,8 @@ def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess)
         problems.append("it can see the grader's processes (no PID namespace)")
     if jail.mode == "bwrap" and found["network"]:
         problems.append("it can reach the network (no network namespace)")
+    if jail.group is not None and not jail.group.cpu_seconds():
+        problems.append(f"its cgroup ({jail.group.version}) did not meter it (no CPU time counted)")
     if problems:
         raise JailError(f"the jail does not hold ({jail.mode} mode, {who}): " + "; ".join(problems) + ".")
     description = jail.description
