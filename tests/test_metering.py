@@ -1,0 +1,209 @@
+"""Metering: what a submission uses is counted and capped by the kernel (a cgroup per jail), clocks count the
+jail's own CPU time, a permission jail's IPC objects die with its lease, and ``--ray`` is refused where a
+sandbox could reach an unauthenticated cluster.  Each test fails if its defence goes.
+
+The cgroup tests run where the grader is root and a cgroup (v1 or v2) can be made; they are skipped
+elsewhere, and the "no cgroup" note is tested everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from autograder.judge import pipeline as engine
+from autograder.judge.pipeline import RetrainOptions
+from autograder.probe import cgroup, jail, sandbox
+from autograder.probe.sandbox import Limits
+
+NO_RETRAIN = RetrainOptions(enabled=False)
+ANSWER = "import numpy as np\nconv_small = np.array([[1, 4], [3, 3]])"
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="needs a root grader (CI runs as root)")
+needs_cgroup = pytest.mark.skipif(cgroup.unavailable() is not None,
+                                  reason=f"no cgroup can be made here: {cgroup.unavailable()}")
+
+
+@pytest.fixture(autouse=True)
+def _isolation_from_environment(monkeypatch):
+    monkeypatch.delenv(jail.ENV_MODE, raising=False)
+    monkeypatch.delenv(jail.ENV_UNSAFE, raising=False)
+    monkeypatch.delenv(jail.ENV_PRIVATE, raising=False)
+    monkeypatch.delenv(cgroup.ENV_DISABLE, raising=False)
+
+
+def tiny(path: Path, *cells: str) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ANSWER)]
+                                  + [nbformat.v4.new_code_cell(textwrap.dedent(c)) for c in cells])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def conv_small(result: dict) -> float:
+    return {q["name"]: q["score"] for q in result["questions"]}["conv_small"]
+
+
+def _marked(marker: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(p.info["cmdline"] or []) and jail.still_running(p):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+# --- the group itself ----------------------------------------------------------------------------
+
+@needs_cgroup
+def test_a_group_kill_leaves_no_process_even_of_new_sessions_that_fork():
+    marker = f"cnn-meter-kill-{os.getpid()}-{time.monotonic_ns()}"
+    code = textwrap.dedent("""
+        import os, sys, time
+        for _ in range(6):  # new sessions, double forks: nothing a process tree or a session kill would catch
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork():
+                    os._exit(0)
+                while True:
+                    try:
+                        os.fork()
+                    except OSError:
+                        pass
+                    time.sleep(0.05)
+        time.sleep(600)
+        """)
+    group = cgroup.create("test", memory_bytes=256 << 20, pids_max=64)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", code, marker], preexec_fn=group.joiner(),
+                                start_new_session=True)
+        time.sleep(2)
+        assert len(group.pids()) > 6 and len(_marked(marker)) > 6
+        assert group.cpu_seconds() > 0
+    finally:
+        assert group.kill()
+        group.remove()
+    proc.wait(timeout=10)
+    time.sleep(0.2)
+    assert _marked(marker) == []
+    assert all(not os.path.exists(f) for f in group.procs_files()) and group.folders == {}
+
+
+@needs_cgroup
+def test_pids_max_counts_threads():
+    code = textwrap.dedent("""
+        import threading, time
+        started = 0
+        try:
+            for _ in range(200):
+                threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+                started += 1
+        except RuntimeError:
+            pass
+        print(started)
+        """)
+    with cgroup.create("test", pids_max=40) as group:
+        out = subprocess.run([sys.executable, "-c", code], preexec_fn=group.joiner(), capture_output=True,
+                             text=True, timeout=60)
+        assert int(out.stdout.strip()) < 40, out  # 200 threads asked for, fewer than pids.max allowed
+        assert group.pids_failures() > 0
+
+
+@needs_cgroup
+def test_socket_buffers_are_charged_to_the_group_and_the_kernel_stops_them():
+    code = textwrap.dedent("""
+        import socket
+        pairs = []
+        for _ in range(200):  # up to 3 GB of send buffers: no RSS, no file
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
+            try:
+                while True:
+                    a.send(b'x' * 65536)
+            except BlockingIOError:
+                pass
+            pairs.append((a, b))
+        print('SURVIVED', flush=True)
+        """)
+    with cgroup.create("test", memory_bytes=192 << 20) as group:
+        out = subprocess.run([sys.executable, "-c", code], preexec_fn=group.joiner(), capture_output=True,
+                             text=True, timeout=120)
+        assert "SURVIVED" not in out.stdout and group.oom_kills() >= 1
+        assert group.memory_peak() <= 192 << 20
+
+
+def test_no_cgroup_is_said_where_none_can_be_made(monkeypatch):
+    monkeypatch.setenv(cgroup.ENV_DISABLE, "1")
+    assert cgroup.create("test") is None and "disabled" in cgroup.unavailable()
+    j = jail.Jail("none", Path("/nonexistent"), group_missing=cgroup.unavailable())
+    assert any(n.startswith(cgroup.NO_CGROUP_NOTE) for n in j.description["notes"])
+    assert j.description["cgroup"] is None
+
+
+# --- IPC of a permission jail ----------------------------------------------------------------
+
+IPC_CODE = ("import ctypes; l = ctypes.CDLL(None); "
+            "assert l.shmget(0, 1 << 20, 0o1600) >= 0 and l.semget(0, 2, 0o1600) >= 0 and l.msgget(0, 0o1600) >= 0")
+
+
+def _make_ipc(uid: int) -> None:
+    subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c", IPC_CODE],
+                   check=True, timeout=60)
+
+
+@needs_root
+@pytest.mark.skipif(not os.path.exists("/proc/sysvipc/shm"), reason="no System V IPC here")
+def test_a_permission_jails_ipc_objects_do_not_outlive_its_lease():
+    lease = jail.SlotLease(clean_shared=True)
+    uid = lease.uid
+    _make_ipc(uid)
+    assert {o["kind"] for o in jail.uid_ipc(uid)} == {"shm", "sem", "msg"}
+    lease.release()
+    assert jail.uid_ipc(uid) == []
+    _make_ipc(uid)  # left by a holder whose release never ran: removed when the uid is leased again
+    again = []
+    try:
+        while True:
+            again.append(jail.SlotLease(clean_shared=True))
+            if again[-1].uid == uid:
+                break
+        assert jail.uid_ipc(uid) == []
+    finally:
+        for held in again:
+            held.release()
+
+
+@needs_root
+@pytest.mark.skipif(not os.path.exists("/proc/sysvipc/shm"), reason="no System V IPC here")
+def test_a_permission_jails_shared_memory_counts_against_its_memory():
+    lease = jail.SlotLease(clean_shared=True)
+    try:
+        code = ("import ctypes; l = ctypes.CDLL(None); l.shmat.restype = ctypes.c_void_p; "
+                "i = l.shmget(0, 64 << 20, 0o1600); a = l.shmat(i, None, 0); ctypes.memset(a, 1, 64 << 20); "
+                "l.shmdt(ctypes.c_void_p(a))")
+        subprocess.run(["setpriv", f"--reuid={lease.uid}", f"--regid={lease.uid}", "--clear-groups",
+                        sys.executable, "-c", code], check=True, timeout=60)
+        assert sandbox._memory_outside_rss([], lease.uid) >= 64 << 20  # detached, held by no process
+    finally:
+        lease.release()
+
+
+# --- clocks --------------------------------------------------------------------------------------
+
+def test_a_wall_backstop_is_a_host_fault_only_when_the_jail_waited_for_a_cpu():
+    # a task that waited 90 s of 100 s for a CPU was starved; one that slept was not
+    assert sandbox._starved({1: 95.0, 2: 3.0}, {1: 5.0}, 100.0)
+    assert not sandbox._starved({1: 6.0, 2: 3.0}, {1: 5.0}, 100.0)
+    # a jail throttled by its own quota: 8 threads, each waiting 7/8 of the time it used, all under the limit
+    assert not sandbox._starved({t: 100.0 * 7 / 8 for t in range(8)}, {}, 4 * 100.0)
