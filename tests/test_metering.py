@@ -207,3 +207,50 @@ def test_a_wall_backstop_is_a_host_fault_only_when_the_jail_waited_for_a_cpu():
     assert not sandbox._starved({1: 6.0, 2: 3.0}, {1: 5.0}, 100.0)
     # a jail throttled by its own quota: 8 threads, each waiting 7/8 of the time it used, all under the limit
     assert not sandbox._starved({t: 100.0 * 7 / 8 for t in range(8)}, {}, 4 * 100.0)
+
+
+# --- through the grader ----------------------------------------------------------------------
+
+SOCKET_BOMB = """
+    import socket
+    pairs = []
+    for _ in range(110):  # about 1.7 GB of unix socket send buffers: kernel memory, no RSS, no file
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
+        try:
+            while True:
+                a.send(b'x' * 65536)
+        except BlockingIOError:
+            pass
+        pairs.append((a, b))
+    print('BOMB SURVIVED', flush=True)
+    """
+
+
+@needs_cgroup
+def test_a_socket_buffer_memory_bomb_is_the_students_memory_limit_and_the_host_is_unharmed(autograder, tmp_path):
+    nb = tiny(tmp_path / "sub.ipynb", SOCKET_BOMB, "size_valid = 24")
+    before = psutil.virtual_memory().available
+    result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=60, notebook_seconds=240, memory_mb=1024),
+                                   retrain=NO_RETRAIN)
+    assert result["status"] == "graded", result["error"]
+    assert any("memory limit (1024 MiB" in h for h in result["limits_hit"]), result["limits_hit"]
+    assert [s["index"] for s in result["execution"]["skipped_cells"]] == [1]
+    assert "BOMB SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
+    assert result["isolation"]["cgroup"] in ("v1", "v2")
+    assert any(n.startswith("metered by the kernel") for n in result["isolation"]["notes"])
+    assert psutil.virtual_memory().available > before - (512 << 20)  # nothing of it is left on the host
+
+
+def test_every_result_says_no_cgroup_where_none_can_be_made(autograder, tmp_path, monkeypatch):
+    monkeypatch.setenv(cgroup.ENV_DISABLE, "1")
+    monkeypatch.setattr(jail, "_SELF_TESTS", {})  # the self-test runs again, without a cgroup
+    monkeypatch.setattr(jail, "_CHECKED", {})
+    nb = tiny(tmp_path / "sub.ipynb", "x = 1")
+    result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=30, notebook_seconds=240,
+                                                                 memory_mb=3072), retrain=NO_RETRAIN)
+    assert result["status"] == "graded", result["error"]
+    assert result["isolation"]["cgroup"] is None and conv_small(result) == 2
+    assert any(n.startswith(cgroup.NO_CGROUP_NOTE) for n in result["isolation"]["notes"]), result["isolation"]
+    assert any(n.startswith(cgroup.NO_CGROUP_NOTE) for n in jail._SELF_TESTS[next(iter(jail._SELF_TESTS))]["notes"])
