@@ -201,6 +201,12 @@ def unavailable() -> str | None:
     return detail if kind == "none" else None
 
 
+def memory_ceiling(memory_mb: int) -> int:
+    """The kernel's hard limit, in bytes, for a group whose watchdog stops it at ``memory_mb``: a little above,
+    so that the watchdog names the step first where it can, and the kernel stops what is faster."""
+    return (memory_mb + max(64, memory_mb // 16)) * 2**20
+
+
 def create(kind: str = "jail", *, memory_bytes: int | None = None, cpu_cores: float | None = CPU_CORES_PER_JAIL,
            pids_max: int | None = PIDS_MAX) -> "Group | None":
     """A new group under the grader's own, limited as asked; None where no group can be made

@@ -535,12 +535,6 @@ class Jail:
         return self.group.joiner() if self.group is not None else (lambda: None)
 
 
-def memory_ceiling(memory_mb: int) -> int:
-    """The kernel's hard memory limit for a jail whose watchdog stops it at ``memory_mb``: a little above,
-    so that the watchdog names the step first where it can, and the kernel stops what is faster."""
-    return (memory_mb + max(64, memory_mb // 16)) * 2**20
-
-
 @contextmanager
 def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1024 * 1024,
               memory_mb: int | None = None):
@@ -552,7 +546,7 @@ def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1
     try:
         if missing is None:
             try:
-                group = cgroup.create("jail", memory_bytes=memory_ceiling(memory_mb) if memory_mb else None)
+                group = cgroup.create("jail", memory_bytes=cgroup.memory_ceiling(memory_mb) if memory_mb else None)
             except OSError as exc:  # made for the self-test, but not now: said in this result's notes
                 missing = f"this jail's cgroup could not be made ({exc})"
         yield Jail(mode, work, lease.uid if lease else None, private_paths(private), python or probe_python(),
