@@ -791,3 +791,79 @@ def unreachable(path: str, uid: int | None) -> str | None:
             if not st.st_mode & bit:
                 return f"{folder} is mode {stat.S_IMODE(st.st_mode):04o} (owner uid {st.st_uid})"
     return None
+
+
+# --- Ray in a permission jail ---------------------------------------------------------------------
+
+ENV_RAY_AUTHENTICATED = "CNN_GRADER_RAY_AUTHENTICATED"  # "1": the operator vouches that the cluster requires authentication
+
+
+def ray_authenticated() -> bool:
+    """Whether the Ray cluster requires authentication: Ray's token authentication (``RAY_AUTH_MODE=token``),
+    mutual TLS (``RAY_USE_TLS=1``: a client needs the grader's private key), or the operator's word
+    (``CNN_GRADER_RAY_AUTHENTICATED=1``)."""
+    return (os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token"
+            or os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true")
+            or os.environ.get(ENV_RAY_AUTHENTICATED) == "1")
+
+
+def _ray_endpoints(address: str | None) -> list[tuple[str, int]]:
+    """Where a sandbox would reach the cluster: a listener of ours on the loopback (a local Ray instance
+    listens there, unauthenticated) and the address given, where it names a host and port."""
+    found = []
+    if address and address not in ("auto", "local"):
+        hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+        host, _, port = hostport.rpartition(":")
+        if host and port.isdigit():
+            found.append((host.strip("[]"), int(port)))
+    return found
+
+
+def slot_reaches(endpoints: list[tuple[str, int]] = ()) -> list[str]:
+    """Which of ``endpoints`` (and a listener on 127.0.0.1 opened here) a process under a sandbox uid can
+    connect to: a forked helper takes a leased slot uid and tries each for 3 s."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    targets = [("127.0.0.1", listener.getsockname()[1]), *endpoints]
+    reached = []
+    lease = SlotLease()
+    try:
+        for host, port in targets:
+            try:  # resolved here: the helper, under the sandbox uid, may not read the codecs a lookup imports
+                family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            except OSError:
+                continue
+
+            def attempt(family=family, where=(where[0].encode(), *where[1:])) -> None:
+                os.setgroups([])
+                os.setresgid(lease.uid, lease.uid, lease.uid)
+                os.setresuid(lease.uid, lease.uid, lease.uid)
+                s = socket.socket(family, socket.SOCK_STREAM)
+                s.settimeout(3)
+                s.connect(where)  # raises: exit status 1
+                s.close()
+
+            if children.run_forked(attempt, timeout=10) == 0:
+                reached.append(f"{host}:{port}")
+    finally:
+        listener.close()
+        lease.release()
+    return reached
+
+
+def ray_refusal(address: str | None = None) -> str | None:
+    """Why ``--ray`` must not run here, or None.  In a permission jail the sandbox shares the host's network,
+    and a Ray instance's ports take tasks from anyone who connects without authentication: a submission could
+    run code as the grader.  Allowed only where sandbox uids cannot reach the network (a firewall rule by uid
+    owner) or the cluster requires authentication."""
+    if choose_mode() != "permissions" or ray_authenticated():
+        return None
+    reached = slot_reaches(_ray_endpoints(address))
+    if not reached:
+        return None
+    return (f"--ray is refused in the permission jail: sandbox uids can reach the network ({', '.join(reached)}), "
+            "and a Ray cluster without authentication runs any task sent to it, so a submission could run code as "
+            "the grader. Fix: install bubblewrap (its network namespace cuts the sandbox off), block the sandbox uids "
+            f"{SLOT_UID_BASE}-{SLOT_UID_BASE + SLOT_COUNT - 1} from the network (e.g. iptables -m owner --uid-owner), "
+            f"or run Ray with authentication (RAY_AUTH_MODE=token; {ENV_RAY_AUTHENTICATED}=1 where it has another).")
