@@ -297,3 +297,53 @@ def test_ray_is_not_refused_where_the_jail_has_its_own_network(monkeypatch):
     monkeypatch.setattr(jail, "choose_mode", lambda: "bwrap")
     monkeypatch.setattr(jail, "slot_reaches", lambda endpoints=(): ["127.0.0.1:1"])
     assert jail.ray_refusal() is None
+
+
+# --- the issue's "done when": a bombing classmate costs a correct solution nothing ------------------
+
+CPU_BOMB = """
+    import os, socket, time
+    for _ in range(40):  # sessions of their own, each a busy loop: per-session fairness is defeated
+        if os.fork() == 0:
+            os.setsid()
+            while True:
+                pass
+    pairs = []
+    for _ in range(40):  # and kernel memory nobody samples: about 0.6 GB of socket buffers
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
+        try:
+            while True:
+                a.send(b'x' * 65536)
+        except BlockingIOError:
+            pass
+        pairs.append((a, b))
+    time.sleep(90)  # while the classmate is graded beside it
+    """
+SOLUTION_WORK = """
+    total = sum(i * i for i in range(15_000_000))  # a few seconds of CPU, as loading and scaling MNIST takes
+    """
+
+
+@needs_cgroup
+def test_a_cpu_and_memory_bombing_classmate_costs_a_correct_solution_nothing(autograder, tmp_path):
+    from autograder import batch
+
+    folder = tmp_path / "class"
+    tiny(folder / "bomber.ipynb", CPU_BOMB)
+    tiny(folder / "solver.ipynb", SOLUTION_WORK)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})  # both jails on one core, as a --jobs 2 batch on a small machine
+    try:
+        results = batch.run_batch([folder], autograder, tmp_path / "out",
+                                  batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
+    finally:
+        os.sched_setaffinity(0, before)
+    rows = {r["student"]["id"]: r for r in results}
+    solver = rows["solver"]
+    assert solver["status"] == "graded" and solver["limits_hit"] == [], (solver["error"], solver["limits_hit"])
+    assert conv_small(solver) == 2 and not solver["execution"]["skipped_cells"]
+    assert rows["bomber"]["status"] != "grader_error", rows["bomber"]["error"]
+    alone = engine.grade_notebook(folder / "solver.ipynb", autograder, retrain=NO_RETRAIN)  # default limits
+    assert solver["score"] == alone["score"] and alone["limits_hit"] == []
