@@ -347,3 +347,34 @@ def test_a_cpu_and_memory_bombing_classmate_costs_a_correct_solution_nothing(aut
     assert rows["bomber"]["status"] != "grader_error", rows["bomber"]["error"]
     alone = engine.grade_notebook(folder / "solver.ipynb", autograder, retrain=NO_RETRAIN)  # default limits
     assert solver["score"] == alone["score"] and alone["limits_hit"] == []
+
+
+def test_cgroup_v2_delegates_below_the_graders_group_and_limits_each_jail(tmp_path, monkeypatch):
+    """cgroup v2 (as in most containers), on a stand-in tree: the grader's group hands its processes to a leaf
+    (no internal processes) and enables the controllers; each jail's group gets memory.max (swap off),
+    cpu.weight, cpu.max and pids.max, and its readings come from cpu.stat and memory.events."""
+    own = tmp_path / "fs" / "kubepods" / "grader"
+    own.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (own / "cgroup.subtree_control").write_text("")
+    (own / "cgroup.procs").write_text("")
+    monkeypatch.setattr(cgroup, "_mounts", lambda: [(str(tmp_path / "fs"), "/", "cgroup2", {"rw"})])
+    monkeypatch.setattr(cgroup, "_own_paths", lambda: {"": "/kubepods/grader"})
+    monkeypatch.setattr(cgroup.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(cgroup, "_LAYOUT", {})
+    monkeypatch.setattr(cgroup.Group, "kill", lambda self, rounds=100: True)  # no process in a stand-in tree
+    kind, folder = cgroup._layout_v2()
+    assert (kind, folder) == ("v2", own)
+    cgroup._delegate_v2(own)
+    assert (own / "cgroup.subtree_control").read_text() == "+memory +cpu +pids" and (own / cgroup.LEAF).is_dir()
+    group = cgroup.Group._make(("v2", own), "jail")
+    group.limit(1 << 30, 1.0, 512)
+    jail_dir = group.folders[""]
+    assert jail_dir.parent == own
+    assert (jail_dir / "memory.max").read_text() == str(1 << 30) and (jail_dir / "memory.swap.max").read_text() == "0"
+    assert (jail_dir / "cpu.max").read_text() == f"100000 {cgroup.CPU_PERIOD_US}"
+    assert (jail_dir / "cpu.weight").read_text() == "100" and (jail_dir / "pids.max").read_text() == "512"
+    (jail_dir / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 2000000\n")
+    (jail_dir / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert group.cpu_seconds() == 2.5 and group.oom_kills() == 1 and group.memory_failures() == 3
+    assert group.procs_files() == [str(jail_dir / "cgroup.procs")]
