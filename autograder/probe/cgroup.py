@@ -42,6 +42,7 @@ NO_CGROUP_NOTE = "no cgroup: memory/CPU/pids not metered by the kernel (sampled 
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids")  # cpuacct may share a mount with cpu ("cpu,cpuacct")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 PREFIX = "cnn-grader"
+STALE_SECONDS = 3600.0
 LEAF = f"{PREFIX}-self"  # v2: where the grader's own processes move so its group may delegate
 
 _COUNTER = itertools.count()
@@ -180,6 +181,8 @@ def layout() -> tuple[str, object]:
                         _delegate_v2(found[1])
                     except OSError as exc:
                         found = ("none", f"cgroup v2 controllers cannot be delegated below the grader's group: {exc}")
+                if found[0] != "none":
+                    _sweep(found)
                 if found[0] != "none":  # prove it: a group must be made, limited and removed
                     try:
                         probe = Group._make(found, "check")
@@ -188,6 +191,34 @@ def layout() -> tuple[str, object]:
                         found = ("none", f"a cgroup cannot be made here: {exc}")
             _LAYOUT[key] = found
         return _LAYOUT[key]
+
+
+def _sweep(found) -> None:
+    """Remove the groups a grader that died (SIGKILL) left behind: named for its pid, which no longer runs, empty
+    (its processes died with it: they have a parent-death signal) and older than ``STALE_SECONDS``."""
+    parents = set(found[1].values()) if found[0] == "v1" else {found[1]}
+    for parent in parents:
+        try:
+            entries = list(os.scandir(parent))
+        except OSError:
+            continue
+        for e in entries:
+            parts = e.name.split("-")
+            if not e.name.startswith(PREFIX + "-") or e.name == LEAF or len(parts) < 5 or not parts[-3].isdigit():
+                continue
+            try:
+                os.kill(int(parts[-3]), 0)
+                continue  # its grader runs
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+            try:  # only empty and old: another grader's (another pid namespace's) may look dead from here
+                if time.time() - e.stat().st_mtime < STALE_SECONDS or _read(Path(e.path) / "cgroup.procs").strip():
+                    continue
+                os.rmdir(e.path)
+            except OSError:
+                pass
 
 
 def version() -> str:
