@@ -18,6 +18,12 @@ Modes (chosen once per process; ``CNN_GRADER_ISOLATION`` = ``auto`` (default), `
 
 Slot uids (``SLOT_UID_BASE`` + n) are leased with ``flock`` on files in a root-only folder, so
 concurrent sandboxes, even in separate worker processes, never share a uid.
+
+As root, every jail (any mode) also gets a control group of its own (:mod:`autograder.probe.cgroup`, v1 or
+v2): memory including kernel memory, a CPU quota and equal weight, ``pids.max``; its processes join it
+before they run anything, and it is killed and removed with the jail.  Where none can be made, the
+isolation notes and the self-test say "no cgroup".  A permission jail's slot uid also loses its System V
+IPC objects and POSIX message queues when its lease is taken and released.
 """
 
 from __future__ import annotations

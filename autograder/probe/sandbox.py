@@ -4,11 +4,17 @@ The child (:mod:`autograder.probe.runtime`, copied in) runs in a jail (:mod:`aut
 whose working folder holds only the notebook, the runtime and a read-only copy of MNIST; no
 tests, no solutions, no grader.  This parent enforces:
 
-* a wall-time limit per cell (SIGINT, which IPython turns into an error in that cell only)
+* a time limit per cell (SIGINT, which IPython turns into an error in that cell only)
   and per notebook (the whole process tree is killed); both start at the first student cell,
-  the grader's own start-up has a separate limit whose expiry is a grader error;
-* a memory limit on the resident size of the whole process tree, and a process-count limit
-  (fork bombs), checked by a watchdog thread;
+  the grader's own start-up has a separate limit whose expiry is a grader error.  With a cgroup
+  (:mod:`autograder.probe.cgroup`) they count the jail's own CPU time, so a neighbour's load cannot
+  run them down, with a wall-clock backstop ``WALL_BACKSTOP`` times longer; a backstop reached while
+  a task of the jail waited for a CPU is the host's fault (a grader error, graded again), not the
+  student's.  Without one they count wall time, as the isolation notes say;
+* a memory limit on the whole jail: the kernel's count of its cgroup (kernel memory, socket buffers,
+  tmpfs included; OOM kills are this limit) and, always, the resident size of its process tree plus
+  memfd, /dev/shm and System V shared memory, sampled by a watchdog thread; a process-count limit
+  (fork bombs), and the cgroup's ``pids.max`` on threads;
 * capped output (only the head and tail of stdout/stderr are kept);
 * a strict protocol on the status pipe: one record per real cell, in order, with bounded
   fields; values only for the requested names, once; the parent owns every timer.
