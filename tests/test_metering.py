@@ -247,10 +247,11 @@ def test_every_result_says_no_cgroup_where_none_can_be_made(autograder, tmp_path
     monkeypatch.setenv(cgroup.ENV_DISABLE, "1")
     monkeypatch.setattr(jail, "_SELF_TESTS", {})  # the self-test runs again, without a cgroup
     monkeypatch.setattr(jail, "_CHECKED", {})
-    nb = tiny(tmp_path / "sub.ipynb", "x = 1")
+    nb = tiny(tmp_path / "sub.ipynb", "import resource\nprint('NOFILE', resource.getrlimit(resource.RLIMIT_NOFILE))")
     result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=30, notebook_seconds=240,
                                                                  memory_mb=3072), retrain=NO_RETRAIN)
     assert result["status"] == "graded", result["error"]
+    assert f"NOFILE ({sandbox.NOFILE}, {sandbox.NOFILE})" in result["execution"]["output_tail"]  # lowered in any case
     assert result["isolation"]["cgroup"] is None and conv_small(result) == 2
     assert any(n.startswith(cgroup.NO_CGROUP_NOTE) for n in result["isolation"]["notes"]), result["isolation"]
     assert any(n.startswith(cgroup.NO_CGROUP_NOTE) for n in jail._SELF_TESTS[next(iter(jail._SELF_TESTS))]["notes"])
