@@ -379,3 +379,20 @@ def test_cgroup_v2_delegates_below_the_graders_group_and_limits_each_jail(tmp_pa
     (jail_dir / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
     assert group.cpu_seconds() == 2.5 and group.oom_kills() == 1 and group.memory_failures() == 3
     assert group.procs_files() == [str(jail_dir / "cgroup.procs")]
+
+
+@needs_cgroup
+def test_a_run_the_host_starved_of_cpu_runs_again_then_is_a_grader_error_never_the_students_limit(
+        autograder, tmp_path, monkeypatch):
+    """The wall backstop of a cell reached while the jail waited for a CPU (here: said so by a stand-in for the
+    run-queue reading) is the host's fault: the run is repeated once, then the result is a grader error, graded
+    again by the next run; the student's limits_hit stays empty.  A backstop reached while the jail slept is the
+    student's cell limit (tests/test_jail.py, forged status messages)."""
+    monkeypatch.setattr(sandbox, "WALL_BACKSTOP", 2.0)
+    monkeypatch.setattr(sandbox, "STARVED_PAUSE", 0.0)
+    monkeypatch.setattr(sandbox, "_starved", lambda delays, before, wall: True)
+    nb = tiny(tmp_path / "sub.ipynb", "import time\ntime.sleep(60)")
+    result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=3, notebook_seconds=240, memory_mb=3072),
+                                   retrain=NO_RETRAIN)
+    assert result["status"] == "grader_error" and "host was overloaded" in result["error"], result["error"]
+    assert result["execution"]["runs"] == 2 and not any("time limit" in h for h in result["limits_hit"])

@@ -53,6 +53,8 @@ from autograder.verifier.retrain import THREAD_VARIABLES
 RUNTIME = Path(__file__).with_name("runtime.py")
 PROTOCOL = Path(protocol.__file__)
 MAX_RERUNS = 2  # a notebook runs at most this many more times, each without a cell that crashed it
+MAX_STARVED_RERUNS = 1  # a run the host starved of CPU runs again this often, then is a grader error
+STARVED_PAUSE = 5.0
 MAX_STATUS_BYTES = 64 * 1024 * 1024  # the whole status stream of one run
 MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10.7 MB in base64: MAX_NPY_CHARS)
 # A value's fields, as the runtime itself bounds them: one definition, in autograder.protocol
@@ -481,11 +483,16 @@ def probe(
     cells = code_cells(nb)
     skipped: dict[int, str] = {}
     _become_subreaper()
+    starved_runs = 0
     while True:
         run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
         run.files = dict(files or {})
         run.execute(nb, mnist_npz, private, result)
         result.runs += 1
+        if run.starved and starved_runs < MAX_STARVED_RERUNS:  # the host's fault: the same run again, a moment later
+            starved_runs += 1
+            time.sleep(STARVED_PAUSE)
+            continue
         if run.grader_error:
             result.grader_error = run.grader_error
             break
@@ -548,6 +555,7 @@ class _Run:
         self.on_ready = None  # hands the submission over once the jail's start-up is done
         self.group = None  # the jail's control group (None: no cgroup here; wall clocks only)
         self.step_cpu = self.notebook_cpu = 0.0  # the group's CPU seconds when the step / notebook clock started
+        self.starved = False  # a wall backstop was reached while the jail waited for a CPU: the host's fault
         self.delays: dict[int, float] = {}  # task id -> seconds it waited for a CPU (run queue), as last sampled
         self.step_delays: dict[int, float] = {}  # the same when the step / notebook clock started
         self.notebook_delays: dict[int, float] = {}
@@ -810,6 +818,7 @@ class _Run:
                 if metered and wall > WALL_BACKSTOP * limits.notebook_seconds:
                     if _starved(self.delays, nb_delays, wall):
                         stop = (_starved_message("the notebook", cpu_now - nb_cpu, wall), True)
+                        self.starved = True
                         break
                     stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step} "
                             f"(wall-clock backstop of {WALL_BACKSTOP * limits.notebook_seconds:.0f} s: it mostly "
@@ -823,6 +832,7 @@ class _Run:
                 if metered and over <= 0 and wall > WALL_BACKSTOP * limits.cell_seconds:
                     if _starved(self.delays, step_delays, wall):
                         stop = (_starved_message(step, cpu_now - step_cpu, wall), True)
+                        self.starved = True
                         break
                     over = wall - WALL_BACKSTOP * limits.cell_seconds
                     how = f" (wall-clock backstop of {WALL_BACKSTOP * limits.cell_seconds:.0f} s: it mostly waited)"
@@ -907,8 +917,8 @@ def _starved(delays: dict, before: dict, wall: float) -> bool:
 
 
 def _starved_message(step: str, cpu: float, wall: float) -> str:
-    return (f"the host was overloaded: {step} got {cpu:.1f} s of CPU in {wall:.0f} s while waiting for a CPU; "
-            "not the submission's fault, it is graded again on the next run")
+    return (f"the host was overloaded: {step} got {cpu:.1f} s of CPU in {wall:.0f} s while waiting for a CPU, "
+            f"on {1 + MAX_STARVED_RERUNS} runs; not the submission's fault, it is graded again on the next run")
 
 
 def _exit_reason(code: int | None) -> str:
