@@ -362,6 +362,11 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
     share a GPU.  A task whose node dies runs once more elsewhere (``max_retries=1``); if that fails
     too its row is a grader error that the next run grades again.  ``out`` and the zip must be
     on storage every node sees.  Yields each submission's summary as it finishes."""
+    from autograder.probe import jail
+
+    refusal = jail.ray_refusal(options.ray_address)
+    if refusal:
+        raise jail.JailError(refusal)
     import ray
 
     started_here = not ray.is_initialized()

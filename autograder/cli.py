@@ -163,6 +163,14 @@ def grade(
         os.environ[jail.ENV_MODE] = isolation  # inherited by worker processes
     if unsafe_no_isolation:
         os.environ[jail.ENV_UNSAFE] = "1"
+    if ray or ray_address:  # before anything is graded: a sandbox must not reach an unauthenticated cluster
+        try:
+            refusal = jail.ray_refusal(ray_address)
+        except jail.JailError as exc:
+            refusal = str(exc)
+        if refusal:
+            console.print(f"[red]{refusal}[/red]")
+            raise typer.Exit(2)
     from autograder.judge.pipeline import RetrainOptions
     from autograder.probe.sandbox import Limits
 

@@ -73,7 +73,7 @@ class GradeResult:
     retrain: dict | None = None  # autograder.verifier.retrain.RetrainReport, as a dict
     limits_hit: list[str] = field(default_factory=list)  # each limit the submission reached, for people
     execution: dict = field(default_factory=dict)  # seconds, cells, skipped_cells, runs, output_tail
-    isolation: dict = field(default_factory=dict)  # mode, isolated, uid, notes, self_test
+    isolation: dict = field(default_factory=dict)  # mode, isolated, uid, notes, self_test, cgroup ("v1", "v2" or None)
     versions: dict = field(default_factory=dict)  # the grader, Python, otter-grader, numpy, keras, tensorflow, jax (those installed)
     seconds: float | None = None  # wall time to grade it
     student: dict | None = None  # set by the batch: id, source, name, email, extra

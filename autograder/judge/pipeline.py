@@ -191,21 +191,36 @@ class _WarmJudge:
 
     KEY = "judge"
 
-    def __init__(self, proc: subprocess.Popen):
+    def __init__(self, proc: subprocess.Popen, group=None):
         self.proc = proc
+        self.group = group  # its control group (autograder.probe.cgroup), None where none can be made
 
     @classmethod
     def start(cls) -> "_WarmJudge":
+        from autograder.probe import cgroup
+
         # -I: no environment variables, no user site; the package is found where this one was loaded from
         bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
                      "from autograder.judge.judge import main, warm_up; warm_up(); main()")
+        try:  # metered by the kernel: its clock counts its own CPU time (no quota: it is the grader's)
+            group = cgroup.create("judge", memory_bytes=cgroup.memory_ceiling(JUDGE_MEMORY_MB), cpu_cores=None)
+        except OSError:
+            group = None
+        join = group.joiner() if group is not None else None
 
         def no_core() -> None:
+            if join is not None:
+                join()
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
-        return cls(children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                    preexec_fn=no_core))
+        try:
+            return cls(children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      start_new_session=True, preexec_fn=no_core), group)
+        except BaseException:
+            if group is not None:
+                group.remove()
+            raise
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -233,17 +248,25 @@ class _WarmJudge:
             pass
         self.proc.communicate()
         children.forget(self.proc)
+        if self.group is not None:
+            self.group.remove()
 
 
 def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = JUDGE_MEMORY_MB) -> dict:
-    """Run the judge in a fresh process under a wall-time and a memory limit (its whole process tree).
-    With the warm pool on, the process was started ahead; it serves this one request and exits."""
+    """Run the judge in a fresh process under a time and a memory limit (its whole process tree).
+    With the warm pool on, the process was started ahead; it serves this one request and exits.
+    In a cgroup, the time limit counts the judge's own CPU time, with a wall-clock backstop
+    (``sandbox.WALL_BACKSTOP`` times longer), and the memory limit the kernel's count (socket buffers and
+    all); elsewhere both are sampled (wall time, RSS)."""
     from autograder import warm
 
     judge = warm.JUDGES.take(_WarmJudge.KEY) or _WarmJudge.start()
     warm.JUDGES.fill(_WarmJudge.KEY, _WarmJudge.start)
-    proc = judge.proc
+    proc, group = judge.proc, judge.group
     over: list[str] = []
+    from autograder.probe.sandbox import WALL_BACKSTOP
+
+    cpu0 = group.cpu_seconds() if group is not None else None
 
     def watchdog() -> None:
         import psutil
@@ -255,10 +278,15 @@ def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = J
                 rss = sum(p.memory_info().rss for p in tree)
             except psutil.Error:
                 rss = 0
-            if rss > memory_mb * 1024 * 1024:
+            wall = time.monotonic() - started
+            if group is not None:
+                rss = max(rss, group.memory_bytes())
+            if rss > memory_mb * 1024 * 1024 or (group is not None and group.oom_kills()):
                 over.append(f"memory limit ({memory_mb} MiB)")
-            elif time.monotonic() - started > timeout:
+            elif cpu0 is None and wall > timeout:
                 over.append(f"time limit ({timeout:.0f} s)")
+            elif cpu0 is not None and ((group.cpu_seconds() or 0.0) - cpu0 > timeout or wall > WALL_BACKSTOP * timeout):
+                over.append(f"time limit ({timeout:.0f} s of CPU time, {WALL_BACKSTOP * timeout:.0f} s of wall time)")
             if over:
                 try:
                     os.killpg(proc.pid, 9)
@@ -273,7 +301,11 @@ def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = J
         stdout, stderr = proc.communicate(json.dumps(request))
     finally:
         children.forget(proc)
-    guard.join(timeout=5)
+        guard.join(timeout=5)
+        if group is not None:
+            if group.oom_kills() and not over:
+                over.append(f"memory limit ({memory_mb} MiB)")
+            group.remove()  # kills by group: nothing of the judge outlives it
     if over:
         raise GraderError(f"the judge exceeded its {over[0]}",
                           "host_limit" if over[0].startswith("memory") else "timeout_infrastructure")

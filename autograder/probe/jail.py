@@ -18,6 +18,12 @@ Modes (chosen once per process; ``CNN_GRADER_ISOLATION`` = ``auto`` (default), `
 
 Slot uids (``SLOT_UID_BASE`` + n) are leased with ``flock`` on files in a root-only folder, so
 concurrent sandboxes, even in separate worker processes, never share a uid.
+
+As root, every jail (any mode) also gets a control group of its own (:mod:`autograder.probe.cgroup`, v1 or
+v2): memory including kernel memory, a CPU quota and equal weight, ``pids.max``; its processes join it
+before they run anything, and it is killed and removed with the jail.  Where none can be made, the
+isolation notes and the self-test say "no cgroup".  A permission jail's slot uid also loses its System V
+IPC objects and POSIX message queues when its lease is taken and released.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder import children
+from autograder.probe import cgroup
 
 ENV_MODE = "CNN_GRADER_ISOLATION"
 ENV_UNSAFE = "CNN_GRADER_UNSAFE_NO_ISOLATION"  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
@@ -209,9 +216,54 @@ class SlotLease:
         _kill_uid(self.uid)
         if self.clean_shared:
             remove_uid_files(self.uid)
+            left = remove_uid_ipc(self.uid)
+            if left:
+                raise JailError(f"IPC objects of sandbox uid {self.uid} could not be removed: {', '.join(left[:5])}")
 
 
-SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable folders of the host
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")  # world-writable folders of the host
+SYSVIPC = {"shm": ("shmid", 0), "sem": ("semid", 1), "msg": ("msqid", 2)}  # /proc/sysvipc table: (id column, kind)
+IPC_RMID = 0
+
+
+def uid_ipc(uid: int, kinds=tuple(SYSVIPC)) -> list[dict]:
+    """System V IPC objects (shared memory, semaphore sets, message queues) that ``uid`` owns or created,
+    from ``/proc/sysvipc``: ``{"kind", "id", "bytes" (shm: resident, else its size), "attached"}``."""
+    found = []
+    for kind in kinds:
+        try:
+            with open(f"/proc/sysvipc/{kind}") as f:
+                header, *rows = f.read().splitlines()
+        except OSError:
+            continue
+        names = header.split()
+        for row in rows:
+            values = dict(zip(names, row.split()))
+            try:
+                if uid not in (int(values["uid"]), int(values["cuid"])):
+                    continue
+                size = int(values.get("rss", values.get("size", 0))) if kind == "shm" else 0
+                found.append({"kind": kind, "id": int(values[SYSVIPC[kind][0]]), "bytes": size,
+                              "attached": int(values.get("nattch", 0)),
+                              # SHM_DEST: removed, gone once its last user (outside the uid) detaches
+                              "removed": kind == "shm" and bool(int(values.get("perms", "0"), 8) & 0o1000)})
+            except (KeyError, ValueError):
+                continue
+    return found
+
+
+def remove_uid_ipc(uid: int) -> list[str]:
+    """Remove every System V IPC object ``uid`` owns or created (``IPC_RMID``: a shared-memory segment
+    still attached goes once its last user detaches; the uid's processes are killed first).  POSIX
+    message queues are files in ``/dev/mqueue`` (:data:`SHARED_WRITABLE`).  Returns what is left."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    remove = {"shm": lambda i: libc.shmctl(i, IPC_RMID, None), "sem": lambda i: libc.semctl(i, 0, IPC_RMID),
+              "msg": lambda i: libc.msgctl(i, IPC_RMID, None)}
+    for obj in uid_ipc(uid):
+        remove[obj["kind"]](obj["id"])
+    return [f"{o['kind']} {o['id']}" for o in uid_ipc(uid) if not o["removed"]]
 
 
 def remove_uid_files(uid: int, folders=SHARED_WRITABLE) -> None:
@@ -345,6 +397,8 @@ class Jail:
     python: str = field(default_factory=probe_python)
     tmp_bytes: int = 512 * 1024 * 1024
     exposed: tuple | None = None  # view() when the sandbox's command was built
+    group: "cgroup.Group | None" = None  # the kernel-metered control group its processes join (root graders)
+    group_missing: str | None = None  # why it has none
 
     @property
     def inside(self) -> str:
@@ -471,19 +525,41 @@ class Jail:
                             "(processes visible, network not cut off)"],
             "none": ["not isolated (--unsafe-no-isolation): the submission ran as the grader's own user"],
         }[self.mode]
-        return {"mode": self.mode, "isolated": self.mode != "none", "uid": self.uid, "notes": notes}
+        notes.append(self.metering)
+        return {"mode": self.mode, "isolated": self.mode != "none", "uid": self.uid, "notes": notes,
+                "cgroup": self.group.version if self.group else None}
+
+    @property
+    def metering(self) -> str:
+        """What the kernel meters of this jail, for its isolation notes."""
+        if self.group is not None:
+            return f"metered by the kernel ({self.group.description})"
+        return f"{cgroup.NO_CGROUP_NOTE}: {self.group_missing or cgroup.unavailable() or 'none made'}"
+
+    def preexec(self):
+        """What a jailed child runs between fork and exec: join the jail's group (before any student code)."""
+        return self.group.joiner() if self.group is not None else (lambda: None)
 
 
 @contextmanager
-def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1024 * 1024):
-    """A fresh jail (folder, slot uid) for one run; everything is removed when the block ends."""
+def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1024 * 1024,
+              memory_mb: int | None = None):
+    """A fresh jail (folder, slot uid, control group) for one run; everything is removed when the block ends."""
     mode = choose_mode()
     lease = SlotLease(clean_shared=mode == "permissions") if _is_root() and mode != "none" else None
     work = Path(tempfile.mkdtemp(prefix="cnn-probe-"))  # 0700, ours, unpredictable name
+    group, missing = None, cgroup.unavailable()
     try:
+        if missing is None:
+            try:
+                group = cgroup.create("jail", memory_bytes=cgroup.memory_ceiling(memory_mb) if memory_mb else None)
+            except OSError as exc:  # made for the self-test, but not now: said in this result's notes
+                missing = f"this jail's cgroup could not be made ({exc})"
         yield Jail(mode, work, lease.uid if lease else None, private_paths(private), python or probe_python(),
-                   tmp_bytes)
+                   tmp_bytes, group=group, group_missing=missing)
     finally:
+        if group is not None:
+            group.remove()  # kills by group: nothing of the jail outlives it, whatever session it started
         shutil.rmtree(work, ignore_errors=True)  # fd-based: does not follow links planted inside
         if lease:
             lease.release()
@@ -644,7 +720,8 @@ def _run_self_test(private, python: str, imports) -> dict:
                 proc = children.run(jail.command([python, "-I", script, args]), cwd=jail.work,
                                     env=jail.env({"PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
                                                   "CUDA_VISIBLE_DEVICES": ""}),
-                                    capture_output=True, text=True, timeout=STARTUP_SECONDS)
+                                    capture_output=True, text=True, timeout=STARTUP_SECONDS,
+                                    preexec_fn=jail.preexec())
             except subprocess.TimeoutExpired:
                 raise JailError(f"the jail's self-test did not finish within {STARTUP_SECONDS:.0f} s "
                                 f"({jail.mode} mode); the machine may be overloaded") from None
@@ -692,6 +769,8 @@ def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess)
         problems.append("it can see the grader's processes (no PID namespace)")
     if jail.mode == "bwrap" and found["network"]:
         problems.append("it can reach the network (no network namespace)")
+    if jail.group is not None and not jail.group.cpu_seconds():
+        problems.append(f"its cgroup ({jail.group.version}) did not meter it (no CPU time counted)")
     if problems:
         raise JailError(f"the jail does not hold ({jail.mode} mode, {who}): " + "; ".join(problems) + ".")
     description = jail.description
@@ -718,3 +797,79 @@ def unreachable(path: str, uid: int | None) -> str | None:
             if not st.st_mode & bit:
                 return f"{folder} is mode {stat.S_IMODE(st.st_mode):04o} (owner uid {st.st_uid})"
     return None
+
+
+# --- Ray in a permission jail ---------------------------------------------------------------------
+
+ENV_RAY_AUTHENTICATED = "CNN_GRADER_RAY_AUTHENTICATED"  # "1": the operator vouches that the cluster requires authentication
+
+
+def ray_authenticated() -> bool:
+    """Whether the Ray cluster requires authentication: Ray's token authentication (``RAY_AUTH_MODE=token``),
+    mutual TLS (``RAY_USE_TLS=1``: a client needs the grader's private key), or the operator's word
+    (``CNN_GRADER_RAY_AUTHENTICATED=1``)."""
+    return (os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token"
+            or os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true")
+            or os.environ.get(ENV_RAY_AUTHENTICATED) == "1")
+
+
+def _ray_endpoints(address: str | None) -> list[tuple[str, int]]:
+    """Where a sandbox would reach the cluster: a listener of ours on the loopback (a local Ray instance
+    listens there, unauthenticated) and the address given, where it names a host and port."""
+    found = []
+    if address and address not in ("auto", "local"):
+        hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
+        host, _, port = hostport.rpartition(":")
+        if host and port.isdigit():
+            found.append((host.strip("[]"), int(port)))
+    return found
+
+
+def slot_reaches(endpoints: list[tuple[str, int]] = ()) -> list[str]:
+    """Which of ``endpoints`` (and a listener on 127.0.0.1 opened here) a process under a sandbox uid can
+    connect to: a forked helper takes a leased slot uid and tries each for 3 s."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    targets = [("127.0.0.1", listener.getsockname()[1]), *endpoints]
+    reached = []
+    lease = SlotLease()
+    try:
+        for host, port in targets:
+            try:  # resolved here: the helper, under the sandbox uid, may not read the codecs a lookup imports
+                family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+            except OSError:
+                continue
+
+            def attempt(family=family, where=(where[0].encode(), *where[1:])) -> None:
+                os.setgroups([])
+                os.setresgid(lease.uid, lease.uid, lease.uid)
+                os.setresuid(lease.uid, lease.uid, lease.uid)
+                s = socket.socket(family, socket.SOCK_STREAM)
+                s.settimeout(3)
+                s.connect(where)  # raises: exit status 1
+                s.close()
+
+            if children.run_forked(attempt, timeout=10) == 0:
+                reached.append(f"{host}:{port}")
+    finally:
+        listener.close()
+        lease.release()
+    return reached
+
+
+def ray_refusal(address: str | None = None) -> str | None:
+    """Why ``--ray`` must not run here, or None.  In a permission jail the sandbox shares the host's network,
+    and a Ray instance's ports take tasks from anyone who connects without authentication: a submission could
+    run code as the grader.  Allowed only where sandbox uids cannot reach the network (a firewall rule by uid
+    owner) or the cluster requires authentication."""
+    if choose_mode() != "permissions" or ray_authenticated():
+        return None
+    reached = slot_reaches(_ray_endpoints(address))
+    if not reached:
+        return None
+    return (f"--ray is refused in the permission jail: sandbox uids can reach the network ({', '.join(reached)}), "
+            "and a Ray cluster without authentication runs any task sent to it, so a submission could run code as "
+            "the grader. Fix: install bubblewrap (its network namespace cuts the sandbox off), block the sandbox uids "
+            f"{SLOT_UID_BASE}-{SLOT_UID_BASE + SLOT_COUNT - 1} from the network (e.g. iptables -m owner --uid-owner), "
+            f"or run Ray with authentication (RAY_AUTH_MODE=token; {ENV_RAY_AUTHENTICATED}=1 where it has another).")

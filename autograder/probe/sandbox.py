@@ -4,11 +4,17 @@ The child (:mod:`autograder.probe.runtime`, copied in) runs in a jail (:mod:`aut
 whose working folder holds only the notebook, the runtime and a read-only copy of MNIST; no
 tests, no solutions, no grader.  This parent enforces:
 
-* a wall-time limit per cell (SIGINT, which IPython turns into an error in that cell only)
+* a time limit per cell (SIGINT, which IPython turns into an error in that cell only)
   and per notebook (the whole process tree is killed); both start at the first student cell,
-  the grader's own start-up has a separate limit whose expiry is a grader error;
-* a memory limit on the resident size of the whole process tree, and a process-count limit
-  (fork bombs), checked by a watchdog thread;
+  the grader's own start-up has a separate limit whose expiry is a grader error.  With a cgroup
+  (:mod:`autograder.probe.cgroup`) they count the jail's own CPU time, so a neighbour's load cannot
+  run them down, with a wall-clock backstop ``WALL_BACKSTOP`` times longer; a backstop reached while
+  a task of the jail waited for a CPU is the host's fault (a grader error, graded again), not the
+  student's.  Without one they count wall time, as the isolation notes say;
+* a memory limit on the whole jail: the kernel's count of its cgroup (kernel memory, socket buffers,
+  tmpfs included; OOM kills are this limit) and, always, the resident size of its process tree plus
+  memfd, /dev/shm and System V shared memory, sampled by a watchdog thread; a process-count limit
+  (fork bombs), and the cgroup's ``pids.max`` on threads;
 * capped output (only the head and tail of stdout/stderr are kept);
 * a strict protocol on the status pipe: one record per real cell, in order, with bounded
   fields; values only for the requested names, once; the parent owns every timer.
@@ -47,6 +53,8 @@ from autograder.verifier.retrain import THREAD_VARIABLES
 RUNTIME = Path(__file__).with_name("runtime.py")
 PROTOCOL = Path(protocol.__file__)
 MAX_RERUNS = 2  # a notebook runs at most this many more times, each without a cell that crashed it
+MAX_STARVED_RERUNS = 1  # a run the host starved of CPU runs again this often, then is a grader error
+STARVED_PAUSE = 5.0
 MAX_STATUS_BYTES = 64 * 1024 * 1024  # the whole status stream of one run
 MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10.7 MB in base64: MAX_NPY_CHARS)
 # A value's fields, as the runtime itself bounds them: one definition, in autograder.protocol
@@ -220,7 +228,7 @@ SHARED_DIRS = ("/dev/shm",)  # RAM-backed folders outside the jail's own (size-c
 
 def _memory_outside_rss(procs: list[psutil.Process], uid: int | None) -> int:
     """Bytes the sandbox holds in RAM that no RSS shows: memfd files open in its processes and,
-    for a slot uid, its files in /dev/shm (each file counted once)."""
+    for a slot uid, its files in /dev/shm (each file counted once) and its System V shared memory."""
     seen, total = set(), 0
     for p in procs:
         try:
@@ -252,6 +260,9 @@ def _memory_outside_rss(procs: list[psutil.Process], uid: int | None) -> int:
                 if st.st_uid == uid and (st.st_dev, st.st_ino) not in seen:
                     seen.add((st.st_dev, st.st_ino))
                     total += st.st_blocks * 512
+        # System V shared memory it owns or made, attached or not (resident pages; the host's IPC namespace:
+        # a permission jail's); an attached segment's pages may be in an RSS too: counted twice, never missed
+        total += sum(o["bytes"] for o in jails.uid_ipc(uid, ("shm",)))
     return total
 
 
@@ -311,8 +322,13 @@ def _kill_everything(child: subprocess.Popen, preexisting: set[psutil.Process]) 
     children.forget(child)
 
 
-def _rlimits(file_size_mb: int, slot_uid: bool):
+NOFILE = 1024  # open files per jailed process: each one can hold kernel memory (socket buffers, pipes)
+
+
+def _rlimits(file_size_mb: int, slot_uid: bool, join=None):
     def apply() -> None:
+        if join is not None:  # into the jail's control group, before anything of the submission runs
+            join()
         try:  # if the grader dies (even by SIGKILL), the submission dies with it
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
         except Exception:
@@ -320,6 +336,7 @@ def _rlimits(file_size_mb: int, slot_uid: bool):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         size = file_size_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
         if slot_uid:  # counts the sandbox uid's threads too; TF uses many
             resource.setrlimit(resource.RLIMIT_NPROC, (4096, 4096))
 
@@ -353,6 +370,7 @@ class _ProbeSpec:
     registered_private: tuple
     threads: int = 0  # CPU threads for TensorFlow and BLAS in the probe (0: their defaults, every core)
     data_setup: str | None = None  # the dataset's start-up code, run with data_file (Dataset.probe_setup)
+    memory_mb: int = 0  # the submission's memory limit: its jail's cgroup is made for it (0: none set)
 
 
 class _WarmProbe:
@@ -367,7 +385,8 @@ class _WarmProbe:
         stack = ExitStack()
         try:
             jail = stack.enter_context(jails.open_jail(private, python=spec.python,
-                                                       tmp_bytes=spec.file_size_mb * 1024 * 1024))
+                                                       tmp_bytes=spec.file_size_mb * 1024 * 1024,
+                                                       memory_mb=spec.memory_mb or None))
             runtime = jail.put(protocol.RUNTIME_FILE, RUNTIME.read_bytes())
             jail.put(protocol.PROTOCOL_FILE, PROTOCOL.read_bytes())  # the runtime loads it before any student code
             data = jail.copy_in(Path(spec.data_file).name, Path(spec.data_file)) if spec.data_file else None
@@ -389,7 +408,8 @@ class _WarmProbe:
                 child = children.popen(
                     [*cmd, str(status_w), str(go_r)], cwd=jail.work, env=env, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(status_w, go_r),
-                    start_new_session=True, preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None))
+                    start_new_session=True,
+                    preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None, jail.group and jail.group.joiner()))
             except BaseException:
                 os.close(status_r)
                 raise
@@ -468,12 +488,17 @@ def probe(
     cells = code_cells(nb)
     skipped: dict[int, str] = {}
     _become_subreaper()
+    starved_runs = 0
     while True:
         run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
         run.files = dict(files or {})
         run.data_setup = data_setup
         run.execute(nb, data_file, private, result)
         result.runs += 1
+        if run.starved and starved_runs < MAX_STARVED_RERUNS:  # the host's fault: the same run again, a moment later
+            starved_runs += 1
+            time.sleep(STARVED_PAUSE)
+            continue
         if run.grader_error:
             result.grader_error = run.grader_error
             break
@@ -534,6 +559,12 @@ class _Run:
         self.process_culprit: int | None = None  # the cell that left too many processes behind
         self.go_fd: int | None = None  # write end of the go-ahead pipe the runtime waits on between cells
         self.on_ready = None  # hands the submission over once the jail's start-up is done
+        self.group = None  # the jail's control group (None: no cgroup here; wall clocks only)
+        self.step_cpu = self.notebook_cpu = 0.0  # the group's CPU seconds when the step / notebook clock started
+        self.starved = False  # a wall backstop was reached while the jail waited for a CPU: the host's fault
+        self.delays: dict[int, float] = {}  # task id -> seconds it waited for a CPU (run queue), as last sampled
+        self.step_delays: dict[int, float] = {}  # the same when the step / notebook clock started
+        self.notebook_delays: dict[int, float] = {}
         self.files: dict[str, bytes] = {}  # put beside the notebook (sent with the submission)
         self.data_setup: str | None = None  # the dataset's start-up code in the probe (Dataset.probe_setup)
 
@@ -564,16 +595,28 @@ class _Run:
             except OSError:
                 pass
         self.step_started = time.monotonic()  # the check above was the grader's time, not the student's
+        self._mark_step()
+
+    def cpu(self) -> float | None:
+        """The jail's own CPU seconds so far (its cgroup's), or None without a cgroup."""
+        return self.group.cpu_seconds() if self.group is not None else None
+
+    def _mark_step(self) -> None:
+        """The step clock started: note the jail's CPU time and run-queue wait with it."""
+        self.step_cpu, self.step_delays = self.cpu() or 0.0, self.delays
 
     def _begin_step(self, label: str, now: float) -> None:
         self.step, self.step_started = label, now
+        self._mark_step()
         if self.notebook_started is None:  # the notebook's clock starts with the first student code
             self.notebook_started = now
+            self.notebook_cpu, self.notebook_delays = self.step_cpu, self.step_delays
 
     def _accept(self, msg: dict, kind, now: float) -> bool:
         if kind == protocol.READY and self.phase == "startup":
             self.phase = "cells"
             self.step, self.step_started = "between cells", now
+            self._mark_step()
             return True
         if kind == protocol.CELL and self.phase == "cells" and self.current is None:
             index = msg.get("index")
@@ -594,6 +637,7 @@ class _Run:
             self.current = None
             self.position += 1
             self.step, self.step_started = "between cells", now  # the clock keeps running until the next cell
+            self._mark_step()
             return True
         if kind == protocol.STEP and msg.get("label") == "extract" and self.phase == "cells" and self.current is None \
                 and self.position == len(self.expected):
@@ -633,7 +677,7 @@ class _Run:
         spec = _ProbeSpec(str(data_file) if data_file else None, self.real_fit, limits.file_size_mb,
                           jails.probe_python(), jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
                           tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))),
-                          0 if self.real_fit else probe_threads(), self.data_setup)
+                          0 if self.real_fit else probe_threads(), self.data_setup, limits.memory_mb)
         started = warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
         into.warm_starts.append(started is not None)
         if started is None:
@@ -644,6 +688,11 @@ class _Run:
             warm.PROBES.fill(spec, lambda: _WarmProbe.start(spec, private))  # the next jail warms up meanwhile
             into.isolation["uid"] = jail.uid
             self.uid = jail.uid
+            self.group = jail.group
+            into.isolation["cgroup"] = jail.group.version if jail.group else None
+            notes = [n for n in into.isolation.get("notes", []) if not n.startswith(
+                ("metered by the kernel", jails.cgroup.NO_CGROUP_NOTE))]
+            into.isolation["notes"] = notes + [jail.metering]  # this run's own group (or why it has none)
             files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
             job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
                               "files": files}).encode()
@@ -703,11 +752,17 @@ class _Run:
         for t in threads:
             t.start()
         started = time.monotonic()
+        start_cpu = self.cpu()
+        group = self.group
+        metered = start_cpu is not None  # the clocks below count the jail's own CPU time, wall time as a backstop
+        ooms = group.oom_kills() if group is not None else 0
         interrupted = None
+        interrupted_at = interrupted_cpu = 0.0
         runtime_pid = None
-        tick, escaped, outside = 0, [], 0
+        tick, escaped, outside, kernel_memory = 0, [], 0, 0
         procs, rss, next_scan = [], 0, 0.0
         stop = None  # (message, is a grader fault)
+        memory_limit = limits.memory_mb * 1024 * 1024
         while child.poll() is None:
             time.sleep(0.05)
             now = time.monotonic()
@@ -717,6 +772,10 @@ class _Run:
                 if tick % 5 == 1:  # a few times a second: the uid's other processes and RAM held outside RSS
                     escaped = [p for p in jails.uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
                     outside = _memory_outside_rss(procs + escaped, self.uid)
+                    if group is not None:  # what the kernel charged (socket buffers, tmpfs, page tables...)
+                        kernel_memory = group.memory_bytes()
+                        if tick % 20 == 1:  # about once a second: who waited for a CPU, and how long
+                            self.delays = {**self.delays, **_run_delays(group.pids())}
                 procs = procs + [p for p in escaped if p.is_running()]
                 rss = outside
                 for p in procs:
@@ -724,24 +783,31 @@ class _Run:
                         rss += p.memory_info().rss
                     except psutil.Error:
                         pass
+                rss = max(rss, kernel_memory)
                 # on a loaded machine the watchdog's own scans are the grader's largest cost per notebook:
                 # they become rarer (at most 20% of the watchdog's time), the clocks below stay exact
                 next_scan = now + 4 * (time.monotonic() - now)
+            cpu_now = self.cpu() if metered else None
+            oom = group is not None and group.oom_kills() > ooms
             with self.lock:
                 phase, step, step_started, nb_started = self.phase, self.step, self.step_started, self.notebook_started
+                step_cpu, nb_cpu = self.step_cpu, self.notebook_cpu
+                step_delays, nb_delays = self.step_delays, self.notebook_delays
                 running = phase in ("cells", "extract")  # no state without a clock: see _accept
             if phase == "startup":
-                if now - started > jails.STARTUP_SECONDS:
+                used = (cpu_now - start_cpu) if metered else now - started
+                if used > jails.STARTUP_SECONDS or now - started > jails.STARTUP_SECONDS * (WALL_BACKSTOP if metered else 1):
                     stop = (f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s (grader start-up, "
                             "before any student code); the machine may be overloaded", True)
                     break
-                if rss > limits.memory_mb * 1024 * 1024:
+                if rss > memory_limit or oom:
                     stop = (f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
                             "raise --memory-mb", True)
                     break
                 continue
-            if rss > limits.memory_mb * 1024 * 1024:
-                stop = (f"memory limit ({limits.memory_mb} MiB) exceeded during {step}", False)
+            if rss > memory_limit or oom:
+                stop = (f"memory limit ({limits.memory_mb} MiB{', enforced by the kernel' if oom else ''}) "
+                        f"exceeded during {step}", False)
                 break
             with self.lock:
                 left_behind = self.process_culprit
@@ -750,23 +816,53 @@ class _Run:
                     step = f"cell {left_behind}"
                 stop = (f"process limit ({limits.max_processes}) exceeded during {step}", False)
                 break
-            if nb_started is not None and now - nb_started > limits.notebook_seconds:
-                stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step}", False)
-                self.rerunnable = False
-                break
-            over = now - step_started - limits.cell_seconds if running and step_started else 0
+            if nb_started is not None:
+                wall = now - nb_started
+                if (cpu_now - nb_cpu if metered else wall) > limits.notebook_seconds:
+                    stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step}", False)
+                    self.rerunnable = False
+                    break
+                if metered and wall > WALL_BACKSTOP * limits.notebook_seconds:
+                    if _starved(self.delays, nb_delays, wall):
+                        stop = (_starved_message("the notebook", cpu_now - nb_cpu, wall), True)
+                        self.starved = True
+                        break
+                    stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step} "
+                            f"(wall-clock backstop of {WALL_BACKSTOP * limits.notebook_seconds:.0f} s: it mostly "
+                            "waited)", False)
+                    self.rerunnable = False
+                    break
+            over, how = 0.0, ""
+            if running and step_started:
+                wall = now - step_started
+                over = (cpu_now - step_cpu if metered else wall) - limits.cell_seconds
+                if metered and over <= 0 and wall > WALL_BACKSTOP * limits.cell_seconds:
+                    if _starved(self.delays, step_delays, wall):
+                        stop = (_starved_message(step, cpu_now - step_cpu, wall), True)
+                        self.starved = True
+                        break
+                    over = wall - WALL_BACKSTOP * limits.cell_seconds
+                    how = f" (wall-clock backstop of {WALL_BACKSTOP * limits.cell_seconds:.0f} s: it mostly waited)"
             if over > 0:
                 if interrupted != (step, step_started):
                     interrupted = (step, step_started)
-                    self.limits_hit.append(f"cell time limit ({limits.cell_seconds:.0f} s) reached in {step}")
+                    interrupted_at, interrupted_cpu = now, cpu_now or 0.0
+                    self.limits_hit.append(f"cell time limit ({limits.cell_seconds:.0f} s) reached in {step}{how}")
                     runtime_pid = runtime_pid or _runtime_pid(child.pid)
                     try:
                         os.kill(runtime_pid or child.pid, signal.SIGINT)
                     except OSError:
                         pass
-                elif over > 10:  # the interrupt was ignored: this run cannot go on
+                elif ((cpu_now - interrupted_cpu if metered else now - interrupted_at) > 10
+                      or now - interrupted_at > 10 * WALL_BACKSTOP):  # the interrupt was ignored: this run cannot go on
                     stop = (f"{step} ignored the interrupt", False)
                     break
+        if stop is None and group is not None and group.oom_kills() > ooms:  # the kernel ended it: whose memory?
+            stop = ((f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
+                     "raise --memory-mb", True) if self.phase == "startup" else
+                    (f"memory limit ({limits.memory_mb} MiB, enforced by the kernel) exceeded during {self.step}", False))
+        if group is not None:
+            group.kill()  # everything in the jail's group, whatever session or uid it took
         notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
         _kill_everything(child, preexisting)
         for t in threads:
@@ -796,6 +892,40 @@ class _Run:
             self.crashed = f"the submission stopped before grading finished ({why}, during {self.step})"
             self.crashed_cell = culprit
             self.rerunnable = culprit is not None and not notebook_limit
+
+
+WALL_BACKSTOP = 4.0  # with a cgroup, time limits count the jail's CPU time; wall time may run this much longer
+STARVED_SHARE = 0.25  # a task of the jail that waited for a CPU this share of the wall time was starved
+
+
+def _run_delays(pids) -> dict[int, float]:
+    """Seconds each task (thread) of ``pids`` has waited on a run queue for a CPU (``schedstat``)."""
+    out: dict[int, float] = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    out[int(tid)] = int(f.read().split()[1]) / 1e9
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _starved(delays: dict, before: dict, wall: float) -> bool:
+    """Whether one task of the jail waited for a CPU at least ``STARVED_SHARE`` of ``wall``: the host's load,
+    not the jail's own quota (a task throttled by the quota waits less than the CPU time its jail used, which
+    is under the limit whenever a wall backstop is reached)."""
+    waited = max((v - before.get(t, 0.0) for t, v in delays.items()), default=0.0)
+    return waited >= STARVED_SHARE * wall
+
+
+def _starved_message(step: str, cpu: float, wall: float) -> str:
+    return (f"the host was overloaded: {step} got {cpu:.1f} s of CPU in {wall:.0f} s while waiting for a CPU, "
+            f"on {1 + MAX_STARVED_RERUNS} runs; not the submission's fault, it is graded again on the next run")
 
 
 def _exit_reason(code: int | None) -> str:

@@ -519,9 +519,26 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     env.update(settings.QUIET_LOGGING_ENV)  # TensorFlow's and absl's start-up lines
     if retrain_threads():
         env.update({name: str(retrain_threads()) for name in THREAD_VARIABLES})
-    proc = children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-                          preexec_fn=_die_with(os.getpid()))
+    from autograder.probe import cgroup
+
+    try:  # kernel-metered: memory (kernel memory included) and pids; no CPU quota, a retrain has the cores
+        group = cgroup.create("retrain", memory_bytes=cgroup.memory_ceiling(memory_mb), cpu_cores=None)
+    except OSError:
+        group = None
+    arm = _die_with(os.getpid())
+
+    def start() -> None:
+        if group is not None:
+            group.joiner()()
+        arm()
+
+    try:
+        proc = children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env, start_new_session=True, preexec_fn=start)
+    except BaseException:
+        if group is not None:
+            group.remove()
+        raise
     over_memory = threading.Event()
     peak = [0]
 
@@ -532,8 +549,10 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
             p = psutil.Process(proc.pid)
             while proc.poll() is None:
                 rss = sum(c.memory_info().rss for c in [p, *p.children(recursive=True)])
+                if group is not None:
+                    rss = max(rss, group.memory_bytes())
                 peak[0] = max(peak[0], rss)
-                if rss > memory_mb * 2**20:
+                if rss > memory_mb * 2**20 or (group is not None and group.oom_kills()):
                     over_memory.set()
                     proc.kill()
                     return
@@ -562,6 +581,11 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
         raise
     finally:
         children.forget(proc)
+        if group is not None:
+            oom = group.oom_kills()
+            group.remove()  # kills by group: nothing of the retrain outlives it
+            if oom:
+                over_memory.set()
     if over_memory.is_set():
         raise RetrainFailed(f"retraining used more than the grader's {memory_mb} MB memory limit", "host_limit")
     marker = stdout.rfind("\n@@RETRAIN@@")

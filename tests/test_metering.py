@@ -1,0 +1,398 @@
+"""Metering: what a submission uses is counted and capped by the kernel (a cgroup per jail), clocks count the
+jail's own CPU time, a permission jail's IPC objects die with its lease, and ``--ray`` is refused where a
+sandbox could reach an unauthenticated cluster.  Each test fails if its defence goes.
+
+The cgroup tests run where the grader is root and a cgroup (v1 or v2) can be made; they are skipped
+elsewhere, and the "no cgroup" note is tested everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+
+from autograder.judge import pipeline as engine
+from autograder.judge.pipeline import RetrainOptions
+from autograder.probe import cgroup, jail, sandbox
+from autograder.probe.sandbox import Limits
+
+NO_RETRAIN = RetrainOptions(enabled=False)
+ANSWER = "import numpy as np\nconv_small = np.array([[1, 4], [3, 3]])"
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="needs a root grader (CI runs as root)")
+needs_cgroup = pytest.mark.skipif(cgroup.unavailable() is not None,
+                                  reason=f"no cgroup can be made here: {cgroup.unavailable()}")
+
+
+@pytest.fixture(autouse=True)
+def _isolation_from_environment(monkeypatch):
+    monkeypatch.delenv(jail.ENV_MODE, raising=False)
+    monkeypatch.delenv(jail.ENV_UNSAFE, raising=False)
+    monkeypatch.delenv(jail.ENV_PRIVATE, raising=False)
+    monkeypatch.delenv(cgroup.ENV_DISABLE, raising=False)
+
+
+def tiny(path: Path, *cells: str) -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ANSWER)]
+                                  + [nbformat.v4.new_code_cell(textwrap.dedent(c)) for c in cells])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def conv_small(result: dict) -> float:
+    return {q["name"]: q["score"] for q in result["questions"]}["conv_small"]
+
+
+def _marked(marker: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(p.info["cmdline"] or []) and jail.still_running(p):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+# --- the group itself ----------------------------------------------------------------------------
+
+@needs_cgroup
+def test_a_group_kill_leaves_no_process_even_of_new_sessions_that_fork():
+    marker = f"cnn-meter-kill-{os.getpid()}-{time.monotonic_ns()}"
+    code = textwrap.dedent("""
+        import os, sys, time
+        for _ in range(6):  # new sessions, double forks: nothing a process tree or a session kill would catch
+            if os.fork() == 0:
+                os.setsid()
+                if os.fork():
+                    os._exit(0)
+                while True:
+                    try:
+                        os.fork()
+                    except OSError:
+                        pass
+                    time.sleep(0.05)
+        time.sleep(600)
+        """)
+    group = cgroup.create("test", memory_bytes=256 << 20, pids_max=64)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", code, marker], preexec_fn=group.joiner(),
+                                start_new_session=True)
+        time.sleep(2)
+        assert len(group.pids()) > 6 and len(_marked(marker)) > 6
+        assert group.cpu_seconds() > 0
+    finally:
+        assert group.kill()
+        group.remove()
+    proc.wait(timeout=10)
+    time.sleep(0.2)
+    assert _marked(marker) == []
+    assert all(not os.path.exists(f) for f in group.procs_files()) and group.folders == {}
+
+
+@needs_cgroup
+def test_pids_max_counts_threads():
+    code = textwrap.dedent("""
+        import threading, time
+        started = 0
+        try:
+            for _ in range(200):
+                threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
+                started += 1
+        except RuntimeError:
+            pass
+        print(started)
+        """)
+    with cgroup.create("test", pids_max=40) as group:
+        out = subprocess.run([sys.executable, "-c", code], preexec_fn=group.joiner(), capture_output=True,
+                             text=True, timeout=60)
+        assert int(out.stdout.strip()) < 40, out  # 200 threads asked for, fewer than pids.max allowed
+        assert group.pids_failures() > 0
+
+
+@needs_cgroup
+def test_socket_buffers_are_charged_to_the_group_and_the_kernel_stops_them():
+    code = textwrap.dedent("""
+        import socket
+        pairs = []
+        for _ in range(200):  # up to 3 GB of send buffers: no RSS, no file
+            a, b = socket.socketpair()
+            a.setblocking(False)
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
+            try:
+                while True:
+                    a.send(b'x' * 65536)
+            except BlockingIOError:
+                pass
+            pairs.append((a, b))
+        print('SURVIVED', flush=True)
+        """)
+    with cgroup.create("test", memory_bytes=192 << 20) as group:
+        out = subprocess.run([sys.executable, "-c", code], preexec_fn=group.joiner(), capture_output=True,
+                             text=True, timeout=120)
+        assert "SURVIVED" not in out.stdout and group.oom_kills() >= 1
+        assert group.memory_peak() <= 192 << 20
+
+
+def test_no_cgroup_is_said_where_none_can_be_made(monkeypatch):
+    monkeypatch.setenv(cgroup.ENV_DISABLE, "1")
+    assert cgroup.create("test") is None and "disabled" in cgroup.unavailable()
+    j = jail.Jail("none", Path("/nonexistent"), group_missing=cgroup.unavailable())
+    assert any(n.startswith(cgroup.NO_CGROUP_NOTE) for n in j.description["notes"])
+    assert j.description["cgroup"] is None
+
+
+# --- IPC of a permission jail ----------------------------------------------------------------
+
+IPC_CODE = ("import ctypes; l = ctypes.CDLL(None); "
+            "assert l.shmget(0, 1 << 20, 0o1600) >= 0 and l.semget(0, 2, 0o1600) >= 0 and l.msgget(0, 0o1600) >= 0")
+
+
+def _make_ipc(uid: int) -> None:
+    subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c", IPC_CODE],
+                   check=True, timeout=60)
+
+
+@needs_root
+@pytest.mark.skipif(not os.path.exists("/proc/sysvipc/shm"), reason="no System V IPC here")
+def test_a_permission_jails_ipc_objects_do_not_outlive_its_lease():
+    lease = jail.SlotLease(clean_shared=True)
+    uid = lease.uid
+    _make_ipc(uid)
+    assert {o["kind"] for o in jail.uid_ipc(uid)} == {"shm", "sem", "msg"}
+    lease.release()
+    assert jail.uid_ipc(uid) == []
+    _make_ipc(uid)  # left by a holder whose release never ran: removed when the uid is leased again
+    again = []
+    try:
+        while True:
+            again.append(jail.SlotLease(clean_shared=True))
+            if again[-1].uid == uid:
+                break
+        assert jail.uid_ipc(uid) == []
+    finally:
+        for held in again:
+            held.release()
+
+
+@needs_root
+@pytest.mark.skipif(not os.path.exists("/proc/sysvipc/shm"), reason="no System V IPC here")
+def test_a_permission_jails_shared_memory_counts_against_its_memory():
+    lease = jail.SlotLease(clean_shared=True)
+    try:
+        code = ("import ctypes; l = ctypes.CDLL(None); l.shmat.restype = ctypes.c_void_p; "
+                "i = l.shmget(0, 64 << 20, 0o1600); a = l.shmat(i, None, 0); ctypes.memset(a, 1, 64 << 20); "
+                "l.shmdt(ctypes.c_void_p(a))")
+        subprocess.run(["setpriv", f"--reuid={lease.uid}", f"--regid={lease.uid}", "--clear-groups",
+                        sys.executable, "-c", code], check=True, timeout=60)
+        assert sandbox._memory_outside_rss([], lease.uid) >= 64 << 20  # detached, held by no process
+    finally:
+        lease.release()
+
+
+# --- clocks --------------------------------------------------------------------------------------
+
+def test_a_wall_backstop_is_a_host_fault_only_when_the_jail_waited_for_a_cpu():
+    # a task that waited 90 s of 100 s for a CPU was starved; one that slept was not
+    assert sandbox._starved({1: 95.0, 2: 3.0}, {1: 5.0}, 100.0)
+    assert not sandbox._starved({1: 6.0, 2: 3.0}, {1: 5.0}, 100.0)
+    # a jail throttled by its own quota: 8 threads, each waiting 7/8 of the time it used, all under the limit
+    assert not sandbox._starved({t: 100.0 * 7 / 8 for t in range(8)}, {}, 4 * 100.0)
+
+
+# --- through the grader ----------------------------------------------------------------------
+
+SOCKET_BOMB = """
+    import socket
+    pairs = []
+    for _ in range(110):  # about 1.7 GB of unix socket send buffers: kernel memory, no RSS, no file
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
+        try:
+            while True:
+                a.send(b'x' * 65536)
+        except BlockingIOError:
+            pass
+        pairs.append((a, b))
+    print('BOMB SURVIVED', flush=True)
+    """
+
+
+@needs_cgroup
+def test_a_socket_buffer_memory_bomb_is_the_students_memory_limit_and_the_host_is_unharmed(autograder, tmp_path):
+    nb = tiny(tmp_path / "sub.ipynb", SOCKET_BOMB, "size_valid = 24")
+    before = psutil.virtual_memory().available
+    result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=60, notebook_seconds=240, memory_mb=1024),
+                                   retrain=NO_RETRAIN)
+    assert result["status"] == "graded", result["error"]
+    assert any("memory limit (1024 MiB" in h for h in result["limits_hit"]), result["limits_hit"]
+    assert [s["index"] for s in result["execution"]["skipped_cells"]] == [1]
+    assert "BOMB SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
+    assert result["isolation"]["cgroup"] in ("v1", "v2")
+    assert any(n.startswith("metered by the kernel") for n in result["isolation"]["notes"])
+    assert psutil.virtual_memory().available > before - (512 << 20)  # nothing of it is left on the host
+
+
+def test_every_result_says_no_cgroup_where_none_can_be_made(autograder, tmp_path, monkeypatch):
+    monkeypatch.setenv(cgroup.ENV_DISABLE, "1")
+    monkeypatch.setattr(jail, "_SELF_TESTS", {})  # the self-test runs again, without a cgroup
+    monkeypatch.setattr(jail, "_CHECKED", {})
+    nb = tiny(tmp_path / "sub.ipynb", "import resource\nprint('NOFILE', resource.getrlimit(resource.RLIMIT_NOFILE))")
+    result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=30, notebook_seconds=240,
+                                                                 memory_mb=3072), retrain=NO_RETRAIN)
+    assert result["status"] == "graded", result["error"]
+    assert f"NOFILE ({sandbox.NOFILE}, {sandbox.NOFILE})" in result["execution"]["output_tail"]  # lowered in any case
+    assert result["isolation"]["cgroup"] is None and conv_small(result) == 2
+    assert any(n.startswith(cgroup.NO_CGROUP_NOTE) for n in result["isolation"]["notes"]), result["isolation"]
+    assert any(n.startswith(cgroup.NO_CGROUP_NOTE) for n in jail._SELF_TESTS[next(iter(jail._SELF_TESTS))]["notes"])
+
+
+# --- Ray in a permission jail ------------------------------------------------------------------
+
+def _grade_cli(tmp_path, monkeypatch, *argv):
+    from typer.testing import CliRunner
+
+    from autograder import batch, cli
+
+    graded = []
+    monkeypatch.setattr(batch, "run_batch", lambda *a, **k: graded.append(a) or [])
+    (tmp_path / "subs").mkdir(exist_ok=True)
+    (tmp_path / "ag.zip").write_bytes(b"")
+    run = CliRunner().invoke(cli.app, ["grade", str(tmp_path / "subs"), "--autograder", str(tmp_path / "ag.zip"),
+                                       "--out", str(tmp_path / "out"), *argv])
+    return run, graded
+
+
+@needs_root
+def test_ray_is_refused_in_a_permission_jail_whose_sandbox_reaches_the_network(tmp_path, monkeypatch):
+    for name in ("RAY_AUTH_MODE", "RAY_USE_TLS", jail.ENV_RAY_AUTHENTICATED):
+        monkeypatch.delenv(name, raising=False)
+    run, graded = _grade_cli(tmp_path, monkeypatch, "--isolation", "permissions", "--ray")
+    assert run.exit_code == 2 and graded == [], run.output  # refused before anything was graded
+    assert "--ray is refused" in run.output and "127.0.0.1" in run.output
+    from autograder import batch  # the batch refuses too, for callers that skip the command line
+
+    with pytest.raises(jail.JailError, match="--ray is refused"):
+        list(batch._run_ray([], {}, tmp_path, batch.BatchOptions(ray=True)))
+    # allowed where the cluster requires authentication, or where sandbox uids cannot reach the network
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    run, graded = _grade_cli(tmp_path, monkeypatch, "--isolation", "permissions", "--ray")
+    assert run.exit_code == 0 and len(graded) == 1, run.output
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    monkeypatch.setattr(jail, "slot_reaches", lambda endpoints=(): [])
+    run, graded = _grade_cli(tmp_path, monkeypatch, "--isolation", "permissions", "--ray")
+    assert run.exit_code == 0 and len(graded) == 1, run.output
+
+
+def test_ray_is_not_refused_where_the_jail_has_its_own_network(monkeypatch):
+    monkeypatch.setattr(jail, "choose_mode", lambda: "bwrap")
+    monkeypatch.setattr(jail, "slot_reaches", lambda endpoints=(): ["127.0.0.1:1"])
+    assert jail.ray_refusal() is None
+
+
+# --- the issue's "done when": a bombing classmate costs a correct solution nothing ------------------
+
+CPU_BOMB = """
+    import os, socket, time
+    for _ in range(40):  # sessions of their own, each a busy loop: per-session fairness is defeated
+        if os.fork() == 0:
+            os.setsid()
+            while True:
+                pass
+    pairs = []
+    for _ in range(40):  # and kernel memory nobody samples: about 0.6 GB of socket buffers
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
+        try:
+            while True:
+                a.send(b'x' * 65536)
+        except BlockingIOError:
+            pass
+        pairs.append((a, b))
+    time.sleep(90)  # while the classmate is graded beside it
+    """
+SOLUTION_WORK = """
+    total = sum(i * i for i in range(15_000_000))  # a few seconds of CPU, as loading and scaling MNIST takes
+    """
+
+
+@needs_cgroup
+def test_a_cpu_and_memory_bombing_classmate_costs_a_correct_solution_nothing(autograder, tmp_path):
+    from autograder import batch
+
+    folder = tmp_path / "class"
+    tiny(folder / "bomber.ipynb", CPU_BOMB)
+    tiny(folder / "solver.ipynb", SOLUTION_WORK)
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})  # both jails on one core, as a --jobs 2 batch on a small machine
+    try:
+        results = batch.run_batch([folder], autograder, tmp_path / "out",
+                                  batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
+    finally:
+        os.sched_setaffinity(0, before)
+    rows = {r["student"]["id"]: r for r in results}
+    solver = rows["solver"]
+    assert solver["status"] == "graded" and solver["limits_hit"] == [], (solver["error"], solver["limits_hit"])
+    assert conv_small(solver) == 2 and not solver["execution"]["skipped_cells"]
+    assert rows["bomber"]["status"] != "grader_error", rows["bomber"]["error"]
+    alone = engine.grade_notebook(folder / "solver.ipynb", autograder, retrain=NO_RETRAIN)  # default limits
+    assert solver["score"] == alone["score"] and alone["limits_hit"] == []
+
+
+def test_cgroup_v2_delegates_below_the_graders_group_and_limits_each_jail(tmp_path, monkeypatch):
+    """cgroup v2 (as in most containers), on a stand-in tree: the grader's group hands its processes to a leaf
+    (no internal processes) and enables the controllers; each jail's group gets memory.max (swap off),
+    cpu.weight, cpu.max and pids.max, and its readings come from cpu.stat and memory.events."""
+    own = tmp_path / "fs" / "kubepods" / "grader"
+    own.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (own / "cgroup.subtree_control").write_text("")
+    (own / "cgroup.procs").write_text("")
+    monkeypatch.setattr(cgroup, "_mounts", lambda: [(str(tmp_path / "fs"), "/", "cgroup2", {"rw"})])
+    monkeypatch.setattr(cgroup, "_own_paths", lambda: {"": "/kubepods/grader"})
+    monkeypatch.setattr(cgroup.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(cgroup, "_LAYOUT", {})
+    monkeypatch.setattr(cgroup.Group, "kill", lambda self, rounds=100: True)  # no process in a stand-in tree
+    kind, folder = cgroup._layout_v2()
+    assert (kind, folder) == ("v2", own)
+    cgroup._delegate_v2(own)
+    assert (own / "cgroup.subtree_control").read_text() == "+memory +cpu +pids" and (own / cgroup.LEAF).is_dir()
+    group = cgroup.Group._make(("v2", own), "jail")
+    group.limit(1 << 30, 1.0, 512)
+    jail_dir = group.folders[""]
+    assert jail_dir.parent == own
+    assert (jail_dir / "memory.max").read_text() == str(1 << 30) and (jail_dir / "memory.swap.max").read_text() == "0"
+    assert (jail_dir / "cpu.max").read_text() == f"100000 {cgroup.CPU_PERIOD_US}"
+    assert (jail_dir / "cpu.weight").read_text() == "100" and (jail_dir / "pids.max").read_text() == "512"
+    (jail_dir / "cpu.stat").write_text("usage_usec 2500000\nuser_usec 2000000\n")
+    (jail_dir / "memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert group.cpu_seconds() == 2.5 and group.oom_kills() == 1 and group.memory_failures() == 3
+    assert group.procs_files() == [str(jail_dir / "cgroup.procs")]
+
+
+@needs_cgroup
+def test_a_run_the_host_starved_of_cpu_runs_again_then_is_a_grader_error_never_the_students_limit(
+        autograder, tmp_path, monkeypatch):
+    """The wall backstop of a cell reached while the jail waited for a CPU (here: said so by a stand-in for the
+    run-queue reading) is the host's fault: the run is repeated once, then the result is a grader error, graded
+    again by the next run; the student's limits_hit stays empty.  A backstop reached while the jail slept is the
+    student's cell limit (tests/test_jail.py, forged status messages)."""
+    monkeypatch.setattr(sandbox, "WALL_BACKSTOP", 2.0)
+    monkeypatch.setattr(sandbox, "STARVED_PAUSE", 0.0)
+    monkeypatch.setattr(sandbox, "_starved", lambda delays, before, wall: True)
+    nb = tiny(tmp_path / "sub.ipynb", "import time\ntime.sleep(60)")
+    result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=3, notebook_seconds=240, memory_mb=3072),
+                                   retrain=NO_RETRAIN)
+    assert result["status"] == "grader_error" and "host was overloaded" in result["error"], result["error"]
+    assert result["execution"]["runs"] == 2 and not any("time limit" in h for h in result["limits_hit"])
