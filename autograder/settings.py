@@ -77,6 +77,16 @@ GRADESCOPE_ROOT = Setting(
     "CNN_GRADER_GRADESCOPE_ROOT", "/autograder",
     "Gradescope's root folder, as `run_autograder` sees it (changed only by the tests' emulation).",
     "autograder/lms/templates/run_autograder.j2")
+NO_CGROUP = Setting(
+    "CNN_GRADER_NO_CGROUP", "",
+    "`1`: make no control group per jail, as on a host that forbids them; every result and the self-test then "
+    "say 'no cgroup' and limits are sampled by the watchdog only.",
+    "autograder.probe.cgroup")
+RAY_AUTHENTICATED = Setting(
+    "CNN_GRADER_RAY_AUTHENTICATED", "",
+    "`1`: the operator vouches that the Ray cluster requires authentication, so `--ray` is allowed in a "
+    "permission jail whose uids reach the network.",
+    "autograder.probe.jail")
 PYTHON = Setting(
     "CNN_GRADER_PYTHON", "/root/miniforge3/envs/otter-env/bin/python",
     "The interpreter Gradescope's `run_autograder` grades with.",
@@ -87,7 +97,8 @@ VERBOSE = Setting(
     "the console instead of writing it to `<out>/logs/grader.log` (same as `grade --verbose`).",
     "autograder.logs")
 SETTINGS: tuple[Setting, ...] = (CACHE, MNIST, ISOLATION, UNSAFE_NO_ISOLATION, PRIVATE_PATHS, WARM, PROBE_THREADS,
-                                 RETRAIN_THREADS, RETRAIN_SLOTS, DETERMINISTIC, GRADESCOPE_ROOT, PYTHON, VERBOSE)
+                                 RETRAIN_THREADS, RETRAIN_SLOTS, DETERMINISTIC, NO_CGROUP, RAY_AUTHENTICATED,
+                                 GRADESCOPE_ROOT, PYTHON, VERBOSE)
 
 # What the grader's own subprocesses (batch workers, jails, judges, retrains) start with: TensorFlow's C++
 # log (oneDNN, CUDA, cuDNN/cuBLAS factory lines), XLA, absl and gRPC at errors only.  A student's cells
