@@ -418,6 +418,20 @@ def canonical_fits(fits: Any, model_compile_config: Any, notes: list[str]) -> li
         split = fit.get("validation_split") or 0.0
         split = _float(0.0, 0.5)(split) if isinstance(split, (int, float)) and not isinstance(split, bool) else 0.0
         steps = fit.get("steps_per_epoch")
+        steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+        x, pipeline, batch_size = fit.get("x"), None, fit.get("batch_size")
+        if isinstance(x, dict) and x.get("kind") == "dataset":
+            from autograder.verifier.pipeline import canonical_pipeline
+
+            pipeline = canonical_pipeline(x, where, notes)
+            x, batch_size = dict(pipeline["source"]), pipeline["batch_size"]
+            if pipeline["endless"] and steps is None:
+                raise RefusedModel(f"{where}: the tf.data pipeline repeats forever (.repeat()) and fit has no "
+                                   "steps_per_epoch, so training never ends; leave out .repeat() or pass steps_per_epoch")
+            if pipeline["take_batches"] is not None:
+                steps = min(steps or pipeline["take_batches"], pipeline["take_batches"])
+            if pipeline["take_batches"] == 0:
+                raise RefusedModel(f"{where}: the tf.data pipeline takes 0 batches")
         callbacks = []
         for cb in fit.get("callbacks") or []:
             cls = cb.get("class") if isinstance(cb, dict) else None
@@ -436,23 +450,75 @@ def canonical_fits(fits: Any, model_compile_config: Any, notes: list[str]) -> li
                              "keras.optimizers.schedules.ExponentialDecay to have it replayed)")
             elif cls not in SILENT_CALLBACKS:
                 notes.append(f"{where}: callback {_short(cls)} is not replayed")
+        if fit.get("class_weight") or fit.get("sample_weight"):
+            raise RefusedModel(f"{where}: class_weight and sample_weight cannot be replayed; leave them out")
+        validation = _validation(fit, split, callbacks, where, notes)
         out.append({
             "optimizer": canonical_optimizer(cc.get("optimizer"), notes),
             "loss": canonical_loss(cc.get("loss"), notes),
             "epochs": max(epochs - initial, 0),
-            "batch_size": _count(fit.get("batch_size"), 32, 1, 10_000_000, f"{where}: batch_size"),
+            "batch_size": _count(batch_size, 32, 1, 10_000_000, f"{where}: batch_size"),
             "validation_split": split,
             "shuffle": fit.get("shuffle") is not False,
-            "steps_per_epoch": steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None,
-            "callbacks": callbacks,
-            "x": _data_description(fit.get("x")),
+            "steps_per_epoch": steps,
+            "callbacks": [cb for cb in callbacks if validation is not None or split or not _watches_val(cb)],
+            "x": _data_description(x),
+            "pipeline": pipeline,
+            "validation": validation,
         })
-        if fit.get("class_weight") or fit.get("sample_weight"):
-            notes.append(f"{where}: class or sample weights are not replayed")
+        if epochs and initial:
+            notes.append(f"{where}: initial_epoch={initial} trains {epochs - initial} epochs")
+    out = [f for f in out if f["epochs"] > 0] or _no_epochs()
+    from autograder.verifier.pipeline import image_transform
+
+    if len({json.dumps(image_transform(f["pipeline"])) for f in out}) > 1:
+        raise RefusedModel("the fit calls feed the model images scaled in different ways; scale them the same way "
+                           "in every fit call")
+    return out
+
+
+def _watches_val(cb: dict) -> bool:
+    return str(cb.get("monitor", "val_loss")).startswith("val_")
+
+
+def _validation(fit: dict, split: float, callbacks: list[dict], where: str, notes: list[str]) -> dict | None:
+    """How the validation data is replayed: ``None`` (no callback reads it, so it never changes training) or the
+    description of its images, which the verifier must recognise as the assignment's test images."""
+    watching = [cb["class"] for cb in callbacks if _watches_val(cb)]
+    desc = fit.get("validation_data")
+    if split:
         if fit.get("has_validation_data"):
-            notes.append(f"{where}: validation_data is not used; callbacks that watch validation metrics see the last "
-                         "10% of the training images")
-    return [f for f in out if f["epochs"] > 0] or _no_epochs()
+            notes.append(f"{where}: validation_data is given, so Keras ignores validation_split")
+        else:
+            return None
+    if not fit.get("has_validation_data"):
+        if watching:
+            notes.append(f"{where}: {', '.join(watching)} watch{'es' if len(watching) == 1 else ''} a validation "
+                         "metric but the fit call has no validation data, so Keras never triggers "
+                         f"{'it' if len(watching) == 1 else 'them'}; not replayed")
+        return None
+    if not watching:
+        notes.append(f"{where}: validation_data is only measured (no callback watches it), so it does not change "
+                     "training and is not replayed")
+        return None
+    help_text = (f"{', '.join(watching)} watch{'es' if len(watching) == 1 else ''} the validation data, which the "
+                 "grader replays only when it is the assignment's test set, validation_data=(test_images, "
+                 "test_labels) scaled as the training images, or validation_split=0.1")
+    pipeline = None
+    if isinstance(desc, dict) and desc.get("kind") == "dataset":
+        from autograder.verifier.pipeline import canonical_pipeline
+
+        pipeline = canonical_pipeline(desc, f"{where}: validation_data", [])
+        images = pipeline["source"]
+    elif isinstance(desc, dict) and desc.get("kind") == "tuple" and len(desc.get("items") or []) == 2:
+        images = desc["items"][0]
+    else:
+        raise RefusedModel(f"{where}: the validation data could not be read; {help_text}")
+    if not isinstance(images, dict) or images.get("kind") != "array":
+        raise RefusedModel(f"{where}: the validation images are not an array; {help_text}")
+    from autograder.verifier.pipeline import image_transform
+
+    return {"x": _data_description(images), "transform": image_transform(pipeline), "help": help_text}
 
 
 def _no_epochs():

@@ -37,9 +37,10 @@ from pathlib import Path
 
 from autograder import children
 from autograder.verifier.budget import Budget, check as check_budget, check_config_size, recipe_cost
+from autograder.verifier import pipeline
 from autograder.verifier.rebuild import RefusedModel, canonical_recipe, describe_optimizer
 
-VERIFIER_VERSION = 3  # 3: the dataset comes from the assignment's spec (part of the key)
+VERIFIER_VERSION = 4  # 3: the dataset comes from the assignment's spec (part of the key); 4: tf.data, validation_data
 DEFAULT_SEED = 1234
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 
@@ -204,7 +205,24 @@ def _data_notes(recipe: dict, assignment: str, subset: tuple[int, int] | None = 
                          "training images")
         if bool(x.get("raw_pixels")) != raw:
             notes.append(f"fit call {i} used another pixel scale than fit call 1; the grader uses fit call 1's")
-    if raw:
+        spec = fit.get("pipeline")
+        if spec and spec["endless"] and fit["steps_per_epoch"] > -(-train_rows // spec["batch_size"]):
+            raise RefusedModel(f"fit call {i}: steps_per_epoch={fit['steps_per_epoch']} with an endless tf.data "
+                               f"pipeline (.repeat()) is more than one pass over the {train_rows:,} training images; "
+                               "leave out .repeat() and steps_per_epoch, and choose the number of epochs")
+        val = fit.get("validation")
+        if val is not None:  # a callback watches it: replayed only as the test set, scaled as the training images
+            if val["x"].get("fingerprint") != test_print:
+                raise RefusedModel(f"fit call {i}: {val['help']}")
+            if bool(val["x"].get("raw_pixels")) != raw or val["transform"] != pipeline.image_transform(fit["pipeline"]):
+                raise RefusedModel(f"fit call {i}: the validation images are scaled differently from the training "
+                                   f"images; {val['help']}")
+    transform = pipeline.image_transform(fits[0]["pipeline"])
+    if transform:
+        notes.append("the notebook's tf.data pipeline scales the images (" + ", then ".join(
+            f"x * {a:.6g}" + (f" + {b:.6g}" if b else "") for a, b in transform) + "); the grader replays it and "
+            "measures on test images scaled the same way")
+    elif raw:
         notes.append(f"the notebook trained on unscaled pixels (0-{top}); the grader trains and tests on unscaled "
                      "pixels too" + (" (the model's Rescaling layer scales them)" if rescales else
                                      f" (dividing by {top}, or a Rescaling(1/{top}) layer, usually trains better)"))
@@ -234,6 +252,8 @@ def prepare_run(job: dict):
     (x_train, y_train), (x_test, y_test) = load_data(job["assignment"], subset, raw=job["raw"])
     shape = tuple(job["model"]["input_shape"])
     x_train, x_test = x_train.reshape((-1, *shape)), x_test.reshape((-1, *shape))
+    # the test images as the model sees them: scaled by the notebook's tf.data map, if any (the same in every fit)
+    x_test_seen = pipeline.transform_images(x_test, pipeline.image_transform(job["plan"][0].get("pipeline")))
 
     def train() -> dict:
         started = time.monotonic()
@@ -254,11 +274,21 @@ def prepare_run(job: dict):
                 callbacks.append(getattr(keras.callbacks, cb["class"])(**kwargs))
             full_epoch = -(-int(len(x_train) * (1 - fit["validation_split"])) // fit["batch_size"])
             steps = fit["steps_per_epoch"] if fit["steps_per_epoch"] < full_epoch else None
-            history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=fit["batch_size"],
-                                shuffle=fit["shuffle"], validation_split=fit["validation_split"],
-                                steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+            validation = None
+            if fit.get("validation") is not None:  # the test images, as the notebook passed them (checked in prepare)
+                validation = (x_test_seen, keras.utils.to_categorical(y_test, job["num_classes"])
+                              if fit["loss"]["name"] == "categorical_crossentropy" else y_test)
+            if fit.get("pipeline"):  # the notebook's tf.data pipeline, rebuilt on the assignment's data
+                spec = fit["pipeline"]
+                steps = fit["steps_per_epoch"] if spec["endless"] or spec["take_batches"] is not None or steps else None
+                history = model.fit(pipeline.build_dataset(spec, x_train, labels), epochs=fit["epochs"],
+                                    steps_per_epoch=steps, callbacks=callbacks, validation_data=validation, verbose=0)
+            else:
+                history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=fit["batch_size"],
+                                    shuffle=fit["shuffle"], validation_split=fit["validation_split"],
+                                    validation_data=validation, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
             epochs_run += len(history.epoch)
-        probs = np.asarray(model.predict(x_test, batch_size=1000, verbose=0))
+        probs = np.asarray(model.predict(x_test_seen, batch_size=1000, verbose=0))
         accuracy = float(np.mean(np.argmax(probs, axis=-1) == y_test))
         return {"accuracy": accuracy, "epochs": epochs_run, "seconds": round(time.monotonic() - started, 2)}
 
@@ -553,7 +583,11 @@ def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | N
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         report.error = f"The model was not retrained: its description could not be read ({type(exc).__name__})."
         return report
-    raw, data_notes = _data_notes(recipe, settings.assignment, settings.data_subset)
+    try:
+        raw, data_notes = _data_notes(recipe, settings.assignment, settings.data_subset)
+    except RefusedModel as exc:
+        report.error = f"The model was not retrained: {exc}."
+        return report
     report.notes = notes + data_notes
     report.steps, report.batch_size = cost.steps, plan[0]["batch_size"]
     report.optimizer, report.loss = describe_optimizer(plan[0]["optimizer"]), plan[0]["loss"]["name"]
