@@ -101,9 +101,9 @@ def _namespace(data):
     import tensorflow as tf
     from keras import layers
 
-    x_train, y_train, x_test, _ = data
+    x_train, y_train, x_test, y_test = data
     return {"keras": keras, "tf": tf, "layers": layers, "np": np, "train_images": x_train.copy(),
-            "train_labels": y_train.copy(), "test_images": x_test.copy()}
+            "train_labels": y_train.copy(), "test_images": x_test.copy(), "test_labels": y_test.copy()}
 
 
 def _recorded(code: str, data, monkeypatch):
