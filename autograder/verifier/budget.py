@@ -82,6 +82,8 @@ def model_cost(model: dict, num_classes: int | None = None, data_name: str = "th
             shape = [size(shape[0], ph, sh), size(shape[1], pw, sw), shape[2]]
         elif kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
             shape = [1, 1, shape[2]] if spec["keepdims"] else [shape[2]]
+        elif kind == "RandomCrop":  # the one augmentation layer that changes the shape
+            shape = [min(spec["height"], shape[0]), min(spec["width"], shape[1]), *shape[2:]]
         elif kind == "Flatten":
             shape = [math.prod(shape)]
         elif kind == "Dense":

@@ -102,11 +102,117 @@ def _shape(v):
     return [_int(-1, 100_000)(x) for x in v]
 
 
+class _Drop(ValueError):
+    """A field that carries weights (an array): dropped, as the grader trains from scratch."""
+
+
+INITIALIZERS = {"GlorotUniform", "GlorotNormal", "HeNormal", "HeUniform", "LecunNormal", "LecunUniform", "Zeros",
+                "Ones", "Constant", "RandomNormal", "RandomUniform", "TruncatedNormal", "VarianceScaling",
+                "Orthogonal", "Identity"}
+REGULARIZERS = {"L1", "L2", "L1L2", "OrthogonalRegularizer"}
+CONSTRAINTS = {"MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm"}
+OBJECT_NAMES = {"glorot_uniform": "GlorotUniform", "glorot_normal": "GlorotNormal", "he_normal": "HeNormal",
+                "he_uniform": "HeUniform", "lecun_normal": "LecunNormal", "lecun_uniform": "LecunUniform",
+                "zeros": "Zeros", "ones": "Ones", "orthogonal": "Orthogonal", "identity": "Identity",
+                "random_normal": "RandomNormal", "random_uniform": "RandomUniform",
+                "truncated_normal": "TruncatedNormal", "variance_scaling": "VarianceScaling",
+                "l1": "L1", "l2": "L2", "l1_l2": "L1L2", "max_norm": "MaxNorm", "min_max_norm": "MinMaxNorm",
+                "non_neg": "NonNeg", "unit_norm": "UnitNorm"}
+OBJECT_STRINGS = {"fan_in", "fan_out", "fan_avg", "normal", "uniform", "truncated_normal", "untruncated_normal",
+                  "rows", "columns"}
+SEED_NOTES: list[str] = []  # filled per field while a model is read (see canonical_model)
+
+
+def _keras_object(module: str, allowed: set[str]) -> Callable:
+    """A named initializer, regularizer or constraint: ``{"class": name, "config": {scalar arguments}}``, rebuilt
+    by class name; a seed is left out (noted), arrays are dropped (they carry weights), anything else refuses."""
+
+    def check(v):
+        if v is None:
+            return None
+        if isinstance(v, str):
+            v = {"class_name": OBJECT_NAMES.get(v, v), "config": {}}
+        if not isinstance(v, dict) or not str(v.get("module") or "keras").startswith("keras") \
+                or v.get("registered_name") not in (None, v.get("class_name")) or v.get("class_name") not in allowed:
+            name = v.get("class_name") if isinstance(v, dict) else v
+            raise ValueError(f"is not one the grader can rebuild ({_short(name)}); use one of "
+                             f"{', '.join(sorted(allowed))} with number arguments")
+        import keras
+
+        cls = v["class_name"]
+        known = getattr(getattr(keras, module), cls)().get_config()  # trusted: Keras's own defaults
+        given = v.get("config") if isinstance(v.get("config"), dict) else {}
+        out = {}
+        for key, value in given.items():
+            if key == "seed":
+                if value is not None:
+                    SEED_NOTES.append(f"{cls} seed={_short(value)}")
+                continue
+            if key not in known:
+                raise ValueError(f"{cls}: unknown argument {_short(key)}")
+            if isinstance(value, list) and value and all(isinstance(x, list) for x in value) or \
+                    isinstance(value, list) and len(value) > 4:
+                raise _Drop(cls)  # an array: weights
+            ok = value is None or isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)) \
+                or (isinstance(value, str) and value in OBJECT_STRINGS) \
+                or (isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value))
+            if not ok:
+                if cls == "Constant":
+                    raise _Drop(cls)
+                raise ValueError(f"{cls}: {key}={_short(value)} is not a number")
+            out[key] = value
+        return {"class": cls, "config": out}
+    return check
+
+
+INITIALIZER = _keras_object("initializers", INITIALIZERS)
+REGULARIZER = _keras_object("regularizers", REGULARIZERS)
+CONSTRAINT = _keras_object("constraints", CONSTRAINTS)
+WEIGHTS = {"kernel_initializer": INITIALIZER, "bias_initializer": INITIALIZER, "kernel_regularizer": REGULARIZER,
+           "bias_regularizer": REGULARIZER, "activity_regularizer": REGULARIZER, "kernel_constraint": CONSTRAINT,
+           "bias_constraint": CONSTRAINT}
+BN_WEIGHTS = {f"{w}_{kind}": check for w in ("beta", "gamma") for kind, check in
+              (("initializer", INITIALIZER), ("regularizer", REGULARIZER), ("constraint", CONSTRAINT))}
+BN_WEIGHTS.update(moving_mean_initializer=INITIALIZER, moving_variance_initializer=INITIALIZER)
+
+
+def _factor(lo: float, hi: float) -> Callable:
+    one = _float(lo, hi)
+
+    def check(v):
+        if isinstance(v, list) and len(v) == 2:
+            return [one(x) for x in v]
+        return one(v)
+    return check
+
+
+FILL = {"fill_mode": _choice("reflect", "wrap", "constant", "nearest"),
+        "interpolation": _choice("bilinear", "nearest"), "fill_value": _float(-1e6, 1e6)}
+VALUE_RANGE = lambda v: _factor(-1e6, 1e6)(v) if isinstance(v, list) else _fail("must be a pair of numbers")  # noqa: E731
+
+
+def _fail(message: str):
+    raise ValueError(message)
+
+
 SIZE = _pair(1, 64)
 LAYER_FIELDS: dict[str, dict[str, Callable]] = {
     "Conv2D": {"filters": _int(1, 4096), "kernel_size": SIZE, "strides": SIZE, "padding": _choice("valid", "same"),
                "dilation_rate": SIZE, "activation": _activation, "use_bias": _bool},
     "Dense": {"units": _int(1, 1_000_000), "activation": _activation, "use_bias": _bool},
+    # augmentation and noise: no weights, active in training only
+    "RandomFlip": {"mode": _choice("horizontal", "vertical", "horizontal_and_vertical")},
+    "RandomRotation": {"factor": _factor(-1.0, 1.0), **FILL},
+    "RandomTranslation": {"height_factor": _factor(-1.0, 1.0), "width_factor": _factor(-1.0, 1.0), **FILL},
+    "RandomZoom": {"height_factor": _factor(-1.0, 1.0), "width_factor": _optional(_factor(-1.0, 1.0)), **FILL},
+    "RandomContrast": {"factor": _factor(0.0, 1.0), "value_range": VALUE_RANGE},
+    "RandomBrightness": {"factor": _factor(-1.0, 1.0), "value_range": VALUE_RANGE},
+    "RandomCrop": {"height": _int(1, 100_000), "width": _int(1, 100_000)},
+    "GaussianNoise": {"stddev": _float(0.0, 1e3)},
+    "GaussianDropout": {"rate": _float(0.0, 0.99)},
+    "AlphaDropout": {"rate": _float(0.0, 0.99)},
+    "SpatialDropout1D": {"rate": _float(0.0, 0.99)},
+    "SpatialDropout3D": {"rate": _float(0.0, 0.99)},
     "MaxPooling2D": {"pool_size": SIZE, "strides": _optional(SIZE), "padding": _choice("valid", "same")},
     "AveragePooling2D": {"pool_size": SIZE, "strides": _optional(SIZE), "padding": _choice("valid", "same")},
     "GlobalAveragePooling2D": {"keepdims": _bool},
@@ -127,7 +233,10 @@ ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D", "Averag
            "GlobalAvgPool2D": "GlobalAveragePooling2D", "GlobalMaxPool2D": "GlobalMaxPooling2D"}
 # fields that never change training and are not worth a note
 SILENT_FIELDS = {"name", "dtype", "data_format", "build_config", "registered_name", "module", "synchronized",
-                 "quantization_config", "autocast", "seed"}
+                 "quantization_config", "autocast"}
+for _cls in ("Conv2D", "Dense"):
+    LAYER_FIELDS[_cls].update(WEIGHTS)
+LAYER_FIELDS["BatchNormalization"].update(BN_WEIGHTS)
 MODEL_CLASSES = {"Sequential", "Functional", "Model"}
 
 OPTIMIZERS = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "Lion", "Ftrl"}
@@ -155,7 +264,10 @@ def _default_layer_config(cls: str) -> dict:
     from keras import layers
 
     required = {"Conv2D": (1, 1), "Dense": (1,), "Dropout": (0.5,), "SpatialDropout2D": (0.5,), "Reshape": ((1,),),
-                "Rescaling": (1.0,), "Activation": ("linear",), "AveragePooling2D": (2,)}
+                "Rescaling": (1.0,), "Activation": ("linear",), "AveragePooling2D": (2,), "RandomRotation": (0.1,),
+                "RandomTranslation": (0.1, 0.1), "RandomZoom": (0.1,), "RandomContrast": (0.1,),
+                "RandomBrightness": (0.1,), "RandomCrop": (1, 1), "GaussianNoise": (0.1,), "GaussianDropout": (0.1,),
+                "AlphaDropout": (0.1,), "SpatialDropout1D": (0.5,), "SpatialDropout3D": (0.5,)}
     layer = getattr(layers, cls)(*required.get(cls, ()))
     return json.loads(json.dumps(layer.get_config(), default=str))
 
@@ -259,24 +371,39 @@ def canonical_model(config: Any, input_shape: Any = None) -> tuple[dict, list[st
         spec: dict[str, Any] = {"type": cls}
         fields = LAYER_FIELDS[cls]
         defaults = _defaults(cls)
+        dropped, seeds = [], []
         for key, check in fields.items():
             value = lc.get(key, defaults.get(key))
             if cls == "LeakyReLU" and key == "negative_slope" and "alpha" in lc:
                 value = lc["alpha"]
+            if key in WEIGHTS or key in BN_WEIGHTS:
+                if json.dumps(value, sort_keys=True) == json.dumps(defaults.get(key), sort_keys=True):
+                    continue  # Keras's default: the recipe stays as it was (and so does its cache key)
+            SEED_NOTES.clear()
             try:
                 spec[key] = check(value)
+            except _Drop:
+                dropped.append(f"{key}={_describe_dropped(value)} (an array: it carries weights)")
             except ValueError as exc:
-                raise RefusedModel(f"{label} ({cls}): {key}={_short(value)} {exc}") from None
-        dropped = []
+                raise RefusedModel(f"{label} ({cls}): {key}={_describe_dropped(value)} {exc}") from None
+            seeds += SEED_NOTES
         for key, value in lc.items():
             if key in fields or key in SILENT_FIELDS or key in ("batch_shape", "batch_input_shape", "alpha"):
                 continue
             if key == "trainable":
                 if value is not True:
-                    dropped.append("trainable=False (every layer is trained)")
+                    spec["trainable"] = False  # replayed: the layer keeps its fresh weights
+                continue
+            if key == "seed":
+                if value is not None:
+                    seeds.append(f"seed={_short(value)}")
                 continue
             if key not in defaults or json.dumps(value, sort_keys=True) != json.dumps(defaults[key], sort_keys=True):
-                dropped.append(f"{_short(key)}={_describe_dropped(value)}")
+                raise RefusedModel(f"{label} ({cls}): the setting {_short(key)}={_describe_dropped(value)} cannot be "
+                                   f"replayed; the grader rebuilds {cls} from {', '.join(fields) or 'no settings'}: "
+                                   "leave it at Keras's default")
+        if seeds:
+            notes.append(f"{label} ({cls}): {', '.join(seeds)} not replayed (the grader's seed decides)")
         if isinstance(lc.get("dtype"), (str, dict)) and "float32" not in json.dumps(lc.get("dtype")):
             dropped.append(f"dtype={_describe_dropped(lc['dtype'])} (float32 is used)")
         if dropped:
@@ -560,6 +687,13 @@ def build_model(model: dict):
             kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
         if spec["type"] == "Reshape":
             kwargs["target_shape"] = tuple(kwargs["target_shape"])
+        for key, module in (("initializer", keras.initializers), ("regularizer", keras.regularizers),
+                            ("constraint", keras.constraints)):
+            for name in [k for k in kwargs if k.endswith(key) and isinstance(kwargs[k], dict)]:
+                kwargs[name] = getattr(module, kwargs[name]["class"])(**kwargs[name]["config"])
+        for name in ("factor", "height_factor", "width_factor", "value_range"):
+            if isinstance(kwargs.get(name), list):
+                kwargs[name] = tuple(kwargs[name])
         built.append(getattr(layers, spec["type"])(**kwargs))
     return keras.Sequential(built)
 
