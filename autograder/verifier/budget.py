@@ -143,7 +143,8 @@ def recipe_cost(recipe: dict, budget: Budget, data: dict) -> tuple[Cost, list[di
 
 
 def _watches_validation(fit: dict) -> bool:
-    return any(str(cb.get("monitor", "val_loss")).startswith("val_") for cb in fit["callbacks"])
+    return any(str(cb.get("monitor", "val_loss")).startswith("val_") for cb in fit["callbacks"]
+               if cb.get("class") != "TerminateOnNaN")
 
 
 def check_config_size(config_chars: int, budget: Budget) -> None:

@@ -29,8 +29,10 @@ ACTIVATIONS = {"relu", "softmax", "sigmoid", "tanh", "linear", "elu", "selu", "g
                "softsign", "leaky_relu", "relu6", "hard_sigmoid", "hard_swish", "mish", "log_softmax", "exponential"}
 SUBCLASSED_HELP = (
     "a subclassed model (a class with its own call method) cannot be rebuilt from its description. "
-    "Write the same layers as keras.Sequential([keras.Input(shape), layers.Conv2D(...), ...]) "
-    "or with the functional API (inputs = keras.Input(shape); x = layers.Conv2D(...)(inputs); ...; "
+    "Write the same layers as keras.Sequential([keras.Input(shape), layers.Conv2D(32, 3, activation='relu'), "
+    "layers.MaxPooling2D(), layers.Flatten(), layers.Dense(10, activation='softmax')]) "
+    "or with the functional API (inputs = keras.Input(shape); x = layers.Conv2D(32, 3, activation='relu')(inputs); "
+    "x = layers.MaxPooling2D()(x); x = layers.Flatten()(x); outputs = layers.Dense(10, activation='softmax')(x); "
     "model = keras.Model(inputs, outputs))"
 )
 MAX_NAME = 60
@@ -571,12 +573,18 @@ def canonical_fits(fits: Any, model_compile_config: Any, notes: list[str]) -> li
                         except ValueError as exc:
                             notes.append(f"{where}: {cls} {key} {exc}; Keras's default used")
                 callbacks.append({"class": cls, **kept})
+            elif cls == "TerminateOnNaN":
+                callbacks.append({"class": cls})
             elif cls == "LearningRateScheduler":
-                notes.append(f"{where}: the LearningRateScheduler callback runs a Python function, which the grader "
-                             "cannot replay; trained with the optimizer's own learning rate (use a schedule such as "
-                             "keras.optimizers.schedules.ExponentialDecay to have it replayed)")
+                raise RefusedModel(
+                    f"{where}: the LearningRateScheduler callback runs a Python function, which the grader cannot "
+                    "replay; use a schedule instead, e.g. keras.optimizers.Adam(learning_rate=keras.optimizers."
+                    "schedules.ExponentialDecay(1e-3, decay_steps=469, decay_rate=0.9)), or ReduceLROnPlateau")
             elif cls not in SILENT_CALLBACKS:
-                notes.append(f"{where}: callback {_short(cls)} is not replayed")
+                raise RefusedModel(
+                    f"{where}: the callback {_short(cls)} may change training and the grader cannot replay it; the "
+                    "callbacks replayed are EarlyStopping, ReduceLROnPlateau and TerminateOnNaN (logging callbacks "
+                    f"such as {', '.join(sorted(SILENT_CALLBACKS - {'BackupAndRestore'}))} are fine): leave it out")
         if fit.get("class_weight") or fit.get("sample_weight"):
             raise RefusedModel(f"{where}: class_weight and sample_weight cannot be replayed; leave them out")
         validation = _validation(fit, split, callbacks, where, notes)
@@ -605,7 +613,7 @@ def canonical_fits(fits: Any, model_compile_config: Any, notes: list[str]) -> li
 
 
 def _watches_val(cb: dict) -> bool:
-    return str(cb.get("monitor", "val_loss")).startswith("val_")
+    return cb.get("class") in CALLBACK_FIELDS and str(cb.get("monitor", "val_loss")).startswith("val_")
 
 
 def _validation(fit: dict, split: float, callbacks: list[dict], where: str, notes: list[str]) -> dict | None:
