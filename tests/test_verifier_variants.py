@@ -246,6 +246,10 @@ REFUSED = {
         "ds = tf.data.Dataset.from_generator(gen, output_signature=(tf.TensorSpec((28, 28, 1), tf.float32),"
         " tf.TensorSpec((), tf.uint8))).batch(64)\nmodel.fit(ds, epochs=1)\n",
         "generator"),
+    "a Python generator passed to fit": (
+        "def batches():\n    while True:\n        yield train_images[:64], train_labels[:64]\n"
+        "model.fit(batches(), steps_per_epoch=10, epochs=1)\n",
+        "cannot read or replay"),
     "validation on images that are not the test set": (
         "model.fit(train_images[:3000], train_labels[:3000], epochs=1, batch_size=64,"
         " validation_data=(train_images[3000:], train_labels[3000:]),"
@@ -262,3 +266,20 @@ def test_unreplayable_recipes_are_refused_with_the_supported_form(variant, data,
     assert report.accuracy is None and reason in report.error, report.error
     if "validation" not in variant:
         assert "from_tensor_slices((train_images, train_labels))" in report.error  # shows the form that works
+
+
+def test_validation_arrays_scaled_like_the_pipelines_output_are_replayed(data, monkeypatch):
+    """A /255 map on raw training images and validation_data=(test_images / 255 floats): the same scale, accepted;
+    raw validation images with that pipeline are refused (the model would be validated on another scale)."""
+    pipeline = (SMALL_SEQ + ADAM + RAW + "ds = tf.data.Dataset.from_tensor_slices((raw_images, train_labels))"
+                ".map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y)).batch(64)\n")
+    watch = ", callbacks=[keras.callbacks.EarlyStopping(patience=1)])\n"
+    for validation, accepted in (("(test_images, test_labels)", True), ("(test_images * 255, test_labels)", False)):
+        config, fits = _recorded(pipeline + f"model.fit(ds, epochs=2, validation_data={validation}" + watch, data,
+                                 monkeypatch)
+        recipe, _, _, _ = retrain.prepare(config, fits, SETTINGS)
+        if accepted:
+            retrain._data_notes(recipe, "cnn_mnist", SUBSET)
+        else:
+            with pytest.raises(retrain.RefusedModel, match="scaled differently"):
+                retrain._data_notes(recipe, "cnn_mnist", SUBSET)

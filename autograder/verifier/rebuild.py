@@ -665,6 +665,8 @@ def _data_description(x: Any) -> dict:
     if not isinstance(x, dict):
         return {"kind": "unknown"}
     out = {"kind": x.get("kind") if x.get("kind") == "array" else "other"}
+    if out["kind"] == "other":
+        out["what"] = _short(str(x.get("kind")))[:40]
     shape = x.get("shape")
     if isinstance(shape, list) and shape and isinstance(shape[0], int):
         out["rows"] = shape[0]

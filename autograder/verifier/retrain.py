@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import stat
@@ -198,8 +199,9 @@ def _data_notes(recipe: dict, assignment: str, subset: tuple[int, int] | None = 
             notes.append(f"fit call {i} trained on the test set; the grader trains on the {n_train} training images and "
                          "keeps the test images for measuring")
         elif x["kind"] != "array":
-            notes.append(f"fit call {i} trained on a data pipeline the grader cannot read; it trains on the {n_train} "
-                         f"training images {'unscaled' if raw else 'scaled to [0, 1]'}")
+            raise RefusedModel(f"fit call {i} trained on {x.get('what', 'data')}, which the grader cannot read or "
+                               f"replay; pass the arrays, model.fit(train_images, train_labels, batch_size=128), or "
+                               f"a pipeline of this form: {pipeline.SUPPORTED_FORM}")
         elif x.get("rows") not in (None, train_rows):
             notes.append(f"fit call {i} trained on {x['rows']:,} images; the grader trains on the {train_rows:,} "
                          "training images")
@@ -214,7 +216,9 @@ def _data_notes(recipe: dict, assignment: str, subset: tuple[int, int] | None = 
         if val is not None:  # a callback watches it: replayed only as the test set, scaled as the training images
             if val["x"].get("fingerprint") != test_print:
                 raise RefusedModel(f"fit call {i}: {val['help']}")
-            if bool(val["x"].get("raw_pixels")) != raw or val["transform"] != pipeline.image_transform(fit["pipeline"]):
+            seen = _affine(bool(val["x"].get("raw_pixels")), val["transform"], data.pixel_scale)
+            if not all(math.isclose(u, v, rel_tol=1e-5, abs_tol=1e-7) for u, v in zip(
+                    seen, _affine(raw, pipeline.image_transform(fit["pipeline"]), data.pixel_scale))):
                 raise RefusedModel(f"fit call {i}: the validation images are scaled differently from the training "
                                    f"images; {val['help']}")
     transform = pipeline.image_transform(fits[0]["pipeline"])
@@ -227,6 +231,14 @@ def _data_notes(recipe: dict, assignment: str, subset: tuple[int, int] | None = 
                      "pixels too" + (" (the model's Rescaling layer scales them)" if rescales else
                                      f" (dividing by {top}, or a Rescaling(1/{top}) layer, usually trains better)"))
     return raw, notes
+
+
+def _affine(raw: bool, transform: list[list[float]], pixel_scale: float) -> tuple[float, float]:
+    """What the model sees of a raw pixel value p, as ``a * p + b``: the source scale, then the pipeline's maps."""
+    a, b = (1.0 if raw else 1.0 / pixel_scale), 0.0
+    for scale, offset in transform:
+        a, b = a * scale, b * scale + offset
+    return a, b
 
 
 # --- one training run (in its own process) ---------------------------------------------------
