@@ -17,7 +17,7 @@ from autograder.verifier import retrain
 
 SUBSET = (4000, 1000)
 SETTINGS = retrain.Settings("cnn_mnist", data_subset=SUBSET, seeds=1)
-TOLERANCE = 0.04  # on 4,000 images; dropped He initialization moves the accuracy by about 0.03 here
+TOLERANCE = 0.04  # on 4,000 images (set when He initialization was dropped; the replays below are held to 0.003)
 
 SEED_LAYERS = (
     "layers.Conv2D(32, (3, 3), activation='relu'), layers.MaxPooling2D((2, 2)),"
