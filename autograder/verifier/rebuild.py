@@ -3,12 +3,17 @@
 Nothing the student's notebook produced is ever deserialized.  The model config, the compile
 config and the recorded ``fit`` calls are read as JSON and reduced to a *recipe*: per layer a
 whitelist of scalar fields (filters, kernel size, strides, padding, activation from a named set,
-units, rate, ...), one optimizer from a list with scalar hyperparameters (learning-rate schedules
-from a list with scalar parameters), a loss (name, ``from_logits``, ``label_smoothing``), and the
-fit settings.  Everything else takes Keras's default: fresh default initializers, no
-regularizers or constraints, every layer trainable, no BatchNormalization statistics.  Each
-non-default field that is dropped is listed in ``notes``; anything that cannot be expressed
-raises :class:`RefusedModel` with a message saying what to write instead.
+units, rate, augmentation factors, ...), named initializers, regularizers and constraints with
+scalar arguments, the ``trainable`` flag, one optimizer from a list with scalar hyperparameters
+(learning-rate schedules from a list with scalar parameters), a loss (name, ``from_logits``,
+``label_smoothing``), and the fit settings, including a ``tf.data`` pipeline
+(:mod:`autograder.verifier.pipeline`) and the callbacks that are replayed.
+
+A recipe is replayed as written or refused, never approximated.  Only what cannot change
+training is normalised, and listed in ``notes``: a ``seed`` (the grader's seed decides), an
+initializer holding an array (it carries weights: the grader trains from scratch), a dtype
+policy, logging callbacks, validation data no callback reads.  Any other setting the grader
+cannot rebuild raises :class:`RefusedModel` with a message saying what to write instead.
 
 :func:`build_model` and :func:`build_optimizer` construct Keras objects from a recipe by calling
 the layer and optimizer constructors with those validated scalars only.

@@ -4,8 +4,10 @@ The accuracy a notebook prints proves nothing (lucky seed, test-set training, lo
 a print statement).  From the extracted model config and the recorded ``fit`` calls:
 
 1. :mod:`autograder.verifier.rebuild` reduces them to a canonical recipe of validated numbers (nothing
-   the student produced is deserialized; initializers, regularizers, constraints, trainable
-   flags and BatchNormalization statistics are dropped and listed in the notes);
+   the student produced is deserialized; what cannot be replayed is refused, and what is
+   normalised, such as a seed or an array initializer, is listed in the notes); a ``tf.data``
+   pipeline is rebuilt on the assignment's data (:mod:`autograder.verifier.pipeline`), and
+   validation data that a callback watches is replayed as the assignment's test images;
 2. :mod:`autograder.verifier.budget` checks the recipe against the assignment's limits (config size,
    parameters, batch size, steps, multiply-adds, batch memory) before any training;
 3. a separate process (``python -I``, memory watched, wall time as a safety net only) builds
