@@ -115,12 +115,12 @@ class _Drop(ValueError):
 
 INITIALIZERS = {"GlorotUniform", "GlorotNormal", "HeNormal", "HeUniform", "LecunNormal", "LecunUniform", "Zeros",
                 "Ones", "Constant", "RandomNormal", "RandomUniform", "TruncatedNormal", "VarianceScaling",
-                "Orthogonal", "Identity"}
+                "Orthogonal"}  # not Identity: its config leaves out its gain
 REGULARIZERS = {"L1", "L2", "L1L2", "OrthogonalRegularizer"}
 CONSTRAINTS = {"MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm"}
 OBJECT_NAMES = {"glorot_uniform": "GlorotUniform", "glorot_normal": "GlorotNormal", "he_normal": "HeNormal",
                 "he_uniform": "HeUniform", "lecun_normal": "LecunNormal", "lecun_uniform": "LecunUniform",
-                "zeros": "Zeros", "ones": "Ones", "orthogonal": "Orthogonal", "identity": "Identity",
+                "zeros": "Zeros", "ones": "Ones", "orthogonal": "Orthogonal",
                 "random_normal": "RandomNormal", "random_uniform": "RandomUniform",
                 "truncated_normal": "TruncatedNormal", "variance_scaling": "VarianceScaling",
                 "l1": "L1", "l2": "L2", "l1_l2": "L1L2", "max_norm": "MaxNorm", "min_max_norm": "MinMaxNorm",
@@ -157,12 +157,12 @@ def _keras_object(module: str, allowed: set[str]) -> Callable:
                 continue
             if key not in known:
                 raise ValueError(f"{cls}: unknown argument {_short(key)}")
-            if isinstance(value, list) and value and all(isinstance(x, list) for x in value) or \
-                    isinstance(value, list) and len(value) > 4:
-                raise _Drop(cls)  # an array: weights
-            ok = value is None or isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)) \
-                or (isinstance(value, str) and value in OBJECT_STRINGS) \
-                or (isinstance(value, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in value))
+            axes = key in ("axis", "input_axes", "output_axes") and isinstance(value, list) and len(value) <= 4 \
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+            if isinstance(value, (list, dict)) and not axes:
+                raise _Drop(cls)  # an array (e.g. Constant([...])): it carries weights
+            ok = value is None or axes or (isinstance(value, str) and value in OBJECT_STRINGS) \
+                or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
             if not ok:
                 if cls == "Constant":
                     raise _Drop(cls)
