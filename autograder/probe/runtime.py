@@ -221,6 +221,8 @@ def install_fit_recorder():
             "epochs": epochs, "batch_size": batch_size, "initial_epoch": initial_epoch,
             "validation_split": validation_split, "has_validation_data": validation_data is not None,
             "validation_data": None if validation_data is None else _describe_data(validation_data),
+            "validation_freq": as_int(validation_freq) if isinstance(validation_freq, numbers.Integral) else str(
+                type(validation_freq).__name__),
             "shuffle": shuffle, "class_weight": class_weight is not None,
             "sample_weight": sample_weight is not None, "steps_per_epoch": steps_per_epoch,
             "callbacks": [_callback_summary(cb) for cb in (callbacks or [])],

@@ -626,6 +626,10 @@ def _validation(fit: dict, split: float, callbacks: list[dict], where: str, note
     description of its images, which the verifier must recognise as the assignment's test images."""
     watching = [cb["class"] for cb in callbacks if _watches_val(cb)]
     desc = fit.get("validation_data")
+    if watching and (split or fit.get("has_validation_data")) and fit.get("validation_freq") not in (None, 1):
+        raise RefusedModel(f"{where}: validation_freq={_short(fit['validation_freq'])} changes when "
+                           f"{', '.join(watching)} see{'s' if len(watching) == 1 else ''} the validation metrics and is "
+                           "not replayed; leave it at 1")
     if split:
         if fit.get("has_validation_data"):
             notes.append(f"{where}: validation_data is given, so Keras ignores validation_split")
