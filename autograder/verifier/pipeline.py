@@ -113,7 +113,8 @@ def canonical_pipeline(desc: Any, where: str, notes: list[str]) -> dict:
     if batch is None:
         raise RefusedModel(f"{where}: the tf.data pipeline is not batched; add .batch(batch_size)" + HELP)
     if seeded:
-        notes.append(f"{where}: the shuffle's seed is not replayed (the grader's seed decides the order)")
+        notes.append(f"{where}: the tf.data shuffle follows the grader's seed (a seed the notebook set, for the shuffle "
+                     "or with tf.random.set_seed, is not replayed)")
     return {"source": components[0], "labels": components[1], "ops": ops, "batch_size": batch,
             "take_batches": take_batches, "endless": endless}
 
