@@ -10,6 +10,8 @@ real recipe lives in ``test_retrain.py``.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -283,3 +285,31 @@ def test_validation_arrays_scaled_like_the_pipelines_output_are_replayed(data, m
         else:
             with pytest.raises(retrain.RefusedModel, match="scaled differently"):
                 retrain._data_notes(recipe, "cnn_mnist", SUBSET)
+
+
+def test_pipeline_shapes_the_grader_refuses_or_counts(data, monkeypatch):
+    """Read from the recorder's description alone (no training): what repeat and take do to an epoch."""
+    from autograder.verifier.rebuild import RefusedModel, canonical_recipe
+
+    source = "ds = tf.data.Dataset.from_tensor_slices((train_images, train_labels))"
+    cases = {
+        ".batch(64).repeat(3)\nmodel.fit(ds, epochs=1)\n": "epochs=3",
+        ".batch(64).repeat()\nmodel.fit(ds, epochs=1)\n": "steps_per_epoch",
+        ".batch(64).batch(2)\nmodel.fit(ds, epochs=1)\n": "batches twice",
+        ".shuffle(100)\nmodel.fit(ds, epochs=1)\n": "not batched",
+        ".map(lambda x, y: (x, y + 1)).batch(64)\nmodel.fit(ds, epochs=1)\n": "changes the labels",
+        ".batch(64)\nmodel.fit(ds, epochs=1, class_weight={i: 1.0 for i in range(10)})\n": "class_weight",
+    }
+    for tail, reason in cases.items():
+        config, fits = _recorded(SMALL_SEQ + ADAM + source + tail, data, monkeypatch)
+        with pytest.raises(RefusedModel, match=reason):
+            canonical_recipe(json.loads(config), fits)
+    config, fits = _recorded(SMALL_SEQ + ADAM + source + ".shuffle(500).batch(64).repeat().take(20)\n"
+                             "model.fit(ds, epochs=2)\n", data, monkeypatch)
+    _, plan, cost, _ = retrain.prepare(config, fits, SETTINGS)
+    assert plan[0]["steps_per_epoch"] == 20 and cost.steps == 40 and plan[0]["batch_size"] == 64
+    config, fits = _recorded(SMALL_SEQ + ADAM + source + ".batch(64).repeat()\nmodel.fit(ds, epochs=1, "
+                             "steps_per_epoch=1000)\n", data, monkeypatch)
+    recipe, _, _, _ = retrain.prepare(config, fits, SETTINGS)
+    with pytest.raises(RefusedModel, match="more than one pass"):
+        retrain._data_notes(recipe, "cnn_mnist", SUBSET)
