@@ -1,1 +1,1 @@
-"""Course content: one package per assignment (see autograder.spec and the README, "Add an assignment")."""
+"""Course content: one package per assignment (see autograder.spec and docs/authors/adding-an-assignment.md)."""

@@ -20,7 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 import json
 import multiprocessing
 import os
-import sys
+import re
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -47,6 +47,11 @@ class BatchOptions:
     archives: ArchiveLimits = field(default_factory=ArchiveLimits)
     warm: int = 1  # jails and judges each worker starts ahead of its next submission (0: every start cold)
     probe_threads: int = 1  # CPU threads per probe (0: TensorFlow's default, every core); retraining keeps all
+    # hand-graded questions: a filled scores file to merge (copied to OUT/manual_scores.csv, which a later
+    # run reads by itself); None: OUT/manual_scores.csv if it is there.  anonymous: graders' pages and the
+    # scores template show codes, not names or ids
+    manual_scores: Path | None = None
+    anonymous: bool = False
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -69,9 +74,24 @@ def _identity(sub: Submission) -> dict:
 
 
 def _error_result(sub: Submission, message: str, status: str = "error", assignment: str | None = None,
-                  retry: bool = False) -> dict:
+                  retry: bool = False, cause: str | None = None) -> dict:
     return GradeResult.error_row(message, status=status, student=_identity(sub), assignment=assignment,
-                                 retry=retry).to_dict()
+                                 retry=retry, cause=cause).to_dict()
+
+
+def _with_earlier_causes(result: dict, path: Path) -> dict:
+    """A grader error that follows grader errors of earlier runs keeps their causes (``earlier_causes``), so a
+    fault that repeats on rerun is listed for the instructor as such."""
+    if result.get("status") != "grader_error":
+        return result
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return result
+    if previous.get("status") == "grader_error":
+        earlier = [str(c) for c in previous.get("earlier_causes") or []][-20:]
+        result["earlier_causes"] = [*earlier, str(previous.get("cause") or "unknown")]
+    return result
 
 
 def zip_assignment(autograder_zip: str | os.PathLike) -> str:
@@ -100,10 +120,13 @@ def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | 
     ``otter.assignment_name`` too); a notebook that names none is graded by the only autograder given."""
     from autograder import registry
 
-    try:
-        with open(notebook, encoding="utf-8") as f:
-            nb = json.load(f)
-    except (OSError, ValueError) as exc:
+    from autograder.submission_files import SubmissionFileError, read_submission_file
+
+    try:  # never through a link, and never quoted (see autograder.submission_files)
+        nb = json.loads(read_submission_file(notebook, ArchiveLimits().max_notebook_bytes, what="the notebook"))
+    except SubmissionFileError as exc:
+        return None, f"the notebook could not be read: {exc}"
+    except (ValueError, RecursionError) as exc:
         return None, f"the notebook could not be read ({type(exc).__name__})"
     meta = nb.get("metadata") if isinstance(nb, dict) and isinstance(nb.get("metadata"), dict) else {}
     name = registry.notebook_assignment(nb)
@@ -118,7 +141,10 @@ def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | 
         known = sorted(set(autograders) | set(registry.names()))
         if name in known:
             return name, f"assignment {name!r} was not among the autograders of this run ({', '.join(sorted(autograders))})"
-        return name, str(registry.UnknownAssignment(name, known))
+        # the notebook's own text, so only a plain name of ordinary length is shown
+        plain = re.fullmatch(r"[\w.-]{1,64}", name) is not None
+        return (name if plain else None), str(registry.UnknownAssignment(
+            name if plain else "(a name that is not an assignment's)", known))
     return name, None
 
 
@@ -163,8 +189,13 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
                                                retrain=options.retrain, real_fit=options.real_fit,
                                                identity=identity, identity_source=source)
                 result["student"] = _identity(sub)
+                from autograder import manual
+
+                manual.enrich(result, sub.notebook)  # hand-graded answers and misconception ids, read as data
             except Exception as exc:  # the engine should not raise; if it does, the batch still goes on
-                result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error", name)
+                result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error", name,
+                                       cause="grader_crash")
+    result = _with_earlier_causes(result, result_path(Path(out), sub.id))
     write_json_atomically(result_path(Path(out), sub.id), result)
     return {"id": sub.id, "status": result["status"], "score": result["score"]}
 
@@ -197,14 +228,45 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     if todo:
         _run_parallel(todo, autograder_zip, out, options)
     results = [json.loads(result_path(out, s.id).read_text()) for s in subs if result_path(out, s.id).is_file()]
+    results = merge_manual_scores(results, out, options)  # ManualScoresError: nothing below is rewritten
+    from autograder import logs
     from autograder.lms import reports
 
-    for problem in reports.write_all(results, out, canvas=options.canvas):
-        print(f"warning: not written: {problem}", file=sys.stderr)
+    for problem in reports.write_all(results, out, canvas=options.canvas, anonymous=options.anonymous):
+        logs.say(f"warning: not written: {problem}")
     write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
                                                "seconds": round(time.monotonic() - started, 2),
                                                "options": asdict(options)})
     return results
+
+
+def merge_manual_scores(results: list[dict], out: Path, options: BatchOptions) -> list[dict]:
+    """The results with the hand-graded scores merged (in memory: the result files stay as graded).
+
+    Reads ``options.manual_scores`` (then kept as ``OUT/manual_scores.csv``) or else
+    ``OUT/manual_scores.csv``; writes that file ready to fill in when it is not there, and adds rows
+    for new submissions.  A bad file raises :class:`autograder.manual.ManualScoresError` naming
+    the line, before anything is written."""
+    import shutil
+
+    from autograder import manual
+
+    results = [manual.enrich(r, r.get("submission")) if "manual" not in r else manual.tag_misconceptions(r)
+               for r in results]  # results written before hand-graded questions were read
+    if not any(r.get("manual") for r in results):
+        return manual.merge(results, {})
+    key = manual.anonymous_key(out)
+    codes = {r["student"]["id"]: manual.anonymous_code(key, r["student"]["id"]) for r in results}
+    target = out / "manual_scores.csv"
+    given = Path(options.manual_scores) if options.manual_scores else None
+    if given is not None and not (target.exists() and given.resolve() == target.resolve()):
+        scores = manual.read_scores(given, results, codes)
+        shutil.copyfile(given, target)
+        os.chmod(target, 0o600)
+    else:
+        scores = manual.read_scores(target, results, codes) if target.is_file() else {}
+    manual.write_template(results, target, codes if options.anonymous else None)
+    return manual.merge(results, scores)
 
 
 def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: Path, options: BatchOptions) -> None:
@@ -212,7 +274,8 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
 
     columns = [TextColumn("[bold]grading"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}")]
-    with Progress(*columns, disable=not options.progress, transient=False) as progress:
+    # stderr stays where it is (the grader's log while `grade` runs: autograder.logs), also in the workers forked meanwhile
+    with Progress(*columns, disable=not options.progress, transient=False, redirect_stderr=False) as progress:
         task = progress.add_task("", total=len(todo))
         if options.ray:
             for done in _run_ray(todo, autograder_zip, out, options):
@@ -239,9 +302,9 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
         for workers in (options.jobs, options.jobs, 0):  # a worker that died costs no result: its work runs again
             pending = _pool_round(pending, autograder_zip, out, options, workers, died, on_done) if pending else []
         for sub in pending:
-            write_json_atomically(result_path(out, sub.id), _error_result(
+            write_json_atomically(result_path(out, sub.id), _with_earlier_causes(_error_result(
                 sub, f"grader error: its worker process died on every try ({died[sub.id]})", "grader_error",
-                retry=True))
+                retry=True, cause="worker_died"), result_path(out, sub.id)))
             on_done({"id": sub.id, "status": "grader_error"})
 
 
@@ -317,7 +380,8 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
             try:
                 yield ray.get(ready[0])
             except Exception as exc:  # the task's worker died: keep going, grade it next run
-                failed = _error_result(sub, f"grader error: worker failed: {exc}", "grader_error", retry=True)
+                failed = _with_earlier_causes(_error_result(sub, f"grader error: worker failed: {exc}", "grader_error",
+                                                            retry=True, cause="worker_died"), result_path(out, sub.id))
                 write_json_atomically(result_path(out, sub.id), failed)
                 yield {"id": sub.id, "status": "error"}
     finally:

@@ -11,6 +11,10 @@ expected values always come from its reference implementation.  And some after i
   ``otter grade`` (Docker) can run its ``autograder.otter_plugin``;
 * ``gradescope_autograder.zip`` is the same with our engine and the assignment bundled under ``lib/``
   and our ``run_autograder`` (templates in ``autograder/lms/templates/``; see :mod:`autograder.lms.gradescope`).
+
+``build --update-assignments`` refreshes what is committed from a build: each assignment's ``student/``
+and ``samples/`` (:func:`sync_student_folders`) and its solution notebook in the repository's top-level
+``solutions/`` (:func:`sync_solutions`; the master stays the one source, tests keep both in sync).
 """
 
 from __future__ import annotations
@@ -30,6 +34,11 @@ if TYPE_CHECKING:
     from autograder.spec import AssignmentSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Each assignment's instructor solution notebook, ``<name>.ipynb``: the built solution (Otter's, answers
+#: filled, tests stripped), generated from the master by ``build --update-assignments`` and committed at the
+#: top of the repository (a test keeps it in sync).  The master stays the one source; neither is shipped
+#: to students.
+SOLUTIONS_DIR = REPO_ROOT / "solutions"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -97,6 +106,11 @@ def build_assignment(spec: "AssignmentSpec", out_dir: Path, *, gradescope: bool 
     for notebook in (target / master.name, target / "solution" / master.name):
         _finish_notebook(notebook, name)
     extra = {"variants.json": json.dumps(dataclasses.asdict(variants))} if variants.enabled else {}
+    from autograder import manual
+
+    questions = manual.questions_from_master(json.loads(master.read_text(encoding="utf-8")), name)
+    if questions:  # the hand-graded questions (name, points, text: no answer), for the Gradescope runner
+        extra[manual.ZIP_FILE] = json.dumps([dataclasses.asdict(q) for q in questions], indent=1)
     built = BuiltAssignment(name, target, finish_otter_zip(target / "autograder.zip", spec, extra),
                             target / "solution" / master.name)
     if gradescope:
@@ -266,3 +280,23 @@ def sync_student_folders(built: list[BuiltAssignment]) -> None:
         if dest.exists():
             shutil.rmtree(dest)
         shutil.copytree(b.student_dir, dest, ignore=shutil.ignore_patterns("*.zip", "solution"))
+
+
+def solution_path(name: str, solutions_dir: Path | None = None) -> Path:
+    """Where the committed solution notebook of assignment ``name`` lives (``solutions/<name>.ipynb``)."""
+    return Path(solutions_dir or SOLUTIONS_DIR) / f"{name}.ipynb"
+
+
+def sync_solutions(built: list[BuiltAssignment], solutions_dir: Path | None = None) -> list[Path]:
+    """Copy each build's solution notebook to the repository's ``solutions/`` (committed, instructors only).
+    Only in a checkout (a ``pyproject.toml`` beside the package): an installed package has no ``solutions/``."""
+    folder = Path(solutions_dir or SOLUTIONS_DIR)
+    if solutions_dir is None and not (REPO_ROOT / "pyproject.toml").is_file():
+        return []
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for b in built:
+        dest = solution_path(b.name, folder)
+        shutil.copy(b.solution_notebook, dest)
+        written.append(dest)
+    return written

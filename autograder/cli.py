@@ -37,33 +37,30 @@ def _root() -> None:
 
 @app.command()
 def data(
-    mnist: Optional[Path] = typer.Option(None, "--mnist", help="A Keras-format mnist.npz to verify and use."),
+    mnist: Optional[Path] = typer.Option(
+        None, "--mnist", help="A Keras-format mnist.npz to verify and use (for the MNIST assignment; sets $CNN_GRADER_MNIST)."),
     offline: bool = typer.Option(False, "--offline", help="Do not try the network."),
 ) -> None:
-    """Provision MNIST (offline-capable), verify it by content hash and say where it is; check every
-    installed assignment's data through its verified loader."""
-    from autograder import data as mnist_data
+    """Provision every installed assignment's dataset (offline-capable), verify it by content hash through
+    the assignment's own loader, and say where it is."""
+    import os
 
-    try:
-        path = mnist_data.ensure_mnist_npz(mnist, allow_network=not offline)
-    except mnist_data.MNISTUnavailable as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1)
-    (x_train, y_train), (x_test, y_test) = mnist_data.load_mnist(path)
-    console.print(f"MNIST verified (SHA-256 of all four arrays): [bold]{path}[/bold]")
-    console.print(f"  train {x_train.shape} {x_train.dtype}, first labels {y_train[:5].tolist()}")
-    console.print(f"  test  {x_test.shape} {x_test.dtype}, first labels {y_test[:5].tolist()}")
-    from autograder import registry
+    from autograder import data as datasets, registry, settings
 
+    if mnist is not None:
+        os.environ[settings.MNIST.name] = str(mnist)
     for name, cause in registry.broken().items():  # a stale or shadowed plug-in: said, not fatal here
         console.print(f"[yellow]{name}: skipped, {cause}[/yellow]")
-    for spec in registry.all_assignments():  # every installed assignment's data, through its verified loader
+    for spec in registry.all_assignments():  # each assignment's dataset provisions and verifies itself
         try:
-            (x_train, _), (x_test, _) = spec.dataset.load()
+            where = datasets.provision(spec, allow_network=not offline)
+            (x_train, y_train), (x_test, _) = spec.dataset.load()
         except Exception as exc:  # noqa: BLE001 - say which assignment cannot grade, and why
-            console.print(f"[red]{spec.name}: {spec.dataset.name} could not be loaded: {exc}[/red]")
+            console.print(f"[red]{spec.name}: {spec.dataset.name} could not be provisioned: {exc}[/red]")
             raise typer.Exit(1)
-        console.print(f"{spec.name}: {spec.dataset.name} verified, train {x_train.shape}, test {x_test.shape}")
+        console.print(f"{spec.name}: {spec.dataset.name} verified (SHA-256 of every array)"
+                      + (f": [bold]{where}[/bold]" if where else ""))
+        console.print(f"  train {x_train.shape} {x_train.dtype}, first labels {y_train[:5].tolist()}; test {x_test.shape}")
 
 
 @app.command()
@@ -71,7 +68,7 @@ def build(
     out: Path = typer.Option(Path("dist"), "--out", help="Where to leave <assignment>/autograder.zip and the student files."),
     update_assignments: bool = typer.Option(
         False, "--update-assignments",
-        help="Also refresh what is committed from the build: each assignment's student/ and samples/ folders.",
+        help="Also refresh what is committed from the build: each assignment's student/ and samples/ folders and solutions/<name>.ipynb.",
     ),
     only: Optional[list[str]] = typer.Option(None, "--assignment", "-a", help="Build only this assignment (repeatable)."),
 ) -> None:
@@ -85,6 +82,8 @@ def build(
         builder.sync_student_folders(built)
         for b in built:
             console.print(f"{b.name}: student folder refreshed in {b.spec.student_dir}")
+        for path in builder.sync_solutions(built):
+            console.print(f"solution notebook refreshed: {path}")
             written = b.spec.write_samples(b.student_notebook, b.solution_notebook)
             console.print(f"{b.name}: {len(written)} sample submissions written to {b.spec.samples_dir}")
 
@@ -113,7 +112,8 @@ def grade(
         help="Give training credit only to the lesson's exact architecture (default: the assignment's policy)."),
     retrain_seconds: Optional[float] = typer.Option(
         None, "--retrain-seconds",
-        help=f"Safety net per training run in seconds, a grader error when hit{_policy(_POLICY.max_seconds)}."),
+        help=f"Seconds per training run: a recipe whose timed projection exceeds 75% of it is refused; the safety "
+             f"net, a grader error when hit{_policy(_POLICY.max_seconds)}."),
     real_fit: bool = typer.Option(False, "--real-fit", help="Run the notebook's model.fit for real instead of recording it."),
     cell_seconds: float = typer.Option(_LIMITS.cell_seconds, "--cell-timeout", help="Seconds one cell may run."),
     notebook_seconds: float = typer.Option(_LIMITS.notebook_seconds, "--notebook-timeout",
@@ -136,6 +136,19 @@ def grade(
              "--canvas-assignment 'cnn_mnist=CNN on MNIST (123)' (repeatable). Without it no Canvas import is written."),
     canvas_assignment_id: Optional[str] = typer.Option(
         None, "--canvas-assignment-id", help="Canvas assignment id (the number in the assignment's URL)."),
+    manual_scores: Optional[Path] = typer.Option(
+        None, "--manual-scores",
+        help="A filled manual_scores.csv (id, question, points, comment) of the hand-graded questions: merged into "
+             "the results without grading anything again, and kept as OUT/manual_scores.csv (a later run reads that "
+             "by itself). A bad file is refused, naming the line."),
+    anonymous: bool = typer.Option(
+        False, "--anonymous",
+        help="Graders' pages of the hand-graded questions (OUT/manual/) and a new manual_scores.csv show a code "
+             "per student, not names or ids."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v",
+        help="Show the grader's log (its subprocesses' stderr, TensorFlow's start-up lines) on the console "
+             "instead of only in <out>/logs/grader.log."),
 ) -> None:
     """Grade submissions: isolated execution, clean-process judging, verified retraining."""
     import dataclasses
@@ -166,18 +179,32 @@ def grade(
         autograder_zips = [b.autograder_zip for b in builder.build_all(out / "_autograder", gradescope=False)]
     options = batch.BatchOptions(
         jobs=jobs or max(os.cpu_count() or 1, 1), warm=warm, force=force, real_fit=real_fit, ray=ray or bool(ray_address), ray_address=ray_address,
-        canvas=canvas,
+        canvas=canvas, manual_scores=manual_scores, anonymous=anonymous,
         limits=dataclasses.replace(Limits(), cell_seconds=cell_seconds, notebook_seconds=notebook_seconds,
                                    memory_mb=memory_mb),
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )
-    results = batch.run_batch(paths, autograder_zips, out, options)
+    from autograder import logs
+    from autograder.manual import ManualScoresError
+
+    try:
+        with logs.to_file(out, verbose) as log:
+            results = batch.run_batch(paths, autograder_zips, out, options)
+    except ManualScoresError as exc:  # every result is kept; the reports are left as they were
+        console.print(f"[red]manual scores refused: {exc}[/red]\nNothing was lost: the results in {out / 'results'} "
+                      "are kept; fix the file and run grade again (nothing is graded again).")
+        raise typer.Exit(2)
     _print_results(results)
     imports = [f"{out / file} (column {column})" for file, _, column in reports.canvas_files(results, canvas)[0]]
     console.print(f"\nGrade sheet: {out / 'grades.csv'}   To review: {out / 'needs_review.csv'}   Canvas import: "
                   + (", ".join(imports) or "none (--canvas-assignment)"))
-    console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}")
+    console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}"
+                  + ("" if verbose else f"   Grader's log: {log}"))
+    waiting = sum(m.get("score") is None for r in results for m in r.get("manual") or [])
+    if any(r.get("manual") for r in results):
+        console.print(f"Hand-graded questions: {waiting} answers left; pages in {out / 'manual'}, scores in "
+                      f"{out / 'manual_scores.csv'} (fill it in, then run grade again)")
 
 
 def _print_results(results: list[dict]) -> None:
@@ -190,6 +217,9 @@ def _print_results(results: list[dict]) -> None:
         for q in r["questions"]:
             msgs = "; ".join(c["message"].replace("❌ Test case failed\n", "") for c in q["cases"] if not c["passed"])
             table.add_row(q["name"], f"{q['score']:g} / {q['max_score']:g}", msgs[:300] or "all checks passed")
+        for m in r.get("manual") or []:
+            table.add_row(m["name"], (f"{m['score']:g}" if m.get("score") is not None else "pending") + f" / {m['max_score']:g}",
+                          m.get("comment") or "graded by hand" if m.get("score") is not None else "to be graded by hand")
         console.print(table)
         if r.get("retrain") and r["retrain"].get("accuracy") is not None:
             rt = r["retrain"]
@@ -208,7 +238,7 @@ def _print_results(results: list[dict]) -> None:
 
 
 def main() -> None:
-    import os
+    from autograder import logs
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's start-up chatter (no GPU here, CPU flags)
+    logs.quiet_children()  # TensorFlow's, absl's and gRPC's start-up chatter, here and in every subprocess
     app()

@@ -1,4 +1,4 @@
-"""One typed result per submission, with its schema version (the JSON shape in the README).
+"""One typed result per submission, with its schema version (the JSON shape: docs/reference/result-schema.md, generated from these classes).
 
 The engine (:mod:`autograder.judge.pipeline`), the batch (:mod:`autograder.batch`: rows for inputs
 that could not be graded) and the Gradescope runner (:mod:`autograder.lms.gradescope`) all build a
@@ -10,33 +10,48 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 RESULT_SCHEMA_VERSION = 1
 
 GRADED, ERROR, GRADER_ERROR = "graded", "error", "grader_error"  # error: the submission's fault, scored
 STATUSES = (GRADED, ERROR, GRADER_ERROR)  # grader_error: the grader's fault, graded again by the next run
 
+# Why a grader_error happened: never the submission's doing, always one of these.
+GraderErrorCause = Literal[
+    "host_limit",  # the host ran short: memory, disk, processes, a retrain killed at the grader's memory limit
+    "timeout_infrastructure",  # a grader clock ran out while the machine was starved or slow (safety nets)
+    "grader_crash",  # the grader's own code failed (the judge, a retrain worker, an exception in the engine)
+    "dataset_missing",  # the assignment's data could not be found or verified
+    "interpreter",  # Python, the kernel or the jail could not start
+    "worker_died",  # a batch worker process died
+    "unknown",  # a result written before causes were recorded
+]
+GRADER_ERROR_CAUSES: tuple[str, ...] = get_args(GraderErrorCause)
+
 
 @dataclass
 class CaseResult:
     """One Otter test case."""
 
-    name: str
-    hidden: bool
-    points: float | None
+    name: str  # the test case's name in Otter's test file
+    hidden: bool  # a hidden check: counts, shown to the student as passed/failed only
+    points: float | None  # its points (None: the question's points are split among its cases)
     passed: bool
-    message: str
+    message: str  # the feedback: the likely mistake for a public check, a general message for a hidden one
+    # the named likely mistakes this failed case points to (ids of the assignment's misconception
+    # catalogue, e.g. "flipped_filter"); empty when it names none
+    misconceptions: list[str] = field(default_factory=list)
 
 
 @dataclass
 class QuestionResult:
     """One question (one Otter test file)."""
 
-    name: str
+    name: str  # the question (Otter's test file name)
     score: float
     max_score: float
-    cases: list[CaseResult] = field(default_factory=list)
+    cases: list[CaseResult] = field(default_factory=list)  # every public and hidden case
 
     @classmethod
     def from_dict(cls, d: dict) -> "QuestionResult":
@@ -48,39 +63,56 @@ class GradeResult:
     """A submission's result.  ``status``: ``graded``, ``error`` (the submission's fault: scored on what
     ran) or ``grader_error`` (never the student's: not scored, graded again by the next run)."""
 
-    assignment: str | None = None
-    submission: str | None = None
-    status: str = GRADED
-    error: str | None = None
-    score: float = 0.0
-    max_score: float | None = None
-    questions: list[QuestionResult] = field(default_factory=list)
+    assignment: str | None = None  # the assignment's name (e.g. "cnn_mnist")
+    submission: str | None = None  # the notebook graded
+    status: str = GRADED  # graded, error or grader_error
+    error: str | None = None  # why the status is not graded, for people
+    score: float = 0.0  # the sum of the questions' scores
+    max_score: float | None = None  # the sum of their maximum scores (None: no question was judged)
+    questions: list[QuestionResult] = field(default_factory=list)  # one per Otter test file
     retrain: dict | None = None  # autograder.verifier.retrain.RetrainReport, as a dict
-    limits_hit: list[str] = field(default_factory=list)
+    limits_hit: list[str] = field(default_factory=list)  # each limit the submission reached, for people
     execution: dict = field(default_factory=dict)  # seconds, cells, skipped_cells, runs, output_tail
     isolation: dict = field(default_factory=dict)  # mode, isolated, uid, notes, self_test
-    versions: dict = field(default_factory=dict)
-    seconds: float | None = None
+    versions: dict = field(default_factory=dict)  # the grader, Python, otter-grader, numpy, keras, tensorflow, jax (those installed)
+    seconds: float | None = None  # wall time to grade it
     student: dict | None = None  # set by the batch: id, source, name, email, extra
     retry: bool = False  # a worker died: the next run grades it again
     retrain_pending: bool = False  # a partial result, judged before retraining finished
     variant: dict | None = None  # per-student variants: the variant judged with, and the instructor's flags
-    schema: int = RESULT_SCHEMA_VERSION
+    cause: GraderErrorCause | None = None  # with grader_error only: which kind of fault of the grader or host
+    earlier_causes: list[str] = field(default_factory=list)  # causes of this submission's grader errors on earlier
+    # runs, oldest first (set by the batch; a repeat is listed by autograder.lms.reports.repeated_grader_error)
+    # hand-graded questions (Otter Assign ``manual: true``), see autograder.manual.ManualAnswer: name,
+    # max_score, score (None: pending), comment, answer; their points are in max_score, and in score once graded
+    manual: list[dict] = field(default_factory=list)
+    schema: int = RESULT_SCHEMA_VERSION  # the version of this layout
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"unknown result status {self.status!r}")
+        if self.status == GRADER_ERROR and self.cause is None:
+            self.cause = "unknown"
+        if self.status != GRADER_ERROR:
+            self.cause = None
+        if self.cause is not None and self.cause not in GRADER_ERROR_CAUSES:
+            raise ValueError(f"unknown grader error cause {self.cause!r}")
 
     # --- building ----------------------------------------------------------------------------
 
     @classmethod
     def error_row(cls, message: str, *, status: str = ERROR, student: dict | None = None,
-                  assignment: str | None = None, retry: bool = False) -> "GradeResult":
+                  assignment: str | None = None, retry: bool = False,
+                  cause: GraderErrorCause | None = None) -> "GradeResult":
         """A row for something that was not graded (a PDF, a refused zip, an unknown assignment, a dead worker)."""
-        return cls(assignment=assignment, status=status, error=message, student=student, retry=retry)
+        return cls(assignment=assignment, status=status, error=message, student=student, retry=retry,
+                   cause=cause if status == GRADER_ERROR else None)
 
-    def fail(self, message: str, status: str = ERROR) -> "GradeResult":
-        self.status, self.error = status, message
+    def fail(self, message: str, status: str = ERROR, cause: GraderErrorCause | None = None) -> "GradeResult":
+        """Set the status and message; a ``grader_error`` names its cause (``grader_crash`` when not given)."""
+        if status == GRADER_ERROR and cause not in GRADER_ERROR_CAUSES:
+            cause = "grader_crash"
+        self.status, self.error, self.cause = status, message, cause if status == GRADER_ERROR else None
         return self
 
     def judged(self, questions: list[dict], retrain: dict | None) -> "GradeResult":
@@ -101,9 +133,9 @@ class GradeResult:
     # --- JSON ---------------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of ``results/<id>.json`` (README: Result file); optional flags only when set."""
+        """The JSON object of ``results/<id>.json`` (docs: reference/result-schema.md); optional flags only when set."""
         out = asdict(self)
-        for flag in ("retry", "retrain_pending", "variant"):
+        for flag in ("retry", "retrain_pending", "variant", "cause", "earlier_causes", "manual"):
             if not out[flag]:
                 del out[flag]
         return out

@@ -66,9 +66,19 @@ class Dataset:
     test_size: int  # images it measures on
     pixel_scale: float = 255.0  # preprocessing: x / pixel_scale (raw pixels when the notebook trained on raw)
     # ``probe_file(allow_network=True) -> Path``: a verified file copied read-only into every probe, so the
-    # notebook's own loading call works offline (for MNIST: Keras' ``mnist.npz``; the probe runtime points
-    # keras.datasets.mnist at it); None when the data ships inside a package the sandbox can import
+    # notebook's own loading call works offline (for MNIST: Keras' ``mnist.npz``, which its ``probe_setup`` points
+    # keras.datasets.mnist at); None when the data ships inside a package the sandbox can import
     probe_file: Callable[..., Path] | None = None
+    # Python source the probe runs at start-up, before the student's first cell, with ``data_file`` bound to
+    # the path of its copy of ``probe_file`` (e.g. pointing ``keras.datasets.mnist.load_data`` at it); the
+    # grader's own code, never the student's; None: nothing to run
+    probe_setup: str | None = None
+    # ``provision(allow_network=True)``: fetch and verify the data ahead of grading (``python -m autograder
+    # data``, Gradescope's image build), raising with every source tried when it cannot; None: nothing to fetch
+    provision: Callable[..., object] | None = None
+    # ``install_offline()``: make the notebook's own loading call read the verified copy in the student's kernel
+    # (``otter run``, ``otter grade``: the Otter plugin calls it before the first cell); None: nothing to do
+    install_offline: Callable[[], object] | None = None
 
     def describe(self) -> dict:
         """The plain, JSON-able facts (for the verifier's job and cache key)."""
@@ -106,6 +116,9 @@ class AssignmentSpec:
     # course-content packages the assignment's modules import besides its own (e.g. content shared by
     # several units, "assignments.cnn_common"): bundled with it in the zips, masked in the jail like it
     shared: tuple[str, ...] = ()
+    # module naming the unit's misconceptions (the likely mistakes its feedback names): ``CATALOGUE``
+    # ({id: title}) and ``classify(message) -> list[id]``; None: feedback names no misconception
+    misconceptions: str | None = None
 
     # --- derived ---------------------------------------------------------------------------
 

@@ -26,7 +26,9 @@ import queue
 import threading
 from typing import Callable, Hashable, Protocol
 
-ENV_WARM = "CNN_GRADER_WARM"
+from autograder import settings
+
+ENV_WARM = settings.WARM.name
 _MORE_COMING = True  # see expect_more
 
 

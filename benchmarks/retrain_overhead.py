@@ -31,7 +31,7 @@ MAX_RATIO = 1.05
 PLAIN = """
 import json, sys, numpy as np, keras
 from keras import layers
-from autograder.data import load_mnist
+from assignments.cnn_mnist.data import load_mnist
 epochs, batch = int(sys.argv[1]), int(sys.argv[2])
 keras.utils.set_random_seed(1234)
 (x_train, y_train), (x_test, y_test) = load_mnist()

@@ -92,6 +92,50 @@ def test_committed_student_folder_is_in_sync_with_the_master(assignment, builds)
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_committed_solution_notebook_is_in_sync_with_the_master(assignment, builds):
+    """``solutions/<name>.ipynb`` is the built solution (one source: the master), for instructors."""
+    from autograder import build
+
+    committed = build.solution_path(assignment)
+    assert committed.is_file() and _sources(committed) == _sources(builds[assignment].solution_notebook), (
+        f"{committed} is stale: run `python -m autograder build --update-assignments`"
+    )
+
+
+def test_solutions_hold_one_notebook_per_assignment_and_nothing_else():
+    from autograder import build
+
+    assert build.SOLUTIONS_DIR.parent == Path(__file__).resolve().parent.parent  # the repository's top level
+    assert sorted(p.name for p in build.SOLUTIONS_DIR.iterdir()) == sorted(f"{a}.ipynb" for a in ASSIGNMENTS)
+
+
+def _answer_lines(assignment: str) -> set[str]:
+    """The solution's code lines a student's notebook lacks: the answers (long enough to be specific)."""
+    from autograder import build
+
+    student = {line.strip() for _, source in _sources(registry.get(assignment).student_dir / f"{assignment}.ipynb")
+               for line in source.splitlines()}
+    solution = {line.strip() for kind, source in _sources(build.solution_path(assignment)) if kind == "code"
+                for line in source.splitlines()}
+    return {line for line in solution - student if len(line) >= 25 and not line.startswith("#")}
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
+def test_nothing_a_student_receives_holds_a_line_of_the_solution(assignment):
+    """The committed student folder (notebook, check module with the grader's shipped rules, public tests)
+    holds no answer line of the solution notebook."""
+    answers = _answer_lines(assignment)
+    assert len(answers) >= 10, answers  # the solution's answers are there to look for
+    folder = registry.get(assignment).student_dir
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+    assert {p.suffix for p in files} <= {".py", ".ipynb"}, files
+    for path in files:
+        text = "\n".join(s for _, s in _sources(path)) if path.suffix == ".ipynb" else path.read_text()
+        leaked = sorted(line for line in answers if line in text)
+        assert not leaked, (path, leaked)
+
+
+@pytest.mark.parametrize("assignment", ASSIGNMENTS)
 def test_committed_samples_are_in_sync(assignment, builds, tmp_path):
     built = builds[assignment]
     _samples_module(assignment).write_samples(built.student_notebook, built.solution_notebook, tmp_path)

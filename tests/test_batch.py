@@ -142,19 +142,35 @@ def test_reports_and_feedback(class_run, built):
     assert sorted(r["score"] for r in again) == sorted(r["score"] for r in results)
 
 
-def test_canvas_import_holds_each_student_once_with_the_real_grade(class_run):
-    _, out, results = class_run
+def test_canvas_import_holds_each_student_once_with_the_real_grade(class_run, built, tmp_path):
+    folder, out, results = class_run
     by_id = {r["student"]["id"]: r for r in results}
     canvas = list(csv.reader(open(out / "canvas_grades.csv", encoding="utf-8")))
     assert canvas[0] == ["Student", "ID", "SIS User ID", "SIS Login ID", "Section", CANVAS_COLUMN]
-    assert canvas[1][0] == "Points Possible"
-    scores = {row[1]: row[5] for row in canvas[2:]}
-    assert sorted(scores) == ["1001", "1002", "1003"]  # Canvas user ids, digits only, once each
-    # 1001's second file is not a "1001~2" row worth 0 (Canvas would read it as 1001 and overwrite)
-    assert float(scores["1001"]) == by_id["1001"]["score"] > 0
+    assert canvas[1] == ["Points Possible", "", "", "", "", "36"]  # 33 autograded + question 11 by hand
+    assert len(canvas) == 2  # the import waits for the hand-graded question (README: Hand-graded questions)
     review = {r["id"]: r for r in _rows(out / "needs_review.csv")}
     assert {"1001~2", "1004", "1005", "1006"} <= set(review)
     assert all(review[k]["in_canvas_import"] == "no" for k in ("1001~2", "1004", "1005", "1006"))
+    assert review["1002"]["in_canvas_import"] == "no" and "byte-identical to 1003" in review["1002"]["reason"]
+    assert "waits for 1 hand-graded question" in review["1002"]["reason"]
+    # once question 11 has its points, each student is there once, with the real grade (nothing graded again)
+    done = tmp_path / "out"
+    shutil.copytree(out, done)
+    template = _rows(done / "manual_scores.csv")
+    with open(done / "manual_scores.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "question", "points", "comment"])
+        w.writerows([r["id"], r["question"], 3, ""] for r in template)
+    batch.run_batch([folder], built.autograder_zip, done,
+                    batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False, canvas=CANVAS_COLUMN))
+    assert json.loads((done / "batch.json").read_text())["graded_now"] == 0
+    canvas = list(csv.reader(open(done / "canvas_grades.csv", encoding="utf-8")))
+    scores = {row[1]: row[5] for row in canvas[2:]}
+    assert sorted(scores) == ["1001", "1002", "1003"]  # Canvas user ids, digits only, once each
+    # 1001's second file is not a "1001~2" row worth 0 (Canvas would read it as 1001 and overwrite)
+    assert float(scores["1001"]) == by_id["1001"]["score"] + 3 > 3
+    review = {r["id"]: r for r in _rows(done / "needs_review.csv")}
     assert review["1002"]["in_canvas_import"] == "yes" and "byte-identical to 1003" in review["1002"]["reason"]
 
 
@@ -191,7 +207,9 @@ def test_feedback_and_report_render_in_a_headless_browser(class_run, tmp_path):
     _, out, _ = class_run
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     pages = {"feedback": (out / "feedback" / "1001.html", ['id="questions"', "rows and columns are swapped"]),
-             "report": (out / "report.html", ['id="submissions"', "byte-identical to 1003"])}
+             "report": (out / "report.html", ['id="submissions"', "byte-identical to 1003", 'id="n-pending"',
+                                              "swapped_axes"]),
+             "manual": (out / "manual" / "cnn_mnist-written_pooling.html", ['id="answers"', "Question 11"])}
     for name, (page, expected) in pages.items():
         dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True,
                              timeout=120)

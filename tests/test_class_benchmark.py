@@ -1,6 +1,6 @@
 """The class-sized benchmark in its reduced CI form (8 generated submissions, a small MNIST subset).
 
-The full form (200 submissions on full MNIST) is `python benchmarks/class_benchmark.py`; see the README.
+The full form (200 submissions on full MNIST) is `python benchmarks/class_benchmark.py`; see docs/benchmarks.md.
 No timing is asserted: the test checks that the benchmark grades every generated submission, that the
 retraining cache trains each distinct recipe once, and that it prints its figures and the projection.
 """

@@ -1,4 +1,4 @@
-"""MNIST provisioning: verified content, original order, clear errors, offline Keras loader."""
+"""MNIST provisioning (the cnn_mnist assignment's dataset, assignments/cnn_mnist/data.py): verified content, original order, clear errors, offline Keras loader."""
 
 import gzip
 import io
@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from autograder import data
+from assignments.cnn_mnist import data
 
 
 @pytest.fixture(scope="module")

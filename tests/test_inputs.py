@@ -192,6 +192,66 @@ def test_canvas_import_has_only_matchable_rows_and_the_rest_go_to_review(canvas_
     assert "grader error" in review["1003"]["reason"] and "SpeedGrader" in review["anon_Xk3pQ"]["reason"]
 
 
+@pytest.mark.parametrize("late", [False, True])
+def test_a_canvas_name_that_reads_as_another_students_never_takes_their_place(tmp_path, late):
+    """User 111 takes the display name ``x_222_999999`` (Canvas keeps it as typed once a ``-`` is
+    dropped); their upload is named ``x_222_999999_111_7_...``, which also reads as user 222's latest
+    upload.  222's real file is still the one graded as 222; the other is listed for review with
+    both readings and never imported as anyone's grade."""
+    import csv
+
+    folder = tmp_path / "class"
+    folder.mkdir()
+    shutil.copy(_sample("solution"), folder / "realstudent_222_5222_cnn_mnist.ipynb")
+    ambiguous = f"x_222_999999_{'LATE_' if late else ''}111_7_cnn_mnist.ipynb"
+    shutil.copy(_sample("untouched"), folder / ambiguous)
+    shutil.copy(_sample("shape_mistakes"), folder / "plain_333_5333_cnn_mnist.ipynb")
+    subs = {s.id: s for s in collect([folder], tmp_path / "out")}
+    assert set(subs) == {"222", "222~2", "333"}
+    assert subs["222"].source == "realstudent_222_5222_cnn_mnist.ipynb" and subs["222"].error is None
+    assert subs["222"].notebook.read_bytes() == _sample("solution").read_bytes()
+    assert subs["222~2"].source == ambiguous and "duplicate" in subs["222~2"].error
+    assert "canvas_ambiguous" not in subs["222"].extra and "canvas_ambiguous" not in subs["333"].extra
+    results = [_graded(s, 30.0) if not s.error else batch._error_result(s, s.error) for s in subs.values()]
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    left_out = reports.write_canvas_csv(results, out / "canvas_grades.csv", "CNN on MNIST (4242)")
+    rows = list(csv.reader(open(out / "canvas_grades.csv", encoding="utf-8")))
+    assert sorted(r[1] for r in rows[2:]) == ["222", "333"]
+    assert {r["student"]["id"] for r, _ in left_out} == {"222~2"}
+    reports.write_review_csv(results, out / "needs_review.csv")
+    review = {r["id"]: r for r in csv.DictReader(open(out / "needs_review.csv", encoding="utf-8"))}
+    reason = review["222~2"]["reason"]
+    assert review["222~2"]["in_canvas_import"] == "no" and review["222~2"]["source"] == ambiguous
+    assert "ambiguous Canvas file name" in reason and "user 111 (attachment 7" in reason, reason
+    assert "222" not in review  # the real file is not in question
+
+
+def test_an_ambiguous_canvas_name_alone_is_graded_but_never_imported(tmp_path):
+    """With no other file of 222, the ambiguous file is graded under its first reading (so a person
+    sees a score), never imported into Canvas, and listed for review."""
+    folder = tmp_path / "class"
+    folder.mkdir()
+    shutil.copy(_sample("solution"), folder / "x_222_9_111_7_cnn_mnist.ipynb")
+    (sub,) = collect([folder], tmp_path / "out")
+    assert sub.id == "222" and sub.error is None and "user 111" in sub.extra["canvas_ambiguous"]
+    row, why = reports.canvas_row(_graded(sub, 30.0))
+    assert row is None and why.startswith("ambiguous Canvas file name")
+
+
+@pytest.mark.parametrize("file_name, readings", [
+    ("x_222_9_111_7_cnn_mnist.ipynb", [("222", "9"), ("9", "111"), ("111", "7")]),
+    ("ada_1001_5001_lab_3_1_cnn.ipynb", [("1001", "5001"), ("3", "1")]),  # a file name with numbers: flagged too
+    ("garcíajosé_1007_5007_cnn_mnist_2026_11_20T10_15_00_123456.zip", [("1007", "5007")]),  # Otter's stamp
+    ("turingalan_LATE_1002_5002_cnn_mnist.ipynb", [("1002", "5002")]),  # LATE_ is part of one reading
+])
+def test_every_reading_of_a_canvas_name_is_found(file_name, readings):
+    from autograder.lms.submissions import canvas_readings
+
+    assert [(r["user"], r["attachment"]) for r in canvas_readings(file_name)] == readings
+    assert ("canvas_ambiguous" in canvas_owner(file_name).extra) == (len(readings) > 1)
+
+
 @pytest.mark.parametrize("text, column", [
     ("CNN on MNIST (123456)", "CNN on MNIST (123456)"),
     ("  Lab 3: CNN (7) ", "Lab 3: CNN (7)"),
@@ -275,6 +335,72 @@ def test_a_nested_zip_bomb_is_refused_quickly_without_large_writes(zip_bomb, tmp
         assert subs["1002"].error is None  # the rest of the class is still graded
     assert _disk_use(out) < 16 * 2**20, _disk_use(out)  # unpacked naively: 1 GB
     assert seconds < 60  # refused from the zip's directory: well under a second when idle
+
+
+def _files_written(out: Path) -> int:
+    return sum(1 for p in out.rglob("*") if p.is_file()) if out.exists() else 0
+
+
+def _zip_of_copies(path: Path, inner: bytes, inner_name: str, copies: int, method=zipfile.ZIP_DEFLATED) -> Path:
+    with zipfile.ZipFile(path, "w", method) as z:
+        for i in range(copies):
+            z.writestr(f"{i}-{inner_name}", inner)
+    return path
+
+
+def _bytes_of(build, path: Path) -> bytes:
+    build(path)
+    data = path.read_bytes()
+    path.unlink()
+    return data
+
+
+@pytest.mark.parametrize("where", ["student upload", "inside a class download"])
+@pytest.mark.parametrize("leaf", ["empty notebooks", "empty zips"])
+def test_nested_zips_of_empty_members_are_refused_quickly_with_few_files_written(tmp_path, where, leaf):
+    """The attack: a small zip of zips of zero-byte members (notebooks, or valid empty zips one level
+    deeper) unpacked naively writes one file per member, over 100,000 of them.  Members are counted
+    over every nesting level of one student's upload, so it is refused at the first inner zip."""
+    empty_zip = _bytes_of(lambda p: zipfile.ZipFile(p, "w").close(), tmp_path / "e.zip")
+    leaf_name, leaf_bytes = ("cnn_mnist.ipynb", b"") if leaf == "empty notebooks" else ("x.zip", empty_zip)
+    middle = _bytes_of(lambda p: _zip_of_copies(p, leaf_bytes, leaf_name, 1999), tmp_path / "m.zip")
+    given = _zip_of_copies(tmp_path / "lovelaceada_1001_5001_cnn_mnist.zip", middle, "part.zip", 12)
+    if where != "student upload":
+        given = tmp_path / "class submissions.zip"
+        with zipfile.ZipFile(given, "w") as z:
+            z.write(tmp_path / "lovelaceada_1001_5001_cnn_mnist.zip", "lovelaceada_1001_5001_cnn_mnist.zip")
+            z.write(_sample("solution"), "turingalan_1002_5002_cnn_mnist.ipynb")
+    out = tmp_path / "out"
+    started = time.monotonic()
+    subs = {s.id: s for s in collect([given], out)}
+    seconds = time.monotonic() - started
+    assert "zip refused" in subs["1001"].error and "more than 2000 members" in subs["1001"].error, subs["1001"].error
+    if where != "student upload":
+        assert subs["1002"].error is None  # the rest of the class is still graded
+    assert _files_written(out) < 50, _files_written(out)
+    assert seconds < 10, seconds
+
+
+def test_zero_byte_members_cost_bytes_too(tmp_path):
+    """Each member costs at least ``min_member_bytes`` of the byte budget, written or not."""
+    archive = _zip_with(tmp_path / "ada_1_2_cnn.zip", [("cnn_mnist.ipynb", _sample("solution").read_bytes()),
+                                                      *[(f"f{i}.txt", b"") for i in range(300)]])
+    limits = ArchiveLimits(max_submission_bytes=2**20, min_member_bytes=4096)  # 300 x 4 KiB: over 1 MB
+    (sub,) = collect([archive], tmp_path / "out", limits)
+    assert sub.notebook is None and "zip refused" in sub.error and "more than 1 MB" in sub.error, sub.error
+
+
+def test_a_second_notebook_stops_reading_the_zip(tmp_path):
+    """Two notebooks already make a student's zip ambiguous: what follows is never unpacked (here a
+    corrupt nested zip, which would otherwise refuse the zip as corrupt)."""
+    notebook = _sample("solution").read_bytes()
+    archive = _zip_with(tmp_path / "ada_1_2_cnn.zip", [("cnn_mnist.ipynb", notebook), ("copy.ipynb", notebook),
+                                                      ("more.zip", b"not a zip at all"), ("last.ipynb", notebook)])
+    out = tmp_path / "out"
+    (sub,) = collect([archive], out)
+    assert sub.notebook is None and "more than one notebook" in sub.error, sub.error
+    assert "'cnn_mnist.ipynb', 'copy.ipynb'" in sub.error and "last.ipynb" not in sub.error
+    assert _files_written(out) == 0  # neither notebook is kept, the nested zip never written
 
 
 def test_a_member_that_unpacks_past_the_limit_is_cut_off(tmp_path):
@@ -381,3 +507,127 @@ def test_a_symlink_in_a_class_folder_is_an_error_row_and_never_read(tmp_path):
     subs = {s.id: s for s in collect([folder], tmp_path / "out")}
     assert subs["1001"].notebook is None and "symbolic link" in subs["1001"].error
     assert subs["1002"].error is None
+
+
+# --- every reader of a submitted file: no link followed, no content quoted -----------------------
+
+SECRET = "GRADER-ONLY-SECRET-9c1e"
+
+
+def _secret_file(tmp_path: Path) -> Path:
+    secret = tmp_path / "secret" / "cnn_mnist.ipynb"
+    secret.parent.mkdir()
+    secret.write_text(SECRET + " {not a notebook")
+    os.chmod(secret, 0o600)
+    return secret
+
+
+def test_a_symlinked_notebook_in_a_gradescope_export_is_never_read(tmp_path):
+    secret = _secret_file(tmp_path)
+    export = tmp_path / "export"
+    (export / "submission_111").mkdir(parents=True)
+    (export / "submission_222").mkdir(parents=True)
+    (export / "submission_111" / "cnn_mnist.ipynb").symlink_to(secret)
+    (export / "submission_222" / "work").symlink_to(secret.parent)  # a linked folder is never entered
+    (export / "submission_metadata.yml").write_text(
+        "submission_111:\n  :submitters:\n  - :name: Ada\n    :sid: '111'\n"
+        "submission_222:\n  :submitters:\n  - :name: Alan\n    :sid: '222'\n")
+    subs = {s.id: s for s in collect([export], tmp_path / "out")}
+    assert subs["111"].notebook is None and "is a symbolic link; not read" in subs["111"].error
+    assert subs["222"].notebook is None and subs["222"].error == "no notebook in the submission"
+    assert not any(SECRET[:6] in (s.error or "") for s in subs.values())
+
+
+def test_a_notebook_that_is_not_json_is_named_never_quoted(tmp_path):
+    folder = tmp_path / "class"
+    folder.mkdir()
+    shutil.copy(_secret_file(tmp_path), folder / "ada_1001_5001_cnn_mnist.ipynb")
+    (folder / "alan_1002_5002_cnn_mnist.ipynb").write_bytes(b'{"nbformat": 4, "cells": "' + SECRET.encode() + b'"}')
+    subs = {s.id: s for s in collect([folder], tmp_path / "out")}
+    assert subs["1001"].error == ("ada_1001_5001_cnn_mnist.ipynb is not a readable notebook: not JSON "
+                                  "(Expecting value at line 1, column 1)")
+    assert "not a readable notebook" in subs["1002"].error
+    assert not any(SECRET[:6] in s.error for s in subs.values())
+
+
+def test_the_assignment_picker_and_the_probe_refuse_a_link(tmp_path):
+    from autograder.probe.sandbox import probe
+
+    secret = _secret_file(tmp_path)
+    link = tmp_path / "cnn_mnist.ipynb"
+    link.symlink_to(secret)
+    name, problem = batch.pick_assignment(link, {"cnn_mnist": "unused.zip"})
+    assert "is a symbolic link; not read" in problem
+    probed = probe(link, [], {})
+    assert "is a symbolic link; not read" in probed.crashed and probed.runs == 0
+    shutil.copy(secret, tmp_path / "copy.ipynb")  # a file of its own: read, and its fault named, never quoted
+    probed = probe(tmp_path / "copy.ipynb", [], {})
+    assert "not JSON" in probed.crashed and SECRET[:6] not in probed.crashed
+
+
+def test_a_symlinked_folder_below_the_root_is_refused(tmp_path):
+    from autograder.submission_files import SubmissionFileError, read_notebook
+
+    secret = _secret_file(tmp_path)
+    root = tmp_path / "submission"
+    root.mkdir()
+    (root / "work").symlink_to(secret.parent)
+    with pytest.raises(SubmissionFileError, match=r"a folder on its path \(work\) is a symbolic link"):
+        read_notebook(root / "work" / "cnn_mnist.ipynb", root=root)
+    (root / "fifo.ipynb").parent.mkdir(exist_ok=True)
+    os.mkfifo(root / "fifo.ipynb")  # never blocks the grader
+    with pytest.raises(SubmissionFileError, match="not a regular file"):
+        read_notebook(root / "fifo.ipynb", root=root)
+
+
+def test_a_broken_gradescope_metadata_file_is_named_never_quoted(tmp_path):
+    export = tmp_path / "export"
+    (export / "submission_111").mkdir(parents=True)
+    shutil.copy(_sample("untouched"), export / "submission_111" / "cnn_mnist.ipynb")
+    (export / "submission_metadata.yml").write_text(f"submission_111:\n  :submitters: [\n  {SECRET}: : :\n")
+    (sub,) = collect([export], tmp_path / "out")
+    assert sub.notebook is None and "submission_metadata.yml is not readable" in sub.error
+    assert SECRET[:6] not in sub.error
+
+
+def test_library_errors_lose_what_they_quote():
+    from autograder.submission_files import describe_error
+
+    assert describe_error(ValueError(f"Notebook does not appear to be JSON: {SECRET!r}")) == \
+        "ValueError: Notebook does not appear to be JSON: …"
+    assert SECRET not in describe_error(ValueError(f"bad header 'abc' then '{SECRET}"))  # an unmatched quote
+    assert SECRET not in describe_error(ValueError(f"bytes b'{SECRET}'"))
+
+
+def test_a_students_zips_share_one_budget_that_a_misleading_name_cannot_spend(tmp_path):
+    """Members are counted per student over all of their zips; a zip whose name also reads as 222's
+    draws on a budget of its own, so 222's real zip is still read."""
+    folder = tmp_path / "class"
+    folder.mkdir()
+    filler = [(f"f{i}.txt", b"") for i in range(15)]
+    notebook = _sample("solution").read_bytes()
+    for n in (1, 2):  # 111's two uploads: 2 x 16 members, over 111's 20 in all
+        _zip_with(folder / f"ada_111_{n}_cnn_mnist.zip", [("cnn_mnist.ipynb", notebook), *filler])
+    # reads as 222's, and is read before 222's real zip (file names in order: "a" < "r")
+    _zip_with(folder / "a_222_99_111_3_cnn_mnist.zip", [("cnn_mnist.ipynb", notebook), *filler])
+    _zip_with(folder / "real_222_5_cnn_mnist.zip", [("cnn_mnist.ipynb", notebook), *filler])
+    subs = {s.id: s for s in collect([folder], tmp_path / "out", ArchiveLimits(max_submission_members=20))}
+    errors = sorted(s.error or "" for k, s in subs.items() if k.startswith("111"))
+    assert errors[0] == "" and "more than 20 members" in subs["111~2"].error
+    assert subs["222"].source.startswith("real_222_5_cnn_mnist.zip") and subs["222"].error is None
+
+
+def test_a_class_download_counts_the_members_of_every_zip_in_it(tmp_path):
+    notebook = _sample("solution").read_bytes()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for n in (1, 2, 3):  # 10 members each, with the class zip's own 3: 13, 23, then 33 > 30
+        _zip_with(staging / f"s{n}_10{n}_50{n}_cnn_mnist.zip",
+                  [("cnn_mnist.ipynb", notebook), *[(f"f{i}.txt", b"") for i in range(9)]])
+    archive = tmp_path / "class submissions.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in sorted(staging.iterdir()):
+            z.write(p, p.name)
+    subs = {s.id: s for s in collect([archive], tmp_path / "out", ArchiveLimits(max_class_members=30))}
+    assert subs["101"].error is None and subs["102"].error is None
+    assert "zip refused" in subs["103"].error and "more than 30 members" in subs["103"].error

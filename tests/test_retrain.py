@@ -393,7 +393,7 @@ def test_two_notebooks_differing_only_in_scaling_each_get_their_own_result_in_bo
 
 def test_notes_for_test_set_training_unreplayable_callbacks_and_unscaled_pixels():
     from autograder.probe import runtime as probe_runtime
-    from autograder.data import load_mnist
+    from assignments.cnn_mnist.data import load_mnist
 
     (x_train, _), (x_test, _) = load_mnist()
     described = probe_runtime._describe_data(x_test.reshape(-1, 28, 28, 1) / 255.0)  # what the recorder sends

@@ -63,7 +63,7 @@ def test_a_waiting_jail_holds_nothing_of_any_submission(pool, autograder, tmp_pa
             if name != "mnist.npz":
                 assert b"zebra" not in (Path(folder) / name).read_bytes(), name
     setup = json.loads((waiting.jail.work / "setup.json").read_text())
-    assert set(setup) == {"real_fit", "mnist_npz"}  # start-up settings only
+    assert set(setup) == {"real_fit", "data_file", "data_setup"}  # start-up settings only
     for pid in waiting.pids():  # no notebook, cell or answer on any command line of the jail
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -176,7 +176,8 @@ def test_files_beside_the_notebook_reach_a_warm_jail_with_its_submission(pool, a
               )
     nb.write_text(nb.read_text().replace("import helper", "import os, helper"))
     spec = engine.Autograder.from_zip(autograder).spec  # the same start-up as grade()'s: the warm jail fits
-    probed = sandbox.probe(nb, ["conv_small"], {}, limits=FAST, mnist_npz=spec.dataset.probe_file(),
+    probed = sandbox.probe(nb, ["conv_small"], {}, limits=FAST, data_file=spec.dataset.probe_file(),
+                           data_setup=spec.dataset.probe_setup,
                            private=[Path(autograder).resolve().parent],
                            files={"helper.py": b"VALUE = 7\n", "../escape.py": b"x", ".hidden": b"x"})
     assert probed.warm_starts == [True] and probed.complete, (probed.crashed, probed.output[-2000:])
@@ -228,7 +229,7 @@ def test_pool_hands_each_process_out_once_and_closes_what_waits():
 
 def test_a_verified_dataset_is_verified_again_once_it_changes(tmp_path):
     """The per-process memo of verified data files (part of the per-notebook floor) never hides a change."""
-    from autograder import data
+    from assignments.cnn_mnist import data
 
     copy = tmp_path / "mnist.npz"
     shutil.copyfile(data.ensure_mnist_npz(), copy)

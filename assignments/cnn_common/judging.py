@@ -333,6 +333,19 @@ def _unit_part(source: str) -> str:
     return "".join(lines).strip("\n") + "\n"
 
 
+def _training_fills(unit_public: ModuleType) -> dict[str, str]:
+    """The training check's tables: the verifier's public rules (:mod:`autograder.student_rules`: its
+    modules' source, never the answer key) and the assignment's threshold, budget and data facts."""
+    from autograder import registry, student_rules
+
+    package = unit_public.__name__.rpartition(".")[0]
+    specs = [s for s in registry.all_assignments() if s.package == package]
+    if len(specs) != 1:
+        return {}  # not an installed assignment's unit: the training check judges compile and fit only
+    return {"GRADER_RULES: list = []": literal(student_rules.bundled_sources()),
+            "TRAINING: dict = {}": literal(student_rules.training_facts(specs[0]))}
+
+
 def render_public_module(unit_public: ModuleType, fills: dict[str, str]) -> str:
     """The source of a unit's student-side module: :mod:`assignments.cnn_common.public_checks`, then
     the unit's part (``unit_public``, its imports dropped), with each placeholder line of ``fills``
@@ -342,6 +355,7 @@ def render_public_module(unit_public: ModuleType, fills: dict[str, str]) -> str:
     source = (inspect.getsource(public_checks).rstrip("\n")
               + f"\n\n\n# --- the unit's part ({unit_path}) " + "-" * max(3, 70 - len(unit_path)) + "\n\n"
               + _unit_part(inspect.getsource(unit_public)))
+    fills = {**_training_fills(unit_public), **fills}
     for placeholder, text in fills.items():
         assert source.count(placeholder) == 1, placeholder
         source = source.replace(placeholder, f"{placeholder[:-2]}{text}")

@@ -8,9 +8,15 @@ Otter prints the source of a failing test, so public tests only call these funct
 holds no expected values, only SHA-256 digests of canonical answers (and of the answers that
 typical mistakes produce, so feedback can name the mistake).
 
-It imports only the standard library and numpy, so it works wherever the notebook runs.  The
-trusted graders (``assignments.<unit>.checks``) reuse :func:`canonical` and :func:`digest` so both
-sides agree on what "the same answer" means.
+It imports only the standard library and numpy, so it works wherever the notebook runs (the
+training check, given the notebook's live Keras model, also uses Keras).  The trusted graders
+(``assignments.<unit>.checks``) reuse :func:`canonical` and :func:`digest` so both sides agree on
+what "the same answer" means.
+
+The training check (:func:`check_training`) measures the notebook's model on the unit's test images
+against the threshold, and applies the grader's public rules (:func:`check_recipe`): the build ships
+the verifier's own ``rebuild`` and ``budget`` modules in ``GRADER_RULES`` (:mod:`autograder.student_rules`),
+so a recipe the grader refuses fails here with the grader's message.  Rules and policy, never answers.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ __all__ = [
     "check_function",
     "check_model",
     "check_training",
+    "check_recipe",
+    "evaluate_model",
+    "grader_rules",
     "is_stub",
     "model_layers",
     "not_implemented_message",
@@ -45,6 +54,12 @@ PUBLIC_CASES: dict = {}
 # per-student variants (empty when the assignment has none): {"assignment", "pool_size", "salt",
 # "variants": [{"givens": ..., "answers": <like ANSWER_DIGESTS>, "cases": <like PUBLIC_CASES>}, ...]}
 VARIANTS: dict = {}
+# the verifier's public rules (autograder.student_rules): [[module, source], ...] of
+# autograder.verifier's rebuild and budget modules, unchanged but for their imports of one another
+GRADER_RULES: list = []
+# the training policy: {"assignment", "threshold", "seed_margin", "seeds", "budget", "data": {"name",
+# "input_shape", "num_classes", "train_size", "test_size", "pixel_scale", ...}}
+TRAINING: dict = {}
 # ------------------------------------------------------------------------------------------
 
 _ACTIVE: dict = {}  # the variant chosen by use_student (student side) or by the grader
@@ -377,19 +392,149 @@ def check_model(model, expected: list | None = None, input_shape: list | None = 
         )
 
 
-def check_training(model) -> None:
-    """Public check for the training question: compiled for integer labels and actually trained.
+def grader_rules() -> dict:
+    """The grader's own rule modules (``{"rebuild": module, "budget": module, ...}``), loaded once from
+    ``GRADER_RULES`` (empty without them)."""
+    if _RULES or not GRADER_RULES:
+        return _RULES
+    import sys
+    import types
+
+    for name, source in GRADER_RULES:
+        full = f"_grader_rules_{name}"
+        module = types.ModuleType(full)
+        module.__file__ = f"<the grader's {name} rules>"
+        sys.modules[full] = module  # dataclasses and the other rule modules look it up there
+        exec(compile(source, module.__file__, "exec"), module.__dict__)
+        _RULES[name] = module
+    return _RULES
+
+
+_RULES: dict = {}
+
+
+def _live_model_config(model) -> dict:
+    """The model's description as the grader reads it; a model Keras cannot describe (a subclassed
+    model whose ``__init__`` takes arguments) is described by its class alone, as the grader sees it."""
+    try:
+        return _model_config(model)
+    except AssertionError:
+        raise
+    except Exception:
+        cls = type(model)
+        try:
+            compile_config = model.get_compile_config()
+        except Exception:
+            compile_config = None
+        return {"class_name": cls.__name__, "module": cls.__module__, "config": {}, "compile_config": compile_config}
+
+
+def _fits_of(model) -> list | None:
+    """The model's ``fit`` calls as the grader records them (epochs, batch size...).  The grader's
+    extracted model carries them; a live model only keeps its last call's epochs and steps per epoch
+    (``model.history.params``), from which the batch size is worked out on the training images.  A
+    batch size larger than the budget allows says the call trained on fewer images (a quick trial on a
+    slice): it counts as the largest allowed, so only a real excess of steps is refused."""
+    fits = getattr(model, "fits", None)
+    if isinstance(fits, list):
+        return fits
+    params = getattr(getattr(model, "history", None), "params", None) or {}
+    epochs, steps = params.get("epochs"), params.get("steps")
+    if not isinstance(epochs, int) or not isinstance(steps, int) or steps < 1 or not TRAINING:
+        return None
+    batch_size = min(-(-TRAINING["data"]["train_size"] // steps), TRAINING["budget"]["max_batch_size"])
+    return [{"epochs": epochs, "batch_size": batch_size, "steps_seen": steps}]
+
+
+def check_recipe(model, fits: list | None = None) -> list:
+    """Apply the grader's public rules to the model and its fit calls (default: the model's own), before
+    any training: allowed layers and fields, a model it can rebuild (no subclassed model), the step and
+    cost budget.  Raises ``AssertionError`` with the grader's own message if it would refuse the recipe;
+    returns the grader's notes (what it drops or caps) otherwise."""
+    rules = grader_rules()
+    if not rules or not TRAINING:
+        return []
+    rebuild, budget = rules["rebuild"], rules["budget"]
+    config = _live_model_config(model)
+    fits = _fits_of(model) if fits is None else fits
+    if fits is None:
+        return []  # nothing says how it was trained: the compile-and-fit check has said what it can
+    limits = budget.Budget(**TRAINING["budget"])
+    data = TRAINING["data"]
+    try:
+        budget.check_config_size(len(json.dumps(config, default=str)) + len(json.dumps(fits, default=str)), limits)
+        recipe, notes = rebuild.canonical_recipe(config, fits, data["input_shape"])
+        cost, _plan, cap_notes = budget.recipe_cost(recipe, limits, data)
+        budget.check(cost, recipe, limits, TRAINING["seeds"])
+    except rebuild.RefusedModel as exc:
+        message = f"The model was not retrained: {exc}."
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        message = f"The model was not retrained: its description could not be read ({type(exc).__name__})."
+    else:
+        return notes + cap_notes
+    seen = [f for f in fits if isinstance(f, dict) and "steps_seen" in f]
+    how = (f" Your last model.fit call is read from model.history: {seen[0]['epochs']} epochs of {seen[0]['steps_seen']} "
+           f"steps, which on the {data['train_size']:,} training images is a batch size of {seen[0]['batch_size']:,}; "
+           "the grader reads the call itself.") if seen else ""
+    raise AssertionError(f"{message}\n(This is the grader's own rule: it will refuse this recipe and retrain "
+                         f"nothing, so fix it before you submit.{how})")
+
+
+def _otter_grading() -> bool:
+    """Whether Otter is grading the notebook (``otter run``, ``otter grade``): its hidden check then scores
+    the accuracy, and this public point keeps meaning "compiled and trained", as under our engine."""
+    import sys
+
+    notebook = getattr(sys.modules.get("otter.check.notebook"), "Notebook", None)
+    return bool(getattr(notebook, "_grading_mode", False))
+
+
+def _test_split():
+    """The test images and labels as the notebook prepares them (the unit's part says how to load them)."""
+    raise AssertionError("this check module does not know the test images")
+
+
+def _takes_raw_pixels(model) -> bool:
+    try:
+        return "Rescaling" in json.dumps(_model_config(model))
+    except Exception:
+        return False
+
+
+def evaluate_model(model, data=None) -> float:
+    """Accuracy of the notebook's trained model on the test images (``data``: ``(images, labels)``,
+    default the unit's test split scaled as the notebook scales it; raw pixels for a model that
+    rescales its inputs itself)."""
+    import numpy as np
+
+    images, labels = _test_split() if data is None else data
+    images = np.asarray(images, dtype="float32")
+    if data is None and _takes_raw_pixels(model):
+        images = images * float(TRAINING["data"]["pixel_scale"])
+    probs = np.asarray(model.predict(images, batch_size=1000, verbose=0))
+    return float(np.mean(np.argmax(probs.reshape(len(images), -1), axis=-1) == np.asarray(labels).ravel()))
+
+
+def check_training(model, data=None) -> None:
+    """Public check for the training question: compiled for integer labels and actually trained; then,
+    for the notebook's live model, the grader's public rules (:func:`check_recipe`: the message the
+    grader would give) and the accuracy on the test images against the threshold (``data``:
+    ``(images, labels)`` to measure on instead of the unit's test split).  Under the grader, whose
+    model is a description, and under Otter's own grading, the hidden check scores the accuracy instead.
     The architecture is the structure question's business unless the assignment requires it."""
     if getattr(model, "require_lesson_model", False):
         check_model(model)
     elif model is None or model is Ellipsis:
         raise AssertionError("`model` is not defined yet: build it with keras.models.Sequential().")
-    compile_config = _model_config(model).get("compile_config") or {}
+    # the notebook's own model, checked by the student (not the grader's description of it, nor Otter grading)
+    live = hasattr(model, "predict") and not hasattr(model, "measured_accuracy") and not _otter_grading()
+    rules = live and bool(TRAINING) and bool(grader_rules())  # then the grader's rules judge the loss too
+    compile_config = _live_model_config(model).get("compile_config") or {}
     if not compile_config:
         raise AssertionError("`model` is not compiled yet: call model.compile(optimizer=..., loss=..., metrics=['accuracy']).")
     loss = compile_config.get("loss")
     name = (loss if isinstance(loss, str) else json.dumps(loss)).lower().replace(" ", "_")
-    if "categorical_crossentropy" not in name and "categoricalcrossentropy" not in name:
+    if not rules and "categorical_crossentropy" not in name and "categoricalcrossentropy" not in name:
         raise AssertionError(
             f"The loss is {loss}. For ten classes use 'sparse_categorical_crossentropy' with the integer "
             "labels (or 'categorical_crossentropy' with one-hot labels)."
@@ -398,3 +543,18 @@ def check_training(model) -> None:
     iterations = getattr(optimizer, "iterations", None)
     if iterations is not None and int(iterations.numpy() if hasattr(iterations, "numpy") else iterations) == 0:
         raise AssertionError("The model has not been trained yet: call model.fit(...).")
+    if not live:
+        return  # a grader: its hidden check scores the (retrained) accuracy; this point means compiled and trained
+    notes = check_recipe(model)
+    if not TRAINING:
+        return
+    accuracy = evaluate_model(model, data)
+    standing = (f"Your model scores {accuracy:.4f} on the {TRAINING['data']['name']} test images; the grader needs "
+                f"more than {TRAINING['threshold']:.2f}. It retrains your recipe from scratch and scores the accuracy "
+                "it measures, so a lucky run may not repeat")
+    if not accuracy > TRAINING["threshold"]:
+        raise AssertionError(f"{standing}. Try another optimizer, learning rate, batch size or number of epochs.")
+    margin = TRAINING["seed_margin"]
+    print(standing + (f": within {margin} of the threshold it trains up to {TRAINING['seeds']} seeds and scores "
+                      "their median, so aim a little higher." if accuracy - TRAINING["threshold"] < margin else ".")
+          + "".join(f"\nThe grader's note: {n}." for n in notes))

@@ -15,7 +15,6 @@ The judging machinery is the CNN units' shared :mod:`assignments.cnn_common.judg
 
 from __future__ import annotations
 
-import dataclasses
 import pprint
 from typing import Any, Callable
 
@@ -27,9 +26,10 @@ from assignments.cnn_mnist import public_checks
 from assignments.cnn_mnist import reference
 from assignments.cnn_mnist.public_checks import canonical
 from assignments.cnn_mnist.spec import ASSIGNMENT
-from assignments.cnn_mnist.variants import LESSON, Givens
+from assignments.cnn_mnist import variants
+from assignments.cnn_mnist.answers import LESSON, Givens, answers_for
 
-# --- the givens shown in the notebook (the lesson's; a variant has its own, see variants.py) ----
+# --- the givens shown in the notebook (the lesson's; a variant has its own: answers.Givens, variants.py) ----
 
 SMALL_IMAGE = np.array(LESSON.image_3x3)
 SMALL_FILTER = np.array(LESSON.filter_2x2)
@@ -45,108 +45,6 @@ GIVENS = {
     "edge_filter": reference.EDGE_KERNEL,
     "pool_input": POOL_INPUT,
 }
-
-
-def _conv(image, kernel, **kw):
-    return reference.conv2d(np.asarray(image, float), np.asarray(kernel, float), **kw)
-
-
-def _size_answers(g: Givens = LESSON) -> list[Answer]:
-    n, k, s = g.size_n, g.size_k, g.size_stride
-    size = reference.conv_output_size
-    same, valid, full = size(n, k, padding="same"), size(n, k), size(n, k, padding="full")
-    stride2 = size(n, k, stride=s)
-    return [
-        Answer("size_valid", "int", "an int", valid,
-               [(same, "that is the size with 'same' padding; 'valid' means no padding, so the filter only fits n - k + 1 times"),
-                (full, "that is 'full' padding"), (n - k, "forgot the + 1 (the first position counts too)")],
-               hint="Valid: output = n - k + 1."),
-        Answer("size_same", "int", "an int", same,
-               [(valid, "that is 'valid' padding; 'same' pads so the output keeps the input size"),
-                (full, "that is 'full' padding")],
-               hint="Same padding keeps the input size at stride 1."),
-        Answer("size_full", "int", "an int", full,
-               [(n + 2 * (k - 1), "that is the padded input size; the filter then fits (n + 2(k-1)) - k + 1 times"),
-                (valid, "that is 'valid' padding"), (same, "that is 'same' padding")],
-               hint="Full padding adds k - 1 zeros on each side."),
-        Answer("size_stride2", "int", "an int", stride2,
-               [(-(-(n - k) // s) + 1, "rounded up: a window that does not fit is dropped, so use floor((n - k) / s) + 1"),
-                (valid, f"ignored the stride of {s}"), ((n - k) // s, "forgot the + 1")],
-               hint="With stride s: floor((n - k) / s) + 1."),
-    ]
-
-
-def _rgb_answers(g: Givens = LESSON) -> list[Answer]:
-    n, k, f, c = g.rgb_size, g.rgb_k, g.rgb_filters, g.rgb_channels
-    out = reference.conv_output_size(n, k)
-    return [
-        Answer("rgb_output_shape", "shape", "a tuple (height, width, channels)", (out, out, f),
-               [((out, out, c), "the output depth is the number of filters, not the number of input channels"),
-                ((n, n, f), "that is 'same' padding; this layer uses 'valid'"),
-                ((f, out, out), "Keras puts channels last: (height, width, channels)")]),
-        Answer("rgb_params", "int", "an int", reference.conv2d_params(k, c, f),
-               [(reference.conv2d_params(k, 1, f), f"forgot the {c} input channels: each filter is {k}x{k}x{c}"),
-                (reference.conv2d_params(k, c, f, use_bias=False), "forgot the biases (one per filter)"),
-                (reference.conv2d_params(k, 1, f, use_bias=False), "forgot both the input channels and the biases")],
-               hint="Each filter has k*k*channels weights plus one bias."),
-    ]
-
-
-def _variant(specs, **changes):
-    """The seed model with every layer of a kind changed (used to predict typical mistakes)."""
-    return tuple(dataclasses.replace(s, **changes[type(s).__name__]) if type(s).__name__ in changes else s
-                 for s in specs)
-
-
-def _table_answers(g: Givens = LESSON) -> list[Answer]:
-    seed, shape = g.table_model(), reference.SEED_INPUT_SHAPE
-    shape_variants = [
-        (reference.layer_table(shape, _variant(seed, Conv2DSpec={"padding": "same"})),
-         "used 'same' padding; the lesson's Conv2D layers use 'valid', which shrinks each side by k - 1"),
-        (reference.layer_table(shape, _variant(seed, MaxPool2DSpec={"padding": "same"})),
-         "rounded up after pooling; max pooling drops the incomplete last window (floor)"),
-    ]
-    param_variants = [
-        (reference.layer_table(shape, _variant(seed, Conv2DSpec={"use_bias": False}, DenseSpec={"use_bias": False})),
-         "forgot the bias terms (one per filter or unit)"),
-    ]
-    return judging.layer_table_answers(
-        shape, seed, shape_variants, param_variants,
-        "Work layer by layer: valid conv shrinks by k - 1, pooling halves (floor).",
-        lambda in_ch: "forgot the input channels: each filter spans all channels of the previous layer")
-
-
-def answers_for(g: Givens = LESSON) -> dict[str, Answer]:
-    """Every plain-answer question's expected value and typical mistakes, for these numbers."""
-    arrays = g.arrays()
-    image, filt, edge_image, edge_filter, pool_input = (
-        arrays[k] for k in ("image_3x3", "filter_2x2", "edge_image", "edge_filter", "pool_input"))
-    small = _conv(image, filt)
-    edge = _conv(edge_image, edge_filter)
-    answers = [
-        Answer("conv_small", "array", "a 2x2 numpy array", small,
-               [(_conv(image, np.flip(filt)), "flipped the filter; in deep learning the filter slides over the image as is (cross-correlation)"),
-                (_conv(image, filt.T), "transposed the filter (rows and columns swapped)"),
-                (small.T, "rows and columns of the result are swapped")],
-               hint="Top-left entry: f1*a + f2*b + f3*d + f4*e.",
-               shape_hints={(3, 3): "a 3x3 result is what 'same' padding gives; the example uses no padding",
-                            (4, 4): "a 4x4 result is 'full' padding; the example uses no padding"}),
-        Answer("edge_output", "array", "a 4x3 numpy array", edge,
-               [(_conv(edge_image, np.flip(edge_filter)), "flipped the filter (the signs come out reversed)")],
-               hint="Slide the 3x3 filter down the 6 rows and across the 5 columns.",
-               shape_hints={(6, 5): "that is 'same' padding; the example uses no padding",
-                            (3, 4): "rows and columns are swapped: 6 rows give 4 output rows, 5 columns give 3",
-                            (8, 7): "that is 'full' padding"}),
-        *_size_answers(g),
-        *_rgb_answers(g),
-        Answer("pooled", "array", "a 2x2 numpy array", reference.max_pool2d(pool_input.astype(float)),
-               [(reference.max_pool2d(-pool_input.astype(float)) * -1, "took the minimum instead of the maximum"),
-                (pool_input[:4, :4].reshape(2, 2, 2, 2).mean(axis=(1, 3)), "took the average instead of the maximum")],
-               hint="Split into 2x2 blocks and keep the largest value of each.",
-               shape_hints={(3, 3): "pooled the incomplete blocks at the edge; 'valid' max pooling drops them (floor(5 / 2) = 2)"}),
-        *_table_answers(g),
-    ]
-    return {a.key: a for a in answers}
 
 
 ANSWERS: dict[str, Answer] = answers_for(LESSON)
@@ -173,7 +71,6 @@ def _notebook_variant() -> Givens | None:
     active = getattr(public, "_ACTIVE", None)
     if not table or not active:
         return None
-    from assignments.cnn_mnist import variants
 
     return variants.pool(table["assignment"], table["pool_size"], table.get("salt", ""))[active["index"]]
 
@@ -373,7 +270,6 @@ def public_givens(givens: Givens) -> dict:
 
 def variant_pool(config) -> tuple[Givens, ...]:
     """The pool of this assignment's variants for a VariantConfig."""
-    from assignments.cnn_mnist import variants
 
     return variants.pool(ASSIGNMENT.name, config.pool_size, config.salt)
 
@@ -464,14 +360,12 @@ def probe_plan(variants=None) -> dict[str, list[dict]]:
 
 def variant_master(nb) -> None:
     """Rewrite the master notebook for variants (see :func:`assignments.cnn_mnist.variants.variant_master`)."""
-    from assignments.cnn_mnist import variants
 
     variants.variant_master(nb)
 
 
 def variant_solution(nb) -> None:
     """The built solution notebook is one student's: fill in the sample id."""
-    from assignments.cnn_mnist import variants
 
     variants.set_student_id(nb, variants.SAMPLE_ID)
 
@@ -483,7 +377,6 @@ def select_variant(config: dict, identity: str | None, identity_source: str | No
     ``index`` (0-based; None: unknown), ``pool_size``, ``identity_source``, ``declared_id`` and
     ``declared_index`` (the notebook's STUDENT_ID), ``declared_differs``, and ``matches``
     ({variant index: [answer keys]}: answers right for that variant but wrong for one's own)."""
-    from assignments.cnn_mnist import variants
 
     pool_size, salt = int(config["pool_size"]), str(config.get("salt", ""))
     pool = variants.pool(ASSIGNMENT.name, pool_size, salt)

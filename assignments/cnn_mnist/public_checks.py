@@ -4,13 +4,14 @@ The machinery (canonical answers, digests, the answer, function, model and train
 per-student variants) is :mod:`assignments.cnn_common.public_checks`, shared by the CNN units; the
 build renders ``cnn_checks.py`` as that module's source followed by this file's (without the imports
 below), with the digest tables filled from :mod:`assignments.cnn_mnist.checks`: one self-contained
-file, digests only.  Here: the unit's words in the model checks and :func:`show_numbers`.
+file, digests only.  Here: the unit's words in the model checks, :func:`show_numbers` and how the training check loads
+the test images.
 """
 
 from __future__ import annotations
 
 from assignments.cnn_common.public_checks import *  # noqa: F401,F403  (one file when rendered)
-from assignments.cnn_common.public_checks import _ACTIVE, VARIANTS
+from assignments.cnn_common.public_checks import _ACTIVE, TRAINING, VARIANTS
 
 UNIT_MODEL = "the lesson's"
 INPUT_NAME = "MNIST images"
@@ -36,3 +37,13 @@ def show_numbers() -> None:
     print("Question 5: pool_input =\n" + str(np.array(g["pool_input"])))
     print(f"Question 6: Conv2D({f1}, (3, 3)), MaxPooling2D((2, 2)), Conv2D({f2}, (3, 3)), MaxPooling2D((2, 2)), "
           f"Conv2D({f3}, (3, 3)), Flatten(), Dense({g['table_dense']}), Dense(10) on 28x28x1 inputs")
+
+
+def _test_split():
+    """The 10,000 MNIST test images as the notebook's data cell prepares them (reshaped, divided by 255),
+    and their labels: Keras's own loader, as the notebook calls it."""
+    from keras.datasets import mnist
+
+    _, (images, labels) = mnist.load_data()
+    data = TRAINING["data"]
+    return images.reshape((-1, *data["input_shape"])) / data["pixel_scale"], labels

@@ -1,6 +1,6 @@
 """The CNN-on-MNIST assignment's spec (see autograder.spec)."""
 
-from autograder import data
+from assignments.cnn_mnist import data
 from autograder.spec import AssignmentSpec, Dataset, TrainingPolicy
 from autograder.verifier.budget import Budget
 
@@ -14,6 +14,9 @@ MNIST = Dataset(
     test_size=10_000,
     pixel_scale=255.0,
     probe_file=data.ensure_mnist_npz,  # datasets.mnist.load_data() in the notebook reads it offline
+    probe_setup=data.PROBE_SETUP,
+    provision=data.ensure_mnist_npz,
+    install_offline=data.install_keras_offline_mnist,
 )
 
 ASSIGNMENT = AssignmentSpec(
@@ -26,5 +29,6 @@ ASSIGNMENT = AssignmentSpec(
     training=TrainingPolicy(threshold=0.99, seed_margin=0.003, max_seeds=3, require_lesson_model=False,
                             budget=Budget(), max_seconds=1800.0),
     samples="assignments.cnn_mnist.sample_answers",
+    misconceptions="assignments.cnn_common.misconceptions",  # the likely mistakes the feedback names
     shared=("assignments.cnn_common",),  # reference math, check machinery, sample writing shared by the CNN units
 )

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from assignments.cnn_common import judging
 from assignments.cnn_mnist import reference
+from assignments.cnn_mnist.answers import LESSON, Givens, _t, answers_for
 from assignments.cnn_mnist.public_checks import canonical, normalize_identity, variant_index
 from autograder.variants import DEFAULT_POOL_SIZE, VariantConfig
 
@@ -35,68 +36,6 @@ __all__ = ["Givens", "LESSON", "pool", "problems", "variant_for", "normalize_ide
            "other_variant_matches", "variant_master", "set_student_id"]
 
 INT16_MAX = 2**15 - 1  # a hand-computed answer fits any integer type a student may use
-
-
-def _t(rows) -> tuple:
-    return tuple(tuple(int(v) for v in row) for row in np.asarray(rows))
-
-
-@dataclass(frozen=True)
-class Givens:
-    """The numbers one variant's questions use (plain ints and tuples: hashable, JSON-able)."""
-
-    image_3x3: tuple
-    filter_2x2: tuple
-    edge_high: int  # the edge image's top three rows (the bottom three are edge_low)
-    edge_low: int
-    edge_weight: int  # the edge filter's rows are (w, 0, -w)
-    pool_input: tuple  # 5x5
-    size_n: int
-    size_k: int
-    size_stride: int
-    rgb_size: int
-    rgb_k: int
-    rgb_filters: int
-    rgb_channels: int
-    table_filters: tuple  # the three Conv2D layers' filter counts of the model to analyse
-    table_dense: int  # the hidden Dense layer's width
-
-    # --- arrays and models derived from the numbers ---------------------------------------
-    def arrays(self) -> dict[str, np.ndarray]:
-        """What the notebook's first cells define (the names of :data:`assignments.cnn_mnist.checks.GIVENS`)."""
-        edge_image = np.repeat(np.array([self.edge_high, self.edge_low]), 3)[:, None] * np.ones((1, 5), int)
-        edge_filter = np.array([self.edge_weight, 0, -self.edge_weight])[:, None] * np.ones((1, 3), int)
-        return {"image_3x3": np.array(self.image_3x3), "filter_2x2": np.array(self.filter_2x2),
-                "edge_image": edge_image, "edge_filter": edge_filter, "pool_input": np.array(self.pool_input)}
-
-    def table_model(self) -> tuple:
-        f1, f2, f3 = self.table_filters
-        return (reference.Conv2DSpec(f1, (3, 3), activation="relu"), reference.MaxPool2DSpec((2, 2)),
-                reference.Conv2DSpec(f2, (3, 3), activation="relu"), reference.MaxPool2DSpec((2, 2)),
-                reference.Conv2DSpec(f3, (3, 3), activation="relu"), reference.FlattenSpec(),
-                reference.DenseSpec(self.table_dense, activation="relu"),
-                reference.DenseSpec(10, activation="softmax"))
-
-    def to_json(self) -> dict:
-        return {k: (list(map(list, v)) if isinstance(v, tuple) and v and isinstance(v[0], tuple) else
-                    list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Givens":
-        return cls(**{k: (_t(v) if k in ("image_3x3", "filter_2x2", "pool_input") else
-                          tuple(v) if k == "table_filters" else int(v)) for k, v in data.items()})
-
-
-# The lesson's numbers: what every student gets when variants are off.
-LESSON = Givens(
-    image_3x3=((3, 1, 2), (0, 4, 1), (2, 5, 3)),
-    filter_2x2=((1, 2), (0, -1)),
-    edge_high=200, edge_low=0, edge_weight=10,
-    pool_input=((1, 3, 2, 0, 7), (4, 6, 1, 5, 2), (0, 2, 9, 1, 3), (8, 1, 3, 4, 6), (5, 7, 2, 8, 1)),
-    size_n=28, size_k=5, size_stride=2,
-    rgb_size=32, rgb_k=3, rgb_filters=16, rgb_channels=3,
-    table_filters=(32, 64, 64), table_dense=64,
-)
 
 
 # --- sampling ------------------------------------------------------------------------------
@@ -137,12 +76,11 @@ def _values(data) -> list:
 
 def problems(givens: Givens) -> list[str]:
     """Why these numbers make an ill-posed assignment (empty: well-posed)."""
-    from assignments.cnn_mnist import checks  # checks builds on this module's Givens
 
     out = []
     arrays = givens.arrays()
     try:
-        answers = checks.answers_for(givens)
+        answers = answers_for(givens)
     except ValueError as exc:  # a kernel that does not fit, ...
         return [f"not computable: {exc}"]
     for key, a in answers.items():
@@ -206,17 +144,16 @@ def pool(assignment: str, pool_size: int = DEFAULT_POOL_SIZE, salt: str = "") ->
     Variant i is the first well-posed candidate drawn from a generator seeded by (assignment,
     salt, i, attempt) whose answer to no whole question repeats the lesson's or an earlier variant's.
     """
-    from assignments.cnn_mnist import checks
 
     chosen: list[Givens] = []
     # the lesson's answers are public (they are in the lesson): no variant repeats them either
-    used: dict[str, set] = {q: {v} for q, v in _question_signature(checks.answers_for(LESSON)).items()}
+    used: dict[str, set] = {q: {v} for q, v in _question_signature(answers_for(LESSON)).items()}
     for index in range(pool_size):
         for attempt in range(10_000):
             cand = _draw(_rng(assignment, salt, index, attempt))
             if problems(cand):
                 continue
-            sig = _question_signature(checks.answers_for(cand))
+            sig = _question_signature(answers_for(cand))
             if any(v in used.get(q, set()) for q, v in sig.items()):
                 continue
             for q, v in sig.items():
@@ -238,9 +175,8 @@ def variant_for(assignment: str, identity: str, config: VariantConfig) -> tuple[
 
 @functools.lru_cache(maxsize=4096)
 def _answers(givens: Givens):
-    from assignments.cnn_mnist import checks
 
-    return checks.answers_for(givens)
+    return answers_for(givens)
 
 
 #: answers that no two variants share (whole arrays and layer lists): one match is evidence
@@ -254,11 +190,10 @@ def other_variant_matches(values: dict, own: int, variants: tuple[Givens, ...],
 
     Single ints coincide across variants by chance (two students' n may be equal), so a variant is
     reported only when it matches one of the :data:`DISTINCTIVE` answers or at least ``min_keys``."""
-    from assignments.cnn_mnist import checks
 
     def right(answers, key, value) -> bool:
         try:
-            checks.explain_answer_in(answers, key, value)
+            judging.explain_answer_in(answers, key, value)
             return True
         except (AssertionError, ValueError, TypeError):
             return False

@@ -41,5 +41,6 @@ ASSIGNMENT = AssignmentSpec(
         max_seconds=300.0,
     ),
     samples="assignments.digits.sample_answers",
+    misconceptions="assignments.cnn_common.misconceptions",  # the likely mistakes the feedback names
     shared=("assignments.cnn_common",),  # reference math, check machinery, sample writing shared by the CNN units
 )

@@ -6,7 +6,7 @@ lies, or write the results itself.  Here the same Otter test files run in a fres
 that never loaded student code (:mod:`autograder.judge.judge`), on values that came out of the
 sandbox (:mod:`autograder.probe.sandbox`) as plain data.
 
-:func:`grade_notebook` returns one JSON-able result per submission (schema in the README).
+:func:`grade_notebook` returns one JSON-able result per submission (schema: docs/reference/result-schema.md).
 """
 
 from __future__ import annotations
@@ -41,7 +41,12 @@ JUDGE_SECONDS = 600.0
 
 
 class GraderError(RuntimeError):
-    """The grader failed (not the submission): the result is a ``grader_error``, graded again next run."""
+    """The grader failed (not the submission): the result is a ``grader_error``, graded again next run.
+    ``cause``: one of :data:`autograder.result.GRADER_ERROR_CAUSES`."""
+
+    def __init__(self, message: str, cause: str = "grader_crash"):
+        super().__init__(message)
+        self.cause = cause
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec
             report = retrain.verify(data.get("config"), data.get("fits") or [], options.settings(spec),
                                     cache_dir=options.cache_dir)
         except Exception as exc:  # noqa: BLE001 - the grader's fault, reported as such
-            report = retrain.RetrainReport(grader_error=f"{type(exc).__name__}: {exc}")
+            report = retrain.RetrainReport(grader_error=f"{type(exc).__name__}: {exc}", grader_error_cause="grader_crash")
         reports[name] = report.as_dict()
     return reports
 
@@ -270,7 +275,8 @@ def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = J
         children.forget(proc)
     guard.join(timeout=5)
     if over:
-        raise GraderError(f"the judge exceeded its {over[0]}")
+        raise GraderError(f"the judge exceeded its {over[0]}",
+                          "host_limit" if over[0].startswith("memory") else "timeout_infrastructure")
     marker = stdout.rfind(protocol.JUDGE_REPLY)
     if proc.returncode != 0 or marker < 0:
         raise GraderError(f"judge failed (exit {proc.returncode}): {stderr[-2000:]}")
@@ -311,15 +317,16 @@ def grade_notebook(
     data_file = spec.dataset.probe_file() if spec.dataset.probe_file else None
     # with variants the notebook's first cell imports the student-side checks, as students have them
     files = {spec.public_module_name: ag.public_module.encode()} if ag.variants_on else None
-    probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, mnist_npz=data_file,
-                   private=private, files=files)
+    probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, data_file=data_file,
+                   data_setup=spec.dataset.probe_setup, private=private, files=files)
     result.limits_hit = probed.limits_hit
     result.isolation = probed.isolation
     result.execution = {"seconds": probed.seconds, "cells": probed.cells, "skipped_cells": probed.skipped,
                         "runs": probed.runs, "warm_starts": probed.warm_starts,
                         "output_tail": probed.output[-20000:]}
     if probed.grader_error:
-        return result.fail(probed.grader_error, GRADER_ERROR).finish(started).to_dict()
+        cause = getattr(probed, "grader_error_cause", None) or "interpreter"  # the jail or the kernel's start-up
+        return result.fail(probed.grader_error, GRADER_ERROR, cause).finish(started).to_dict()
     if _grader_fingerprint(zip_path) != before:
         return result.fail("the grader's files changed while the submission ran; not graded").finish(started).to_dict()
     values = probed.values  # plain data, even when the run ended early
@@ -342,14 +349,16 @@ def grade_notebook(
             reports = _retrain_models(values, retrain, spec)
             timings["retrain"] = round(time.monotonic() - clock, 3)  # waiting for a training slot included
             request["retrain"] = retrain.for_judge(spec, reports)
-            failed = [r["grader_error"] for r in reports.values() if r.get("grader_error")]
+            failed = [r for r in reports.values() if r.get("grader_error")]
             if failed:
-                result.fail(f"retraining failed: {failed[0]}", GRADER_ERROR)
+                result.fail(f"retraining failed: {failed[0]['grader_error']}", GRADER_ERROR,
+                            failed[0].get("grader_error_cause") or "grader_crash")
         clock = time.monotonic()
         judged = _run_judge(request)
         timings["judge"] = round(time.monotonic() - clock, 3)
     except Exception as exc:  # the trusted side failed: not the submission's fault
-        result.fail(f"{result.error + '; ' if result.error else ''}grader error: {exc}", GRADER_ERROR)
+        cause = result.cause or getattr(exc, "cause", None) or "grader_crash"
+        result.fail(f"{result.error + '; ' if result.error else ''}grader error: {exc}", GRADER_ERROR, cause)
         return result.finish(started).to_dict()
     result.variant = judged.get("variant")
     return result.judged(judged["questions"], judged["retrain"]).finish(started).to_dict()

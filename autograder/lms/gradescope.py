@@ -39,8 +39,9 @@ from pathlib import Path
 from autograder.judge.pipeline import Autograder, RetrainOptions, grade_notebook
 from autograder.probe.sandbox import Limits
 from autograder.result import GradeResult
+from autograder.submission_files import SubmissionFileError, read_notebook
 
-#: The Gradescope timeout the README recommends (minutes); Gradescope allows 40 at most.
+#: The Gradescope timeout the docs recommend (docs/instructors/gradescope.md) (minutes); Gradescope allows 40 at most.
 DEFAULT_TIMEOUT_MINUTES = 40
 #: Kept out of the submission's memory budget: this process, the judge and the kernel's page cache.
 MEMORY_HEADROOM_MB = 768
@@ -191,17 +192,26 @@ def submitter(root: Path) -> tuple[str | None, str]:
 
 def find_notebook(submission: Path, assignment: str) -> tuple[Path | None, str | None]:
     """The submitted notebook, ignoring editor copies (``.ipynb_checkpoints``), hidden folders
-    and macOS metadata; when several remain, the one named after the assignment."""
-    found = sorted(p for p in submission.rglob("*.ipynb")
-                   if not any(part.startswith(".") or part == "__MACOSX" for part in p.relative_to(submission).parts))
-    if len(found) == 1:
-        return found[0], None
+    and macOS metadata; when several remain, the one named after the assignment.
+
+    Nothing is followed: a symlinked folder is not entered, and a symlinked notebook (or one that
+    is not a regular file) is refused by name, never read (see :mod:`autograder.submission_files`)."""
+    found = []
+    for folder, dirs, files in os.walk(submission):  # never enters a symlinked folder
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        found += [Path(folder) / f for f in sorted(files) if f.endswith(".ipynb") and not f.startswith(".")]
+    found.sort()
     named = [p for p in found if p.name == f"{assignment}.ipynb"]
-    if len(named) == 1:
-        return named[0], None
-    names = ", ".join(str(p.relative_to(submission)) for p in found) or "none"
-    return None, (f"expected one .ipynb file in the submission (ideally {assignment}.ipynb), "
-                  f"found {len(found)}: {names}")
+    chosen = found[0] if len(found) == 1 else named[0] if len(named) == 1 else None
+    if chosen is None:
+        names = ", ".join(str(p.relative_to(submission)) for p in found) or "none"
+        return None, (f"expected one .ipynb file in the submission (ideally {assignment}.ipynb), "
+                      f"found {len(found)}: {names}")
+    try:  # read here as every submitted file is: the grading reads it again the same way
+        read_notebook(chosen, root=submission)
+    except SubmissionFileError as exc:
+        return None, f"the notebook could not be read: {exc}"
+    return chosen, None
 
 
 # --- results.json -----------------------------------------------------------------------------
@@ -226,6 +236,13 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
             tests.append({"name": f"{q['name']} ({label})", "score": round(score, 4), "max_score": round(points, 4),
                           "status": "passed" if all(c["passed"] for c in cases) else "failed",
                           "output": "\n\n".join(c["message"] for c in cases), "visibility": visibility})
+    from autograder.manual import answer_text
+
+    for m in result.get("manual") or []:  # staff only, not scored: graded by hand in Gradescope (README)
+        tests.append({"name": f"{m['name']} (graded by hand: pending, {m['max_score']:g} points)",
+                      "score": 0.0, "max_score": 0.0, "visibility": "hidden",
+                      "output": f"To be graded by hand ({m['max_score']:g} points); not counted in this score. "
+                                f"The student's answer:\n\n{answer_text(m)}"})  # no status: neither passed nor failed
     lines = []
     if result.get("error"):
         lines.append(f"Problem with the submission: {result['error']}")
@@ -234,6 +251,10 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
             lines.append(f"Error in code cell {cell.get('index')}: {cell['error']}")
     for hit in result.get("limits_hit", []):
         lines.append(f"Limit reached: {hit}")
+    if result.get("manual"):
+        waiting = ", ".join(m["name"] for m in result["manual"])
+        lines.append(f"Question(s) {waiting} ({sum(m['max_score'] for m in result['manual']):g} points) will be "
+                     "graded by hand; this score is the autograded part only.")
     rt = result.get("retrain")
     if rt and rt.get("pending"):
         lines.append("Your model is being retrained from scratch; its accuracy is not counted yet.")
@@ -261,7 +282,8 @@ def grader_error_payload(cause: str, seconds: float, result: dict | None = None)
         "output": GRADER_ERROR_MESSAGE,
         "visibility": "visible",
         "stdout_visibility": "hidden",
-        "extra_data": {"status": "grader_error", "cause": cause[-4000:]},
+        "extra_data": {"status": "grader_error", "cause": cause[-4000:],
+                       "cause_class": (result.get("cause") or "unknown") if result else "grader_crash"},
         "tests": [{"name": "Autograder error (not your fault)", "score": 0.0, "max_score": 0.0, "status": "failed",
                    "output": GRADER_ERROR_MESSAGE, "visibility": "visible"}],
     }
@@ -336,6 +358,9 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
             if ag.variants_on:
                 kwargs["identity"], kwargs["identity_source"] = submitter(root)
             result = grade_notebook(notebook, ag, limits=limits, retrain=options, **kwargs)
+            from autograder import manual
+
+            manual.enrich(result, notebook, manual.questions_from_file(root / "source" / manual.ZIP_FILE))  # the hand-graded answers (staff only) and misconception ids
         payload = to_gradescope(result, elapsed(), show_hidden=show_hidden)
         diag = {k: result.get(k) for k in ("status", "error", "score", "max_score", "limits_hit", "isolation",
                                            "versions", "retrain", "seconds")}

@@ -6,6 +6,13 @@ or uploaded as they are.  A student's page holds that student's own results only
 name a classmate (identical notebooks) and second files go to the instructor's ``report.html``
 and ``needs_review.csv``.  A grader error is shown as such, never as a score of 0, and never
 reaches the Canvas import.  Every file is written readable by its owner only (0600).
+
+Hand-graded questions (:mod:`autograder.manual`): their points count in ``max_score`` from the
+start and show as ``pending`` until ``manual_scores.csv`` gives them; a student's row enters the
+Canvas import only once all of them are graded (a partial total out of the full maximum would read
+as a low grade), and the rows left waiting are listed in ``needs_review.csv``.  ``manual/`` holds
+one graders' page per question; ``misconceptions.csv`` and ``report.html`` the class insight
+(:mod:`autograder.lms.insight`).
 """
 
 from __future__ import annotations
@@ -42,6 +49,23 @@ def question_names(results: list[dict]) -> list[str]:
     return names
 
 
+def manual_names(results: list[dict]) -> list[str]:
+    """The hand-graded questions of the batch, in order (see :mod:`autograder.manual`)."""
+    names: list[str] = []
+    for r in results:
+        for m in r.get("manual") or []:
+            if m["name"] not in names:
+                names.append(m["name"])
+    return names
+
+
+def manual_cell(m: dict | None):
+    """A hand-graded question in a sheet: its points, or ``pending`` until a grader gives them."""
+    if m is None:
+        return ""
+    return "pending" if m.get("score") is None else m["score"]
+
+
 def _private_writer(path: Path):
     """Open ``path`` for writing as a file its owner alone can read (0600), whatever the umask."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -55,17 +79,20 @@ def write_private_text(path: Path, text: str) -> None:
 
 
 def write_grades_csv(results: list[dict], path: Path) -> None:
-    qs = question_names(results)
+    qs, ms = question_names(results), manual_names(results)
     with _private_writer(path) as f:
         w = csv.writer(f)
-        w.writerow(["id", "name", "email", "assignment", *qs, "total", "max_score", "status", "error"])
+        w.writerow(["id", "name", "email", "assignment", *qs, *ms, "total", "max_score", "pending_by_hand",
+                    "status", "error"])
         for r in sorted(results, key=lambda r: r["student"]["id"]):
             scores = {q["name"]: q["score"] for q in r.get("questions", [])}
+            by_hand = {m["name"]: m for m in r.get("manual") or []}
             s = r["student"]
             total = "" if r["status"] == "grader_error" else r["score"]  # not a 0: nothing was graded
+            pending = sum(m.get("score") is None for m in by_hand.values())
             w.writerow([s["id"], s.get("name", ""), s.get("email", ""), r.get("assignment") or "",
-                        *[scores.get(q, "") for q in qs],
-                        total, r.get("max_score") or "", r["status"], r.get("error") or ""])
+                        *[scores.get(q, "") for q in qs], *[manual_cell(by_hand.get(m)) for m in ms],
+                        total, r.get("max_score") or "", pending or "", r["status"], r.get("error") or ""])
 
 
 CANVAS_COLUMN = re.compile(r"^(?P<title>.*\S)\s*\((?P<id>\d+)\)$")
@@ -184,9 +211,31 @@ def flags(r: dict, peers: dict[int, list[str]] | None = None) -> list[str]:
         out.append(f"second file of {extra['duplicate_of']} (not graded)")
     if extra.get("late"):
         out.append("late (Canvas)")
+    if extra.get("canvas_ambiguous"):  # whose it is is a person's call (see submissions.canvas_readings)
+        out.append(extra["canvas_ambiguous"])
     if r.get("retry"):
         out.append("worker failed: graded again on the next run")
+    repeated = repeated_grader_error(r)
+    if repeated:
+        out.append(f"repeated grader error: {repeated} (the same cause on {repeated_runs(r)} runs in a row)")
     return out
+
+
+def repeated_grader_error(r: dict) -> str | None:
+    """The cause of a grader error that repeats the previous run's cause (a rerun did not help), else None."""
+    if r.get("status") != "grader_error":
+        return None
+    cause, earlier = r.get("cause") or "unknown", r.get("earlier_causes") or []
+    return cause if earlier and earlier[-1] == cause else None
+
+
+def repeated_runs(r: dict) -> int:
+    cause, n = r.get("cause") or "unknown", 1
+    for earlier in reversed(r.get("earlier_causes") or []):
+        if earlier != cause:
+            break
+        n += 1
+    return n
 
 
 def canvas_row(r: dict) -> tuple[list | None, str]:
@@ -196,8 +245,14 @@ def canvas_row(r: dict) -> tuple[list | None, str]:
         return None, f"grader error, not graded: {r.get('error')}"
     if extra.get("duplicate_of"):
         return None, r.get("error") or "duplicate"
+    if extra.get("canvas_ambiguous"):  # its file name may name another student: never imported as theirs
+        return None, extra["canvas_ambiguous"]
     if r.get("retry") or not r.get("questions"):
         return None, f"not graded: {r.get('error') or 'no result'}"
+    waiting = [m["name"] for m in r.get("manual") or [] if m.get("score") is None]
+    if waiting:  # the import waits: a partial total out of the full maximum would read as a low grade
+        return None, (f"waits for {len(waiting)} hand-graded question(s) ({', '.join(waiting)}): "
+                      f"fill in manual_scores.csv and run grade again")
     ids = [extra.get("canvas_user_id") or "", extra.get("sis_user_id") or "", extra.get("sis_login_id") or ""]
     if not any(ids):
         why = ("anonymous Canvas download: enter the grade in SpeedGrader" if extra.get("canvas_anonymous_id")
@@ -338,11 +393,14 @@ def _accuracy(r: dict) -> str:
 
 
 def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None,
-              canvas: str | dict[str | None, str] | None = None) -> list[str]:
+              canvas: str | dict[str | None, str] | None = None, anonymous: bool = False) -> list[str]:
     """Grade sheet, review list, Canvas imports (when ``canvas``, the column or the columns by
-    assignment, is given; see :func:`canvas_files`), feedback pages and the summary; every file
-    readable by its owner only.  Returns what could not be written (and why): feedback pages, an
-    assignment without its Canvas column; everything else is written regardless."""
+    assignment, is given; see :func:`canvas_files`), feedback pages, the graders' pages of the
+    hand-graded questions (``anonymous``: codes instead of names), ``misconceptions.csv`` and the
+    summary; every file readable by its owner only.  Returns what could not be written (and why):
+    feedback pages, an assignment without its Canvas column; everything else is written regardless."""
+    from autograder.lms import insight as class_insight
+
     assignment = ", ".join(sorted({r["assignment"] for r in results if r.get("assignment")})) or "assignment"
     os.chmod(out, 0o700)
     write_grades_csv(results, out / "grades.csv")
@@ -357,6 +415,9 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
             write_private_text(out / "feedback" / f"{r['student']['id']}.html", render_feedback(r))
         except Exception as exc:  # noqa: BLE001
             failed.append(f"{r['student']['id']}: {type(exc).__name__}: {exc}")
+    manual_pages = write_manual_pages(results, out, anonymous)
+    insight = class_insight.sections(results)
+    class_insight.write_misconceptions_csv(insight, out / "misconceptions.csv")
     scored_rows = [r for r in results if scored(r)]
     stats = []  # per assignment: a mixed batch's scores are out of different totals
     for name in sorted({r.get("assignment") or "" for r in results}) or [""]:
@@ -364,11 +425,14 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
         scores = [r["score"] for r in rows if scored(r)] or [0]
         stats.append({"assignment": name or "unknown assignment", "n_scored": sum(scored(r) for r in rows),
                       "mean": round(statistics.mean(scores), 2), "median": statistics.median(scores),
-                      "max_score": max((r.get("max_score") or 0 for r in rows), default=0)})
+                      "max_score": max((r.get("max_score") or 0 for r in rows), default=0),
+                      "plots": _plots(rows) if rows and any(scored(r) for r in rows) else [],
+                      "insight": next((i for i in insight if i["assignment"] == name), None)})
     page = SUMMARY.render(fmt=fmt, assignment=assignment, n=len(results), n_scored=len(scored_rows), scored=scored,
                           n_errors=sum(r["status"] == "error" for r in results),
                           n_grader_errors=sum(r["status"] == "grader_error" for r in results),
-                          stats=stats, plots=_plots(results) if results else [],
+                          stats=stats, manual_pages=manual_pages,
+                          n_pending=sum(m["pending"] for m in manual_pages),
                           canvas=[(file, column) for file, _, column in imports],
                           n_review=n_review, accuracy=_accuracy,
                           flags=functools.partial(flags, peers=variant_peers(results)),
@@ -377,5 +441,46 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
     return failed
 
 
+MANUAL = ENV.get_template("manual.html.j2")  # the graders' page of one hand-graded question
+
+
+def write_manual_pages(results: list[dict], out: Path, anonymous: bool = False) -> list[dict]:
+    """``manual/<assignment>-<question>.html``: every student's answer to one hand-graded question
+    side by side, with the question's text and points from the master.  Returns, per page, the
+    counts the summary shows."""
+    from autograder import manual
+
+    pages = []
+    names = sorted({(r.get("assignment") or "", m["name"]) for r in results for m in r.get("manual") or []})
+    if not names:
+        return pages
+    folder = out / "manual"
+    folder.mkdir(exist_ok=True)
+    os.chmod(folder, 0o700)
+    key = manual.anonymous_key(out) if anonymous else b""
+    for assignment, name in names:
+        question = next((q for q in manual.questions_for(assignment) if q.name == name), None)
+        answers = []
+        for r in results:
+            if (r.get("assignment") or "") != assignment or (r["student"].get("extra") or {}).get("duplicate_of"):
+                continue
+            for m in r.get("manual") or []:
+                if m["name"] == name:
+                    sid = r["student"]["id"]
+                    who = manual.anonymous_code(key, sid) if anonymous else sid
+                    answers.append({"who": who, "name": "" if anonymous else (r["student"].get("name") or ""),
+                                    "m": m})
+        answers.sort(key=lambda a: a["who"])
+        file = f"{assignment}-{name}.html"
+        write_private_text(folder / file, MANUAL.render(
+            assignment=assignment, name=name, fmt=fmt, anonymous=anonymous, answers=answers,
+            prompt=question.prompt if question else "",
+            points=question.points if question else max((a["m"]["max_score"] for a in answers), default=0)))
+        pages.append({"assignment": assignment, "name": name, "file": f"manual/{file}", "answers": len(answers),
+                      "pending": sum(a["m"].get("score") is None for a in answers)})
+    return pages
+
+
 __all__ = ["write_all", "render_feedback", "write_grades_csv", "write_canvas_csv", "write_review_csv",
-           "canvas_column", "canvas_columns", "canvas_files", "canvas_row", "flags", "write_private_text"]
+           "canvas_column", "canvas_columns", "canvas_files", "canvas_row", "flags", "write_private_text",
+           "write_manual_pages", "manual_names"]

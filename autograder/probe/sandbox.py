@@ -39,7 +39,7 @@ from pathlib import Path
 import nbformat
 import psutil
 
-from autograder import children, protocol, warm
+from autograder import children, protocol, settings, warm
 from autograder.probe import jail as jails
 from autograder.verifier.budget import Budget
 from autograder.verifier.retrain import THREAD_VARIABLES
@@ -344,7 +344,7 @@ def probe_threads() -> int:
 class _ProbeSpec:
     """Everything a jail's start-up depends on: a warm jail serves only work with the same spec."""
 
-    mnist_npz: str | None
+    data_file: str | None  # the assignment's dataset file, copied in read-only (autograder.spec.Dataset.probe_file)
     real_fit: bool
     file_size_mb: int
     python: str
@@ -352,6 +352,7 @@ class _ProbeSpec:
     keras_backend: str | None
     registered_private: tuple
     threads: int = 0  # CPU threads for TensorFlow and BLAS in the probe (0: their defaults, every core)
+    data_setup: str | None = None  # the dataset's start-up code, run with data_file (Dataset.probe_setup)
 
 
 class _WarmProbe:
@@ -369,10 +370,11 @@ class _WarmProbe:
                                                        tmp_bytes=spec.file_size_mb * 1024 * 1024))
             runtime = jail.put(protocol.RUNTIME_FILE, RUNTIME.read_bytes())
             jail.put(protocol.PROTOCOL_FILE, PROTOCOL.read_bytes())  # the runtime loads it before any student code
-            mnist = jail.copy_in("mnist.npz", Path(spec.mnist_npz)) if spec.mnist_npz else None
-            setup = jail.put("setup.json", json.dumps({"real_fit": spec.real_fit, "mnist_npz": mnist}).encode())
+            data = jail.copy_in(Path(spec.data_file).name, Path(spec.data_file)) if spec.data_file else None
+            setup = jail.put("setup.json", json.dumps({"real_fit": spec.real_fit, "data_file": data,
+                                                       "data_setup": spec.data_setup if data else None}).encode())
             jail.hand_over()  # nothing is written into the folder after this
-            env = jail.env({"MPLBACKEND": "Agg", "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_HOME": f"{jail.inside}/.keras",
+            env = jail.env({**settings.QUIET_LOGGING_ENV, "MPLBACKEND": "Agg", "KERAS_HOME": f"{jail.inside}/.keras",
                             "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": ""})
             if spec.keras_backend:
                 env["KERAS_BACKEND"] = spec.keras_backend
@@ -431,7 +433,8 @@ def probe(
     *,
     limits: Limits = Limits(),
     real_fit: bool = False,
-    mnist_npz: str | os.PathLike | None = None,
+    data_file: str | os.PathLike | None = None,
+    data_setup: str | None = None,
     private: list | tuple = (),
     files: dict[str, bytes] | None = None,
 ) -> ProbeResult:
@@ -448,10 +451,12 @@ def probe(
     ``cnn_checks.py``).  The jail is self-tested first (once per process)."""
     result = ProbeResult()
     started = time.monotonic()
-    try:
-        nb = nbformat.read(str(notebook), as_version=4)
-    except Exception as exc:
-        result.crashed = f"the notebook could not be read: {type(exc).__name__}: {exc}"
+    from autograder.submission_files import SubmissionFileError, read_notebook
+
+    try:  # never through a link; the reason names the fault, never the file's content
+        nb = read_notebook(notebook)
+    except SubmissionFileError as exc:
+        result.crashed = f"the notebook could not be read: {exc}"
         return result
     private = [*private, Path(notebook).resolve().parent]
     try:
@@ -466,7 +471,8 @@ def probe(
     while True:
         run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
         run.files = dict(files or {})
-        run.execute(nb, mnist_npz, private, result)
+        run.data_setup = data_setup
+        run.execute(nb, data_file, private, result)
         result.runs += 1
         if run.grader_error:
             result.grader_error = run.grader_error
@@ -529,6 +535,7 @@ class _Run:
         self.go_fd: int | None = None  # write end of the go-ahead pipe the runtime waits on between cells
         self.on_ready = None  # hands the submission over once the jail's start-up is done
         self.files: dict[str, bytes] = {}  # put beside the notebook (sent with the submission)
+        self.data_setup: str | None = None  # the dataset's start-up code in the probe (Dataset.probe_setup)
 
     # -- status protocol --------------------------------------------------------------------
     def on_status(self, line: bytes) -> None:
@@ -621,12 +628,12 @@ class _Run:
         return len(procs | {p.pid for p in jails.uid_processes(self.uid)})
 
     # -- one run ----------------------------------------------------------------------------
-    def execute(self, nb, mnist_npz, private, into: ProbeResult) -> None:
+    def execute(self, nb, data_file, private, into: ProbeResult) -> None:
         limits = self.limits
-        spec = _ProbeSpec(str(mnist_npz) if mnist_npz else None, self.real_fit, limits.file_size_mb,
+        spec = _ProbeSpec(str(data_file) if data_file else None, self.real_fit, limits.file_size_mb,
                           jails.probe_python(), jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
                           tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))),
-                          0 if self.real_fit else probe_threads())
+                          0 if self.real_fit else probe_threads(), self.data_setup)
         started = warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
         into.warm_starts.append(started is not None)
         if started is None:

@@ -1,9 +1,17 @@
 """Limits a recipe must meet before any training starts, computed from the recipe alone.
 
-The cost of a retrain is counted in optimizer steps and in estimated multiply-adds, never in
+The static cost of a retrain is counted in optimizer steps and in estimated operations, never in
 seconds, so the verdict is the same on a laptop, in CI and on Gradescope.  Shapes, parameters,
-multiply-adds per image and activation memory are worked out from the canonical layers of
-:mod:`autograder.verifier.rebuild` without building anything.
+operations per image and activation memory are worked out from the canonical layers of
+:mod:`autograder.verifier.rebuild` without building any weights.
+
+Every layer costs something: the multiply-adds of ``Conv2D`` and ``Dense``, the windows of pooling
+(``pool_h * pool_w`` per output value), and per-value work for everything else (activations,
+normalisation, dropout, resizing, augmentation, ...).  A layer type without a rule of its own gets the
+generic per-value cost, :data:`GENERIC_OPS_PER_VALUE` per value it reads and writes, and its output
+shape from Keras's ``compute_output_shape``: a layer added to the rebuild's whitelist later is costed
+without a rule.  The timed projection in :mod:`autograder.verifier.retrain` backs this up with measured
+seconds.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ class Budget:
 @dataclass
 class Cost:
     params: int
-    macs_per_image: int
+    macs_per_image: int  # operations per image, forward: multiply-adds, pooling windows and per-value work
     activations_per_image: int
     steps: int  # one training run (one seed)
     images: int
@@ -47,6 +55,15 @@ class Cost:
         return 3 * 4 * self.activations_per_image * self.largest_batch / 2**20
 
 
+# per-value operations (forward) of layers without multiply-adds; a type not named here costs the generic rate
+ELEMENT_OPS = {"Flatten": 0, "Activation": 0, "Reshape": 0, "InputLayer": 0, "Dropout": 2, "SpatialDropout2D": 2,
+               "Rescaling": 2, "ReLU": 2, "LeakyReLU": 2, "Softmax": 8, "BatchNormalization": 8,
+               "LayerNormalization": 10}
+GENERIC_OPS_PER_VALUE = 16  # per value read and written: generous for resizing, interpolating augmentation, noise
+ACTIVATION_OPS = {"linear": 0, "relu": 1, "relu6": 2, "leaky_relu": 2, "hard_sigmoid": 3, "hard_swish": 4}
+ACTIVATION_DEFAULT_OPS = 8  # exp, tanh, erf ... per value
+
+
 def _same(n: int, k: int, s: int) -> int:
     return -(-n // s)
 
@@ -55,14 +72,29 @@ def _valid(n: int, k: int, s: int) -> int:
     return (n - k) // s + 1 if n >= k else 0
 
 
+def _keras_output_shape(spec: dict, shape: list[int]) -> list[int]:
+    """The output shape Keras gives a layer of a type without a rule here (the input's when it cannot say)."""
+    try:
+        from keras import layers
+
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k != "type"}
+        out = getattr(layers, spec["type"])(**kwargs).compute_output_shape((None, *shape))
+        out = [int(d) for d in out[1:]]
+        return out if out and all(d >= 0 for d in out) else list(shape)
+    except Exception:  # noqa: BLE001 - a shape Keras cannot compute ahead is charged as unchanged
+        return list(shape)
+
+
 def model_cost(model: dict, num_classes: int | None = None, data_name: str = "the data") -> tuple[int, int, int]:
-    """(parameters, multiply-adds per image, activation values per image); refuses impossible shapes and,
-    given ``num_classes``, a model whose output is not one value per class."""
+    """(parameters, operations per image, activation values per image); refuses impossible shapes and,
+    given ``num_classes``, a model whose output is not one value per class.  Operations are forward
+    multiply-adds, pooling windows and per-value work (see the module's docstring)."""
     shape = list(model["input_shape"])
     params = macs = acts = 0
     for i, spec in enumerate(model["layers"], start=1):
         kind = spec["type"]
         where = f"layer {i} ({kind})"
+        before = math.prod(shape)
         if kind in ("Conv2D", "MaxPooling2D", "AveragePooling2D", "GlobalAveragePooling2D", "GlobalMaxPooling2D",
                     "SpatialDropout2D") and len(shape) != 3:
             raise RefusedModel(f"{where} needs images of shape (height, width, channels), got {tuple(shape)}; "
@@ -80,10 +112,10 @@ def model_cost(model: dict, num_classes: int | None = None, data_name: str = "th
             (sh, sw) = spec["strides"] or spec["pool_size"]
             size = _same if spec["padding"] == "same" else _valid
             shape = [size(shape[0], ph, sh), size(shape[1], pw, sw), shape[2]]
+            macs += math.prod(shape) * ph * pw  # every output value reads its whole window
         elif kind in ("GlobalAveragePooling2D", "GlobalMaxPooling2D"):
             shape = [1, 1, shape[2]] if spec["keepdims"] else [shape[2]]
-        elif kind == "RandomCrop":  # the one augmentation layer that changes the shape
-            shape = [min(spec["height"], shape[0]), min(spec["width"], shape[1]), *shape[2:]]
+            macs += before  # every input value is read once
         elif kind == "Flatten":
             shape = [math.prod(shape)]
         elif kind == "Dense":
@@ -93,6 +125,7 @@ def model_cost(model: dict, num_classes: int | None = None, data_name: str = "th
             shape = shape[:-1] + [spec["units"]]
         elif kind == "BatchNormalization":
             params += 4 * shape[-1]
+            macs += ELEMENT_OPS[kind] * before
         elif kind == "Reshape":
             target = list(spec["target_shape"])
             total = math.prod(shape)
@@ -102,6 +135,13 @@ def model_cost(model: dict, num_classes: int | None = None, data_name: str = "th
             if -1 in target or math.prod(target) != total or min(target) < 1:
                 raise RefusedModel(f"{where}: cannot reshape {tuple(shape)} to {tuple(spec['target_shape'])}")
             shape = target
+        elif kind in ELEMENT_OPS:
+            macs += ELEMENT_OPS[kind] * before
+        else:  # no rule of its own (activations, resizing, augmentation, noise, layers added later)
+            shape = _keras_output_shape(spec, shape)
+            macs += GENERIC_OPS_PER_VALUE * (before + math.prod(shape))
+        if "activation" in spec:  # the activation of Conv2D, Dense or Activation, per output value
+            macs += ACTIVATION_OPS.get(spec["activation"], ACTIVATION_DEFAULT_OPS) * math.prod(shape)
         if min(shape) < 1:
             raise RefusedModel(f"{where}: the output shape {tuple(shape)} is empty (the image shrank to nothing)")
         acts += math.prod(shape)
@@ -166,8 +206,9 @@ def check(cost: Cost, recipe: dict, budget: Budget, seeds: int) -> None:
             raise RefusedModel(f"fit call {i + 1}: batch_size={fit['batch_size']:,} is outside the allowed range "
                                f"{budget.min_batch_size} to {budget.max_batch_size:,}")
     if cost.training_macs > budget.max_macs:
-        raise RefusedModel(f"the recipe needs about {cost.training_macs:.2g} multiply-adds to train; the assignment "
-                           f"allows {budget.max_macs:.2g}{runs}: use fewer filters, units or epochs")
+        raise RefusedModel(f"the recipe needs about {cost.training_macs:.2g} operations (multiply-adds, pooling windows "
+                           f"and per-value work) to train; the assignment allows {budget.max_macs:.2g}{runs}: use "
+                           "fewer filters, units, smaller pooling windows or fewer epochs")
     if cost.batch_memory_mb() > budget.max_batch_memory_mb:
         raise RefusedModel(f"one batch of {cost.largest_batch:,} images needs about {cost.batch_memory_mb():,.0f} MB "
                            f"of activations; the assignment allows {budget.max_batch_memory_mb:,} MB: use a "

@@ -9,10 +9,16 @@ a print statement).  From the extracted model config and the recorded ``fit`` ca
    pipeline is rebuilt on the assignment's data (:mod:`autograder.verifier.pipeline`), and
    validation data that a callback watches is replayed as the assignment's test images;
 2. :mod:`autograder.verifier.budget` checks the recipe against the assignment's limits (config size,
-   parameters, batch size, steps, multiply-adds, batch memory) before any training;
+   parameters, batch size, steps, operations of every layer, batch memory) before any training, and
+   :func:`check_buildable` builds and compiles the whole recipe without data: whatever Keras raises there
+   is the submission's error, with Keras's message;
 3. a separate process (``python -I``, memory watched, wall time as a safety net only) builds
    the model from the recipe, trains it on the assignment's training images at a fixed seed with
-   op determinism, and returns only numbers;
+   op determinism, and returns only numbers.  Its first real steps (one warm-up, then up to
+   ``TIMED_STEPS``) are timed; a run whose measured projection exceeds ``PROJECTION_SHARE`` of
+   ``max_seconds``, or that later overruns its own projection, is stopped and refused as the
+   submission's, with the figures; a failure before the first step is the submission's too.  A
+   ``grader_error`` is left for the grader's and the host's faults, each with its cause;
 4. when the first accuracy lies within ``seed_margin`` of the threshold, more seeds are
    trained, up to ``seeds``, and the median is scored (every accuracy is reported);
 5. results are cached by the canonical recipe, the data description, every option and the
@@ -38,18 +44,46 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autograder import children
+from autograder import children, settings
 from autograder.verifier.budget import Budget, check as check_budget, check_config_size, recipe_cost
 from autograder.verifier import pipeline
 from autograder.verifier.rebuild import RefusedModel, canonical_recipe, describe_optimizer
 
-VERIFIER_VERSION = 4  # 3: the dataset comes from the assignment's spec (part of the key); 4: tf.data, validation_data
+VERIFIER_VERSION = 5  # 5: tf.data pipelines, validation_data; 4: the timed projection may refuse (never cached);
+# 3: the dataset comes from the spec
+PROJECTION_SHARE = 0.75  # a recipe whose measured projection exceeds this share of max_seconds is refused
+OVERRUN_FACTOR, OVERRUN_SLACK_S = 3.0, 60.0  # a run past max(3 x its projection, projection + 60 s) overran it
+OVERRUN_SHARE = 0.9  # ... or past this share of max_seconds (the grader's safety net comes after)
+TIMED_STEPS, TIMING_WALL_S = 3, 20.0  # steps measured after one warm-up step, and the wall bound on measuring
 DEFAULT_SEED = 1234
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 
 
 class RetrainFailed(RuntimeError):
-    """The grader could not retrain (worker crashed, safety-net time or memory hit): a grader error."""
+    """The grader could not retrain (worker crashed, safety-net time or memory hit): a grader error.
+    ``cause`` is one of :data:`autograder.result.GRADER_ERROR_CAUSES`."""
+
+    def __init__(self, message: str, cause: str = "grader_crash"):
+        super().__init__(message)
+        self.cause = cause
+
+
+class RecipeFault(Exception):
+    """Raised inside a training run: the recipe itself failed or overran (the submission's fault)."""
+
+
+def keras_message(exc: BaseException, limit: int = 600) -> str:
+    """Keras's own message for a recipe's exception, shortened (no traceback, no file paths of the grader)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
+def host_fault(exc: BaseException) -> bool:
+    """Whether an exception from building or training is the host's (memory, resources), not the recipe's."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return isinstance(exc, (MemoryError, OSError)) or bool(names & {"ResourceExhaustedError", "InternalError",
+                                                                     "UnavailableError"})
 
 
 @dataclass
@@ -70,6 +104,8 @@ class RetrainReport:
     notes: list[str] = field(default_factory=list)
     error: str | None = None  # why there is no accuracy (a refused recipe, or the grader_error)
     grader_error: str | None = None  # the grader failed (never scored; the result is a grader_error)
+    grader_error_cause: str | None = None  # with grader_error: autograder.result.GRADER_ERROR_CAUSES
+    projection: dict | None = None  # the timed projection of the last run: step seconds, steps, projected seconds
 
     def summary(self) -> str:
         how = "cached result" if self.cache_hit else f"{self.seconds:.0f} s"
@@ -92,7 +128,7 @@ class Settings:
 
     assignment: str
     budget: Budget = Budget()
-    max_seconds: float = 1800.0  # safety net per training run; hitting it is a grader error
+    max_seconds: float = 1800.0  # per run: a projection over PROJECTION_SHARE of it is refused; hitting it: grader error
     memory_mb: int = 6144  # the training process is killed above this (a grader error)
     seeds: int = 3  # at most this many seeds when the first accuracy is near the threshold
     seed_margin: float = 0.003
@@ -263,7 +299,12 @@ def prepare_run(job: dict):
         if wanted or (wanted is None and tf.config.list_physical_devices("GPU")):
             tf.config.experimental.enable_op_determinism()
     subset = tuple(job["subset"]) if job.get("subset") else None
-    (x_train, y_train), (x_test, y_test) = load_data(job["assignment"], subset, raw=job["raw"])
+    try:
+        (x_train, y_train), (x_test, y_test) = load_data(job["assignment"], subset, raw=job["raw"])
+    except Exception as exc:  # noqa: BLE001 - the grader's data, not the submission's
+        missing = {"grader_error": f"the assignment's data could not be loaded: {type(exc).__name__}: {exc}",
+                   "cause": "dataset_missing"}
+        return lambda: missing
     shape = tuple(job["model"]["input_shape"])
     x_train, x_test = x_train.reshape((-1, *shape)), x_test.reshape((-1, *shape))
     # the test images as the model sees them: scaled by the notebook's tf.data map, if any (the same in every fit)
@@ -272,41 +313,195 @@ def prepare_run(job: dict):
     def train() -> dict:
         started = time.monotonic()
         keras.utils.set_random_seed(job["seed"])
-        model = build_model(job["model"])  # not before: on a GPU its weights would take device memory while it waits
-        epochs_run, compiled_with = 0, None
-        for fit in job["plan"]:
-            settings = (fit["optimizer"], fit["loss"])
-            if settings != compiled_with:
-                model.compile(optimizer=build_optimizer(fit["optimizer"]), loss=build_loss(fit["loss"]),
-                              metrics=["accuracy"])
-                compiled_with = settings
-            labels = (keras.utils.to_categorical(y_train, job["num_classes"])
-                      if fit["loss"]["name"] == "categorical_crossentropy" else y_train)
-            callbacks = []
-            for cb in fit["callbacks"]:
-                kwargs = {k: v for k, v in cb.items() if k != "class"}
-                callbacks.append(getattr(keras.callbacks, cb["class"])(**kwargs))
-            full_epoch = -(-int(len(x_train) * (1 - fit["validation_split"])) // fit["batch_size"])
-            steps = fit["steps_per_epoch"] if fit["steps_per_epoch"] < full_epoch else None
-            validation = None
-            if fit.get("validation") is not None:  # the test images, as the notebook passed them (checked in prepare)
-                validation = (x_test_seen, keras.utils.to_categorical(y_test, job["num_classes"])
-                              if fit["loss"]["name"] == "categorical_crossentropy" else y_test)
-            if fit.get("pipeline"):  # the notebook's tf.data pipeline, rebuilt on the assignment's data
-                spec = fit["pipeline"]
-                steps = fit["steps_per_epoch"] if spec["endless"] or spec["take_batches"] is not None or steps else None
-                history = model.fit(pipeline.build_dataset(spec, x_train, labels), epochs=fit["epochs"],
-                                    steps_per_epoch=steps, callbacks=callbacks, validation_data=validation, verbose=0)
-            else:
-                history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=fit["batch_size"],
-                                    shuffle=fit["shuffle"], validation_split=fit["validation_split"],
-                                    validation_data=validation, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
-            epochs_run += len(history.epoch)
-        probs = np.asarray(model.predict(x_test_seen, batch_size=1000, verbose=0))
-        accuracy = float(np.mean(np.argmax(probs, axis=-1) == y_test))
-        return {"accuracy": accuracy, "epochs": epochs_run, "seconds": round(time.monotonic() - started, 2)}
+        clock = _clock(keras, {**job, "steps": run_steps(job["plan"], len(x_train))})
+        try:
+            return _train_recipe(keras, np, job, clock, started, (x_train, y_train, x_test_seen, y_test),
+                                 (build_model, build_optimizer, build_loss))
+        except RecipeFault as exc:  # the recipe failed to build, failed its first step, or overran its projection
+            return {"refused": str(exc), "projection": clock.projection}
+        except Exception as exc:
+            if clock.steps_done == 0 and not host_fault(exc):  # before the first step: the recipe's own
+                return {"refused": f"Keras could not train the recipe: {keras_message(exc)}",
+                        "projection": clock.projection}
+            if host_fault(exc):
+                return {"grader_error": f"the host ran short while training: {keras_message(exc)}",
+                        "cause": "host_limit"}
+            raise
 
     return train
+
+
+def _recipe(what: str, make):
+    """``make()``, with any exception but the host's turned into the submission's fault with Keras's message."""
+    try:
+        return make()
+    except Exception as exc:
+        if host_fault(exc):
+            raise
+        raise RecipeFault(f"Keras could not build the recipe's {what}: {keras_message(exc)}") from None
+
+
+def _train_recipe(keras, np, job: dict, clock, started: float, data, builders) -> dict:
+    x_train, y_train, x_test, y_test = data
+    build_model, build_optimizer, build_loss = builders
+    # not before the slot: on a GPU its weights would take device memory while it waits
+    model = _recipe("model", lambda: build_model(job["model"]))
+    epochs_run, compiled_with = 0, None
+    for fit in job["plan"]:
+        settings = (fit["optimizer"], fit["loss"])
+        if settings != compiled_with:
+            optimizer = _recipe("optimizer", lambda: build_optimizer(fit["optimizer"]))
+            loss = _recipe("loss", lambda: build_loss(fit["loss"]))
+            _recipe("compiled model", lambda: model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"]))
+            compiled_with = settings
+        labels = (keras.utils.to_categorical(y_train, job["num_classes"])
+                  if fit["loss"]["name"] == "categorical_crossentropy" else y_train)
+        callbacks = [*_recipe("callbacks", lambda: build_callbacks(fit)), clock]  # the clock times and stops
+        full_epoch = -(-int(len(x_train) * (1 - fit["validation_split"])) // fit["batch_size"])
+        steps = fit["steps_per_epoch"] if fit["steps_per_epoch"] < full_epoch else None
+        validation = None
+        if fit.get("validation") is not None:  # the test images as the model sees them (checked before training)
+            validation = (x_test, keras.utils.to_categorical(y_test, job["num_classes"])
+                          if fit["loss"]["name"] == "categorical_crossentropy" else y_test)
+        if fit.get("pipeline"):  # the notebook's tf.data pipeline, rebuilt on the assignment's data
+            spec = fit["pipeline"]
+            steps = fit["steps_per_epoch"] if spec["endless"] or spec["take_batches"] is not None or steps else None
+            history = model.fit(pipeline.build_dataset(spec, x_train, labels), epochs=fit["epochs"],
+                                steps_per_epoch=steps, callbacks=callbacks, validation_data=validation, verbose=0)
+        else:
+            history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=fit["batch_size"],
+                                shuffle=fit["shuffle"], validation_split=fit["validation_split"],
+                                validation_data=validation, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+        epochs_run += len(history.epoch)
+    probs = np.asarray(model.predict(x_test, batch_size=1000, verbose=0, callbacks=[clock]))
+    accuracy = float(np.mean(np.argmax(probs, axis=-1) == y_test))
+    return {"accuracy": accuracy, "epochs": epochs_run, "seconds": round(time.monotonic() - started, 2),
+            "projection": clock.projection}
+
+
+def run_steps(plan: list[dict], rows: int) -> int:
+    """The optimizer steps this run trains on ``rows`` training images (what ``model.fit`` will do)."""
+    total = 0
+    for fit in plan:
+        full_epoch = -(-int(rows * (1 - fit["validation_split"])) // fit["batch_size"])
+        total += fit["epochs"] * min(fit["steps_per_epoch"] or full_epoch, full_epoch)
+    return total
+
+
+def build_callbacks(fit: dict) -> list:
+    import keras
+
+    return [getattr(keras.callbacks, cb["class"])(**{k: v for k, v in cb.items() if k != "class"})
+            for cb in fit["callbacks"]]
+
+
+LOADED_SHARE = 0.1  # other processes using more than this share of the machine's CPU: the wall time is inflated
+
+
+def _snapshot() -> tuple[float, float, float, float]:
+    """(wall, this process's CPU seconds, the machine's busy and total CPU seconds from /proc/stat)."""
+    busy = total = 0.0
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+        total, busy = sum(values) / hz, (sum(values) - values[3] - values[4]) / hz
+    except (OSError, ValueError, IndexError):
+        pass
+    return time.monotonic(), time.process_time(), busy, total
+
+
+def fair_seconds(start: tuple, end: tuple, threads: int) -> float:
+    """What the span from ``start`` to ``end`` (:func:`_snapshot`) would have taken with the machine to itself.
+
+    Idle machine: the wall time.  Loaded (other processes used more than ``LOADED_SHARE`` of its CPU): the wall
+    time less the share the others took, kept between this process's CPU time spread over its threads (a
+    lower bound) and the smaller of its wall and CPU times; so a classmate's load never makes a recipe look
+    slower than it is (it may make it look faster: the safety net stays the backstop)."""
+    wall, cpu = end[0] - start[0], end[1] - start[1]
+    busy, total = end[2] - start[2], end[3] - start[3]
+    if total <= 0 or wall <= 0:
+        return min(wall, cpu) if cpu > 0 else wall
+    others = max(busy - cpu, 0.0) / total
+    if others < LOADED_SHARE:
+        return wall
+    low, high = cpu / max(threads, 1), min(wall, cpu)
+    return min(max(wall * (1 - others), low), max(high, low))
+
+
+def _clock(keras, job: dict):
+    """A callback that times the first real training steps (one warm-up step, then up to ``TIMED_STEPS``
+    within ``TIMING_WALL_S``), projects the whole run from them and refuses it (:class:`RecipeFault`) when the
+    projection exceeds ``job["allowed_seconds"]``; later it stops a run that overruns its own projection.
+
+    A step's cost is :func:`fair_seconds`: its wall time on an idle machine, less what other processes took on a
+    loaded one, so a classmate's load does not refuse a recipe.  Overruns are checked at most once a second."""
+    total, allowed = int(job.get("steps") or 0), job.get("allowed_seconds")
+    max_seconds = float(job.get("max_seconds") or 0)
+    threads = retrain_threads() or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    class Clock(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.steps_done, self.measured, self.projection = 0, [], None
+            self.begun = _snapshot()
+            self.step_start = self.begun
+            self.measuring_since = None
+            self.checked = 0.0
+
+        def on_train_batch_begin(self, batch, logs=None):
+            if self.projection is None:
+                self.step_start = _snapshot()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.projection is None:  # wait for the step itself (a GPU runs ahead of Python)
+                for value in (logs or {}).values():
+                    try:
+                        float(value)
+                    except (TypeError, ValueError):
+                        pass
+            self.steps_done += 1
+            if self.steps_done == 1:  # the warm-up step: tracing and first allocations
+                self.measuring_since = time.monotonic()
+            elif self.projection is None:
+                self.measured.append(fair_seconds(self.step_start, _snapshot(), threads))
+                if len(self.measured) >= TIMED_STEPS or time.monotonic() - self.measuring_since > TIMING_WALL_S:
+                    self._project()
+            self._check_overrun()
+
+        def on_test_batch_end(self, batch, logs=None):
+            self._check_overrun()
+
+        def on_predict_batch_end(self, batch, logs=None):
+            self._check_overrun()
+
+        def _project(self):
+            step = statistics.median(self.measured)
+            projected = step * max(total, self.steps_done)
+            self.projection = {"step_seconds": round(step, 4), "steps": total, "measured_steps": len(self.measured),
+                               "projected_seconds": round(projected, 1), "allowed_seconds": allowed}
+            if allowed and projected > allowed:
+                raise RecipeFault(
+                    f"training would take about {projected:,.0f} s: {total:,} steps at {step * 1000:,.0f} ms per step "
+                    f"(measured on {len(self.measured)} real training steps after a warm-up step); the assignment "
+                    f"allows {allowed:,.0f} s per training run: use fewer epochs, a larger batch size, smaller pooling "
+                    "windows or a smaller model")
+
+        def _check_overrun(self):
+            if self.projection is None or not max_seconds or time.monotonic() - self.checked < 1.0:
+                return
+            self.checked = time.monotonic()
+            projected = self.projection["projected_seconds"]
+            limit = min(max(OVERRUN_FACTOR * projected, projected + OVERRUN_SLACK_S), OVERRUN_SHARE * max_seconds)
+            used = fair_seconds(self.begun, _snapshot(), threads)
+            if used > limit:
+                raise RecipeFault(
+                    f"your recipe took longer than its own measured estimate: {used:,.0f} s after {self.steps_done:,} of "
+                    f"{total:,} steps, against a projection of {projected:,.0f} s "
+                    f"({self.projection['step_seconds'] * 1000:,.0f} ms per step); the grader stops a run at "
+                    f"{limit:,.0f} s")
+
+    return Clock()
 
 
 def train_run(job: dict) -> dict:
@@ -366,7 +561,7 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
                  "from autograder.verifier.retrain import worker_main; worker_main()")
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
                                                          "CNN_GRADER_CACHE", "CNN_GRADER_MNIST", "TMPDIR", "LANG")}
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.update(settings.QUIET_LOGGING_ENV)  # TensorFlow's and absl's start-up lines
     if retrain_threads():
         env.update({name: str(retrain_threads()) for name in THREAD_VARIABLES})
     proc = children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -404,7 +599,8 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
         proc.kill()
         proc.communicate()
         raise RetrainFailed(f"retraining did not finish within the grader's {max_seconds:.0f} s safety limit "
-                            "(the recipe is within the assignment's budget, so the machine is too slow or overloaded)")
+                            "(the recipe is within the assignment's budget and its measured projection, so the machine "
+                            "is too slow or overloaded)", "timeout_infrastructure")
     except BaseException:
         proc.kill()
         proc.wait()
@@ -412,11 +608,15 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     finally:
         children.forget(proc)
     if over_memory.is_set():
-        raise RetrainFailed(f"retraining used more than the grader's {memory_mb} MB memory limit")
+        raise RetrainFailed(f"retraining used more than the grader's {memory_mb} MB memory limit", "host_limit")
     marker = stdout.rfind("\n@@RETRAIN@@")
     if proc.returncode != 0 or marker < 0:
         raise RetrainFailed(f"the retraining process failed (exit {proc.returncode}): {stderr[-1500:]}")
     out = json.loads(stdout[marker + len("\n@@RETRAIN@@"):])
+    if out.get("grader_error"):
+        raise RetrainFailed(str(out["grader_error"]), str(out.get("cause") or "grader_crash"))
+    if out.get("refused"):
+        return out  # the recipe's own fault: the verifier reports it
     if not isinstance(out.get("accuracy"), float):
         raise RetrainFailed("the retraining process returned no accuracy")
     out["peak_mb"] = round(peak[0] / 2**20)  # sampled every 0.25 s: what a memory cap must leave room for
@@ -557,7 +757,10 @@ def _train(job: dict, settings: Settings, isolated: bool, slots: Path) -> dict:
 def train_seed_cached(job: dict, recipe: dict, settings: Settings, cache: Path | None, isolated: bool = True) -> dict:
     """One seed's training, through the authenticated cache (locked: parallel graders train once)."""
     if cache is None:
-        return {**_train(job, settings, isolated, default_slot_dir()), "cache_hit": False}
+        result = _train(job, settings, isolated, default_slot_dir())
+        if result.get("grader_error"):
+            raise RetrainFailed(str(result["grader_error"]), str(result.get("cause") or "grader_crash"))
+        return {**result, "cache_hit": False}
     _private_dir(cache)
     secret = _hmac_key(cache)
     key = cache_key(recipe, job["raw"], settings, job["seed"])
@@ -568,7 +771,10 @@ def train_seed_cached(job: dict, recipe: dict, settings: Settings, cache: Path |
         if cached is not None:
             return {**cached, "cache_hit": True}
         result = _train(job, settings, isolated, cache / "slots")
-        _write_entry(entry, result, secret)
+        if result.get("grader_error"):  # (not isolated: the run says so itself)
+            raise RetrainFailed(str(result["grader_error"]), str(result.get("cause") or "grader_crash"))
+        if not result.get("refused"):  # a refusal from measured time is not cached: it depends on the machine
+            _write_entry(entry, result, secret)
         return {**result, "cache_hit": False}
 
 
@@ -582,7 +788,35 @@ def prepare(config, fits, settings: Settings):
     recipe, notes = canonical_recipe(json.loads(text) if isinstance(config, str) else config, fits, data["input_shape"])
     cost, plan, cap_notes = recipe_cost(recipe, settings.budget, data)
     check_budget(cost, recipe, settings.budget, settings.seeds)
+    check_buildable(recipe["model"], plan)
     return recipe, plan, cost, notes + cap_notes
+
+
+def check_buildable(model: dict, plan: list[dict]) -> None:
+    """Build and compile the whole recipe without data, on the CPU: the model, every fit's optimizer (with its
+    schedule, its slots built for the model's weights), loss, metrics and callbacks.  Whatever Keras raises
+    here is the submission's (:class:`RefusedModel`, with Keras's message); a fault of the host is not."""
+    import keras
+
+    from autograder.verifier.rebuild import build_loss, build_model, build_optimizer
+
+    def step(what: str, make):
+        try:
+            return make()
+        except Exception as exc:
+            if host_fault(exc):
+                raise RetrainFailed(f"the host ran short while building the recipe: {keras_message(exc)}",
+                                    "host_limit") from None
+            raise RefusedModel(f"Keras could not build the recipe's {what}: {keras_message(exc)}") from None
+
+    with keras.device("cpu"):
+        built = step("model", lambda: build_model(model))
+        for fit in plan:
+            optimizer = step("optimizer", lambda: build_optimizer(fit["optimizer"]))
+            step("optimizer", lambda: optimizer.build(built.trainable_variables))
+            loss = step("loss", lambda: build_loss(fit["loss"]))
+            step("compiled model", lambda: built.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"]))
+            step("callbacks", lambda: build_callbacks(fit))
 
 
 def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | None = "default",
@@ -593,6 +827,10 @@ def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | N
         recipe, plan, cost, notes = prepare(config, fits, settings)
     except RefusedModel as exc:
         report.error = f"The model was not retrained: {exc}."
+        return report
+    except RetrainFailed as exc:
+        report.grader_error, report.grader_error_cause = str(exc), exc.cause
+        report.error = f"The grader could not retrain the model (not your fault): {exc}."
         return report
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         report.error = f"The model was not retrained: its description could not be read ({type(exc).__name__})."
@@ -615,13 +853,19 @@ def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | N
             job = {"assignment": settings.assignment, "num_classes": settings.data()["num_classes"],
                    "model": recipe["model"], "plan": plan, "seed": seed, "raw": raw,
                    "subset": list(settings.data_subset) if settings.data_subset else None,
-                   "deterministic": deterministic()}
-            runs.append(train_seed_cached(job, planned, settings, cache, isolated))
+                   "deterministic": deterministic(), "steps": cost.steps, "max_seconds": settings.max_seconds,
+                   "allowed_seconds": round(PROJECTION_SHARE * settings.max_seconds, 1)}
+            run = train_seed_cached(job, planned, settings, cache, isolated)
+            report.projection = run.get("projection") or report.projection
+            if run.get("refused"):  # failed to build, failed its first step, or too slow as measured: the recipe's
+                report.error = f"The model was not retrained: {run['refused']}."
+                return report
+            runs.append(run)
             report.seeds.append(seed)
             if abs(runs[0]["accuracy"] - settings.threshold) >= settings.seed_margin:
                 break  # clearly above or below: one seed decides
     except RetrainFailed as exc:  # error too, so every page that shows error shows why
-        report.grader_error = str(exc)
+        report.grader_error, report.grader_error_cause = str(exc), exc.cause
         report.error = f"The grader could not retrain the model (not your fault): {exc}."
         return report
     report.accuracies = [r["accuracy"] for r in runs]
