@@ -15,7 +15,11 @@ import json
 import math
 from typing import Any
 
-from autograder.verifier.rebuild import RefusedModel
+
+
+class RefusedModel(ValueError):
+    """A pipeline the grader cannot replay (:mod:`autograder.verifier.rebuild` re-raises it as its own
+    ``RefusedModel``; this module imports nothing of the verifier, so the rules ship to students without a cycle)."""
 
 SUPPORTED_FORM = (
     "tf.data.Dataset.from_tensor_slices((train_images, train_labels))"

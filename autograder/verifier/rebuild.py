@@ -557,7 +557,7 @@ def canonical_fits(fits: Any, model_compile_config: Any, notes: list[str]) -> li
         if isinstance(x, dict) and x.get("kind") == "dataset":
             from autograder.verifier.pipeline import canonical_pipeline
 
-            pipeline = canonical_pipeline(x, where, notes)
+            pipeline = _pipeline(canonical_pipeline, x, where, notes)
             x, batch_size = dict(pipeline["source"]), pipeline["batch_size"]
             if pipeline["endless"] and steps is None:
                 raise RefusedModel(f"{where}: the tf.data pipeline repeats forever (.repeat()) and fit has no "
@@ -617,6 +617,15 @@ def canonical_fits(fits: Any, model_compile_config: Any, notes: list[str]) -> li
     return out
 
 
+def _pipeline(canonical_pipeline: Callable, *args) -> dict:
+    from autograder.verifier.pipeline import RefusedModel as RefusedPipeline
+
+    try:
+        return canonical_pipeline(*args)
+    except RefusedPipeline as exc:
+        raise RefusedModel(str(exc)) from None
+
+
 def _watches_val(cb: dict) -> bool:
     return cb.get("class") in CALLBACK_FIELDS and str(cb.get("monitor", "val_loss")).startswith("val_")
 
@@ -652,7 +661,7 @@ def _validation(fit: dict, split: float, callbacks: list[dict], where: str, note
     if isinstance(desc, dict) and desc.get("kind") == "dataset":
         from autograder.verifier.pipeline import canonical_pipeline
 
-        pipeline = canonical_pipeline(desc, f"{where}: validation_data", [])
+        pipeline = _pipeline(canonical_pipeline, desc, f"{where}: validation_data", [])
         images = pipeline["source"]
     elif isinstance(desc, dict) and desc.get("kind") == "tuple" and len(desc.get("items") or []) == 2:
         images = desc["items"][0]
