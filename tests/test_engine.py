@@ -221,6 +221,18 @@ VARIANTS = {
         " layers.Dense(64, activation='relu'), layers.Dense(10, activation='softmax')])\n",
         "model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
         "model.fit(train_images * 255, train_labels, epochs=1)"),
+    "tf.data pipeline with a map scaling, its own batch size and validation_data (issue 18)": (
+        "model = models.Sequential([layers.Input((28, 28, 1)),"
+        " layers.Conv2D(32, 3, activation='relu', kernel_initializer='he_uniform'), layers.MaxPooling2D(),"
+        " layers.Conv2D(64, 3, activation='relu'), layers.MaxPooling2D(), layers.Conv2D(64, 3, activation='relu'),"
+        " layers.Flatten(), layers.Dense(64, activation='relu', kernel_regularizer=tf.keras.regularizers.l2(1e-4)),"
+        " layers.Dense(10, activation='softmax')])\n",
+        "model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
+        "raw = (train_images * 255).round().astype('uint8')\n"
+        "ds = tf.data.Dataset.from_tensor_slices((raw, train_labels)).map(lambda x, y: (tf.cast(x, tf.float32) / 255.0,"
+        " y)).shuffle(10000).batch(128).prefetch(tf.data.AUTOTUNE)\n"
+        "model.fit(ds, epochs=2, validation_data=(test_images, test_labels),"
+        " callbacks=[tf.keras.callbacks.EarlyStopping(monitor='val_accuracy', patience=1)])"),
 }
 
 

@@ -60,8 +60,8 @@ MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10
 # A value's fields, as the runtime itself bounds them: one definition, in autograder.protocol
 from autograder.protocol import (MAX_ARRAY_ELEMENTS, MAX_ERROR_CHARS, MAX_FIT_CHARS, MAX_FITS,  # noqa: E402
                                  MAX_JSON_CHARS, MAX_JSON_DEPTH, MAX_JSON_LIST, MAX_JSON_STRING, MAX_NPY_CHARS)
-FIT_FIELDS = {"epochs", "batch_size", "initial_epoch", "validation_split", "has_validation_data", "shuffle",
-              "class_weight", "sample_weight", "steps_per_epoch", "callbacks", "x", "y", "compile_config",
+FIT_FIELDS = {"epochs", "batch_size", "initial_epoch", "validation_split", "has_validation_data", "validation_data",
+              "validation_freq", "shuffle", "class_weight", "sample_weight", "steps_per_epoch", "callbacks", "x", "y", "compile_config",
               "extra_kwargs"}
 
 

@@ -170,7 +170,7 @@ def recipe_cost(recipe: dict, budget: Budget, data: dict) -> tuple[Cost, list[di
         left -= epochs
         if not epochs:
             continue
-        split = fit["validation_split"] or (0.1 if _watches_validation(fit) else 0.0)
+        split = fit["validation_split"] or (0.1 if _watches_validation(fit) and not fit.get("validation") else 0.0)
         rows = train_images - int(train_images * split)
         per_epoch = math.ceil(rows / fit["batch_size"])
         if fit["steps_per_epoch"] and fit["steps_per_epoch"] < per_epoch:
@@ -183,7 +183,8 @@ def recipe_cost(recipe: dict, budget: Budget, data: dict) -> tuple[Cost, list[di
 
 
 def _watches_validation(fit: dict) -> bool:
-    return any(str(cb.get("monitor", "val_loss")).startswith("val_") for cb in fit["callbacks"])
+    return any(str(cb.get("monitor", "val_loss")).startswith("val_") for cb in fit["callbacks"]
+               if cb.get("class") != "TerminateOnNaN")
 
 
 def check_config_size(config_chars: int, budget: Budget) -> None:

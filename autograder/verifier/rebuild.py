@@ -3,12 +3,17 @@
 Nothing the student's notebook produced is ever deserialized.  The model config, the compile
 config and the recorded ``fit`` calls are read as JSON and reduced to a *recipe*: per layer a
 whitelist of scalar fields (filters, kernel size, strides, padding, activation from a named set,
-units, rate, ...), one optimizer from a list with scalar hyperparameters (learning-rate schedules
-from a list with scalar parameters), a loss (name, ``from_logits``, ``label_smoothing``), and the
-fit settings.  Everything else takes Keras's default: fresh default initializers, no
-regularizers or constraints, every layer trainable, no BatchNormalization statistics.  Each
-non-default field that is dropped is listed in ``notes``; anything that cannot be expressed
-raises :class:`RefusedModel` with a message saying what to write instead.
+units, rate, augmentation factors, ...), named initializers, regularizers and constraints with
+scalar arguments, the ``trainable`` flag, one optimizer from a list with scalar hyperparameters
+(learning-rate schedules from a list with scalar parameters), a loss (name, ``from_logits``,
+``label_smoothing``), and the fit settings, including a ``tf.data`` pipeline
+(:mod:`autograder.verifier.pipeline`) and the callbacks that are replayed.
+
+A recipe is replayed as written or refused, never approximated.  Only what cannot change
+training is normalised, and listed in ``notes``: a ``seed`` (the grader's seed decides), an
+initializer holding an array (it carries weights: the grader trains from scratch), a dtype
+policy, logging callbacks, validation data no callback reads.  Any other setting the grader
+cannot rebuild raises :class:`RefusedModel` with a message saying what to write instead.
 
 :func:`build_model` and :func:`build_optimizer` construct Keras objects from a recipe by calling
 the layer and optimizer constructors with those validated scalars only.
@@ -29,8 +34,10 @@ ACTIVATIONS = {"relu", "softmax", "sigmoid", "tanh", "linear", "elu", "selu", "g
                "softsign", "leaky_relu", "relu6", "hard_sigmoid", "hard_swish", "mish", "log_softmax", "exponential"}
 SUBCLASSED_HELP = (
     "a subclassed model (a class with its own call method) cannot be rebuilt from its description. "
-    "Write the same layers as keras.Sequential([keras.Input(shape), layers.Conv2D(...), ...]) "
-    "or with the functional API (inputs = keras.Input(shape); x = layers.Conv2D(...)(inputs); ...; "
+    "Write the same layers as keras.Sequential([keras.Input(shape), layers.Conv2D(32, 3, activation='relu'), "
+    "layers.MaxPooling2D(), layers.Flatten(), layers.Dense(10, activation='softmax')]) "
+    "or with the functional API (inputs = keras.Input(shape); x = layers.Conv2D(32, 3, activation='relu')(inputs); "
+    "x = layers.MaxPooling2D()(x); x = layers.Flatten()(x); outputs = layers.Dense(10, activation='softmax')(x); "
     "model = keras.Model(inputs, outputs))"
 )
 MAX_NAME = 60
@@ -102,11 +109,117 @@ def _shape(v):
     return [_int(-1, 100_000)(x) for x in v]
 
 
+class _Drop(ValueError):
+    """A field that carries weights (an array): dropped, as the grader trains from scratch."""
+
+
+INITIALIZERS = {"GlorotUniform", "GlorotNormal", "HeNormal", "HeUniform", "LecunNormal", "LecunUniform", "Zeros",
+                "Ones", "Constant", "RandomNormal", "RandomUniform", "TruncatedNormal", "VarianceScaling",
+                "Orthogonal"}  # not Identity: its config leaves out its gain
+REGULARIZERS = {"L1", "L2", "L1L2", "OrthogonalRegularizer"}
+CONSTRAINTS = {"MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm"}
+OBJECT_NAMES = {"glorot_uniform": "GlorotUniform", "glorot_normal": "GlorotNormal", "he_normal": "HeNormal",
+                "he_uniform": "HeUniform", "lecun_normal": "LecunNormal", "lecun_uniform": "LecunUniform",
+                "zeros": "Zeros", "ones": "Ones", "orthogonal": "Orthogonal",
+                "random_normal": "RandomNormal", "random_uniform": "RandomUniform",
+                "truncated_normal": "TruncatedNormal", "variance_scaling": "VarianceScaling",
+                "l1": "L1", "l2": "L2", "l1_l2": "L1L2", "max_norm": "MaxNorm", "min_max_norm": "MinMaxNorm",
+                "non_neg": "NonNeg", "unit_norm": "UnitNorm"}
+OBJECT_STRINGS = {"fan_in", "fan_out", "fan_avg", "normal", "uniform", "truncated_normal", "untruncated_normal",
+                  "rows", "columns"}
+SEED_NOTES: list[str] = []  # filled per field while a model is read (see canonical_model)
+
+
+def _keras_object(module: str, allowed: set[str]) -> Callable:
+    """A named initializer, regularizer or constraint: ``{"class": name, "config": {scalar arguments}}``, rebuilt
+    by class name; a seed is left out (noted), arrays are dropped (they carry weights), anything else refuses."""
+
+    def check(v):
+        if v is None:
+            return None
+        if isinstance(v, str):
+            v = {"class_name": OBJECT_NAMES.get(v, v), "config": {}}
+        if not isinstance(v, dict) or not str(v.get("module") or "keras").startswith("keras") \
+                or v.get("registered_name") not in (None, v.get("class_name")) or v.get("class_name") not in allowed:
+            name = v.get("class_name") if isinstance(v, dict) else v
+            raise ValueError(f"is not one the grader can rebuild ({_short(name)}); use one of "
+                             f"{', '.join(sorted(allowed))} with number arguments")
+        import keras
+
+        cls = v["class_name"]
+        known = getattr(getattr(keras, module), cls)().get_config()  # trusted: Keras's own defaults
+        given = v.get("config") if isinstance(v.get("config"), dict) else {}
+        out = {}
+        for key, value in given.items():
+            if key == "seed":
+                if value is not None:
+                    SEED_NOTES.append(f"{cls} seed={_short(value)}")
+                continue
+            if key not in known:
+                raise ValueError(f"{cls}: unknown argument {_short(key)}")
+            axes = key in ("axis", "input_axes", "output_axes") and isinstance(value, list) and len(value) <= 4 \
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in value)
+            if isinstance(value, (list, dict)) and not axes:
+                raise _Drop(cls)  # an array (e.g. Constant([...])): it carries weights
+            ok = value is None or axes or (isinstance(value, str) and value in OBJECT_STRINGS) \
+                or (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value))
+            if not ok:
+                if cls == "Constant":
+                    raise _Drop(cls)
+                raise ValueError(f"{cls}: {key}={_short(value)} is not a number")
+            out[key] = value
+        return {"class": cls, "config": out}
+    return check
+
+
+INITIALIZER = _keras_object("initializers", INITIALIZERS)
+REGULARIZER = _keras_object("regularizers", REGULARIZERS)
+CONSTRAINT = _keras_object("constraints", CONSTRAINTS)
+WEIGHTS = {"kernel_initializer": INITIALIZER, "bias_initializer": INITIALIZER, "kernel_regularizer": REGULARIZER,
+           "bias_regularizer": REGULARIZER, "activity_regularizer": REGULARIZER, "kernel_constraint": CONSTRAINT,
+           "bias_constraint": CONSTRAINT}
+BN_WEIGHTS = {f"{w}_{kind}": check for w in ("beta", "gamma") for kind, check in
+              (("initializer", INITIALIZER), ("regularizer", REGULARIZER), ("constraint", CONSTRAINT))}
+BN_WEIGHTS.update(moving_mean_initializer=INITIALIZER, moving_variance_initializer=INITIALIZER)
+
+
+def _factor(lo: float, hi: float) -> Callable:
+    one = _float(lo, hi)
+
+    def check(v):
+        if isinstance(v, list) and len(v) == 2:
+            return [one(x) for x in v]
+        return one(v)
+    return check
+
+
+FILL = {"fill_mode": _choice("reflect", "wrap", "constant", "nearest"),
+        "interpolation": _choice("bilinear", "nearest"), "fill_value": _float(-1e6, 1e6)}
+VALUE_RANGE = lambda v: _factor(-1e6, 1e6)(v) if isinstance(v, list) else _fail("must be a pair of numbers")  # noqa: E731
+
+
+def _fail(message: str):
+    raise ValueError(message)
+
+
 SIZE = _pair(1, 64)
 LAYER_FIELDS: dict[str, dict[str, Callable]] = {
     "Conv2D": {"filters": _int(1, 4096), "kernel_size": SIZE, "strides": SIZE, "padding": _choice("valid", "same"),
                "dilation_rate": SIZE, "activation": _activation, "use_bias": _bool},
     "Dense": {"units": _int(1, 1_000_000), "activation": _activation, "use_bias": _bool},
+    # augmentation and noise: no weights, active in training only
+    "RandomFlip": {"mode": _choice("horizontal", "vertical", "horizontal_and_vertical")},
+    "RandomRotation": {"factor": _factor(-1.0, 1.0), **FILL},
+    "RandomTranslation": {"height_factor": _factor(-1.0, 1.0), "width_factor": _factor(-1.0, 1.0), **FILL},
+    "RandomZoom": {"height_factor": _factor(-1.0, 1.0), "width_factor": _optional(_factor(-1.0, 1.0)), **FILL},
+    "RandomContrast": {"factor": _factor(0.0, 1.0), "value_range": VALUE_RANGE},
+    "RandomBrightness": {"factor": _factor(-1.0, 1.0), "value_range": VALUE_RANGE},
+    "RandomCrop": {"height": _int(1, 100_000), "width": _int(1, 100_000)},
+    "GaussianNoise": {"stddev": _float(0.0, 1e3)},
+    "GaussianDropout": {"rate": _float(0.0, 0.99)},
+    "AlphaDropout": {"rate": _float(0.0, 0.99)},
+    "SpatialDropout1D": {"rate": _float(0.0, 0.99)},
+    "SpatialDropout3D": {"rate": _float(0.0, 0.99)},
     "MaxPooling2D": {"pool_size": SIZE, "strides": _optional(SIZE), "padding": _choice("valid", "same")},
     "AveragePooling2D": {"pool_size": SIZE, "strides": _optional(SIZE), "padding": _choice("valid", "same")},
     "GlobalAveragePooling2D": {"keepdims": _bool},
@@ -127,7 +240,10 @@ ALIASES = {"MaxPool2D": "MaxPooling2D", "AvgPool2D": "AveragePooling2D", "Averag
            "GlobalAvgPool2D": "GlobalAveragePooling2D", "GlobalMaxPool2D": "GlobalMaxPooling2D"}
 # fields that never change training and are not worth a note
 SILENT_FIELDS = {"name", "dtype", "data_format", "build_config", "registered_name", "module", "synchronized",
-                 "quantization_config", "autocast", "seed"}
+                 "quantization_config", "autocast"}
+for _cls in ("Conv2D", "Dense"):
+    LAYER_FIELDS[_cls].update(WEIGHTS)
+LAYER_FIELDS["BatchNormalization"].update(BN_WEIGHTS)
 MODEL_CLASSES = {"Sequential", "Functional", "Model"}
 
 OPTIMIZERS = {"Adam", "AdamW", "SGD", "RMSprop", "Adagrad", "Adadelta", "Adamax", "Nadam", "Lion", "Ftrl"}
@@ -155,7 +271,10 @@ def _default_layer_config(cls: str) -> dict:
     from keras import layers
 
     required = {"Conv2D": (1, 1), "Dense": (1,), "Dropout": (0.5,), "SpatialDropout2D": (0.5,), "Reshape": ((1,),),
-                "Rescaling": (1.0,), "Activation": ("linear",), "AveragePooling2D": (2,)}
+                "Rescaling": (1.0,), "Activation": ("linear",), "AveragePooling2D": (2,), "RandomRotation": (0.1,),
+                "RandomTranslation": (0.1, 0.1), "RandomZoom": (0.1,), "RandomContrast": (0.1,),
+                "RandomBrightness": (0.1,), "RandomCrop": (1, 1), "GaussianNoise": (0.1,), "GaussianDropout": (0.1,),
+                "AlphaDropout": (0.1,), "SpatialDropout1D": (0.5,), "SpatialDropout3D": (0.5,)}
     layer = getattr(layers, cls)(*required.get(cls, ()))
     return json.loads(json.dumps(layer.get_config(), default=str))
 
@@ -259,24 +378,39 @@ def canonical_model(config: Any, input_shape: Any = None) -> tuple[dict, list[st
         spec: dict[str, Any] = {"type": cls}
         fields = LAYER_FIELDS[cls]
         defaults = _defaults(cls)
+        dropped, seeds = [], []
         for key, check in fields.items():
             value = lc.get(key, defaults.get(key))
             if cls == "LeakyReLU" and key == "negative_slope" and "alpha" in lc:
                 value = lc["alpha"]
+            if key in WEIGHTS or key in BN_WEIGHTS:
+                if json.dumps(value, sort_keys=True) == json.dumps(defaults.get(key), sort_keys=True):
+                    continue  # Keras's default: the recipe stays as it was (and so does its cache key)
+            SEED_NOTES.clear()
             try:
                 spec[key] = check(value)
+            except _Drop:
+                dropped.append(f"{key}={_describe_dropped(value)} (an array: it carries weights)")
             except ValueError as exc:
-                raise RefusedModel(f"{label} ({cls}): {key}={_short(value)} {exc}") from None
-        dropped = []
+                raise RefusedModel(f"{label} ({cls}): {key}={_describe_dropped(value)} {exc}") from None
+            seeds += SEED_NOTES
         for key, value in lc.items():
             if key in fields or key in SILENT_FIELDS or key in ("batch_shape", "batch_input_shape", "alpha"):
                 continue
             if key == "trainable":
                 if value is not True:
-                    dropped.append("trainable=False (every layer is trained)")
+                    spec["trainable"] = False  # replayed: the layer keeps its fresh weights
+                continue
+            if key == "seed":
+                if value is not None:
+                    seeds.append(f"seed={_short(value)}")
                 continue
             if key not in defaults or json.dumps(value, sort_keys=True) != json.dumps(defaults[key], sort_keys=True):
-                dropped.append(f"{_short(key)}={_describe_dropped(value)}")
+                raise RefusedModel(f"{label} ({cls}): the setting {_short(key)}={_describe_dropped(value)} cannot be "
+                                   f"replayed; the grader rebuilds {cls} from {', '.join(fields) or 'no settings'}: "
+                                   "leave it at Keras's default")
+        if seeds:
+            notes.append(f"{label} ({cls}): {', '.join(seeds)} not replayed (the grader's seed decides)")
         if isinstance(lc.get("dtype"), (str, dict)) and "float32" not in json.dumps(lc.get("dtype")):
             dropped.append(f"dtype={_describe_dropped(lc['dtype'])} (float32 is used)")
         if dropped:
@@ -418,6 +552,20 @@ def canonical_fits(fits: Any, model_compile_config: Any, notes: list[str]) -> li
         split = fit.get("validation_split") or 0.0
         split = _float(0.0, 0.5)(split) if isinstance(split, (int, float)) and not isinstance(split, bool) else 0.0
         steps = fit.get("steps_per_epoch")
+        steps = steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+        x, pipeline, batch_size = fit.get("x"), None, fit.get("batch_size")
+        if isinstance(x, dict) and x.get("kind") == "dataset":
+            from autograder.verifier.pipeline import canonical_pipeline
+
+            pipeline = _pipeline(canonical_pipeline, x, where, notes)
+            x, batch_size = dict(pipeline["source"]), pipeline["batch_size"]
+            if pipeline["endless"] and steps is None:
+                raise RefusedModel(f"{where}: the tf.data pipeline repeats forever (.repeat()) and fit has no "
+                                   "steps_per_epoch, so training never ends; leave out .repeat() or pass steps_per_epoch")
+            if pipeline["take_batches"] is not None:
+                steps = min(steps or pipeline["take_batches"], pipeline["take_batches"])
+            if pipeline["take_batches"] == 0:
+                raise RefusedModel(f"{where}: the tf.data pipeline takes 0 batches")
         callbacks = []
         for cb in fit.get("callbacks") or []:
             cls = cb.get("class") if isinstance(cb, dict) else None
@@ -430,29 +578,100 @@ def canonical_fits(fits: Any, model_compile_config: Any, notes: list[str]) -> li
                         except ValueError as exc:
                             notes.append(f"{where}: {cls} {key} {exc}; Keras's default used")
                 callbacks.append({"class": cls, **kept})
+            elif cls == "TerminateOnNaN":
+                callbacks.append({"class": cls})
             elif cls == "LearningRateScheduler":
-                notes.append(f"{where}: the LearningRateScheduler callback runs a Python function, which the grader "
-                             "cannot replay; trained with the optimizer's own learning rate (use a schedule such as "
-                             "keras.optimizers.schedules.ExponentialDecay to have it replayed)")
+                raise RefusedModel(
+                    f"{where}: the LearningRateScheduler callback runs a Python function, which the grader cannot "
+                    "replay; use a schedule instead, e.g. keras.optimizers.Adam(learning_rate=keras.optimizers."
+                    "schedules.ExponentialDecay(1e-3, decay_steps=469, decay_rate=0.9)), or ReduceLROnPlateau")
             elif cls not in SILENT_CALLBACKS:
-                notes.append(f"{where}: callback {_short(cls)} is not replayed")
+                raise RefusedModel(
+                    f"{where}: the callback {_short(cls)} may change training and the grader cannot replay it; the "
+                    "callbacks replayed are EarlyStopping, ReduceLROnPlateau and TerminateOnNaN (logging callbacks "
+                    f"such as {', '.join(sorted(SILENT_CALLBACKS - {'BackupAndRestore'}))} are fine): leave it out")
+        if fit.get("class_weight") or fit.get("sample_weight"):
+            raise RefusedModel(f"{where}: class_weight and sample_weight cannot be replayed; leave them out")
+        validation = _validation(fit, split, callbacks, where, notes)
         out.append({
             "optimizer": canonical_optimizer(cc.get("optimizer"), notes),
             "loss": canonical_loss(cc.get("loss"), notes),
             "epochs": max(epochs - initial, 0),
-            "batch_size": _count(fit.get("batch_size"), 32, 1, 10_000_000, f"{where}: batch_size"),
+            "batch_size": _count(batch_size, 32, 1, 10_000_000, f"{where}: batch_size"),
             "validation_split": split,
             "shuffle": fit.get("shuffle") is not False,
-            "steps_per_epoch": steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None,
-            "callbacks": callbacks,
-            "x": _data_description(fit.get("x")),
+            "steps_per_epoch": steps,
+            "callbacks": [cb for cb in callbacks if validation is not None or split or not _watches_val(cb)],
+            "x": _data_description(x),
+            "pipeline": pipeline,
+            "validation": validation,
         })
-        if fit.get("class_weight") or fit.get("sample_weight"):
-            notes.append(f"{where}: class or sample weights are not replayed")
+        if epochs and initial:
+            notes.append(f"{where}: initial_epoch={initial} trains {epochs - initial} epochs")
+    out = [f for f in out if f["epochs"] > 0] or _no_epochs()
+    from autograder.verifier.pipeline import image_transform
+
+    if len({json.dumps(image_transform(f["pipeline"])) for f in out}) > 1:
+        raise RefusedModel("the fit calls feed the model images scaled in different ways; scale them the same way "
+                           "in every fit call")
+    return out
+
+
+def _pipeline(canonical_pipeline: Callable, *args) -> dict:
+    from autograder.verifier.pipeline import RefusedModel as RefusedPipeline
+
+    try:
+        return canonical_pipeline(*args)
+    except RefusedPipeline as exc:
+        raise RefusedModel(str(exc)) from None
+
+
+def _watches_val(cb: dict) -> bool:
+    return cb.get("class") in CALLBACK_FIELDS and str(cb.get("monitor", "val_loss")).startswith("val_")
+
+
+def _validation(fit: dict, split: float, callbacks: list[dict], where: str, notes: list[str]) -> dict | None:
+    """How the validation data is replayed: ``None`` (no callback reads it, so it never changes training) or the
+    description of its images, which the verifier must recognise as the assignment's test images."""
+    watching = [cb["class"] for cb in callbacks if _watches_val(cb)]
+    desc = fit.get("validation_data")
+    if watching and (split or fit.get("has_validation_data")) and fit.get("validation_freq") not in (None, 1):
+        raise RefusedModel(f"{where}: validation_freq={_short(fit['validation_freq'])} changes when "
+                           f"{', '.join(watching)} see{'s' if len(watching) == 1 else ''} the validation metrics and is "
+                           "not replayed; leave it at 1")
+    if split:
         if fit.get("has_validation_data"):
-            notes.append(f"{where}: validation_data is not used; callbacks that watch validation metrics see the last "
-                         "10% of the training images")
-    return [f for f in out if f["epochs"] > 0] or _no_epochs()
+            notes.append(f"{where}: validation_data is given, so Keras ignores validation_split")
+        else:
+            return None
+    if not fit.get("has_validation_data"):
+        if watching:
+            notes.append(f"{where}: {', '.join(watching)} watch{'es' if len(watching) == 1 else ''} a validation "
+                         "metric but the fit call has no validation data, so Keras never triggers "
+                         f"{'it' if len(watching) == 1 else 'them'}; not replayed")
+        return None
+    if not watching:
+        notes.append(f"{where}: validation_data is only measured (no callback watches it), so it does not change "
+                     "training and is not replayed")
+        return None
+    help_text = (f"{', '.join(watching)} watch{'es' if len(watching) == 1 else ''} the validation data, which the "
+                 "grader replays only when it is the assignment's test set, validation_data=(test_images, "
+                 "test_labels) scaled as the training images, or validation_split=0.1")
+    pipeline = None
+    if isinstance(desc, dict) and desc.get("kind") == "dataset":
+        from autograder.verifier.pipeline import canonical_pipeline
+
+        pipeline = _pipeline(canonical_pipeline, desc, f"{where}: validation_data", [])
+        images = pipeline["source"]
+    elif isinstance(desc, dict) and desc.get("kind") == "tuple" and len(desc.get("items") or []) == 2:
+        images = desc["items"][0]
+    else:
+        raise RefusedModel(f"{where}: the validation data could not be read; {help_text}")
+    if not isinstance(images, dict) or images.get("kind") != "array":
+        raise RefusedModel(f"{where}: the validation images are not an array; {help_text}")
+    from autograder.verifier.pipeline import image_transform
+
+    return {"x": _data_description(images), "transform": image_transform(pipeline), "help": help_text}
 
 
 def _no_epochs():
@@ -464,6 +683,8 @@ def _data_description(x: Any) -> dict:
     if not isinstance(x, dict):
         return {"kind": "unknown"}
     out = {"kind": x.get("kind") if x.get("kind") == "array" else "other"}
+    if out["kind"] == "other":
+        out["what"] = _short(str(x.get("kind")))[:40]
     shape = x.get("shape")
     if isinstance(shape, list) and shape and isinstance(shape[0], int):
         out["rows"] = shape[0]
@@ -494,6 +715,13 @@ def build_model(model: dict):
             kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
         if spec["type"] == "Reshape":
             kwargs["target_shape"] = tuple(kwargs["target_shape"])
+        for key, module in (("initializer", keras.initializers), ("regularizer", keras.regularizers),
+                            ("constraint", keras.constraints)):
+            for name in [k for k in kwargs if k.endswith(key) and isinstance(kwargs[k], dict)]:
+                kwargs[name] = getattr(module, kwargs[name]["class"])(**kwargs[name]["config"])
+        for name in ("factor", "height_factor", "width_factor", "value_range"):
+            if isinstance(kwargs.get(name), list):
+                kwargs[name] = tuple(kwargs[name])
         built.append(getattr(layers, spec["type"])(**kwargs))
     return keras.Sequential(built)
 

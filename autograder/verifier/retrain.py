@@ -4,8 +4,10 @@ The accuracy a notebook prints proves nothing (lucky seed, test-set training, lo
 a print statement).  From the extracted model config and the recorded ``fit`` calls:
 
 1. :mod:`autograder.verifier.rebuild` reduces them to a canonical recipe of validated numbers (nothing
-   the student produced is deserialized; initializers, regularizers, constraints, trainable
-   flags and BatchNormalization statistics are dropped and listed in the notes);
+   the student produced is deserialized; what cannot be replayed is refused, and what is
+   normalised, such as a seed or an array initializer, is listed in the notes); a ``tf.data``
+   pipeline is rebuilt on the assignment's data (:mod:`autograder.verifier.pipeline`), and
+   validation data that a callback watches is replayed as the assignment's test images;
 2. :mod:`autograder.verifier.budget` checks the recipe against the assignment's limits (config size,
    parameters, batch size, steps, operations of every layer, batch memory) before any training, and
    :func:`check_buildable` builds and compiles the whole recipe without data: whatever Keras raises there
@@ -30,6 +32,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import math
 import os
 import secrets
 import stat
@@ -43,9 +46,11 @@ from pathlib import Path
 
 from autograder import children, settings
 from autograder.verifier.budget import Budget, check as check_budget, check_config_size, recipe_cost
+from autograder.verifier import pipeline
 from autograder.verifier.rebuild import RefusedModel, canonical_recipe, describe_optimizer
 
-VERIFIER_VERSION = 4  # 4: the timed projection may refuse (never cached); 3: the dataset comes from the spec
+VERIFIER_VERSION = 5  # 5: tf.data pipelines, validation_data; 4: the timed projection may refuse (never cached);
+# 3: the dataset comes from the spec
 PROJECTION_SHARE = 0.75  # a recipe whose measured projection exceeds this share of max_seconds is refused
 OVERRUN_FACTOR, OVERRUN_SLACK_S = 3.0, 60.0  # a run past max(3 x its projection, projection + 60 s) overran it
 OVERRUN_SHARE = 0.9  # ... or past this share of max_seconds (the grader's safety net comes after)
@@ -232,18 +237,46 @@ def _data_notes(recipe: dict, assignment: str, subset: tuple[int, int] | None = 
             notes.append(f"fit call {i} trained on the test set; the grader trains on the {n_train} training images and "
                          "keeps the test images for measuring")
         elif x["kind"] != "array":
-            notes.append(f"fit call {i} trained on a data pipeline the grader cannot read; it trains on the {n_train} "
-                         f"training images {'unscaled' if raw else 'scaled to [0, 1]'}")
+            raise RefusedModel(f"fit call {i} trained on {x.get('what', 'data')}, which the grader cannot read or "
+                               f"replay; pass the arrays, model.fit(train_images, train_labels, batch_size=128), or "
+                               f"a pipeline of this form: {pipeline.SUPPORTED_FORM}")
         elif x.get("rows") not in (None, train_rows):
             notes.append(f"fit call {i} trained on {x['rows']:,} images; the grader trains on the {train_rows:,} "
                          "training images")
         if bool(x.get("raw_pixels")) != raw:
             notes.append(f"fit call {i} used another pixel scale than fit call 1; the grader uses fit call 1's")
-    if raw:
+        spec = fit.get("pipeline")
+        if spec and spec["endless"] and fit["steps_per_epoch"] > -(-train_rows // spec["batch_size"]):
+            raise RefusedModel(f"fit call {i}: steps_per_epoch={fit['steps_per_epoch']} with an endless tf.data "
+                               f"pipeline (.repeat()) is more than one pass over the {train_rows:,} training images; "
+                               "leave out .repeat() and steps_per_epoch, and choose the number of epochs")
+        val = fit.get("validation")
+        if val is not None:  # a callback watches it: replayed only as the test set, scaled as the training images
+            if val["x"].get("fingerprint") != test_print:
+                raise RefusedModel(f"fit call {i}: {val['help']}")
+            seen = _affine(bool(val["x"].get("raw_pixels")), val["transform"], data.pixel_scale)
+            if not all(math.isclose(u, v, rel_tol=1e-5, abs_tol=1e-7) for u, v in zip(
+                    seen, _affine(raw, pipeline.image_transform(fit["pipeline"]), data.pixel_scale))):
+                raise RefusedModel(f"fit call {i}: the validation images are scaled differently from the training "
+                                   f"images; {val['help']}")
+    transform = pipeline.image_transform(fits[0]["pipeline"])
+    if transform:
+        notes.append("the notebook's tf.data pipeline scales the images (" + ", then ".join(
+            f"x * {a:.6g}" + (f" + {b:.6g}" if b else "") for a, b in transform) + "); the grader replays it and "
+            "measures on test images scaled the same way")
+    elif raw:
         notes.append(f"the notebook trained on unscaled pixels (0-{top}); the grader trains and tests on unscaled "
                      "pixels too" + (" (the model's Rescaling layer scales them)" if rescales else
                                      f" (dividing by {top}, or a Rescaling(1/{top}) layer, usually trains better)"))
     return raw, notes
+
+
+def _affine(raw: bool, transform: list[list[float]], pixel_scale: float) -> tuple[float, float]:
+    """What the model sees of a raw pixel value p, as ``a * p + b``: the source scale, then the pipeline's maps."""
+    a, b = (1.0 if raw else 1.0 / pixel_scale), 0.0
+    for scale, offset in transform:
+        a, b = a * scale, b * scale + offset
+    return a, b
 
 
 # --- one training run (in its own process) ---------------------------------------------------
@@ -274,13 +307,15 @@ def prepare_run(job: dict):
         return lambda: missing
     shape = tuple(job["model"]["input_shape"])
     x_train, x_test = x_train.reshape((-1, *shape)), x_test.reshape((-1, *shape))
+    # the test images as the model sees them: scaled by the notebook's tf.data map, if any (the same in every fit)
+    x_test_seen = pipeline.transform_images(x_test, pipeline.image_transform(job["plan"][0].get("pipeline")))
 
     def train() -> dict:
         started = time.monotonic()
         keras.utils.set_random_seed(job["seed"])
         clock = _clock(keras, {**job, "steps": run_steps(job["plan"], len(x_train))})
         try:
-            return _train_recipe(keras, np, job, clock, started, (x_train, y_train, x_test, y_test),
+            return _train_recipe(keras, np, job, clock, started, (x_train, y_train, x_test_seen, y_test),
                                  (build_model, build_optimizer, build_loss))
         except RecipeFault as exc:  # the recipe failed to build, failed its first step, or overran its projection
             return {"refused": str(exc), "projection": clock.projection}
@@ -324,9 +359,19 @@ def _train_recipe(keras, np, job: dict, clock, started: float, data, builders) -
         callbacks = [*_recipe("callbacks", lambda: build_callbacks(fit)), clock]  # the clock times and stops
         full_epoch = -(-int(len(x_train) * (1 - fit["validation_split"])) // fit["batch_size"])
         steps = fit["steps_per_epoch"] if fit["steps_per_epoch"] < full_epoch else None
-        history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=fit["batch_size"],
-                            shuffle=fit["shuffle"], validation_split=fit["validation_split"],
-                            steps_per_epoch=steps, callbacks=callbacks, verbose=0)
+        validation = None
+        if fit.get("validation") is not None:  # the test images as the model sees them (checked before training)
+            validation = (x_test, keras.utils.to_categorical(y_test, job["num_classes"])
+                          if fit["loss"]["name"] == "categorical_crossentropy" else y_test)
+        if fit.get("pipeline"):  # the notebook's tf.data pipeline, rebuilt on the assignment's data
+            spec = fit["pipeline"]
+            steps = fit["steps_per_epoch"] if spec["endless"] or spec["take_batches"] is not None or steps else None
+            history = model.fit(pipeline.build_dataset(spec, x_train, labels), epochs=fit["epochs"],
+                                steps_per_epoch=steps, callbacks=callbacks, validation_data=validation, verbose=0)
+        else:
+            history = model.fit(x_train, labels, epochs=fit["epochs"], batch_size=fit["batch_size"],
+                                shuffle=fit["shuffle"], validation_split=fit["validation_split"],
+                                validation_data=validation, steps_per_epoch=steps, callbacks=callbacks, verbose=0)
         epochs_run += len(history.epoch)
     probs = np.asarray(model.predict(x_test, batch_size=1000, verbose=0, callbacks=[clock]))
     accuracy = float(np.mean(np.argmax(probs, axis=-1) == y_test))
@@ -814,7 +859,11 @@ def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | N
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         report.error = f"The model was not retrained: its description could not be read ({type(exc).__name__})."
         return report
-    raw, data_notes = _data_notes(recipe, settings.assignment, settings.data_subset)
+    try:
+        raw, data_notes = _data_notes(recipe, settings.assignment, settings.data_subset)
+    except RefusedModel as exc:
+        report.error = f"The model was not retrained: {exc}."
+        return report
     report.notes = notes + data_notes
     report.steps, report.batch_size = cost.steps, plan[0]["batch_size"]
     report.optimizer, report.loss = describe_optimizer(plan[0]["optimizer"]), plan[0]["loss"]["name"]
