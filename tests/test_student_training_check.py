@@ -34,7 +34,7 @@ def public():
 
 @pytest.fixture(scope="module")
 def mnist():
-    from autograder import data
+    from assignments.cnn_mnist import data
 
     (x_train, y_train), (x_test, y_test) = data.load_mnist()
     return (x_train.reshape(-1, 28, 28, 1) / 255, y_train), (x_test.reshape(-1, 28, 28, 1) / 255, y_test)
@@ -71,7 +71,7 @@ def _graders_message(model, fits, assignment: str = "cnn_mnist") -> str:
 def test_a_model_below_the_threshold_fails_with_its_score(public, mnist):
     """15 steps of a linear model: about 0.85 on the 10,000 test images, which Keras's own loader gives
     the check (as the notebook loads them)."""
-    from autograder.data import install_keras_offline_mnist
+    from assignments.cnn_mnist.data import install_keras_offline_mnist
 
     install_keras_offline_mnist()
     (x, y), _ = mnist
@@ -116,7 +116,7 @@ def test_grader_check_in_the_student_notebook_says_where_the_model_stands(mnist,
     import otter
 
     from autograder import registry
-    from autograder.data import install_keras_offline_mnist
+    from assignments.cnn_mnist.data import install_keras_offline_mnist
 
     install_keras_offline_mnist()
     folder = tmp_path / "student"
