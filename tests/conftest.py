@@ -42,6 +42,17 @@ class _Builds:
         return self._built[name]
 
 
+@pytest.fixture(autouse=True)
+def _grader_environment_restored():
+    """The command line sets CNN_GRADER_* variables for its worker processes (``grade --isolation`` ...); a
+    test that calls it in-process must not leave them to the next test of the same pytest worker."""
+    before = {k: v for k, v in os.environ.items() if k.startswith("CNN_GRADER_")}
+    yield
+    for key in [k for k in os.environ if k.startswith("CNN_GRADER_") and k not in before]:
+        del os.environ[key]
+    os.environ.update(before)
+
+
 @pytest.fixture(scope="session")
 def builds(tmp_path_factory):
     """``builds["<assignment>"]``: that assignment's BuiltAssignment (built once per session)."""

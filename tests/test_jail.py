@@ -442,7 +442,7 @@ def test_permission_jail_counts_orphans_of_its_uid_and_leaves_no_files_behind(au
     uid = result["isolation"]["uid"]
     assert result["isolation"]["mode"] == "permissions" and uid >= jail.SLOT_UID_BASE
     assert [s["index"] for s in result["execution"]["skipped_cells"]] == [2], result["limits_hit"]
-    assert "memory limit (1500 MiB)" in result["execution"]["skipped_cells"][0]["reason"]
+    assert "memory limit (1500 MiB" in result["execution"]["skipped_cells"][0]["reason"]
     assert "ORPHAN SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
     left = [f"{d}/cnn-grader-test-left-{uid}" for d in ("/dev/shm",)]  # (the wrapper's /tmp and /var/tmp are its own)
     assert not [p for p in left if os.path.lexists(p)]
@@ -480,7 +480,7 @@ def test_memory_held_in_memfds_counts_against_the_limit(autograder, tmp_path):
         """, "size_valid = 24")
     result = grade(nb, autograder, Limits(cell_seconds=60, notebook_seconds=240, memory_mb=1500))
     assert [s["index"] for s in result["execution"]["skipped_cells"]] == [1], result["limits_hit"]
-    assert "memory limit (1500 MiB)" in result["execution"]["skipped_cells"][0]["reason"]
+    assert "memory limit (1500 MiB" in result["execution"]["skipped_cells"][0]["reason"]
     assert "MEMFD SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
 
 
@@ -708,7 +708,9 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
     for q in result["questions"]:
         missed = [c for c in q["cases"] if not c["passed"]]
         assert all("--no-retrain" in c["message"] for c in missed), (q["name"], missed)
-    assert result["score"] >= result["max_score"] - max(q["max_score"] for q in result["questions"] if q["name"] == "training")
+    pending_by_hand = sum(m["max_score"] for m in result.get("manual", []) if m.get("score") is None)
+    assert result["score"] >= result["max_score"] - pending_by_hand - max(
+        q["max_score"] for q in result["questions"] if q["name"] == "training")
 
 
 # --- 11. the trusted judge is bounded too ----------------------------------------------------------

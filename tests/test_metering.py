@@ -202,11 +202,19 @@ def test_a_permission_jails_shared_memory_counts_against_its_memory():
 # --- clocks --------------------------------------------------------------------------------------
 
 def test_a_wall_backstop_is_a_host_fault_only_when_the_jail_waited_for_a_cpu():
-    # a task that waited 90 s of 100 s for a CPU was starved; one that slept was not
-    assert sandbox._starved({1: 95.0, 2: 3.0}, {1: 5.0}, 100.0)
-    assert not sandbox._starved({1: 6.0, 2: 3.0}, {1: 5.0}, 100.0)
-    # a jail throttled by its own quota: 8 threads, each waiting 7/8 of the time it used, all under the limit
-    assert not sandbox._starved({t: 100.0 * 7 / 8 for t in range(8)}, {}, 4 * 100.0)
+    # only the main thread's wait counts: a student's niced or pinned helper that waited excuses nothing
+    assert sandbox._waited({1: 95.0, 2: 300.0}, {1: 5.0}, 1) == 90.0
+    assert sandbox._waited({1: 95.0}, {}, None) == 0.0
+    assert sandbox._starved(90.0, 100.0) and not sandbox._starved(1.0, 100.0)
+
+
+def test_sleeping_is_charged_and_a_neighbours_load_is_not():
+    # a cell that slept 100 s used no CPU and waited for none: 100 s charged, as a wall clock would
+    assert sandbox._charged(cpu=0.0, wall=100.0, waited=0.0) == 100.0
+    # a cell the host kept waiting 60 of 100 s is charged the 40 s it could run
+    assert sandbox._charged(cpu=40.0, wall=100.0, waited=60.0) == 40.0
+    # a main thread waiting behind the jail's own busy threads: their CPU time is charged
+    assert sandbox._charged(cpu=95.0, wall=100.0, waited=90.0) == 95.0
 
 
 # --- through the grader ----------------------------------------------------------------------
@@ -390,9 +398,21 @@ def test_a_run_the_host_starved_of_cpu_runs_again_then_is_a_grader_error_never_t
     student's cell limit (tests/test_jail.py, forged status messages)."""
     monkeypatch.setattr(sandbox, "WALL_BACKSTOP", 2.0)
     monkeypatch.setattr(sandbox, "STARVED_PAUSE", 0.0)
-    monkeypatch.setattr(sandbox, "_starved", lambda delays, before, wall: True)
+    monkeypatch.setattr(sandbox, "_waited", lambda delays, before, main: 1e9)  # the main thread waited throughout
     nb = tiny(tmp_path / "sub.ipynb", "import time\ntime.sleep(60)")
     result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=3, notebook_seconds=240, memory_mb=3072),
                                    retrain=NO_RETRAIN)
     assert result["status"] == "grader_error" and "host was overloaded" in result["error"], result["error"]
     assert result["execution"]["runs"] == 2 and not any("time limit" in h for h in result["limits_hit"])
+
+
+@needs_cgroup
+def test_a_cell_that_sleeps_reaches_its_cell_limit_not_the_wall_backstop(autograder, tmp_path):
+    """Sleeping costs no CPU, but it is the student's time: with a cgroup, a sleeping cell is stopped at its
+    cell limit (wall time less the host's run-queue wait), not after the backstop's four times as long."""
+    nb = tiny(tmp_path / "sub.ipynb", "import time\ntime.sleep(60)")
+    result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=3, notebook_seconds=240, memory_mb=3072),
+                                   retrain=NO_RETRAIN)
+    hits = [h for h in result["limits_hit"] if "cell time limit" in h]
+    assert hits and not any("backstop" in h for h in hits), result["limits_hit"]
+    assert result["status"] != "grader_error", result["error"]

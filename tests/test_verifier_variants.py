@@ -299,6 +299,8 @@ def test_pipeline_shapes_the_grader_refuses_or_counts(data, monkeypatch):
         ".shuffle(100)\nmodel.fit(ds, epochs=1)\n": "not batched",
         ".map(lambda x, y: (x, y + 1)).batch(64)\nmodel.fit(ds, epochs=1)\n": "changes the labels",
         ".batch(64)\nmodel.fit(ds, epochs=1, class_weight={i: 1.0 for i in range(10)})\n": "class_weight",
+        # a shuffle buffer after an endless repeat fills across epochs: memory the budget cannot see
+        ".repeat().shuffle(10_000_000).batch(128)\nmodel.fit(ds, epochs=1, steps_per_epoch=100)\n": "after .repeat",
     }
     for tail, reason in cases.items():
         config, fits = _recorded(SMALL_SEQ + ADAM + source + tail, data, monkeypatch)
@@ -313,3 +315,17 @@ def test_pipeline_shapes_the_grader_refuses_or_counts(data, monkeypatch):
     recipe, _, _, _ = retrain.prepare(config, fits, SETTINGS)
     with pytest.raises(RefusedModel, match="more than one pass"):
         retrain._data_notes(recipe, "cnn_mnist", SUBSET)
+
+
+def test_keras_raising_after_the_first_training_step_is_the_submissions_error(data, monkeypatch):
+    """A recipe the rebuild accepts can still make Keras raise mid-training: ReduceLROnPlateau setting the
+    learning rate of a schedule at the end of an epoch.  That is the recipe's fault (refused with Keras's
+    message), never a grader_error the student could use to escape a 0."""
+    code = (SMALL_SEQ + "model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay("
+            "1e-3, decay_steps=50, decay_rate=0.9)), loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
+            "model.fit(train_images, train_labels, epochs=2, batch_size=256, callbacks=["
+            "keras.callbacks.ReduceLROnPlateau(monitor='loss', patience=0, min_delta=100)])\n")
+    config, fits = _recorded(code, data, monkeypatch)
+    report = retrain.verify(config, fits, SETTINGS, cache_dir=None, isolated=False)
+    assert report.grader_error is None and report.accuracy is None, report
+    assert "Keras could not train the recipe" in report.error and "stopped after" in report.error, report.error

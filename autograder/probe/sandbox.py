@@ -7,10 +7,12 @@ tests, no solutions, no grader.  This parent enforces:
 * a time limit per cell (SIGINT, which IPython turns into an error in that cell only)
   and per notebook (the whole process tree is killed); both start at the first student cell,
   the grader's own start-up has a separate limit whose expiry is a grader error.  With a cgroup
-  (:mod:`autograder.probe.cgroup`) they count the jail's own CPU time, so a neighbour's load cannot
-  run them down, with a wall-clock backstop ``WALL_BACKSTOP`` times longer; a backstop reached while
-  a task of the jail waited for a CPU is the host's fault (a grader error, graded again), not the
-  student's.  Without one they count wall time, as the isolation notes say;
+  (:mod:`autograder.probe.cgroup`) they count wall time less what the host made the cells' thread
+  wait for a CPU, and never less than the jail's own CPU time (:func:`_charged`), so a neighbour's
+  load cannot run them down while sleeping still counts; a wall-clock backstop ``WALL_BACKSTOP``
+  times longer remains, and a backstop reached while that thread waited for a CPU is the host's
+  fault (a grader error, graded again), not the student's.  Without one they count wall time, as
+  the isolation notes say;
 * a memory limit on the whole jail: the kernel's count of its cgroup (kernel memory, socket buffers,
   tmpfs included; OOM kills are this limit) and, always, the resident size of its process tree plus
   memfd, /dev/shm and System V shared memory, sampled by a watchdog thread; a process-count limit
@@ -816,14 +818,17 @@ class _Run:
                     step = f"cell {left_behind}"
                 stop = (f"process limit ({limits.max_processes}) exceeded during {step}", False)
                 break
+            if running and runtime_pid is None:
+                runtime_pid = _runtime_pid(child.pid)  # its main thread runs the cells: whose wait is the host's
             if nb_started is not None:
                 wall = now - nb_started
-                if (cpu_now - nb_cpu if metered else wall) > limits.notebook_seconds:
+                nb_waited = _waited(self.delays, nb_delays, runtime_pid) if metered else 0.0
+                if (_charged(cpu_now - nb_cpu, wall, nb_waited) if metered else wall) > limits.notebook_seconds:
                     stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step}", False)
                     self.rerunnable = False
                     break
                 if metered and wall > WALL_BACKSTOP * limits.notebook_seconds:
-                    if _starved(self.delays, nb_delays, wall):
+                    if _starved(nb_waited, wall):
                         stop = (_starved_message("the notebook", cpu_now - nb_cpu, wall), True)
                         self.starved = True
                         break
@@ -835,9 +840,10 @@ class _Run:
             over, how = 0.0, ""
             if running and step_started:
                 wall = now - step_started
-                over = (cpu_now - step_cpu if metered else wall) - limits.cell_seconds
+                waited = _waited(self.delays, step_delays, runtime_pid) if metered else 0.0
+                over = (_charged(cpu_now - step_cpu, wall, waited) if metered else wall) - limits.cell_seconds
                 if metered and over <= 0 and wall > WALL_BACKSTOP * limits.cell_seconds:
-                    if _starved(self.delays, step_delays, wall):
+                    if _starved(waited, wall):
                         stop = (_starved_message(step, cpu_now - step_cpu, wall), True)
                         self.starved = True
                         break
@@ -915,11 +921,26 @@ def _run_delays(pids) -> dict[int, float]:
     return out
 
 
-def _starved(delays: dict, before: dict, wall: float) -> bool:
-    """Whether one task of the jail waited for a CPU at least ``STARVED_SHARE`` of ``wall``: the host's load,
-    not the jail's own quota (a task throttled by the quota waits less than the CPU time its jail used, which
-    is under the limit whenever a wall backstop is reached)."""
-    waited = max((v - before.get(t, 0.0) for t, v in delays.items()), default=0.0)
+def _waited(delays: dict, before: dict, main: int | None) -> float:
+    """Seconds the runtime's main thread (the one that runs the cells) waited on a run queue for a CPU since
+    the clock started.  Only that thread counts: a student's own threads or processes that wait (niced,
+    pinned behind a busy sibling) excuse nothing, and its waiting behind the jail's own work is paid for by
+    the CPU time that work used (see :func:`_charged`)."""
+    if main is None:
+        return 0.0
+    return max(0.0, delays.get(main, 0.0) - before.get(main, 0.0))
+
+
+def _charged(cpu: float, wall: float, waited: float) -> float:
+    """The time a step is charged with a cgroup: its wall time less what the host made the main thread wait
+    for a CPU, and never less than the CPU time the jail used.  Sleeping is charged (a cell that sleeps
+    reaches its limit in wall time, as before); a classmate's load is not."""
+    return max(cpu, wall - waited)
+
+
+def _starved(waited: float, wall: float) -> bool:
+    """Whether the main thread waited for a CPU at least ``STARVED_SHARE`` of ``wall``: the host's load, not
+    the submission's (the jail's own work would have been charged as CPU time first)."""
     return waited >= STARVED_SHARE * wall
 
 

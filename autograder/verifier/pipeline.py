@@ -62,7 +62,7 @@ def canonical_pipeline(desc: Any, where: str, notes: list[str]) -> dict:
             or not all(isinstance(c, dict) and c.get("kind") == "array" for c in components):
         raise RefusedModel(f"{where}: the tf.data pipeline must be made from a pair of arrays, "
                            "from_tensor_slices((images, labels))" + HELP)
-    ops, batch, take_batches, endless, seeded = [], None, None, False, False
+    ops, batch, take_batches, endless, seeded, repeated = [], None, None, False, False, False
     for step in steps[1:]:
         op = step.get("op") if isinstance(step, dict) else None
         if op in IGNORED:
@@ -87,6 +87,9 @@ def canonical_pipeline(desc: Any, where: str, notes: list[str]) -> dict:
             if (a, b) != (1.0, 0.0):
                 ops.append({"op": "map", "scale": a, "offset": b})
         elif op == "shuffle":
+            if repeated:  # its buffer would fill across epochs: as much memory as it names, before the first step
+                raise RefusedModel(f"{where}: the tf.data pipeline shuffles after .repeat(); shuffle first, e.g. "
+                                   ".shuffle(10000).batch(128).repeat()" + HELP)
             seeded = seeded or bool(step.get("seeded"))
             ops.append({"op": "shuffle", "buffer": _int(step.get("buffer"), 1, 10_000_000, f"{where}: shuffle buffer"),
                         "reshuffle": step.get("reshuffle") is not False})
@@ -97,6 +100,7 @@ def canonical_pipeline(desc: Any, where: str, notes: list[str]) -> dict:
             ops.append({"op": "batch", "size": batch, "drop_remainder": step.get("drop_remainder") is True})
         elif op == "repeat":
             count = _int(step.get("count"), -1, 10_000, f"{where}: repeat count")
+            repeated = repeated or count != 1
             if count == -1:
                 endless = True
                 ops.append({"op": "repeat"})

@@ -320,13 +320,15 @@ def prepare_run(job: dict):
         except RecipeFault as exc:  # the recipe failed to build, failed its first step, or overran its projection
             return {"refused": str(exc), "projection": clock.projection}
         except Exception as exc:
-            if clock.steps_done == 0 and not host_fault(exc):  # before the first step: the recipe's own
-                return {"refused": f"Keras could not train the recipe: {keras_message(exc)}",
-                        "projection": clock.projection}
             if host_fault(exc):
                 return {"grader_error": f"the host ran short while training: {keras_message(exc)}",
                         "cause": "host_limit"}
-            raise
+            # Keras raised while training a recipe the rebuild accepted (e.g. a callback that sets the learning
+            # rate of a schedule at the end of an epoch): the recipe's own fault, before or after its first step
+            when = ("" if clock.steps_done == 0 else
+                    f" (it stopped after {clock.steps_done:,} training step{'s' if clock.steps_done > 1 else ''})")
+            return {"refused": f"Keras could not train the recipe{when}: {keras_message(exc)}",
+                    "projection": clock.projection}
 
     return train
 
