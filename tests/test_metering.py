@@ -248,7 +248,8 @@ def test_a_socket_buffer_memory_bomb_is_the_students_memory_limit_and_the_host_i
     assert "BOMB SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
     assert result["isolation"]["cgroup"] in ("v1", "v2")
     assert any(n.startswith("metered by the kernel") for n in result["isolation"]["notes"])
-    assert psutil.virtual_memory().available > before - (512 << 20)  # nothing of it is left on the host
+    # nothing of it is left on the host (a wide margin: the suite's other worker may be training meanwhile)
+    assert psutil.virtual_memory().available > before - (1200 << 20)
 
 
 def test_every_result_says_no_cgroup_where_none_can_be_made(autograder, tmp_path, monkeypatch):
