@@ -232,7 +232,9 @@ def enrich(result: dict, notebook: str | os.PathLike | None,
         questions = questions or questions_for(result.get("assignment"))
         if not questions or result.get("manual") or result.get("status") == "grader_error" or not notebook:
             return result
-        nb = json.loads(Path(notebook).read_text(encoding="utf-8", errors="replace"))
+        from autograder.submission_files import read_notebook
+
+        nb = read_notebook(notebook)  # lstat, O_NOFOLLOW, capped: the submission's file, read once
         result["manual"] = [asdict(a) for a in extract_answers(nb, questions)]
         if result.get("max_score"):
             result["max_score"] = round(result["max_score"] + sum(q.points for q in questions), 6)

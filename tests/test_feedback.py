@@ -160,3 +160,19 @@ def test_hidden_answer_check_does_not_repeat_the_public_one(key):
         message = str(err.value)
         assert hint not in message and "Likely mistake" not in message and "expected" not in message
         assert str(answer.expected) not in message
+
+
+def test_a_name_that_starts_a_formula_is_written_as_text_in_every_sheet(tmp_path):
+    """Names and emails come from the LMS, where a student may edit them: a cell that would start a
+    spreadsheet formula gets a leading apostrophe in grades.csv (and every other sheet, one writer)."""
+    import csv as csv_module
+
+    from autograder.lms import reports
+
+    result = {"student": {"id": "1001", "name": "=HYPERLINK(\"http://x\")", "email": "@SUM(1+1)"},
+              "assignment": "cnn_mnist", "status": "graded", "score": 3.0, "max_score": 36.0,
+              "questions": [{"name": "conv_small", "score": 3.0}], "manual": []}
+    reports.write_grades_csv([result], tmp_path / "grades.csv")
+    row = list(csv_module.DictReader((tmp_path / "grades.csv").open()))[0]
+    assert row["name"] == "'=HYPERLINK(\"http://x\")" and row["email"] == "'@SUM(1+1)"
+    assert row["id"] == "1001" and row["total"] == "3.0" and row["conv_small"] == "3.0"

@@ -9,7 +9,6 @@ students behind each misconception: instructor only) and ``misconceptions.csv`` 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 
@@ -74,10 +73,10 @@ def sections(results: list[dict]) -> list[dict]:
 
 def write_misconceptions_csv(insight: list[dict], path: Path) -> None:
     """One row per assignment, question and misconception: how many of the scored students, and who."""
-    from autograder.lms.reports import _private_writer
+    from autograder.lms.reports import SafeCsvWriter, _private_writer
 
     with _private_writer(path) as f:
-        w = csv.writer(f)
+        w = SafeCsvWriter(f)
         w.writerow(["assignment", "question", "misconception", "title", "students", "of_scored", "ids"])
         for s in insight:
             for q in s["questions"]:

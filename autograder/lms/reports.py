@@ -66,6 +66,36 @@ def manual_cell(m: dict | None):
     return "pending" if m.get("score") is None else m["score"]
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
+
+
+def csv_cell(value):
+    """A cell of a sheet an instructor opens in a spreadsheet: text that would start a formula (a student's
+    name or email from an LMS, a file name) gets a leading apostrophe (OWASP's CSV injection advice);
+    numbers, and text that reads as one, are left as they are."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
+    return value
+
+
+class SafeCsvWriter:
+    """``csv.writer`` whose cells go through :func:`csv_cell`: every sheet the grader writes for people."""
+
+    def __init__(self, f):
+        self._w = csv.writer(f)
+
+    def writerow(self, row) -> None:
+        self._w.writerow([csv_cell(v) for v in row])
+
+    def writerows(self, rows) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
 def _private_writer(path: Path):
     """Open ``path`` for writing as a file its owner alone can read (0600), whatever the umask."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -81,7 +111,7 @@ def write_private_text(path: Path, text: str) -> None:
 def write_grades_csv(results: list[dict], path: Path) -> None:
     qs, ms = question_names(results), manual_names(results)
     with _private_writer(path) as f:
-        w = csv.writer(f)
+        w = SafeCsvWriter(f)
         w.writerow(["id", "name", "email", "assignment", *qs, *ms, "total", "max_score", "pending_by_hand",
                     "status", "error"])
         for r in sorted(results, key=lambda r: r["student"]["id"]):
@@ -272,7 +302,7 @@ def write_canvas_csv(results: list[dict], path: Path, column: str) -> list[tuple
     max_score = max((r.get("max_score") or 0 for r in results), default=0)
     left_out = []
     with _private_writer(path) as f:
-        w = csv.writer(f)
+        w = SafeCsvWriter(f)
         w.writerow(["Student", "ID", "SIS User ID", "SIS Login ID", "Section", column])
         w.writerow(["Points Possible", "", "", "", "", fmt(max_score)])
         for r in sorted(results, key=lambda r: r["student"]["id"]):
@@ -289,7 +319,7 @@ def write_review_csv(results: list[dict], path: Path) -> int:
     n = 0
     peers = variant_peers(results)
     with _private_writer(path) as f:
-        w = csv.writer(f)
+        w = SafeCsvWriter(f)
         w.writerow(["id", "source", "canvas_user_id", "status", "in_canvas_import", "reason"])
         for r in sorted(results, key=lambda r: r["student"]["id"]):
             row, why = canvas_row(r)

@@ -637,7 +637,10 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
         raise RetrainFailed(f"retraining used more than the grader's {memory_mb} MB memory limit", "host_limit")
     marker = stdout.rfind("\n@@RETRAIN@@")
     if proc.returncode != 0 or marker < 0:
-        raise RetrainFailed(f"the retraining process failed (exit {proc.returncode}): {stderr[-1500:]}")
+        print(f"retraining process failed (exit {proc.returncode}):\n{stderr[-5000:]}", file=sys.stderr)  # the log
+        last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
+        raise RetrainFailed(f"the retraining process failed (exit {proc.returncode}): {last[:300]} "
+                            "(the traceback is in the grader's log)")
     out = json.loads(stdout[marker + len("\n@@RETRAIN@@"):])
     if out.get("grader_error"):
         raise RetrainFailed(str(out["grader_error"]), str(out.get("cause") or "grader_crash"))
