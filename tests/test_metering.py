@@ -15,17 +15,16 @@ import textwrap
 import time
 from pathlib import Path
 
-import nbformat
 import psutil
 import pytest
 
 from autograder.judge import pipeline as engine
-from autograder.judge.pipeline import RetrainOptions
 from autograder.probe import cgroup, jail, sandbox
 from autograder.probe.sandbox import Limits
 
-NO_RETRAIN = RetrainOptions(enabled=False)
-ANSWER = "import numpy as np\nconv_small = np.array([[1, 4], [3, 3]])"
+sys.path.insert(0, str(Path(__file__).parent))
+from test_jail import NO_RETRAIN, conv_small, tiny  # noqa: E402  (one notebook maker for the jail's tests)
+
 ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not ROOT, reason="needs a root grader (CI runs as root)")
 needs_cgroup = pytest.mark.skipif(cgroup.unavailable() is not None,
@@ -38,18 +37,6 @@ def _isolation_from_environment(monkeypatch):
     monkeypatch.delenv(jail.ENV_UNSAFE, raising=False)
     monkeypatch.delenv(jail.ENV_PRIVATE, raising=False)
     monkeypatch.delenv(cgroup.ENV_DISABLE, raising=False)
-
-
-def tiny(path: Path, *cells: str) -> Path:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(ANSWER)]
-                                  + [nbformat.v4.new_code_cell(textwrap.dedent(c)) for c in cells])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
-
-
-def conv_small(result: dict) -> float:
-    return {q["name"]: q["score"] for q in result["questions"]}["conv_small"]
 
 
 def _marked(marker: str) -> list[psutil.Process]:
