@@ -82,10 +82,11 @@ def build(
         builder.sync_student_folders(built)
         for b in built:
             console.print(f"{b.name}: student folder refreshed in {b.spec.student_dir}")
-        for path in builder.sync_solutions(built):
-            console.print(f"solution notebook refreshed: {path}")
+        for b in built:
             written = b.spec.write_samples(b.student_notebook, b.solution_notebook)
             console.print(f"{b.name}: {len(written)} sample submissions written to {b.spec.samples_dir}")
+        for path in builder.sync_solutions(built):
+            console.print(f"solution notebook refreshed: {path}")
 
 
 @app.command()
