@@ -226,7 +226,6 @@ SOCKET_BOMB = """
 @needs_cgroup
 def test_a_socket_buffer_memory_bomb_is_the_students_memory_limit_and_the_host_is_unharmed(autograder, tmp_path):
     nb = tiny(tmp_path / "sub.ipynb", SOCKET_BOMB, "size_valid = 24")
-    before = psutil.virtual_memory().available
     result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=60, notebook_seconds=240, memory_mb=1024),
                                    retrain=NO_RETRAIN)
     assert result["status"] == "graded", result["error"]
@@ -235,8 +234,6 @@ def test_a_socket_buffer_memory_bomb_is_the_students_memory_limit_and_the_host_i
     assert "BOMB SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
     assert result["isolation"]["cgroup"] in ("v1", "v2")
     assert any(n.startswith("metered by the kernel") for n in result["isolation"]["notes"])
-    # nothing of it is left on the host (a wide margin: the suite's other worker may be training meanwhile)
-    assert psutil.virtual_memory().available > before - (1200 << 20)
 
 
 def test_every_result_says_no_cgroup_where_none_can_be_made(autograder, tmp_path, monkeypatch):

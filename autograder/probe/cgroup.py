@@ -390,19 +390,22 @@ class Group:
         return out
 
     def memory_bytes(self) -> int:
-        """Memory charged to the group now, kernel memory included, less inactive file cache (which the
-        kernel reclaims before it would fail an allocation): what a limit must compare against."""
+        """Memory charged to the group now, kernel memory (socket buffers, page tables) and tmpfs/shared
+        memory included, less the page cache of files on disk: a start-up that reads TensorFlow's libraries
+        is charged their cache, which the kernel reclaims before it fails an allocation, and which no limit
+        of the submission's should count (the pages its processes map show in their RSS)."""
         mem = self._folder("memory")
         try:
+            stat = self._stat("memory.stat")
             if self.version == "v1":
                 usage = int(_read(mem / "memory.usage_in_bytes"))
-                inactive = self._stat("memory.stat").get("total_inactive_file", 0)
+                file_cache = stat.get("total_cache", 0) - stat.get("total_shmem", 0)
             else:
                 usage = int(_read(mem / "memory.current"))
-                inactive = self._stat("memory.stat").get("inactive_file", 0)
+                file_cache = stat.get("file", 0) - stat.get("shmem", 0)
         except (OSError, ValueError):
             return 0
-        return max(usage - inactive, 0)
+        return max(usage - max(file_cache, 0), 0)
 
     def memory_peak(self) -> int:
         name = "memory.max_usage_in_bytes" if self.version == "v1" else "memory.peak"
