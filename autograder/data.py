@@ -9,8 +9,11 @@ assignment to provision itself (``python -m autograder data``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+import numpy as np
 
 from autograder import settings
 
@@ -20,6 +23,25 @@ ENV_CACHE = settings.CACHE.name
 def cache_dir() -> Path:
     """The grader's cache folder: verified datasets, the retraining cache (``CNN_GRADER_CACHE``)."""
     return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "cnn-grader")
+
+
+def array_sha256(arr: np.ndarray) -> str:
+    """The SHA-256 of an array's bytes (C order), as datasets pin their content."""
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def verify_arrays(arrays: dict, shapes: dict[str, tuple], digests: dict[str, str]) -> None:
+    """Raise ``ValueError`` naming the first array of a dataset whose dtype (uint8), shape or content
+    (``digests``: SHA-256 per array) is not the pinned one."""
+    for name, shape in shapes.items():
+        if name not in arrays:
+            raise ValueError(f"missing array {name!r}")
+        arr = arrays[name]
+        if arr.dtype != np.uint8 or arr.shape != shape:
+            raise ValueError(f"{name} is {arr.dtype}{arr.shape}, expected uint8{shape}")
+        digest = array_sha256(arr)
+        if digest != digests[name]:
+            raise ValueError(f"{name} content hash {digest[:12]}... does not match")
 
 
 def provision(spec, *, allow_network: bool = True):

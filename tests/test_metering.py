@@ -108,21 +108,7 @@ def test_pids_max_counts_threads():
 
 @needs_cgroup
 def test_socket_buffers_are_charged_to_the_group_and_the_kernel_stops_them():
-    code = textwrap.dedent("""
-        import socket
-        pairs = []
-        for _ in range(200):  # up to 3 GB of send buffers: no RSS, no file
-            a, b = socket.socketpair()
-            a.setblocking(False)
-            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
-            try:
-                while True:
-                    a.send(b'x' * 65536)
-            except BlockingIOError:
-                pass
-            pairs.append((a, b))
-        print('SURVIVED', flush=True)
-        """)
+    code = textwrap.dedent(socket_bomb(200, "SURVIVED"))  # up to 3 GB of send buffers: no RSS, no file
     with cgroup.create("test", memory_bytes=192 << 20) as group:
         out = subprocess.run([sys.executable, "-c", code], preexec_fn=group.joiner(), capture_output=True,
                              text=True, timeout=120)
@@ -204,12 +190,13 @@ def test_sleeping_is_charged_and_a_neighbours_load_is_not():
     assert sandbox._charged(cpu=95.0, wall=100.0, waited=90.0) == 95.0
 
 
-# --- through the grader ----------------------------------------------------------------------
-
-SOCKET_BOMB = """
+def socket_bomb(pairs: int, marker: str) -> str:
+    """A cell that fills the send buffers of ``pairs`` unix socketpairs (16 MiB each at most): kernel memory,
+    no RSS, no file; it prints ``marker`` if it survives."""
+    return f"""
     import socket
     pairs = []
-    for _ in range(110):  # about 1.7 GB of unix socket send buffers: kernel memory, no RSS, no file
+    for _ in range({pairs}):
         a, b = socket.socketpair()
         a.setblocking(False)
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 << 20)
@@ -219,8 +206,13 @@ SOCKET_BOMB = """
         except BlockingIOError:
             pass
         pairs.append((a, b))
-    print('BOMB SURVIVED', flush=True)
+    print('{marker}', flush=True)
     """
+
+
+# --- through the grader ----------------------------------------------------------------------
+
+SOCKET_BOMB = socket_bomb(110, "BOMB SURVIVED")  # about 1.7 GB of unix socket send buffers
 
 
 @needs_cgroup

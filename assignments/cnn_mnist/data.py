@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from autograder import settings
-from autograder.data import ENV_CACHE, cache_dir  # noqa: F401 - ENV_CACHE: the variable this module reads through cache_dir
+from autograder.data import ENV_CACHE, cache_dir, verify_arrays  # noqa: F401 - ENV_CACHE: the variable this module reads through cache_dir
 
 __all__ = [
     "MNISTUnavailable",
@@ -96,15 +96,7 @@ def _keras_cache_file() -> Path:
 
 def verify(arrays: Arrays) -> None:
     """Raise ``ValueError`` naming the first array whose dtype, shape or content is wrong."""
-    for name, shape in SHAPES.items():
-        if name not in arrays:
-            raise ValueError(f"missing array {name!r}")
-        arr = arrays[name]
-        if arr.dtype != np.uint8 or arr.shape != shape:
-            raise ValueError(f"{name} is {arr.dtype}{arr.shape}, expected uint8{shape}")
-        digest = hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
-        if digest != ARRAY_SHA256[name]:
-            raise ValueError(f"{name} content hash {digest[:12]}... does not match")
+    verify_arrays(arrays, SHAPES, ARRAY_SHA256)
 
 
 def _read_npz(path: Path) -> Arrays:

@@ -20,6 +20,8 @@ import hashlib
 
 import numpy as np
 
+from autograder.data import verify_arrays
+
 __all__ = [
     "DigitsUnavailable",
     "ARRAY_SHA256",
@@ -60,21 +62,9 @@ class DigitsUnavailable(RuntimeError):
     """scikit-learn is missing, or its digits do not match the expected hashes."""
 
 
-def array_sha256(arr: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
-
-
 def verify(arrays: dict[str, np.ndarray]) -> None:
     """Raise ``ValueError`` naming the first array whose dtype, shape or content is wrong."""
-    for name, shape in SHAPES.items():
-        if name not in arrays:
-            raise ValueError(f"missing array {name!r}")
-        arr = arrays[name]
-        if arr.dtype != np.uint8 or arr.shape != shape:
-            raise ValueError(f"{name} is {arr.dtype}{arr.shape}, expected uint8{shape}")
-        digest = array_sha256(arr)
-        if digest != ARRAY_SHA256[name]:
-            raise ValueError(f"{name} content hash {digest[:12]}... does not match")
+    verify_arrays(arrays, SHAPES, ARRAY_SHA256)
 
 
 def _raw_split() -> dict[str, np.ndarray]:

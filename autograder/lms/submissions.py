@@ -105,19 +105,6 @@ def private_dir(path: Path) -> Path:
     return path
 
 
-def check_notebook(path: Path, limits: ArchiveLimits = ArchiveLimits(), root: Path | None = None) -> str | None:
-    """Why this file cannot be graded, or ``None``: read as every submitted file is (never through
-    a symbolic link, see :mod:`autograder.submission_files`), and never quoted in the reason."""
-    try:
-        data = read_submission_file(path, limits.max_notebook_bytes, root=root, what="the notebook")
-        nb = parse_notebook(data, path.name)
-    except SubmissionFileError as exc:
-        return str(exc)
-    if not any(c.cell_type == "code" and c.source.strip() for c in nb.cells):
-        return "the notebook has no code cells"
-    return None
-
-
 # --- who a file belongs to ----------------------------------------------------------------------
 
 @dataclass
