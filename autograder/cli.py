@@ -142,10 +142,12 @@ def grade(
         help="A filled manual_scores.csv (id, question, points, comment) of the hand-graded questions: merged into "
              "the results without grading anything again, and kept as OUT/manual_scores.csv (a later run reads that "
              "by itself). A bad file is refused, naming the line."),
-    anonymous: bool = typer.Option(
-        False, "--anonymous",
-        help="Graders' pages of the hand-graded questions (OUT/manual/) and a new manual_scores.csv show a code "
-             "per student, not names or ids."),
+    anonymous: Optional[bool] = typer.Option(
+        None, "--anonymous/--no-anonymous",
+        help="The graders' pages of the hand-graded questions (OUT/manual/) and OUT/manual_scores.csv name each "
+             "student by a code, not by name or id (--anonymous), or by id (--no-anonymous); a sheet that names "
+             "them the other way is rewritten, its earlier copy kept in OUT/.private/. Default: as the output "
+             "folder's sheet already does (by id for a new one)."),
     verbose: bool = typer.Option(
         False, "--verbose", "-v",
         help="Show the grader's log (its subprocesses' stderr, TensorFlow's start-up lines) on the console "
@@ -195,14 +197,16 @@ def grade(
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )
     from autograder import logs
-    from autograder.manual import ManualScoresError
+    from autograder.manual_scores import ManualScoresError
 
     try:
         with logs.to_file(out, verbose) as log:
             results = batch.run_batch(paths, autograder_zips, out, options)
     except ManualScoresError as exc:  # every result is kept; the reports are left as they were
-        console.print(f"[red]manual scores refused: {exc}[/red]\nNothing was lost: the results in {out / 'results'} "
-                      "are kept; fix the file and run grade again (nothing is graded again).")
+        console.print(f"Hand-grading sheet refused: {exc}", style="red", markup=False, highlight=False)
+        console.print(f"Nothing was merged and nothing was lost: the sheet is left as it is, the results in "
+                      f"{out / 'results'} are kept and the reports are not rewritten. Fix the sheet and run grade "
+                      "again (nothing is graded again).", markup=False, highlight=False)
         raise typer.Exit(2)
     _print_results(results)
     imports = [f"{out / file} (column {column})" for file, _, column in reports.canvas_files(results, canvas)[0]]
