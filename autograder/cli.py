@@ -217,7 +217,32 @@ def grade(
     waiting = sum(m.get("score") is None for r in results for m in r.get("manual") or [])
     if any(r.get("manual") for r in results):
         console.print(f"Hand-graded questions: {waiting} answers left; pages in {out / 'manual'}, scores in "
-                      f"{out / 'manual_scores.csv'} (fill it in, then run grade again)")
+                      f"{out / 'manual_scores.csv'} (fill it in, or grade in the browser with: python -m autograder "
+                      f"review {out}; then run grade again)", markup=False)
+
+
+@app.command()
+def review(
+    out: Path = typer.Argument(..., help="The output folder of a grade run (holds results/ and manual_scores.csv)."),
+    port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 to serve on (0: a free one chosen at random)."),
+    anonymous: Optional[bool] = typer.Option(
+        None, "--anonymous/--no-anonymous",
+        help="Show each student by anonymous code (--anonymous) or by id and name (--no-anonymous), and name them "
+             "so in manual_scores.csv. Default: as the sheet already does."),
+) -> None:
+    """Grade the hand-graded questions in a browser: one question at a time, rubric, grouped answers. Every save
+    goes to OUT/manual_scores.csv; the next grade run merges it (nothing is graded again)."""
+    from autograder.manual_scores import ManualScoresError
+    from autograder.review import app as review_app
+
+    try:
+        review_app.serve(out, port, anonymous, say=lambda line: console.print(line, markup=False, highlight=False))
+    except (LookupError, ManualScoresError) as exc:
+        console.print(str(exc), style="red", markup=False, highlight=False)
+        raise typer.Exit(2)
+    except OSError as exc:  # the port is taken, the folder cannot be read
+        console.print(f"cannot serve: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2)
 
 
 def _print_results(results: list[dict]) -> None:

@@ -8,8 +8,9 @@
   Assign writes into the student notebook for the n-th manual question).  The answer is untrusted
   data: bounded in size, text only (pages escape it), images only as PNG or JPEG whose bytes were
   checked and re-encoded.
-* **Reference answers.** The master's solution of each hand-graded question (its ``BEGIN SOLUTION``
-  block), shown to graders only (never written into an autograder zip or a student's page).
+* **Reference answers and rubrics.** The master's solution of each hand-graded question (its
+  ``BEGIN SOLUTION`` block) and its rubric (a ``rubric`` list in its ``BEGIN QUESTION`` config), shown
+  to graders only (never written into an autograder zip or a student's page).
 * **Scores.** ``manual_scores.csv`` (read and written by :mod:`autograder.manual_scores`), merged
   into the results in memory when the reports are written; the result files themselves are never
   changed, so nothing graded is lost and nothing is graded again.
@@ -145,6 +146,36 @@ def reference_answer(assignment: str | None, name: str) -> str:
         return reference_answers_from_master(json.loads(Path(path).read_text(encoding="utf-8"))).get(name, "")
     except (LookupError, OSError, ValueError):
         return ""
+
+
+def rubrics_from_master(nb: dict) -> dict[str, list[tuple[float, str]]]:
+    """{question name: [(points, text)]}: the ``rubric`` list of each hand-graded question's ``BEGIN QUESTION``
+    config in the master (for graders; Otter Assign ignores the key and the student notebook never has it)."""
+    import yaml
+
+    found = {}
+    for cell in nb.get("cells", []):
+        src = _source(cell).strip()
+        if cell.get("cell_type") == "raw" and src.startswith("# BEGIN QUESTION") and "\n" in src:
+            config = yaml.safe_load(src.split("\n", 1)[1])
+            if isinstance(config, dict) and config.get("manual") and isinstance(config.get("rubric"), list):
+                found[str(config["name"])] = [(float(item["points"]), str(item["text"])) for item in config["rubric"]
+                                              if isinstance(item, dict) and "points" in item and "text" in item]
+    return found
+
+
+@lru_cache(maxsize=None)
+def master_rubric(assignment: str | None, name: str) -> tuple[tuple[float, str], ...]:
+    """The master's rubric of one hand-graded question, ((points, text), ...); () when it has none."""
+    if not assignment:
+        return ()
+    from autograder import registry
+
+    try:
+        path = registry.get(assignment).master_notebook
+        return tuple(rubrics_from_master(json.loads(Path(path).read_text(encoding="utf-8"))).get(name, []))
+    except (LookupError, OSError, ValueError):
+        return ()
 
 
 # --- extraction from a submitted notebook (untrusted data) ------------------------------------

@@ -31,8 +31,10 @@ is strict and complete and writing loses nothing:
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import difflib
+import fcntl
 import hashlib
 import io
 import os
@@ -356,18 +358,19 @@ def install(given: Path, target: Path, out: Path) -> Path | None:
     was at ``target`` is kept in ``OUT/.private/`` first (its path returned), so nothing typed there is lost."""
     data = Path(given).read_bytes()
     kept = None
-    if Path(target).is_file() and Path(target).read_bytes() != data:
-        kept = backup(target, out, "replaced")
-    fd, tmp = tempfile.mkstemp(dir=Path(target).parent, prefix=f".{Path(target).name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with locked(target):
+        if Path(target).is_file() and Path(target).read_bytes() != data:
+            kept = backup(target, out, "replaced")
+        fd, tmp = tempfile.mkstemp(dir=Path(target).parent, prefix=f".{Path(target).name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return kept
 
 
@@ -381,7 +384,25 @@ class SheetUpdate:
     backup: Path | None = None
 
 
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold the sheet's lock (``.<name>.lock`` beside it, ``flock``): every writer of the grader (a ``grade``
+    run, each save of the review page, in any process or thread) re-reads and writes the sheet inside it."""
+    lock = Path(path).with_name(f".{Path(path).name}.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def update(path: Path, roster: Roster, anonymous: bool, out: Path) -> SheetUpdate:
+    with locked(path):
+        return _update(path, roster, anonymous, out)
+
+
+def _update(path: Path, roster: Roster, anonymous: bool, out: Path) -> SheetUpdate:
     """Make ``path`` hold one row per hand-graded answer, each naming its student the run's way (code or id).
 
     A new file gets a row per answer.  An existing one (already read and checked) keeps every row as typed;
@@ -411,6 +432,85 @@ def update(path: Path, roster: Roster, anonymous: bool, out: Path) -> SheetUpdat
     return change
 
 
+def version(path: Path) -> str:
+    """A digest of the sheet's bytes ("" when there is none): it changes whenever anyone saves it."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return ""
+
+
+def find(sheet: Sheet, roster: Roster, sid: str, question: str) -> SheetRow | None:
+    """The row of one answer, whether it names the student by id or by code."""
+    return next((row for row in sheet.rows if row.cell(1) == question and roster.student(row.cell(0)) == sid), None)
+
+
+def cell_state(row: SheetRow | None) -> tuple[float | None, str]:
+    """(points, comment) of a row as they count: points None while pending."""
+    if row is None or row.cell(2) == "":
+        return None, row.cell(3) if row is not None else ""
+    return parse_points(row.cell(2)), row.cell(3)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One answer's new points (None: pending) and comment, with what the grader saw before changing them
+    (``seen``): a cell that differs from ``seen`` when saved was changed meanwhile by someone else."""
+
+    sid: str
+    question: str
+    points: float | None
+    comment: str
+    seen: tuple[float | None, str]
+
+
+@dataclass
+class Saved:
+    """What :func:`save` did: answers written, answers already so, and conflicts (student id, the points
+    and comment someone else saved meanwhile), which were left as they are."""
+
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    conflicts: list[tuple[str, float | None, str]] = field(default_factory=list)
+
+
+def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> Saved:
+    """Write ``changes`` into the sheet: under its lock, the file read again as it is now (a spreadsheet's
+    save, another grader's, a ``grade`` run), each change checked against what its grader saw, and the
+    whole file written atomically in the way it was saved.  A sheet with problems is not written
+    (:class:`ManualScoresError`: fix it first); points out of range are refused (ValueError)."""
+    path = Path(path)
+    for c in changes:
+        top = roster.expected.get((c.sid, c.question))
+        if top is None:
+            raise ValueError(f"{c.question!r} is not a hand-graded question of this student")
+        if c.points is not None and not 0 <= c.points <= top:
+            raise ValueError(f"points {c.points:g} out of range 0..{top:g}")
+    done = Saved()
+    with locked(path):
+        sheet = parse(path, strict=False) if path.is_file() else Sheet()
+        check(sheet, path, roster, anonymous)  # raises with every problem: a broken sheet is not overwritten
+        for c in changes:
+            row = find(sheet, roster, c.sid, c.question)
+            now = cell_state(row)
+            new = (c.points, c.comment.strip())
+            if now == new:
+                done.unchanged.append(c.sid)
+                continue
+            if now != (c.seen[0], c.seen[1].strip()):
+                done.conflicts.append((c.sid, *now))
+                continue
+            if row is None:
+                row = SheetRow(0, [roster.shown(c.sid, anonymous), c.question, "", ""])
+                sheet.rows.append(row)
+            row.cells[2:4] = ["" if c.points is None else f"{c.points:.10g}", c.comment.strip()]
+            done.written.append(c.sid)
+        if done.written:
+            write(sheet, path)
+    return done
+
+
 __all__ = ["SCORES_FILE", "SCORES_HEADER", "ManualScoresError", "Roster", "Sheet", "SheetRow", "SheetUpdate",
            "anonymous_key", "anonymous_code", "parse", "parse_points", "check", "read_scores", "uses_codes",
-           "write", "update", "backup", "install", "private_folder"]
+           "write", "update", "backup", "install", "private_folder", "locked", "version", "find",
+           "cell_state", "Change", "Saved", "save"]

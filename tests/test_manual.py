@@ -52,6 +52,16 @@ def test_each_assignments_hand_graded_questions_come_from_its_master():
     assert "Question 11" in prompt and "36,928" in prompt and "A convolution shares" not in prompt  # no answer
 
 
+@pytest.mark.parametrize("unit", ["cnn_mnist", "digits"])
+def test_reference_answers_and_rubrics_come_from_the_master_for_graders_only(unit):
+    (question,) = manual.questions_for(unit)
+    reference = manual.reference_answer(unit, question.name)
+    rubric = manual.master_rubric(unit, question.name)
+    assert len(reference) > 200 and sum(points for points, _ in rubric) == question.points
+    student = (registry.get(unit).master_notebook.parent.parent / "student" / f"{unit}.ipynb").read_text()
+    assert reference[:60] not in student and not any(text[:40] in student for _, text in rubric)
+
+
 def _answered(cells: list) -> dict:
     nb = nbformat.read(_sample("cnn_mnist", "untouched"), as_version=4)
     begin = next(i for i, c in enumerate(nb.cells) if manual.BEGIN in c.source)
@@ -365,6 +375,7 @@ def test_the_autograder_zip_carries_the_hand_graded_questions(built):
         questions = json.loads(z.read(manual.ZIP_FILE))
     assert [(q["name"], q["points"]) for q in questions] == [("written_pooling", 3.0)]
     assert "A convolution shares" not in json.dumps(questions)  # the question, never the answer
+    assert "one small filter is shared" not in json.dumps(questions)  # nor the graders' rubric
 
 
 # --- class insight ------------------------------------------------------------------------------
