@@ -121,6 +121,15 @@ def test_saves_keep_a_spreadsheets_bom_and_semicolons_and_refuse_a_broken_sheet(
     with pytest.raises(sheets.ManualScoresError, match="line 4: 5 cells"):
         sheets.save(path, roster, False, [sheets.Change("1004", Q, 1.0, "", (None, ""))])
     assert path.read_bytes() == broken
+    # the review page starts all the same, lists the problems and saves nothing
+    review, said = review_app.Review.load(out)
+    assert "line 4: 5 cells" in said[0] and path.read_bytes() == broken
+    c = review_app.create_app(review, "secret-token").test_client()
+    page = _login(c)
+    assert 'id="problems"' in page and "line 4: 5 cells" in page
+    answer = c.post("/q/0/save", data={**_form(page, "1004"), "points": "1"}, base_url=HOST,
+                    headers={"X-Requested-With": "fetch"}).get_json()
+    assert not answer["ok"] and "line 4: 5 cells" in answer["message"] and path.read_bytes() == broken
 
 
 def test_an_anonymous_save_names_the_code_and_finds_rows_typed_either_way(tmp_path):

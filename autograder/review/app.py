@@ -81,10 +81,14 @@ class Review:
         said = []
         if anonymous is None:
             anonymous = target.is_file() and sheets.uses_codes(sheets.parse(target, strict=False), roster)
-        change = sheets.update(target, roster, anonymous, out)  # ManualScoresError: a broken sheet, said at start
-        if change.renamed:
-            said.append(f"{target.name}: {change.renamed} row(s) now name the student by "
-                        f"{'anonymous code' if anonymous else 'id'}; the file as it was is kept as {change.backup}")
+        try:
+            change = sheets.update(target, roster, anonymous, out)
+        except sheets.ManualScoresError as exc:  # the page lists the problems and saves nothing until they are fixed
+            said.append(f"{exc}\nThe page shows these problems and saves nothing until the sheet is fixed.")
+        else:
+            if change.renamed:
+                said.append(f"{target.name}: {change.renamed} row(s) now name the student by "
+                            f"{'anonymous code' if anonymous else 'id'}; the file as it was is kept as {change.backup}")
         questions = sorted({(r.get("assignment") or "", m["name"]) for r in results for m in r["manual"]})
         return cls(out, results, roster, anonymous, questions), said
 
