@@ -35,6 +35,7 @@ import contextlib
 import csv
 import difflib
 import fcntl
+import functools
 import hashlib
 import io
 import os
@@ -140,7 +141,7 @@ class Roster:
     def questions(self, sid: str) -> list[str]:
         return sorted(q for s, q in self.expected if s == sid)
 
-    @property
+    @functools.cached_property
     def _by_code(self) -> dict[str, str]:
         return {code: sid for sid, code in self.codes.items()}
 
@@ -440,6 +441,16 @@ def version(path: Path) -> str:
         return ""
 
 
+def rows_by_answer(sheet: Sheet, roster: Roster) -> dict[tuple[str, str], SheetRow]:
+    """{(student id, question): its row} (the first, where a sheet with problems has two)."""
+    found: dict[tuple[str, str], SheetRow] = {}
+    for row in sheet.rows:
+        sid = roster.student(row.cell(0))
+        if sid is not None:
+            found.setdefault((sid, row.cell(1)), row)
+    return found
+
+
 def find(sheet: Sheet, roster: Roster, sid: str, question: str) -> SheetRow | None:
     """The row of one answer, whether it names the student by id or by code."""
     return next((row for row in sheet.rows if row.cell(1) == question and roster.student(row.cell(0)) == sid), None)
@@ -512,5 +523,5 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
 
 __all__ = ["SCORES_FILE", "SCORES_HEADER", "ManualScoresError", "Roster", "Sheet", "SheetRow", "SheetUpdate",
            "anonymous_key", "anonymous_code", "parse", "parse_points", "check", "read_scores", "uses_codes",
-           "write", "update", "backup", "install", "private_folder", "locked", "version", "find",
+           "write", "update", "backup", "install", "private_folder", "locked", "version", "find", "rows_by_answer",
            "cell_state", "Change", "Saved", "save"]

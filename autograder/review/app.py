@@ -94,7 +94,7 @@ class Review:
 
     def answers(self, sheet: sheets.Sheet, assignment: str, question: str) -> list[dict]:
         """Every answer to one question with its state in the sheet now."""
-        found = []
+        found, rows = [], sheets.rows_by_answer(sheet, self.roster)
         for r in self.results:
             if (r.get("assignment") or "") != assignment:
                 continue
@@ -102,7 +102,7 @@ class Review:
                 if m["name"] != question:
                     continue
                 sid = r["student"]["id"]
-                points, comment = _state(sheets.find(sheet, self.roster, sid, question))
+                points, comment = _state(rows.get((sid, question)))
                 found.append({"who": self.roster.shown(sid, self.anonymous), "sid": sid, "m": m,
                               "name": "" if self.anonymous else (r["student"].get("name") or ""),
                               "points": points, "comment": comment})
@@ -110,8 +110,8 @@ class Review:
 
     def left(self, sheet: sheets.Sheet) -> tuple[int, int]:
         """(answers still pending, answers) over every question."""
-        states = [_state(sheets.find(sheet, self.roster, r["student"]["id"], m["name"]))[0]
-                  for r in self.results for m in r["manual"]]
+        rows = sheets.rows_by_answer(sheet, self.roster)
+        states = [_state(rows.get((r["student"]["id"], m["name"])))[0] for r in self.results for m in r["manual"]]
         return sum(p is None for p in states), len(states)
 
 

@@ -1,8 +1,8 @@
 """Identical or near-identical answers, grouped so one decision grades them all.
 
 Two answers are in one group when their text (markdown and code, not outputs), compared with case,
-spacing and punctuation ignored, is the same or at least :data:`NEAR` alike (difflib's ratio), and
-their images are the same.  Blank answers form one group, and so do answers whose question markers
+spacing and punctuation ignored, is the same, or at least :data:`NEAR` alike (difflib's ratio) with
+the same numbers in the same order, and their images are the same.  Blank answers form one group, and so do answers whose question markers
 are missing.  A group is shown once, with each of its members' own text where it differs.
 """
 
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 NEAR = 0.92  # difflib's ratio of two normalized texts above which they are one group
 _WORD = re.compile(r"[^\w]+")
+_NUMBER = re.compile(r"\d+")
 
 
 def normalized(m: dict) -> str:
@@ -34,6 +35,7 @@ class Group:
     key: str  # what its members share (the first member's normalized text)
     members: list[dict] = field(default_factory=list)  # the answers ({"who", "sid", "m", ...}) in order
     exact: bool = True  # every member's normalized text is the same
+    numbers: list[str] = field(default_factory=list)  # the numbers of its key, in order
 
     @property
     def id(self) -> str:
@@ -50,7 +52,7 @@ def group(answers: list[dict]) -> list[Group]:
         if g is None and not key.startswith("\0") and "\0" not in key:
             g = _near(key, groups)
         if g is None:
-            g = Group(key)
+            g = Group(key, numbers=_NUMBER.findall(key))
             groups.append(g)
         elif key != g.key:
             g.exact = False
@@ -60,8 +62,9 @@ def group(answers: list[dict]) -> list[Group]:
 
 
 def _near(key: str, groups: list[Group]) -> Group | None:
+    numbers = _NUMBER.findall(key)
     for g in groups:
-        if g.key.startswith("\0") or "\0" in g.key:
+        if "\0" in g.key or g.numbers != numbers:  # 36928 and 36982 are not near-identical answers
             continue
         matcher = difflib.SequenceMatcher(None, key, g.key, autojunk=False)
         if matcher.real_quick_ratio() >= NEAR and matcher.quick_ratio() >= NEAR and matcher.ratio() >= NEAR:
