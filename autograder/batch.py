@@ -52,7 +52,9 @@ class BatchOptions:
     # hand-graded questions: a filled scores file to merge (copied to OUT/manual_scores.csv, which a later
     # run reads by itself); None: OUT/manual_scores.csv if it is there
     manual_scores: Path | None = None
-    anonymous: bool = False  # hand-graded questions: graders' pages and the scores file show codes, not names or ids
+    # graders' pages and manual_scores.csv name students by anonymous code (True) or by id (False);
+    # None: as the output folder's sheet already does (by id for a new one)
+    anonymous: bool | None = None
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -229,11 +231,11 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     if todo:
         _run_parallel(todo, autograder_zip, out, options)
     results = [json.loads(result_path(out, s.id).read_text()) for s in subs if result_path(out, s.id).is_file()]
-    results = merge_manual_scores(results, out, options)  # ManualScoresError: nothing below is rewritten
+    results, anonymous = merge_manual_scores(results, out, options)  # ManualScoresError: nothing below is rewritten
     from autograder import logs
     from autograder.lms import reports
 
-    for problem in reports.write_all(results, out, canvas=options.canvas, anonymous=options.anonymous):
+    for problem in reports.write_all(results, out, canvas=options.canvas, anonymous=anonymous):
         logs.say(f"warning: not written: {problem}")
     write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
                                                "seconds": round(time.monotonic() - started, 2),
@@ -241,33 +243,47 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     return results
 
 
-def merge_manual_scores(results: list[dict], out: Path, options: BatchOptions) -> list[dict]:
-    """The results with the hand-graded scores merged (in memory: the result files stay as graded).
+def merge_manual_scores(results: list[dict], out: Path, options: BatchOptions) -> tuple[list[dict], bool]:
+    """The results with the hand-graded scores merged (in memory: the result files stay as graded), and
+    whether the graders' pages name students by anonymous code.
 
-    Reads ``options.manual_scores`` (then kept as ``OUT/manual_scores.csv``) or else
-    ``OUT/manual_scores.csv``; writes that file ready to fill in when it is not there, and adds rows
-    for new submissions.  A bad file raises :class:`autograder.manual.ManualScoresError` naming
-    the line, before anything is written."""
-    import shutil
-
-    from autograder import manual
+    Reads ``options.manual_scores`` (then kept as ``OUT/manual_scores.csv``, the copy that was there
+    kept in ``OUT/.private/``) or else ``OUT/manual_scores.csv`` (see :mod:`autograder.manual_scores`);
+    writes that file ready to fill in when it is not there, adds rows for new submissions, and names
+    every student the way the pages do: by code when ``options.anonymous``, by id when it is False,
+    and when it is None as the sheet already does.  A bad file raises
+    :class:`autograder.manual_scores.ManualScoresError` with all its problems, before anything is
+    written."""
+    from autograder import logs, manual, manual_scores as sheets
 
     results = [manual.enrich(r, r.get("submission")) if "manual" not in r else manual.tag_misconceptions(r)
                for r in results]  # results written before hand-graded questions were read
     if not any(r.get("manual") for r in results):
-        return manual.merge(results, {})
-    key = manual.anonymous_key(out)
-    codes = {r["student"]["id"]: manual.anonymous_code(key, r["student"]["id"]) for r in results}
-    target = out / "manual_scores.csv"
+        return manual.merge(results, {}), bool(options.anonymous)
+    roster = sheets.Roster.of(results, sheets.anonymous_key(out))
+    target = out / sheets.SCORES_FILE
     given = Path(options.manual_scores) if options.manual_scores else None
-    if given is not None and not (target.exists() and given.resolve() == target.resolve()):
-        scores = manual.read_scores(given, results, codes)
-        shutil.copyfile(given, target)
-        os.chmod(target, 0o600)
-    else:
-        scores = manual.read_scores(target, results, codes) if target.is_file() else {}
-    manual.write_template(results, target, codes if options.anonymous else None)
-    return manual.merge(results, scores)
+    if given is not None and target.exists() and given.resolve() == target.resolve():
+        given = None
+    source = given or target
+    sheet = sheets.parse(source, strict=False) if given is not None or target.is_file() else None
+    anonymous = options.anonymous
+    if anonymous is None:  # as the folder was graded before: its sheet names students by code, or not
+        anonymous = bool(sheet and sheets.uses_codes(sheet, roster))
+        if anonymous:
+            logs.say(f"{target.name} names students by anonymous code, so the graders' pages do too "
+                     "(--no-anonymous shows ids, and rewrites the sheet with ids)")
+    scores = sheets.check(sheet, source, roster, anonymous) if sheet else {}
+    if given is not None:
+        kept = sheets.install(given, target, out)
+        if kept:
+            logs.say(f"{target} was replaced by {given}; the file it was is kept as {kept}")
+    change = sheets.update(target, roster, anonymous, out)
+    if change.renamed:
+        logs.say(f"{target.name}: {change.renamed} row(s) now name the student by "
+                 f"{'anonymous code' if anonymous else 'id'}, as the graders' pages do; the file as it was is kept "
+                 f"as {change.backup}")
+    return manual.merge(results, scores), anonymous
 
 
 def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: Path, options: BatchOptions) -> None:

@@ -145,10 +145,12 @@ def grade(
         help="A filled manual_scores.csv (id, question, points, comment) of the hand-graded questions: merged into "
              "the results without grading anything again, and kept as OUT/manual_scores.csv (a later run reads that "
              "by itself). A bad file is refused, naming the line."),
-    anonymous: bool = typer.Option(
-        False, "--anonymous",
-        help="Graders' pages of the hand-graded questions (OUT/manual/) and a new manual_scores.csv show a code "
-             "per student, not names or ids."),
+    anonymous: Optional[bool] = typer.Option(
+        None, "--anonymous/--no-anonymous",
+        help="The graders' pages of the hand-graded questions (OUT/manual/) and OUT/manual_scores.csv name each "
+             "student by a code, not by name or id (--anonymous), or by id (--no-anonymous); a sheet that names "
+             "them the other way is rewritten, its earlier copy kept in OUT/.private/. Default: as the output "
+             "folder's sheet already does (by id for a new one)."),
     verbose: bool = typer.Option(
         False, "--verbose", "-v",
         help="Show the grader's log (its subprocesses' stderr, TensorFlow's start-up lines) on the console "
@@ -198,14 +200,16 @@ def grade(
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )
     from autograder import logs
-    from autograder.manual import ManualScoresError
+    from autograder.manual_scores import ManualScoresError
 
     try:
         with logs.to_file(out, verbose) as log:
             results = batch.run_batch(paths, autograder_zips, out, options)
     except ManualScoresError as exc:  # every result is kept; the reports are left as they were
-        console.print(f"[red]manual scores refused: {exc}[/red]\nNothing was lost: the results in {out / 'results'} "
-                      "are kept; fix the file and run grade again (nothing is graded again).")
+        console.print(f"Hand-grading sheet refused: {exc}", style="red", markup=False, highlight=False)
+        console.print(f"Nothing was merged and nothing was lost: the sheet is left as it is, the results in "
+                      f"{out / 'results'} are kept and the reports are not rewritten. Fix the sheet and run grade "
+                      "again (nothing is graded again).", markup=False, highlight=False)
         raise typer.Exit(2)
     _print_results(results)
     imports = [f"{out / file} (column {column})" for file, _, column in reports.canvas_files(results, canvas)[0]]
@@ -216,7 +220,32 @@ def grade(
     waiting = sum(m.get("score") is None for r in results for m in r.get("manual") or [])
     if any(r.get("manual") for r in results):
         console.print(f"Hand-graded questions: {waiting} answers left; pages in {out / 'manual'}, scores in "
-                      f"{out / 'manual_scores.csv'} (fill it in, then run grade again)")
+                      f"{out / 'manual_scores.csv'} (fill it in, or grade in the browser with: python -m autograder "
+                      f"review {out}; then run grade again)", markup=False)
+
+
+@app.command()
+def review(
+    out: Path = typer.Argument(..., help="The output folder of a grade run (holds results/ and manual_scores.csv)."),
+    port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 to serve on (0: a free one chosen at random)."),
+    anonymous: Optional[bool] = typer.Option(
+        None, "--anonymous/--no-anonymous",
+        help="Show each student by anonymous code (--anonymous) or by id and name (--no-anonymous), and name them "
+             "so in manual_scores.csv. Default: as the sheet already does."),
+) -> None:
+    """Grade the hand-graded questions in a browser: one question at a time, rubric, grouped answers. Every save
+    goes to OUT/manual_scores.csv; the next grade run merges it (nothing is graded again)."""
+    from autograder.manual_scores import ManualScoresError
+    from autograder.review import app as review_app
+
+    try:
+        review_app.serve(out, port, anonymous, say=lambda line: console.print(line, markup=False, highlight=False))
+    except (LookupError, ManualScoresError) as exc:
+        console.print(str(exc), style="red", markup=False, highlight=False)
+        raise typer.Exit(2)
+    except OSError as exc:  # the port is taken, the folder cannot be read
+        console.print(f"cannot serve: {exc}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2)
 
 
 def _print_results(results: list[dict]) -> None:

@@ -8,22 +8,21 @@
   Assign writes into the student notebook for the n-th manual question).  The answer is untrusted
   data: bounded in size, text only (pages escape it), images only as PNG or JPEG whose bytes were
   checked and re-encoded.
-* **Scores.** ``manual_scores.csv`` (id, question, points, comment): written ready to fill in, read
-  back and checked line by line (:class:`ManualScoresError` names the line), merged into the
-  results in memory when the reports are written; the result files themselves are never changed,
-  so nothing graded is lost and nothing is graded again.
+* **Reference answers and rubrics.** The master's solution of each hand-graded question (its
+  ``BEGIN SOLUTION`` block) and its rubric (a ``rubric`` list in its ``BEGIN QUESTION`` config), shown
+  to graders only (never written into an autograder zip or a student's page).
+* **Scores.** ``manual_scores.csv`` (read and written by :mod:`autograder.manual_scores`), merged
+  into the results in memory when the reports are written; the result files themselves are never
+  changed, so nothing graded is lost and nothing is graded again.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import csv
-import hashlib
 import json
 import os
 import re
-import secrets
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,7 +33,6 @@ MAX_TEXT_CHARS = 20_000  # per answer, all text together
 MAX_IMAGES = 4
 MAX_IMAGE_BYTES = 1_000_000
 PLACEHOLDERS = {"", "...", "_type your answer here, replacing this text._", "type your answer here, replacing this text."}
-SCORES_HEADER = ["id", "question", "points", "comment"]
 PENDING, GRADED_BY_HAND = "pending", "graded"
 #: In an autograder zip: the hand-graded questions (the master is not bundled; the prompts are the student's too)
 ZIP_FILE = "manual_questions.json"
@@ -62,10 +60,6 @@ class ManualAnswer:
     blank: bool = True  # nothing but the template's placeholder
     truncated: bool = False
     parts: list[dict] = field(default_factory=list)  # {"kind": "markdown"|"code"|"output", "text"} | {"kind": "image", "mime", "data"}
-
-
-class ManualScoresError(ValueError):
-    """A manual scores file that cannot be merged; the message names the file and the line."""
 
 
 # --- the questions, from the master notebook --------------------------------------------------
@@ -111,6 +105,75 @@ def questions_for(assignment: str | None) -> tuple[ManualQuestion, ...]:
     try:
         path = registry.get(assignment).master_notebook
         return tuple(questions_from_master(json.loads(Path(path).read_text(encoding="utf-8")), assignment))
+    except (LookupError, OSError, ValueError):
+        return ()
+
+
+def reference_answers_from_master(nb: dict) -> dict[str, str]:
+    """{question name: the master's solution} of each hand-graded question: the markdown and code cells between
+    its ``# BEGIN SOLUTION`` and ``# END SOLUTION`` (trusted: the instructor's own notebook)."""
+    import yaml
+
+    found, current, parts, in_solution = {}, None, [], False
+    for cell in nb.get("cells", []):
+        src = _source(cell).strip()
+        if cell.get("cell_type") == "raw" and src.startswith("# BEGIN QUESTION"):
+            config = yaml.safe_load(src.split("\n", 1)[1]) if "\n" in src else {}
+            current = str(config["name"]) if isinstance(config, dict) and config.get("manual") else None
+            parts, in_solution = [], False
+        elif cell.get("cell_type") == "raw" and src.startswith("# BEGIN SOLUTION"):
+            in_solution = True
+        elif cell.get("cell_type") == "raw" and src.startswith("# END SOLUTION"):
+            in_solution = False
+        elif cell.get("cell_type") == "raw" and src.startswith("# END QUESTION"):
+            if current is not None and parts:
+                found[current] = "\n\n".join(parts)
+            current = None
+        elif current is not None and in_solution and src:
+            parts.append(src if cell.get("cell_type") == "markdown" else f"```python\n{src}\n```")
+    return found
+
+
+@lru_cache(maxsize=None)
+def reference_answer(assignment: str | None, name: str) -> str:
+    """The master's solution of one hand-graded question, as markdown ("" when there is none)."""
+    if not assignment:
+        return ""
+    from autograder import registry
+
+    try:
+        path = registry.get(assignment).master_notebook
+        return reference_answers_from_master(json.loads(Path(path).read_text(encoding="utf-8"))).get(name, "")
+    except (LookupError, OSError, ValueError):
+        return ""
+
+
+def rubrics_from_master(nb: dict) -> dict[str, list[tuple[float, str]]]:
+    """{question name: [(points, text)]}: the ``rubric`` list of each hand-graded question's ``BEGIN QUESTION``
+    config in the master (for graders; Otter Assign ignores the key and the student notebook never has it)."""
+    import yaml
+
+    found = {}
+    for cell in nb.get("cells", []):
+        src = _source(cell).strip()
+        if cell.get("cell_type") == "raw" and src.startswith("# BEGIN QUESTION") and "\n" in src:
+            config = yaml.safe_load(src.split("\n", 1)[1])
+            if isinstance(config, dict) and config.get("manual") and isinstance(config.get("rubric"), list):
+                found[str(config["name"])] = [(float(item["points"]), str(item["text"])) for item in config["rubric"]
+                                              if isinstance(item, dict) and "points" in item and "text" in item]
+    return found
+
+
+@lru_cache(maxsize=None)
+def master_rubric(assignment: str | None, name: str) -> tuple[tuple[float, str], ...]:
+    """The master's rubric of one hand-graded question, ((points, text), ...); () when it has none."""
+    if not assignment:
+        return ()
+    from autograder import registry
+
+    try:
+        path = registry.get(assignment).master_notebook
+        return tuple(rubrics_from_master(json.loads(Path(path).read_text(encoding="utf-8"))).get(name, []))
     except (LookupError, OSError, ValueError):
         return ()
 
@@ -274,110 +337,7 @@ def tag_misconceptions(result: dict) -> dict:
     return result
 
 
-# --- the scores file ----------------------------------------------------------------------------
-
-def anonymous_key(out: Path) -> bytes:
-    """A secret of this output folder: anonymous codes are stable across runs, not guessable from ids."""
-    path = out / "manual" / ".anonymous-key"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
-    if not path.is_file():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(16))
-    return path.read_text().strip().encode()
-
-
-def anonymous_code(key: bytes, student_id: str) -> str:
-    return "anon-" + hashlib.sha256(key + b"\0" + student_id.encode()).hexdigest()[:8]
-
-
-def expected_rows(results: list[dict]) -> list[tuple[str, str, float]]:
-    """(student id, question, points) for every hand-graded question of every result that has one."""
-    rows = []
-    for r in sorted(results, key=lambda r: r["student"]["id"]):
-        for m in r.get("manual") or []:
-            rows.append((r["student"]["id"], m["name"], float(m["max_score"])))
-    return rows
-
-
-def write_template(results: list[dict], path: Path, codes: dict[str, str] | None = None) -> int:
-    """``manual_scores.csv`` with one empty row per hand-graded answer; ``codes`` (id -> anonymous
-    code) writes codes instead of ids.  An existing file keeps its rows; rows it lacks (new
-    submissions) are appended.  Returns the rows added."""
-    have = set()
-    if path.is_file():
-        with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                have.add(((row.get("id") or "").strip(), (row.get("question") or "").strip()))
-    new = []
-    for sid, question, _ in expected_rows(results):
-        shown = (codes or {}).get(sid, sid)
-        if (shown, question) not in have and (sid, question) not in have:
-            new.append([shown, question, "", ""])
-    if codes:
-        new.sort()
-    if path.is_file():
-        if new:
-            with open(path, "a", newline="", encoding="utf-8") as f:
-                csv.writer(f).writerows(new)
-        return len(new)
-    from autograder.lms.reports import _private_writer
-
-    with _private_writer(path) as f:
-        w = csv.writer(f)
-        w.writerow(SCORES_HEADER)
-        w.writerows(new)
-    return len(new)
-
-
-def read_scores(path: Path, results: list[dict], codes: dict[str, str] | None = None) -> dict[tuple[str, str], tuple[float, str]]:
-    """The filled rows of a scores file as {(student id, question): (points, comment)}; rows with no
-    points are still pending.  Refused whole (:class:`ManualScoresError`, naming the line) for an
-    unknown id or question, points that are not a number or out of 0..max, a duplicate row."""
-    allowed = {(sid, q): pts for sid, q, pts in expected_rows(results)}
-    ids = {sid for sid, _ in allowed} | {r["student"]["id"] for r in results}
-    by_code = {code: sid for sid, code in (codes or {}).items()}
-    scores: dict[tuple[str, str], tuple[float, str]] = {}
-    seen: dict[tuple[str, str], int] = {}
-    try:
-        f = open(path, newline="", encoding="utf-8-sig")
-    except OSError as exc:
-        raise ManualScoresError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    with f:
-        reader = csv.reader(f)
-        header = [h.strip().lower() for h in next(reader, [])]
-        if header[:4] != SCORES_HEADER:
-            raise ManualScoresError(f"{path}, line 1: expected the header {','.join(SCORES_HEADER)}, got {','.join(header)}")
-        for row in reader:
-            line = reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            row = (row + ["", "", "", ""])[:4]
-            shown, question, points, comment = (cell.strip() for cell in row)
-            sid = by_code.get(shown, shown)
-            if sid not in ids:
-                raise ManualScoresError(f"{path}, line {line}: unknown student id {shown!r}")
-            if (sid, question) not in allowed:
-                known = sorted({q for s, q in allowed if s == sid})
-                raise ManualScoresError(f"{path}, line {line}: {question!r} is not a hand-graded question of {shown!r}"
-                                        f" ({', '.join(known) or 'it has none'})")
-            if (sid, question) in seen:
-                raise ManualScoresError(f"{path}, line {line}: a second row for {shown!r}, {question!r} "
-                                        f"(first on line {seen[sid, question]})")
-            seen[sid, question] = line
-            if points == "":
-                continue  # still to be graded
-            try:
-                value = float(points)
-            except ValueError:
-                raise ManualScoresError(f"{path}, line {line}: points {points!r} is not a number") from None
-            top = allowed[sid, question]
-            if not (0 <= value <= top) or value != value:
-                raise ManualScoresError(f"{path}, line {line}: points {points} out of range 0..{top:g} for {question!r}")
-            scores[sid, question] = (value, comment)
-    return scores
-
+# --- the scores, merged ---------------------------------------------------------------------
 
 def merge(results: list[dict], scores: dict[tuple[str, str], tuple[float, str]]) -> list[dict]:
     """Copies of ``results`` with the scores merged: each graded answer's points and comment, the

@@ -7,13 +7,14 @@ import base64
 import csv
 import importlib
 import json
+import re
 import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from autograder import batch, manual, registry
+from autograder import batch, manual, manual_scores, registry
 from autograder.judge.pipeline import RetrainOptions
 from autograder.lms import gradescope, insight
 from autograder.lms.submissions import collect
@@ -29,8 +30,17 @@ def _sample(assignment: str, name: str) -> Path:
 
 
 def _rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         return list(csv.DictReader(f))
+
+
+def _manual_page(answers: list[dict], reference: str = "") -> str:
+    """The graders' page of cnn_mnist's hand-graded question, rendered as write_manual_pages renders it."""
+    from autograder.lms import reports, safe_markdown
+
+    return reports.MANUAL.render(assignment="cnn_mnist", name="written_pooling", fmt=reports.fmt, anonymous=False,
+                                 prompt="**Question 11** <b>x</b>", points=3, answers=answers, reference=reference,
+                                 md=safe_markdown.render, csp=safe_markdown.CSP, score_class=reports.score_class)
 
 
 # --- which questions, and their answers -------------------------------------------------------
@@ -40,6 +50,16 @@ def test_each_assignments_hand_graded_questions_come_from_its_master():
     assert found["cnn_mnist"] == [("written_pooling", 3.0)] and found["digits"] == [("written_padding", 2.0)]
     prompt = manual.questions_for("cnn_mnist")[0].prompt
     assert "Question 11" in prompt and "36,928" in prompt and "A convolution shares" not in prompt  # no answer
+
+
+@pytest.mark.parametrize("unit", ["cnn_mnist", "digits"])
+def test_reference_answers_and_rubrics_come_from_the_master_for_graders_only(unit):
+    (question,) = manual.questions_for(unit)
+    reference = manual.reference_answer(unit, question.name)
+    rubric = manual.master_rubric(unit, question.name)
+    assert len(reference) > 200 and sum(points for points, _ in rubric) == question.points
+    student = (registry.get(unit).master_notebook.parent.parent / "student" / f"{unit}.ipynb").read_text()
+    assert reference[:60] not in student and not any(text[:40] in student for _, text in rubric)
 
 
 def _answered(cells: list) -> dict:
@@ -66,8 +86,7 @@ def test_an_answer_is_bounded_data_with_only_real_images():
 
     from autograder.lms import reports
 
-    page = reports.MANUAL.render(assignment="cnn_mnist", name="written_pooling", fmt=reports.fmt, anonymous=False,
-                                 prompt="", points=3, answers=[{"who": "1001", "name": "", "m": asdict(answer)}])
+    page = _manual_page([{"who": "1001", "name": "", "m": asdict(answer)}])
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
     blank = manual.extract_answers(json.loads(_sample("cnn_mnist", "untouched").read_text()),
                                    manual.questions_for("cnn_mnist"))[0]
@@ -75,6 +94,62 @@ def test_an_answer_is_bounded_data_with_only_real_images():
     missing = manual.extract_answers({"cells": [{"cell_type": "markdown", "source": "hi"}]},
                                      manual.questions_for("cnn_mnist"))[0]
     assert not missing.found
+
+
+class _Tags:
+    """Every tag and attribute of a page, as a browser's parser sees them."""
+
+    def __init__(self, page: str):
+        from html.parser import HTMLParser
+
+        self.tags: list[tuple[str, dict]] = []
+        tags = self.tags
+
+        class Parser(HTMLParser):
+            def handle_starttag(self, tag, attrs):
+                tags.append((tag, {k: v or "" for k, v in attrs}))
+
+        Parser().feed(page)
+
+
+ATTACKS = [
+    "<script>alert(1)</script>",
+    "[click](javascript:alert(2))",
+    "[click](JaVaScRiPt:alert(3))",
+    "<img src=x onerror=alert(4)>",
+    "![x](x\" onerror=\"alert(5))",
+    "<iframe src=\"https://evil.example\"></iframe>",
+    "<a href=\"javascript:alert(6)\">raw link</a>",
+    "[data](data:text/html;base64,PHNjcmlwdD5hbGVydCg3KTwvc2NyaXB0Pg==)",
+    "![beacon](https://evil.example/pixel.png)",
+    "<svg onload=alert(8)>",
+    "<style>body{display:none}</style>",
+]
+
+
+def test_answers_render_as_markdown_that_runs_no_script_with_the_reference_and_coloured_scores():
+    answers = [{"who": who, "name": "", "m": {"name": "written_pooling", "max_score": 3.0, "score": score,
+                                             "found": True, "blank": False, "truncated": False, "comment": "",
+                                             "parts": [{"kind": "markdown", "text": text}]}}
+               for who, score, text in [("a", None, "**Shared** weights, `3x3` filters\n\n- one\n- two"),
+                                        ("b", 0.0, "\n\n".join(ATTACKS)), ("c", 1.5, "partly"), ("d", 3.0, "all")]]
+    page = _manual_page(answers, reference="A convolution *shares* one filter.")
+    tags = _Tags(page).tags
+    assert not [t for t, _ in tags if t in ("script", "iframe", "svg", "object", "embed", "a")]  # no link at all
+    assert [t for t, _ in tags].count("style") == 1  # the page's own stylesheet only
+    for tag, attrs in tags:
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        for name in ("href", "src"):
+            value = attrs.get(name, "").strip().lower()
+            assert not value.startswith(("javascript:", "vbscript:", "data:text", "http")), (tag, attrs)
+    (csp,) = [a["content"] for t, a in tags if t == "meta" and a.get("http-equiv") == "Content-Security-Policy"]
+    assert "default-src 'none'" in csp and "script-src" not in csp
+    assert "<strong>Shared</strong> weights, <code>3x3</code>" in page and "<li>one</li>" in page  # markdown
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "not loaded: https://evil.example/pixel.png" in page
+    assert "<strong>Question 11</strong> &lt;b&gt;x&lt;/b&gt;" in page  # the master's text, as markdown too
+    assert 'id="reference"' in page and "A convolution <em>shares</em> one filter." in page
+    points = dict(re.findall(r'class="who">(\w)</strong>.*?class="points (\w+)"', page, re.S))
+    assert points == {"a": "pending", "b": "bad", "c": "part", "d": "ok"}  # 0 / 3 is not green
 
 
 # --- scores merged without regrading ----------------------------------------------------------
@@ -140,6 +215,7 @@ def test_filled_scores_reach_totals_grades_canvas_and_feedback_without_regrading
     assert '<strong id="n-pending">2</strong>' in report
     grader_page = (out / "manual" / "cnn_mnist-written_pooling.html").read_text()
     assert "Question 11" in grader_page and "A convolution shares" in grader_page and "1002" in grader_page
+    assert 'id="reference"' in grader_page  # the master's solution, for graders
     template = _rows(out / "manual_scores.csv")
     assert [(r["id"], r["question"], r["points"]) for r in template] == [("1001", "written_pooling", ""),
                                                                          ("1002", "written_pooling", "")]
@@ -171,7 +247,7 @@ def test_filled_scores_reach_totals_grades_canvas_and_feedback_without_regrading
     ("1001,written_poolin,3,\n", 2, "'written_poolin' is not a hand-graded question"),
     ("1001,written_pooling,4,\n", 2, "out of range 0..3"),
     ("1001,written_pooling,-1,\n", 2, "out of range"),
-    ("1001,written_pooling,three,\n", 2, "not a number"),
+    ("1001,written_pooling,three,\n", 2, "not a plain number"),
     ("1001,written_pooling,3,\n1002,written_pooling,1,\n1001,written_pooling,2,\n", 4, "second row"),
 ])
 def test_a_bad_scores_file_is_refused_naming_the_line_and_nothing_is_lost(graded_class, body, line, says):
@@ -180,7 +256,7 @@ def test_a_bad_scores_file_is_refused_naming_the_line_and_nothing_is_lost(graded
     kept = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     bad = out.parent / "bad.csv"
     bad.write_text("id,question,points,comment\n" + body)
-    with pytest.raises(manual.ManualScoresError) as err:
+    with pytest.raises(manual_scores.ManualScoresError) as err:
         _run(folder, out, manual_scores=bad)
     assert f"line {line}:" in str(err.value) and says in str(err.value)
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()
@@ -199,6 +275,73 @@ def test_anonymous_pages_show_codes_that_the_scores_file_accepts(graded_class):
     filled.write_text("id,question,points,comment\n" + "".join(f"{c},written_pooling,2,\n" for c in codes))
     results = _run(folder, out, manual_scores=filled, anonymous=True)
     assert all(m["score"] == 2 for r in results for m in r["manual"])
+
+
+def test_anonymous_after_a_first_run_rewrites_the_sheet_with_the_pages_codes_keeping_what_was_typed(graded_class):
+    folder, out = graded_class
+    _run(folder, out)  # a first run names students by id
+    (out / "manual_scores.csv").write_text("id,question,points,comment\n1001,written_pooling,2,\"Good, clear\"\n"
+                                           "1002,written_pooling,,\n")
+    results = {r["student"]["id"]: r for r in _run(folder, out, anonymous=True)}
+    assert results["1001"]["manual"][0]["score"] == 2 and results["1001"]["manual"][0]["comment"] == "Good, clear"
+    page = (out / "manual" / "cnn_mnist-written_pooling.html").read_text()
+    rows = _rows(out / "manual_scores.csv")
+    assert all(r["id"].startswith("anon-") and f">{r['id']}<" in page for r in rows) and len(rows) == 2
+    assert "1001" not in (out / "manual_scores.csv").read_text() + page
+    graded = next(r for r in rows if r["points"])
+    assert graded == {"id": graded["id"], "question": "written_pooling", "points": "2", "comment": "Good, clear"}
+    (kept,) = (out / ".private").glob("manual_scores.*.csv")  # the sheet as it was, with ids, outside manual/
+    assert "1001,written_pooling,2" in kept.read_text()
+    assert (out / ".private" / "anonymous-key").is_file() and not list((out / "manual").glob(".*"))
+    # a TA types against the codes: the points reach the right student
+    (out / "manual_scores.csv").write_text("id,question,points,comment\n" + "".join(
+        f"{r['id']},written_pooling,{3 if r is graded else 1},\n" for r in rows))
+    results = {r["student"]["id"]: r for r in _run(folder, out)}  # no flag: the folder stays anonymous
+    assert results["1001"]["manual"][0]["score"] == 3 and results["1002"]["manual"][0]["score"] == 1
+    assert "1001" not in (out / "manual" / "cnn_mnist-written_pooling.html").read_text()
+    _run(folder, out, anonymous=False)  # asked for ids: the pages and the sheet both name ids again
+    assert sorted(r["id"] for r in _rows(out / "manual_scores.csv")) == ["1001", "1002"]
+    assert ">1001<" in (out / "manual" / "cnn_mnist-written_pooling.html").read_text()
+
+
+def test_a_spreadsheets_sheet_merges_and_the_next_plain_run_adds_no_row(graded_class):
+    """Excel's "CSV UTF-8": a BOM, CRLF, a trailing empty line; first with an unquoted decimal comma."""
+    folder, out = graded_class
+    _run(folder, out)
+    sheet = out / "manual_scores.csv"
+    sheet.write_bytes("\ufeffid,question,points,comment\r\n1001,written_pooling,1,5,Explains weight sharing\r\n"
+                      "1002,written_pooling,0,none\r\n\r\n".encode())
+    typed = sheet.read_bytes()
+    with pytest.raises(manual_scores.ManualScoresError, match="line 2: 5 cells"):
+        _run(folder, out)
+    assert sheet.read_bytes() == typed  # nothing the TA typed is lost
+    sheet.write_bytes(typed.replace(b"1,5,Explains", b'"1,5",Explains'))
+    for _ in range(2):  # a plain run after the BOM'd sheet merged: the same scores, no duplicate row
+        results = {r["student"]["id"]: r for r in _run(folder, out)}
+        assert results["1001"]["manual"][0]["score"] == 1.5 and results["1002"]["manual"][0]["score"] == 0
+        assert len(_rows(sheet)) == 2 and sheet.read_bytes().startswith(b"\xef\xbb\xbf")
+    page = (out / "manual" / "cnn_mnist-written_pooling.html").read_text()
+    assert '<span class="points part">1.5 / 3</span>' in page and '<span class="points bad">0 / 3</span>' in page
+
+
+def test_a_refused_sheet_says_so_on_the_console_and_exits_2_listing_every_problem(graded_class):
+    from typer.testing import CliRunner
+
+    from autograder import cli
+
+    folder, out = graded_class
+    _run(folder, out)
+    (out / "manual_scores.csv").write_text("id,question,points,comment\n1001,written_pooling,0_3,\n"
+                                           "[red]1002,written_pooling,1,\n")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "logs" not in p.parts}
+    run = CliRunner().invoke(cli.app, ["grade", str(folder), "--autograder", str(out.parent / "unused.zip"),
+                                       "--out", str(out)])
+    assert run.exit_code == 2, run.output
+    text = " ".join(run.output.split())
+    assert "Hand-grading sheet refused" in text and "2 problems, so none of its rows were merged" in text
+    assert "line 2: points '0_3' is not a plain number" in text and "did you mean '1002'" in text
+    assert "'[red]1002'" in text and "Nothing was merged and nothing was lost" in text
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and "logs" not in p.parts} == before
 
 
 # --- Gradescope ---------------------------------------------------------------------------------
@@ -232,6 +375,7 @@ def test_the_autograder_zip_carries_the_hand_graded_questions(built):
         questions = json.loads(z.read(manual.ZIP_FILE))
     assert [(q["name"], q["points"]) for q in questions] == [("written_pooling", 3.0)]
     assert "A convolution shares" not in json.dumps(questions)  # the question, never the answer
+    assert "one small filter is shared" not in json.dumps(questions)  # nor the graders' rubric
 
 
 # --- class insight ------------------------------------------------------------------------------

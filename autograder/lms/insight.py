@@ -73,9 +73,9 @@ def sections(results: list[dict]) -> list[dict]:
 
 def write_misconceptions_csv(insight: list[dict], path: Path) -> None:
     """One row per assignment, question and misconception: how many of the scored students, and who."""
-    from autograder.lms.reports import SafeCsvWriter, _private_writer
+    from autograder.lms.sheets import SafeCsvWriter, private_writer
 
-    with _private_writer(path) as f:
+    with private_writer(path) as f:
         w = SafeCsvWriter(f)
         w.writerow(["assignment", "question", "misconception", "title", "students", "of_scored", "ids"])
         for s in insight:

@@ -18,7 +18,6 @@ one graders' page per question; ``misconceptions.csv`` and ``report.html`` the c
 from __future__ import annotations
 
 import base64
-import csv
 import functools
 import io
 import os
@@ -27,6 +26,8 @@ import statistics
 from pathlib import Path
 
 import jinja2
+
+from autograder.lms.sheets import SafeCsvWriter, csv_cell, private_writer as _private_writer, write_private_text  # noqa: F401
 
 ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
                          autoescape=True, trim_blocks=True, lstrip_blocks=True)
@@ -64,48 +65,6 @@ def manual_cell(m: dict | None):
     if m is None:
         return ""
     return "pending" if m.get("score") is None else m["score"]
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
-
-
-def csv_cell(value):
-    """A cell of a sheet an instructor opens in a spreadsheet: text that would start a formula (a student's
-    name or email from an LMS, a file name) gets a leading apostrophe (OWASP's CSV injection advice);
-    numbers, and text that reads as one, are left as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            return "'" + value
-    return value
-
-
-class SafeCsvWriter:
-    """``csv.writer`` whose cells go through :func:`csv_cell`: every sheet the grader writes for people."""
-
-    def __init__(self, f):
-        self._w = csv.writer(f)
-
-    def writerow(self, row) -> None:
-        self._w.writerow([csv_cell(v) for v in row])
-
-    def writerows(self, rows) -> None:
-        for row in rows:
-            self.writerow(row)
-
-
-def _private_writer(path: Path):
-    """Open ``path`` for writing as a file its owner alone can read (0600), whatever the umask."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "w", newline="", encoding="utf-8", errors="replace")  # untrusted text never stops a page
-
-
-def write_private_text(path: Path, text: str) -> None:
-    with _private_writer(path) as f:
-        f.write(text)
 
 
 def write_grades_csv(results: list[dict], path: Path) -> None:
@@ -474,11 +433,21 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
 MANUAL = ENV.get_template("manual.html.j2")  # the graders' page of one hand-graded question
 
 
+def score_class(score, max_score) -> str:
+    """How a hand-graded score is coloured: full points ``ok``, none ``bad``, some ``part``, none yet ``pending``."""
+    if score is None:
+        return "pending"
+    return "ok" if score >= max_score else "bad" if score <= 0 else "part"
+
+
 def write_manual_pages(results: list[dict], out: Path, anonymous: bool = False) -> list[dict]:
     """``manual/<assignment>-<question>.html``: every student's answer to one hand-graded question
-    side by side, with the question's text and points from the master.  Returns, per page, the
-    counts the summary shows."""
-    from autograder import manual
+    side by side, with the question's text, its points and the master's reference answer.  Answers are
+    rendered by :mod:`autograder.lms.safe_markdown` (no raw HTML, no script: the page's policy forbids
+    it too).  ``anonymous``: each student is shown by the code ``manual_scores.csv`` uses.  Returns, per
+    page, the counts the summary shows."""
+    from autograder import manual, manual_scores
+    from autograder.lms import safe_markdown
 
     pages = []
     names = sorted({(r.get("assignment") or "", m["name"]) for r in results for m in r.get("manual") or []})
@@ -487,7 +456,7 @@ def write_manual_pages(results: list[dict], out: Path, anonymous: bool = False) 
     folder = out / "manual"
     folder.mkdir(exist_ok=True)
     os.chmod(folder, 0o700)
-    key = manual.anonymous_key(out) if anonymous else b""
+    key = manual_scores.anonymous_key(out) if anonymous else b""
     for assignment, name in names:
         question = next((q for q in manual.questions_for(assignment) if q.name == name), None)
         answers = []
@@ -497,14 +466,15 @@ def write_manual_pages(results: list[dict], out: Path, anonymous: bool = False) 
             for m in r.get("manual") or []:
                 if m["name"] == name:
                     sid = r["student"]["id"]
-                    who = manual.anonymous_code(key, sid) if anonymous else sid
+                    who = manual_scores.anonymous_code(key, sid) if anonymous else sid
                     answers.append({"who": who, "name": "" if anonymous else (r["student"].get("name") or ""),
                                     "m": m})
         answers.sort(key=lambda a: a["who"])
         file = f"{assignment}-{name}.html"
         write_private_text(folder / file, MANUAL.render(
             assignment=assignment, name=name, fmt=fmt, anonymous=anonymous, answers=answers,
-            prompt=question.prompt if question else "",
+            md=safe_markdown.render, csp=safe_markdown.CSP, score_class=score_class,
+            prompt=question.prompt if question else "", reference=manual.reference_answer(assignment, name),
             points=question.points if question else max((a["m"]["max_score"] for a in answers), default=0)))
         pages.append({"assignment": assignment, "name": name, "file": f"manual/{file}", "answers": len(answers),
                       "pending": sum(a["m"].get("score") is None for a in answers)})
