@@ -14,7 +14,9 @@ is strict and complete and writing loses nothing:
   unquoted decimal comma (``1,5``) or a comma in an unquoted comment would otherwise move the text
   into the wrong column.  Points are plain numbers: ASCII digits with at most one decimal separator,
   a point or a comma (``2.5``, or ``"2,5"`` in quotes), from 0 to the question's points; ``-0`` is
-  0.  Nothing else (``0_3``, a fullwidth ``３``, ``1e0``, ``nan``) is read as a number.
+  0.  Nothing else (``0_3``, a fullwidth ``３``, ``1e0``, ``nan``) is read as a number.  Points the
+  grader writes (a save of the review page) are plain digits to 6 decimals, with the decimal
+  separator the sheet's points already use (a comma in a semicolon-separated sheet that has none yet).
 * **All problems at once.** :class:`ManualScoresError` lists every problem of the file, each with
   its line, and a "did you mean" for an unknown id, code or question; a refused file merges
   nothing and is never rewritten.
@@ -171,10 +173,15 @@ class Sheet:
     delimiter: str = ","
     encoding: str = "utf-8"  # "utf-8-sig" (with a BOM) or "utf-16" (with its BOM) as read
     lineterminator: str = "\r\n"  # what the csv module writes, and spreadsheets
+    decimal: str = "."  # the decimal separator of the points the grader writes: see parse
 
     @property
     def delimiter_name(self) -> str:
         return DELIMITERS[self.delimiter]
+
+    def points_text(self, value: float) -> str:
+        """Points as this sheet writes them: see :func:`points_text`."""
+        return points_text(value, self.decimal)
 
 
 def _decode(data: bytes) -> tuple[str, str]:
@@ -242,7 +249,17 @@ def parse(path: Path, strict: bool = True) -> Sheet:
         sheet.rows.append(SheetRow(start, cells))
     if problems and strict:
         raise ManualScoresError(path, [p for _, p in problems])
+    sheet.decimal = _decimal(sheet)
     return sheet
+
+
+def _decimal(sheet: Sheet) -> str:
+    """The decimal separator the sheet's points already use; else a comma in a semicolon-separated sheet (what a
+    spreadsheet set to a language with decimal commas saves, and the points it reads: 1.5 is a date there)."""
+    used = {c for row in sheet.rows for c in row.cell(2) if c in ".,"}
+    if len(used) == 1:
+        return used.pop()
+    return "," if sheet.delimiter == ";" else "."
 
 
 def _shape_problem(line: int, n: int, delimiter: str) -> str:
@@ -253,6 +270,17 @@ def _shape_problem(line: int, n: int, delimiter: str) -> str:
                 f'("Good, but ..."), and write points with a decimal point (1.5) or in double quotes ("1,5")')
     return (f"line {line}: {n} cell{'s' if n != 1 else ''} where the header has {len(SCORES_HEADER)} ({header}): "
             f"every row has all {len(SCORES_HEADER)}, empty ones too (end a row without a comment with a {delimiter})")
+
+
+def round_points(value: float) -> float:
+    """Points to 6 decimals (as totals are), -0 as 0: 0.1 + 0.2 is 0.3."""
+    return round(float(value), 6) + 0.0
+
+
+def points_text(value: float, decimal: str = ".") -> str:
+    """Points as the grader writes them into a sheet: plain digits that :func:`parse_points` reads back (never
+    ``1e-05``), at most 6 decimals, with ``decimal`` as the separator."""
+    return f"{round_points(value):f}".rstrip("0").rstrip(".").replace(".", decimal)
 
 
 def parse_points(text: str) -> float:
@@ -504,7 +532,7 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
         for c in changes:
             row = find(sheet, roster, c.sid, c.question)
             now = cell_state(row)
-            new = (c.points, c.comment.strip())
+            new = (None if c.points is None else round_points(c.points), c.comment.strip())
             if now == new:
                 done.unchanged.append(c.sid)
                 continue
@@ -514,7 +542,7 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
             if row is None:
                 row = SheetRow(0, [roster.shown(c.sid, anonymous), c.question, "", ""])
                 sheet.rows.append(row)
-            row.cells[2:4] = ["" if c.points is None else f"{c.points:.10g}", c.comment.strip()]
+            row.cells[2:4] = ["" if new[0] is None else sheet.points_text(new[0]), new[1]]
             done.written.append(c.sid)
         if done.written:
             write(sheet, path)
@@ -522,6 +550,6 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
 
 
 __all__ = ["SCORES_FILE", "SCORES_HEADER", "ManualScoresError", "Roster", "Sheet", "SheetRow", "SheetUpdate",
-           "anonymous_key", "anonymous_code", "parse", "parse_points", "check", "read_scores", "uses_codes",
+           "anonymous_key", "anonymous_code", "parse", "parse_points", "points_text", "round_points", "check", "read_scores", "uses_codes",
            "write", "update", "backup", "install", "private_folder", "locked", "version", "find", "rows_by_answer",
            "cell_state", "Change", "Saved", "save"]

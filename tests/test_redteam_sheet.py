@@ -82,3 +82,51 @@ def test_answers_that_differ_only_in_spacing_stay_one_identical_group():
     found = groups.group([_answer("1001", ("markdown", "Weights are  shared\nacross positions. ")),
                           _answer("1002", ("markdown", "Weights are shared across positions."))])
     assert len(found) == 1 and found[0].exact and _shown(found[0]) == ["1001"]
+
+
+# --- points the grader writes are points it reads -------------------------------------------------
+
+@pytest.mark.parametrize("typed", ["0.00001", "0,0000001", "2.3333333333333"])
+def test_points_saved_from_the_page_are_written_as_plain_numbers_the_sheet_reader_accepts(tmp_path, typed):
+    """``f"{x:.10g}"`` wrote 1e-05: the grader's own sheet was then refused by every grade run and the page."""
+    path, roster = tmp_path / sheets.SCORES_FILE, _roster("1001")
+    sheets.save(path, roster, False, [sheets.Change("1001", Q, sheets.parse_points(typed), "", (None, ""))])
+    ((points, _),) = sheets.read_scores(path, roster).values()
+    assert points == pytest.approx(sheets.parse_points(typed), abs=1e-6)
+
+
+def test_rubric_items_in_tenths_sum_to_points_the_sheet_reader_accepts(tmp_path):
+    """+0.1, +0.2 and -0.3 sum to 5.55e-17 in floating point, which was written as 5.551115123e-17."""
+    items = [rubric.RubricItem("a", 0.1, "Names the filter", "master"),
+             rubric.RubricItem("b", 0.2, "Names the positions", "master"),
+             rubric.RubricItem("c", -0.3, "Confuses pooling", "master")]
+    comment, points = "", None
+    for item in items:
+        points, comment = rubric.toggle(item.id, comment, items, 3.0)
+    assert points == 0.0
+    points, comment = rubric.toggle("c", comment, items, 3.0)
+    assert f"{points}" == "0.3"  # not 0.30000000000000004
+    path, roster = tmp_path / sheets.SCORES_FILE, _roster("1001")
+    for p in (0.1 + 0.2 - 0.3, 0.1 + 0.2):
+        sheets.save(path, roster, False, [sheets.Change("1001", Q, p, comment, sheets.cell_state(
+            sheets.find(sheets.parse(path), roster, "1001", Q)) if path.exists() else (None, ""))])
+        assert sheets.read_scores(path, roster)["1001", Q][0] == pytest.approx(p)
+    assert "1001,written_pooling,0.3," in path.read_text()
+
+
+@pytest.mark.parametrize("body, written", [
+    # a spreadsheet set to German saves semicolons and decimal commas, and reads 1.5 as a date (1 May)
+    ("id;question;points;comment\r\n1001;written_pooling;2,5;gut\r\n", b"1002;written_pooling;1,5;"),
+    ("id;question;points;comment\r\n", b"1002;written_pooling;1,5;"),
+    # a comma-separated sheet that already writes decimal commas (in quotes) keeps doing so
+    ('id,question,points,comment\n1001,written_pooling,"2,5",ok\n', b'1002,written_pooling,"1,5",'),
+    # and one with decimal points keeps points
+    ("id,question,points,comment\n1001,written_pooling,2.5,ok\n", b"1002,written_pooling,1.5,"),
+    ("id;question;points;comment\n1001;written_pooling;2.5;ok\n", b"1002;written_pooling;1.5;"),
+])
+def test_saved_points_use_the_decimal_separator_the_sheet_already_uses(tmp_path, body, written):
+    path, roster = tmp_path / sheets.SCORES_FILE, _roster("1001", "1002")
+    path.write_bytes(body.encode())
+    sheets.save(path, roster, False, [sheets.Change("1002", Q, 1.5, "", (None, ""))])
+    assert written in path.read_bytes()
+    assert sheets.read_scores(path, roster)["1002", Q] == (1.5, "")

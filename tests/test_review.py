@@ -115,7 +115,7 @@ def test_saves_keep_a_spreadsheets_bom_and_semicolons_and_refuse_a_broken_sheet(
     sheets.save(path, roster, False, [sheets.Change("1002", Q, 1.5, "a; b", (None, ""))])
     data = path.read_bytes()
     assert data.startswith(b"\xef\xbb\xbfid;question;points;comment\r\n1001;written_pooling;2,5;ok\r\n")
-    assert b'1002;written_pooling;1.5;"a; b"\r\n' in data
+    assert b'1002;written_pooling;1,5;"a; b"\r\n' in data  # the sheet's decimal commas, too
     path.write_bytes(data + b"1003;written_pooling;1;5;too many\r\n")  # a spreadsheet edit that broke a row
     broken = path.read_bytes()
     with pytest.raises(sheets.ManualScoresError, match="line 4: 5 cells"):

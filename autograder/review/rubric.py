@@ -117,6 +117,8 @@ def toggle(item_id: str, comment: str, rubric: list[RubricItem], max_points: flo
     """(points, comment) after applying ``item_id`` (or taking it off if it was applied)."""
     chosen = applied(comment, rubric) ^ {item_id}
     picked = [item for item in rubric if item.id in chosen]
-    points = min(max(sum(item.points for item in picked), 0.0), max_points)
+    from autograder.manual_scores import round_points
+
+    points = round_points(min(max(sum(item.points for item in picked), 0.0), max_points))  # +0.1 +0.2 -0.3 is 0
     words = own_words(comment, rubric)
     return points, "\n".join([*(item.text for item in picked), *([words] if words else [])])
