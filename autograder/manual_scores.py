@@ -58,6 +58,7 @@ OLD_KEY = Path("manual") / ".anonymous-key"  # where earlier versions kept the k
 CODE_PREFIX = "anon-"
 MAX_SHEET_BYTES = 20 * 2**20
 MAX_PROBLEMS = 50  # listed one by one; the rest counted
+MAX_COMMENT_CHARS = 10_000  # a saved comment: well inside what the csv module reads back (131072 a cell)
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
 # points as people type them: ASCII digits, at most one decimal point or comma, an optional sign
 POINTS = re.compile(r"[+-]?(?:[0-9]+(?:[.,][0-9]*)?|[.,][0-9]+)", re.ASCII)
@@ -234,8 +235,12 @@ def parse(path: Path, strict: bool = True) -> Sheet:
             break
         except csv.Error as exc:
             end = reader.line_num
-            problems.append((start, f"line {start}: {exc} (a cell that holds a double quote is written in double quotes, "
-                            'with each quote inside doubled: "say ""why"""'))
+            if "field larger than field limit" in str(exc):
+                problems.append((start, f"line {start}: a cell longer than {csv.field_size_limit()} characters: "
+                                        "not a hand-grading comment"))
+            else:
+                problems.append((start, f"line {start}: {exc} (a cell that holds a double quote is written in double "
+                                        'quotes, with each quote inside doubled: "say ""why"""'))
             continue
         end = reader.line_num
         if not any(c.strip() for c in cells):
@@ -517,9 +522,14 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
     """Write ``changes`` into the sheet: under its lock, the file read again as it is now (a spreadsheet's
     save, another grader's, a ``grade`` run), each change checked against what its grader saw, and the
     whole file written atomically in the way it was saved.  A sheet with problems is not written
-    (:class:`ManualScoresError`: fix it first); points out of range are refused (ValueError)."""
+    (:class:`ManualScoresError`: fix it first); points out of range, and a comment the sheet could not hold (a NUL,
+    more than :data:`MAX_COMMENT_CHARS`), are refused (ValueError)."""
     path = Path(path)
     for c in changes:
+        if "\0" in c.comment:
+            raise ValueError("a comment cannot hold a NUL character")
+        if len(c.comment) > MAX_COMMENT_CHARS:
+            raise ValueError(f"a comment is at most {MAX_COMMENT_CHARS} characters")
         top = roster.expected.get((c.sid, c.question))
         if top is None:
             raise ValueError(f"{c.question!r} is not a hand-graded question of this student")

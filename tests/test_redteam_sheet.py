@@ -130,3 +130,45 @@ def test_saved_points_use_the_decimal_separator_the_sheet_already_uses(tmp_path,
     sheets.save(path, roster, False, [sheets.Change("1002", Q, 1.5, "", (None, ""))])
     assert written in path.read_bytes()
     assert sheets.read_scores(path, roster)["1002", Q] == (1.5, "")
+
+
+# --- what a save writes, the sheet reads --------------------------------------------------------
+
+def _client(out: Path, anonymous: bool | None = None, token: str = "secret-token"):
+    """A logged-in client of the review page of ``out``, and the CSRF token its forms carry."""
+    import hashlib
+    import hmac
+
+    review, _ = review_app.Review.load(out, anonymous)
+    c = review_app.create_app(review, token).test_client()
+    assert c.get(f"/?token={token}", base_url=HOST).status_code == 303
+    return c, hmac.new(token.encode(), b"csrf", hashlib.sha256).hexdigest()
+
+
+def _post_save(c, csrf: str, member: str, **fields):
+    data = {"csrf": csrf, "member": member, "seen": json.dumps([None, ""]), "group": "g", **fields}
+    return c.post("/q/0/save", data=data, base_url=HOST, headers={"X-Requested-With": "fetch"}).get_json()
+
+
+@pytest.mark.parametrize("comment", ["Good\0 but short", "x" * 200_000])
+def test_a_comment_the_sheet_could_not_hold_is_refused_and_the_sheet_stays_readable(tmp_path, comment):
+    """A NUL, or a cell over the csv module's field limit (131072), made the grader write a sheet its own reader
+    refuses ("holds NUL characters", "field larger than field limit"): every grade run and every save stopped."""
+    out = _graded_folder(tmp_path, {"1001": "Weights are shared", "1002": "Pooling"})
+    c, csrf = _client(out)
+    answer = _post_save(c, csrf, "1001", points="2", comment=comment)
+    assert not answer["ok"] and answer["message"].startswith("Not saved")
+    roster = review_app.Review.load(out)[0].roster
+    assert sheets.read_scores(out / sheets.SCORES_FILE, roster) == {}  # readable, nothing saved
+    with pytest.raises(ValueError):
+        sheets.save(out / sheets.SCORES_FILE, roster, False, [sheets.Change("1002", Q, 1.0, comment, (None, ""))])
+    assert sheets.read_scores(out / sheets.SCORES_FILE, roster) == {}
+
+
+def test_a_cell_too_long_for_the_reader_is_named_as_such_not_as_a_quoting_problem(tmp_path):
+    path = tmp_path / sheets.SCORES_FILE
+    path.write_text(f'{HEADER}1001,{Q},2,"{"x" * 200_000}"\n')
+    with pytest.raises(sheets.ManualScoresError) as err:
+        sheets.read_scores(path, _roster("1001"))
+    (problem,) = err.value.problems
+    assert problem.startswith("line 2:") and "longer than" in problem and "double quote" not in problem
