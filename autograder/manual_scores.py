@@ -309,16 +309,21 @@ def check(sheet: Sheet, path: Path, roster: Roster, anonymous: bool = False) -> 
     suggestions name codes only, never an id."""
     problems, scores, seen = list(sheet.problems), {}, {}
     suggestions = list(roster.codes.values()) if anonymous else [*roster.codes, *roster.codes.values()]
+
+    def did_you_mean(word: str, candidates) -> str:
+        # only for problems that can be shown: the rows are in order, so those are this check's first ones
+        return _did_you_mean(word, candidates) if len(problems) - len(sheet.problems) < MAX_PROBLEMS else ""
+
     for row in sheet.rows:
         shown, question = row.key
         points, comment = row.cell(2), row.cell(3)
         sid = roster.student(shown)
         if sid is None:
-            problems.append((row.line, f"line {row.line}: unknown student id {shown!r}{_did_you_mean(shown, suggestions)}"))
+            problems.append((row.line, f"line {row.line}: unknown student id {shown!r}{did_you_mean(shown, suggestions)}"))
             continue
         if (sid, question) not in roster.expected:
             known = roster.questions(sid)
-            hint = _did_you_mean(question, known) or f" ({', '.join(known) or 'it has none'})"
+            hint = did_you_mean(question, known) or f" ({', '.join(known) or 'it has none'})"
             problems.append((row.line, f"line {row.line}: {question!r} is not a hand-graded question of {shown!r}{hint}"))
             continue
         if (sid, question) in seen:

@@ -172,3 +172,23 @@ def test_a_cell_too_long_for_the_reader_is_named_as_such_not_as_a_quoting_proble
         sheets.read_scores(path, _roster("1001"))
     (problem,) = err.value.problems
     assert problem.startswith("line 2:") and "longer than" in problem and "double quote" not in problem
+
+
+# --- a huge sheet -------------------------------------------------------------------------------
+
+def test_a_sheet_full_of_unknown_ids_is_refused_without_a_suggestion_search_per_row(tmp_path, monkeypatch):
+    """A "did you mean" was looked for on every row: 5000 rows of another course's ids against a class of 300
+    took 84 s (under load), for each grade run and for each view and save of the review page."""
+    import difflib
+
+    calls = []
+    search = difflib.get_close_matches
+    monkeypatch.setattr(difflib, "get_close_matches", lambda *a, **k: calls.append(a[0]) or search(*a, **k))
+    roster = _roster(*(f"{1000 + i}" for i in range(300)))
+    path = tmp_path / sheets.SCORES_FILE
+    path.write_text(HEADER + "".join(f"{1100 + i}0,{Q},1,\n" for i in range(2000)) + f"1001,written_polling,1,\n")
+    with pytest.raises(sheets.ManualScoresError) as err:
+        sheets.read_scores(path, roster)
+    assert len(err.value.problems) == 2001 and "... and 1951 more" in str(err.value)
+    assert "did you mean '1100'" in err.value.problems[0]  # what is shown still has its suggestion
+    assert len(calls) <= sheets.MAX_PROBLEMS
