@@ -90,27 +90,45 @@ def private_folder(out: Path) -> Path:
 
 def anonymous_key(out: Path) -> bytes:
     """A secret of this output folder (``OUT/.private/anonymous-key``, 0600): anonymous codes are stable
-    across runs and cannot be computed from ids.  A key an earlier version left in ``manual/`` moves there,
-    so the codes stay the same."""
+    across runs and cannot be computed from ids.  Made under a lock and renamed into place whole, so a
+    second process (a review page started with a grade run) waits for it and never reads it half written;
+    a key left empty by a crash is replaced.  A key an earlier version left in ``manual/`` moves there, so
+    the codes stay the same."""
     path = private_folder(out) / KEY_FILE
-    old = Path(out) / OLD_KEY
-    if old.is_file() and not old.is_symlink():
-        if not path.is_file():
-            os.replace(old, path)
-            os.chmod(path, 0o600)
-        else:
-            old.unlink()
-    if not path.is_file():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:  # another process made it meanwhile
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(16))
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd) as f:
-        return f.read().strip().encode()
+    with locked(path):
+        old = Path(out) / OLD_KEY
+        if old.is_file() and not old.is_symlink():
+            if _read_key(path) is None:
+                os.replace(old, path)
+                os.chmod(path, 0o600)
+            else:
+                old.unlink()
+        key = _read_key(path)
+        if key is None:
+            key = secrets.token_hex(16).encode()
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE}.", suffix=".tmp")  # 0600
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(key)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return key
+
+
+def _read_key(path: Path) -> bytes | None:
+    """The key in ``path``; None when there is none, or it is empty (a crash of an earlier version, which created
+    the file before writing it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        key = f.read(4096).strip()
+    return key or None
 
 
 def anonymous_code(key: bytes, student_id: str) -> str:

@@ -192,3 +192,48 @@ def test_a_sheet_full_of_unknown_ids_is_refused_without_a_suggestion_search_per_
     assert len(err.value.problems) == 2001 and "... and 1951 more" in str(err.value)
     assert "did you mean '1100'" in err.value.problems[0]  # what is shown still has its suggestion
     assert len(calls) <= sheets.MAX_PROBLEMS
+
+
+# --- the anonymous key --------------------------------------------------------------------------
+
+def _make_key_slowly(out: str, started, keys) -> None:
+    import secrets
+    import time
+
+    real = secrets.token_hex
+
+    def slow(n):  # a loaded machine: the key takes a moment to make
+        started.set()
+        time.sleep(1.5)
+        return real(n)
+
+    secrets.token_hex = slow
+    keys.put(sheets.anonymous_key(Path(out)))
+
+
+def test_a_second_process_never_reads_a_key_that_is_not_written_yet(tmp_path):
+    """The key file was created empty, then written: a grade run and a review page started together could read
+    an empty key, whose codes anyone computes from the ids, and which differ from the other process's codes."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    started, keys = ctx.Event(), ctx.Queue()
+    maker = ctx.Process(target=_make_key_slowly, args=(str(tmp_path), started, keys))
+    maker.start()
+    try:
+        assert started.wait(60)
+        mine = sheets.anonymous_key(tmp_path)
+        theirs = keys.get(timeout=60)
+    finally:
+        maker.join(60)
+    assert len(mine) >= 32 and mine == theirs
+
+
+def test_an_empty_key_left_by_a_crash_is_replaced_not_used(tmp_path):
+    key = tmp_path / ".private" / "anonymous-key"
+    key.parent.mkdir(mode=0o700)
+    key.write_bytes(b"")
+    made = sheets.anonymous_key(tmp_path)
+    assert len(made) >= 32 and key.read_bytes().strip() == made and sheets.anonymous_key(tmp_path) == made
+    assert sheets.anonymous_code(made, "1001") != sheets.anonymous_code(b"", "1001")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
