@@ -36,6 +36,7 @@ import codecs
 import contextlib
 import csv
 import difflib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -43,6 +44,7 @@ import io
 import os
 import re
 import secrets
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -218,10 +220,16 @@ def parse(path: Path, strict: bool = True) -> Sheet:
     shape are left in ``problems`` instead (for :func:`check`, which reports them with its own)."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a named pipe or a terminal is refused below instead of waiting forever for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ManualScoresError(path, ["is not a regular file: give the sheet itself"])
             data = f.read(MAX_SHEET_BYTES + 1)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ManualScoresError(path, ["is a symbolic link: give the file itself (the grader never follows a link "
+                                           "here)"]) from None
         raise ManualScoresError(path, [f"cannot be read ({exc.strerror or exc})"]) from None
     if len(data) > MAX_SHEET_BYTES:
         raise ManualScoresError(path, [f"is larger than {MAX_SHEET_BYTES // 2**20} MB: not a hand-grading sheet"])

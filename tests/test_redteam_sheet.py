@@ -237,3 +237,42 @@ def test_an_empty_key_left_by_a_crash_is_replaced_not_used(tmp_path):
     assert len(made) >= 32 and key.read_bytes().strip() == made and sheets.anonymous_key(tmp_path) == made
     assert sheets.anonymous_code(made, "1001") != sheets.anonymous_code(b"", "1001")
     assert oct(key.stat().st_mode & 0o777) == "0o600"
+
+
+# --- a sheet that is not a plain file -----------------------------------------------------------
+
+def test_a_sheet_that_is_a_fifo_is_refused_instead_of_hanging_the_run(tmp_path):
+    """``grade --manual-scores`` given a named pipe (or the sheet replaced by one) waited forever in open()."""
+    import os
+    import threading
+
+    fifo = tmp_path / "scores.csv"
+    os.mkfifo(fifo)
+    found = []
+    reader = threading.Thread(target=lambda: found.append(_problems_of(fifo)), daemon=True)
+    reader.start()
+    reader.join(20)
+    if reader.is_alive():  # let the stuck reader go before failing
+        with open(fifo, "w"):
+            pass
+        reader.join(20)
+        pytest.fail("reading a FIFO hung")
+    (problems,) = found
+    assert len(problems) == 1 and "not a regular file" in problems[0]
+
+
+def _problems_of(path: Path) -> list[str]:
+    try:
+        sheets.parse(path)
+    except sheets.ManualScoresError as exc:
+        return exc.problems
+    return []
+
+
+def test_a_sheet_that_is_a_symbolic_link_is_refused_saying_so(tmp_path):
+    real = tmp_path / "real.csv"
+    real.write_text(f"{HEADER}1001,{Q},2,\n")
+    link = tmp_path / sheets.SCORES_FILE
+    link.symlink_to(real)
+    (problem,) = _problems_of(link)
+    assert "symbolic link" in problem and "the file itself" in problem
