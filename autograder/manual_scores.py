@@ -180,6 +180,15 @@ class SheetRow:
         """The cell's text as meant: the formula guard undone, spaces around it dropped."""
         return uncsv_cell(self.cells[i]).strip() if i < len(self.cells) else ""
 
+    def set(self, i: int, text: str) -> None:
+        """Cell ``i`` to mean ``text`` (kept as written: with the formula guard)."""
+        self.cells[i] = csv_cell(text)
+
+    @classmethod
+    def new(cls, *texts: str) -> "SheetRow":
+        """A row the grader adds (its line is 0: it is not in the file yet)."""
+        return cls(0, [csv_cell(t) for t in texts])
+
     @property
     def key(self) -> tuple[str, str]:
         return self.cell(0), self.cell(1)
@@ -396,7 +405,8 @@ def write(sheet: Sheet, path: Path) -> None:
         with os.fdopen(fd, "w", newline="", encoding=sheet.encoding, errors="replace") as f:
             w = csv.writer(f, delimiter=sheet.delimiter, lineterminator=sheet.lineterminator)
             w.writerow(SCORES_HEADER)
-            w.writerows([csv_cell(c) for c in row.cells] for row in sheet.rows)
+            # as written, a guard added where a text editor left a formula unguarded (never a second one)
+            w.writerows([csv_cell(uncsv_cell(c)) for c in row.cells] for row in sheet.rows)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -484,10 +494,10 @@ def _update(path: Path, roster: Roster, anonymous: bool, out: Path) -> SheetUpda
         have.add((sid, row.cell(1)))
         wanted = roster.shown(sid, anonymous)
         if row.cell(0) != wanted:
-            row.cells[0] = wanted
+            row.set(0, wanted)
             change.renamed += 1
     new = [(roster.shown(sid, anonymous), q) for sid, q in roster.expected if (sid, q) not in have]
-    sheet.rows.extend(SheetRow(0, [shown, question, "", ""]) for shown, question in sorted(new))
+    sheet.rows.extend(SheetRow.new(shown, question, "", "") for shown, question in sorted(new))
     change.added = len(new)
     if path.is_file() and not (change.added or change.renamed):
         return change
@@ -581,9 +591,10 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
                 done.conflicts.append((c.sid, *now))
                 continue
             if row is None:
-                row = SheetRow(0, [roster.shown(c.sid, anonymous), c.question, "", ""])
+                row = SheetRow.new(roster.shown(c.sid, anonymous), c.question, "", "")
                 sheet.rows.append(row)
-            row.cells[2:4] = ["" if new[0] is None else sheet.points_text(new[0]), new[1]]
+            row.set(2, "" if new[0] is None else sheet.points_text(new[0]))
+            row.set(3, new[1])
             done.written.append(c.sid)
         if done.written:
             write(sheet, path)

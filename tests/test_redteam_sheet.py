@@ -276,3 +276,24 @@ def test_a_sheet_that_is_a_symbolic_link_is_refused_saying_so(tmp_path):
     link.symlink_to(real)
     (problem,) = _problems_of(link)
     assert "symbolic link" in problem and "the file itself" in problem
+
+
+# --- the formula guard --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text", ["'-1 for units'", "'=B2' is a formula, not a value", "''=x", "'", "''", "'@home",
+                                  "=HYPERLINK(\"http://x\")", "-1 for units", "+1", "-0.5", "@SUM(A1)", "'quoted'"])
+def test_the_formula_guard_gives_back_exactly_what_was_written(tmp_path, text):
+    """A comment that itself began with an apostrophe and a formula character lost the apostrophe: the guard
+    was not added, and reading took the comment's own apostrophe for the guard."""
+    from autograder.lms import sheets as people_sheets
+
+    assert people_sheets.uncsv_cell(people_sheets.csv_cell(text)) == text
+    assert not people_sheets.csv_cell(text).startswith(("=", "+", "@")) or text in ("+1",)
+    path, roster = tmp_path / sheets.SCORES_FILE, _roster("1001")
+    sheets.save(path, roster, False, [sheets.Change("1001", Q, 1.0, text, (None, ""))])
+    assert sheets.read_scores(path, roster)["1001", Q] == (1.0, text)
+    written = sheets.parse(path).rows[0].cells[3]
+    for more in (_roster("1001", "1002"), _roster("1001", "1002", "1003")):  # later runs rewrite the sheet
+        assert sheets.update(path, more, anonymous=False, out=tmp_path).added == 1
+    assert sheets.parse(path).rows[0].cells[3] == written  # no guard added on a guard
+    assert sheets.read_scores(path, more)["1001", Q] == (1.0, text)
