@@ -297,3 +297,56 @@ def test_the_formula_guard_gives_back_exactly_what_was_written(tmp_path, text):
         assert sheets.update(path, more, anonymous=False, out=tmp_path).added == 1
     assert sheets.parse(path).rows[0].cells[3] == written  # no guard added on a guard
     assert sheets.read_scores(path, more)["1001", Q] == (1.0, text)
+
+
+# --- the review server: who reaches it ------------------------------------------------------------
+
+def test_a_token_or_cookie_that_is_not_ascii_is_refused_not_a_server_error(tmp_path):
+    """hmac.compare_digest raises TypeError for non-ASCII str: anyone on the machine got a 500 (and a traceback
+    in the TA's console) instead of a 403."""
+    out = _graded_folder(tmp_path, {"1001": "Weights are shared"})
+    c, csrf = _client(out)
+    assert c.get("/?token=%C3%A9t%C3%A9", base_url=HOST).status_code == 403
+    login = review_app.create_app(review_app.Review.load(out)[0], "secret-token").test_client()
+    response = login.get("/?token=secret-token", base_url=HOST)
+    name = response.headers["Set-Cookie"].split("=", 1)[0]
+    stranger = review_app.create_app(review_app.Review.load(out)[0], "secret-token").test_client()
+    assert stranger.get("/q/0", base_url=HOST, headers={"Cookie": f"{name}=\u00e9t\u00e9"}).status_code == 403
+    answer = c.post("/q/0/save", base_url=HOST, data={"csrf": "\u00e9t\u00e9", "member": "1001",
+                                                      "seen": json.dumps([None, ""]), "points": "1"})
+    assert answer.status_code == 403
+
+
+def _serve(out: Path, token: str):
+    import threading
+
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, review_app.create_app(review_app.Review.load(out)[0], token), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_two_review_pages_open_in_one_browser_do_not_log_each_other_out(tmp_path):
+    """Cookies do not keep ports apart (RFC 6265, section 8.5): the second review page (another folder, another
+    course) replaced the first one's cookie, and every save of the first page was then refused with 403."""
+    import http.cookiejar
+    import urllib.error
+    import urllib.request
+
+    first = _serve(_graded_folder(tmp_path / "a", {"1001": "Weights are shared"}), "token-a")
+    second = _serve(_graded_folder(tmp_path / "b", {"2001": "Pooling"}), "token-b")
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    try:
+        a, b = (f"http://127.0.0.1:{s.server_port}" for s in (first, second))
+        assert browser.open(f"{a}/?token=token-a", timeout=60).status == 200
+        assert browser.open(f"{b}/?token=token-b", timeout=60).status == 200
+        try:
+            page = browser.open(f"{a}/q/0", timeout=60)
+        except urllib.error.HTTPError as exc:
+            pytest.fail(f"the first page answered {exc.code} once the second was opened")
+        assert "1001" in page.read().decode() and browser.open(f"{b}/q/0", timeout=60).status == 200
+    finally:
+        for s in (first, second):
+            s.shutdown()
+            s.server_close()

@@ -3,7 +3,8 @@
 ``python -m autograder review OUT`` serves it on 127.0.0.1 (a random free port unless ``--port``)
 and prints its URL with a secret token, as Jupyter does: the first request with ``?token=`` sets
 a cookie (HttpOnly, SameSite=Strict) and every later request needs it, so other users of the
-machine cannot reach the page.  Requests for any other host name are refused (DNS rebinding), and
+machine cannot reach the page.  Cookies do not keep the ports of a host apart, so the cookies'
+names carry the port: a second review page open in the same browser leaves the first one's alone.  Requests for any other host name are refused (DNS rebinding), and
 every POST carries a CSRF token derived from the secret.
 
 Each question's page shows its text, points, reference answer and rubric, then every answer,
@@ -31,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import flask
+from flask.sessions import SecureCookieSessionInterface
 
 from autograder import manual_scores as sheets
 from autograder.lms import safe_markdown
@@ -126,6 +128,28 @@ def _seen(a: dict) -> str:
     return json.dumps([a["points"], a["comment"]])
 
 
+def _port() -> str:
+    """The port of the request's host (after the host check): part of every cookie's name."""
+    host = flask.request.host
+    return host.rsplit(":", 1)[1] if ":" in host and not host.endswith("]") else "80"
+
+
+def _cookie() -> str:
+    return f"{COOKIE}-{_port()}"
+
+
+class _SessionPerPort(SecureCookieSessionInterface):
+    """Flask's signed session cookie (the page's messages after a save), named per port like the token's."""
+
+    def get_cookie_name(self, app: flask.Flask) -> str:
+        return f"{COOKIE}-session-{_port()}"
+
+
+def _same(given: str, secret: str) -> bool:
+    """A constant-time comparison that also takes text that is not ASCII (compare_digest refuses such str)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), secret.encode())
+
+
 def create_app(review: Review, token: str | None = None) -> flask.Flask:
     """The Flask application for ``review``; ``token`` is the secret of the printed URL (random if None)."""
     token = token or secrets.token_urlsafe(32)
@@ -133,6 +157,7 @@ def create_app(review: Review, token: str | None = None) -> flask.Flask:
     app = flask.Flask(__name__, template_folder=str(HERE / "templates"), static_folder=None)
     app.config.update(SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_SAMESITE="Strict",
                       SESSION_COOKIE_HTTPONLY=True, MAX_CONTENT_LENGTH=256 * 1024, TOKEN=token)
+    app.session_interface = _SessionPerPort()
     app.jinja_env.autoescape = True  # every template, whatever its name (Flask escapes only *.html by default)
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
 
@@ -151,18 +176,18 @@ def create_app(review: Review, token: str | None = None) -> flask.Flask:
             flask.abort(403, "this page answers on 127.0.0.1 only")
         given = flask.request.args.get("token")
         if given is not None:
-            if not hmac.compare_digest(given, token):
+            if not _same(given, token):
                 flask.abort(403, "wrong token: open the URL the review command printed")
             response = flask.redirect(flask.request.path, 303)
-            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+            response.set_cookie(_cookie(), token, httponly=True, samesite="Strict")
             return response
-        if not hmac.compare_digest(flask.request.cookies.get(COOKIE, ""), token):
+        if not _same(flask.request.cookies.get(_cookie(), ""), token):
             flask.abort(403, "open the URL the review command printed (it holds the page's secret token)")
         if flask.request.method == "POST":
             origin = flask.request.headers.get("Origin")
             if origin not in (None, "null") and origin != f"{flask.request.scheme}://{flask.request.host}":
                 flask.abort(403, "a request from another site")
-            if not hmac.compare_digest(flask.request.form.get("csrf", ""), csrf):
+            if not _same(flask.request.form.get("csrf", ""), csrf):
                 flask.abort(403, "the form's CSRF token is missing or wrong: reload the page")
         return None
 
