@@ -350,3 +350,20 @@ def test_two_review_pages_open_in_one_browser_do_not_log_each_other_out(tmp_path
         for s in (first, second):
             s.shutdown()
             s.server_close()
+
+
+def test_answers_graded_after_the_page_started_are_picked_up_not_shown_as_problems_of_the_sheet(tmp_path):
+    """A grade run of late submissions while the page was open added their rows to the sheet; the page, which
+    knew only the students of its start, then listed those rows as "unknown student id" problems to fix in the
+    file (a TA would delete them) and refused every save."""
+    out = _graded_folder(tmp_path, {"1001": "Weights are shared", "1002": "Pooling"})
+    c, csrf = _client(out)
+    _graded_folder(tmp_path, {"1003": "A late answer"})  # the grade run: its result, and its row in the sheet
+    with (out / sheets.SCORES_FILE).open("a") as f:
+        f.write(f"1003,{Q},,\r\n")
+    page = c.get("/q/0", base_url=HOST).get_data(as_text=True)
+    assert 'id="problems"' not in page and "A late answer" in page
+    assert _post_save(c, csrf, "1003", points="2", comment="late")["ok"]
+    assert _post_save(c, csrf, "1001", points="3", comment="")["ok"]
+    assert sheets.read_scores(out / sheets.SCORES_FILE, review_app.Review.load(out)[0].roster) == {
+        ("1003", Q): (2.0, "late"), ("1001", Q): (3.0, "")}

@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,18 +55,26 @@ class Review:
     roster: sheets.Roster
     anonymous: bool
     questions: list[tuple[str, str]] = field(default_factory=list)  # (assignment, question) in order
+    stamp: tuple = ()  # the results folder as last read (see refresh)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def sheet_path(self) -> Path:
         return self.out / sheets.SCORES_FILE
 
-    @classmethod
-    def load(cls, out: Path, anonymous: bool | None = None) -> tuple["Review", list[str]]:
-        """The folder's results, and the sheet brought in line with them (rows added, ids or codes as the
-        pages name students); returns what was done, for the console."""
+    @staticmethod
+    def _stamp(out: Path) -> tuple:
+        try:
+            st = (Path(out) / "results").stat()
+            return st.st_mtime_ns, st.st_ino
+        except OSError:
+            return ()
+
+    @staticmethod
+    def _read(out: Path) -> tuple[list[dict], sheets.Roster, list[tuple[str, str]]]:
+        """The folder's results that have a hand-graded answer, their roster and their questions."""
         from autograder import manual
 
-        out = Path(out)
         results = []
         for path in sorted((out / "results").glob("*.json")):
             try:
@@ -76,9 +85,33 @@ class Review:
                 r = manual.enrich(r, r.get("submission"))
             if r.get("manual") and not (r["student"].get("extra") or {}).get("duplicate_of"):
                 results.append(r)
+        roster = sheets.Roster.of(results, sheets.anonymous_key(out)) if results else sheets.Roster({}, {})
+        questions = sorted({(r.get("assignment") or "", m["name"]) for r in results for m in r["manual"]})
+        return results, roster, questions
+
+    def refresh(self) -> None:
+        """Read the results again when a grade run changed them since (late submissions graded while the page
+        is open): their answers join the page, and their rows in the sheet are no longer unknown ids."""
+        stamp = self._stamp(self.out)
+        if stamp == self.stamp:
+            return
+        with self._lock:
+            if stamp == self.stamp:
+                return
+            results, roster, questions = self._read(self.out)
+            if results:
+                self.results, self.roster, self.questions = results, roster, questions
+            self.stamp = stamp
+
+    @classmethod
+    def load(cls, out: Path, anonymous: bool | None = None) -> tuple["Review", list[str]]:
+        """The folder's results, and the sheet brought in line with them (rows added, ids or codes as the
+        pages name students); returns what was done, for the console."""
+        out = Path(out)
+        stamp = cls._stamp(out)
+        results, roster, questions = cls._read(out)
         if not results:
             raise LookupError(f"{out} holds no graded answer to a hand-graded question (run grade first)")
-        roster = sheets.Roster.of(results, sheets.anonymous_key(out))
         target = out / sheets.SCORES_FILE
         said = []
         if anonymous is None:
@@ -91,8 +124,7 @@ class Review:
             if change.renamed:
                 said.append(f"{target.name}: {change.renamed} row(s) now name the student by "
                             f"{'anonymous code' if anonymous else 'id'}; the file as it was is kept as {change.backup}")
-        questions = sorted({(r.get("assignment") or "", m["name"]) for r in results for m in r["manual"]})
-        return cls(out, results, roster, anonymous, questions), said
+        return cls(out, results, roster, anonymous, questions, stamp), said
 
     def answers(self, sheet: sheets.Sheet, assignment: str, question: str) -> list[dict]:
         """Every answer to one question with its state in the sheet now."""
@@ -189,6 +221,7 @@ def create_app(review: Review, token: str | None = None) -> flask.Flask:
                 flask.abort(403, "a request from another site")
             if not _same(flask.request.form.get("csrf", ""), csrf):
                 flask.abort(403, "the form's CSRF token is missing or wrong: reload the page")
+        review.refresh()
         return None
 
     @app.after_request
