@@ -367,3 +367,50 @@ def test_answers_graded_after_the_page_started_are_picked_up_not_shown_as_proble
     assert _post_save(c, csrf, "1001", points="3", comment="")["ok"]
     assert sheets.read_scores(out / sheets.SCORES_FILE, review_app.Review.load(out)[0].roster) == {
         ("1003", Q): (2.0, "late"), ("1001", Q): (3.0, "")}
+
+
+# --- the graders' rubric file -------------------------------------------------------------------
+
+def test_a_rubric_file_that_cannot_be_read_is_not_overwritten_by_the_next_item(tmp_path):
+    """An unreadable manual_rubric.json read as empty, and the next item added on the page wrote a file holding
+    that item alone: every other grader's item was gone."""
+    first = rubric.add(tmp_path, "cnn_mnist", Q, 1.0, "Names weight sharing")
+    path = tmp_path / rubric.RUBRIC_FILE
+    path.write_text(path.read_text(encoding="utf-8").rstrip().rstrip("}") + ",}", encoding="utf-8")  # a hand edit
+    damaged = path.read_bytes()
+    with pytest.raises(ValueError, match="manual_rubric.json"):
+        rubric.add(tmp_path, "cnn_mnist", Q, -1.0, "Confuses pooling with sharing")
+    with pytest.raises(ValueError, match="manual_rubric.json"):
+        rubric.remove(tmp_path, "cnn_mnist", Q, first.id)
+    assert path.read_bytes() == damaged
+
+
+def test_the_page_says_a_broken_rubric_file_is_not_changed_instead_of_failing(tmp_path):
+    out = _graded_folder(tmp_path, {"1001": "Weights are shared"})
+    c, csrf = _client(out)
+    item = rubric.add(out, "cnn_mnist", Q, 1.0, "Names weight sharing")
+    (out / rubric.RUBRIC_FILE).write_text("{not json", encoding="utf-8")
+    for url, data in ((f"/q/0/rubric/{item.id}/delete", {}), ("/q/0/rubric", {"points": "1", "text": "New"})):
+        assert c.post(url, data={"csrf": csrf, **data}, base_url=HOST).status_code == 303
+        page = c.get("/q/0", base_url=HOST).get_data(as_text=True)
+        assert "manual_rubric.json cannot be read" in page and "nothing was changed" in page
+    assert (out / rubric.RUBRIC_FILE).read_text(encoding="utf-8") == "{not json"
+
+
+def test_a_rubric_file_saved_with_a_byte_order_mark_keeps_its_items(tmp_path):
+    """Saved from Notepad, the file starts with a BOM, which json refuses: its items vanished from the page."""
+    first = rubric.add(tmp_path, "cnn_mnist", Q, 1.0, "Names weight sharing")
+    path = tmp_path / rubric.RUBRIC_FILE
+    path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")
+    assert first in rubric.items(tmp_path, "cnn_mnist", Q)
+    rubric.add(tmp_path, "cnn_mnist", Q, -1.0, "Confuses pooling with sharing")
+    assert [i.text for i in rubric.items(tmp_path, "cnn_mnist", Q) if i.source == "grader"] == [
+        "Names weight sharing", "Confuses pooling with sharing"]
+
+
+def test_a_rubric_item_whose_points_are_not_a_finite_number_is_left_out(tmp_path):
+    """JSON allows NaN: such an item made the points of every answer it was applied to "nan" in the sheet."""
+    (tmp_path / rubric.RUBRIC_FILE).write_text(json.dumps({f"cnn_mnist/{Q}": [
+        {"id": "g1", "points": float("nan"), "text": "broken"}, {"id": "g2", "points": 1e309, "text": "huge"},
+        {"id": "g3", "points": 1, "text": "fine"}]}))
+    assert [i.id for i in rubric.items(tmp_path, "cnn_mnist", Q) if i.source == "grader"] == ["g3"]

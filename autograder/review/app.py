@@ -343,8 +343,11 @@ def create_app(review: Review, token: str | None = None) -> flask.Flask:
     @app.post("/q/<int:index>/rubric/<item_id>/delete")
     def remove_item(index: int, item_id: str):
         assignment, name = question_at(index)
-        rubrics.remove(review.out, assignment, name, item_id)
-        flask.flash("Rubric item removed.")
+        try:
+            rubrics.remove(review.out, assignment, name, item_id)
+            flask.flash("Rubric item removed.")
+        except ValueError as exc:
+            flask.flash(f"Not removed: {exc}")
         return flask.redirect(flask.url_for("question_page", index=index) + "#rubric", 303)
 
     @app.get("/assets/review.css")
