@@ -414,3 +414,39 @@ def test_a_rubric_item_whose_points_are_not_a_finite_number_is_left_out(tmp_path
         {"id": "g1", "points": float("nan"), "text": "broken"}, {"id": "g2", "points": 1e309, "text": "huge"},
         {"id": "g3", "points": 1, "text": "fine"}]}))
     assert [i.id for i in rubric.items(tmp_path, "cnn_mnist", Q) if i.source == "grader"] == ["g3"]
+
+
+# --- a student's image ----------------------------------------------------------------------------
+
+def _png(width: int, height: int) -> bytes:
+    """A real PNG, black, 1 bit a pixel: 20000 x 20000 is 50 MB of pixels in about 50 kB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    row = b"\0" + b"\0" * ((width + 7) // 8)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * height, 9)) + chunk(b"IEND", b""))
+
+
+def test_an_image_that_decodes_to_gigabytes_is_left_out_of_the_graders_pages():
+    """An image was checked for its first bytes and its size in bytes only: 50 kB of PNG that a browser decodes
+    to 400 million pixels (1.6 GB) took down the graders' page, and the review page, of the whole class."""
+    import base64
+
+    from autograder import manual
+
+    bomb, plot = _png(20_000, 20_000), _png(640, 480)
+    assert len(bomb) < manual.MAX_IMAGE_BYTES
+    nb = {"cells": [{"cell_type": "markdown", "source": manual.BEGIN},
+                    {"cell_type": "code", "source": "plt.show()", "outputs": [
+                        {"output_type": "display_data", "data": {"image/png": base64.b64encode(bomb).decode()}},
+                        {"output_type": "display_data", "data": {"image/png": base64.b64encode(plot).decode()}}]},
+                    {"cell_type": "markdown", "source": manual.END}]}
+    question = manual.ManualQuestion("cnn_mnist", Q, 3.0, "", 0)
+    (answer,) = manual.extract_answers(nb, [question])
+    images = [base64.b64decode(p["data"]) for p in answer.parts if p["kind"] == "image"]
+    assert images == [plot]
+    assert any("left out" in p.get("text", "") for p in answer.parts if p["kind"] == "output")
