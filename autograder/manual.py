@@ -197,12 +197,12 @@ def _image(mime: str, data) -> dict | None:
     except (binascii.Error, ValueError):
         return None
     magic = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}[mime]
-    if not raw.startswith(magic) or len(raw) > MAX_IMAGE_BYTES or not 0 < _pixels(raw) <= MAX_IMAGE_PIXELS:
+    if not raw.startswith(magic) or len(raw) > MAX_IMAGE_BYTES or not 0 < image_pixels(raw) <= MAX_IMAGE_PIXELS:
         return None
     return {"kind": "image", "mime": mime, "data": base64.b64encode(raw).decode()}
 
 
-def _pixels(raw: bytes) -> int:
+def image_pixels(raw: bytes) -> int:
     """Width times height from the image's header (nothing is decoded); 0 when it cannot be read."""
     import io
     import warnings

@@ -450,3 +450,19 @@ def test_an_image_that_decodes_to_gigabytes_is_left_out_of_the_graders_pages():
     images = [base64.b64decode(p["data"]) for p in answer.parts if p["kind"] == "image"]
     assert images == [plot]
     assert any("left out" in p.get("text", "") for p in answer.parts if p["kind"] == "output")
+
+
+def test_an_inline_markdown_image_that_decodes_to_gigabytes_is_shown_as_text():
+    """Markdown may hold ``![](data:image/png;base64,...)``: within the 20,000 characters of an answer, a PNG of
+    100 million pixels (400 MB in the browser)."""
+    import base64
+
+    from autograder import manual
+    from autograder.lms import safe_markdown
+
+    bomb = base64.b64encode(_png(10_000, 10_000)).decode()
+    assert len(bomb) < manual.MAX_TEXT_CHARS
+    html = str(safe_markdown.render(f"My plot: ![plot](data:image/png;base64,{bomb})"))
+    assert "<img" not in html and "not loaded" in html
+    small = base64.b64encode(_png(64, 64)).decode()
+    assert "<img" in str(safe_markdown.render(f"![plot](data:image/png;base64,{small})"))
