@@ -533,3 +533,22 @@ def test_a_folder_graded_anonymously_stays_anonymous_on_a_plain_rerun(tmp_path, 
         typed.write_text(f"{HEADER}1001,{Q},2,\n1002,{Q},,\n")
         options = batch.BatchOptions(manual_scores=typed)
     assert batch.merge_manual_scores(_results(out), out, options)[1]  # the graders' pages keep codes
+
+
+# --- Unicode in what the LMS says about a student -------------------------------------------------
+
+def test_a_students_name_with_a_bidi_override_cannot_reverse_the_ids_shown_after_it(tmp_path):
+    """A name from the LMS (Gradescope's metadata) ending in U+202E RIGHT-TO-LEFT OVERRIDE reversed the rest of
+    the group's header on the review page: the next member's id 1002 read as 2001."""
+    import re
+
+    out = _graded_folder(tmp_path, {"1001": "Weights are shared", "1002": "Weights are shared"})
+    result = json.loads((out / "results" / "1001.json").read_text())
+    result["student"]["name"] = "Eve \u202e"
+    (out / "results" / "1001.json").write_text(json.dumps(result))
+    c, _ = _client(out)
+    page = c.get("/q/0", base_url=HOST).get_data(as_text=True)
+    assert "\u202e" in page
+    # every run of text that holds the override is isolated: it ends inside the <bdi> that holds it
+    assert re.search(r"<bdi>[^<]*\u202e[^<]*</bdi>", page)
+    assert not re.search(r"\u202e(?:(?!</bdi>).)*1002", page, re.S)
