@@ -5,8 +5,9 @@ spacing and punctuation ignored, is the same, or at least :data:`NEAR` alike (di
 they hold the same numbers in the same order, signs included (``b = -1`` and ``b = 1`` are a right
 and a wrong answer), and the same images.  Blank answers form one group, and so do answers whose
 question markers are missing.  A group is *exact* when its members' answers are the same as written
-(spacing of prose aside; code and outputs line by line): it is shown once.  Otherwise each member's
-own answer is shown, since what grouping ignored (a sign, an operator, an output) may be the point.
+(spacing of prose aside; code and outputs line by line): it is shown once.  Otherwise each of its
+answers as written (its *variants*) is shown, with who wrote it, since what grouping ignored (a
+sign, an operator, an output) may be the point.
 """
 
 from __future__ import annotations
@@ -76,6 +77,12 @@ class Group:
     exact: bool = True  # every member's answer is the same as written (see verbatim): shown once
     numbers: list[str] = field(default_factory=list)  # the numbers its members share, in order
     verbatim: str = ""  # the first member's answer as written
+    written: dict[str, list[dict]] = field(default_factory=dict)  # each answer as written -> its members, in order
+
+    @property
+    def variants(self) -> list[list[dict]]:
+        """The members by answer as written: one list per different answer, in the order of their first members."""
+        return list(self.written.values())
 
     @property
     def id(self) -> str:
@@ -98,6 +105,7 @@ def group(answers: list[dict]) -> list[Group]:
             g.exact = False
         by_key.setdefault((key, tuple(found)), g)
         g.members.append(a)
+        g.written.setdefault(written, []).append(a)
     return groups
 
 
