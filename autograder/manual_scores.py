@@ -58,6 +58,7 @@ PRIVATE_DIR = ".private"  # in the output folder: what graders are never given
 KEY_FILE = "anonymous-key"
 OLD_KEY = Path("manual") / ".anonymous-key"  # where earlier versions kept the key (inside what graders get)
 CODE_PREFIX = "anon-"
+CODE = re.compile(re.escape(CODE_PREFIX) + "[0-9a-f]{8}")
 MAX_SHEET_BYTES = 20 * 2**20
 MAX_PROBLEMS = 50  # listed one by one; the rest counted
 MAX_COMMENT_CHARS = 10_000  # a saved comment: well inside what the csv module reads back (131072 a cell)
@@ -332,8 +333,8 @@ def parse_points(text: str) -> float:
     return float(text.replace(",", ".")) + 0.0  # + 0.0: -0 is 0
 
 
-def _did_you_mean(word: str, candidates) -> str:
-    close = difflib.get_close_matches(word, sorted(set(candidates)), n=3, cutoff=0.6)
+def _did_you_mean(word: str, candidates, cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(word, sorted(set(candidates)), n=3, cutoff=cutoff)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
@@ -345,16 +346,23 @@ def check(sheet: Sheet, path: Path, roster: Roster, anonymous: bool = False) -> 
     problems, scores, seen = list(sheet.problems), {}, {}
     suggestions = list(roster.codes.values()) if anonymous else [*roster.codes, *roster.codes.values()]
 
-    def did_you_mean(word: str, candidates) -> str:
+    def did_you_mean(word: str, candidates, cutoff: float = 0.6) -> str:
         # only for problems that can be shown: the rows are in order, so those are this check's first ones
-        return _did_you_mean(word, candidates) if len(problems) - len(sheet.problems) < MAX_PROBLEMS else ""
+        return _did_you_mean(word, candidates, cutoff) if len(problems) - len(sheet.problems) < MAX_PROBLEMS else ""
 
     for row in sheet.rows:
         shown, question = row.key
         points, comment = row.cell(2), row.cell(3)
         sid = roster.student(shown)
         if sid is None:
-            problems.append((row.line, f"line {row.line}: unknown student id {shown!r}{did_you_mean(shown, suggestions)}"))
+            if CODE.fullmatch(shown):  # random hex: only a typo (a character or two) is worth suggesting
+                hint = did_you_mean(shown, roster.codes.values(), cutoff=0.84) or (
+                    " (not a code of this output folder: anonymous codes come from the key in "
+                    f"{PRIVATE_DIR}/{KEY_FILE} of the output folder that made them, so merge this sheet there, or "
+                    "copy that key here before this folder's first anonymous run)")
+            else:
+                hint = did_you_mean(shown, suggestions)
+            problems.append((row.line, f"line {row.line}: unknown student id {shown!r}{hint}"))
             continue
         if (sid, question) not in roster.expected:
             known = roster.questions(sid)

@@ -557,3 +557,24 @@ def test_a_students_name_with_a_bidi_override_cannot_reverse_the_ids_shown_after
     # every run of text that holds the override is isolated: it ends inside the <bdi> that holds it
     assert re.search(r"<bdi>[^<]*\u202e[^<]*</bdi>", page)
     assert not re.search(r"\u202e(?:(?!</bdi>).)*1002", page, re.S)
+
+
+# --- a sheet from another output folder -------------------------------------------------------------
+
+def test_codes_of_another_output_folder_are_refused_saying_where_their_key_is(tmp_path):
+    """Grading again into a fresh --out and merging the old folder's sheet (--manual-scores old/manual_scores.csv)
+    refused every row as an unknown id, with no hint that the codes come from the old folder's key, and at times
+    a "did you mean" naming another student's code (codes are random: alike by chance)."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    results = [{"student": {"id": sid}, "manual": [{"name": Q, "max_score": 3.0}]} for sid in ("1001", "1002")]
+    old_roster = sheets.Roster.of(results, sheets.anonymous_key(old))
+    sheets.update(old / sheets.SCORES_FILE, old_roster, anonymous=True, out=old)
+    with pytest.raises(sheets.ManualScoresError) as err:
+        sheets.read_scores(old / sheets.SCORES_FILE, sheets.Roster.of(results, sheets.anonymous_key(new)), True)
+    assert len(err.value.problems) == 2
+    assert all("not a code of this output folder" in p and ".private/anonymous-key" in p and "did you mean" not in p
+               for p in err.value.problems)
+    code = old_roster.codes["1001"]  # a code with one character typed wrong still gets its suggestion
+    (old / sheets.SCORES_FILE).write_text(f"{HEADER}{code[:-1]}{'0' if code[-1] != '0' else '1'},{Q},1,\n")
+    with pytest.raises(sheets.ManualScoresError, match=f"did you mean '{code}'"):
+        sheets.read_scores(old / sheets.SCORES_FILE, old_roster, True)
