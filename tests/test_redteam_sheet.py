@@ -374,6 +374,29 @@ def test_answers_graded_after_the_page_started_are_picked_up_not_shown_as_proble
         ("1003", Q): (2.0, "late"), ("1001", Q): (3.0, "")}
 
 
+def test_the_servers_surface_has_no_traversal_no_open_redirect_and_every_answer_carries_its_headers(tmp_path):
+    """Checked and found sound (kept as a guard): paths outside the routes, a login URL that names another host,
+    error pages and oversized posts all get the page's policy, no caching and no framing."""
+    out = _graded_folder(tmp_path, {"1001": "Weights are shared"})
+    c, csrf = _client(out)
+    for path in ("/assets/../app.py", "/assets/%2e%2e/app.py", "/q/-1", "/q/99", "/static/review.js",
+                 "/q/0/rubric/..%2f..%2fresults/delete", "/../../etc/passwd"):
+        response = c.get(path, base_url=HOST)
+        assert response.status_code in (404, 405), path
+        assert b"manual_scores" not in response.data and b"import" not in response.data
+    login = c.get("/x", base_url=HOST, query_string={"token": "secret-token"},
+                  environ_overrides={"PATH_INFO": "//evil.example/"})
+    assert login.status_code == 303 and login.headers["Location"].startswith("/") \
+        and not login.headers["Location"].startswith("//")
+    big = c.post("/q/0/save", base_url=HOST, data={"csrf": csrf, "comment": "x" * 300_000})
+    assert big.status_code == 413
+    for response in (big, c.get("/q/99", base_url=HOST), c.get("/q/0", base_url="http://evil.example:5000"),
+                     c.get("/q/0", base_url=HOST)):
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["Cache-Control"] == "no-store" and response.headers["X-Frame-Options"] == "DENY"
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
 # --- the graders' rubric file -------------------------------------------------------------------
 
 def test_a_rubric_file_that_cannot_be_read_is_not_overwritten_by_the_next_item(tmp_path):
