@@ -32,6 +32,7 @@ MAX_ANSWER_CELLS = 20
 MAX_TEXT_CHARS = 20_000  # per answer, all text together
 MAX_IMAGES = 4
 MAX_IMAGE_BYTES = 1_000_000
+MAX_IMAGE_PIXELS = 16_000_000  # a 4000 x 4000 plot; a browser holds 4 bytes a pixel of every image it shows
 PLACEHOLDERS = {"", "...", "_type your answer here, replacing this text._", "type your answer here, replacing this text."}
 PENDING, GRADED_BY_HAND = "pending", "graded"
 #: In an autograder zip: the hand-graded questions (the master is not bundled; the prompts are the student's too)
@@ -185,7 +186,8 @@ _B64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
 
 
 def _image(mime: str, data) -> dict | None:
-    """A PNG or JPEG output whose bytes really are one, re-encoded; None otherwise."""
+    """A PNG or JPEG output whose bytes really are one, of at most :data:`MAX_IMAGE_PIXELS` (a few kilobytes of
+    PNG can decode to gigabytes in the grader's browser), re-encoded; None otherwise."""
     if isinstance(data, list):
         data = "".join(str(d) for d in data)
     if not isinstance(data, str) or len(data) > MAX_IMAGE_BYTES * 4 // 3 + 16 or not _B64.match(data):
@@ -195,9 +197,26 @@ def _image(mime: str, data) -> dict | None:
     except (binascii.Error, ValueError):
         return None
     magic = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}[mime]
-    if not raw.startswith(magic) or len(raw) > MAX_IMAGE_BYTES:
+    if not raw.startswith(magic) or len(raw) > MAX_IMAGE_BYTES or not 0 < image_pixels(raw) <= MAX_IMAGE_PIXELS:
         return None
     return {"kind": "image", "mime": mime, "data": base64.b64encode(raw).decode()}
+
+
+def image_pixels(raw: bytes) -> int:
+    """Width times height from the image's header (nothing is decoded); 0 when it cannot be read."""
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning: such an image is refused here
+            with Image.open(io.BytesIO(raw)) as image:
+                width, height = image.size
+    except Exception:  # noqa: BLE001 - Pillow's errors for a broken or bombing image are of many kinds
+        return 0
+    return width * height
 
 
 def _answer_parts(cells: list) -> tuple[list[dict], bool]:
@@ -235,7 +254,8 @@ def _answer_parts(cells: list) -> tuple[list[dict], bool]:
                             parts.append(img)
                             images += 1
                         else:
-                            text("output", f"[an {mime} output that is not a valid image was left out]")
+                            text("output", f"[an {mime} output that is not a valid image, or is larger than "
+                                           f"{MAX_IMAGE_PIXELS:,} pixels, was left out]")
                         break
                 else:
                     if "text/plain" in data:

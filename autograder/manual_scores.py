@@ -14,7 +14,9 @@ is strict and complete and writing loses nothing:
   unquoted decimal comma (``1,5``) or a comma in an unquoted comment would otherwise move the text
   into the wrong column.  Points are plain numbers: ASCII digits with at most one decimal separator,
   a point or a comma (``2.5``, or ``"2,5"`` in quotes), from 0 to the question's points; ``-0`` is
-  0.  Nothing else (``0_3``, a fullwidth ``３``, ``1e0``, ``nan``) is read as a number.
+  0.  Nothing else (``0_3``, a fullwidth ``３``, ``1e0``, ``nan``) is read as a number.  Points the
+  grader writes (a save of the review page) are plain digits to 6 decimals, with the decimal
+  separator the sheet's points already use (a comma in a semicolon-separated sheet that has none yet).
 * **All problems at once.** :class:`ManualScoresError` lists every problem of the file, each with
   its line, and a "did you mean" for an unknown id, code or question; a refused file merges
   nothing and is never rewritten.
@@ -34,6 +36,7 @@ import codecs
 import contextlib
 import csv
 import difflib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -41,6 +44,7 @@ import io
 import os
 import re
 import secrets
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -54,8 +58,10 @@ PRIVATE_DIR = ".private"  # in the output folder: what graders are never given
 KEY_FILE = "anonymous-key"
 OLD_KEY = Path("manual") / ".anonymous-key"  # where earlier versions kept the key (inside what graders get)
 CODE_PREFIX = "anon-"
+CODE = re.compile(re.escape(CODE_PREFIX) + "[0-9a-f]{8}")
 MAX_SHEET_BYTES = 20 * 2**20
 MAX_PROBLEMS = 50  # listed one by one; the rest counted
+MAX_COMMENT_CHARS = 10_000  # a saved comment: well inside what the csv module reads back (131072 a cell)
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
 # points as people type them: ASCII digits, at most one decimal point or comma, an optional sign
 POINTS = re.compile(r"[+-]?(?:[0-9]+(?:[.,][0-9]*)?|[.,][0-9]+)", re.ASCII)
@@ -87,27 +93,45 @@ def private_folder(out: Path) -> Path:
 
 def anonymous_key(out: Path) -> bytes:
     """A secret of this output folder (``OUT/.private/anonymous-key``, 0600): anonymous codes are stable
-    across runs and cannot be computed from ids.  A key an earlier version left in ``manual/`` moves there,
-    so the codes stay the same."""
+    across runs and cannot be computed from ids.  Made under a lock and renamed into place whole, so a
+    second process (a review page started with a grade run) waits for it and never reads it half written;
+    a key left empty by a crash is replaced.  A key an earlier version left in ``manual/`` moves there, so
+    the codes stay the same."""
     path = private_folder(out) / KEY_FILE
-    old = Path(out) / OLD_KEY
-    if old.is_file() and not old.is_symlink():
-        if not path.is_file():
-            os.replace(old, path)
-            os.chmod(path, 0o600)
-        else:
-            old.unlink()
-    if not path.is_file():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except FileExistsError:  # another process made it meanwhile
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(16))
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd) as f:
-        return f.read().strip().encode()
+    with locked(path):
+        old = Path(out) / OLD_KEY
+        if old.is_file() and not old.is_symlink():
+            if _read_key(path) is None:
+                os.replace(old, path)
+                os.chmod(path, 0o600)
+            else:
+                old.unlink()
+        key = _read_key(path)
+        if key is None:
+            key = secrets.token_hex(16).encode()
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE}.", suffix=".tmp")  # 0600
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(key)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return key
+
+
+def _read_key(path: Path) -> bytes | None:
+    """The key in ``path``; None when there is none, or it is empty (a crash of an earlier version, which created
+    the file before writing it)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        key = f.read(4096).strip()
+    return key or None
 
 
 def anonymous_code(key: bytes, student_id: str) -> str:
@@ -157,6 +181,15 @@ class SheetRow:
         """The cell's text as meant: the formula guard undone, spaces around it dropped."""
         return uncsv_cell(self.cells[i]).strip() if i < len(self.cells) else ""
 
+    def set(self, i: int, text: str) -> None:
+        """Cell ``i`` to mean ``text`` (kept as written: with the formula guard)."""
+        self.cells[i] = csv_cell(text)
+
+    @classmethod
+    def new(cls, *texts: str) -> "SheetRow":
+        """A row the grader adds (its line is 0: it is not in the file yet)."""
+        return cls(0, [csv_cell(t) for t in texts])
+
     @property
     def key(self) -> tuple[str, str]:
         return self.cell(0), self.cell(1)
@@ -171,10 +204,15 @@ class Sheet:
     delimiter: str = ","
     encoding: str = "utf-8"  # "utf-8-sig" (with a BOM) or "utf-16" (with its BOM) as read
     lineterminator: str = "\r\n"  # what the csv module writes, and spreadsheets
+    decimal: str = "."  # the decimal separator of the points the grader writes: see parse
 
     @property
     def delimiter_name(self) -> str:
         return DELIMITERS[self.delimiter]
+
+    def points_text(self, value: float) -> str:
+        """Points as this sheet writes them: see :func:`points_text`."""
+        return points_text(value, self.decimal)
 
 
 def _decode(data: bytes) -> tuple[str, str]:
@@ -192,10 +230,16 @@ def parse(path: Path, strict: bool = True) -> Sheet:
     shape are left in ``problems`` instead (for :func:`check`, which reports them with its own)."""
     path = Path(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        # O_NONBLOCK: a named pipe or a terminal is refused below instead of waiting forever for a writer
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ManualScoresError(path, ["is not a regular file: give the sheet itself"])
             data = f.read(MAX_SHEET_BYTES + 1)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ManualScoresError(path, ["is a symbolic link: give the file itself (the grader never follows a link "
+                                           "here)"]) from None
         raise ManualScoresError(path, [f"cannot be read ({exc.strerror or exc})"]) from None
     if len(data) > MAX_SHEET_BYTES:
         raise ManualScoresError(path, [f"is larger than {MAX_SHEET_BYTES // 2**20} MB: not a hand-grading sheet"])
@@ -227,8 +271,12 @@ def parse(path: Path, strict: bool = True) -> Sheet:
             break
         except csv.Error as exc:
             end = reader.line_num
-            problems.append((start, f"line {start}: {exc} (a cell that holds a double quote is written in double quotes, "
-                            'with each quote inside doubled: "say ""why"""'))
+            if "field larger than field limit" in str(exc):
+                problems.append((start, f"line {start}: a cell longer than {csv.field_size_limit()} characters: "
+                                        "not a hand-grading comment"))
+            else:
+                problems.append((start, f"line {start}: {exc} (a cell that holds a double quote is written in double "
+                                        'quotes, with each quote inside doubled: "say ""why"""'))
             continue
         end = reader.line_num
         if not any(c.strip() for c in cells):
@@ -242,7 +290,17 @@ def parse(path: Path, strict: bool = True) -> Sheet:
         sheet.rows.append(SheetRow(start, cells))
     if problems and strict:
         raise ManualScoresError(path, [p for _, p in problems])
+    sheet.decimal = _decimal(sheet)
     return sheet
+
+
+def _decimal(sheet: Sheet) -> str:
+    """The decimal separator the sheet's points already use; else a comma in a semicolon-separated sheet (what a
+    spreadsheet set to a language with decimal commas saves, and the points it reads: 1.5 is a date there)."""
+    used = {c for row in sheet.rows for c in row.cell(2) if c in ".,"}
+    if len(used) == 1:
+        return used.pop()
+    return "," if sheet.delimiter == ";" else "."
 
 
 def _shape_problem(line: int, n: int, delimiter: str) -> str:
@@ -255,6 +313,17 @@ def _shape_problem(line: int, n: int, delimiter: str) -> str:
             f"every row has all {len(SCORES_HEADER)}, empty ones too (end a row without a comment with a {delimiter})")
 
 
+def round_points(value: float) -> float:
+    """Points to 6 decimals (as totals are), -0 as 0: 0.1 + 0.2 is 0.3."""
+    return round(float(value), 6) + 0.0
+
+
+def points_text(value: float, decimal: str = ".") -> str:
+    """Points as the grader writes them into a sheet: plain digits that :func:`parse_points` reads back (never
+    ``1e-05``), at most 6 decimals, with ``decimal`` as the separator."""
+    return f"{round_points(value):f}".rstrip("0").rstrip(".").replace(".", decimal)
+
+
 def parse_points(text: str) -> float:
     """Points as a person typed them: ``2``, ``2.5``, ``2,5`` (ASCII digits, one decimal point or comma);
     ``-0`` is 0.  Raises ValueError for anything else."""
@@ -264,8 +333,8 @@ def parse_points(text: str) -> float:
     return float(text.replace(",", ".")) + 0.0  # + 0.0: -0 is 0
 
 
-def _did_you_mean(word: str, candidates) -> str:
-    close = difflib.get_close_matches(word, sorted(set(candidates)), n=3, cutoff=0.6)
+def _did_you_mean(word: str, candidates, cutoff: float = 0.6) -> str:
+    close = difflib.get_close_matches(word, sorted(set(candidates)), n=3, cutoff=cutoff)
     return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
@@ -276,16 +345,28 @@ def check(sheet: Sheet, path: Path, roster: Roster, anonymous: bool = False) -> 
     suggestions name codes only, never an id."""
     problems, scores, seen = list(sheet.problems), {}, {}
     suggestions = list(roster.codes.values()) if anonymous else [*roster.codes, *roster.codes.values()]
+
+    def did_you_mean(word: str, candidates, cutoff: float = 0.6) -> str:
+        # only for problems that can be shown: the rows are in order, so those are this check's first ones
+        return _did_you_mean(word, candidates, cutoff) if len(problems) - len(sheet.problems) < MAX_PROBLEMS else ""
+
     for row in sheet.rows:
         shown, question = row.key
         points, comment = row.cell(2), row.cell(3)
         sid = roster.student(shown)
         if sid is None:
-            problems.append((row.line, f"line {row.line}: unknown student id {shown!r}{_did_you_mean(shown, suggestions)}"))
+            if CODE.fullmatch(shown):  # random hex: only a typo (a character or two) is worth suggesting
+                hint = did_you_mean(shown, roster.codes.values(), cutoff=0.84) or (
+                    " (not a code of this output folder: anonymous codes come from the key in "
+                    f"{PRIVATE_DIR}/{KEY_FILE} of the output folder that made them, so merge this sheet there, or "
+                    "copy that key here before this folder's first anonymous run)")
+            else:
+                hint = did_you_mean(shown, suggestions)
+            problems.append((row.line, f"line {row.line}: unknown student id {shown!r}{hint}"))
             continue
         if (sid, question) not in roster.expected:
             known = roster.questions(sid)
-            hint = _did_you_mean(question, known) or f" ({', '.join(known) or 'it has none'})"
+            hint = did_you_mean(question, known) or f" ({', '.join(known) or 'it has none'})"
             problems.append((row.line, f"line {row.line}: {question!r} is not a hand-graded question of {shown!r}{hint}"))
             continue
         if (sid, question) in seen:
@@ -332,7 +413,8 @@ def write(sheet: Sheet, path: Path) -> None:
         with os.fdopen(fd, "w", newline="", encoding=sheet.encoding, errors="replace") as f:
             w = csv.writer(f, delimiter=sheet.delimiter, lineterminator=sheet.lineterminator)
             w.writerow(SCORES_HEADER)
-            w.writerows([csv_cell(c) for c in row.cells] for row in sheet.rows)
+            # as written, a guard added where a text editor left a formula unguarded (never a second one)
+            w.writerows([csv_cell(uncsv_cell(c)) for c in row.cells] for row in sheet.rows)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -420,10 +502,10 @@ def _update(path: Path, roster: Roster, anonymous: bool, out: Path) -> SheetUpda
         have.add((sid, row.cell(1)))
         wanted = roster.shown(sid, anonymous)
         if row.cell(0) != wanted:
-            row.cells[0] = wanted
+            row.set(0, wanted)
             change.renamed += 1
     new = [(roster.shown(sid, anonymous), q) for sid, q in roster.expected if (sid, q) not in have]
-    sheet.rows.extend(SheetRow(0, [shown, question, "", ""]) for shown, question in sorted(new))
+    sheet.rows.extend(SheetRow.new(shown, question, "", "") for shown, question in sorted(new))
     change.added = len(new)
     if path.is_file() and not (change.added or change.renamed):
         return change
@@ -489,9 +571,14 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
     """Write ``changes`` into the sheet: under its lock, the file read again as it is now (a spreadsheet's
     save, another grader's, a ``grade`` run), each change checked against what its grader saw, and the
     whole file written atomically in the way it was saved.  A sheet with problems is not written
-    (:class:`ManualScoresError`: fix it first); points out of range are refused (ValueError)."""
+    (:class:`ManualScoresError`: fix it first); points out of range, and a comment the sheet could not hold (a NUL,
+    more than :data:`MAX_COMMENT_CHARS`), are refused (ValueError)."""
     path = Path(path)
     for c in changes:
+        if "\0" in c.comment:
+            raise ValueError("a comment cannot hold a NUL character")
+        if len(c.comment) > MAX_COMMENT_CHARS:
+            raise ValueError(f"a comment is at most {MAX_COMMENT_CHARS} characters")
         top = roster.expected.get((c.sid, c.question))
         if top is None:
             raise ValueError(f"{c.question!r} is not a hand-graded question of this student")
@@ -504,7 +591,7 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
         for c in changes:
             row = find(sheet, roster, c.sid, c.question)
             now = cell_state(row)
-            new = (c.points, c.comment.strip())
+            new = (None if c.points is None else round_points(c.points), c.comment.strip())
             if now == new:
                 done.unchanged.append(c.sid)
                 continue
@@ -512,9 +599,10 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
                 done.conflicts.append((c.sid, *now))
                 continue
             if row is None:
-                row = SheetRow(0, [roster.shown(c.sid, anonymous), c.question, "", ""])
+                row = SheetRow.new(roster.shown(c.sid, anonymous), c.question, "", "")
                 sheet.rows.append(row)
-            row.cells[2:4] = ["" if c.points is None else f"{c.points:.10g}", c.comment.strip()]
+            row.set(2, "" if new[0] is None else sheet.points_text(new[0]))
+            row.set(3, new[1])
             done.written.append(c.sid)
         if done.written:
             write(sheet, path)
@@ -522,6 +610,6 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
 
 
 __all__ = ["SCORES_FILE", "SCORES_HEADER", "ManualScoresError", "Roster", "Sheet", "SheetRow", "SheetUpdate",
-           "anonymous_key", "anonymous_code", "parse", "parse_points", "check", "read_scores", "uses_codes",
+           "anonymous_key", "anonymous_code", "parse", "parse_points", "points_text", "round_points", "check", "read_scores", "uses_codes",
            "write", "update", "backup", "install", "private_folder", "locked", "version", "find", "rows_by_answer",
            "cell_state", "Change", "Saved", "save"]

@@ -5,7 +5,9 @@ strikethrough) with raw HTML turned off: ``<script>``, ``<img onerror=...>``, ``
 other tag come out as text.  Links pass markdown-it's own check (no ``javascript:``, ``vbscript:``,
 ``file:`` or non-image ``data:`` URLs) and open nothing of the page (``rel="noopener noreferrer"``,
 a new tab); an image shows only when it is an inline ``data:`` PNG, JPEG, GIF or WebP (a remote one
-would tell its server who looked at the answer, and when), else its address is shown as text.
+would tell its server who looked at the answer, and when) of at most
+:data:`autograder.manual.MAX_IMAGE_PIXELS` (a few kilobytes can decode to gigabytes in the grader's
+browser), else its address is shown as text.
 The pages that show the result also forbid every script by their Content-Security-Policy.
 """
 
@@ -33,7 +35,7 @@ def _parser() -> MarkdownIt:
     def image(self, tokens, idx, options, env):
         token = tokens[idx]
         src = str(token.attrGet("src") or "")
-        if src.lower().startswith(INLINE_IMAGE):
+        if src.lower().startswith(INLINE_IMAGE) and _small_enough(src):
             return plain_image(tokens, idx, options, env)
         alt = self.renderInlineAsText(token.children or [], options, env)
         return f'<span class="muted">[image{": " + str(escape(alt)) if alt else ""}, not loaded: {escape(src)}]</span>'
@@ -41,6 +43,23 @@ def _parser() -> MarkdownIt:
     md.add_render_rule("link_open", link_open)
     md.add_render_rule("image", image)
     return md
+
+
+def _small_enough(src: str) -> bool:
+    """Whether an inline image's header says at most MAX_IMAGE_PIXELS (nothing is decoded)."""
+    import base64
+    import binascii
+    from urllib.parse import unquote_to_bytes
+
+    from autograder.manual import MAX_IMAGE_PIXELS, image_pixels
+
+    meta, _, payload = src.partition(",")
+    try:
+        raw = base64.b64decode(unquote_to_bytes(payload)) if meta.lower().endswith(";base64") \
+            else unquote_to_bytes(payload)
+    except (binascii.Error, ValueError):
+        return False
+    return 0 < image_pixels(raw) <= MAX_IMAGE_PIXELS
 
 
 _MD = _parser()

@@ -18,21 +18,30 @@ FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell s
 GUARD = "'"
 
 
+def _formula(text: str) -> bool:
+    """Whether a spreadsheet would read ``text`` as a formula: it starts so, and is not a plain number."""
+    if not text.startswith(FORMULA_START):
+        return False
+    try:
+        float(text)
+        return False
+    except ValueError:
+        return True
+
+
 def csv_cell(value):
     """A cell of a sheet an instructor opens in a spreadsheet: text that would start a formula gets a leading
-    apostrophe; numbers, and text that reads as one, are left as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            return GUARD + value
+    apostrophe; numbers, and text that reads as one, are left as they are.  Text whose own apostrophes come
+    before such a start (``'=B2' is a formula``) gets one more, so that :func:`uncsv_cell` gives it back as
+    it was."""
+    if isinstance(value, str) and _formula(value.lstrip(GUARD)):
+        return GUARD + value
     return value
 
 
 def uncsv_cell(text: str) -> str:
     """The text :func:`csv_cell` guarded, as it was (a cell read back from a sheet the grader wrote)."""
-    if text.startswith(GUARD) and text[1:].startswith(FORMULA_START) and csv_cell(text[1:]) == text:
+    if text.startswith(GUARD) and _formula(text.lstrip(GUARD)):
         return text[1:]
     return text
 

@@ -3,7 +3,8 @@
 ``python -m autograder review OUT`` serves it on 127.0.0.1 (a random free port unless ``--port``)
 and prints its URL with a secret token, as Jupyter does: the first request with ``?token=`` sets
 a cookie (HttpOnly, SameSite=Strict) and every later request needs it, so other users of the
-machine cannot reach the page.  Requests for any other host name are refused (DNS rebinding), and
+machine cannot reach the page.  Cookies do not keep the ports of a host apart, so the cookies'
+names carry the port: a second review page open in the same browser leaves the first one's alone.  Requests for any other host name are refused (DNS rebinding), and
 every POST carries a CSRF token derived from the secret.
 
 Each question's page shows its text, points, reference answer and rubric, then every answer,
@@ -27,10 +28,12 @@ import hashlib
 import hmac
 import json
 import secrets
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import flask
+from flask.sessions import SecureCookieSessionInterface
 
 from autograder import manual_scores as sheets
 from autograder.lms import safe_markdown
@@ -52,18 +55,26 @@ class Review:
     roster: sheets.Roster
     anonymous: bool
     questions: list[tuple[str, str]] = field(default_factory=list)  # (assignment, question) in order
+    stamp: tuple = ()  # the results folder as last read (see refresh)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def sheet_path(self) -> Path:
         return self.out / sheets.SCORES_FILE
 
-    @classmethod
-    def load(cls, out: Path, anonymous: bool | None = None) -> tuple["Review", list[str]]:
-        """The folder's results, and the sheet brought in line with them (rows added, ids or codes as the
-        pages name students); returns what was done, for the console."""
+    @staticmethod
+    def _stamp(out: Path) -> tuple:
+        try:
+            st = (Path(out) / "results").stat()
+            return st.st_mtime_ns, st.st_ino
+        except OSError:
+            return ()
+
+    @staticmethod
+    def _read(out: Path) -> tuple[list[dict], sheets.Roster, list[tuple[str, str]]]:
+        """The folder's results that have a hand-graded answer, their roster and their questions."""
         from autograder import manual
 
-        out = Path(out)
         results = []
         for path in sorted((out / "results").glob("*.json")):
             try:
@@ -74,9 +85,33 @@ class Review:
                 r = manual.enrich(r, r.get("submission"))
             if r.get("manual") and not (r["student"].get("extra") or {}).get("duplicate_of"):
                 results.append(r)
+        roster = sheets.Roster.of(results, sheets.anonymous_key(out)) if results else sheets.Roster({}, {})
+        questions = sorted({(r.get("assignment") or "", m["name"]) for r in results for m in r["manual"]})
+        return results, roster, questions
+
+    def refresh(self) -> None:
+        """Read the results again when a grade run changed them since (late submissions graded while the page
+        is open): their answers join the page, and their rows in the sheet are no longer unknown ids."""
+        stamp = self._stamp(self.out)
+        if stamp == self.stamp:
+            return
+        with self._lock:
+            if stamp == self.stamp:
+                return
+            results, roster, questions = self._read(self.out)
+            if results:
+                self.results, self.roster, self.questions = results, roster, questions
+            self.stamp = stamp
+
+    @classmethod
+    def load(cls, out: Path, anonymous: bool | None = None) -> tuple["Review", list[str]]:
+        """The folder's results, and the sheet brought in line with them (rows added, ids or codes as the
+        pages name students); returns what was done, for the console."""
+        out = Path(out)
+        stamp = cls._stamp(out)
+        results, roster, questions = cls._read(out)
         if not results:
             raise LookupError(f"{out} holds no graded answer to a hand-graded question (run grade first)")
-        roster = sheets.Roster.of(results, sheets.anonymous_key(out))
         target = out / sheets.SCORES_FILE
         said = []
         if anonymous is None:
@@ -89,8 +124,7 @@ class Review:
             if change.renamed:
                 said.append(f"{target.name}: {change.renamed} row(s) now name the student by "
                             f"{'anonymous code' if anonymous else 'id'}; the file as it was is kept as {change.backup}")
-        questions = sorted({(r.get("assignment") or "", m["name"]) for r in results for m in r["manual"]})
-        return cls(out, results, roster, anonymous, questions), said
+        return cls(out, results, roster, anonymous, questions, stamp), said
 
     def answers(self, sheet: sheets.Sheet, assignment: str, question: str) -> list[dict]:
         """Every answer to one question with its state in the sheet now."""
@@ -126,6 +160,28 @@ def _seen(a: dict) -> str:
     return json.dumps([a["points"], a["comment"]])
 
 
+def _port() -> str:
+    """The port of the request's host (after the host check): part of every cookie's name."""
+    host = flask.request.host
+    return host.rsplit(":", 1)[1] if ":" in host and not host.endswith("]") else "80"
+
+
+def _cookie() -> str:
+    return f"{COOKIE}-{_port()}"
+
+
+class _SessionPerPort(SecureCookieSessionInterface):
+    """Flask's signed session cookie (the page's messages after a save), named per port like the token's."""
+
+    def get_cookie_name(self, app: flask.Flask) -> str:
+        return f"{COOKIE}-session-{_port()}"
+
+
+def _same(given: str, secret: str) -> bool:
+    """A constant-time comparison that also takes text that is not ASCII (compare_digest refuses such str)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), secret.encode())
+
+
 def create_app(review: Review, token: str | None = None) -> flask.Flask:
     """The Flask application for ``review``; ``token`` is the secret of the printed URL (random if None)."""
     token = token or secrets.token_urlsafe(32)
@@ -133,6 +189,7 @@ def create_app(review: Review, token: str | None = None) -> flask.Flask:
     app = flask.Flask(__name__, template_folder=str(HERE / "templates"), static_folder=None)
     app.config.update(SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_SAMESITE="Strict",
                       SESSION_COOKIE_HTTPONLY=True, MAX_CONTENT_LENGTH=256 * 1024, TOKEN=token)
+    app.session_interface = _SessionPerPort()
     app.jinja_env.autoescape = True  # every template, whatever its name (Flask escapes only *.html by default)
     app.jinja_env.trim_blocks = app.jinja_env.lstrip_blocks = True
 
@@ -151,19 +208,20 @@ def create_app(review: Review, token: str | None = None) -> flask.Flask:
             flask.abort(403, "this page answers on 127.0.0.1 only")
         given = flask.request.args.get("token")
         if given is not None:
-            if not hmac.compare_digest(given, token):
+            if not _same(given, token):
                 flask.abort(403, "wrong token: open the URL the review command printed")
             response = flask.redirect(flask.request.path, 303)
-            response.set_cookie(COOKIE, token, httponly=True, samesite="Strict")
+            response.set_cookie(_cookie(), token, httponly=True, samesite="Strict")
             return response
-        if not hmac.compare_digest(flask.request.cookies.get(COOKIE, ""), token):
+        if not _same(flask.request.cookies.get(_cookie(), ""), token):
             flask.abort(403, "open the URL the review command printed (it holds the page's secret token)")
         if flask.request.method == "POST":
             origin = flask.request.headers.get("Origin")
             if origin not in (None, "null") and origin != f"{flask.request.scheme}://{flask.request.host}":
                 flask.abort(403, "a request from another site")
-            if not hmac.compare_digest(flask.request.form.get("csrf", ""), csrf):
+            if not _same(flask.request.form.get("csrf", ""), csrf):
                 flask.abort(403, "the form's CSRF token is missing or wrong: reload the page")
+        review.refresh()
         return None
 
     @app.after_request
@@ -285,8 +343,11 @@ def create_app(review: Review, token: str | None = None) -> flask.Flask:
     @app.post("/q/<int:index>/rubric/<item_id>/delete")
     def remove_item(index: int, item_id: str):
         assignment, name = question_at(index)
-        rubrics.remove(review.out, assignment, name, item_id)
-        flask.flash("Rubric item removed.")
+        try:
+            rubrics.remove(review.out, assignment, name, item_id)
+            flask.flash("Rubric item removed.")
+        except ValueError as exc:
+            flask.flash(f"Not removed: {exc}")
         return flask.redirect(flask.url_for("question_page", index=index) + "#rubric", 303)
 
     @app.get("/assets/review.css")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass
@@ -37,11 +38,21 @@ def _key(assignment: str, question: str) -> str:
     return f"{assignment}/{question}"
 
 
-def _read(out: Path) -> dict:
+def _read(out: Path, strict: bool = False) -> dict:
+    """The graders' items, by question (a byte-order mark allowed).  A file that is there but cannot be read is
+    empty for the page, and ``strict`` (before writing it) raises ValueError instead: writing would lose it."""
+    path = Path(out) / RUBRIC_FILE
     try:
-        data = json.loads((Path(out) / RUBRIC_FILE).read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return data
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        if strict:
+            raise ValueError(f"{RUBRIC_FILE} cannot be read ({exc}): fix it or move it away; nothing was changed") \
+                from None
         return {}
 
 
@@ -51,9 +62,12 @@ def items(out: Path, assignment: str, question: str) -> list[RubricItem]:
 
     found = [RubricItem(f"m{i + 1}", points, text, "master")
              for i, (points, text) in enumerate(manual.master_rubric(assignment, question))]
-    for item in _read(out).get(_key(assignment, question), []):
+    entries = _read(out).get(_key(assignment, question))
+    for item in entries if isinstance(entries, list) else []:
         try:
-            found.append(RubricItem(str(item["id"]), float(item["points"]), str(item["text"]), "grader"))
+            points = float(item["points"])
+            if math.isfinite(points):  # JSON allows NaN and 1e309
+                found.append(RubricItem(str(item["id"]), points, str(item["text"]), "grader"))
         except (KeyError, TypeError, ValueError):
             continue
     return found
@@ -68,8 +82,11 @@ def add(out: Path, assignment: str, question: str, points: float, text: str) -> 
         raise ValueError(f"a rubric item needs a text of 1 to {MAX_ITEM_CHARS} characters")
     path = Path(out) / RUBRIC_FILE
     with manual_scores.locked(path):
-        data = _read(out)
+        data = _read(out, strict=True)
         mine = data.setdefault(_key(assignment, question), [])
+        if not isinstance(mine, list):
+            raise ValueError(f"{RUBRIC_FILE} holds no list of items for {_key(assignment, question)}: fix it or move it "
+                             "away; nothing was changed")
         if len(mine) >= MAX_ITEMS:
             raise ValueError(f"at most {MAX_ITEMS} rubric items per question")
         if any(i.text == text for i in items(out, assignment, question)):
@@ -86,7 +103,7 @@ def remove(out: Path, assignment: str, question: str, item_id: str) -> None:
 
     path = Path(out) / RUBRIC_FILE
     with manual_scores.locked(path):
-        data = _read(out)
+        data = _read(out, strict=True)
         key = _key(assignment, question)
         data[key] = [i for i in data.get(key, []) if str(i.get("id")) != item_id]
         _write_json(path, data)
@@ -117,6 +134,8 @@ def toggle(item_id: str, comment: str, rubric: list[RubricItem], max_points: flo
     """(points, comment) after applying ``item_id`` (or taking it off if it was applied)."""
     chosen = applied(comment, rubric) ^ {item_id}
     picked = [item for item in rubric if item.id in chosen]
-    points = min(max(sum(item.points for item in picked), 0.0), max_points)
+    from autograder.manual_scores import round_points
+
+    points = round_points(min(max(sum(item.points for item in picked), 0.0), max_points))  # +0.1 +0.2 -0.3 is 0
     words = own_words(comment, rubric)
     return points, "\n".join([*(item.text for item in picked), *([words] if words else [])])
