@@ -267,12 +267,10 @@ def merge_manual_scores(results: list[dict], out: Path, options: BatchOptions) -
         given = None
     source = given or target
     sheet = sheets.parse(source, strict=False) if given is not None or target.is_file() else None
-    anonymous = options.anonymous
-    if anonymous is None:  # as the folder was graded before: its sheet names students by code, or not
-        anonymous = bool(sheet and sheets.uses_codes(sheet, roster))
-        if anonymous:
-            logs.say(f"{target.name} names students by anonymous code, so the graders' pages do too "
-                     "(--no-anonymous shows ids, and rewrites the sheet with ids)")
+    anonymous = sheets.choose_anonymity(out, options.anonymous, sheet, roster)
+    if anonymous and options.anonymous is None:
+        logs.say(f"{out} names students by anonymous code, so the graders' pages and {target.name} do too "
+                 "(--no-anonymous shows ids, and rewrites the sheet with ids)")
     scores = sheets.check(sheet, source, roster, anonymous) if sheet else {}
     if given is not None:
         kept = sheets.install(given, target, out)

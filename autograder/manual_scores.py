@@ -21,7 +21,7 @@ is strict and complete and writing loses nothing:
   its line, and a "did you mean" for an unknown id, code or question; a refused file merges
   nothing and is never rewritten.
 * **Anonymity.** With ``--anonymous`` the graders' pages and the sheet name each student by a code
-  (``anon-`` and 8 hex digits) made from a secret key of the output folder,
+  (``anon:`` and 8 hex digits: no student id can hold a colon) made from a secret key of the output folder,
   ``OUT/.private/anonymous-key`` (0600, outside ``manual/``, which is what graders are given).
   Rows typed against either an id or a code merge to the right student; the sheet is rewritten in
   the run's way of naming (the previous file kept in ``OUT/.private/``).
@@ -57,8 +57,12 @@ SCORES_HEADER = ["id", "question", "points", "comment"]
 PRIVATE_DIR = ".private"  # in the output folder: what graders are never given
 KEY_FILE = "anonymous-key"
 OLD_KEY = Path("manual") / ".anonymous-key"  # where earlier versions kept the key (inside what graders get)
-CODE_PREFIX = "anon-"
-CODE = re.compile(re.escape(CODE_PREFIX) + "[0-9a-f]{8}")
+# A code holds ':', which no student id can (ids from LMS names keep letters, digits, '.', '@', '-', '_' only:
+# autograder.lms.submissions.SAFE_ID), so no file name can make an id that is another student's code.
+CODE_PREFIX = "anon:"
+LEGACY_CODE_PREFIX = "anon-"  # codes written before: still read (where no id has that form), rewritten with CODE_PREFIX
+CODE = re.compile("anon[:-][0-9a-f]{8}")
+ANONYMITY_FILE = "anonymity"  # in OUT/.private: how this folder names students ("codes" or "ids"), once chosen
 MAX_SHEET_BYTES = 20 * 2**20
 MAX_PROBLEMS = 50  # listed one by one; the rest counted
 MAX_COMMENT_CHARS = 10_000  # a saved comment: well inside what the csv module reads back (131072 a cell)
@@ -154,7 +158,10 @@ class Roster:
         return cls(expected, {r["student"]["id"]: anonymous_code(key, r["student"]["id"]) for r in results})
 
     def student(self, shown: str) -> str | None:
-        """The student id a sheet's id cell names (an id or a code); None if nobody's."""
+        """The student id a sheet's id cell names (a code, an id, or a code written before codes held ':');
+        None if nobody's.  A code is looked up first: an id can never take the form of a code."""
+        if shown.startswith(CODE_PREFIX) and shown in self._by_code:
+            return self._by_code[shown]
         if shown in self.codes:
             return shown
         return self._by_code.get(shown)
@@ -167,7 +174,12 @@ class Roster:
 
     @functools.cached_property
     def _by_code(self) -> dict[str, str]:
-        return {code: sid for sid, code in self.codes.items()}
+        found = {code: sid for sid, code in self.codes.items()}
+        for code, sid in list(found.items()):  # a legacy code names its student unless it is someone's id
+            legacy = LEGACY_CODE_PREFIX + code[len(CODE_PREFIX):]
+            if legacy not in self.codes:
+                found[legacy] = sid
+        return found
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -399,7 +411,35 @@ def read_scores(path: Path, roster: Roster, anonymous: bool = False) -> dict[tup
 
 def uses_codes(sheet: Sheet, roster: Roster) -> bool:
     """Whether the sheet names students by anonymous code (any row does)."""
-    return any(row.cell(0) in roster._by_code for row in sheet.rows)
+    return any(row.cell(0) in roster._by_code and row.cell(0) not in roster.codes for row in sheet.rows)
+
+
+def recorded_anonymity(out: Path) -> bool | None:
+    """How the output folder names students, as its first choice recorded it (None: never chosen)."""
+    try:
+        text = (Path(out) / PRIVATE_DIR / ANONYMITY_FILE).read_text().strip()
+    except OSError:
+        return None
+    return {"codes": True, "ids": False}.get(text)
+
+
+def choose_anonymity(out: Path, requested: bool | None, sheet: Sheet | None, roster: Roster) -> bool:
+    """Whether the graders' pages and the sheet name students by code: as requested (``--anonymous`` or
+    ``--no-anonymous``); else as the folder chose before (recorded in ``OUT/.private``: a folder graded
+    anonymously stays so when its sheet is deleted or replaced by one typed with ids); else as its sheet
+    does.  The choice is recorded."""
+    chosen = requested
+    if chosen is None:
+        chosen = recorded_anonymity(out)
+    if chosen is None:
+        chosen = bool(sheet is not None and uses_codes(sheet, roster))
+    path = private_folder(out) / ANONYMITY_FILE
+    if recorded_anonymity(out) is not chosen:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{ANONYMITY_FILE}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write("codes\n" if chosen else "ids\n")
+        os.replace(tmp, path)
+    return chosen
 
 
 # --- writing ------------------------------------------------------------------------------------

@@ -269,7 +269,7 @@ def test_anonymous_pages_show_codes_that_the_scores_file_accepts(graded_class):
     page = (out / "manual" / "cnn_mnist-written_pooling.html").read_text()
     template = _rows(out / "manual_scores.csv")
     codes = [r["id"] for r in template]
-    assert all(c.startswith("anon-") and c in page for c in codes)
+    assert all(c.startswith("anon:") and c in page for c in codes)
     assert "1001" not in page and "lovelace" not in page.lower()
     filled = out.parent / "filled.csv"
     filled.write_text("id,question,points,comment\n" + "".join(f"{c},written_pooling,2,\n" for c in codes))

@@ -516,8 +516,6 @@ def test_a_spreadsheet_saving_its_stale_copy_over_the_pages_saves_is_noticed(tmp
     assert any("1001" in line for line in said)
 
 
-@pytest.mark.xfail(strict=True, reason="open: `review --anonymous` rewrites the sheet with codes, but the graders' "
-                   "pages in manual/ keep names and ids until the next grade run, and the console does not say so")
 def test_review_anonymous_after_a_plain_run_leaves_no_graders_page_naming_students(tmp_path):
     from autograder.lms import reports
 
@@ -528,9 +526,6 @@ def test_review_anonymous_after_a_plain_run_leaves_no_graders_page_naming_studen
     assert "Student 1001" not in text and review.roster.codes["1001"] in text
 
 
-@pytest.mark.xfail(strict=True, reason="open (needs the victim's code, which only graders see): ids and codes share "
-                   "one namespace and an id is looked up first, so the grader's own sheet is refused ('a second row') "
-                   "for the whole class, and deleting the row that looks extra gives the victim's points away")
 def test_a_student_whose_id_is_another_students_code_cannot_take_that_students_row(tmp_path):
     key = sheets.anonymous_key(tmp_path)
     victim = sheets.anonymous_code(key, "1001")  # a file named so: Roster ids come from LMS file names
@@ -544,9 +539,6 @@ def test_a_student_whose_id_is_another_students_code_cannot_take_that_students_r
     assert scores.get(("1001", Q)) == (3.0, "Excellent") and (victim, Q) not in scores
 
 
-@pytest.mark.xfail(strict=True, reason="open: without --anonymous a run decides anonymity from the sheet alone, so a "
-                   "folder graded with --anonymous shows names again once its sheet is gone or replaced by one "
-                   "typed with ids; keeping the choice needs it recorded in the folder (e.g. OUT/.private)")
 @pytest.mark.parametrize("then", ["sheet deleted", "sheet with ids given"])
 def test_a_folder_graded_anonymously_stays_anonymous_on_a_plain_rerun(tmp_path, then):
     from autograder import batch
@@ -601,3 +593,23 @@ def test_codes_of_another_output_folder_are_refused_saying_where_their_key_is(tm
     (old / sheets.SCORES_FILE).write_text(f"{HEADER}{code[:-1]}{'0' if code[-1] != '0' else '1'},{Q},1,\n")
     with pytest.raises(sheets.ManualScoresError, match=f"did you mean '{code}'"):
         sheets.read_scores(old / sheets.SCORES_FILE, old_roster, True)
+
+
+def test_no_lms_file_name_makes_an_id_in_the_form_of_a_code_and_codes_written_before_still_merge(tmp_path):
+    """Codes hold ':', which the ids made from LMS file names never do; a sheet from before (codes with '-')
+    is read and rewritten with the codes of today, keeping its points."""
+    from autograder.lms import submissions
+
+    key = sheets.anonymous_key(tmp_path)
+    code = sheets.anonymous_code(key, "1001")
+    assert sheets.CODE.fullmatch(code) and submissions._safe(code) != code
+    assert submissions.canvas_owner(f"{code}_10001_900001_cnn_mnist.ipynb") is None or \
+        submissions.canvas_owner(f"{code}_10001_900001_cnn_mnist.ipynb").id != code
+    legacy = sheets.LEGACY_CODE_PREFIX + code[len(sheets.CODE_PREFIX):]
+    results = [{"student": {"id": sid}, "manual": [{"name": Q, "max_score": 3.0}]} for sid in ("1001", "1002")]
+    roster = sheets.Roster.of(results, key)
+    path = tmp_path / sheets.SCORES_FILE
+    path.write_text(f"{HEADER}{legacy},{Q},2,Good\n")
+    assert sheets.read_scores(path, roster, anonymous=True) == {("1001", Q): (2.0, "Good")}
+    change = sheets.update(path, roster, anonymous=True, out=tmp_path)
+    assert change.renamed == 1 and f"{code},{Q},2,Good" in path.read_text() and legacy not in path.read_text()

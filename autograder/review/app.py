@@ -114,8 +114,15 @@ class Review:
             raise LookupError(f"{out} holds no graded answer to a hand-graded question (run grade first)")
         target = out / sheets.SCORES_FILE
         said = []
-        if anonymous is None:
-            anonymous = target.is_file() and sheets.uses_codes(sheets.parse(target, strict=False), roster)
+        before = sheets.recorded_anonymity(out)
+        anonymous = sheets.choose_anonymity(out, anonymous,
+                                            sheets.parse(target, strict=False) if target.is_file() else None, roster)
+        if before != anonymous:  # the graders' static pages follow at once
+            from autograder.lms import reports
+
+            reports.write_manual_pages(results, out, anonymous=anonymous)
+            said.append(f"The graders' pages in {out / 'manual'} now name students by "
+                        f"{'anonymous code' if anonymous else 'id'}, as this page does")
         try:
             change = sheets.update(target, roster, anonymous, out)
         except sheets.ManualScoresError as exc:  # the page lists the problems and saves nothing until they are fixed
