@@ -286,7 +286,7 @@ def test_anonymous_after_a_first_run_rewrites_the_sheet_with_the_pages_codes_kee
     assert results["1001"]["manual"][0]["score"] == 2 and results["1001"]["manual"][0]["comment"] == "Good, clear"
     page = (out / "manual" / "cnn_mnist-written_pooling.html").read_text()
     rows = _rows(out / "manual_scores.csv")
-    assert all(r["id"].startswith("anon-") and f">{r['id']}<" in page for r in rows) and len(rows) == 2
+    assert all(r["id"].startswith("anon:") and f">{r['id']}<" in page for r in rows) and len(rows) == 2
     assert "1001" not in (out / "manual_scores.csv").read_text() + page
     graded = next(r for r in rows if r["points"])
     assert graded == {"id": graded["id"], "question": "written_pooling", "points": "2", "comment": "Good, clear"}
