@@ -204,6 +204,7 @@ def knobs(only: tuple[str, ...] | None = None) -> str:
     """The configuration dataclasses' tables (``only``: these class names)."""
     from autograder.batch import BatchOptions
     from autograder.judge.pipeline import RetrainOptions
+    from autograder.lms.similarity import SimilaritySettings
     from autograder.lms.submissions import ArchiveLimits
     from autograder.probe.sandbox import Limits
     from autograder.spec import TrainingPolicy
@@ -220,6 +221,7 @@ def knobs(only: tuple[str, ...] | None = None) -> str:
         (RetrainOptions, "autograder.judge.pipeline", "What `grade` passes to the verifier (unset: the assignment's)."),
         (ArchiveLimits, "autograder.lms.submissions", "What an input archive may hold."),
         (VariantConfig, "autograder.variants", "Per assignment, in its `spec.py`."),
+        (SimilaritySettings, "autograder.lms.similarity", "The same for every batch."),
         (BatchOptions, "autograder.batch", "A batch's options (`grade`'s options fill them)."),
     )
     parts = []
@@ -255,6 +257,7 @@ GENERATORS = {
     "knobs": knobs,
     "assignment_interface": assignment_interface,
     "limits": lambda: knobs(only=("Limits", "Budget", "ArchiveLimits")),
+    "similarity": lambda: knobs(only=("SimilaritySettings",)),
 }
 
 
