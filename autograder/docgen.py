@@ -257,6 +257,7 @@ def _knob_classes() -> list[tuple[type, str, str]]:
     """Each configuration dataclass, its module, and where its values come from."""
     from autograder.batch import BatchOptions
     from autograder.judge.pipeline import RetrainOptions
+    from autograder.lms.similarity import SimilaritySettings
     from autograder.lms.submissions import ArchiveLimits
     from autograder.probe.sandbox import Limits
     from autograder.spec import TrainingPolicy
@@ -275,6 +276,7 @@ def _knob_classes() -> list[tuple[type, str, str]]:
         (ArchiveLimits, "autograder.lms.submissions", "The same for every `grade` run (no option changes them); "
                                                       "a script passes its own as `BatchOptions.archives`."),
         (VariantConfig, "autograder.variants", "Per assignment, in its `spec.py`."),
+        (SimilaritySettings, "autograder.lms.similarity", "The same for every batch."),
         (BatchOptions, "autograder.batch", "`grade`'s options fill it."),
     ]
 
@@ -294,6 +296,7 @@ def documented_dataclasses() -> dict[str, list[type]]:
     return {"result_schema": [cls for cls, _ in _result_classes()],
             "knobs": knobs_,
             "limits": [cls for cls in knobs_ if cls.__name__ in LIMIT_CLASSES],
+            "similarity": [cls for cls in knobs_ if cls.__name__ == "SimilaritySettings"],
             "assignment_interface": _interface_classes()}
 
 
@@ -334,6 +337,7 @@ GENERATORS = {
     "knobs": knobs,
     "assignment_interface": assignment_interface,
     "limits": lambda: knobs(only=LIMIT_CLASSES),
+    "similarity": lambda: knobs(only=("SimilaritySettings",)),
 }
 
 

@@ -119,6 +119,9 @@ class AssignmentSpec:
     # module naming the unit's misconceptions (the likely mistakes its feedback names): ``CATALOGUE``
     # ({id: title}) and ``classify(message) -> list[id]``; None: feedback names no misconception
     misconceptions: str | None = None
+    # the questions (Otter names, as in ``grader.check("name")``) whose answers are code students write
+    # themselves: compared pair by pair for copied code (:mod:`autograder.lms.similarity`); (): none
+    code_answers: tuple[str, ...] = ()
 
     # --- derived ---------------------------------------------------------------------------
 

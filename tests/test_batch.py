@@ -134,6 +134,9 @@ def test_reports_and_feedback(class_run, built):
     assert report.count("data:image/png;base64,") >= 2 and 'href="feedback/1001.html"' in report
     for column in ("Retrained accuracy", "Flags", "Limits hit"):
         assert f"<th>{column}</th>" in report
+    # copied code: each student's notebook compared once (not the second file), nothing flagged (the
+    # byte-identical pair is two untouched notebooks: no code of their own)
+    assert "<strong>cnn_mnist</strong> (3 notebooks)" in report and "No pair of submissions above" in report
 
     # a second run grades nothing again (resumable)
     again = batch.run_batch([folder], built.autograder_zip, out,

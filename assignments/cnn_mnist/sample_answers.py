@@ -51,6 +51,22 @@ CONV2D_LOOP = """\
             out[i, j] = (image[i*stride:i*stride+kh, j*stride:j*stride+kw] * KERNEL).sum()
     return out"""
 
+#: Another student's conv2d (right): sliding windows and einsum instead of loops.  Each sample is written as
+#: its own student would write it, so the copied-code check (autograder.lms.similarity) has nothing to flag.
+CONV2D_WINDOWS = """\
+    from numpy.lib.stride_tricks import sliding_window_view
+    k_rows, k_cols = kernel.shape
+    if padding == "full":
+        image = np.pad(image, [(k_rows - 1, k_rows - 1), (k_cols - 1, k_cols - 1)])
+    elif padding == "same":
+        pads = []
+        for n, k in zip(image.shape, kernel.shape):
+            total = max((int(np.ceil(n / stride)) - 1) * stride + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        image = np.pad(image, pads)
+    windows = sliding_window_view(image, kernel.shape)[::stride, ::stride]
+    return np.einsum("ijkl,kl->ij", windows, kernel)"""
+
 MAX_POOL_FLOOR = """\
     h, w = x.shape[0] // size * size, x.shape[1] // size * size
     return x[:h, :w].reshape(h // size, size, w // size, size).max(axis=(1, 3))"""
@@ -73,6 +89,19 @@ model.add(layers.Conv2D(64, (3, 3), activation='relu'))
 model.add(layers.Flatten())
 model.add(layers.Dense(64, activation='relu'))
 model.add(layers.Dense(10, activation='softmax'))"""
+
+#: The same model built another way, with 'same' padding in the first layer (a shape slip)
+SAME_PADDING_MODEL_CODE = """\
+for layer in [layers.Input(shape=(28, 28, 1)),
+              layers.Conv2D(32, (3, 3), padding='same', activation='relu'),
+              layers.MaxPooling2D((2, 2)),
+              layers.Conv2D(64, (3, 3), activation='relu'),
+              layers.MaxPooling2D((2, 2)),
+              layers.Conv2D(64, (3, 3), activation='relu'),
+              layers.Flatten(),
+              layers.Dense(64, activation='relu'),
+              layers.Dense(10, activation='softmax')]:
+    model.add(layer)"""
 
 
 SAMPLES = [
@@ -111,8 +140,8 @@ SAMPLES = [
         "the model is never compiled or trained.",
         answers={**CORRECT, "edge_output": "np.zeros((3, 4))", "pooled": "np.array([[6, 5, 7], [8, 9, 6], [7, 8, 1]])",
                  "layer_output_shapes": "[(28, 28, 32), (14, 14, 32), (14, 14, 64), (7, 7, 64), (7, 7, 64), (3136,), (64,), (10,)]"},
-        functions={"conv2d": CONV2D_LOOP.replace("KERNEL", "kernel"), "max_pool2d": MAX_POOL_CEIL},
-        model=SEED_MODEL_CODE.replace("activation='relu', input_shape", "activation='relu', padding='same', input_shape"),
+        functions={"conv2d": CONV2D_WINDOWS, "max_pool2d": MAX_POOL_CEIL},
+        model=SAME_PADDING_MODEL_CODE,
         training=None,
         expected_failures={
             "edge_output": ["test_edge_output", "test_edge_output_hidden"],

@@ -31,4 +31,5 @@ ASSIGNMENT = AssignmentSpec(
     samples="assignments.cnn_mnist.sample_answers",
     misconceptions="assignments.cnn_common.misconceptions",  # the likely mistakes the feedback names
     shared=("assignments.cnn_common",),  # reference math, check machinery, sample writing shared by the CNN units
+    code_answers=("conv2d_impl", "max_pool_impl", "model_structure", "training"),  # compared for copied code
 )

@@ -34,15 +34,37 @@ CONV_LAYER_LOOP = """\
         for j in range(out.shape[1]):
             for f in range(filters):
                 out[i, j, f] = np.sum(x[i:i + kh, j:j + kw, :] * kernels[:, :, :, f]) + bias[f]
-    return RESULT"""
+    return out"""
 
 MAX_POOL_LOOP = """\
-    rows, cols = (x.shape[0] - size) // STEP + 1, (x.shape[1] - size) // STEP + 1
+    rows, cols = (x.shape[0] - size) // stride + 1, (x.shape[1] - size) // stride + 1
     out = np.zeros((rows, cols, x.shape[2]))
     for i in range(rows):
         for j in range(cols):
-            out[i, j] = x[i * STEP:i * STEP + size, j * STEP:j * STEP + size].max(axis=(0, 1))
+            out[i, j] = x[i * stride:i * stride + size, j * stride:j * stride + size].max(axis=(0, 1))
     return out"""
+
+#: Another student's conv_layer (right): one tensordot per kernel position instead of loops over pixels.  Each
+#: sample is written as its own student would write it, so the copied-code check has nothing to flag.
+CONV_LAYER_SHIFTS = """\
+    kh, kw, _, n_filters = kernels.shape
+    rows, cols = x.shape[0] - kh + 1, x.shape[1] - kw + 1
+    result = np.zeros((rows, cols, n_filters))
+    for a in range(kh):
+        for b in range(kw):
+            result += np.tensordot(x[a:a + rows, b:b + cols, :], kernels[a, b], axes=([2], [0]))
+    return np.maximum(result + bias, 0)"""
+
+#: Another student's max_pool that moves its windows by `size` whatever `stride` says (a slip)
+MAX_POOL_BY_SIZE = """\
+    rows = (x.shape[0] - size) // size + 1
+    cols = (x.shape[1] - size) // size + 1
+    pooled = np.empty((rows, cols, x.shape[2]))
+    for r in range(rows):
+        for c in range(cols):
+            window = x[r * size:(r + 1) * size, c * size:(c + 1) * size, :]
+            pooled[r, c, :] = window.reshape(-1, x.shape[2]).max(axis=0)
+    return pooled"""
 
 #: The naive recipe: the lesson's compile settings, one epoch.
 NAIVE_TRAINING = ("model.compile(optimizer='adam', loss='sparse_categorical_crossentropy', metrics=['accuracy'])\n"
@@ -62,8 +84,7 @@ SAMPLES = [
                  "layer_output_shapes": "[(8, 8, 16), (4, 4, 16), (2, 2, 32), (128,), (32,), (10,)]",
                  "layer_params": "[160, 0, 320, 0, 4128, 330]",
                  "total_params": "4938"},
-        functions={"conv_layer": CONV_LAYER_LOOP.replace("RESULT", "out"),
-                   "max_pool": MAX_POOL_LOOP.replace("STEP", "stride")},
+        functions={"conv_layer": CONV_LAYER_LOOP, "max_pool": MAX_POOL_LOOP},
         model=SEED_MODEL_CODE,
         training=NAIVE_TRAINING,
         expected_failures={
@@ -97,8 +118,7 @@ SAMPLES = [
                  "layer_output_shapes": "[(6, 6, 16), (3, 3, 16), (1, 1, 32), (32,), (32,), (10,)]",
                  "layer_params": "[160, 0, 4640, 0, 4128, 330]",
                  "total_params": "9258"},
-        functions={"conv_layer": CONV_LAYER_LOOP.replace("RESULT", "np.maximum(out, 0)"),
-                   "max_pool": MAX_POOL_LOOP.replace("STEP", "size")},
+        functions={"conv_layer": CONV_LAYER_SHIFTS, "max_pool": MAX_POOL_BY_SIZE},
         model=SEED_MODEL_CODE.replace("padding='same', ", ""),
         training=None,
         expected_failures={

@@ -43,4 +43,5 @@ ASSIGNMENT = AssignmentSpec(
     samples="assignments.digits.sample_answers",
     misconceptions="assignments.cnn_common.misconceptions",  # the likely mistakes the feedback names
     shared=("assignments.cnn_common",),  # reference math, check machinery, sample writing shared by the CNN units
+    code_answers=("conv_layer_impl", "max_pool_impl", "model_structure", "training"),  # compared for copied code
 )

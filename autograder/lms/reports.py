@@ -28,6 +28,7 @@ from pathlib import Path
 import jinja2
 
 from autograder.lms.sheets import SafeCsvWriter, csv_cell, private_writer as _private_writer, write_private_text  # noqa: F401
+from autograder.lms import similarity
 
 ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
                          autoescape=True, trim_blocks=True, lstrip_blocks=True)
@@ -196,6 +197,7 @@ def flags(r: dict, peers: dict[int, list[str]] | None = None) -> list[str]:
     out = variant_flags(r, peers)
     if extra.get("identical_to"):
         out.append(f"byte-identical to {extra['identical_to']}")
+    out += similarity.flags(r)  # similar code answers (autograder.lms.similarity)
     if extra.get("duplicate_of"):
         out.append(f"second file of {extra['duplicate_of']} (not graded)")
     if extra.get("late"):
@@ -396,7 +398,9 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
     imports, failed = canvas_files(results, canvas)
     for file, name, column in imports:
         write_canvas_csv([r for r in results if (r.get("assignment") or "") == name], out / file, column)
-    n_review = write_review_csv(results, out / "needs_review.csv")
+    copies = similarity.check_class(results)  # copied code: pairs of similar code answers, per assignment
+    flagged = similarity.annotate(results, copies)
+    n_review = write_review_csv(flagged, out / "needs_review.csv")
     (out / "feedback").mkdir(exist_ok=True)
     os.chmod(out / "feedback", 0o700)
     for r in results:  # one page that cannot be written must not stop the others or the summary
@@ -423,9 +427,9 @@ def write_all(results: list[dict], out: Path, autograder_zip: Path | None = None
                           stats=stats, manual_pages=manual_pages,
                           n_pending=sum(m["pending"] for m in manual_pages),
                           canvas=[(file, column) for file, _, column in imports],
-                          n_review=n_review, accuracy=_accuracy,
+                          n_review=n_review, accuracy=_accuracy, similarity=copies,
                           flags=functools.partial(flags, peers=variant_peers(results)),
-                          results=sorted(results, key=lambda r: r["student"]["id"]))
+                          results=sorted(flagged, key=lambda r: r["student"]["id"]))
     write_private_text(out / "report.html", page)
     return failed
 
