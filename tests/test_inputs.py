@@ -733,6 +733,7 @@ def test_a_file_whose_owner_is_unknown_heads_the_report_the_review_list_and_the_
     report = (out / "report.html").read_text()
     assert report.index('id="unowned"') < report.index('id="count"') < report.index('id="submissions"')
     assert "my notebook (final).ipynb" in report[:report.index('id="count"')]
+    assert report.count("owner unknown (see the top of this page)") == 1  # and flagged on its own row
     review = list(csv.DictReader(open(out / "needs_review.csv", encoding="utf-8")))
     assert review[0]["id"] == stray["student"]["id"] and review[0]["in_canvas_import"] == "no"
     assert "owner unknown" in review[0]["reason"] and "rename the file as Canvas names it" in review[0]["reason"]
