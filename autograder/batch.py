@@ -46,6 +46,9 @@ class BatchOptions:
     ray_address: str | None = None  # None: start a local Ray instance
     # the Canvas gradebook column, "Title (assignment id)", or one per assignment {name: column}; None: no import
     canvas: str | dict[str | None, str] | None = None
+    # write the Canvas import even from provisional totals (training not verified by a retrain, e.g. with
+    # retraining off); False: an assignment with a provisional result gets no import, and the report says why
+    canvas_provisional: bool = False
     archives: ArchiveLimits = field(default_factory=ArchiveLimits)  # what an input archive may hold
     warm: int = 1  # jails and judges each worker starts ahead of its next submission (0: every start cold)
     probe_threads: int = 1  # CPU threads per probe (0: TensorFlow's default, every core); retraining keeps all
@@ -203,11 +206,16 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
     return {"id": sub.id, "status": result["status"], "score": result["score"]}
 
 
-def _needs_grading(path: Path) -> bool:
+def _needs_grading(path: Path, retrain: bool = True) -> bool:
+    """Whether a submission is graded (again) by this run: no result yet, a grader error or a lost worker (not
+    the student's fault), or a provisional result (training not verified) when this run retrains."""
+    from autograder.result import provisional
+
     try:
         previous = json.loads(path.read_text())
-        return bool(previous.get("retry")) or previous.get("status") == "grader_error"  # not the student's fault
-    except (OSError, ValueError):
+        return (bool(previous.get("retry")) or previous.get("status") == "grader_error"
+                or (retrain and provisional(previous) is not None))
+    except (OSError, ValueError, AttributeError):
         return True  # missing, or unreadable: grade it
 
 
@@ -226,7 +234,7 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
 
     os.environ[sandbox.ENV_PROBE_THREADS] = str(options.probe_threads)  # inherited by the workers
     subs = collect(paths, out, options.archives)
-    todo = [s for s in subs if options.force or _needs_grading(result_path(out, s.id))]
+    todo = [s for s in subs if options.force or _needs_grading(result_path(out, s.id), options.retrain.enabled)]
     started = time.monotonic()
     if todo:
         _run_parallel(todo, autograder_zip, out, options)
@@ -235,7 +243,8 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     from autograder import logs
     from autograder.lms import reports
 
-    for problem in reports.write_all(results, out, canvas=options.canvas, anonymous=anonymous):
+    for problem in reports.write_all(results, out, canvas=options.canvas, anonymous=anonymous,
+                                     canvas_provisional=options.canvas_provisional):
         logs.say(f"warning: not written: {problem}")
     write_json_atomically(out / "batch.json", {"submissions": len(subs), "graded_now": len(todo),
                                                "seconds": round(time.monotonic() - started, 2),

@@ -140,6 +140,11 @@ def grade(
              "--canvas-assignment 'cnn_mnist=CNN on MNIST (123)' (repeatable). Without it no Canvas import is written."),
     canvas_assignment_id: Optional[str] = typer.Option(
         None, "--canvas-assignment-id", help="Canvas assignment id (the number in the assignment's URL)."),
+    canvas_provisional: bool = typer.Option(
+        False, "--canvas-provisional",
+        help="Write the Canvas import even when results are provisional (their training question was not "
+             "verified by retraining, e.g. with --no-retrain): their totals leave out those points. Without it, "
+             "an assignment with a provisional result gets no import, and the console and the report say why."),
     manual_scores: Optional[Path] = typer.Option(
         None, "--manual-scores",
         help="A filled manual_scores.csv (id, question, points, comment) of the hand-graded questions: merged into "
@@ -193,7 +198,7 @@ def grade(
         autograder_zips = [b.autograder_zip for b in builder.build_all(out / "_autograder", gradescope=False)]
     options = batch.BatchOptions(
         jobs=jobs or max(os.cpu_count() or 1, 1), warm=warm, force=force, real_fit=real_fit, ray=ray or bool(ray_address), ray_address=ray_address,
-        canvas=canvas, manual_scores=manual_scores, anonymous=anonymous,
+        canvas=canvas, canvas_provisional=canvas_provisional, manual_scores=manual_scores, anonymous=anonymous,
         limits=dataclasses.replace(Limits(), cell_seconds=cell_seconds, notebook_seconds=notebook_seconds,
                                    memory_mb=memory_mb),
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
@@ -211,15 +216,21 @@ def grade(
                       f"{out / 'results'} are kept and the reports are not rewritten. Fix the sheet and run grade "
                       "again (nothing is graded again).", markup=False, highlight=False)
         raise typer.Exit(2)
+    _print_unowned(results, out)
     _print_results(results)
-    imports = [f"{out / file} (column {column})" for file, _, column in reports.canvas_files(results, canvas)[0]]
+    _print_provisional(results)
+    plan = reports.canvas_plan(results, canvas, canvas_provisional)
+    imports = [f"{out / file} (column {column})" for file, _, column in plan.imports]
     console.print(f"\nGrade sheet: {out / 'grades.csv'}   To review: {out / 'needs_review.csv'}   Canvas import: "
-                  + (", ".join(imports) or "none (--canvas-assignment)"))
+                  + (", ".join(imports) or ("none" if plan.withheld else "none (--canvas-assignment)")))
+    for file, name, _, why in plan.withheld:
+        console.print(f"[yellow]No Canvas import written for {name or 'the batch'} ({out / file}): {why}.[/yellow]",
+                      markup=True, highlight=False)
     console.print(f"Feedback: {out / 'feedback'}/<id>.html   Summary: {out / 'report.html'}"
                   + ("" if verbose else f"   Grader's log: {log}"))
     waiting = sum(m.get("score") is None for r in results for m in r.get("manual") or [])
     if any(r.get("manual") for r in results):
-        console.print(f"Hand-graded questions: {waiting} answers left; pages in {out / 'manual'}, scores in "
+        console.print(f"Hand-graded questions: {reports.plural(waiting, 'answer')} left; pages in {out / 'manual'}, scores in "
                       f"{out / 'manual_scores.csv'} (fill it in, or grade in the browser with: python -m autograder "
                       f"review {out}; then run grade again)", markup=False)
 
@@ -248,33 +259,88 @@ def review(
         raise typer.Exit(2)
 
 
+def _print_unowned(results: list[dict], out: Path) -> None:
+    """First of all: the files of an LMS download whose owner is unknown (they are in no Canvas import)."""
+    from rich.markup import escape
+
+    from autograder.lms import reports
+
+    files = reports.unowned(results)
+    if not files:
+        return
+    console.print(f"[bold red]{reports.plural(len(files), 'file')} without a known owner[/bold red] (in no Canvas "
+                  f"import; what to do: {out / 'needs_review.csv'}, at the top):")
+    for r, why in files:
+        console.print(f"  {escape(str(r['student'].get('source') or r['student']['id']))}: "
+                      f"{escape(reports.first_sentences(why, 200))}", highlight=False)
+    console.print()
+
+
+def _print_provisional(results: list[dict]) -> None:
+    from autograder.lms import reports
+    from autograder.result import PROVISIONAL_WHY, provisional
+
+    rows = [r for r in results if provisional(r)]
+    if rows:
+        why = "; ".join(sorted({PROVISIONAL_WHY[provisional(r)] for r in rows}))
+        console.print(f"[yellow]{reports.plural(len(rows), 'result')} {'is' if len(rows) == 1 else 'are'} "
+                      f"provisional[/yellow] ({why}): their totals leave out the training question's hidden points. "
+                      "Run grade again with retraining on (the default) to decide them; only these are graded again.",
+                      highlight=False)
+
+
+#: The longest message a console table cell shows, cut at a sentence's end (the feedback page has it all).
+CONSOLE_MESSAGE_CHARS = 300
+
+
+def _case_message(case: dict) -> str:
+    return case["message"].replace("❌ Test case failed\n", "").strip()
+
+
 def _print_results(results: list[dict]) -> None:
+    from rich.markup import escape
     from rich.table import Table
+
+    from autograder.lms import reports
+    from autograder.result import provisional
+
+    def cut(text: str, limit: int = CONSOLE_MESSAGE_CHARS) -> str:  # untrusted text: never read as markup
+        return escape(reports.first_sentences(text, limit))
 
     if len(results) == 1 and results[0].get("questions"):
         r = results[0]
-        table = Table(title=f"{r['student']['id']}: {r['score']:g} / {r['max_score']:g}")
+        table = Table(title=f"{r['student']['id']}: {r['score']:g} / {r['max_score']:g}"
+                            + (" (provisional)" if provisional(r) else ""))
         table.add_column("question"), table.add_column("score", justify="right"), table.add_column("feedback")
-        for q in r["questions"]:
-            msgs = "; ".join(c["message"].replace("❌ Test case failed\n", "") for c in q["cases"] if not c["passed"])
-            table.add_row(q["name"], f"{q['score']:g} / {q['max_score']:g}", msgs[:300] or "all checks passed")
-        for m in r.get("manual") or []:
-            table.add_row(m["name"], (f"{m['score']:g}" if m.get("score") is not None else "pending") + f" / {m['max_score']:g}",
-                          m.get("comment") or "graded by hand" if m.get("score") is not None else "to be graded by hand")
+        for row in reports.feedback_rows(r):
+            if "question" in row:
+                q = row["question"]
+                msgs = " ".join(reports.first_sentences(_case_message(c), CONSOLE_MESSAGE_CHARS)
+                                for c in q["cases"] if not c["passed"])
+                table.add_row(escape(row["label"]), f"{q['score']:g} / {q['max_score']:g}",
+                              cut(msgs) or "all checks passed")
+            else:
+                m = row["manual"]
+                table.add_row(escape(row["label"]), (f"{m['score']:g}" if m.get("score") is not None else "pending")
+                              + f" / {m['max_score']:g}",
+                              cut(m.get("comment") or "graded by hand") if m.get("score") is not None
+                              else "to be graded by hand")
         console.print(table)
         if r.get("retrain") and r["retrain"].get("accuracy") is not None:
             rt = r["retrain"]
-            console.print(f"Retrained: accuracy {rt['accuracy']:.4f}, {rt['epochs']} epochs, batch {rt['batch_size']}, "
-                          f"{rt['device']}, {'cache hit' if rt['cache_hit'] else str(rt['seconds']) + ' s'}")
+            console.print(f"Retrained: accuracy {rt['accuracy']:.4f}, {reports.plural(rt['epochs'], 'epoch')}, "
+                          f"batch {rt['batch_size']}, {rt['device']}, "
+                          f"{'cache hit' if rt['cache_hit'] else str(rt['seconds']) + ' s'}")
         return
-    table = Table(title=f"{len(results)} submissions")
+    table = Table(title=reports.plural(len(results), "submission"))
     for col in ("student", "score", "status", "retrained accuracy"):
         table.add_column(col)
     for r in sorted(results, key=lambda r: r["student"]["id"]):
         acc = (r.get("retrain") or {}).get("accuracy")
-        table.add_row(r["student"]["id"], f"{r['score']:g} / {r['max_score'] or 0:g}",
-                      r["status"] + (f": {r['error'][:80]}" if r.get("error") else ""),
-                      f"{acc:.4f}" if acc is not None else "-")
+        table.add_row(escape(r["student"]["id"]), f"{r['score']:g} / {r['max_score'] or 0:g}"
+                      + (" (provisional)" if provisional(r) else ""),
+                      r["status"] + (f": {cut(r['error'], 160)}" if r.get("error") else ""),
+                      f"{acc:.4f}" if acc is not None else ("not retrained" if provisional(r) else "-"))
     console.print(table)
 
 

@@ -38,6 +38,11 @@ MAX_NPY_CHARS = (MAX_ARRAY_ELEMENTS * 8 + 1024) * 4 // 3 + 8  # base64 of 1M flo
 MAX_FITS, MAX_FIT_CHARS = 20, 20_000
 MAX_ERROR_CHARS = 500
 
+# --- the probe's output (stdout and stderr, one pipe) ---------------------------------------------
+# The runtime writes this line when its own start-up (imports, setup) is over and the first cell is next:
+# what comes before it is the grader's start-up, not the student's output (autograder.probe.output).
+STARTUP_DONE = "\x1e[grader: start-up done; the notebook's output follows]\n"
+
 # --- files the sandbox puts into the jail ----------------------------------------------------------
 RUNTIME_FILE = "probe_runtime.py"
 PROTOCOL_FILE = "autograder_protocol.py"  # this module, beside the runtime

@@ -29,6 +29,40 @@ GraderErrorCause = Literal[
 ]
 GRADER_ERROR_CAUSES: tuple[str, ...] = get_args(GraderErrorCause)
 
+# Why a check was not decided in a run (neither passed nor failed): only the training question's accuracy
+# check, whose points need a retrain of the model.  A result with such a check is provisional.
+Undecided = Literal[
+    "retraining_off",  # the run did not retrain models (grade --no-retrain, the Gradescope runner's --no-retrain)
+    "retraining_pending",  # judged before retraining finished (a partial result, see GradeResult.retrain_pending)
+]
+UNDECIDED: tuple[str, ...] = get_args(Undecided)
+#: Why a result is provisional, for the instructor (a sheet, the report); students read STUDENT_PROVISIONAL.
+PROVISIONAL_WHY: dict[str, str] = {
+    "retraining_off": "graded with retraining off, so the trained accuracy was not checked",
+    "retraining_pending": "judged before retraining finished, so the trained accuracy was not checked yet",
+}
+#: The same, in plain words for the student's own page.
+STUDENT_PROVISIONAL = ("The grader has not retrained your model yet, so the points that depend on its accuracy are "
+                       "not decided: they are not counted in this total, which will change once your model is "
+                       "retrained.")
+
+
+def _provisional(status: str, retrain_pending: bool, undecided: list) -> Undecided | None:
+    """The one definition of a provisional result: a scored result (not a grader error) with a check left
+    undecided by its run, or judged before retraining finished; the first such check's reason."""
+    if status == GRADER_ERROR:
+        return None  # not scored at all: a grader error, said as such
+    reasons = [u for u in undecided if u]
+    if retrain_pending:
+        return "retraining_pending"
+    return reasons[0] if reasons else None
+
+
+def provisional(result: dict) -> Undecided | None:
+    """:attr:`GradeResult.provisional` of a result as its file holds it (the reports read dicts)."""
+    return _provisional(result.get("status", GRADED), bool(result.get("retrain_pending")),
+                        [c.get("undecided") for q in result.get("questions") or [] for c in q.get("cases") or []])
+
 
 @dataclass
 class CaseResult:
@@ -42,6 +76,13 @@ class CaseResult:
     # the named likely mistakes this failed case points to (ids of the assignment's misconception
     # catalogue, e.g. "flipped_filter"); empty when it names none
     misconceptions: list[str] = field(default_factory=list)
+    # not decided in this run (neither passed nor failed, no points), and why: "retraining_off" or
+    # "retraining_pending" (the accuracy check when no retrain measured the model); None: decided
+    undecided: Undecided | None = None
+
+    def __post_init__(self) -> None:
+        if self.undecided is not None and self.undecided not in UNDECIDED:
+            raise ValueError(f"unknown reason for an undecided check {self.undecided!r}")
 
 
 @dataclass
@@ -61,7 +102,13 @@ class QuestionResult:
 @dataclass
 class GradeResult:
     """A submission's result.  ``status``: ``graded``, ``error`` (the submission's fault: scored on what
-    ran) or ``grader_error`` (never the student's: not scored, graded again by the next run)."""
+    ran) or ``grader_error`` (never the student's: not scored, graded again by the next run).
+
+    A result is *provisional* when a check of it was not decided by this run (``provisional`` in the
+    file: ``retraining_off`` or ``retraining_pending``, computed by ``GradeResult.provisional`` from
+    its cases' ``undecided``): its total leaves out points that only a retrain of the model can decide.
+    The sheets and the report mark it, the Canvas import leaves it out unless asked, and the next
+    ``grade`` run with retraining on grades it again."""
 
     assignment: str | None = None  # the assignment's name (e.g. "cnn_mnist")
     submission: str | None = None  # the notebook graded
@@ -98,6 +145,13 @@ class GradeResult:
             self.cause = None
         if self.cause is not None and self.cause not in GRADER_ERROR_CAUSES:
             raise ValueError(f"unknown grader error cause {self.cause!r}")
+
+    @property
+    def provisional(self) -> Undecided | None:
+        """Why this result is provisional (its training question's accuracy was not decided by a retrain),
+        or None when every check was decided (see :func:`provisional`)."""
+        return _provisional(self.status, self.retrain_pending,
+                            [c.undecided for q in self.questions for c in q.cases])
 
     # --- building ----------------------------------------------------------------------------
 
@@ -139,6 +193,12 @@ class GradeResult:
         for flag in ("retry", "retrain_pending", "variant", "cause", "earlier_causes", "manual"):
             if not out[flag]:
                 del out[flag]
+        for q in out["questions"]:
+            for case in q["cases"]:
+                if case.get("undecided") is None:
+                    case.pop("undecided", None)
+        if self.provisional:
+            out["provisional"] = self.provisional  # computed: written for readers of the file, never read back
         return out
 
     @classmethod

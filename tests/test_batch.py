@@ -52,11 +52,12 @@ CANVAS_COLUMN = "CNN on MNIST (4242)"
 
 @pytest.fixture(scope="module")
 def class_run(built, tmp_path_factory):
-    """The messy class graded once (no retraining), with a Canvas import: (folder, out, results)."""
+    """The messy class graded once (no retraining, so every result with a model is provisional), with a
+    Canvas import asked for in spite of that (``--canvas-provisional``): (folder, out, results)."""
     folder = _make_class_folder(tmp_path_factory.mktemp("class") / "canvas")
     out = tmp_path_factory.mktemp("graded") / "out"
-    results = batch.run_batch([folder], built.autograder_zip, out,
-                              batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False, canvas=CANVAS_COLUMN))
+    results = batch.run_batch([folder], built.autograder_zip, out, batch.BatchOptions(
+        jobs=2, retrain=NO_RETRAIN, progress=False, canvas=CANVAS_COLUMN, canvas_provisional=True))
     return folder, out, results
 
 
@@ -137,10 +138,31 @@ def test_reports_and_feedback(class_run, built):
     # copied code: each student's notebook compared once (not the second file), nothing flagged (the
     # byte-identical pair is two untouched notebooks: no code of their own)
     assert "<strong>cnn_mnist</strong> (3 notebooks)" in report and "No pair of submissions above" in report
+    # retraining was off: the training question's hidden points are not decided, and every page says so
+    training = next(q for q in by_id["1001"]["questions"] if q["name"] == "training")
+    assert [c.get("undecided") for c in training["cases"] if c["hidden"]] == ["retraining_off"]
+    assert by_id["1001"]["provisional"] == "retraining_off" and rows["1001"]["provisional"] == "retraining_off"
+    assert rows["1001"]["retrained_accuracy"] == "" and rows["1004"]["provisional"] == ""  # a PDF: not scored
+    assert 'id="provisional"' in report and "It holds provisional totals" in report
+    assert "not decided yet" in page and "has not retrained your model yet" in page
+    order = [page.index(f'id="q-{name}"') for name in ("edge_output", "conv2d_impl", "training", "written_pooling")]
+    assert order == sorted(order) and "Question 2: Edge detection" in page and "Question 10: Train above 99%" in page
+    # each result's output is the student's own: no grader start-up lines, no path of this host
+    from autograder.probe import jail
+    from autograder.probe.output import SITE_PACKAGES
+
+    hosts = [*jail.python_trees(jail.probe_python(), []), str(REPO)]
+    for sid in ("1001", "1002", "1003"):
+        tail = by_id[sid]["execution"]["output_tail"]
+        assert tail.startswith("Out[") or tail.startswith("Model"), (sid, tail[:500])
+        for noise in ("absl::InitializeLog", "cudart_stub", "Fontconfig error", "joblib will operate in serial mode",
+                      *hosts, "cnn-probe-"):
+            assert noise not in tail, (sid, noise, tail[:3000])
+    assert f"File {SITE_PACKAGES}/keras/" in by_id["1002"]["execution"]["output_tail"]  # the untouched one's traceback
 
     # a second run grades nothing again (resumable)
-    again = batch.run_batch([folder], built.autograder_zip, out,
-                            batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False, canvas=CANVAS_COLUMN))
+    again = batch.run_batch([folder], built.autograder_zip, out, batch.BatchOptions(
+        jobs=2, retrain=NO_RETRAIN, progress=False, canvas=CANVAS_COLUMN, canvas_provisional=True))
     assert json.loads((out / "batch.json").read_text())["graded_now"] == 0
     assert sorted(r["score"] for r in again) == sorted(r["score"] for r in results)
 
@@ -157,6 +179,7 @@ def test_canvas_import_holds_each_student_once_with_the_real_grade(class_run, bu
     assert all(review[k]["in_canvas_import"] == "no" for k in ("1001~2", "1004", "1005", "1006"))
     assert review["1002"]["in_canvas_import"] == "no" and "byte-identical to 1003" in review["1002"]["reason"]
     assert "waits for 1 hand-graded question" in review["1002"]["reason"]
+    assert "provisional: graded with retraining off" in review["1002"]["reason"]
     # once question 11 has its points, each student is there once, with the real grade (nothing graded again)
     done = tmp_path / "out"
     shutil.copytree(out, done)
@@ -165,8 +188,8 @@ def test_canvas_import_holds_each_student_once_with_the_real_grade(class_run, bu
         w = csv.writer(f)
         w.writerow(["id", "question", "points", "comment"])
         w.writerows([r["id"], r["question"], 3, ""] for r in template)
-    batch.run_batch([folder], built.autograder_zip, done,
-                    batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False, canvas=CANVAS_COLUMN))
+    batch.run_batch([folder], built.autograder_zip, done, batch.BatchOptions(
+        jobs=2, retrain=NO_RETRAIN, progress=False, canvas=CANVAS_COLUMN, canvas_provisional=True))
     assert json.loads((done / "batch.json").read_text())["graded_now"] == 0
     canvas = list(csv.reader(open(done / "canvas_grades.csv", encoding="utf-8")))
     scores = {row[1]: row[5] for row in canvas[2:]}
@@ -294,7 +317,7 @@ def test_one_batch_grades_every_assignments_samples_with_their_own_autograders(b
         assignment, failures = expected[r["student"]["id"]]
         assert r["assignment"] == assignment and r["status"] == "graded", (r["student"]["id"], r["error"])
         for q in r["questions"]:
-            if any("--no-retrain" in c["message"] for c in q["cases"]):
+            if any(c.get("undecided") == "retraining_off" for c in q["cases"]):
                 continue  # the training question waits for the retrained accuracy
             lost = {c["name"] for c in q["cases"]} if failures == "all" else set(failures.get(q["name"], []))
             designed = sum(c["points"] for c in q["cases"] if c["name"] not in lost)

@@ -7,6 +7,7 @@ to do) and what the engine gives.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nbformat
@@ -252,3 +253,46 @@ def test_real_world_ways_of_writing_the_model_are_understood(variant, autograder
     assert questions["model_structure"]["score"] == questions["model_structure"]["max_score"], questions["model_structure"]
     public_training = next(c for c in questions["training"]["cases"] if not c["hidden"])
     assert public_training["passed"], public_training["message"]
+
+
+# --- execution.output_tail: the student's own output ------------------------------------------------
+
+def test_output_tail_leaves_out_the_graders_start_up_and_keeps_everything_the_student_printed():
+    from autograder import protocol
+    from autograder.probe import jail
+    from autograder.probe.output import student_output
+
+    startup = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+               "I0000 00:00:1796622751.938348       2 cudart_stub.cc:31] Could not find cuda drivers on your machine\n")
+    mine = "WARNING: All log messages before absl::InitializeLog() is called\nmy own line\n"  # the student's print
+    assert student_output(startup + protocol.STARTUP_DONE + mine) == mine
+    assert student_output(startup + "no marker: the runtime died starting\n") == \
+        startup + "no marker: the runtime died starting\n"  # then it is the grader's diagnosis, kept whole
+    forged = protocol.STARTUP_DONE + "first\n" + protocol.STARTUP_DONE + "second\n"
+    assert student_output(forged) == "first\n" + protocol.STARTUP_DONE + "second\n"  # only the runtime's own mark
+    env = jail.Jail("bwrap", Path("/nonexistent"), python="/usr/bin/python3").env()
+    assert env["JOBLIB_MULTIPROCESSING"] == "0" and env["TF_CPP_MIN_LOG_LEVEL"] == "3"
+    assert env["MPLCONFIGDIR"].startswith(jail.WORK_INSIDE) and "/etc/fonts" in jail.ETC_FILES
+
+
+def test_output_tail_names_no_path_of_the_grading_host(tmp_path):
+    import sys
+    import tempfile
+
+    from autograder.probe import jail
+    from autograder.probe.output import PYTHON, SITE_PACKAGES, WORK, neutral_paths
+
+    trees = jail.python_trees(jail.probe_python(), [])
+    site = next(p for p in sys.path if p.endswith("site-packages"))
+    work = tempfile.mkdtemp(prefix="cnn-probe-")
+    text = (f'File {site}/keras/src/utils/traceback_utils.py:122, in error_handler\n'
+            f"FileNotFoundError: [Errno 2] No such file or directory: '{work}/data.csv'\n"
+            f"{sys.prefix}/bin/python and {trees[0]}\n"
+            "/home/student/mine.txt stays: not a path of this host's grader\n")
+    cleaned = neutral_paths(text)
+    for host in (site, work, sys.prefix, *trees):
+        assert host not in cleaned, host
+    assert f"File {SITE_PACKAGES}/keras/src/utils/traceback_utils.py:122" in cleaned
+    assert f"'{WORK}/data.csv'" in cleaned and f"{PYTHON}/bin/python" in cleaned
+    assert "/home/student/mine.txt stays" in cleaned
+    os.rmdir(work)

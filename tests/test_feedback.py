@@ -8,7 +8,9 @@ import base64
 import csv
 import importlib.util
 import io
+import json
 
+import markupsafe
 import numpy as np
 import pytest
 
@@ -176,3 +178,198 @@ def test_a_name_that_starts_a_formula_is_written_as_text_in_every_sheet(tmp_path
     row = list(csv_module.DictReader((tmp_path / "grades.csv").open()))[0]
     assert row["name"] == "'=HYPERLINK(\"http://x\")" and row["email"] == "'@SUM(1+1)"
     assert row["id"] == "1001" and row["total"] == "3.0" and row["conv_small"] == "3.0"
+
+
+# --- provisional results: the training question not decided by a retrain -------------------------
+
+def _training(undecided: str | None = "retraining_off") -> dict:
+    hidden = {"name": "test_accuracy_hidden", "hidden": True, "points": 5, "passed": False,
+              "message": "Not decided (provisional): the model was not retrained in this run, so its accuracy "
+                         "was not measured."}
+    if undecided:
+        hidden["undecided"] = undecided
+    else:
+        hidden["message"] = "❌ Test case failed\nTest accuracy 0.9812 is not above 0.99."
+    return {"name": "training", "score": 1.0, "max_score": 6.0, "cases": [
+        {"name": "test_training", "hidden": False, "points": 1, "passed": True, "message": "✅ Test case passed"},
+        hidden]}
+
+
+def _provisional_result(sid: str, undecided: str | None = "retraining_off") -> dict:
+    r = _result(sid, canvas_user_id=sid)
+    r.update(retrain=None, limits_hit=[], questions=[*r["questions"], _training(undecided)])
+    return r
+
+
+def test_provisional_is_one_typed_definition_on_the_result():
+    from autograder.result import CaseResult, GradeResult, QuestionResult, provisional
+
+    typed = GradeResult.from_dict({**_provisional_result("1001"), "student": None})
+    assert typed.provisional == "retraining_off" and typed.to_dict()["provisional"] == "retraining_off"
+    assert provisional(_provisional_result("1001")) == "retraining_off"
+    assert provisional(_provisional_result("1001", undecided=None)) is None  # decided, even though failed
+    assert provisional({**_provisional_result("1001"), "retrain_pending": True}) == "retraining_pending"
+    assert provisional({**_provisional_result("1001"), "status": "grader_error"}) is None  # not scored at all
+    final = GradeResult(questions=[QuestionResult("training", 6, 6, [CaseResult("t", True, 5, True, "ok")])])
+    assert final.provisional is None and "provisional" not in final.to_dict()
+    assert "undecided" not in final.to_dict()["questions"][0]["cases"][0]
+    with pytest.raises(ValueError, match="unknown reason"):
+        CaseResult("t", True, 5, False, "m", undecided="because")
+
+
+def test_the_judge_records_an_accuracy_it_could_not_measure_as_undecided_not_failed():
+    """The judge runs the assignment's own training test; with no retrain (retraining off) or before one
+    finished, the check is undecided: no points, not a failure, with why."""
+    from assignments.cnn_mnist import spec as cnn_spec
+    from autograder.judge import judge
+
+    source = (cnn_spec.ASSIGNMENT.student_dir / "tests" / "training.py").read_text()
+    hidden = "\n\n@test_case(points=5, hidden=True)\ndef test_accuracy_hidden(model):\n" \
+             "    from assignments.cnn_mnist.checks import check_accuracy\n    check_accuracy(model)\n"
+    from otter.test_files import test_case  # noqa: F401 - the test file's own import
+
+    config = json.dumps({"class_name": "Sequential", "config": {"layers": []}})
+    for retrain, reason in ((None, "retraining_off"), ({"reports": {}, "pending": True}, "retraining_pending")):
+        model = judge.ExtractedModel(config, [{"epochs": 1, "batch_size": 32}], retrain)
+        (question,) = judge.run_tests({"training.py": source.replace("points = [1]", "points = [1, 5]") + hidden},
+                                      {"model": model})
+        case = next(c for c in question["cases"] if c["hidden"])
+        assert case["undecided"] == reason and not case["passed"] and "Not decided" in case["message"]
+        assert "--no-retrain" not in case["message"] and "❌" not in case["message"]
+
+
+def test_provisional_results_are_marked_on_every_page_and_keep_the_canvas_import_back(tmp_path):
+    final = _provisional_result("1001", undecided=None)
+    off = _provisional_result("1002")
+    (tmp_path / "canvas_grades.csv").write_text("an import an earlier run left\n")
+    reports.write_all([final, off], tmp_path, canvas="CNN on MNIST (4242)")
+    grades = {r["id"]: r for r in csv.DictReader(open(tmp_path / "grades.csv"))}
+    assert grades["1002"]["provisional"] == "retraining_off" and grades["1001"]["provisional"] == ""
+    review = {r["id"]: r for r in csv.DictReader(open(tmp_path / "needs_review.csv"))}
+    assert "provisional: graded with retraining off" in review["1002"]["reason"]
+    assert "--canvas-provisional" in review["1002"]["reason"] and "1001" not in review
+    report = (tmp_path / "report.html").read_text()
+    banner = report[report.index('id="provisional"'):report.index('id="count"')]
+    assert "1 result is provisional" in banner and "graded with retraining off" in banner
+    assert "No Canvas import written for cnn_mnist" in report and "--canvas-provisional" in report
+    assert not (tmp_path / "canvas_grades.csv").exists()  # neither this run's nor the earlier run's
+    plan = reports.canvas_plan([final, off], "CNN on MNIST (4242)")
+    assert plan.imports == [] and "1 result is provisional" in plan.withheld[0][3]
+    page = (tmp_path / "feedback" / "1002.html").read_text()
+    assert 'id="provisional"' in page and "has not retrained your model yet" in page
+    assert "not decided yet" in page and ">failed<" not in page.split('id="q-training"')[1].split("</tr>")[0]
+    assert "--" not in page.split("<body>")[1].replace("<!--", "")  # no command-line flag shown to a student
+    assert 'id="provisional"' not in (tmp_path / "feedback" / "1001.html").read_text()
+
+    reports.write_all([final, off], tmp_path, canvas="CNN on MNIST (4242)", canvas_provisional=True)  # asked for
+    rows = list(csv.reader(open(tmp_path / "canvas_grades.csv")))
+    assert sorted(r[1] for r in rows[2:]) == ["1001", "1002"]
+    assert "It holds provisional totals" in (tmp_path / "report.html").read_text()
+    review = {r["id"]: r for r in csv.DictReader(open(tmp_path / "needs_review.csv"))}
+    assert review["1002"]["in_canvas_import"] == "yes" and "provisional" in review["1002"]["reason"]
+
+
+def test_a_provisional_result_is_graded_again_by_a_run_that_retrains(tmp_path):
+    from autograder import batch
+
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(_provisional_result("1002")))
+    assert batch._needs_grading(path, retrain=True) and not batch._needs_grading(path, retrain=False)
+    path.write_text(json.dumps(_provisional_result("1002", undecided=None)))
+    assert not batch._needs_grading(path, retrain=True)
+
+
+# --- the notebook's order and titles --------------------------------------------------------------
+
+@pytest.mark.parametrize("assignment", ["cnn_mnist", "digits"])
+def test_feedback_follows_the_notebooks_order_with_its_titles(assignment):
+    """Order and titles come from the assignment's master notebook: every question of the unit has a
+    number and a title there, and the page lists them so, whatever order the judge returned them in."""
+    import re
+
+    from autograder import outline, registry
+
+    spec = registry.get(assignment)
+    master = json.loads(spec.master_notebook.read_text())
+    expected = []  # read here straight from the master's text, independently of autograder.outline
+    for cell in master["cells"]:
+        text = "".join(cell["source"])
+        name = re.search(r"^name: (\w+)", text, re.M) if text.startswith("# BEGIN QUESTION") else None
+        if name:
+            expected.append([name.group(1)])
+        elif cell["cell_type"] == "markdown" and expected and len(expected[-1]) == 1:
+            lead = re.search(r"\*\*Question (\d+): ([^*(]+?)(?: \(graded by hand\))?\.\*\*", text)
+            expected[-1].append(f"Question {lead.group(1)}: {lead.group(2)}")
+    tests = {p.stem for p in (spec.student_dir / "tests").glob("*.py")}
+    assert tests <= {name for name, _ in expected}, "a question of the tests is not in the notebook"
+    assert [q.label for q in outline.outline(assignment)] == [label for _, label in expected]
+    result = {"assignment": assignment, "student": {"id": "s"}, "status": "graded", "score": 0, "max_score": 1,
+              "questions": [{"name": n, "score": 0.0, "max_score": 1.0, "cases": []} for n in sorted(tests)],
+              "manual": [{"name": n, "max_score": 3.0, "score": None} for n, _ in expected if n not in tests]}
+    assert [row["label"] for row in reports.feedback_rows(result)] == [label for _, label in expected]
+    page = reports.render_feedback(result)
+    positions = [page.index(f">{markupsafe.escape(label)}<") for _, label in expected]
+    assert positions == sorted(positions)
+    assert "Question 3: Output sizes" in page
+
+
+def test_a_lead_without_a_title_gives_the_number_and_an_unknown_question_its_name():
+    from autograder import outline
+
+    nb = {"cells": [{"cell_type": "raw", "source": "# BEGIN QUESTION\nname: b\npoints: 1"},
+                    {"cell_type": "markdown", "source": "## Part 2\n\n**Question 2.** Do b."},
+                    {"cell_type": "raw", "source": "# BEGIN QUESTION\nname: a\nmanual: true"},
+                    {"cell_type": "markdown", "source": "**Question 3: Say why (graded by hand).** Explain."}]}
+    assert [(q.name, q.label) for q in outline.outline_from_notebook(nb)] == [("b", "Question 2"),
+                                                                             ("a", "Question 3: Say why")]
+    assert outline.label("cnn_mnist", "not_a_question") == "not_a_question"
+    assert outline.order_key("cnn_mnist", "not_a_question") > outline.order_key("cnn_mnist", "written_pooling")
+
+
+# --- grades.csv: the retrained accuracy ----------------------------------------------------------
+
+def test_grades_csv_carries_the_retrained_accuracy(tmp_path):
+    retrained, provisional_one = _result("1001"), _provisional_result("1002")
+    reports.write_grades_csv([retrained, provisional_one], tmp_path / "grades.csv")
+    rows = {r["id"]: r for r in csv.DictReader(open(tmp_path / "grades.csv"))}
+    assert float(rows["1001"]["retrained_accuracy"]) == 0.9931 and rows["1002"]["retrained_accuracy"] == ""
+    header = next(csv.reader(open(tmp_path / "grades.csv")))
+    assert header.index("conv2d_impl") < header.index("training")  # the notebook's order: Q7 before Q10
+
+
+# --- the console ------------------------------------------------------------------------------
+
+LONG = ("Test accuracy 0.9880 is not above 0.99 (retrained from scratch: 10 epochs at batch size 1000, seed 1). "
+        "The lesson's recipe (10 epochs at batch size 1000) reaches about 0.988: try more epochs. Training policy: "
+        "the training question scores the retrained accuracy of whatever model you built from the allowed layers "
+        "within the training budget; the structure question checks the lesson's architecture.")
+
+
+@pytest.mark.parametrize("limit", [40, 120, 200, 300, 2000])
+def test_console_messages_end_at_a_sentence(limit):
+    text = reports.first_sentences(LONG, limit)
+    kept = text.removesuffix(" ...")
+    assert LONG.startswith(kept) and kept.endswith((".", "!", "?"))
+    assert len(kept) <= max(limit, len(LONG.split(". ")[0]) + 1)
+    assert text.endswith(" ...") == (kept != LONG)
+
+
+def test_the_console_table_cuts_no_message_mid_sentence_and_counts_in_words(monkeypatch):
+    from rich.console import Console
+
+    from autograder import cli
+
+    shown = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=shown, width=400))
+    r = _result("1001")
+    r["questions"].append(_training(undecided=None))
+    r["questions"][-1]["cases"][1]["message"] = "❌ Test case failed\n" + LONG
+    r["retrain"].update(epochs=1)
+    r["manual"] = [{"name": "written_pooling", "max_score": 3.0, "score": None}]
+    cli._print_results([r])
+    text = shown.getvalue()
+    row = next(line for line in text.splitlines() if "Question 10" in line)
+    assert "reaches about 0.988: try more epochs. ..." in row and "Training policy" not in row
+    assert "1 epoch," in text and "1 epochs" not in text
+    assert text.index("Question 7: Implement convolution") < text.index("Question 10") < text.index("Question 11")
+    assert reports.plural(1, "answer") == "1 answer" and reports.plural(2, "answer") == "2 answers"

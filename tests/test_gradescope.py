@@ -107,6 +107,55 @@ def test_engine_grader_errors_and_pending_retraining_read_as_such():
     assert [t["visibility"] for t in partial["tests"]] == ["visible", "after_published"]
 
 
+def test_an_accuracy_not_decided_by_a_retrain_is_neither_failed_nor_explained_with_a_flag():
+    """With retraining off (``--no-retrain``) or before it finished, the hidden accuracy check is undecided:
+    its test has no status (neither passed nor failed) and the student reads why in plain words."""
+    from autograder.result import STUDENT_PROVISIONAL
+
+    undecided = {"name": "test_accuracy_hidden", "hidden": True, "points": 5, "passed": False,
+                 "message": "Not decided (provisional): the model was not retrained in this run, so its accuracy "
+                            "was not measured.", "undecided": "retraining_off"}
+    question = {"name": "training", "score": 1.0, "max_score": 6.0, "cases": [
+        {"name": "test_training", "hidden": False, "points": 1, "passed": True, "message": "ok"}, undecided]}
+    payload = gradescope.to_gradescope({"status": "graded", "score": 1.0, "questions": [question]}, 3.0)
+    _assert_valid_results(payload)
+    hidden = next(t for t in payload["tests"] if t["name"] == "training (hidden checks)")
+    assert "status" not in hidden and hidden["score"] == 0 and "Not decided" in hidden["output"]
+    assert STUDENT_PROVISIONAL in payload["output"] and "--no-retrain" not in json.dumps(payload)
+    failed = gradescope.to_gradescope({"status": "graded", "score": 1.0, "questions": [
+        {**question, "cases": [question["cases"][0], {**undecided, "undecided": None, "message": "too low"}]}]}, 3.0)
+    assert next(t for t in failed["tests"] if "hidden" in t["name"])["status"] == "failed"
+    assert STUDENT_PROVISIONAL not in failed["output"]
+
+
+TENSORFLOW_NOISE = ("absl::InitializeLog", "cudart_stub", "cpu_feature_guard", "cuda_platform", "I0000 ", "E0000 ",
+                    "W0000 ")
+
+
+def test_the_runners_own_process_is_as_quiet_as_the_batch(tmp_path):
+    """TensorFlow imported by the runner's own process (as retraining's preparation does) prints nothing
+    between the instructor's sections: its logging is at errors only, and absl's lines from before its
+    logging starts go to the grader's log, which ends the output as its own section."""
+    script = ("import sys\n"
+              "from autograder.lms import gradescope\n"
+              "def run(root, **kw):\n"
+              "    gradescope._diagnostics('container and limits', {})\n"
+              "    import tensorflow as tf\n"
+              "    tf.constant([1.0]) + 1\n"  # device set-up: the CUDA probe's lines
+              "    gradescope._diagnostics('result', {})\n"
+              "gradescope.run = run\n"
+              f"gradescope.main(['--root', {str(tmp_path)!r}])\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "ABSL_", "GRPC_", "GLOG_"))}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "", proc.stderr[-3000:]
+    sections = proc.stdout.split("=== grader log")[0]
+    assert "=== container and limits ===" in sections and "=== result ===" in sections
+    assert not [noise for noise in TENSORFLOW_NOISE if noise in sections], sections[-3000:]
+    assert not [noise for noise in ("cpu_feature_guard", "cuda_platform") if noise in proc.stdout]  # errors only
+
+
 # --- what the zips carry ----------------------------------------------------------------------
 
 def test_gradescope_zip_pins_versions_provisions_mnist_and_fixes_permissions(built):
@@ -463,7 +512,9 @@ def _assert_valid_results(results: dict) -> None:
         assert set(t) | {"status"} == {"name", "score", "max_score", "status", "output", "visibility"}
         assert t["visibility"] in {"visible", "hidden", "after_due_date", "after_published"}
         assert 0 <= t["score"] <= t["max_score"] and t.get("status", "pending") in {"passed", "failed", "pending"}
-        assert "status" in t or (t["visibility"] == "hidden" and "graded by hand" in t["name"])
+        # no status either: a check not decided in this run (no retrain measured the model), see to_gradescope
+        assert "status" in t or (t["visibility"] == "hidden" and "graded by hand" in t["name"]) \
+            or "Not decided" in t["output"]
     assert results["score"] == pytest.approx(sum(t["score"] for t in results["tests"]))
 
 
@@ -567,3 +618,6 @@ def test_solution_gets_full_marks_retrained_under_a_3_gib_cap_with_no_network(di
     assert run["peak"] < CAP_BYTES
     # partial results (no retraining yet) were written before retraining started (on_partial)
     assert any("Partial results" in v for v in run["versions"]), "needs the engine's on_partial"
+    # the runner's own output is as quiet as a batch's: no TensorFlow line between its sections
+    sections = run["stdout"].split("=== grader log")[0]
+    assert not [noise for noise in TENSORFLOW_NOISE if noise in sections], sections[-3000:]

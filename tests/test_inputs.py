@@ -631,3 +631,117 @@ def test_a_class_download_counts_the_members_of_every_zip_in_it(tmp_path):
     subs = {s.id: s for s in collect([archive], tmp_path / "out", ArchiveLimits(max_class_members=30))}
     assert subs["101"].error is None and subs["102"].error is None
     assert "zip refused" in subs["103"].error and "more than 30 members" in subs["103"].error
+
+
+# --- names in a Canvas download zip, as Canvas writes them ---------------------------------------
+
+UTF8_FLAG = 0x800  # general purpose bit 11: the name is UTF-8
+
+
+def _clear_utf8_flag(path: Path) -> Path:
+    """The zip as rubyzip (Canvas) and Info-ZIP write it: the name's UTF-8 bytes, bit 11 not set, in the
+    local header and the central directory alike (the members are stored, so no signature hides in data)."""
+    data = bytearray(path.read_bytes())
+    for signature, at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        i = data.find(signature)
+        while i >= 0:
+            flags = int.from_bytes(data[i + at:i + at + 2], "little")
+            data[i + at:i + at + 2] = (flags & ~UTF8_FLAG).to_bytes(2, "little")
+            i = data.find(signature, i + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _canvas_zip(tmp_path: Path, names: list[str], how: str) -> Path:
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    for name in names:
+        shutil.copy(_sample("solution"), staging / name)
+    archive = tmp_path / "ml101-cnn submissions.zip"
+    if how == "Info-ZIP zip":
+        if not shutil.which("zip"):
+            pytest.skip("Info-ZIP's zip is not installed (the hand-written zips cover the same bytes)")
+        import subprocess
+
+        subprocess.run(["zip", "-q", "-X", str(archive), *names], cwd=staging, check=True,
+                       env={**os.environ, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"})
+        return archive
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:  # zipfile sets bit 11 for a non-ASCII name
+        for name in names:
+            z.write(staging / name, name)
+    return _clear_utf8_flag(archive) if how == "UTF-8 without the flag" else archive
+
+
+@pytest.mark.parametrize("how", ["UTF-8 with the flag", "UTF-8 without the flag", "Info-ZIP zip"])
+def test_non_ascii_names_of_a_canvas_zip_keep_their_owner(tmp_path, how):
+    """Canvas's download zip (rubyzip) and Info-ZIP write a name's UTF-8 bytes without bit 11; read as CP437,
+    ``garcíajosé_10001_...`` became ``garc├¡ajos├⌐_...``, which no Canvas reading matches: that student lost
+    their Canvas id and dropped out of the import.  Read as written, every student keeps theirs."""
+    names = ["garcíajosé_10001_900001_cnn_mnist.ipynb", "lovelaceada_10002_900002_cnn_mnist.ipynb",
+             "øyvindsæther_10004_900004_cnn_mnist.ipynb"]
+    archive = _canvas_zip(tmp_path, names, how)
+    with zipfile.ZipFile(archive) as z:
+        flagged = {bool(i.flag_bits & UTF8_FLAG) for i in z.infolist() if not i.filename.isascii()}
+    assert flagged == {how == "UTF-8 with the flag"}, "the zip is not written the way this case says"
+    subs = {s.id: s for s in collect([archive], tmp_path / "out")}
+    assert set(subs) == {"10001", "10002", "10004"}, sorted(subs)
+    assert subs["10001"].name == "garcíajosé" and subs["10001"].extra["canvas_user_id"] == "10001"
+    assert subs["10004"].name == "øyvindsæther" and subs["10004"].error is None
+    results = [_graded(s, 20.0) for s in subs.values()]
+    reports.write_canvas_csv(results, tmp_path / "canvas.csv", reports.canvas_column("CNN", 1))
+    import csv
+
+    assert sorted(r[1] for r in list(csv.reader(open(tmp_path / "canvas.csv", encoding="utf-8")))[2:]) == \
+        ["10001", "10002", "10004"]
+    assert reports.unowned(results) == []
+
+
+def test_a_name_without_the_flag_that_is_not_utf8_is_read_as_cp437(tmp_path):
+    """An old tool's CP437 name (``ñ`` is the byte 0xA4 there, which is not UTF-8) still reads as CP437."""
+    archive = tmp_path / "old.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as z:
+        z.write(_sample("solution"), "muXoz_10003_900003_cnn_mnist.ipynb")  # ASCII: no flag; X stands for 0xA4
+    archive.write_bytes(archive.read_bytes().replace(b"muXoz_", b"mu\xa4oz_"))
+    with zipfile.ZipFile(archive) as z:
+        assert not z.infolist()[0].flag_bits & UTF8_FLAG
+    subs = {s.id: s for s in collect([archive], tmp_path / "out")}
+    assert subs["10003"].name == "mu\u00f1oz" and subs["10003"].error is None
+
+
+def test_a_file_whose_owner_is_unknown_heads_the_report_the_review_list_and_the_console(canvas_download, tmp_path,
+                                                                                        monkeypatch):
+    """A Canvas download holding a file Canvas did not name (a student's own name for it): it is graded,
+    listed first in report.html, needs_review.csv and the console, with what to do, never silently
+    left out of the import."""
+    import csv
+    import io
+
+    from rich.console import Console
+
+    from autograder import cli
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    shutil.copy(_sample("solution"), extra / "my notebook (final).ipynb")
+    out = tmp_path / "out"
+    out.mkdir()
+    results = [_graded(s, 30.0) if not s.error else batch._error_result(s, s.error)
+               for s in collect([canvas_download, extra], out)]
+    stray = next(r for r in results if r["student"]["source"].startswith("my notebook"))
+    assert [r for r, _ in reports.unowned(results)] == [stray]
+    reports.write_all(results, out, canvas="CNN on MNIST (4242)")
+    report = (out / "report.html").read_text()
+    assert report.index('id="unowned"') < report.index('id="count"') < report.index('id="submissions"')
+    assert "my notebook (final).ipynb" in report[:report.index('id="count"')]
+    assert report.count("owner unknown (see the top of this page)") == 1  # and flagged on its own row
+    review = list(csv.DictReader(open(out / "needs_review.csv", encoding="utf-8")))
+    assert review[0]["id"] == stray["student"]["id"] and review[0]["in_canvas_import"] == "no"
+    assert "owner unknown" in review[0]["reason"] and "rename the file as Canvas names it" in review[0]["reason"]
+    canvas = list(csv.reader(open(out / "canvas_grades.csv", encoding="utf-8")))
+    assert stray["student"]["id"] not in [r[1] for r in canvas[2:]]
+    shown = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(file=shown, width=120))
+    cli._print_unowned(results, out)
+    cli._print_results(results)
+    text = shown.getvalue()
+    assert text.index("without a known owner") < text.index("my notebook (final).ipynb") < text.index("submissions")

@@ -237,32 +237,32 @@ cnn_checks.show_numbers()'''
 #: question -> (prompt markdown, solution code) of the variant notebook
 VARIANT_CELLS = {
     "conv_small": (
-        "**Question 1.** Convolve your `image_3x3` with your `filter_2x2` (printed by the first cell; no padding, "
+        "**Question 1: Convolution by hand.** Convolve your `image_3x3` with your `filter_2x2` (printed by the first cell; no padding, "
         "stride 1) **by hand** and assign the 2x2 result to `conv_small` as a NumPy array.",
         "conv_small = np.array([[np.sum(image_3x3[i:i + 2, j:j + 2] * filter_2x2) for j in range(2)] for i in range(2)])  # SOLUTION\n"
         "conv_small"),
     "edge_output": (
-        "**Question 2.** A horizontal edge detector. Convolve your 6x5 `edge_image` (three bright rows above three "
+        "**Question 2: Edge detection.** A horizontal edge detector. Convolve your 6x5 `edge_image` (three bright rows above three "
         "darker rows) with your 3x3 `edge_filter` (rows w, 0, -w), no padding, stride 1; the first cell prints "
         "both. Assign the result to `edge_output` as a NumPy array. Which rows light up, and why?",
         "edge_output = np.array([[np.sum(edge_image[i:i + 3, j:j + 3] * edge_filter) for j in range(3)] for i in range(4)])  # SOLUTION\n"
         "edge_output"),
     "output_sizes": (
-        "**Question 3.** An n x n image is convolved with a k x k filter; your n, k and stride s are printed by the "
+        "**Question 3: Output sizes.** An n x n image is convolved with a k x k filter; your n, k and stride s are printed by the "
         "first cell (and are in `numbers`). Give the output height (an `int`) for each case: `size_valid` (valid, "
         "stride 1), `size_same` (same, stride 1), `size_full` (full, stride 1), `size_stride2` (valid, stride s).",
         'n, k, s = numbers["size_n"], numbers["size_k"], numbers["size_stride"]\n'
         "size_valid = n - k + 1  # SOLUTION\nsize_same = n  # SOLUTION\nsize_full = n + k - 1  # SOLUTION\n"
         "size_stride2 = (n - k) // s + 1  # SOLUTION"),
     "rgb_conv": (
-        "**Question 4.** An image with C channels makes a k x k filter really k x k x C. Your image size, number of "
+        "**Question 4: Channels and parameters.** An image with C channels makes a k x k filter really k x k x C. Your image size, number of "
         "channels C, filter size k and number of filters are printed by the first cell: a `Conv2D(filters, (k, k))` "
         "layer (valid padding, with biases) is applied to the image. Give the layer's output shape as a tuple "
         "`rgb_output_shape = (height, width, channels)` and its number of trainable parameters `rgb_params`.",
         'size, c, k, f = numbers["rgb_size"], numbers["rgb_channels"], numbers["rgb_k"], numbers["rgb_filters"]\n'
         "rgb_output_shape = (size - k + 1, size - k + 1, f)  # SOLUTION\nrgb_params = (k * k * c + 1) * f  # SOLUTION"),
     "max_pooling": (
-        "## Part 3: max pooling\n\n**Question 5.** Apply 2x2 max pooling (stride 2, valid: incomplete blocks at the "
+        "## Part 3: max pooling\n\n**Question 5: Max pooling by hand.** Apply 2x2 max pooling (stride 2, valid: incomplete blocks at the "
         "edge are dropped, as in Keras) to your 5x5 `pool_input` by hand. Assign the result to `pooled` as a NumPy "
         "array.",
         "pooled = pool_input[:4, :4].reshape(2, 2, 2, 2).max(axis=(1, 3))  # SOLUTION\npooled"),
@@ -271,7 +271,7 @@ VARIANT_CELLS = {
         "filter counts f1, f2, f3 and Dense width d (printed by the first cell), on 28x28x1 inputs:\n\n```python\n"
         "Conv2D(f1, (3, 3), activation='relu')\nMaxPooling2D((2, 2))\nConv2D(f2, (3, 3), activation='relu')\n"
         "MaxPooling2D((2, 2))\nConv2D(f3, (3, 3), activation='relu')\nFlatten()\nDense(d, activation='relu')\n"
-        "Dense(10, activation='softmax')\n```\n\n**Question 6.** Without running Keras, give "
+        "Dense(10, activation='softmax')\n```\n\n**Question 6: Shapes and parameters of the CNN.** Without running Keras, give "
         "`layer_output_shapes`, a list of the 8 output shapes (tuples without the batch axis, e.g. `(26, 26, f1)`), "
         "`layer_params`, a list of the 8 parameter counts, and `total_params`. (The model you train in Part 6 is "
         "the lesson's, for everyone.)",

@@ -55,6 +55,15 @@ class Replay:
         return decode_npy(out["npy"])
 
 
+class NotDecided(AssertionError):
+    """A check this run cannot decide (neither passed nor failed): the accuracy check when no retrain measured
+    the model.  ``reason``: one of :data:`autograder.result.UNDECIDED`; the case is recorded as ``undecided``."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class _Iterations(int):
     def numpy(self):
         return int(self)
@@ -81,9 +90,11 @@ class ExtractedModel:
 
     def measured_accuracy(self) -> tuple[float, str]:
         if self.retrain is None:
-            raise AssertionError("Retraining is turned off for this run (--no-retrain), so accuracy was not measured.")
+            raise NotDecided("retraining_off", "Not decided (provisional): the model was not retrained in this "
+                                               "run, so its accuracy was not measured.")
         if self.retrain.get("pending"):
-            raise AssertionError("Retraining has not finished yet; this score is provisional.")
+            raise NotDecided("retraining_pending", "Not decided yet (provisional): the model is being retrained; "
+                                                   "its accuracy counts once that has finished.")
         from autograder.verifier.retrain import RetrainReport
 
         report = self.last_report
@@ -129,7 +140,7 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
     questions = []
     for path, source in sorted(test_sources.items()):
         test_file = ExceptionTestFile.from_string(source, path=path)
-        results = []
+        results, undecided = [], {}
         for tc in test_file.test_cases:
             params = tc.body._get_func_params()
             failed = [env[p] for p in params if isinstance(env.get(p), ExtractionFailed)]
@@ -138,6 +149,9 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
                     raise AssertionError(f"`{failed[0].name}` could not be read from the notebook: {failed[0].message}")
                 tc.body.call_func(env)
                 passed, message = True, "✅ Test case passed"
+            except NotDecided as exc:  # no points, and not a failure either: the result is provisional
+                passed, message = False, clean_text(str(exc), MAX_MESSAGE_CHARS)
+                undecided[tc.body.test_func.__name__] = exc.reason
             except Exception as exc:  # noqa: BLE001 - a failing check is a message, never a crash
                 detail = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
                 passed, message = False, f"❌ Test case failed\n{clean_text(detail, MAX_MESSAGE_CHARS)}"
@@ -148,7 +162,9 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
             "score": float(test_file.score),
             "max_score": float(test_file.possible),
             "cases": [{"name": r.test_case.body.test_func.__name__, "hidden": bool(r.test_case.hidden),
-                       "points": r.test_case.points, "passed": r.passed, "message": r.message} for r in results],
+                       "points": r.test_case.points, "passed": r.passed, "message": r.message,
+                       **({"undecided": undecided[name]} if (name := r.test_case.body.test_func.__name__) in undecided
+                          else {})} for r in results],
         })
     return questions
 

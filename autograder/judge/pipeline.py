@@ -353,9 +353,13 @@ def grade_notebook(
                    data_setup=spec.dataset.probe_setup, private=private, files=files)
     result.limits_hit = probed.limits_hit
     result.isolation = probed.isolation
-    result.execution = {"seconds": probed.seconds, "cells": probed.cells, "skipped_cells": probed.skipped,
+    from autograder.probe.output import host_paths, neutral_paths, student_output
+
+    hosts = host_paths()  # the student's own output: no grader start-up lines, no host paths
+    cells = [{**c, "error": neutral_paths(c["error"], hosts)} if c.get("error") else c for c in probed.cells]
+    result.execution = {"seconds": probed.seconds, "cells": cells, "skipped_cells": probed.skipped,
                         "runs": probed.runs, "warm_starts": probed.warm_starts,
-                        "output_tail": probed.output[-20000:]}
+                        "output_tail": student_output(probed.output, hosts)[-20000:]}
     if probed.grader_error:
         cause = getattr(probed, "grader_error_cause", None) or "interpreter"  # the jail or the kernel's start-up
         return result.fail(probed.grader_error, GRADER_ERROR, cause).finish(started).to_dict()

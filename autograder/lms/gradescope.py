@@ -38,7 +38,7 @@ from pathlib import Path
 
 from autograder.judge.pipeline import Autograder, RetrainOptions, grade_notebook
 from autograder.probe.sandbox import Limits
-from autograder.result import GradeResult
+from autograder.result import STUDENT_PROVISIONAL, GradeResult, provisional
 from autograder.submission_files import SubmissionFileError, read_notebook
 
 #: The Gradescope timeout the docs recommend (docs/instructors/gradescope.md) (minutes); Gradescope allows 40 at most.
@@ -233,9 +233,11 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
                 continue
             points = sum(_share(q, c) for c in cases)
             score = sum(_share(q, c) for c in cases if c["passed"])
-            tests.append({"name": f"{q['name']} ({label})", "score": round(score, 4), "max_score": round(points, 4),
-                          "status": "passed" if all(c["passed"] for c in cases) else "failed",
-                          "output": "\n\n".join(c["message"] for c in cases), "visibility": visibility})
+            test = {"name": f"{q['name']} ({label})", "score": round(score, 4), "max_score": round(points, 4),
+                    "output": "\n\n".join(c["message"] for c in cases), "visibility": visibility}
+            if not (any(c.get("undecided") for c in cases) and all(c["passed"] or c.get("undecided") for c in cases)):
+                test["status"] = "passed" if all(c["passed"] for c in cases) else "failed"  # undecided: no status
+            tests.append(test)
     from autograder.manual import answer_text
 
     for m in result.get("manual") or []:  # staff only, not scored: graded by hand in Gradescope (README)
@@ -255,6 +257,8 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
         waiting = ", ".join(m["name"] for m in result["manual"])
         lines.append(f"Question(s) {waiting} ({sum(m['max_score'] for m in result['manual']):g} points) will be "
                      "graded by hand; this score is the autograded part only.")
+    if provisional(result):
+        lines.append(STUDENT_PROVISIONAL)
     rt = result.get("retrain")
     if rt and rt.get("pending"):
         lines.append("Your model is being retrained from scratch; its accuracy is not counted yet.")
@@ -379,7 +383,20 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
     return payload
 
 
+#: The most of the grader's own log the runner's output ends with (its last characters).
+LOG_TAIL_CHARS = 20_000
+
+
 def main(argv: list[str] | None = None) -> None:
+    """The runner's process is as quiet as a batch's (:mod:`autograder.logs`): TensorFlow, absl and gRPC log
+    errors only, here and in every subprocess, and what still reaches descriptor 2 (absl's lines before its
+    logging is set up, warnings) goes to a log that ends the output as its own section, after the
+    instructor's diagnostics instead of between them."""
+    import tempfile
+
+    from autograder import logs
+
+    logs.quiet_children()  # before anything imports TensorFlow
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("/autograder"))
     parser.add_argument("--timeout-minutes", type=float, default=DEFAULT_TIMEOUT_MINUTES,
@@ -387,7 +404,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cell-seconds", type=float, default=None, help="seconds one cell may run")
     parser.add_argument("--no-retrain", action="store_true")
     args = parser.parse_args(argv)
-    run(args.root, timeout_minutes=args.timeout_minutes, retrain=not args.no_retrain, cell_seconds=args.cell_seconds)
+    with tempfile.TemporaryDirectory(prefix="cnn-grader-log-") as folder, logs.to_file(Path(folder)) as log:
+        try:
+            run(args.root, timeout_minutes=args.timeout_minutes, retrain=not args.no_retrain,
+                cell_seconds=args.cell_seconds)
+        finally:
+            sys.stderr.flush()
+            text = log.read_text(encoding="utf-8", errors="replace") if log.is_file() else ""
+            if text.strip():
+                print("=== grader log (the grader's own stderr: library start-up lines, warnings) ===")
+                print(text[-LOG_TAIL_CHARS:].rstrip("\n"), flush=True)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def section(assignment: str, results: list[dict]) -> dict:
             for c in q.get("cases") or []:
                 for mid in misconception_ids(c):
                     entry["misconceptions"].setdefault(mid, set()).add(sid)
-                if c.get("hidden"):
+                if c.get("hidden") and not c.get("undecided"):  # undecided (no retrain): neither passed nor failed
                     seen = entry["hidden"].setdefault(c["name"], [0, 0])
                     seen[1] += 1
                     seen[0] += not c.get("passed")

@@ -17,6 +17,19 @@ outer name names: the names of the files inside never decide whose it is, so a z
 student A that holds a notebook named for B is A's.  nbgrader's student is the folder under
 ``submitted/``; Gradescope's comes from ``submission_metadata.yml``.
 
+**Names in a zip are read as the tool that wrote them meant them.**  A zip member's name is UTF-8
+when its general purpose flag bit 11 is set, and otherwise in no stated encoding (historically
+CP437, which is what Python's :mod:`zipfile` assumes).  Canvas writes its download zips with rubyzip
+(``lib/content_zipper.rb``: ``Zip::File.open(..., Zip::File::CREATE)`` and
+``zipfile.get_output_stream(filename)``, the name being Canvas's UTF-8 string); rubyzip writes a
+name's bytes as they are and sets bit 11 only when ``Zip.unicode_names`` is on, which is off by
+default (rubyzip's ``lib/zip.rb``, ``reset!``, and ``lib/zip/entry.rb``) and which the zipper does
+not turn on.  Info-ZIP's ``zip`` on Linux does the same.  So a non-ASCII student name
+(``garcíajosé_10001_900001_cnn_mnist.ipynb``) arrives as UTF-8 bytes without the flag, which
+CP437 would turn into ``garc├¡ajos├⌐_...`` and no Canvas reading.  :func:`_names_as_written`
+therefore reads a name without the flag as UTF-8 when its bytes are valid UTF-8 (as Info-ZIP's
+``unzip``, 7-Zip and libarchive do), and as CP437 otherwise.
+
 **Archives are untrusted.**  Every zip is read under :class:`ArchiveLimits` (members, total
 uncompressed bytes counted while reading, nesting depth, notebook size); symbolic links and
 paths that leave the archive refuse the whole zip.  Only notebooks and nested zips are ever
@@ -247,8 +260,30 @@ def _member_problem(info: zipfile.ZipInfo) -> str | None:
     return None
 
 
+UTF8_NAME_FLAG = 0x800  # general purpose bit 11 (APPNOTE.TXT 4.4.4): the member's name and comment are UTF-8
+
+
+def _names_as_written(z: zipfile.ZipFile) -> None:
+    """Read each member's name as its writer meant it (see the module's notes): a name without the UTF-8
+    flag is UTF-8 when its bytes are valid UTF-8 (Canvas, rubyzip, Info-ZIP), else CP437 as zipfile read it."""
+    changed = False
+    for info in z.infolist():
+        if info.flag_bits & UTF8_NAME_FLAG:
+            continue
+        try:
+            name = info.orig_filename.encode("cp437").decode("utf-8")  # the bytes as stored, read as UTF-8
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            continue  # not valid UTF-8: a legacy code page, kept as CP437
+        name = name.split("\0", 1)[0]  # as zipfile.ZipInfo cuts a name at a NUL
+        if name != info.filename:
+            info.filename, changed = name, True
+    if changed:  # lookups by name see the names as read (z.open(info) checks the stored name, unchanged)
+        z.NameToInfo = {info.filename: info for info in z.infolist()}
+
+
 def _open_checked(path: Path, budget: _Budget, depth: int) -> zipfile.ZipFile:
-    """Open a zip and check its directory against the limits before anything is read."""
+    """Open a zip, read its names as written (:func:`_names_as_written`) and check its directory against
+    the limits before anything is read."""
     limits = budget.limits
     if depth > limits.max_depth:
         raise ArchiveRefused(f"zips nested more than {limits.max_depth} deep")
@@ -256,6 +291,7 @@ def _open_checked(path: Path, budget: _Budget, depth: int) -> zipfile.ZipFile:
         z = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise ArchiveRefused(f"corrupt zip ({describe_error(exc)})") from None
+    _names_as_written(z)
     infos = z.infolist()
     if len(infos) > limits.max_members:
         z.close()

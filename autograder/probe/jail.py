@@ -53,7 +53,10 @@ SLOT_UID_BASE = 60001
 SLOT_COUNT = 512
 SLOT_DIR = Path("/run/cnn-grader-slots")
 WORK_INSIDE = "/sandbox"  # the working folder as the probe sees it under bwrap
-ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives")
+# /etc/fonts: Matplotlib (imported with Keras) asks fontconfig for the fonts; without its configuration every
+# probe printed "Fontconfig error: Cannot load default config file" into the student's output
+ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives",
+             "/etc/fonts")
 STARTUP_SECONDS = 300.0  # generous: the grader's own start-up is never charged to a submission
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 PROBE_PYTHON: str | None = None  # the interpreter submissions run under (None: the grader's own)
@@ -440,9 +443,10 @@ class Jail:
         os.chmod(self.work, 0o700, follow_symlinks=False)
 
     def env(self, extra: dict | None = None) -> dict:
+        """The environment of a process in this jail: quiet libraries (see :func:`quiet_env`), then ``extra``."""
         env = {"PATH": f"{os.path.dirname(self.python)}:/usr/local/bin:/usr/bin:/bin", "HOME": self.inside,
                "LANG": "C.UTF-8", "USER": "student", "LOGNAME": "student",
-               "TMPDIR": "/tmp" if self.mode == "bwrap" else f"{self.work}/tmp"}
+               "TMPDIR": "/tmp" if self.mode == "bwrap" else f"{self.work}/tmp", **quiet_env(self.inside)}
         env.update(extra or {})
         return env
 
@@ -539,6 +543,17 @@ class Jail:
     def preexec(self):
         """What a jailed child runs between fork and exec: join the jail's group (before any student code)."""
         return self.group.joiner() if self.group is not None else (lambda: None)
+
+
+def quiet_env(home: str) -> dict[str, str]:
+    """What keeps the libraries a notebook imports from printing the grader's own noise into the student's
+    output: TensorFlow's, absl's and gRPC's logging at errors only (:data:`autograder.settings.QUIET_LOGGING_ENV`),
+    Matplotlib's cache in the jail's writable home, and joblib in its serial mode (a jail has no shared-memory
+    semaphores, which joblib otherwise tries, then warns "joblib will operate in serial mode")."""
+    from autograder import settings
+
+    return {**settings.QUIET_LOGGING_ENV, "MPLCONFIGDIR": f"{home}/.matplotlib", "XDG_CACHE_HOME": f"{home}/.cache",
+            "JOBLIB_MULTIPROCESSING": "0"}
 
 
 @contextmanager

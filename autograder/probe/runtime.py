@@ -398,7 +398,10 @@ def main():
     except Exception as exc:  # keras missing: the notebook's own imports will say so
         send(P.NOTE, message=f"setup: {type(exc).__name__}: {exc}")
     # The grader's start-up ends here; this process may wait (warm) until the grader hands it one
-    # submission on stdin.  The student's time starts with the first cell.
+    # submission on stdin.  The student's time starts with the first cell, and their output after this mark.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.write(1, P.STARTUP_DONE.encode())
     send(P.READY)
     job = read_job()
     write_files(job.get("files") or {})
