@@ -1921,10 +1921,11 @@ GRADER_RULES: list = [['pipeline',
   '    """The assignment\'s limits (one place; ``RetrainOptions`` carries them to the '
   'verifier)."""\n'
   '\n'
-  '    max_config_chars: int = 200_000\n'
-  '    max_params: int = 5_000_000\n'
-  '    min_batch_size: int = 16\n'
-  '    max_batch_size: int = 4096\n'
+  "    max_config_chars: int = 200_000  # length of the model's JSON config (arrays do not belong "
+  'in it)\n'
+  "    max_params: int = 5_000_000  # the model's parameters\n"
+  '    min_batch_size: int = 16  # the smallest batch size a fit call may use\n'
+  '    max_batch_size: int = 4096  # the largest batch size a fit call may use\n'
   '    max_epochs: int = 15  # more epochs are capped to this, with a note\n'
   '    max_steps: int = 30_000  # per training run; 15 epochs at batch size 32 is 28,125\n'
   '    max_macs: float = 4e13  # multiply-adds per training run (forward + backward, estimated); '
