@@ -39,9 +39,12 @@ class CaseResult:
     points: float | None  # its points (None: the question's points are split among its cases)
     passed: bool
     message: str  # the feedback: the likely mistake for a public check, a general message for a hidden one
-    # the named likely mistakes this failed case points to (ids of the assignment's misconception
-    # catalogue, e.g. "flipped_filter"); empty when it names none
+    # the named likely mistakes this failed case recognised (ids of the assignment's misconception
+    # catalogue, e.g. "flipped_filter"), as the check raised them; empty when it names none
     misconceptions: list[str] = field(default_factory=list)
+    # whether the case judged an answer: false while the answer is still ``...``, a stub, a model without
+    # layers, not compiled or not trained (the class insight counts answered questions only)
+    answered: bool = True
 
 
 @dataclass

@@ -154,11 +154,12 @@ def test_hidden_function_check_names_no_hidden_input_or_expected_value():
 @pytest.mark.parametrize("key", sorted(checks.ANSWERS))
 def test_hidden_answer_check_does_not_repeat_the_public_one(key):
     answer = checks.ANSWERS[key]
-    for wrong, hint in answer.mistakes:
+    for mistake in answer.mistakes:
         with pytest.raises(AssertionError) as err:
-            checks.check_answer(key, wrong)
+            checks.check_answer(key, mistake.value)
         message = str(err.value)
-        assert hint not in message and "Likely mistake" not in message and "expected" not in message
+        assert mistake.text not in message and "Likely mistake" not in message and "expected" not in message
+        assert list(err.value.reasons) == mistake.reasons  # the instructor's insight still learns which it was
         assert str(answer.expected) not in message
 
 

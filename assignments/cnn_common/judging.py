@@ -15,13 +15,28 @@ import json
 import pprint
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
 from assignments.cnn_common import public_checks
-from assignments.cnn_common.public_checks import canonical, digest
+from assignments.cnn_common.misconceptions import FORGOT_INPUT_CHANNELS, SWAPPED_AXES
+from assignments.cnn_common.public_checks import CheckFailed, NotAnswered, ShapeMismatch, canonical, digest
 from assignments.cnn_common.reference import Conv2DSpec, DenseSpec, FlattenSpec, MaxPool2DSpec
+
+
+class Mistake(NamedTuple):
+    """A typical mistake: the answer it gives (a value, a table, an output, or a wrong shape), its id in
+    the unit's misconception catalogue (:mod:`assignments.cnn_common.misconceptions`; a tuple of ids for
+    a slip that makes two mistakes at once) and what the feedback tells the student."""
+
+    value: Any
+    reason: str | tuple[str, ...]
+    text: str
+
+    @property
+    def reasons(self) -> list[str]:
+        return [self.reason] if isinstance(self.reason, str) else list(self.reason)
 
 
 @dataclass
@@ -32,19 +47,19 @@ class Answer:
     kind: str  # see public_checks.canonical
     describe: str
     expected: Any
-    mistakes: list[tuple[Any, str]] = field(default_factory=list)
-    hint: str = ""
+    mistakes: list[Mistake] = field(default_factory=list)
+    hint: str = ""  # what to look at when no listed mistake matches (names none)
     labels: list[str] = field(default_factory=list)  # per-entry labels for list answers
-    item_mistakes: list[list[tuple[Any, str]]] = field(default_factory=list)
-    shape_hints: dict[tuple, str] = field(default_factory=dict)
+    item_mistakes: list[list[Mistake]] = field(default_factory=list)
+    shape_hints: list[Mistake] = field(default_factory=list)  # arrays: wrong shapes (tuples) and their mistakes
 
 
 def layer_table_answers(input_shape, seed, shape_variants: list, param_variants: list, shapes_hint: str,
                         channels_message: Callable[[int], str]) -> list[Answer]:
     """The three layer-table questions (``layer_output_shapes``, ``layer_params``, ``total_params``)
     for a seed model (reference layer specs) on ``input_shape``.  ``shape_variants`` and
-    ``param_variants`` are ``(layer table, message)`` pairs: the tables typical mistakes give; every
-    unit also gets the channels-first shape and the forgotten input channels of a Conv2D
+    ``param_variants`` are :class:`Mistake` s whose values are the layer tables typical mistakes give;
+    every unit also gets the channels-first shape and the forgotten input channels of a Conv2D
     (``channels_message(in_channels)``) as mistakes."""
     from assignments.cnn_common import reference
 
@@ -52,18 +67,19 @@ def layer_table_answers(input_shape, seed, shape_variants: list, param_variants:
     labels = [r.kind for r in rows]
     shape_items, param_items = [], []
     for i, row in enumerate(rows):
-        sm = [(v[i].output_shape, msg) for v, msg in shape_variants if v[i].output_shape != row.output_shape]
+        sm = [Mistake(v[i].output_shape, reason, text) for v, reason, text in shape_variants
+              if v[i].output_shape != row.output_shape]
         if len(row.output_shape) == 3:
             h, w, c = row.output_shape
-            sm.append(((c, h, w), "Keras puts channels last: (height, width, channels)"))
+            sm.append(Mistake((c, h, w), SWAPPED_AXES, "Keras puts channels last: (height, width, channels)"))
         shape_items.append(sm)
-        pm = [(v[i].params, msg) for v, msg in param_variants if v[i].params != row.params]
+        pm = [Mistake(v[i].params, reason, text) for v, reason, text in param_variants if v[i].params != row.params]
         spec = seed[i]
         in_ch = rows[i - 1].output_shape[-1] if i else input_shape[-1]
         if isinstance(spec, Conv2DSpec) and in_ch != 1:
             one_channel = reference.conv2d_params(spec.kernel_size, 1, spec.filters)
-            if all(v != one_channel for v, _ in pm):
-                pm.append((one_channel, channels_message(in_ch)))
+            if all(m.value != one_channel for m in pm):
+                pm.append(Mistake(one_channel, FORGOT_INPUT_CHANNELS, channels_message(in_ch)))
         param_items.append(pm)
     return [
         Answer("layer_output_shapes", "shape_list", f"a list of {len(rows)} tuples", [r.output_shape for r in rows],
@@ -72,7 +88,7 @@ def layer_table_answers(input_shape, seed, shape_variants: list, param_variants:
                labels=labels, item_mistakes=param_items,
                hint="Conv2D: (k*k*in_channels + 1) * filters; Dense: (inputs + 1) * units; pooling and Flatten: 0."),
         Answer("total_params", "int", "an int", reference.total_params(rows),
-               [(reference.total_params(v), msg) for v, msg in param_variants],
+               [Mistake(reference.total_params(v), reason, text) for v, reason, text in param_variants],
                hint="Add up the parameters of every layer."),
     ]
 
@@ -89,12 +105,13 @@ def close(kind: str, a, b) -> bool:
     return a == b
 
 
-def explain(kind: str, data, mistakes, label: str, hint: str) -> str:
-    """The message for a wrong canonical answer: the first listed mistake it matches, else the hint."""
-    for value, msg in mistakes:
-        if close(kind, data, canonical(kind, value)):
-            return f"{label} is not right. Likely mistake: {msg}"
-    return f"{label} is not right. {hint}".strip()
+def mistaken(kind: str, data, mistakes: Iterable[Mistake], label: str, hint: str) -> CheckFailed:
+    """The failure for a wrong canonical answer: the first listed mistake it matches (its text, and its
+    id as the failure's reason), else the hint (no reason)."""
+    for m in mistakes:
+        if close(kind, data, canonical(kind, m.value)):
+            return CheckFailed(f"{label} is not right. Likely mistake: {m.text}", m.reasons)
+    return CheckFailed(f"{label} is not right. {hint}".strip())
 
 
 def explain_answer_in(answers: dict[str, Answer], key: str, value) -> None:
@@ -102,36 +119,37 @@ def explain_answer_in(answers: dict[str, Answer], key: str, value) -> None:
     public check already tells the student (hidden tests use :func:`check_answer_with`)."""
     spec = answers[key]
     if value is None or value is Ellipsis:
-        raise AssertionError(f"`{key}` is not answered: expected {spec.describe}.")
+        raise NotAnswered(f"`{key}` is not answered: expected {spec.describe}.")
     data = canonical(spec.kind, value, f"`{key}`")
     want = canonical(spec.kind, spec.expected)
     if spec.kind in ("int_list", "shape_list"):
         if len(data) != len(want):
-            raise AssertionError(f"`{key}` should have {len(want)} entries, one per layer, got {len(data)}.")
+            raise CheckFailed(f"`{key}` should have {len(want)} entries, one per layer, got {len(data)}.")
         item_kind = "int" if spec.kind == "int_list" else "shape"
-        problems = [explain(item_kind, d, spec.item_mistakes[i], f"entry {i} ({spec.labels[i]})", "")
+        problems = [mistaken(item_kind, d, spec.item_mistakes[i], f"entry {i} ({spec.labels[i]})", "")
                     for i, (d, w) in enumerate(zip(data, want)) if d != w]
         if problems:
-            raise AssertionError(f"`{key}`: " + "; ".join(problems) + f" {spec.hint}")
+            raise CheckFailed(f"`{key}`: " + "; ".join(map(str, problems)) + f" {spec.hint}",
+                              public_checks.reasons_of(*problems))
         return
     if spec.kind == "array" and data["shape"] != want["shape"]:
-        hint = spec.shape_hints.get(tuple(data["shape"]), "")
-        raise AssertionError(f"`{key}` has shape {tuple(data['shape'])}, expected {tuple(want['shape'])}."
-                             + (f" Likely mistake: {hint}" if hint else ""))
+        named = next((m for m in spec.shape_hints if list(m.value) == data["shape"]), None)
+        raise CheckFailed(f"`{key}` has shape {tuple(data['shape'])}, expected {tuple(want['shape'])}."
+                          + (f" Likely mistake: {named.text}" if named else ""), named.reasons if named else [])
     if not close(spec.kind, data, want):
-        raise AssertionError(explain(spec.kind, data, spec.mistakes, f"`{key}`", spec.hint))
+        raise mistaken(spec.kind, data, spec.mistakes, f"`{key}`", spec.hint)
 
 
 def check_answer_with(explain_answer: Callable[[str, Any], None], key: str, value) -> None:
     """Hidden test: pass or fail with a general message (no expected value, no repeat of the public
-    check's detail, which ``explain_answer`` gives)."""
+    check's detail, which ``explain_answer`` gives); the mistake it recognised stays data (its reasons)."""
     if value is None or value is Ellipsis:
-        raise AssertionError(f"`{key}` is not answered yet.")
+        raise NotAnswered(f"`{key}` is not answered yet.")
     try:
         explain_answer(key, value)
-    except AssertionError:
-        raise AssertionError(f"`{key}` does not match the grader's answer; the public check for this "
-                             "question says what to look at.") from None
+    except AssertionError as exc:
+        raise CheckFailed(f"`{key}` does not match the grader's answer; the public check for this "
+                          "question says what to look at.", public_checks.reasons_of(exc)) from None
 
 
 # --- functions students implement -------------------------------------------------------------
@@ -158,23 +176,24 @@ def check_function_on(name: str, func, cases: list, judge_output: Callable, diff
     inputs or expected outputs; ``differs`` says how the hidden inputs differ from the notebook's
     examples ("other sizes and strides").
     """
-    if not callable(func):
-        raise AssertionError(f"`{name}` should be a function; define it with `def {name}(...)`.")
+    public_checks.check_callable(name, func)
     raised = shape = values = 0
+    failures = []
     for case in cases:
         try:
             out = func(*[a.copy() for a in case.args], **case.kwargs)
         except Exception as exc:
             if public_checks.is_stub(error=exc):
-                raise AssertionError(public_checks.not_implemented_message(name)) from None
+                raise NotAnswered(public_checks.not_implemented_message(name)) from None
             raised += 1
             continue
         if public_checks.is_stub(out):
-            raise AssertionError(public_checks.not_implemented_message(name))
+            raise NotAnswered(public_checks.not_implemented_message(name))
         try:
             judge_output(name, case, out)
         except AssertionError as exc:
-            if "shape" in str(exc):
+            failures.append(exc)
+            if isinstance(exc, ShapeMismatch):
                 shape += 1
             else:
                 values += 1
@@ -182,8 +201,8 @@ def check_function_on(name: str, func, cases: list, judge_output: Callable, diff
     if wrong:
         how = [f"{n} {what}" for n, what in ((raised, "raised an error"), (shape, "with the wrong output shape"),
                                              (values, "with wrong values")) if n]
-        raise AssertionError(f"`{name}` is wrong on {wrong} of {len(cases)} hidden inputs ({', '.join(how)}). "
-                             f"They use {differs} than the notebook's examples.")
+        raise CheckFailed(f"`{name}` is wrong on {wrong} of {len(cases)} hidden inputs ({', '.join(how)}). "
+                          f"They use {differs} than the notebook's examples.", public_checks.reasons_of(*failures))
 
 
 def probe_calls(cases: Iterable) -> list[dict]:
@@ -226,10 +245,11 @@ def check_model_against(model, expected: list[dict], input_shape, owner: str) ->
     public check's detail (``owner``: whose CNN, e.g. "the lesson's")."""
     try:
         public_checks.check_model(model, expected, list(input_shape))
-    except AssertionError:
-        if model is None or model is Ellipsis:
-            raise
-        raise AssertionError(f"The model's layers do not match {owner} CNN; the public check says where.") from None
+    except NotAnswered:
+        raise
+    except AssertionError as exc:
+        raise CheckFailed(f"The model's layers do not match {owner} CNN; the public check says where.",
+                          public_checks.reasons_of(exc)) from None
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -271,9 +291,15 @@ def check_accuracy_with(model, threshold: float, *, require_default: bool, check
 
 # --- the student-side module ------------------------------------------------------------------
 
+def _named(m: Mistake) -> list:
+    """A mistake as the student-side tables hold it: ``[reason, text]`` (``reason`` a list for several)."""
+    return [m.reason if isinstance(m.reason, str) else list(m.reason), m.text]
+
+
 def public_digest_table(answers: dict[str, Answer]) -> dict:
     """What the student-side module knows of each answer: kind, wording, digests of the answer and
-    of each listed mistake (salted with the question key), array shapes and shape hints."""
+    of each listed mistake (salted with the question key) with the mistake's ``[reason, text]``, array
+    shapes and the mistakes wrong shapes name."""
     table = {}
     for key, spec in answers.items():
         entry: dict[str, Any] = {"kind": spec.kind, "describe": spec.describe, "hint": spec.hint}
@@ -282,22 +308,24 @@ def public_digest_table(answers: dict[str, Answer]) -> dict:
             entry["items"] = [
                 {"label": spec.labels[i],
                  "answer": digest(canonical(item_kind, want), f"{key}[{i}]"),
-                 "mistakes": {digest(canonical(item_kind, v), f"{key}[{i}]"): m for v, m in spec.item_mistakes[i]}}
+                 "mistakes": {digest(canonical(item_kind, m.value), f"{key}[{i}]"): _named(m)
+                              for m in spec.item_mistakes[i]}}
                 for i, want in enumerate(spec.expected)]
         else:
             entry["answer"] = digest(canonical(spec.kind, spec.expected), key)
-            entry["mistakes"] = {digest(canonical(spec.kind, v), key): m for v, m in spec.mistakes}
+            entry["mistakes"] = {digest(canonical(spec.kind, m.value), key): _named(m) for m in spec.mistakes}
             if spec.kind == "array":
                 entry["shape"] = list(np.shape(spec.expected))
-                entry["shape_hints"] = {json.dumps(list(s)): m for s, m in spec.shape_hints.items()}
+                entry["shape_hints"] = {json.dumps(list(m.value)): _named(m) for m in spec.shape_hints}
         table[key] = entry
     return table
 
 
-def public_case_row(name: str, label: str, args, kwargs: dict, expected, mistakes,
-                    shape_hints: dict[str, str] | None = None) -> dict:
+def public_case_row(name: str, label: str, args, kwargs: dict, expected, mistakes: Iterable[Mistake],
+                    shape_hints: Iterable[Mistake] | None = None) -> dict:
     """One public case of a function students implement, as the student-side module holds it: the
-    inputs (shown in the notebook), the output's shape and digests of the output and of each mistake."""
+    inputs (shown in the notebook), the output's shape and digests of the output and of each mistake
+    (with its ``[reason, text]``); ``shape_hints``: the mistakes whose value is a wrong output shape."""
     salt = f"{name}:{label}"
     row = {
         "label": label,
@@ -305,10 +333,10 @@ def public_case_row(name: str, label: str, args, kwargs: dict, expected, mistake
         "kwargs": kwargs,
         "shape": list(np.shape(expected)),
         "answer": digest(canonical("array", expected), salt),
-        "mistakes": {digest(canonical("array", v), salt): m for v, m in mistakes},
+        "mistakes": {digest(canonical("array", m.value), salt): _named(m) for m in mistakes},
     }
     if shape_hints is not None:
-        row["shape_hints"] = shape_hints
+        row["shape_hints"] = {json.dumps(list(m.value)): _named(m) for m in shape_hints}
     row["hint"] = ""
     return row
 

@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from assignments.cnn_common import judging
-from assignments.cnn_common.judging import Answer
+from assignments.cnn_common import misconceptions as M
+from assignments.cnn_common.judging import Answer, Mistake
 from assignments.cnn_mnist import public_checks
 from assignments.cnn_mnist import reference
 from assignments.cnn_mnist.public_checks import canonical
@@ -166,13 +167,14 @@ def hidden_cases(name: str, seed: int = 2026) -> list[FunctionCase]:
     return cases
 
 
-def _function_mistakes(name: str, case: FunctionCase) -> list[tuple[np.ndarray, str]]:
+def _function_mistakes(name: str, case: FunctionCase) -> list[Mistake]:
     if name == "conv2d":
         image, kernel = case.args
-        return [(_ref_conv2d(image, np.flip(kernel), **case.kwargs), "flipped the kernel (deep-learning convolution does not flip it)")]
+        return [Mistake(_ref_conv2d(image, np.flip(kernel), **case.kwargs), M.FLIPPED_FILTER,
+                        "flipped the kernel (deep-learning convolution does not flip it)")]
     (x,) = case.args
     size = case.kwargs.get("size", 2)
-    return [(-reference.max_pool2d(-x, pool_size=size), "took the minimum instead of the maximum")]
+    return [Mistake(-reference.max_pool2d(-x, pool_size=size), M.NOT_MAX_POOLING, "took the minimum instead of the maximum")]
 
 
 def judge_function_output(name: str, case: FunctionCase, output) -> None:
@@ -180,15 +182,16 @@ def judge_function_output(name: str, case: FunctionCase, output) -> None:
     want = canonical("array", case.expected(name))
     data = canonical("array", output, f"{name} on {case.label}")
     if data["shape"] != want["shape"]:
-        hint = ""
+        hint, reasons = "", []
         if name == "max_pool2d" and len(data["shape"]) == 2 and data["shape"] == [-(-n // case.kwargs.get("size", 2)) for n in case.args[0].shape]:
-            hint = " Likely mistake: kept the incomplete windows at the edge; use floor division."
+            hint, reasons = " Likely mistake: kept the incomplete windows at the edge; use floor division.", [M.POOLING_FLOOR]
         elif name == "conv2d":
             hint = f" Check the {case.kwargs.get('padding', 'valid')} padding and stride {case.kwargs.get('stride', 1)} size formula."
-        raise AssertionError(f"{name} on {case.label}: shape {tuple(data['shape'])}, expected {tuple(want['shape'])}.{hint}")
+        raise public_checks.ShapeMismatch(
+            f"{name} on {case.label}: shape {tuple(data['shape'])}, expected {tuple(want['shape'])}.{hint}", reasons)
     if not judging.close("array", data, want):
-        raise AssertionError(judging.explain("array", data, _function_mistakes(name, case), f"{name} on {case.label}",
-                                             "The values differ from the reference."))
+        raise judging.mistaken("array", data, _function_mistakes(name, case), f"{name} on {case.label}",
+                               "The values differ from the reference.")
 
 
 def check_function(name: str, func) -> None:
@@ -278,24 +281,28 @@ VARIANT_DIGEST_CHARS = 32  # 128 bits of SHA-256 per digest in the variant table
 
 
 def _compact(table: dict, texts: list[str], index: dict[str, int]) -> dict:
-    """One variant's digest table with every message replaced by its index in the shared ``texts``
-    and digests cut to :data:`VARIANT_DIGEST_CHARS` (a 64-variant module stays small)."""
+    """One variant's digest table with every message (and mistake id) replaced by its index in the shared
+    ``texts`` and digests cut to :data:`VARIANT_DIGEST_CHARS` (a 64-variant module stays small)."""
     def text(t: str) -> int:
         if t not in index:
             index[t] = len(texts)
             texts.append(t)
         return index[t]
 
+    def named(m: list) -> list:  # [reason, text], reason an id or a list of ids
+        reason, said = m
+        return [text(reason) if isinstance(reason, str) else [text(r) for r in reason], text(said)]
+
     def entry(e: dict) -> dict:
         out = dict(e)
         if "answer" in e:
             out["answer"] = e["answer"][:VARIANT_DIGEST_CHARS]
-            out["mistakes"] = {d[:VARIANT_DIGEST_CHARS]: text(m) for d, m in e["mistakes"].items()}
+            out["mistakes"] = {d[:VARIANT_DIGEST_CHARS]: named(m) for d, m in e["mistakes"].items()}
         for k in ("hint", "describe", "label"):
             if k in e:
                 out[k] = text(e[k])
         if "shape_hints" in e:
-            out["shape_hints"] = {s: text(m) for s, m in e["shape_hints"].items()}
+            out["shape_hints"] = {s: named(m) for s, m in e["shape_hints"].items()}
         if "items" in e:
             out["items"] = [entry(i) for i in e["items"]]
         return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import types
 from typing import Any
@@ -23,6 +24,25 @@ from autograder.probe.sandbox import MAX_ERROR_CHARS, clean_text, decode_npy
 
 
 MAX_MESSAGE_CHARS = 5_000  # a failed check's message (it may quote student values)
+MAX_REASONS = 8  # the mistake ids one failed case may record
+_REASON_ID = re.compile(r"[a-z][a-z0-9_]{0,47}")
+
+
+def failure_reasons(exc: BaseException) -> list[str]:
+    """The mistake ids a failed check named, as data (``CheckFailed.reasons`` of the assignment's
+    check modules): plain identifiers only, at most :data:`MAX_REASONS`; never read from the message."""
+    reasons = getattr(exc, "reasons", ())
+    if not isinstance(reasons, (list, tuple)):
+        return []
+    return list(dict.fromkeys(r for r in reasons if isinstance(r, str) and _REASON_ID.fullmatch(r)))[:MAX_REASONS]
+
+
+def answered(exc: BaseException | None, params: list[str], env: dict[str, Any]) -> bool:
+    """Whether the case judged an answer: not when a value it reads is still ``...`` or not defined, nor
+    when the check said there is nothing to judge yet (``NotAnswered``: a stub, an untrained model)."""
+    if any(p not in env or env[p] is Ellipsis for p in params if p != "env"):
+        return False
+    return exc is None or getattr(exc, "answered", True) is not False
 
 
 class ExtractionFailed:
@@ -130,25 +150,31 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
     for path, source in sorted(test_sources.items()):
         test_file = ExceptionTestFile.from_string(source, path=path)
         results = []
+        recorded = []  # per case: the mistakes it named and whether it judged an answer
         for tc in test_file.test_cases:
             params = tc.body._get_func_params()
             failed = [env[p] for p in params if isinstance(env.get(p), ExtractionFailed)]
+            error = None
             try:
                 if failed:
                     raise AssertionError(f"`{failed[0].name}` could not be read from the notebook: {failed[0].message}")
                 tc.body.call_func(env)
                 passed, message = True, "✅ Test case passed"
             except Exception as exc:  # noqa: BLE001 - a failing check is a message, never a crash
+                error = exc
                 detail = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
                 passed, message = False, f"❌ Test case failed\n{clean_text(detail, MAX_MESSAGE_CHARS)}"
             results.append(TestCaseResult(test_case=tc, message=message, passed=passed))
+            recorded.append((failure_reasons(error) if error is not None else [], answered(error, params, env)))
         test_file.test_case_results = results
         questions.append({
             "name": test_file.name,
             "score": float(test_file.score),
             "max_score": float(test_file.possible),
             "cases": [{"name": r.test_case.body.test_func.__name__, "hidden": bool(r.test_case.hidden),
-                       "points": r.test_case.points, "passed": r.passed, "message": r.message} for r in results],
+                       "points": r.test_case.points, "passed": r.passed, "message": r.message,
+                       "misconceptions": reasons if is_answer and not r.passed else [], "answered": is_answer}
+                      for r, (reasons, is_answer) in zip(results, recorded)],
         })
     return questions
 
