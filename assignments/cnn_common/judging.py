@@ -264,29 +264,126 @@ def training_policy(require_lesson_model: bool, owner: str) -> str:
             f"from the allowed layers within the training budget; the structure question checks {owner} architecture.")
 
 
+@dataclass(frozen=True)
+class TrainingFigures:
+    """A unit's figures that the training advice compares a student's recipe with."""
+
+    baseline: str  # what the naive recipe reaches, e.g. "The lesson's recipe (10 epochs at batch size 1000) reaches about 0.988."
+    steps: int  # the optimizer steps (all epochs) of a recipe measured above the threshold
+    epochs: int  # ... its epochs
+    batch_size: int  # ... and batch size
+    train_size: int  # the training images
+    pixel_scale: float  # the notebook's data cell divides the pixels by this
+    num_classes: int = 10
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def training_advice(report: dict, figures: TrainingFigures, owner: str = "the lesson's") -> list[str]:
+    """What to change, from the retrained recipe's figures (``report``: the verifier's report as JSON) rather
+    than a general hint: pixels scaled twice or not at all, a learning rate far from the optimizer's default,
+    EarlyStopping that stopped early, too few optimizer steps (a large batch size, or few epochs at an
+    already small one), an accuracy within the seed margin (the seeds' spread); a recipe none of these
+    fits is pointed at its model and optimizer."""
+    advice: list[str] = []
+    accuracy = report.get("accuracy")
+    top = report.get("input_max")
+    scale = figures.pixel_scale
+    scaled = isinstance(top, (int, float)) and 0.2 <= top <= 10
+    if isinstance(top, (int, float)) and top < 0.2:
+        twice = abs(top * scale - 1) < 0.01
+        advice.append(f"Your images reach the model's first layer with values of at most {top:.3g}, not about 1"
+                      + (f": they are divided by {scale:g} twice (the notebook's data cell already divides the "
+                         f"images by {scale:g}, and your tf.data map or Rescaling layer divides them again)"
+                         if twice else "") + ". Inputs that small make the first layer learn very slowly: scale "
+                      f"the pixels to [0, 1] once.")
+    elif isinstance(top, (int, float)) and top > 10:
+        advice.append(f"Your model trains on unscaled pixels (up to {top:g}): divide them by {scale:g} once, as the "
+                      f"notebook's data cell does, or start the model with Rescaling(1/{scale:g}).")
+    if isinstance(accuracy, (int, float)) and accuracy <= 1.5 / figures.num_classes:
+        advice.append(f"An accuracy of {accuracy:.4f} is what guessing gives ({figures.num_classes} classes): the "
+                      "model did not learn at all.")
+    lr, default = report.get("learning_rate"), report.get("default_learning_rate")
+    optimizer = str(report.get("optimizer") or "the optimizer").split(" (")[0]
+    fast = slow = False
+    if isinstance(lr, (int, float)) and isinstance(default, (int, float)) and lr > 0 and default > 0:
+        ratio = lr / default
+        if ratio >= 10:
+            fast = True
+            advice.append(f"Your learning rate, {lr:g}, is {ratio:.0f} times {optimizer}'s default ({default:g}): "
+                          "steps that large make training jump around or diverge. Try the default, or a schedule "
+                          "that starts near it and decays.")
+        elif ratio <= 0.1:
+            slow = True
+            advice.append(f"Your learning rate, {lr:g}, is {1 / ratio:.0f} times smaller than {optimizer}'s default "
+                          f"({default:g}): training moves slowly. Try the default, or a schedule that starts near it "
+                          "and decays.")
+    requested = int(report.get("epochs_requested") or 0)
+    stopped = [e for e in report.get("seed_epochs") or [report.get("epochs")] if isinstance(e, int) and e < requested]
+    if requested and stopped:
+        advice.append(f"EarlyStopping stopped training after {min(stopped)} of the {requested} requested epochs: "
+                      "a larger patience (or no EarlyStopping) lets the model train longer.")
+    steps, batch = int(report.get("steps") or 0), int(report.get("batch_size") or 0)
+    reference = (f"a recipe measured above the threshold trains {figures.steps:,} ({figures.epochs} epochs at batch "
+                 f"size {figures.batch_size:,})")
+    if steps and steps < 0.75 * figures.steps and not fast:
+        per_epoch = -(-steps // requested) if requested else -(-figures.train_size // max(batch, 1))
+        if batch > 2 * figures.batch_size:
+            advice.append(f"Your recipe trains {steps:,} optimizer steps ({_count(requested, 'epoch')} of {per_epoch:,} "
+                          f"steps at batch size {batch:,}); {reference}. A smaller batch size gives more steps per epoch "
+                          f"(batch size {figures.batch_size:,}: {-(-figures.train_size // figures.batch_size):,} "
+                          f"per epoch). {figures.baseline}")
+        else:
+            advice.append(f"Your recipe trains {steps:,} optimizer steps ({_count(requested, 'epoch')} of {per_epoch:,} "
+                          f"steps at batch size {batch:,}); {reference}. At that batch size, more epochs give the model the "
+                          "steps it needs.")
+    accuracies = [a for a in report.get("accuracies") or [] if isinstance(a, (int, float))]
+    if len(accuracies) > 1:
+        advice.append(f"Your first accuracy was close to the threshold, so the grader trained {len(accuracies)} seeds "
+                      f"and scored the median: from one seed to another the accuracy varied by "
+                      f"{max(accuracies) - min(accuracies):.4f} here. A recipe that clears the threshold by more than "
+                      "that passes whatever the seed: a few more epochs, or a learning rate that decays over the run.")
+    if not advice and scaled and not slow:
+        advice.append(f"Your recipe trains {steps:,} optimizer steps on pixels scaled to [0, 1] at a usual learning "
+                      f"rate: compare your layers with {owner} CNN (the structure question) and try another "
+                      "optimizer or a learning-rate schedule that decays.")
+    return advice or [figures.baseline]
+
+
 def check_accuracy_with(model, threshold: float, *, require_default: bool, check_model: Callable,
-                        evaluate: Callable, advice: str, owner: str) -> None:
+                        evaluate: Callable, figures: TrainingFigures, owner: str) -> None:
     """Hidden test: test-set accuracy of the trained model must exceed ``threshold``.
 
     With Otter alone this evaluates the model object in the notebook's kernel (``evaluate(model)``).
     Our engine passes a model *description* whose recipe the retraining verifier has already
-    retrained (in its own process); the accuracy arrives here as a number.  ``advice``: what to
-    try, shown when the accuracy is too low.
+    retrained (in its own process); the accuracy arrives here as a number, with the report the
+    advice is written from (:func:`training_advice`; ``figures``: the unit's).
     """
     require = getattr(model, "require_lesson_model", require_default)
     policy = training_policy(require, owner)
     if require:
         try:
             check_model(model)
+        except NotAnswered:
+            raise
         except AssertionError as exc:
-            raise AssertionError(f"{exc} {policy}") from None
+            raise CheckFailed(f"{exc} {policy}") from None
+    if model is None or model is Ellipsis:
+        raise NotAnswered("`model` is not defined yet.")
+    if getattr(model, "fits", None) == []:  # the grader's description: no fit call was recorded
+        raise NotAnswered("The model was never trained: call model.fit(...).")
     measure = getattr(model, "measured_accuracy", None)
     if callable(measure):  # a description from the grading engine: the verifier retrained it
         accuracy, summary = measure()
+        report = getattr(model, "last_report", None) or {}
     else:
-        accuracy, summary = evaluate(model), "evaluated the notebook's trained model"
-    if not accuracy > threshold:
-        raise AssertionError(f"Test accuracy {accuracy:.4f} is not above {threshold:.2f} ({summary}). {advice} {policy}")
+        accuracy, summary, report = evaluate(model), "evaluated the notebook's trained model", {}
+    if not accuracy > threshold:  # one line each: the scored run, each piece of advice, the policy
+        advice = training_advice(report, figures, owner) if report else [figures.baseline]
+        raise CheckFailed("\n".join([f"Test accuracy {accuracy:.4f} is not above {threshold:.2f} ({summary}).",
+                                     *advice, policy]))
 
 
 # --- the student-side module ------------------------------------------------------------------

@@ -99,6 +99,16 @@ class ExtractedModel:
     def to_json(self) -> str:
         return self._config_json
 
+    def retrain_refusal(self) -> str | None:
+        """Why the verifier refused to retrain this recipe (the submission's doing: a rule it breaks, or a
+        recipe Keras cannot build or that is too slow as measured); None when it was retrained, when this
+        run does not retrain (or has not yet), or when the grader failed for reasons of its own."""
+        report = self.last_report
+        if not isinstance(report, dict) or report.get("grader_error") or report.get("accuracy") is not None:
+            return None
+        error = report.get("error")
+        return error if isinstance(error, str) and error else None
+
     def measured_accuracy(self) -> tuple[float, str]:
         if self.retrain is None:
             raise AssertionError("Retraining is turned off for this run (--no-retrain), so accuracy was not measured.")
@@ -114,7 +124,7 @@ class ExtractedModel:
         notes = "; ".join(report.get("notes") or [])
         if report.get("error"):
             raise AssertionError(report["error"] + (f" Notes: {notes}." if notes else ""))
-        summary = RetrainReport(**report).summary()
+        summary = RetrainReport.from_dict(report).summary()
         return float(report["accuracy"]), summary + (f"; notes: {notes}" if notes else "")
 
 

@@ -395,7 +395,10 @@ def _thresholds(results: list[dict]) -> dict[str, float]:
 def render_feedback(result: dict) -> str:
     """The student's own page: their scores and messages, nothing about any classmate."""
     failed = [c for c in (result.get("execution") or {}).get("cells", []) if c.get("error")]
-    return FEEDBACK.render(r=result, fmt=fmt, failed_cells=failed, clean=_clean, case_label=_case_label)
+    from autograder.verifier.describe import describe_run
+
+    return FEEDBACK.render(r=result, fmt=fmt, failed_cells=failed, clean=_clean, case_label=_case_label,
+                           retrained=describe_run)
 
 
 def _case_label(test_name: str) -> str:
