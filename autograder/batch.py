@@ -197,7 +197,7 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
                 result["student"] = _identity(sub)
                 from autograder import manual
 
-                manual.enrich(result, sub.notebook)  # hand-graded answers and misconception ids, read as data
+                manual.enrich(result, sub.notebook)  # hand-graded answers, read as data
             except Exception as exc:  # the engine should not raise; if it does, the batch still goes on
                 result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error", name,
                                        cause="grader_crash")
@@ -265,7 +265,7 @@ def merge_manual_scores(results: list[dict], out: Path, options: BatchOptions) -
     written."""
     from autograder import logs, manual, manual_scores as sheets
 
-    results = [manual.enrich(r, r.get("submission")) if "manual" not in r else manual.tag_misconceptions(r)
+    results = [manual.enrich(r, r.get("submission")) if "manual" not in r else r
                for r in results]  # results written before hand-graded questions were read
     if not any(r.get("manual") for r in results):
         return manual.merge(results, {}), bool(options.anonymous)

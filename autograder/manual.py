@@ -1,4 +1,4 @@
-"""Hand-graded questions (Otter Assign ``manual: true``), end to end, and the misconception tags.
+"""Hand-graded questions (Otter Assign ``manual: true``), end to end.
 
 * **Which questions.** Read from each assignment's master notebook (Otter Assign format: a raw
   ``# BEGIN QUESTION`` cell whose YAML says ``manual: true``), never hard-coded: name, points and
@@ -305,12 +305,8 @@ def questions_from_file(path: Path) -> tuple[ManualQuestion, ...]:
 def enrich(result: dict, notebook: str | os.PathLike | None,
            questions: tuple[ManualQuestion, ...] | list[ManualQuestion] | None = None) -> dict:
     """Add what the trusted side reads without running anything: the hand-graded questions' answers
-    (their points join ``max_score``, pending) and the misconception ids of each failed case.
-    Never raises: a problem here leaves the result as the engine made it."""
-    try:
-        tag_misconceptions(result)
-    except Exception:  # noqa: BLE001
-        pass
+    (their points join ``max_score``, pending).  Never raises: a problem here leaves the result as the
+    engine made it."""
     try:
         questions = questions or questions_for(result.get("assignment"))
         if not questions or result.get("manual") or result.get("status") == "grader_error" or not notebook:
@@ -324,36 +320,6 @@ def enrich(result: dict, notebook: str | os.PathLike | None,
     except Exception:  # noqa: BLE001 - an unreadable notebook: its answers are missing, said on the page
         result["manual"] = [asdict(ManualAnswer(q.name, q.points))
                             for q in questions or questions_for(result.get("assignment"))]
-    return result
-
-
-@lru_cache(maxsize=None)
-def _classifier(assignment: str | None):
-    if not assignment:
-        return None
-    import importlib
-
-    from autograder import registry
-
-    try:
-        module = registry.get(assignment).misconceptions
-        return importlib.import_module(module) if module else None
-    except (LookupError, ImportError):
-        return None
-
-
-def catalogue(assignment: str | None) -> dict[str, str]:
-    module = _classifier(assignment)
-    return dict(getattr(module, "CATALOGUE", {})) if module else {}
-
-
-def tag_misconceptions(result: dict) -> dict:
-    """Tag each failed case with the misconception ids its message names (the assignment's catalogue)."""
-    module = _classifier(result.get("assignment"))
-    for q in result.get("questions") or []:
-        for c in q.get("cases") or []:
-            if not c.get("misconceptions"):  # the judge's cases come with an empty list
-                c["misconceptions"] = module.classify(c.get("message", "")) if module and not c.get("passed") else []
     return result
 
 

@@ -73,9 +73,12 @@ class CaseResult:
     points: float | None  # its points (None: the question's points are split among its cases)
     passed: bool  # whether the check passed
     message: str  # the feedback: the likely mistake for a public check, a general message for a hidden one
-    # the named likely mistakes this failed case points to (ids of the assignment's misconception
-    # catalogue, e.g. "flipped_filter"); empty when it names none
+    # the named likely mistakes this failed case recognised (ids of the assignment's misconception
+    # catalogue, e.g. "flipped_filter"), as the check raised them; empty when it names none
     misconceptions: list[str] = field(default_factory=list)
+    # whether the case judged an answer: false while the answer is still ``...``, a stub, a model without
+    # layers, not compiled or not trained (the class insight counts answered questions only)
+    answered: bool = True
     # not decided in this run (neither passed nor failed, no points), and why: "retraining_off" or
     # "retraining_pending" (the accuracy check when no retrain measured the model); None: decided
     undecided: Undecided | None = None

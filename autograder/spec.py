@@ -116,8 +116,8 @@ class AssignmentSpec:
     # course-content packages the assignment's modules import besides its own (e.g. content shared by
     # several units, "assignments.cnn_common"): bundled with it in the zips, masked in the jail like it
     shared: tuple[str, ...] = ()
-    # module naming the unit's misconceptions (the likely mistakes its feedback names): ``CATALOGUE``
-    # ({id: title}) and ``classify(message) -> list[id]``; None: feedback names no misconception
+    # module naming the unit's misconceptions (the likely mistakes its checks name, as the ids they raise):
+    # ``CATALOGUE`` ({id: title}); None: the checks name no misconception
     misconceptions: str | None = None
     # the questions (Otter names, as in ``grader.check("name")``) whose answers are code students write
     # themselves: compared pair by pair for copied code (:mod:`autograder.lms.similarity`); (): none

@@ -244,8 +244,9 @@ def test_public_and_hidden_checks_agree_on_every_answer():
     for key, answer in checks.ANSWERS.items():
         checks.check_answer(key, answer.expected)
         mod.check_answer(key, answer.expected)
-        for wrong, hint in answer.mistakes:
+        for mistake in answer.mistakes:
             for judge in (checks.explain_answer, mod.check_answer):
-                with pytest.raises(AssertionError, match="Likely mistake"):
-                    judge(key, wrong)
+                with pytest.raises(AssertionError, match="Likely mistake") as err:
+                    judge(key, mistake.value)
+                assert list(err.value.reasons) == mistake.reasons  # the mistake named as data too
     assert "cnn_checks_under_test" not in sys.modules

@@ -7,9 +7,11 @@ sample), the feedback its metadata names, and the solutions' recipes retrain abo
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from autograder import registry
@@ -40,6 +42,12 @@ def test_engine_gives_each_sample_its_designed_score(assignment, name, builds, e
             assert feedback[question] in "\n".join(c["message"] for c in questions[question]["cases"])
     assert result["score"] == pytest.approx(sum(expected.values()))
     assert result["status"] == "graded", result.get("error")
+    # the class insight: each designed mistake recorded by its id, on its question, and nothing else
+    meta = nbformat.read(_sample(assignment, name), as_version=4).metadata[
+        importlib.import_module(registry.get(assignment).samples).METADATA_KEY]
+    named = {q: sorted({m for c in questions[q]["cases"] for m in c["misconceptions"]}) for q in questions}
+    assert {q: ids for q, ids in named.items() if ids} == \
+        {q: sorted(ids) for q, ids in meta["expected_misconceptions"].items()}, name
 
 
 @pytest.mark.slow

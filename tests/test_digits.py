@@ -102,7 +102,7 @@ def test_public_and_hidden_checks_agree_and_name_every_mistake():
         checks.check_answer(key, answer.expected)
         public.check_answer(key, answer.expected)
         assert answer.mistakes or answer.item_mistakes, key
-        for wrong, _ in answer.mistakes:
+        for wrong, _reason, _text in answer.mistakes:
             for judge in (checks.explain_answer, public.check_answer):
                 with pytest.raises(AssertionError, match="Likely mistake"):
                     judge(key, wrong)
@@ -119,19 +119,23 @@ def test_functions_are_judged_with_named_mistakes():
         public.check_function(name, ref)
         for case in checks.public_cases(name) + checks.hidden_cases(name):
             checks.judge_function_output(name, case, case.expected(name))
-            for wrong, msg in checks._function_mistakes(name, case):
+            for wrong, reason, msg in checks._function_mistakes(name, case):
                 if np.allclose(wrong, case.expected(name)):
                     continue  # e.g. the ReLU changes nothing on this case
-                with pytest.raises(AssertionError, match="Likely mistake"):
+                with pytest.raises(AssertionError, match="Likely mistake") as err:
                     checks.judge_function_output(name, case, wrong)
+                assert reason in err.value.reasons or set(reason) <= set(err.value.reasons)
     no_relu = lambda x, k, b: reference.conv2d(x, k, bias=b)  # noqa: E731
-    with pytest.raises(AssertionError, match="forgot the ReLU"):
+    with pytest.raises(AssertionError, match="forgot the ReLU") as err:
         public.check_function("conv_layer", no_relu)
-    with pytest.raises(AssertionError, match=r"wrong on \d+ of 6 hidden inputs"):
+    assert err.value.reasons == ("forgot_relu",)
+    with pytest.raises(AssertionError, match=r"wrong on \d+ of 6 hidden inputs") as err:
         checks.check_function("conv_layer", no_relu)
+    assert "forgot_relu" in err.value.reasons  # the hidden check's message is general, its reasons are not
     ignores_stride = lambda x, size=2, stride=None: reference.max_pool(x, size)  # noqa: E731
-    with pytest.raises(AssertionError, match="shape"):
+    with pytest.raises(AssertionError, match="shape") as err:
         public.check_function("max_pool", ignores_stride)
+    assert err.value.reasons == ("ignored_stride",)
     with pytest.raises(AssertionError, match="not implemented yet"):
         checks.check_function("max_pool", lambda x, size=2, stride=None: None)
 

@@ -156,11 +156,12 @@ def test_hidden_function_check_names_no_hidden_input_or_expected_value():
 @pytest.mark.parametrize("key", sorted(checks.ANSWERS))
 def test_hidden_answer_check_does_not_repeat_the_public_one(key):
     answer = checks.ANSWERS[key]
-    for wrong, hint in answer.mistakes:
+    for mistake in answer.mistakes:
         with pytest.raises(AssertionError) as err:
-            checks.check_answer(key, wrong)
+            checks.check_answer(key, mistake.value)
         message = str(err.value)
-        assert hint not in message and "Likely mistake" not in message and "expected" not in message
+        assert mistake.text not in message and "Likely mistake" not in message and "expected" not in message
+        assert list(err.value.reasons) == mistake.reasons  # the instructor's insight still learns which it was
         assert str(answer.expected) not in message
 
 
@@ -373,3 +374,109 @@ def test_the_console_table_cuts_no_message_mid_sentence_and_counts_in_words(monk
     assert "1 epoch," in text and "1 epochs" not in text
     assert text.index("Question 7: Implement convolution") < text.index("Question 10") < text.index("Question 11")
     assert reports.plural(1, "answer") == "1 answer" and reports.plural(2, "answer") == "2 answers"
+
+
+# --- what the training question says: the run that was scored, and advice from its figures ----------
+
+def _report(**given) -> dict:
+    """A retraining report as the verifier writes it (a recipe that trains like the solution, by default)."""
+    report = {"accuracy": 0.985, "accuracies": [0.985], "seeds": [1234], "epochs": 10, "seed_epochs": [10],
+              "epochs_requested": 10, "batch_size": 128, "steps": 4690, "optimizer": "Adam (learning rate default)",
+              "learning_rate": None, "default_learning_rate": 0.001, "input_max": 1.0, "loss": "sparse_categorical_crossentropy",
+              "device": "CPU", "backend": "tensorflow", "seconds": 95.0, "cache_hit": False, "notes": [], "error": None}
+    return {**report, **given}
+
+
+def _advice(**given) -> str:
+    from assignments.cnn_common import judging
+
+    return " ".join(judging.training_advice(_report(**given), checks.TRAINING_FIGURES))
+
+
+BLANKET = "try smaller batches or more epochs"
+
+
+def test_advice_pixels_scaled_twice_says_so_and_nothing_about_batches():
+    advice = _advice(input_max=1 / 255)
+    assert "at most 0.00392" in advice and "divided by 255 twice" in advice and "scale the pixels to [0, 1] once" in advice
+    assert "batch size" not in advice and BLANKET not in advice
+
+
+def test_advice_unscaled_pixels():
+    advice = _advice(input_max=255.0)
+    assert "unscaled pixels (up to 255)" in advice and "Rescaling(1/255)" in advice
+
+
+@pytest.mark.parametrize("rate,says", [(0.1, "is 100 times Adam's default (0.001)"),
+                                       (1e-5, "is 100 times smaller than Adam's default (0.001)")])
+def test_advice_a_learning_rate_far_from_the_default(rate, says):
+    advice = _advice(learning_rate=rate, optimizer=f"Adam (learning rate {rate:g})")
+    assert f"Your learning rate, {rate:g}, {says}" in advice
+    assert _advice(learning_rate=0.002) == _advice()  # twice the default is not far from it
+
+
+def test_advice_early_stopping_that_stopped_early():
+    advice = _advice(epochs=4, seed_epochs=[4], epochs_requested=15, steps=15 * 469)
+    assert "EarlyStopping stopped training after 4 of the 15 requested epochs" in advice
+
+
+def test_advice_a_large_batch_with_few_steps_suggests_a_smaller_batch():
+    advice = _advice(batch_size=1000, steps=600, epochs=10, seed_epochs=[10])
+    assert "Your recipe trains 600 optimizer steps (10 epochs of 60 steps at batch size 1,000)" in advice
+    assert "A smaller batch size gives more steps per epoch (batch size 128: 469 per epoch)" in advice
+    assert "reaches only about 0.988" in advice
+
+
+def test_advice_an_already_small_batch_with_few_epochs_suggests_more_epochs():
+    advice = _advice(batch_size=128, steps=469, epochs=1, seed_epochs=[1], epochs_requested=1)
+    assert "Your recipe trains 469 optimizer steps (1 epoch of 469 steps at batch size 128)" in advice
+    assert "more epochs give the model the steps it needs" in advice and "smaller batch" not in advice
+
+
+def test_advice_near_the_threshold_explains_the_seeds():
+    advice = _advice(accuracy=0.9893, accuracies=[0.9885, 0.9893, 0.9902], seeds=[1234, 1235, 1236],
+                     seed_epochs=[10, 10, 10])
+    assert "trained 3 seeds and scored the median" in advice and "varied by 0.0017" in advice
+
+
+def test_advice_at_chance_level_says_the_model_did_not_learn():
+    advice = _advice(accuracy=0.098, accuracies=[0.098], learning_rate=0.5)
+    assert "what guessing gives (10 classes)" in advice and "500 times Adam's default" in advice
+
+
+def test_advice_for_a_recipe_that_trains_like_the_solution_points_at_the_model():
+    advice = _advice()
+    assert "compare your layers with the lesson's CNN" in advice and BLANKET not in advice
+
+
+def test_the_failed_training_check_says_what_was_scored_and_its_advice():
+    """Through the hidden check, as the judge runs it: the scored run's figures, then the advice."""
+    from autograder.judge.judge import ExtractedModel
+
+    report = _report(accuracy=0.9893, accuracies=[0.9885, 0.9893, 0.9902], seeds=[1234, 1235, 1236],
+                     epochs=12, seed_epochs=[15, 12, 9], epochs_requested=15, steps=15 * 469)
+    model = ExtractedModel('{"class_name": "Sequential", "config": {"layers": []}}', [{"epochs": 15}],
+                           {"reports": {"model": report}})
+    with pytest.raises(AssertionError) as failed:
+        checks.check_accuracy(model)
+    message = str(failed.value)
+    assert message.startswith("Test accuracy 0.9893 is not above 0.99 (retrained from scratch with 3 seeds at batch size "
+                              "128, Adam (learning rate default), on CPU (tensorflow), 95 s; the median counts: "
+                              "seed 1234: 0.9885 after 15 epochs; seed 1235: 0.9893 after 12 of the 15 requested epochs "
+                              "(EarlyStopping stopped it); seed 1236: 0.9902 after 9 of the 15 requested epochs")
+    assert "EarlyStopping stopped training after 9 of the 15 requested epochs" in message
+    assert "trained 3 seeds" in message and BLANKET not in message
+
+
+def test_the_feedback_page_describes_the_run_that_was_scored():
+    """A passed training question lists every seed's accuracy and the epochs each really trained."""
+    passed = _result("1001")
+    passed["retrain"] = _report(accuracy=0.9912, accuracies=[0.9905, 0.9912, 0.9931], seeds=[1234, 1235, 1236],
+                                epochs=12, seed_epochs=[15, 12, 15], epochs_requested=15)
+    page = reports.render_feedback(passed)
+    assert "Test accuracy <strong>0.9912</strong>, retrained from scratch with 3 seeds" in page
+    assert "seed 1235: 0.9912 after 12 of the 15 requested epochs (EarlyStopping stopped it)" in page
+    assert "after 10 epochs" not in page
+    single = _result("1002")  # a result written before the seeds' epochs were recorded still reads
+    page = reports.render_feedback(single)
+    assert "Test accuracy <strong>0.9931</strong>, retrained from scratch: 10 epochs at batch size 128, Adam" in page

@@ -1,11 +1,10 @@
 """Hand-graded questions end to end (read from the masters, extracted as data, graders' pages, scores
-merged without regrading, Canvas and Gradescope) and the class insight (misconception counts)."""
+merged without regrading, Canvas and Gradescope).  The class insight is in ``test_insight.py``."""
 
 from __future__ import annotations
 
 import base64
 import csv
-import importlib
 import json
 import re
 import shutil
@@ -16,7 +15,7 @@ import pytest
 
 from autograder import batch, manual, manual_scores, registry
 from autograder.judge.pipeline import RetrainOptions
-from autograder.lms import gradescope, insight
+from autograder.lms import gradescope
 from autograder.lms.submissions import collect
 from autograder.result import CaseResult, GradeResult, QuestionResult
 
@@ -84,7 +83,6 @@ def test_an_answer_is_bounded_data_with_only_real_images():
     assert any("not a valid image" in p.get("text", "") for p in answer.parts)
     from dataclasses import asdict
 
-    from autograder.lms import reports
 
     page = _manual_page([{"who": "1001", "name": "", "m": asdict(answer)}])
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)" in page
@@ -376,97 +374,3 @@ def test_the_autograder_zip_carries_the_hand_graded_questions(built):
     assert [(q["name"], q["points"]) for q in questions] == [("written_pooling", 3.0)]
     assert "A convolution shares" not in json.dumps(questions)  # the question, never the answer
     assert "one small filter is shared" not in json.dumps(questions)  # nor the graders' rubric
-
-
-# --- class insight ------------------------------------------------------------------------------
-
-def test_misconception_counts_of_the_samples_follow_their_designed_mistakes(builds, tmp_path):
-    """The samples record which mistakes they were written with (``expected_feedback``: a fragment of
-    the message each mistaken question must give); the report counts each named mistake's students."""
-    folder = tmp_path / "class"
-    folder.mkdir()
-    expected: dict[tuple[str, str, str], set[str]] = {}
-    designed: dict[str, dict] = {}
-    for name in registry.names():
-        spec = registry.get(name)
-        key = importlib.import_module(spec.samples).METADATA_KEY
-        for sample in ("by_hand_mistakes", "shape_mistakes"):
-            sid = f"{name}-{sample}"
-            nb = spec.samples_dir / f"{sample}.ipynb"
-            shutil.copy(nb, folder / f"{sid}.ipynb")
-            meta = nbformat.read(nb, as_version=4).metadata[key]
-            designed[sid] = meta["expected_failures"]
-            classifier = importlib.import_module(spec.misconceptions)
-            for question, fragment in meta["expected_feedback"].items():
-                for mid in classifier.classify(fragment):
-                    expected.setdefault((name, question, mid), set()).add(sid)
-    assert len(expected) >= 10  # the samples' designed mistakes are named ones
-    zips = [builds[name].autograder_zip for name in registry.names()]
-    out = tmp_path / "out"
-    results = batch.run_batch([folder], zips, out, batch.BatchOptions(jobs=2, retrain=NO_RETRAIN, progress=False))
-    counted = {(s["assignment"], q["name"], m["id"]): set(m["students"])
-               for s in insight.sections(results) for q in s["questions"] for m in q["misconceptions"]}
-    for key, students in expected.items():
-        assert counted.get(key) == students, key
-    for (name, question, mid), students in counted.items():  # and nobody is blamed for a question they got right
-        assert all(question in designed[sid] for sid in students), (name, question, mid, students)
-    rows = {(r["assignment"], r["question"], r["misconception"]): int(r["students"])
-            for r in _rows(out / "misconceptions.csv")}
-    assert rows == {key: len(students) for key, students in counted.items()}
-    report = (out / "report.html").read_text()
-    assert 'id="unit-cnn_mnist"' in report and 'id="unit-digits"' in report  # one section per unit
-    assert "flipped_filter" in report and "cnn_mnist-by_hand_mistakes" in report
-
-
-def _insight_row(sid: str, assignment: str, accuracy: float, flipped: bool) -> dict:
-    case = {"name": "test_conv_small_hidden", "hidden": True, "points": 2.0, "passed": not flipped,
-            "message": "Likely mistake: flipped the filter" if flipped else "ok"}
-    r = {"student": {"id": sid, "source": "", "name": "", "email": "", "extra": {}}, "assignment": assignment,
-         "status": "graded", "error": None, "score": 2.0, "max_score": 33.0, "execution": {}, "limits_hit": [],
-         "questions": [{"name": "conv_small", "score": 0.0 if flipped else 2.0, "max_score": 2.0, "cases": [case]}],
-         "retrain": {"accuracy": accuracy, "epochs": 1, "batch_size": 32, "optimizer": "adam", "device": "CPU",
-                     "backend": "tensorflow", "seconds": 1.0, "cache_hit": False, "notes": [], "error": None}}
-    return manual.tag_misconceptions(r)
-
-
-def test_a_mixed_batch_gets_one_insight_section_per_unit_with_its_threshold(tmp_path):
-    from autograder.lms import reports
-
-    results = [_insight_row("a", "cnn_mnist", 0.995, True), _insight_row("b", "cnn_mnist", 0.98, True),
-               _insight_row("c", "cnn_mnist", 0.992, False), _insight_row("d", "digits", 0.95, False)]
-    by_unit = {s["assignment"]: s for s in insight.sections(results)}
-    assert set(by_unit) == {"cnn_mnist", "digits"}
-    cnn = by_unit["cnn_mnist"]
-    assert cnn["threshold"] == registry.get("cnn_mnist").training.threshold and cnn["below_threshold"] == 1
-    (q,) = cnn["questions"]
-    assert q["misconceptions"] == [{"id": "flipped_filter", "title": manual.catalogue("cnn_mnist")["flipped_filter"],
-                                    "count": 2, "students": ["a", "b"]}]
-    assert q["hidden"] == [{"case": "test_conv_small_hidden", "failed": 2, "total": 3, "rate": 2 / 3}]
-    assert by_unit["digits"]["questions"][0]["misconceptions"] == []
-    reports.write_all(results, tmp_path)
-    report = (tmp_path / "report.html").read_text()
-    assert report.count('<section class="unit"') == 2 and "1</strong> of 3 at or below the threshold 0.99" in report
-    assert "67%" in report and "a, b" in report
-    assert _rows(tmp_path / "misconceptions.csv") == [{"assignment": "cnn_mnist", "question": "conv_small",
-                                                       "misconception": "flipped_filter", "title": q["misconceptions"][0]["title"],
-                                                       "students": "2", "of_scored": "3", "ids": "a;b"}]
-
-
-@pytest.mark.parametrize("unit", ["cnn_mnist", "digits"])
-def test_every_mistake_a_unit_names_is_a_misconception_of_its_catalogue(unit):
-    """A mistake added to a unit's checks without an identifier would be missing from the class insight."""
-    spec = registry.get(unit)
-    checks = importlib.import_module(spec.checks)
-    classifier = importlib.import_module(spec.misconceptions)
-    answers = checks.answers_for() if hasattr(checks, "answers_for") else checks.ANSWERS
-    messages = set()
-    for a in answers.values():
-        messages |= {m for _, m in a.mistakes} | {m for items in a.item_mistakes for _, m in items}
-        messages |= set(a.shape_hints.values())
-    functions = list(checks.probe_plan())  # the functions students implement
-    for name in functions:
-        for case in checks.public_cases(name):
-            messages |= {m for _, m in checks._function_mistakes(name, case)}
-    assert len(messages) > 20
-    assert [m for m in sorted(messages) if not classifier.classify(m)] == []
-    assert {mid for m in messages for mid in classifier.classify(m)} <= set(classifier.CATALOGUE)

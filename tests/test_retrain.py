@@ -71,7 +71,8 @@ def _lesson_recipe_check(settings, tmp_path):
     with pytest.raises(AssertionError) as err:
         checks.check_accuracy(extracted)
     message = str(err.value)
-    assert "is not above 0.99" in message and "10 epochs, batch size 1000" in message and "Training policy" in message
+    assert "is not above 0.99" in message and "10 epochs at batch size 1000" in message and "Training policy" in message
+    assert "A smaller batch size gives more steps per epoch" in message  # the advice follows from the recipe
     return report
 
 
@@ -300,24 +301,30 @@ def test_config_size_and_parameter_limits(monkeypatch):
 
 # --- seed rule -------------------------------------------------------------------------------
 
-def _fake_training(monkeypatch, accuracies):
+def _fake_training(monkeypatch, accuracies, epochs=None):
     calls = []
 
     def fake(job, settings, isolated, slots):
         calls.append(job["seed"])
-        return {"accuracy": accuracies[job["seed"] - settings.seed], "epochs": 1, "seconds": 1.0}
+        i = job["seed"] - settings.seed
+        return {"accuracy": accuracies[i], "epochs": epochs[i] if epochs else 1, "seconds": 1.0}
 
     monkeypatch.setattr(retrain, "_train", fake)
     return calls
 
 
 def test_near_the_threshold_more_seeds_are_trained_and_the_median_scores(monkeypatch):
-    calls = _fake_training(monkeypatch, [0.9885, 0.9921, 0.9903])
+    calls = _fake_training(monkeypatch, [0.9885, 0.9921, 0.9903], epochs=[12, 9, 7])  # EarlyStopping: each its own
     settings = retrain.Settings("cnn_mnist", seeds=3, seed_margin=0.003, threshold=0.99)
     model = _small_model()
-    report = retrain.verify(model.to_json(), [_fit(model, 1, 64)], settings, cache_dir=None)
+    report = retrain.verify(model.to_json(), [_fit(model, 12, 64)], settings, cache_dir=None)
     assert calls == [1234, 1235, 1236] and report.accuracies == [0.9885, 0.9921, 0.9903] and report.accuracy == 0.9903
-    assert "median of 3 seeds (0.9885, 0.9921, 0.9903)" in report.summary()
+    assert report.seed_epochs == [12, 9, 7] and report.epochs == 7 and report.epochs_requested == 12  # the scored run's
+    summary = report.summary()
+    assert "retrained from scratch with 3 seeds at batch size 64, Adam (learning rate 0.001), on " in summary
+    assert summary.endswith("; the median counts: seed 1234: 0.9885 after 12 epochs; seed 1235: 0.9921 after 9 of the 12 "
+                            "requested epochs (EarlyStopping stopped it); seed 1236: 0.9903 after 7 of the 12 requested "
+                            "epochs (EarlyStopping stopped it)")
     assert any("3 seeds were trained and the median counts" in n for n in report.notes)
     calls = _fake_training(monkeypatch, [0.9851, 0.9999, 0.9999])
     report = retrain.verify(model.to_json(), [_fit(model, 1, 64)], settings, cache_dir=None)

@@ -111,13 +111,13 @@ def test_public_checks_pass_the_right_answer_and_name_every_listed_mistake(publi
     for key, answer in answers.items():
         public.check_answer(key, answer.expected)
         checks.explain_answer_in(answers, key, answer.expected)
-        for wrong, hint in answer.mistakes:
+        for wrong, _reason, hint in answer.mistakes:
             for judge in (public.check_answer, lambda k, v: checks.explain_answer_in(answers, k, v)):
                 with pytest.raises(AssertionError, match="Likely mistake") as err:
                     judge(key, wrong)
                 assert hint in str(err.value)
         for i, items in enumerate(answer.item_mistakes):  # per-layer mistakes of the table
-            for wrong, hint in items:
+            for wrong, _reason, hint in items:
                 value = list(answer.expected)
                 value[i] = wrong
                 with pytest.raises(AssertionError, match="Likely mistake") as err:

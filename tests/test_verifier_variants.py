@@ -223,6 +223,12 @@ def test_replayed_as_written_matches_plain_keras(variant, data, monkeypatch):
     plain = _plain_keras(code, data, variant in REPLAYED_RAW)
     assert plain > 0.6, plain
     assert abs(report.accuracy - plain) <= REPLAY_TOLERANCE, (report.accuracy, plain, report.notes)
+    # what the student reads of it: the pixels as the model saw them, the epochs the scored run really trained
+    assert report.input_max == pytest.approx(1.0, rel=1e-5), report.input_max  # every variant scales once
+    assert report.seed_epochs == [report.epochs] and 1 <= report.epochs <= report.epochs_requested
+    if "map scaling" in variant:
+        assert any("scales the images (divided by 255)" in n for n in report.notes), report.notes
+        assert "0.00392" not in " ".join(report.notes)
 
 
 def test_tf_data_batch_size_is_the_pipelines(data, monkeypatch):
@@ -329,3 +335,70 @@ def test_keras_raising_after_the_first_training_step_is_the_submissions_error(da
     report = retrain.verify(config, fits, SETTINGS, cache_dir=None, isolated=False)
     assert report.grader_error is None and report.accuracy is None, report
     assert "Keras could not train the recipe" in report.error and "stopped after" in report.error, report.error
+
+
+# --- the structure question accepts what the training question replays -----------------------------
+
+def test_the_structure_question_accepts_the_training_only_layers_the_grader_replays(data, monkeypatch):
+    """The lesson's CNN with dropout, noise and augmentation layers: the grader retrains it, so the structure
+    question (public and hidden) must not take its points away for them."""
+    from assignments.cnn_mnist import checks, public_checks
+    from autograder.judge.judge import ExtractedModel
+
+    code = ("model = keras.Sequential([keras.Input((28, 28, 1)), layers.RandomRotation(0.05),"
+            " layers.RandomTranslation(0.1, 0.1), layers.RandomZoom(0.1), layers.RandomFlip('horizontal'),"
+            " layers.RandomContrast(0.1), layers.GaussianNoise(0.05),"
+            " layers.Conv2D(32, (3, 3), activation='relu'), layers.SpatialDropout2D(0.1), layers.MaxPooling2D((2, 2)),"
+            " layers.Conv2D(64, (3, 3), activation='relu'), layers.MaxPooling2D((2, 2)), layers.Dropout(0.2),"
+            " layers.Conv2D(64, (3, 3), activation='relu'), layers.Flatten(), layers.GaussianDropout(0.1),"
+            " layers.Dense(64, activation='relu'), layers.AlphaDropout(0.1), layers.Dense(10, activation='softmax')])\n"
+            + ADAM + FIT)
+    config, fits = _recorded(code, data, monkeypatch)
+    retrain.prepare(config, fits, SETTINGS)  # the grader trains this recipe
+    public_checks.check_model(config, checks.expected_layers(), [28, 28, 1])
+    checks.check_model(ExtractedModel(config, fits, None))
+    with pytest.raises(AssertionError, match="Layer 1 is RandomCrop"):  # one that changes the shapes still counts
+        public_checks.check_model(json.loads(config.replace('"RandomRotation"', '"RandomCrop"')),
+                                  checks.expected_layers(), [28, 28, 1])
+
+
+def test_the_layers_the_structure_check_skips_are_exactly_the_replayed_ones_inactive_at_test_time():
+    """Every layer the verifier rebuilds that has no weights, keeps the shape and changes nothing at test time
+    is skipped by the structure check (besides Activation, folded into the layer before, and Rescaling)."""
+    import keras
+
+    from assignments.cnn_common import public_checks
+    from autograder.verifier import rebuild
+
+    inactive = set()
+    for cls in sorted(rebuild.LAYER_FIELDS):
+        layer = getattr(keras.layers, cls).from_config(rebuild._defaults(cls))
+        for shape in ((2, 8, 8, 3), (2, 8, 3), (2, 4, 4, 4, 3)):  # the input rank the layer takes
+            x = np.random.default_rng(0).uniform(-1, 1, size=shape).astype("float32")
+            try:
+                y = np.asarray(layer(x, training=False))
+            except Exception:  # noqa: BLE001 - another rank
+                continue
+            if tuple(layer.compute_output_shape(x.shape)) == x.shape and np.allclose(y, x, atol=1e-6) \
+                    and not layer.weights:
+                inactive.add(cls)
+            break
+    assert inactive - {"Activation", "Rescaling"} == public_checks.TRAINING_ONLY_LAYERS
+
+
+@pytest.mark.parametrize("scaling", ["a tf.data map", "a Rescaling layer"])
+def test_pixels_scaled_twice_are_seen_as_such_and_described_in_the_notebooks_terms(scaling, data, monkeypatch):
+    """``train_images`` is already divided by 255; dividing again leaves the model pixels of at most 1/255,
+    which the report carries (``input_max``) for the advice, and the note says "divided by 255"."""
+    if scaling == "a tf.data map":
+        code = (SMALL_SEQ + ADAM + "ds = tf.data.Dataset.from_tensor_slices((train_images, train_labels))"
+                ".map(lambda x, y: (tf.cast(x, tf.float32) / 255.0, y)).batch(64)\nmodel.fit(ds, epochs=1)\n")
+    else:
+        code = (f"model = keras.Sequential([keras.Input((28, 28, 1)), layers.Rescaling(1 / 255), {SMALL}])\n"
+                + ADAM + FIT)
+    config, fits = _recorded(code, data, monkeypatch)
+    recipe, _plan, _cost, _notes = retrain.prepare(config, fits, SETTINGS)
+    raw, notes = retrain._data_notes(recipe, "cnn_mnist", SUBSET)
+    assert retrain.input_max(recipe, raw, 255.0) == pytest.approx(1 / 255, rel=1e-4)
+    if scaling == "a tf.data map":
+        assert any("scales the images (divided by 255)" in n for n in notes), notes

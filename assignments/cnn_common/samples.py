@@ -26,6 +26,8 @@ class Sample:
     training: str | None = None
     expected_failures: dict[str, list[str]] = field(default_factory=dict)  # question -> test names
     expected_feedback: dict[str, str] = field(default_factory=dict)  # question -> message fragment
+    # question -> the misconception ids its cases must record (the designed mistakes, as the checks name them)
+    expected_misconceptions: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _replace_line(source: str, pattern: str, replacement: str) -> str:
@@ -57,6 +59,7 @@ def fill(student_nb: nbformat.NotebookNode, sample: Sample, metadata_key: str) -
         "description": sample.description,
         "expected_failures": sample.expected_failures,
         "expected_feedback": sample.expected_feedback,
+        "expected_misconceptions": sample.expected_misconceptions,
     }
     return nb
 
@@ -76,11 +79,13 @@ def write_samples(student_notebook: Path, solution_notebook: Path, out_dir: Path
 
     solution = nbformat.read(solution_notebook, as_version=4)
     solution.metadata[metadata_key] = {"description": "The instructor's solution: full marks.",
-                                       "expected_failures": {}, "expected_feedback": {}}
+                                       "expected_failures": {}, "expected_feedback": {},
+                                       "expected_misconceptions": {}}
     save(solution, "solution")
     untouched = nbformat.from_dict(student)
     untouched.metadata[metadata_key] = {"description": "The notebook as handed out: every answer is ...",
-                                        "expected_failures": "all", "expected_feedback": {}}
+                                        "expected_failures": "all", "expected_feedback": {},
+                                        "expected_misconceptions": {}}  # nothing answered: no mistake named
     save(untouched, "untouched")
     for sample in samples:
         save(fill(student, sample, metadata_key), sample.name)

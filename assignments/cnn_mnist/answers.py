@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from assignments.cnn_common import judging
-from assignments.cnn_common.judging import Answer
+from assignments.cnn_common import misconceptions as M
+from assignments.cnn_common.judging import Answer, Mistake
 from assignments.cnn_mnist import reference
 
 def _t(rows) -> tuple:
@@ -91,20 +92,26 @@ def _size_answers(g: Givens = LESSON) -> list[Answer]:
     stride2 = size(n, k, stride=s)
     return [
         Answer("size_valid", "int", "an int", valid,
-               [(same, "that is the size with 'same' padding; 'valid' means no padding, so the filter only fits n - k + 1 times"),
-                (full, "that is 'full' padding"), (n - k, "forgot the + 1 (the first position counts too)")],
+               [Mistake(same, M.PADDING_MIXUP, "that is the size with 'same' padding; 'valid' means no padding, so "
+                                               "the filter only fits n - k + 1 times"),
+                Mistake(full, M.PADDING_MIXUP, "that is 'full' padding"),
+                Mistake(n - k, M.FORGOT_PLUS_ONE, "forgot the + 1 (the first position counts too)")],
                hint="Valid: output = n - k + 1."),
         Answer("size_same", "int", "an int", same,
-               [(valid, "that is 'valid' padding; 'same' pads so the output keeps the input size"),
-                (full, "that is 'full' padding")],
+               [Mistake(valid, M.PADDING_MIXUP, "that is 'valid' padding; 'same' pads so the output keeps the input size"),
+                Mistake(full, M.PADDING_MIXUP, "that is 'full' padding")],
                hint="Same padding keeps the input size at stride 1."),
         Answer("size_full", "int", "an int", full,
-               [(n + 2 * (k - 1), "that is the padded input size; the filter then fits (n + 2(k-1)) - k + 1 times"),
-                (valid, "that is 'valid' padding"), (same, "that is 'same' padding")],
+               [Mistake(n + 2 * (k - 1), M.PADDING_MIXUP, "that is the padded input size; the filter then fits "
+                                                          "(n + 2(k-1)) - k + 1 times"),
+                Mistake(valid, M.PADDING_MIXUP, "that is 'valid' padding"),
+                Mistake(same, M.PADDING_MIXUP, "that is 'same' padding")],
                hint="Full padding adds k - 1 zeros on each side."),
         Answer("size_stride2", "int", "an int", stride2,
-               [(-(-(n - k) // s) + 1, "rounded up: a window that does not fit is dropped, so use floor((n - k) / s) + 1"),
-                (valid, f"ignored the stride of {s}"), ((n - k) // s, "forgot the + 1")],
+               [Mistake(-(-(n - k) // s) + 1, M.POOLING_FLOOR, "rounded up: a window that does not fit is dropped, "
+                                                              "so use floor((n - k) / s) + 1"),
+                Mistake(valid, M.IGNORED_STRIDE, f"ignored the stride of {s}"),
+                Mistake((n - k) // s, M.FORGOT_PLUS_ONE, "forgot the + 1")],
                hint="With stride s: floor((n - k) / s) + 1."),
     ]
 
@@ -114,13 +121,17 @@ def _rgb_answers(g: Givens = LESSON) -> list[Answer]:
     out = reference.conv_output_size(n, k)
     return [
         Answer("rgb_output_shape", "shape", "a tuple (height, width, channels)", (out, out, f),
-               [((out, out, c), "the output depth is the number of filters, not the number of input channels"),
-                ((n, n, f), "that is 'same' padding; this layer uses 'valid'"),
-                ((f, out, out), "Keras puts channels last: (height, width, channels)")]),
+               [Mistake((out, out, c), M.FORGOT_INPUT_CHANNELS,
+                        "the output depth is the number of filters, not the number of input channels"),
+                Mistake((n, n, f), M.PADDING_MIXUP, "that is 'same' padding; this layer uses 'valid'"),
+                Mistake((f, out, out), M.SWAPPED_AXES, "Keras puts channels last: (height, width, channels)")]),
         Answer("rgb_params", "int", "an int", reference.conv2d_params(k, c, f),
-               [(reference.conv2d_params(k, 1, f), f"forgot the {c} input channels: each filter is {k}x{k}x{c}"),
-                (reference.conv2d_params(k, c, f, use_bias=False), "forgot the biases (one per filter)"),
-                (reference.conv2d_params(k, 1, f, use_bias=False), "forgot both the input channels and the biases")],
+               [Mistake(reference.conv2d_params(k, 1, f), M.FORGOT_INPUT_CHANNELS,
+                        f"forgot the {c} input channels: each filter is {k}x{k}x{c}"),
+                Mistake(reference.conv2d_params(k, c, f, use_bias=False), M.FORGOT_BIAS,
+                        "forgot the biases (one per filter)"),
+                Mistake(reference.conv2d_params(k, 1, f, use_bias=False), (M.FORGOT_INPUT_CHANNELS, M.FORGOT_BIAS),
+                        "forgot both the input channels and the biases")],
                hint="Each filter has k*k*channels weights plus one bias."),
     ]
 
@@ -134,14 +145,15 @@ def _variant(specs, **changes):
 def _table_answers(g: Givens = LESSON) -> list[Answer]:
     seed, shape = g.table_model(), reference.SEED_INPUT_SHAPE
     shape_variants = [
-        (reference.layer_table(shape, _variant(seed, Conv2DSpec={"padding": "same"})),
-         "used 'same' padding; the lesson's Conv2D layers use 'valid', which shrinks each side by k - 1"),
-        (reference.layer_table(shape, _variant(seed, MaxPool2DSpec={"padding": "same"})),
-         "rounded up after pooling; max pooling drops the incomplete last window (floor)"),
+        Mistake(reference.layer_table(shape, _variant(seed, Conv2DSpec={"padding": "same"})), M.PADDING_MIXUP,
+                "used 'same' padding; the lesson's Conv2D layers use 'valid', which shrinks each side by k - 1"),
+        Mistake(reference.layer_table(shape, _variant(seed, MaxPool2DSpec={"padding": "same"})), M.POOLING_FLOOR,
+                "rounded up after pooling; max pooling drops the incomplete last window (floor)"),
     ]
     param_variants = [
-        (reference.layer_table(shape, _variant(seed, Conv2DSpec={"use_bias": False}, DenseSpec={"use_bias": False})),
-         "forgot the bias terms (one per filter or unit)"),
+        Mistake(reference.layer_table(shape, _variant(seed, Conv2DSpec={"use_bias": False},
+                                                      DenseSpec={"use_bias": False})),
+                M.FORGOT_BIAS, "forgot the bias terms (one per filter or unit)"),
     ]
     return judging.layer_table_answers(
         shape, seed, shape_variants, param_variants,
@@ -158,25 +170,32 @@ def answers_for(g: Givens = LESSON) -> dict[str, Answer]:
     edge = _conv(edge_image, edge_filter)
     answers = [
         Answer("conv_small", "array", "a 2x2 numpy array", small,
-               [(_conv(image, np.flip(filt)), "flipped the filter; in deep learning the filter slides over the image as is (cross-correlation)"),
-                (_conv(image, filt.T), "transposed the filter (rows and columns swapped)"),
-                (small.T, "rows and columns of the result are swapped")],
+               [Mistake(_conv(image, np.flip(filt)), M.FLIPPED_FILTER,
+                        "flipped the filter; in deep learning the filter slides over the image as is (cross-correlation)"),
+                Mistake(_conv(image, filt.T), M.SWAPPED_AXES, "transposed the filter (rows and columns swapped)"),
+                Mistake(small.T, M.SWAPPED_AXES, "rows and columns of the result are swapped")],
                hint="Top-left entry: f1*a + f2*b + f3*d + f4*e.",
-               shape_hints={(3, 3): "a 3x3 result is what 'same' padding gives; the example uses no padding",
-                            (4, 4): "a 4x4 result is 'full' padding; the example uses no padding"}),
+               shape_hints=[Mistake((3, 3), M.PADDING_MIXUP,
+                                    "a 3x3 result is what 'same' padding gives; the example uses no padding"),
+                            Mistake((4, 4), M.PADDING_MIXUP, "a 4x4 result is 'full' padding; the example uses no padding")]),
         Answer("edge_output", "array", "a 4x3 numpy array", edge,
-               [(_conv(edge_image, np.flip(edge_filter)), "flipped the filter (the signs come out reversed)")],
+               [Mistake(_conv(edge_image, np.flip(edge_filter)), M.FLIPPED_FILTER,
+                        "flipped the filter (the signs come out reversed)")],
                hint="Slide the 3x3 filter down the 6 rows and across the 5 columns.",
-               shape_hints={(6, 5): "that is 'same' padding; the example uses no padding",
-                            (3, 4): "rows and columns are swapped: 6 rows give 4 output rows, 5 columns give 3",
-                            (8, 7): "that is 'full' padding"}),
+               shape_hints=[Mistake((6, 5), M.PADDING_MIXUP, "that is 'same' padding; the example uses no padding"),
+                            Mistake((3, 4), M.SWAPPED_AXES,
+                                    "rows and columns are swapped: 6 rows give 4 output rows, 5 columns give 3"),
+                            Mistake((8, 7), M.PADDING_MIXUP, "that is 'full' padding")]),
         *_size_answers(g),
         *_rgb_answers(g),
         Answer("pooled", "array", "a 2x2 numpy array", reference.max_pool2d(pool_input.astype(float)),
-               [(reference.max_pool2d(-pool_input.astype(float)) * -1, "took the minimum instead of the maximum"),
-                (pool_input[:4, :4].reshape(2, 2, 2, 2).mean(axis=(1, 3)), "took the average instead of the maximum")],
+               [Mistake(reference.max_pool2d(-pool_input.astype(float)) * -1, M.NOT_MAX_POOLING,
+                        "took the minimum instead of the maximum"),
+                Mistake(pool_input[:4, :4].reshape(2, 2, 2, 2).mean(axis=(1, 3)), M.NOT_MAX_POOLING,
+                        "took the average instead of the maximum")],
                hint="Split into 2x2 blocks and keep the largest value of each.",
-               shape_hints={(3, 3): "pooled the incomplete blocks at the edge; 'valid' max pooling drops them (floor(5 / 2) = 2)"}),
+               shape_hints=[Mistake((3, 3), M.POOLING_FLOOR, "pooled the incomplete blocks at the edge; 'valid' max "
+                                                             "pooling drops them (floor(5 / 2) = 2)")]),
         *_table_answers(g),
     ]
     return {a.key: a for a in answers}

@@ -133,6 +133,13 @@ SAMPLES = [
             "conv2d_impl": "flipped the kernel",
             "training": "is not above 0.99",
         },
+        expected_misconceptions={
+            "conv_small": ["flipped_filter"],
+            "output_sizes": ["padding_mixup"],
+            "rgb_conv": ["forgot_input_channels"],
+            "layer_table": ["forgot_bias"],
+            "conv2d_impl": ["flipped_filter"],
+        },
     ),
     Sample(
         "shape_mistakes",
@@ -158,6 +165,13 @@ SAMPLES = [
             "max_pool_impl": "shape",
             "model_structure": "padding is 'same'",
             "training": "",
+        },
+        expected_misconceptions={
+            "edge_output": ["swapped_axes"],
+            "max_pooling": ["pooling_floor"],
+            "layer_table": ["padding_mixup"],
+            "max_pool_impl": ["pooling_floor"],
+            "model_structure": ["padding_mixup"],
         },
     ),
 ]

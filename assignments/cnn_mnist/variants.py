@@ -92,7 +92,7 @@ def problems(givens: Givens) -> list[str]:
             if sum(v != 0 for v in values) < min(len(values), 2) or len(set(values)) < 2:
                 out.append(f"{key}: degenerate (mostly zero or constant) output")
         seen = {}
-        for value, msg in a.mistakes:
+        for value, _reason, msg in a.mistakes:
             got = canonical(a.kind, value)
             if got == want:
                 out.append(f"{key}: the mistake '{msg[:40]}' gives the right answer")
@@ -102,7 +102,7 @@ def problems(givens: Givens) -> list[str]:
             seen[text] = msg
         for i, items in enumerate(a.item_mistakes):
             item_kind = "int" if a.kind == "int_list" else "shape"
-            vals = [repr(canonical(item_kind, v)) for v, _ in items]
+            vals = [repr(canonical(item_kind, m.value)) for m in items]
             if repr(want[i]) in vals or len(set(vals)) != len(vals):
                 out.append(f"{key}[{i}]: a mistake gives the right answer or two mistakes coincide")
     image, filt = arrays["image_3x3"], arrays["filter_2x2"]

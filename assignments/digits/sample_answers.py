@@ -106,6 +106,14 @@ SAMPLES = [
             "conv_layer_impl": "forgot the ReLU",
             "training": "is not above 0.90",
         },
+        expected_misconceptions={
+            "conv_patch": ["flipped_filter"],
+            "conv_same_stride2": ["padding_mixup"],
+            "output_sizes": ["pooling_floor"],
+            "max_pooling": ["pool_window_size"],
+            "layer_table": ["forgot_input_channels"],
+            "conv_layer_impl": ["forgot_relu"],
+        },
     ),
     Sample(
         "shape_mistakes",
@@ -134,6 +142,12 @@ SAMPLES = [
             "max_pool_impl": "ignored the stride",
             "model_structure": "padding is 'valid'",
             "training": "",
+        },
+        expected_misconceptions={
+            "output_sizes": ["ignored_stride"],
+            "layer_table": ["padding_mixup"],
+            "max_pool_impl": ["ignored_stride"],
+            "model_structure": ["padding_mixup"],
         },
     ),
 ]

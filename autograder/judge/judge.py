@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import types
 from typing import Any
@@ -23,6 +24,25 @@ from autograder.probe.sandbox import MAX_ERROR_CHARS, clean_text, decode_npy
 
 
 MAX_MESSAGE_CHARS = 5_000  # a failed check's message (it may quote student values)
+MAX_REASONS = 8  # the mistake ids one failed case may record
+_REASON_ID = re.compile(r"[a-z][a-z0-9_]{0,47}")
+
+
+def failure_reasons(exc: BaseException) -> list[str]:
+    """The mistake ids a failed check named, as data (``CheckFailed.reasons`` of the assignment's
+    check modules): plain identifiers only, at most :data:`MAX_REASONS`; never read from the message."""
+    reasons = getattr(exc, "reasons", ())
+    if not isinstance(reasons, (list, tuple)):
+        return []
+    return list(dict.fromkeys(r for r in reasons if isinstance(r, str) and _REASON_ID.fullmatch(r)))[:MAX_REASONS]
+
+
+def answered(exc: BaseException | None, params: list[str], env: dict[str, Any]) -> bool:
+    """Whether the case judged an answer: not when a value it reads is still ``...`` or not defined, nor
+    when the check said there is nothing to judge yet (``NotAnswered``: a stub, an untrained model)."""
+    if any(p not in env or env[p] is Ellipsis for p in params if p != "env"):
+        return False
+    return exc is None or getattr(exc, "answered", True) is not False
 
 
 class ExtractionFailed:
@@ -88,6 +108,16 @@ class ExtractedModel:
     def to_json(self) -> str:
         return self._config_json
 
+    def retrain_refusal(self) -> str | None:
+        """Why the verifier refused to retrain this recipe (the submission's doing: a rule it breaks, or a
+        recipe Keras cannot build or that is too slow as measured); None when it was retrained, when this
+        run does not retrain (or has not yet), or when the grader failed for reasons of its own."""
+        report = self.last_report
+        if not isinstance(report, dict) or report.get("grader_error") or report.get("accuracy") is not None:
+            return None
+        error = report.get("error")
+        return error if isinstance(error, str) and error else None
+
     def measured_accuracy(self) -> tuple[float, str]:
         if self.retrain is None:
             raise NotDecided("retraining_off", "Not decided (provisional): the model was not retrained in this "
@@ -105,7 +135,7 @@ class ExtractedModel:
         notes = "; ".join(report.get("notes") or [])
         if report.get("error"):
             raise AssertionError(report["error"] + (f" Notes: {notes}." if notes else ""))
-        summary = RetrainReport(**report).summary()
+        summary = RetrainReport.from_dict(report).summary()
         return float(report["accuracy"]), summary + (f"; notes: {notes}" if notes else "")
 
 
@@ -141,9 +171,11 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
     for path, source in sorted(test_sources.items()):
         test_file = ExceptionTestFile.from_string(source, path=path)
         results, undecided = [], {}
+        recorded = []  # per case: the mistakes it named and whether it judged an answer
         for tc in test_file.test_cases:
             params = tc.body._get_func_params()
             failed = [env[p] for p in params if isinstance(env.get(p), ExtractionFailed)]
+            error = None
             try:
                 if failed:
                     raise AssertionError(f"`{failed[0].name}` could not be read from the notebook: {failed[0].message}")
@@ -153,9 +185,11 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
                 passed, message = False, clean_text(str(exc), MAX_MESSAGE_CHARS)
                 undecided[tc.body.test_func.__name__] = exc.reason
             except Exception as exc:  # noqa: BLE001 - a failing check is a message, never a crash
+                error = exc
                 detail = str(exc) if isinstance(exc, AssertionError) else f"{type(exc).__name__}: {exc}"
                 passed, message = False, f"❌ Test case failed\n{clean_text(detail, MAX_MESSAGE_CHARS)}"
             results.append(TestCaseResult(test_case=tc, message=message, passed=passed))
+            recorded.append((failure_reasons(error) if error is not None else [], answered(error, params, env)))
         test_file.test_case_results = results
         questions.append({
             "name": test_file.name,
@@ -163,8 +197,10 @@ def run_tests(test_sources: dict[str, str], env: dict[str, Any]) -> list[dict]:
             "max_score": float(test_file.possible),
             "cases": [{"name": r.test_case.body.test_func.__name__, "hidden": bool(r.test_case.hidden),
                        "points": r.test_case.points, "passed": r.passed, "message": r.message,
+                       "misconceptions": reasons if is_answer and not r.passed else [], "answered": is_answer,
                        **({"undecided": undecided[name]} if (name := r.test_case.body.test_func.__name__) in undecided
-                          else {})} for r in results],
+                          else {})}
+                      for r, (reasons, is_answer) in zip(results, recorded)],
         })
     return questions
 

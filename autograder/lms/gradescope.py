@@ -364,7 +364,7 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
             result = grade_notebook(notebook, ag, limits=limits, retrain=options, **kwargs)
             from autograder import manual
 
-            manual.enrich(result, notebook, manual.questions_from_file(root / "source" / manual.ZIP_FILE))  # the hand-graded answers (staff only) and misconception ids
+            manual.enrich(result, notebook, manual.questions_from_file(root / "source" / manual.ZIP_FILE))  # the hand-graded answers (staff only)
         payload = to_gradescope(result, elapsed(), show_hidden=show_hidden)
         diag = {k: result.get(k) for k in ("status", "error", "score", "max_score", "limits_hit", "isolation",
                                            "versions", "retrain", "seconds")}

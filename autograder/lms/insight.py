@@ -1,15 +1,19 @@
 """Class insight for the instructor: which named mistakes how many students made, per assignment.
 
-Computed from the results alone (the misconception ids of each failed case, see
-:func:`autograder.manual.tag_misconceptions`), over the scored submissions of each assignment (a
-second file of a student, a PDF, a grader error do not count).  One section per assignment: a
-mixed batch's units have different questions and thresholds.  ``report.html`` shows it (with the
-students behind each misconception: instructor only) and ``misconceptions.csv`` holds the same counts.
+Computed from the results alone: the misconception ids each failed case recorded as the check raised
+them, and whether it judged an answer (:mod:`autograder.misconceptions`), over the scored submissions of
+each assignment (a second file of a student, a PDF, a grader error do not count).  Per question, each
+mistake is counted among the students who answered that question (an untouched question names no
+mistake and is not in the count).  One section per assignment: a mixed batch's units have different
+questions and thresholds.  ``report.html`` shows it (with the students behind each misconception:
+instructor only) and ``misconceptions.csv`` holds the same counts.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+from autograder import misconceptions
 
 
 def _scored(r: dict) -> bool:
@@ -17,27 +21,21 @@ def _scored(r: dict) -> bool:
         not (r["student"].get("extra") or {}).get("duplicate_of")
 
 
-def misconception_ids(case: dict) -> list[str]:
-    if case.get("passed"):
-        return []
-    ids = case.get("misconceptions")
-    return list(ids) if isinstance(ids, list) else []
-
-
 def section(assignment: str, results: list[dict]) -> dict:
-    """One assignment's insight: per question, each misconception with its students, and each hidden
-    check's failure rate; the retrained accuracies and the threshold."""
-    from autograder import manual
-
+    """One assignment's insight: per question, how many students answered it, each misconception with its
+    students, and each hidden check's failure rate; the retrained accuracies and the threshold."""
     rows = [r for r in results if _scored(r)]
-    titles = manual.catalogue(assignment or None)
+    titles = misconceptions.catalogue(assignment or None)
     questions: dict[str, dict] = {}
     for r in rows:
         sid = r["student"]["id"]
         for q in r.get("questions") or []:
-            entry = questions.setdefault(q["name"], {"name": q["name"], "misconceptions": {}, "hidden": {}})
+            entry = questions.setdefault(q["name"], {"name": q["name"], "answered": set(), "misconceptions": {},
+                                                     "hidden": {}})
+            if misconceptions.question_answered(q):
+                entry["answered"].add(sid)
             for c in q.get("cases") or []:
-                for mid in misconception_ids(c):
+                for mid in misconceptions.case_misconceptions(c, titles):
                     entry["misconceptions"].setdefault(mid, set()).add(sid)
                 if c.get("hidden") and not c.get("undecided"):  # undecided (no retrain): neither passed nor failed
                     seen = entry["hidden"].setdefault(c["name"], [0, 0])
@@ -47,6 +45,7 @@ def section(assignment: str, results: list[dict]) -> dict:
     for q in questions.values():
         out_questions.append({
             "name": q["name"],
+            "answered": len(q["answered"]),
             "misconceptions": [{"id": mid, "title": titles.get(mid, mid), "count": len(ids), "students": sorted(ids)}
                                for mid, ids in sorted(q["misconceptions"].items(), key=lambda kv: (-len(kv[1]), kv[0]))],
             "hidden": [{"case": name, "failed": f, "total": n, "rate": (f / n if n else 0.0)}
@@ -72,14 +71,15 @@ def sections(results: list[dict]) -> list[dict]:
 
 
 def write_misconceptions_csv(insight: list[dict], path: Path) -> None:
-    """One row per assignment, question and misconception: how many of the scored students, and who."""
+    """One row per assignment, question and misconception: how many students made it, of the students who
+    answered the question, and who."""
     from autograder.lms.sheets import SafeCsvWriter, private_writer
 
     with private_writer(path) as f:
         w = SafeCsvWriter(f)
-        w.writerow(["assignment", "question", "misconception", "title", "students", "of_scored", "ids"])
+        w.writerow(["assignment", "question", "misconception", "title", "students", "of_answered", "ids"])
         for s in insight:
             for q in s["questions"]:
                 for m in q["misconceptions"]:
-                    w.writerow([s["assignment"], q["name"], m["id"], m["title"], m["count"], s["n_scored"],
+                    w.writerow([s["assignment"], q["name"], m["id"], m["title"], m["count"], q["answered"],
                                 ";".join(m["students"])])

@@ -485,9 +485,11 @@ def feedback_rows(result: dict) -> list[dict]:
 def render_feedback(result: dict) -> str:
     """The student's own page: their scores and messages, nothing about any classmate."""
     failed = [c for c in (result.get("execution") or {}).get("cells", []) if c.get("error")]
+    from autograder.verifier.describe import describe_run
+
     return FEEDBACK.render(r=result, fmt=fmt, failed_cells=failed, clean=_clean, case_label=_case_label,
                            rows=feedback_rows(result), provisional=provisional(result),
-                           student_provisional=STUDENT_PROVISIONAL)
+                           student_provisional=STUDENT_PROVISIONAL, retrained=describe_run)
 
 
 def _case_label(test_name: str) -> str:

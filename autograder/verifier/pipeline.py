@@ -132,6 +132,20 @@ def image_transform(spec: dict | None) -> list[list[float]]:
     return [[op["scale"], op["offset"]] for op in (spec or {}).get("ops", []) if op["op"] == "map"]
 
 
+def describe_scaling(a: float, b: float = 0.0) -> str:
+    """A measured scaling ``a * x + b`` in the words of the notebook's expression: "divided by 255",
+    "divided by 127.5, then minus 1", "multiplied by 2" (never ``x * 0.00392157``)."""
+    parts = []
+    if a != 1.0:
+        inverse = 1.0 / a
+        divisor = round(inverse, 2)
+        parts.append(f"divided by {divisor:g}" if abs(a) < 1 and abs(inverse - divisor) <= 1e-4 * abs(inverse)
+                     else f"multiplied by {a:.6g}")
+    if b:
+        parts.append(f"{'plus' if b > 0 else 'minus'} {abs(b):.6g}")
+    return ", then ".join(parts) or "unchanged"
+
+
 def _scale(x, a: float, b: float):
     import tensorflow as tf
 

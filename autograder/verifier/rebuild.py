@@ -750,3 +750,20 @@ def describe_optimizer(spec: dict) -> str:
     lr = spec["config"].get("learning_rate")
     lr_text = "default" if lr is None else (f"{lr:g}" if isinstance(lr, float) else f"{lr['class']} schedule")
     return f"{spec['class']} (learning rate {lr_text})"
+
+
+def learning_rates(spec: dict) -> tuple[float | None, float | None]:
+    """The optimizer's learning rate as trained (a schedule's first rate; None: Keras's default) and Keras's
+    default rate for that optimizer (None if unknown)."""
+    import keras
+
+    lr = spec["config"].get("learning_rate")
+    if isinstance(lr, dict):
+        config = lr.get("config") or {}
+        first = config.get("initial_learning_rate", (config.get("values") or [None])[0])
+        lr = float(first) if isinstance(first, (int, float)) and not isinstance(first, bool) else None
+    try:
+        default = float(f'{float(getattr(keras.optimizers, spec["class"])().get_config()["learning_rate"]):.6g}')
+    except (AttributeError, KeyError, TypeError, ValueError):
+        default = None
+    return (float(lr) if isinstance(lr, (int, float)) else None), default

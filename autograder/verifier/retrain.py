@@ -41,13 +41,13 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from autograder import children, settings
 from autograder.verifier.budget import Budget, check as check_budget, check_config_size, recipe_cost
 from autograder.verifier import pipeline
-from autograder.verifier.rebuild import RefusedModel, canonical_recipe, describe_optimizer
+from autograder.verifier.rebuild import RefusedModel, canonical_recipe, describe_optimizer, learning_rates
 
 VERIFIER_VERSION = 5  # 5: tf.data pipelines, validation_data; 4: the timed projection may refuse (never cached);
 # 3: the dataset comes from the spec
@@ -94,10 +94,17 @@ class RetrainReport:
     accuracy: float | None = None  # the test accuracy that counts: the median of the seeds' accuracies
     accuracies: list[float] = field(default_factory=list)  # each seed's test accuracy, in the order trained
     seeds: list[int] = field(default_factory=list)  # the seeds trained (more than one only near the threshold)
-    epochs: int = 0  # epochs the first seed's run trained
+    epochs: int = 0  # the epochs the scored run trained (EarlyStopping may stop it before epochs_requested)
+    seed_epochs: list[int] = field(default_factory=list)  # the epochs each seed trained, in the order of seeds
+    epochs_requested: int = 0  # the epochs the recipe's fit calls ask for, all together (after the budget's cap)
     batch_size: int | None = None  # the first fit call's batch size
-    steps: int = 0  # optimizer steps of one training run, every fit call included
+    steps: int = 0  # optimizer steps of one training run, every fit call and epoch included
     optimizer: str = ""  # the first fit call's optimizer, with its settings
+    learning_rate: float | None = None  # the optimizer's learning rate (a schedule's first); None: Keras's default
+    default_learning_rate: float | None = None  # Keras's default learning rate for that optimizer
+    # the largest pixel value the model's first weighted layer sees, after the notebook's scaling, its tf.data
+    # maps and the model's own Rescaling (about 1 for pixels scaled to [0, 1])
+    input_max: float | None = None
     loss: str = ""  # the loss's name
     device: str = ""  # where it trained: "CPU", or the GPU
     backend: str = ""  # Keras' backend: "tensorflow" or "jax"
@@ -112,15 +119,19 @@ class RetrainReport:
     projection: dict | None = None  # the timed projection of the last run: step seconds, steps, projected seconds
 
     def summary(self) -> str:
-        how = "cached result" if self.cache_hit else f"{self.seconds:.0f} s"
-        seeds = ""
-        if len(self.seeds) > 1:
-            seeds = f", median of {len(self.seeds)} seeds ({', '.join(f'{a:.4f}' for a in self.accuracies)})"
-        return (f"retrained from scratch: {self.epochs} epochs, batch size {self.batch_size}, {self.optimizer}, "
-                f"on {self.device} ({self.backend}), {how}{seeds}")
+        """The run that was scored, for people (:func:`autograder.verifier.describe.describe_run`)."""
+        from autograder.verifier.describe import describe_run
+
+        return describe_run(self.as_dict())
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RetrainReport":
+        """A report from its JSON (a result file's ``retrain``); fields it lacks keep their defaults."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
 
 
 @dataclass(frozen=True)
@@ -266,7 +277,7 @@ def _data_notes(recipe: dict, assignment: str, subset: tuple[int, int] | None = 
     transform = pipeline.image_transform(fits[0]["pipeline"])
     if transform:
         notes.append("the notebook's tf.data pipeline scales the images (" + ", then ".join(
-            f"x * {a:.6g}" + (f" + {b:.6g}" if b else "") for a, b in transform) + "); the grader replays it and "
+            pipeline.describe_scaling(a, b) for a, b in transform) + "); the grader replays it and "
             "measures on test images scaled the same way")
     elif raw:
         notes.append(f"the notebook trained on unscaled pixels (0-{top}); the grader trains and tests on unscaled "
@@ -281,6 +292,18 @@ def _affine(raw: bool, transform: list[list[float]], pixel_scale: float) -> tupl
     for scale, offset in transform:
         a, b = a * scale, b * scale + offset
     return a, b
+
+
+def input_max(recipe: dict, raw: bool, pixel_scale: float) -> float:
+    """The largest pixel value (in size) the model's first weighted layer sees: the notebook's scale, the
+    pipeline's maps, then the model's own ``Rescaling`` layers before that layer."""
+    a, b = _affine(raw, pipeline.image_transform(recipe["fits"][0]["pipeline"]), pixel_scale)
+    for layer in recipe["model"]["layers"]:
+        if layer["type"] in ("Conv2D", "Dense", "BatchNormalization"):
+            break
+        if layer["type"] == "Rescaling":
+            a, b = a * layer["scale"], b * layer["scale"] + layer["offset"]
+    return max(abs(b), abs(a * pixel_scale + b))
 
 
 # --- one training run (in its own process) ---------------------------------------------------
@@ -875,10 +898,13 @@ def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | N
         return report
     report.notes = notes + data_notes
     report.steps, report.batch_size = cost.steps, plan[0]["batch_size"]
+    report.epochs_requested = sum(fit["epochs"] for fit in plan)
     report.optimizer, report.loss = describe_optimizer(plan[0]["optimizer"]), plan[0]["loss"]["name"]
+    report.input_max = input_max(recipe, raw, settings.data()["pixel_scale"])
     try:
         report.backend = select_backend()
         report.device = device_description()
+        report.learning_rate, report.default_learning_rate = learning_rates(plan[0]["optimizer"])
         cache = default_cache_dir() if cache_dir == "default" else (Path(cache_dir) if cache_dir else None)
         planned = {**recipe, "fits": plan}
         runs = []
@@ -903,7 +929,8 @@ def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | N
         return report
     report.accuracies = [r["accuracy"] for r in runs]
     report.accuracy = float(statistics.median(report.accuracies))
-    report.epochs = runs[0]["epochs"]
+    report.seed_epochs = [r["epochs"] for r in runs]
+    report.epochs = next((r for r in runs if r["accuracy"] == report.accuracy), runs[0])["epochs"]  # the scored run
     report.seconds = round(sum(r["seconds"] for r in runs if not r["cache_hit"]), 2)
     report.cache_hit = all(r["cache_hit"] for r in runs)
     report.peak_mb = max(int(r.get("peak_mb") or 0) for r in runs)
