@@ -177,9 +177,9 @@ def test_a_slot_uids_processes_are_all_killed_even_one_that_forks_to_a_new_pid_w
     only once the last of them is dead."""
     import select
 
-    from autograder.probe.sandbox import _become_subreaper
+    from autograder.metering.processes import become_subreaper
 
-    _become_subreaper()  # as the grader is: the dead generations come back to us and are reaped
+    become_subreaper()  # as the grader is: the dead generations come back to us and are reaped
     sh = shutil.which("sh", path="/usr/bin:/bin")  # not the test's interpreter: it may lie under a 0700 home
     uid = jail.SLOT_UID_BASE + jail.SLOT_COUNT - 1  # the last slot: no other test leases it at once
     hop = 'echo x; sh -c "$0" "$0" & exit'  # starts itself again and exits: a new pid each generation
@@ -225,12 +225,12 @@ def test_a_slot_uids_processes_are_all_killed_even_one_that_kills_its_uid_and_lo
     a zombie) must not survive its lease's clean-up: it holds a pipe that reads to its end once it is dead."""
     import select
 
-    from autograder.probe.sandbox import _become_subreaper
+    from autograder.metering.processes import become_subreaper
 
     python = shutil.which("python3", path="/usr/bin:/bin")  # reachable by the slot uid (not under a 0700 home)
     if python is None:
         pytest.skip("no system python3 to run the attacker as the slot uid")
-    _become_subreaper()
+    become_subreaper()
     uid = jail.SLOT_UID_BASE + jail.SLOT_COUNT - 2  # a slot no other test leases at once
     attacker = subprocess.Popen([python, "-I", "-c", ATTACKER], user=uid, group=uid, extra_groups=[], cwd="/",
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -604,7 +604,7 @@ def test_a_report_page_with_undecodable_text_is_written_and_stops_nothing(tmp_pa
     ({"status": "nope"}, None, "unknown"),
 ])
 def test_sandbox_values_are_checked_field_by_field(data, n_outputs, why):
-    from autograder.probe.sandbox import checked_value
+    from autograder.jail_messages import checked_value
 
     checked = checked_value(data, n_outputs)
     assert checked["status"] == "error" and why in checked["message"] and len(checked["message"]) < 200

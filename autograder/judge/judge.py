@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from autograder import protocol
-from autograder.probe.sandbox import MAX_ERROR_CHARS, clean_text, decode_npy
+from autograder.jail_messages import MAX_ERROR_CHARS, clean_text, decode_npy
 
 
 MAX_MESSAGE_CHARS = 5_000  # a failed check's message (it may quote student values)

@@ -193,11 +193,11 @@ class _WarmJudge:
 
     def __init__(self, proc: subprocess.Popen, group=None):
         self.proc = proc
-        self.group = group  # its control group (autograder.probe.cgroup), None where none can be made
+        self.group = group  # its control group (autograder.metering.cgroup), None where none can be made
 
     @classmethod
     def start(cls) -> "_WarmJudge":
-        from autograder.probe import cgroup
+        from autograder.metering import cgroup
 
         # -I: no environment variables, no user site; the package is found where this one was loaded from
         bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
@@ -256,7 +256,7 @@ def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = J
     """Run the judge in a fresh process under a time and a memory limit (its whole process tree).
     With the warm pool on, the process was started ahead; it serves this one request and exits.
     In a cgroup, the time limit counts the judge's own CPU time, with a wall-clock backstop
-    (``sandbox.WALL_BACKSTOP`` times longer), and the memory limit the kernel's count (socket buffers and
+    (``clocks.WALL_BACKSTOP`` times longer), and the memory limit the kernel's count (socket buffers and
     all); elsewhere both are sampled (wall time, RSS)."""
     from autograder import warm
 
@@ -264,7 +264,7 @@ def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = J
     warm.JUDGES.fill(_WarmJudge.KEY, _WarmJudge.start)
     proc, group = judge.proc, judge.group
     over: list[str] = []
-    from autograder.probe.sandbox import WALL_BACKSTOP
+    from autograder.metering.clocks import WALL_BACKSTOP
 
     cpu0 = group.cpu_seconds() if group is not None else None
 

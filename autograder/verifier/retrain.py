@@ -525,8 +525,7 @@ def worker_main() -> None:
 
 
 ENV_RETRAIN_THREADS = "CNN_GRADER_RETRAIN_THREADS"
-THREAD_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
-                    "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")  # what TensorFlow and BLAS read at start-up
+THREAD_VARIABLES = settings.THREAD_VARIABLES  # what TensorFlow and BLAS read at start-up
 
 
 def retrain_threads() -> int:
@@ -566,7 +565,7 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     env.update(settings.QUIET_LOGGING_ENV)  # TensorFlow's and absl's start-up lines
     if retrain_threads():
         env.update({name: str(retrain_threads()) for name in THREAD_VARIABLES})
-    from autograder.probe import cgroup
+    from autograder.metering import cgroup
 
     try:  # kernel-metered: memory (kernel memory included) and pids; no CPU quota, a retrain has the cores
         group = cgroup.create("retrain", memory_bytes=cgroup.memory_ceiling(memory_mb), cpu_cores=None)
