@@ -172,7 +172,7 @@ def grade(
         if refusal:
             console.print(f"[red]{refusal}[/red]")
             raise typer.Exit(2)
-    from autograder.judge.pipeline import RetrainOptions
+    from autograder.engine import RetrainOptions
     from autograder.probe.sandbox import Limits
 
     from autograder.lms import reports

@@ -203,7 +203,7 @@ def result_schema() -> str:
 def knobs(only: tuple[str, ...] | None = None) -> str:
     """The configuration dataclasses' tables (``only``: these class names)."""
     from autograder.batch import BatchOptions
-    from autograder.judge.pipeline import RetrainOptions
+    from autograder.engine import RetrainOptions
     from autograder.lms.submissions import ArchiveLimits
     from autograder.probe.sandbox import Limits
     from autograder.spec import TrainingPolicy
@@ -217,7 +217,7 @@ def knobs(only: tuple[str, ...] | None = None) -> str:
                                             "`--require-lesson-model`, `--retrain-seconds` override for a run."),
         (Budget, "autograder.verifier.budget", "Per assignment (`TrainingPolicy.budget`); `grade --max-epochs`, "
                                                "`--max-steps` override for a run."),
-        (RetrainOptions, "autograder.judge.pipeline", "What `grade` passes to the verifier (unset: the assignment's)."),
+        (RetrainOptions, "autograder.engine", "What `grade` passes to the verifier (unset: the assignment's)."),
         (ArchiveLimits, "autograder.lms.submissions", "What an input archive may hold."),
         (VariantConfig, "autograder.variants", "Per assignment, in its `spec.py`."),
         (BatchOptions, "autograder.batch", "A batch's options (`grade`'s options fill them)."),

@@ -278,8 +278,8 @@ def test_the_untouched_notebook_with_a_keras_raising_optimizer_is_graded_not_a_g
     import nbformat
 
     from assignments.cnn_mnist import sample_answers as samples
-    from autograder.judge import pipeline as engine
-    from autograder.judge.pipeline import RetrainOptions
+    from autograder import engine
+    from autograder.engine import RetrainOptions
     from autograder.probe.sandbox import Limits
 
     nb = nbformat.read(samples.SAMPLES_DIR / "untouched.ipynb", as_version=4)

@@ -204,7 +204,7 @@ def _unpacked(built, tmp_path: Path) -> Path:
     (root / "submission").mkdir(parents=True)
     with zipfile.ZipFile(built.gradescope_zip) as z:
         z.extractall(root / "source")
-        assert {"lib/autograder/judge/pipeline.py", "lib/assignments/cnn_mnist/checks.py"} <= set(z.namelist())
+        assert {"lib/autograder/engine.py", "lib/assignments/cnn_mnist/checks.py"} <= set(z.namelist())
         assert "autograder.lms.gradescope" in z.read("run_otter.py").decode()
     return root
 

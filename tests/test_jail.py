@@ -21,9 +21,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder.judge import pipeline as engine
+from autograder import engine
+from autograder.judge import runner
 from autograder.probe import jail
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.probe.sandbox import Limits
 
 NO_RETRAIN = RetrainOptions(enabled=False)
@@ -340,7 +341,7 @@ def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict, 
         os.chown(p, uid, uid, follow_symlinks=False)
     for p in (home, home / "pkg", home / "assignments", home / "cache"):
         p.chmod(0o700)
-    code = ("import json\nfrom autograder.judge import pipeline as engine\n"
+    code = ("import json\nfrom autograder import engine\n"
             "r = engine.grade_notebook('sub.ipynb', 'autograder.zip', retrain=engine.RetrainOptions(enabled=False),"
             f" limits=engine.Limits(cell_seconds=30, notebook_seconds=240, memory_mb={memory_mb}))\n"
             "print('@@RESULT@@' + json.dumps(r))")
@@ -719,9 +720,9 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
                                              ({"timeout": 0.3}, "time limit")])
 def test_the_judge_runs_under_memory_and_time_limits(limit, expected):
     request = {"tests": {}, "public_module": "", "public_module_name": "cnn_checks", "values": {}, "functions": {}, "retrain": None}
-    assert engine._run_judge(request) == {"questions": [], "retrain": None}  # within its limits: judged
-    with pytest.raises(engine.GraderError, match=re.escape(expected)):
-        engine._run_judge(request, **limit)
+    assert runner.run_judge(request) == {"questions": [], "retrain": None}  # within its limits: judged
+    with pytest.raises(runner.GraderError, match=re.escape(expected)):
+        runner.run_judge(request, **limit)
 
 
 # --- 12. the command line --------------------------------------------------------------------------

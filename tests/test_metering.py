@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autograder.judge import pipeline as engine
+from autograder import engine
 from autograder.metering import cgroup, clocks, processes
 from autograder.probe import jail, sandbox
 from autograder.probe.sandbox import Limits

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from autograder import batch, protocol, registry
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.result import GradeResult
 from autograder.spec import AssignmentSpec, NOTEBOOK_METADATA_KEY, TrainingPolicy
 

@@ -26,7 +26,7 @@ from autograder.probe.sandbox import Limits
 sys.path.insert(0, str(Path(__file__).parent))
 from test_jail import FAST, NO_RETRAIN, ROOT, conv_small, grade, needs_bwrap, tiny  # noqa: E402
 
-from autograder.judge import pipeline as engine  # noqa: E402
+from autograder import engine  # noqa: E402
 
 
 @pytest.fixture

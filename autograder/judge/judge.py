@@ -1,6 +1,6 @@
 """Judge (trusted): run the assignment's Otter tests against extracted data, in a clean process.
 
-Started as ``python -I -m autograder.judge.judge`` by :mod:`autograder.judge.pipeline` after the submission's
+Started as ``python -I -m autograder.judge.judge`` by :mod:`autograder.engine` after the submission's
 processes are gone.  It reads one JSON request on stdin: the Otter test files and the
 student-side check module (both read from the autograder zip before the submission ran), and
 the values the probe extracted.  It never imports or executes student code: values are plain

@@ -36,7 +36,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from autograder.judge.pipeline import Autograder, RetrainOptions, grade_notebook
+from autograder.engine import Autograder, RetrainOptions, grade_notebook
 from autograder.probe.sandbox import Limits
 from autograder.result import GradeResult
 from autograder.submission_files import SubmissionFileError, read_notebook
