@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from autograder.misconceptions import catalogue, tag_misconceptions  # noqa: F401 (re-exported)
+
 #: Bounds on what one answer may bring into the results and the pages.
 MAX_ANSWER_CELLS = 20
 MAX_TEXT_CHARS = 20_000  # per answer, all text together
@@ -244,36 +246,6 @@ def enrich(result: dict, notebook: str | os.PathLike | None,
     return result
 
 
-@lru_cache(maxsize=None)
-def _classifier(assignment: str | None):
-    if not assignment:
-        return None
-    import importlib
-
-    from autograder import registry
-
-    try:
-        module = registry.get(assignment).misconceptions
-        return importlib.import_module(module) if module else None
-    except (LookupError, ImportError):
-        return None
-
-
-def catalogue(assignment: str | None) -> dict[str, str]:
-    module = _classifier(assignment)
-    return dict(getattr(module, "CATALOGUE", {})) if module else {}
-
-
-def tag_misconceptions(result: dict) -> dict:
-    """Tag each failed case with the misconception ids its message names (the assignment's catalogue)."""
-    module = _classifier(result.get("assignment"))
-    for q in result.get("questions") or []:
-        for c in q.get("cases") or []:
-            if not c.get("misconceptions"):  # the judge's cases come with an empty list
-                c["misconceptions"] = module.classify(c.get("message", "")) if module and not c.get("passed") else []
-    return result
-
-
 # --- the scores file ----------------------------------------------------------------------------
 
 def anonymous_key(out: Path) -> bytes:
@@ -322,9 +294,9 @@ def write_template(results: list[dict], path: Path, codes: dict[str, str] | None
             with open(path, "a", newline="", encoding="utf-8") as f:
                 csv.writer(f).writerows(new)
         return len(new)
-    from autograder.lms.reports import _private_writer
+    from autograder.lms.sheets import private_writer
 
-    with _private_writer(path) as f:
+    with private_writer(path) as f:
         w = csv.writer(f)
         w.writerow(SCORES_HEADER)
         w.writerows(new)

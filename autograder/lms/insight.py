@@ -1,7 +1,7 @@
 """Class insight for the instructor: which named mistakes how many students made, per assignment.
 
 Computed from the results alone (the misconception ids of each failed case, see
-:func:`autograder.manual.tag_misconceptions`), over the scored submissions of each assignment (a
+:func:`autograder.misconceptions.tag_misconceptions`), over the scored submissions of each assignment (a
 second file of a student, a PDF, a grader error do not count).  One section per assignment: a
 mixed batch's units have different questions and thresholds.  ``report.html`` shows it (with the
 students behind each misconception: instructor only) and ``misconceptions.csv`` holds the same counts.
@@ -27,10 +27,10 @@ def misconception_ids(case: dict) -> list[str]:
 def section(assignment: str, results: list[dict]) -> dict:
     """One assignment's insight: per question, each misconception with its students, and each hidden
     check's failure rate; the retrained accuracies and the threshold."""
-    from autograder import manual
+    from autograder.misconceptions import catalogue
 
     rows = [r for r in results if _scored(r)]
-    titles = manual.catalogue(assignment or None)
+    titles = catalogue(assignment or None)
     questions: dict[str, dict] = {}
     for r in rows:
         sid = r["student"]["id"]
@@ -73,9 +73,9 @@ def sections(results: list[dict]) -> list[dict]:
 
 def write_misconceptions_csv(insight: list[dict], path: Path) -> None:
     """One row per assignment, question and misconception: how many of the scored students, and who."""
-    from autograder.lms.reports import SafeCsvWriter, _private_writer
+    from autograder.lms.sheets import SafeCsvWriter, private_writer
 
-    with _private_writer(path) as f:
+    with private_writer(path) as f:
         w = SafeCsvWriter(f)
         w.writerow(["assignment", "question", "misconception", "title", "students", "of_scored", "ids"])
         for s in insight:

@@ -18,7 +18,6 @@ one graders' page per question; ``misconceptions.csv`` and ``report.html`` the c
 from __future__ import annotations
 
 import base64
-import csv
 import functools
 import io
 import os
@@ -27,6 +26,9 @@ import statistics
 from pathlib import Path
 
 import jinja2
+
+from autograder.lms.sheets import (FORMULA_START, SafeCsvWriter, csv_cell,  # noqa: F401 (re-exported)
+                                    private_writer as _private_writer, write_private_text)
 
 ENV = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "templates"),
                          autoescape=True, trim_blocks=True, lstrip_blocks=True)
@@ -64,48 +66,6 @@ def manual_cell(m: dict | None):
     if m is None:
         return ""
     return "pending" if m.get("score") is None else m["score"]
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
-
-
-def csv_cell(value):
-    """A cell of a sheet an instructor opens in a spreadsheet: text that would start a formula (a student's
-    name or email from an LMS, a file name) gets a leading apostrophe (OWASP's CSV injection advice);
-    numbers, and text that reads as one, are left as they are."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            return "'" + value
-    return value
-
-
-class SafeCsvWriter:
-    """``csv.writer`` whose cells go through :func:`csv_cell`: every sheet the grader writes for people."""
-
-    def __init__(self, f):
-        self._w = csv.writer(f)
-
-    def writerow(self, row) -> None:
-        self._w.writerow([csv_cell(v) for v in row])
-
-    def writerows(self, rows) -> None:
-        for row in rows:
-            self.writerow(row)
-
-
-def _private_writer(path: Path):
-    """Open ``path`` for writing as a file its owner alone can read (0600), whatever the umask."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    os.fchmod(fd, 0o600)
-    return os.fdopen(fd, "w", newline="", encoding="utf-8", errors="replace")  # untrusted text never stops a page
-
-
-def write_private_text(path: Path, text: str) -> None:
-    with _private_writer(path) as f:
-        f.write(text)
 
 
 def write_grades_csv(results: list[dict], path: Path) -> None:
