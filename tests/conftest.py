@@ -18,7 +18,7 @@ def _share_the_cores() -> None:
     if workers <= 1:
         return
     from autograder.settings import THREAD_VARIABLES
-    from autograder.verifier.retrain import ENV_RETRAIN_THREADS
+    from autograder.verifier.training import ENV_RETRAIN_THREADS
     from autograder.probe.sandbox import ENV_PROBE_THREADS
 
     share = str(max((os.cpu_count() or 1) // workers, 1))
