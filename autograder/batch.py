@@ -34,24 +34,25 @@ from autograder.result import GradeResult
 
 @dataclass
 class BatchOptions:
-    jobs: int = max(os.cpu_count() or 1, 1)
-    force: bool = False
-    limits: Limits = field(default_factory=Limits)
-    retrain: RetrainOptions = field(default_factory=RetrainOptions)
-    real_fit: bool = False
-    progress: bool = True
+    """How :func:`run_batch` grades."""
+
+    jobs: int = max(os.cpu_count() or 1, 1)  # submissions graded in parallel
+    force: bool = False  # grade again what already has a result (else a rerun grades only what is missing)
+    limits: Limits = field(default_factory=Limits)  # each submission's limits
+    retrain: RetrainOptions = field(default_factory=RetrainOptions)  # how the verifier retrains
+    real_fit: bool = False  # run the notebook's model.fit for real instead of recording it
+    progress: bool = True  # show a progress bar on the console
     ray: bool = False  # spread the batch over a Ray cluster instead of the local process pool
     ray_address: str | None = None  # None: start a local Ray instance
     # the Canvas gradebook column, "Title (assignment id)", or one per assignment {name: column}; None: no import
     canvas: str | dict[str | None, str] | None = None
-    archives: ArchiveLimits = field(default_factory=ArchiveLimits)
+    archives: ArchiveLimits = field(default_factory=ArchiveLimits)  # what an input archive may hold
     warm: int = 1  # jails and judges each worker starts ahead of its next submission (0: every start cold)
     probe_threads: int = 1  # CPU threads per probe (0: TensorFlow's default, every core); retraining keeps all
     # hand-graded questions: a filled scores file to merge (copied to OUT/manual_scores.csv, which a later
-    # run reads by itself); None: OUT/manual_scores.csv if it is there.  anonymous: graders' pages and the
-    # scores template show codes, not names or ids
+    # run reads by itself); None: OUT/manual_scores.csv if it is there
     manual_scores: Path | None = None
-    anonymous: bool = False
+    anonymous: bool = False  # hand-graded questions: graders' pages and the scores file show codes, not names or ids
 
 
 def write_json_atomically(path: Path, data: dict) -> None:

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+# Help texts are Rich markup (Typer's default): a literal "[" is written "\\[" or it vanishes with what follows.
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -91,7 +92,9 @@ def build(
 
 @app.command()
 def grade(
-    paths: list[Path] = typer.Argument(..., help="Notebooks, folders, zips, a Gradescope export or a Canvas download."),
+    paths: list[Path] = typer.Argument(
+        ..., help="Notebooks, folders, zips, a Gradescope export, a Canvas download or nbgrader's submitted/ folder "
+                  "(submitted/<student>/<assignment>/ in the course folder, after nbgrader collect)."),
     out: Path = typer.Option(Path("grading-out"), "--out", help="Results, grades.csv, feedback/ and report.html."),
     autograder_zips: Optional[list[Path]] = typer.Option(
         None, "--autograder",
@@ -120,7 +123,7 @@ def grade(
     notebook_seconds: float = typer.Option(_LIMITS.notebook_seconds, "--notebook-timeout",
                                            help="Seconds a whole notebook may run."),
     memory_mb: int = typer.Option(_LIMITS.memory_mb, "--memory-mb", help="Memory limit for a submission's processes."),
-    ray: bool = typer.Option(False, "--ray", help="Spread the batch over Ray (pip install 'cnn-autograder[ray]')."),
+    ray: bool = typer.Option(False, "--ray", help="Spread the batch over Ray (pip install 'cnn-autograder\\[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster to grade on (implies --ray; without it --ray starts a local one)."),
     isolation: Optional[str] = typer.Option(
         None, "--isolation",

@@ -6,16 +6,20 @@
 * :func:`knobs`: the configuration dataclasses (limits, training policy, budget, archive limits,
   variants) with their defaults, read from the dataclasses themselves.
 
-Field comments are read from the source (the ``# ...`` after a field, or the comment lines above it),
-so a field documented in the code is documented here with the same words.
+Field comments are read from the source (:func:`field_comments`): a field's text is the comment lines
+directly above it followed by the comment at the end of its line, so a field documented in the code is
+documented here with the same words.  Every text that reaches a page goes through :func:`md_text`, which
+keeps its code spans and shows everything else as written (``<out>``, ``[ray]``, ``*``).
 """
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import io
 import re
+import textwrap
 import tokenize
 import typing
 
@@ -23,8 +27,29 @@ import typing
 MARKER = re.compile(r"<!--\s*generated:\s*([a-z_]+)\s*-->")
 
 
+# a code span: a run of backticks, then anything up to the same run (CommonMark's rule)
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", re.S)
+# characters Markdown would read as markup outside code spans, and what shows them as written
+_LITERAL = {"&": "&amp;", "<": "&lt;", ">": "&gt;", **{c: "\\" + c for c in "\\`*_[]|"}}
+
+
+def md_text(text: str) -> str:
+    """``text`` as Markdown that renders exactly as written, but for its code spans (kept as code).
+
+    Outside code spans, ``<out>`` would be read as an HTML tag (and vanish in the browser), ``[ray]`` as a
+    link, ``*`` and ``_`` as emphasis and ``|`` as a table column: each is escaped."""
+    parts, end = [], 0
+    for m in _CODE_SPAN.finditer(text):
+        parts.append("".join(_LITERAL.get(c, c) for c in text[end:m.start()]))
+        parts.append(m.group(0))
+        end = m.end()
+    parts.append("".join(_LITERAL.get(c, c) for c in text[end:]))
+    return "".join(parts)
+
+
 def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ").strip()
+    """A table cell's Markdown (already escaped text: one line; a pipe inside a code span needs no escape)."""
+    return str(text).replace("\n", " ").strip()
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -79,20 +104,33 @@ def _default(p) -> str:
     return f"`{p.default}`"
 
 
+def help_text(text: str | None) -> str:
+    """A command's or option's help as ``--help`` shows it: Typer reads it as Rich markup (where ``\\[`` is a
+    literal ``[`` and ``[bold]`` a style), so the page shows the same plain text."""
+    from autograder.cli import app
+
+    text = inspect.cleandoc(text or "")
+    if app.rich_markup_mode == "rich":
+        from rich.text import Text
+
+        return Text.from_markup(text).plain
+    return text
+
+
 def cli_reference() -> str:
     parts = []
     for name, cmd in cli_commands().items():
         args = " ".join(p.name.upper() + ("..." if p.nargs == -1 else "") for p in cmd.params if not _is_option(p))
-        parts.append(f"## `{name}`\n\n{inspect.cleandoc(cmd.help or '')}\n\n"
+        parts.append(f"## `{name}`\n\n{md_text(help_text(cmd.help))}\n\n"
                      f"```text\npython -m autograder {name} [OPTIONS] {args}\n```\n")
         rows = []
         for p in cmd.params:
             if not _is_option(p):
                 rows.append([f"`{p.name.upper()}`", "argument: " + _param_type(p), "",
-                             getattr(p, "help", "") or ""])
+                             md_text(help_text(getattr(p, "help", "")))])
                 continue
             opts = " / ".join(f"`{o}`" for o in (*p.opts, *p.secondary_opts))
-            rows.append([opts, _param_type(p), _default(p), p.help or ""])
+            rows.append([opts, _param_type(p), _default(p), md_text(help_text(p.help))])
         if rows:
             parts.append(_table(["option", "type", "default", "what"], rows) + "\n")
     return "\n".join(parts)
@@ -100,35 +138,48 @@ def cli_reference() -> str:
 
 # --- dataclasses ----------------------------------------------------------------------------------------
 
-def _field_comments(cls) -> dict[str, str]:
-    """The comment after each field of a dataclass (or the comment lines just above it)."""
+# comments that speak to a tool, not a reader
+_PRAGMA = re.compile(r"^(?:noqa\b|type:|pragma:|fmt:|pylint:)")
+
+
+def field_comments(cls) -> dict[str, str]:
+    """Each field's text in the code: the comment lines directly above the field (no blank line between),
+    then the comment at the end of its line (or lines); a field without either has none.
+
+    A comment block belongs to the field below it, so a block never documents two fields, and a trailing
+    comment is never continued on the lines after it (they would document the next field).  Fields that
+    a dataclass inherits are read from the class that defines them."""
+    comments: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        comments.update(_own_field_comments(klass))
+    return comments
+
+
+def _own_field_comments(cls) -> dict[str, str]:
     try:
-        source = inspect.getsource(cls)
+        source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
         return {}
-    comments: dict[str, str] = {}
-    pending: list[str] = []
-    line_field: dict[int, str] = {}
-    for lineno, line in enumerate(source.splitlines(), 1):
-        m = re.match(r"\s{4}(\w+)\s*:", line)
-        if m and not line.strip().startswith(("def ", "@")):
-            line_field[lineno] = m.group(1)
-    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
-    for tok in tokens:
+    (node,) = ast.parse(source).body
+    fields = [(f.target.id, f.lineno, f.end_lineno) for f in node.body
+              if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name)]
+    own_line: dict[int, str] = {}  # line: a comment alone on it
+    trailing: dict[int, str] = {}  # line: a comment after code
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
         if tok.type == tokenize.COMMENT:
             text = tok.string.lstrip("#").strip()
-            name = line_field.get(tok.start[0])
-            if name and tok.line.strip() and not tok.line.strip().startswith("#"):
-                comments[name] = text
-            else:
-                pending.append(text)
-        elif tok.type == tokenize.NAME and tok.start[0] in line_field and tok.start[1] == 4:
-            if pending:
-                comments.setdefault(line_field[tok.start[0]], " ".join(pending))
-            pending = []
-        elif tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT):
-            if tok.start[1] == 4 and tok.start[0] not in line_field:
-                pending = []
+            if _PRAGMA.match(text):
+                continue
+            (trailing if tok.line[:tok.start[1]].strip() else own_line)[tok.start[0]] = text
+    comments = {}
+    for name, first, last in fields:
+        above, line = [], first - 1
+        while line in own_line:
+            above.insert(0, own_line[line])
+            line -= 1
+        text = " ".join(above + [trailing[n] for n in range(first, last + 1) if n in trailing])
+        if text:
+            comments[name] = text
     return comments
 
 
@@ -160,7 +211,7 @@ MACHINE_DEFAULTS = {("BatchOptions", "jobs"): "the machine's cores"}
 
 
 def dataclass_table(cls, with_defaults: bool = True) -> str:
-    comments = _field_comments(cls)
+    comments = field_comments(cls)
     hints = {}
     try:
         hints = typing.get_type_hints(cls)
@@ -172,36 +223,38 @@ def dataclass_table(cls, with_defaults: bool = True) -> str:
         row = [f"`{f.name}`", f"`{tp}`"]
         if with_defaults:
             row.append(MACHINE_DEFAULTS.get((cls.__name__, f.name)) or _field_default(f))
-        row.append(comments.get(f.name, ""))
+        row.append(md_text(comments.get(f.name, "")))
         rows.append(row)
     header = ["field", "type", "default", "what"] if with_defaults else ["field", "type", "what"]
     return _table(header, rows)
 
 
 def _doc(cls) -> str:
+    """The class's docstring as Markdown (Sphinx roles and double backticks as code spans)."""
     doc = cls.__doc__ or ""
     if doc.startswith(cls.__name__ + "("):  # the signature dataclasses write when there is no docstring
         return ""
-    doc = re.sub(r":(?:mod|class|func|meth|data):`~?([^`]+)`", r"`\1`", inspect.cleandoc(doc))
-    return doc.replace("``", "`")
+    doc = re.sub(r":(?:mod|class|func|meth|data|attr):`~?([^`]+)`", r"`\1`", inspect.cleandoc(doc))
+    return md_text(doc.replace("``", "`"))
 
 
-def result_schema() -> str:
+def _section(title: str, cls, where: str = "", with_defaults: bool = True) -> str:
+    intro = " ".join(t for t in (_doc(cls), where) if t)
+    return f"### {title}\n\n{intro}\n\n{dataclass_table(cls, with_defaults)}\n"
+
+
+def _result_classes() -> list[tuple[type, str]]:
     from autograder import result
     from autograder.verifier.retrain import RetrainReport
 
-    parts = [f"Schema version **{result.RESULT_SCHEMA_VERSION}** (`schema` in every file). "
-             f"Statuses: {', '.join(f'`{s}`' for s in result.STATUSES)}.\n"]
-    for cls, title in ((result.GradeResult, "`GradeResult`: the file"),
-                       (result.QuestionResult, "`QuestionResult`: each of `questions`"),
-                       (result.CaseResult, "`CaseResult`: each of a question's `cases`"),
-                       (RetrainReport, "`RetrainReport`: `retrain`")):
-        parts.append(f"### {title}\n\n{_doc(cls)}\n\n{dataclass_table(cls)}\n")
-    return "\n".join(parts)
+    return [(result.GradeResult, "`GradeResult`: the file"),
+            (result.QuestionResult, "`QuestionResult`: each of `questions`"),
+            (result.CaseResult, "`CaseResult`: each of a question's `cases`"),
+            (RetrainReport, "`RetrainReport`: `retrain`")]
 
 
-def knobs(only: tuple[str, ...] | None = None) -> str:
-    """The configuration dataclasses' tables (``only``: these class names)."""
+def _knob_classes() -> list[tuple[type, str, str]]:
+    """Each configuration dataclass, its module, and where its values come from."""
     from autograder.batch import BatchOptions
     from autograder.engine import RetrainOptions
     from autograder.lms.submissions import ArchiveLimits
@@ -210,38 +263,64 @@ def knobs(only: tuple[str, ...] | None = None) -> str:
     from autograder.variants import VariantConfig
     from autograder.verifier.budget import Budget
 
-    sections = (
-        (Limits, "autograder.probe.sandbox", "Per submission; `grade --cell-timeout`, `--notebook-timeout`, "
-                                             "`--memory-mb` override three of them."),
+    return [
+        (Limits, "autograder.probe.sandbox", "Per submission; `grade --cell-timeout`, `--notebook-timeout` and "
+                                             "`--memory-mb` set three of them for a run, and the Gradescope runner "
+                                             "fits them inside the container's limits."),
         (TrainingPolicy, "autograder.spec", "Per assignment, in its `spec.py`; `grade --seeds`, "
                                             "`--require-lesson-model`, `--retrain-seconds` override for a run."),
         (Budget, "autograder.verifier.budget", "Per assignment (`TrainingPolicy.budget`); `grade --max-epochs`, "
                                                "`--max-steps` override for a run."),
-        (RetrainOptions, "autograder.engine", "What `grade` passes to the verifier (unset: the assignment's)."),
-        (ArchiveLimits, "autograder.lms.submissions", "What an input archive may hold."),
+        (RetrainOptions, "autograder.engine", "`grade`'s options fill it."),
+        (ArchiveLimits, "autograder.lms.submissions", "The same for every `grade` run (no option changes them); "
+                                                      "a script passes its own as `BatchOptions.archives`."),
         (VariantConfig, "autograder.variants", "Per assignment, in its `spec.py`."),
-        (BatchOptions, "autograder.batch", "A batch's options (`grade`'s options fill them)."),
-    )
-    parts = []
-    for cls, module, how in sections:
-        if only is not None and cls.__name__ not in only:
-            continue
-        parts.append(f"### `{cls.__name__}` (`{module}`)\n\n{_doc(cls)} {how}\n\n{dataclass_table(cls)}\n")
+        (BatchOptions, "autograder.batch", "`grade`'s options fill it."),
+    ]
+
+
+def _interface_classes() -> list[type]:
+    from autograder.spec import AssignmentSpec, Dataset
+
+    return [AssignmentSpec, Dataset]
+
+
+LIMIT_CLASSES = ("Limits", "Budget", "ArchiveLimits")
+
+
+def documented_dataclasses() -> dict[str, list[type]]:
+    """``{generated section: the dataclasses whose field tables it holds}``, for the docs test."""
+    knobs_ = [cls for cls, _, _ in _knob_classes()]
+    return {"result_schema": [cls for cls, _ in _result_classes()],
+            "knobs": knobs_,
+            "limits": [cls for cls in knobs_ if cls.__name__ in LIMIT_CLASSES],
+            "assignment_interface": _interface_classes()}
+
+
+def result_schema() -> str:
+    from autograder import result
+
+    parts = [f"Schema version **{result.RESULT_SCHEMA_VERSION}** (`schema` in every file). "
+             f"Statuses: {', '.join(f'`{s}`' for s in result.STATUSES)}.\n"]
+    parts += [_section(title, cls) for cls, title in _result_classes()]
     return "\n".join(parts)
 
 
-def assignment_interface() -> str:
-    """The assignment interface's dataclasses (``autograder/spec.py``), without defaults for the required."""
-    from autograder.spec import AssignmentSpec, Dataset
+def knobs(only: tuple[str, ...] | None = None) -> str:
+    """The configuration dataclasses' tables (``only``: these class names)."""
+    return "\n".join(_section(f"`{cls.__name__}` (`{module}`)", cls, where)
+                     for cls, module, where in _knob_classes() if only is None or cls.__name__ in only)
 
-    return "\n".join(f"### `{cls.__name__}`\n\n{_doc(cls)}\n\n{dataclass_table(cls)}\n"
-                     for cls in (AssignmentSpec, Dataset))
+
+def assignment_interface() -> str:
+    """The assignment interface's dataclasses (``autograder/spec.py``)."""
+    return "\n".join(_section(f"`{cls.__name__}`", cls) for cls in _interface_classes())
 
 
 def environment_table() -> str:
     from autograder import settings
 
-    rows = [[f"`{s.name}`", f"`{s.default}`" if s.default else "(unset)", s.help, f"`{s.read_by}`"]
+    rows = [[f"`{s.name}`", f"`{s.default}`" if s.default else "(unset)", md_text(s.help), f"`{s.read_by}`"]
             for s in settings.SETTINGS]
     quiet = ", ".join(f"`{k}={v}`" for k, v in settings.QUIET_LOGGING_ENV.items())
     return (_table(["variable", "default", "what", "read by"], rows)
@@ -254,7 +333,7 @@ GENERATORS = {
     "environment": environment_table,
     "knobs": knobs,
     "assignment_interface": assignment_interface,
-    "limits": lambda: knobs(only=("Limits", "Budget", "ArchiveLimits")),
+    "limits": lambda: knobs(only=LIMIT_CLASSES),
 }
 
 

@@ -92,13 +92,13 @@ class RetrainOptions:
     (:class:`autograder.spec.TrainingPolicy`, whose budget is :class:`autograder.verifier.budget.Budget`);
     a value given here (``grade --seeds 1``) overrides it for every assignment of the run."""
 
-    enabled: bool = True
-    max_epochs: int | None = None
-    max_steps: int | None = None
+    enabled: bool = True  # False: no retraining (grade --no-retrain); the training question is not verified
+    max_epochs: int | None = None  # Budget.max_epochs
+    max_steps: int | None = None  # Budget.max_steps
     max_seconds: float | None = None  # safety net per training run: hitting it is a grader error
-    seeds: int | None = None
-    seed_margin: float | None = None
-    require_lesson_model: bool | None = None
+    seeds: int | None = None  # TrainingPolicy.max_seeds: the most seeds trained near the threshold
+    seed_margin: float | None = None  # TrainingPolicy.seed_margin
+    require_lesson_model: bool | None = None  # TrainingPolicy.require_lesson_model
     cache_dir: str | None = "default"  # None: no cache
     data_subset: tuple[int, int] | None = None  # (training, test) images: quick checks only
 

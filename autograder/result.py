@@ -37,7 +37,7 @@ class CaseResult:
     name: str  # the test case's name in Otter's test file
     hidden: bool  # a hidden check: counts, shown to the student as passed/failed only
     points: float | None  # its points (None: the question's points are split among its cases)
-    passed: bool
+    passed: bool  # whether the check passed
     message: str  # the feedback: the likely mistake for a public check, a general message for a hidden one
     # the named likely mistakes this failed case points to (ids of the assignment's misconception
     # catalogue, e.g. "flipped_filter"); empty when it names none
@@ -49,8 +49,8 @@ class QuestionResult:
     """One question (one Otter test file)."""
 
     name: str  # the question (Otter's test file name)
-    score: float
-    max_score: float
+    score: float  # the points earned
+    max_score: float  # the question's points
     cases: list[CaseResult] = field(default_factory=list)  # every public and hidden case
 
     @classmethod
@@ -81,8 +81,9 @@ class GradeResult:
     retrain_pending: bool = False  # a partial result, judged before retraining finished
     variant: dict | None = None  # per-student variants: the variant judged with, and the instructor's flags
     cause: GraderErrorCause | None = None  # with grader_error only: which kind of fault of the grader or host
-    earlier_causes: list[str] = field(default_factory=list)  # causes of this submission's grader errors on earlier
-    # runs, oldest first (set by the batch; a repeat is listed by autograder.lms.reports.repeated_grader_error)
+    # causes of this submission's grader errors on earlier runs, oldest first (set by the batch; a repeat is
+    # listed by autograder.lms.reports.repeated_grader_error)
+    earlier_causes: list[str] = field(default_factory=list)
     # hand-graded questions (Otter Assign ``manual: true``), see autograder.manual.ManualAnswer: name,
     # max_score, score (None: pending), comment, answer; their points are in max_score, and in score once graded
     manual: list[dict] = field(default_factory=list)

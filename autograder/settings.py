@@ -75,7 +75,8 @@ DETERMINISTIC = Setting(
     "autograder.verifier.retrain")
 GRADESCOPE_ROOT = Setting(
     "CNN_GRADER_GRADESCOPE_ROOT", "/autograder",
-    "Gradescope's root folder, as `run_autograder` sees it (changed only by the tests' emulation).",
+    "Gradescope's root folder, as `run_autograder` sees it; another folder to try the zip on your own machine "
+    "(see Gradescope in the instructors' pages).",
     "autograder/lms/templates/run_autograder.j2")
 NO_CGROUP = Setting(
     "CNN_GRADER_NO_CGROUP", "",
@@ -89,7 +90,7 @@ RAY_AUTHENTICATED = Setting(
     "autograder.probe.jail")
 PYTHON = Setting(
     "CNN_GRADER_PYTHON", "/root/miniforge3/envs/otter-env/bin/python",
-    "The interpreter Gradescope's `run_autograder` grades with.",
+    "The interpreter Gradescope's `run_autograder` grades with; your own to try the zip on your machine.",
     "autograder/lms/templates/run_autograder.j2")
 VERBOSE = Setting(
     "CNN_GRADER_VERBOSE", "",

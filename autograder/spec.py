@@ -108,8 +108,8 @@ class AssignmentSpec:
     package: str  # the assignment's Python package, e.g. "assignments.cnn_mnist"
     checks: str  # module with the answer key and hidden checks (see the module docstring)
     public_module_name: str  # the student-side check module's file name, e.g. "cnn_checks.py"
-    dataset: Dataset
-    training: TrainingPolicy = field(default_factory=TrainingPolicy)
+    dataset: Dataset  # the data the verifier retrains on
+    training: TrainingPolicy = field(default_factory=TrainingPolicy)  # how the submitted model is verified
     master: str = ""  # master notebook, relative to the package folder (default "master/<name>.ipynb")
     samples: str | None = None  # module with write_samples(student_nb, solution_nb, out_dir)
     variants: VariantConfig = field(default_factory=VariantConfig)  # per-student numbers (off by default)

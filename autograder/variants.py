@@ -21,10 +21,10 @@ DEFAULT_POOL_SIZE = 64
 
 @dataclass(frozen=True)
 class VariantConfig:
-    """An assignment's variant settings.  ``enabled=False`` (the default) is today's behaviour."""
+    """An assignment's per-student variants; off by default (every student answers the same numbers)."""
 
-    enabled: bool = False
-    pool_size: int = DEFAULT_POOL_SIZE
+    enabled: bool = False  # True: each student gets one variant of the pool, chosen from their identity
+    pool_size: int = DEFAULT_POOL_SIZE  # how many variants the pool holds (1 to 4096)
     salt: str = ""  # change it (e.g. per term) to draw a new pool; it is public, not a secret
 
     def __post_init__(self):

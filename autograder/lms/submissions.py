@@ -62,14 +62,12 @@ class ArchiveLimits:
     max_members: int = 2000  # per zip
     max_submission_bytes: int = 64 * 2**20  # what one student's zip unpacks to, nested zips included
     max_class_bytes: int = 2 * 2**30  # what a class's zip (Canvas, Gradescope) unpacks to
-    # members of one student's upload counted over every nesting level, and of a class's zip with
-    # every zip in it; each member also costs at least min_member_bytes of the byte budgets, so
-    # empty members are not free
-    max_submission_members: int = 2000
-    max_class_members: int = 50_000
+    max_submission_members: int = 2000  # members of one student's upload, counted over every nesting level
+    max_class_members: int = 50_000  # members of a class's zip, every zip in it included
+    # what each member costs of the byte budgets at least, however small: empty members are not free
     min_member_bytes: int = 4096
     max_depth: int = 3  # a class zip holding a student's zip holding a zip
-    max_notebook_bytes: int = 32 * 2**20
+    max_notebook_bytes: int = 32 * 2**20  # one notebook, in a zip or not
 
 
 class ArchiveRefused(Exception):

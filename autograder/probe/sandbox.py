@@ -64,12 +64,13 @@ MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10
 class Limits:
     """Resource limits for one submission (instructors may raise them for slow machines)."""
 
-    cell_seconds: float = 120.0
-    notebook_seconds: float = 600.0
-    memory_mb: int = 6144
-    max_processes: int = 64
+    cell_seconds: float = 120.0  # time one cell may run: a cell over it is interrupted and the rest still runs
+    notebook_seconds: float = 600.0  # time the whole notebook may run, from its first cell: past it the run stops
+    memory_mb: int = 6144  # memory of the submission's whole process tree (MiB)
+    max_processes: int = 64  # processes the submission may have at once
+    # output of the notebook kept, in KiB: the first and the last this many of everything it printed
     output_kb: int = 64
-    file_size_mb: int = 512
+    file_size_mb: int = 512  # the largest file the submission may write, and the size of its private /tmp (MiB)
 
 
 @dataclass

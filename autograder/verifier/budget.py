@@ -25,10 +25,10 @@ from autograder.verifier.rebuild import RefusedModel
 class Budget:
     """The assignment's limits (one place; ``RetrainOptions`` carries them to the verifier)."""
 
-    max_config_chars: int = 200_000
-    max_params: int = 5_000_000
-    min_batch_size: int = 16
-    max_batch_size: int = 4096
+    max_config_chars: int = 200_000  # length of the model's JSON config (arrays do not belong in it)
+    max_params: int = 5_000_000  # the model's parameters
+    min_batch_size: int = 16  # the smallest batch size a fit call may use
+    max_batch_size: int = 4096  # the largest batch size a fit call may use
     max_epochs: int = 15  # more epochs are capped to this, with a note
     max_steps: int = 30_000  # per training run; 15 epochs at batch size 32 is 28,125
     max_macs: float = 4e13  # multiply-adds per training run (forward + backward, estimated); the lesson: 7.6e12

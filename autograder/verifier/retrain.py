@@ -51,19 +51,23 @@ PROJECTION_SHARE = 0.75  # a recipe whose measured projection exceeds this share
 
 @dataclass
 class RetrainReport:
-    accuracy: float | None = None
-    accuracies: list[float] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=list)
-    epochs: int = 0
-    batch_size: int | None = None
-    steps: int = 0
-    optimizer: str = ""
-    loss: str = ""
-    device: str = ""
-    backend: str = ""
-    seconds: float = 0.0
+    """What the verifier did with a submission's model: the recipe it retrained, the accuracy it measured
+    on the test images, or why there is none."""
+
+    accuracy: float | None = None  # the test accuracy that counts: the median of the seeds' accuracies
+    accuracies: list[float] = field(default_factory=list)  # each seed's test accuracy, in the order trained
+    seeds: list[int] = field(default_factory=list)  # the seeds trained (more than one only near the threshold)
+    epochs: int = 0  # epochs the first seed's run trained
+    batch_size: int | None = None  # the first fit call's batch size
+    steps: int = 0  # optimizer steps of one training run, every fit call included
+    optimizer: str = ""  # the first fit call's optimizer, with its settings
+    loss: str = ""  # the loss's name
+    device: str = ""  # where it trained: "CPU", or the GPU
+    backend: str = ""  # Keras' backend: "tensorflow" or "jax"
+    seconds: float = 0.0  # training time of the runs that did not come from the cache
     peak_mb: int = 0  # the largest memory (RSS) of a training process, as measured when it trained
-    cache_hit: bool = False
+    cache_hit: bool = False  # every run came from the retraining cache
+    # where the retraining differs from the notebook's own run (data, pixel scale, capped epochs, seeds)
     notes: list[str] = field(default_factory=list)
     error: str | None = None  # why there is no accuracy (a refused recipe, or the grader_error)
     grader_error: str | None = None  # the grader failed (never scored; the result is a grader_error)
