@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 from autograder import __version__, protocol
 from autograder.variants import VariantConfig
+from autograder.verifier import preverified
 from autograder.probe.sandbox import Limits, probe
 from autograder.judge.runner import GraderError, run_judge  # noqa: F401 (GraderError re-exported)
 from autograder.result import GRADER_ERROR, RESULT_SCHEMA_VERSION, GradeResult  # noqa: F401 (re-exported)
@@ -47,6 +48,8 @@ class Autograder:
     public_module: str  # files/<spec.public_module_name>: the student-side check module
     sha256: str
     variants: dict | None = None  # variants.json (VariantConfig as a dict): per-student variants on
+    # the build's signed verdicts (autograder.verifier.preverified): recipes served without retraining; None: none
+    verdicts: preverified.Verdicts | None = None
 
     @property
     def variants_on(self) -> bool:
@@ -66,7 +69,9 @@ class Autograder:
             name = config.get("assignment_name") or Path(path).stem
             public = z.read(f"files/{registry.get(name).public_module_name}").decode()
             variants = json.loads(z.read("variants.json")) if "variants.json" in z.namelist() else None
-        return cls(name, tests, public, hashlib.sha256(raw).hexdigest(), variants)
+            verdicts = preverified.load(lambda n: z.read(n) if n in z.namelist() else None,
+                                        preverified.autograder_digest(name, tests, public, variants), str(path))
+        return cls(name, tests, public, hashlib.sha256(raw).hexdigest(), variants, verdicts)
 
     @property
     def spec(self) -> "AssignmentSpec":
@@ -130,8 +135,9 @@ class RetrainOptions:
                 "threshold": policy.threshold}
 
 
-def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec") -> dict[str, dict]:
-    """Retrain every extracted model in its own process; the reports hold numbers and notes only."""
+def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec", verdicts=None) -> dict[str, dict]:
+    """Retrain every extracted model in its own process (unless the zip's ``verdicts`` pre-verified its recipe);
+    the reports hold numbers and notes only."""
     from autograder.verifier import retrain
 
     reports = {}
@@ -140,7 +146,7 @@ def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec
             continue
         try:
             report = retrain.verify(data.get("config"), data.get("fits") or [], options.settings(spec),
-                                    cache_dir=options.cache_dir)
+                                    cache_dir=options.cache_dir, verdicts=verdicts)
         except Exception as exc:  # noqa: BLE001 - the grader's fault, reported as such
             report = retrain.RetrainReport(grader_error=f"{type(exc).__name__}: {exc}", grader_error_cause="grader_crash")
         reports[name] = report.as_dict()
@@ -235,7 +241,7 @@ def grade_notebook(
                 partial = dataclasses.replace(result, retrain_pending=True).judged(judged["questions"], None)
                 on_partial(partial.to_dict())
             clock = time.monotonic()
-            reports = _retrain_models(values, retrain, spec)
+            reports = _retrain_models(values, retrain, spec, ag.verdicts)
             timings["retrain"] = round(time.monotonic() - clock, 3)  # waiting for a training slot included
             request["retrain"] = retrain.for_judge(spec, reports)
             failed = [r for r in reports.values() if r.get("grader_error")]
