@@ -283,3 +283,26 @@ def test_the_student_and_gradescope_are_told_the_verdict_was_pre_verified(build)
     page = reports.render_feedback(result)
     assert "Pre-verified" in page and "2025-01-31" in page and "it was not retrained again" in page
     assert "pre-verified when the assignment was built (2025-01-31)" in report.summary()
+
+
+def test_a_recipe_near_the_threshold_is_served_with_every_seed_the_build_trained(monkeypatch, tmp_path, recipe):
+    """The lesson's case: the first accuracy lies within the margin, the build trains three seeds, and the
+    served report is the median of the three, with the seed rule's note, as if trained here."""
+    import dataclasses
+
+    settings = dataclasses.replace(SETTINGS, seeds=3)
+    accuracies = iter([0.9889, 0.9871, 0.9893])
+    monkeypatch.setattr(retrain, "_train", lambda *a: {**TRAINED, "accuracy": next(accuracies)})
+    recorder = preverified.Recorder()
+    built = retrain.verify(*recipe, settings, cache_dir=None, verdicts=recorder)
+    assert built.accuracies == [0.9889, 0.9871, 0.9893] and len(recorder.seen) == 1
+    key = preverified.signing_key(tmp_path / "key")
+    text, public = preverified.sign([preverified.entry("lesson_recipe", *recorder.seen[0], built.as_dict())],
+                                    "cnn_mnist", DIGEST, key)
+    trainer = _train_with(monkeypatch, RETRAINED)
+    verdicts = _verdicts({preverified.VERDICTS_FILE: text.encode(), preverified.PUBLIC_KEY_FILE: public.encode()})
+    served = retrain.verify(*recipe, settings, cache_dir=None, verdicts=verdicts)
+    assert trainer.calls == 0 and served.accuracy == 0.9889 and served.accuracies == built.accuracies
+    assert served.seeds == built.seeds == [settings.seed, settings.seed + 1, settings.seed + 2]
+    assert any("3 seeds were trained and the median counts" in n for n in served.notes)
+    assert served.preverified["accuracies"] == built.accuracies
