@@ -97,6 +97,11 @@ def preverify_built(built: "BuiltAssignment", options: Preverify = Preverify()) 
 
     started, outcome = time.monotonic(), Outcome()
     key = preverified.signing_key(options.key_dir)  # a key that is not private stops the build before any training
+    from autograder.probe import jail
+
+    # a named notebook may be a student's: its jail sees neither the build (hidden tests) nor the signing key
+    jail.add_private_paths([built.student_dir.parent, *([options.key_dir] if options.key_dir else []),
+                            *options.notebooks])
     ag = Autograder.from_zip(built.autograder_zip)
     retrain = RetrainOptions(cache_dir=options.cache_dir)  # grading's defaults: the context a batch and Gradescope match
     with tempfile.TemporaryDirectory(prefix=f"preverify-{built.name}-") as tmp:
