@@ -221,8 +221,17 @@ def test_a_malformed_signed_verdict_is_not_served(monkeypatch, capsys, build, re
     assert "not well formed" in capsys.readouterr().err
 
 
-def test_a_zip_without_verdicts_has_none():
+def test_a_zip_without_verdicts_has_none_and_an_unreadable_one_serves_none(build):
     assert preverified.load({}.get, DIGEST) is None
+    files = _files(build)
+
+    def failing(name: str) -> bytes:
+        if name == preverified.PUBLIC_KEY_FILE:
+            raise zipfile.BadZipFile("Bad CRC-32")
+        return files[name]
+
+    verdicts = preverified.load(failing, DIGEST)
+    assert verdicts is not None and "could not be read (BadZipFile)" in verdicts.problem
 
 
 # --- the signing key ---------------------------------------------------------------------------------

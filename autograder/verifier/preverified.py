@@ -208,14 +208,15 @@ def load(read: Callable[[str], bytes | None], digest: str, where: str = VERDICTS
     zip ships none.  Whatever does not verify leaves a :class:`Verdicts` that serves nothing and says why."""
     try:
         raw = read(VERDICTS_FILE)
-    except OSError as exc:
+    except Exception as exc:  # noqa: BLE001 - OSError, a zip member that fails its CRC, ...: nothing is served
         return Verdicts(problem=f"the file could not be read ({type(exc).__name__})", where=where)
     if raw is None:
         return None
     try:
-        return _verified(raw, read(PUBLIC_KEY_FILE), digest, where)
-    except OSError as exc:
+        public = read(PUBLIC_KEY_FILE)
+    except Exception as exc:  # noqa: BLE001 - as above
         return Verdicts(problem=f"the public key could not be read ({type(exc).__name__})", where=where)
+    return _verified(raw, public, digest, where)
 
 
 def _verified(raw: bytes, public_pem: bytes | None, digest: str, where: str) -> Verdicts:
