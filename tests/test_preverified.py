@@ -315,3 +315,73 @@ def test_a_recipe_near_the_threshold_is_served_with_every_seed_the_build_trained
     assert served.seeds == built.seeds == [settings.seed, settings.seed + 1, settings.seed + 2]
     assert any("3 seeds were trained and the median counts" in n for n in served.notes)
     assert served.preverified["accuracies"] == built.accuracies
+
+
+# --- the build's side ----------------------------------------------------------------------------------
+
+def test_the_build_pre_verifies_the_solution_the_lessons_recipe_and_the_instructors_notebooks(tmp_path):
+    """Which notebooks: the solution, the assignment's common recipes (cnn_mnist: the lesson's own cells, as the
+    question quotes them) and each named notebook of this assignment (one of another assignment is left to it)."""
+    import nbformat
+
+    from autograder.build import BuiltAssignment
+    from autograder.preverify import Preverify, notebooks_to_verify
+
+    student = SPEC.student_dir / "cnn_mnist.ipynb"
+    built = BuiltAssignment("cnn_mnist", SPEC.student_dir, tmp_path / "autograder.zip", tmp_path / "solution.ipynb")
+    mine, theirs = tmp_path / "popular.ipynb", tmp_path / "other.ipynb"
+    nb = nbformat.read(student, as_version=4)
+    nbformat.write(nb, mine)
+    nb.metadata["autograder"] = {"assignment": "digits"}
+    nbformat.write(nb, theirs)
+    found = notebooks_to_verify(built, Preverify(notebooks=(mine, theirs)), tmp_path / "work")
+    assert [name for name, _ in found] == ["solution", "lesson_recipe", "popular"]
+    lesson = nbformat.read(found[1][1], as_version=4)
+    code = "\n".join(c.source for c in lesson.cells if c.cell_type == "code")
+    assert "model.fit(train_images, train_labels, epochs=10, batch_size=1000)" in code
+    assert "optimizer='adam'" in code and "layers.Conv2D(64, (3, 3), activation='relu')" in code
+    assert [n for n, _ in notebooks_to_verify(built, Preverify(common_recipes=False), tmp_path / "w2")] == ["solution"]
+
+
+@pytest.mark.parametrize("case, why", [
+    ("grader error", "grader error"), ("no model", "no model was retrained"), ("refused", "over budget"),
+    ("two models", "only a notebook with one model"),
+])
+def test_a_recipe_the_build_could_not_verify_gets_no_verdict_and_a_reason(case, why):
+    from autograder.preverify import _verdict
+
+    seen = [("a" * 64, {})]
+    result = {"status": "graded", "retrain": {"accuracy": 0.99, "accuracies": [0.99], "seeds": [1], "epochs": 1,
+                                              "device": "CPU", "backend": "tensorflow"}}
+    if case == "grader error":
+        result = {"status": "grader_error", "error": "the jail could not start"}
+    elif case == "no model":
+        seen = []
+    elif case == "refused":
+        result["retrain"] = {"accuracy": None, "error": "The model was not retrained: over budget."}
+    elif case == "two models":
+        seen = [("a" * 64, {}), ("b" * 64, {})]
+    verdict, reason = _verdict("solution", result, seen)
+    assert verdict is None and why in reason
+    assert _verdict("solution", {"status": "graded", "retrain": {
+        "accuracy": 0.99, "accuracies": [0.99], "seeds": [1], "epochs": 1, "device": "CPU", "backend": "tensorflow"}},
+        [("a" * 64, {})])[0]["accuracies"] == [0.99]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preverify-notebook", "{plain}"], "its metadata names none"),
+    (["-a", "digits", "--preverify-notebook", "{student}"], "names cnn_mnist, which is not built here"),
+    (["--no-preverify", "--preverify-notebook", "{student}"], "needs --preverify"),
+])
+def test_build_refuses_a_notebook_it_cannot_pre_verify_before_building(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from autograder.cli import app
+
+    plain = tmp_path / "plain.ipynb"
+    plain.write_text(json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}))
+    paths = {"plain": str(plain), "student": str(SPEC.student_dir / "cnn_mnist.ipynb")}
+    shown = CliRunner().invoke(app, ["build", "--out", str(tmp_path / "dist"), *[a.format(**paths) for a in args]],
+                               env={"COLUMNS": "300"})
+    assert shown.exit_code == 2 and message in " ".join(shown.output.split()), shown.output
+    assert not (tmp_path / "dist").exists()  # nothing was built
