@@ -80,7 +80,7 @@ def build(
     common_recipes: bool = typer.Option(
         True, "--common-recipes/--no-common-recipes",
         help="With --preverify: also the recipes the assignment lists as commonly submitted as written (cnn_mnist: "
-             "the lesson's own recipe, three seeds: several minutes on a CPU)."),
+             "the lesson's own recipe: three seeds, minutes each on a CPU)."),
     preverify_notebooks: Optional[list[Path]] = typer.Option(
         None, "--preverify-notebook",
         help="With --preverify: also this notebook's recipe, for the assignment its metadata names (repeatable)."),
