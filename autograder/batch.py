@@ -1,6 +1,6 @@
 """Batch grading: a whole class in one command, in parallel, resumable after any kill.
 
-Each submission is graded by :func:`autograder.judge.pipeline.grade_notebook` in a worker process and
+Each submission is graded by :func:`autograder.engine.grade_notebook` in a worker process and
 its result written atomically to ``OUT/results/<id>.json`` the moment it finishes.  Rerunning
 the same command skips every submission whose result exists (``force=True`` regrades), so a
 batch killed with SIGKILL loses at most the submissions that were in flight.  Retraining
@@ -26,7 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.probe.sandbox import Limits
 from autograder.lms.submissions import ArchiveLimits, Submission, collect, private_dir
 from autograder.result import GradeResult
@@ -175,7 +175,7 @@ def _more_after_this(options: BatchOptions) -> bool:
 def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, options: BatchOptions) -> dict:
     """Grade one submission with its assignment's autograder and write its result file (in a worker process)."""
     from autograder import warm
-    from autograder.judge import pipeline as engine
+    from autograder import engine
 
     warm.configure(options.warm)
     warm.expect_more(_more_after_this(options))

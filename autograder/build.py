@@ -10,7 +10,10 @@ expected values always come from its reference implementation.  And some after i
   ``setup.sh`` that installs this package and the assignment's package and provisions MNIST, so
   ``otter grade`` (Docker) can run its ``autograder.otter_plugin``;
 * ``gradescope_autograder.zip`` is the same with our engine and the assignment bundled under ``lib/``
-  and our ``run_autograder`` (templates in ``autograder/lms/templates/``; see :mod:`autograder.lms.gradescope`).
+  and our ``run_autograder`` (templates in ``autograder/lms/templates/``; see :mod:`autograder.lms.gradescope`);
+* with ``preverify`` (on by default on the command line, off in a library call), the solution's recipe and the
+  others listed are graded and retrained once, and both zips ship their signed verdicts
+  (:mod:`autograder.preverify`), so grading serves those recipes without retraining.
 
 ``build --update-assignments`` refreshes what is committed from a build: each assignment's ``student/``
 and ``samples/`` (:func:`sync_student_folders`) and its solution notebook in the repository's top-level
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from autograder.preverify import Outcome, Preverify
     from autograder.spec import AssignmentSpec
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +53,7 @@ class BuiltAssignment:
     autograder_zip: Path  # hidden tests included: instructors and the LMS only
     solution_notebook: Path  # Otter's solution notebook (answers filled, tests stripped)
     gradescope_zip: Path | None = None  # Otter's zip, set up to grade with our engine
+    preverified: "Outcome | None" = None  # what the build pre-verified (autograder.preverify); None: not asked
 
     @property
     def student_notebook(self) -> Path:
@@ -61,8 +66,13 @@ class BuiltAssignment:
         return registry.get(self.name)
 
 
-def build_assignment(spec: "AssignmentSpec", out_dir: Path, *, gradescope: bool = True, variants=None) -> BuiltAssignment:
+def build_assignment(spec: "AssignmentSpec", out_dir: Path, *, gradescope: bool = True, variants=None,
+                     preverify: "Preverify | None" = None) -> BuiltAssignment:
     """Run Otter Assign on one assignment's master notebook; leave ``out_dir/<name>/`` and its zips.
+
+    ``preverify`` (:class:`autograder.preverify.Preverify`): also grade the solution's recipe (and the others it
+    lists) once and ship the signed verdicts in both zips; None (the default here, so a library call never
+    trains; ``build`` on the command line turns it on): nothing is retrained.
 
     ``variants`` (a :class:`autograder.variants.VariantConfig`; default the spec's) on: the assignment's
     checks rewrite the master notebook (the first cell asks for the student's id and shows their
@@ -113,6 +123,10 @@ def build_assignment(spec: "AssignmentSpec", out_dir: Path, *, gradescope: bool 
         extra[manual.ZIP_FILE] = json.dumps([dataclasses.asdict(q) for q in questions], indent=1)
     built = BuiltAssignment(name, target, finish_otter_zip(target / "autograder.zip", spec, extra),
                             target / "solution" / master.name)
+    if preverify is not None:  # into Otter's zip, before the Gradescope zip is made from it
+        from autograder.preverify import preverify_built
+
+        built.preverified = preverify_built(built, preverify)
     if gradescope:
         built.gradescope_zip = make_gradescope_zip(built.autograder_zip, target / "gradescope_autograder.zip", spec)
     return built
@@ -235,6 +249,15 @@ def finish_otter_zip(otter_zip: Path, spec: "AssignmentSpec | None" = None, extr
     return otter_zip
 
 
+def add_to_zip(zip_path: Path, files: dict[str, str]) -> Path:
+    """Add text files to a zip, or replace those it has, atomically."""
+    with zipfile.ZipFile(zip_path) as z:
+        present = set(z.namelist())
+    _rewrite_zip(zip_path, zip_path, {n: t for n, t in files.items() if n in present},
+                 {n: t for n, t in files.items() if n not in present})
+    return zip_path
+
+
 def make_gradescope_zip(otter_zip: Path, dest: Path, spec: "AssignmentSpec | None" = None) -> Path:
     """Otter's autograder zip, set up to run our engine (bundled under ``lib/``) instead of Otter's runner.
 
@@ -263,14 +286,16 @@ def _finish_notebook(path: Path, name: str) -> None:
 
 
 def build_all(out_dir: Path, names: list[str] | None = None, *, gradescope: bool = True,
-              variants=None) -> list[BuiltAssignment]:
-    """Build every installed assignment (or those named), in name order."""
+              variants=None, preverify: "Preverify | None" = None) -> list[BuiltAssignment]:
+    """Build every installed assignment (or those named), in name order (``preverify``: see :func:`build_assignment`;
+    its notebooks go to the assignment their metadata names)."""
     from autograder import registry
 
     specs = registry.all_assignments() if names is None else [registry.get(n) for n in names]
     if not specs:
         raise FileNotFoundError("no assignments are installed (entry points 'autograder.assignments')")
-    return [build_assignment(spec, out_dir, gradescope=gradescope, variants=variants) for spec in specs]
+    return [build_assignment(spec, out_dir, gradescope=gradescope, variants=variants, preverify=preverify)
+            for spec in specs]
 
 
 def sync_student_folders(built: list[BuiltAssignment]) -> None:

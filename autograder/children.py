@@ -1,6 +1,6 @@
 """The grader's own child processes: what a probe's clean-up must never kill.
 
-A probe's clean-up (:func:`autograder.probe.sandbox._kill_everything`) kills the probe's process
+A probe's clean-up (:func:`autograder.metering.processes.kill_everything`) kills the probe's process
 tree and every orphan that re-parented to the grader (it is a subreaper).  Orphans are told apart
 from the grader's own children (a jail waiting in the warm pool, a judge, a retraining process,
 each possibly started by another thread a moment ago) by this registry: every process the grader

@@ -72,13 +72,52 @@ def build(
         help="Also refresh what is committed from the build: each assignment's student/ and samples/ folders and solutions/<name>.ipynb.",
     ),
     only: Optional[list[str]] = typer.Option(None, "--assignment", "-a", help="Build only this assignment (repeatable)."),
+    preverify: bool = typer.Option(
+        True, "--preverify/--no-preverify",
+        help="Grade the solution's recipe (and the recipes below) once, retraining it, and ship the signed verdicts "
+             "in both zips: grading then serves a submission with the same recipe without retraining it. Costs "
+             "one retrain per recipe, trained through the retraining cache."),
+    common_recipes: bool = typer.Option(
+        True, "--common-recipes/--no-common-recipes",
+        help="With --preverify: also the recipes the assignment lists as commonly submitted as written (cnn_mnist: "
+             "the lesson's own recipe: three seeds, minutes each on a CPU)."),
+    preverify_notebooks: Optional[list[Path]] = typer.Option(
+        None, "--preverify-notebook",
+        help="With --preverify: also this notebook's recipe, for the assignment its metadata names (repeatable)."),
 ) -> None:
-    """Run Otter Assign on every installed assignment's master notebook."""
-    from autograder import build as builder
+    """Run Otter Assign on every installed assignment's master notebook (and pre-verify the solution's recipe)."""
+    from autograder import build as builder, logs
 
-    built = builder.build_all(out, only or None)
+    options = None
+    if preverify:
+        from autograder import preverify as pre, registry
+
+        for nb in preverify_notebooks or []:
+            name = pre.notebook_assignment(nb)
+            if name is None or name not in (only or registry.names()):
+                console.print(f"[red]--preverify-notebook {nb}: " + (
+                    "not a notebook of a built assignment (its metadata names none)" if name is None else
+                    f"its metadata names {name}, which is not built here") + "[/red]")
+                raise typer.Exit(2)
+        options = pre.Preverify(notebooks=tuple(preverify_notebooks or ()), common_recipes=common_recipes)
+    elif preverify_notebooks:
+        console.print("[red]--preverify-notebook needs --preverify[/red]")
+        raise typer.Exit(2)
+    if options is None:
+        built, log = builder.build_all(out, only or None), None
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        with logs.to_file(out) as log:  # the jails' and the retraining's start-up chatter while pre-verifying
+            built = builder.build_all(out, only or None, preverify=options)
     for b in built:
         console.print(f"[bold]{b.name}[/bold]: student notebook {b.student_notebook}, autograder {b.autograder_zip}")
+        if b.preverified is not None:
+            for v in b.preverified.verdicts:
+                accuracies = ", ".join(f"{a:.4f}" for a in v["accuracies"])
+                console.print(f"  pre-verified {v['name']}: accuracy {accuracies} on {v['device']}")
+            for name, why in b.preverified.skipped:
+                console.print(f"  [yellow]not pre-verified {name}: {why}[/yellow]")
+            console.print(f"  pre-verifying took {b.preverified.seconds:.0f} s (log: {log})")
     if update_assignments:
         builder.sync_student_folders(built)
         for b in built:
@@ -182,7 +221,7 @@ def grade(
         if refusal:
             console.print(f"[red]{refusal}[/red]")
             raise typer.Exit(2)
-    from autograder.judge.pipeline import RetrainOptions
+    from autograder.engine import RetrainOptions
     from autograder.probe.sandbox import Limits
 
     from autograder.lms import reports
@@ -329,8 +368,8 @@ def _print_results(results: list[dict]) -> None:
         if r.get("retrain") and r["retrain"].get("accuracy") is not None:
             rt = r["retrain"]
             console.print(f"Retrained: accuracy {rt['accuracy']:.4f}, {reports.plural(rt['epochs'], 'epoch')}, "
-                          f"batch {rt['batch_size']}, {rt['device']}, "
-                          f"{'cache hit' if rt['cache_hit'] else str(rt['seconds']) + ' s'}")
+                          f"batch {rt['batch_size']}, {rt['device']}, " + ("pre-verified at build" if rt.get("preverified") else
+                                                                           "cache hit" if rt["cache_hit"] else f"{rt['seconds']} s"))
         return
     table = Table(title=reports.plural(len(results), "submission"))
     for col in ("student", "score", "status", "retrained accuracy"):

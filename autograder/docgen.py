@@ -256,7 +256,7 @@ def _result_classes() -> list[tuple[type, str]]:
 def _knob_classes() -> list[tuple[type, str, str]]:
     """Each configuration dataclass, its module, and where its values come from."""
     from autograder.batch import BatchOptions
-    from autograder.judge.pipeline import RetrainOptions
+    from autograder.engine import RetrainOptions
     from autograder.lms.similarity import SimilaritySettings
     from autograder.lms.submissions import ArchiveLimits
     from autograder.probe.sandbox import Limits
@@ -272,7 +272,7 @@ def _knob_classes() -> list[tuple[type, str, str]]:
                                             "`--require-lesson-model`, `--retrain-seconds` override for a run."),
         (Budget, "autograder.verifier.budget", "Per assignment (`TrainingPolicy.budget`); `grade --max-epochs`, "
                                                "`--max-steps` override for a run."),
-        (RetrainOptions, "autograder.judge.pipeline", "`grade`'s options fill it."),
+        (RetrainOptions, "autograder.engine", "`grade`'s options fill it."),
         (ArchiveLimits, "autograder.lms.submissions", "The same for every `grade` run (no option changes them); "
                                                       "a script passes its own as `BatchOptions.archives`."),
         (VariantConfig, "autograder.variants", "Per assignment, in its `spec.py`."),

@@ -1,6 +1,6 @@
 """One typed result per submission, with its schema version (the JSON shape: docs/reference/result-schema.md, generated from these classes).
 
-The engine (:mod:`autograder.judge.pipeline`), the batch (:mod:`autograder.batch`: rows for inputs
+The engine (:mod:`autograder.engine`), the batch (:mod:`autograder.batch`: rows for inputs
 that could not be graded) and the Gradescope runner (:mod:`autograder.lms.gradescope`) all build a
 :class:`GradeResult`; its :meth:`GradeResult.to_dict` is what ``results/<id>.json`` holds and what
 the reports read.

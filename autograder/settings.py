@@ -82,7 +82,7 @@ NO_CGROUP = Setting(
     "CNN_GRADER_NO_CGROUP", "",
     "`1`: make no control group per jail, as on a host that forbids them; every result and the self-test then "
     "say 'no cgroup' and limits are sampled by the watchdog only.",
-    "autograder.probe.cgroup")
+    "autograder.metering.cgroup")
 RAY_AUTHENTICATED = Setting(
     "CNN_GRADER_RAY_AUTHENTICATED", "",
     "`1`: the operator vouches that the Ray cluster requires authentication, so `--ray` is allowed in a "
@@ -100,6 +100,11 @@ VERBOSE = Setting(
 SETTINGS: tuple[Setting, ...] = (CACHE, MNIST, ISOLATION, UNSAFE_NO_ISOLATION, PRIVATE_PATHS, WARM, PROBE_THREADS,
                                  RETRAIN_THREADS, RETRAIN_SLOTS, DETERMINISTIC, NO_CGROUP, RAY_AUTHENTICATED,
                                  GRADESCOPE_ROOT, PYTHON, VERBOSE)
+
+# The variables TensorFlow and BLAS read at start-up for their thread pools: set for a probe
+# (CNN_GRADER_PROBE_THREADS) and a retrain (CNN_GRADER_RETRAIN_THREADS).
+THREAD_VARIABLES: tuple[str, ...] = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS",
+                                     "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 # What the grader's own subprocesses (batch workers, jails, judges, retrains) start with: TensorFlow's C++
 # log (oneDNN, CUDA, cuDNN/cuBLAS factory lines), XLA, absl and gRPC at errors only.  A student's cells

@@ -30,7 +30,8 @@ What is specific to one unit, and where it lives:
 * the training policy (:class:`TrainingPolicy`): accuracy threshold, the seed rule, the compute
   budget, whether training credit needs the lesson's architecture;
 * the master notebook (Otter Assign format) and, optionally, a ``samples`` module that writes the
-  sample submissions;
+  sample submissions, and a ``common_recipes`` module that writes notebooks of the recipes many students
+  submit as written, which ``build`` pre-verifies;
 * the course-content packages it shares with other units (``shared``, e.g. ``assignments.cnn_common``),
   which the build bundles with it.
 
@@ -116,6 +117,10 @@ class AssignmentSpec:
     # course-content packages the assignment's modules import besides its own (e.g. content shared by
     # several units, "assignments.cnn_common"): bundled with it in the zips, masked in the jail like it
     shared: tuple[str, ...] = ()
+    # module with ``write_common_recipes(student_notebook, out_dir) -> list[Path]``: notebooks of the recipes many
+    # students submit exactly as written (e.g. the lesson's own), which ``build`` pre-verifies besides the
+    # solution's (autograder.preverify), each named by its file's stem; None: the solution's recipe only
+    common_recipes: str | None = None
     # module naming the unit's misconceptions (the likely mistakes its checks name, as the ids they raise):
     # ``CATALOGUE`` ({id: title}); None: the checks name no misconception
     misconceptions: str | None = None
@@ -172,6 +177,12 @@ class AssignmentSpec:
 
     def expected_layers(self) -> list[dict]:
         return list(self.checks_module().expected_layers())
+
+    def write_common_recipes(self, student_notebook: Path, out_dir: Path) -> list[Path]:
+        """Notebooks of the recipes students commonly submit as written (:attr:`common_recipes`), into ``out_dir``."""
+        if not self.common_recipes:
+            return []
+        return importlib.import_module(self.common_recipes).write_common_recipes(student_notebook, Path(out_dir))
 
     def write_samples(self, student_notebook: Path, solution_notebook: Path, out_dir: Path | None = None) -> list[Path]:
         if not self.samples:

@@ -29,7 +29,7 @@ import class_benchmark  # noqa: E402
 from _measure import measured, report  # noqa: E402
 
 from autograder import batch, build  # noqa: E402
-from autograder.judge import pipeline as engine  # noqa: E402
+from autograder import engine  # noqa: E402
 
 
 def plan_for(mode: str, n: int) -> list[dict]:

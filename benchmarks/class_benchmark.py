@@ -292,7 +292,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from autograder import batch, build
-    from autograder.judge import pipeline as engine
+    from autograder import engine
     from autograder.probe.sandbox import Limits
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,14 +24,13 @@ import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _measure import measured  # noqa: E402
 
 from autograder import build, warm  # noqa: E402
-from autograder.judge import pipeline as engine  # noqa: E402
+from autograder import engine  # noqa: E402
 from assignments.cnn_mnist import sample_answers as samples  # noqa: E402
 
 

@@ -31,7 +31,7 @@ from retrain_overhead import recipe  # noqa: E402
 
 from assignments.cnn_mnist import sample_answers as samples  # noqa: E402
 from autograder import build, warm  # noqa: E402
-from autograder.judge import pipeline as engine  # noqa: E402
+from autograder import engine  # noqa: E402
 from autograder.probe import sandbox  # noqa: E402
 from autograder.verifier import retrain  # noqa: E402
 

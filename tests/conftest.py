@@ -17,7 +17,8 @@ def _share_the_cores() -> None:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
     if workers <= 1:
         return
-    from autograder.verifier.retrain import ENV_RETRAIN_THREADS, THREAD_VARIABLES
+    from autograder.settings import THREAD_VARIABLES
+    from autograder.verifier.training import ENV_RETRAIN_THREADS
     from autograder.probe.sandbox import ENV_PROBE_THREADS
 
     share = str(max((os.cpu_count() or 1) // workers, 1))

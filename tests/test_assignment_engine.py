@@ -23,7 +23,7 @@ from test_assignment import SAMPLES, _Lazy, _sample, designed_scores  # noqa: E4
 @pytest.fixture(scope="module")
 def engine_results(builds, tmp_path_factory):
     """Our engine on the same samples, retraining every model from scratch (fresh cache)."""
-    from autograder.judge import pipeline as engine
+    from autograder import engine
 
     options = engine.RetrainOptions(cache_dir=str(tmp_path_factory.mktemp("retrain-cache")))
     return _Lazy(lambda assignment, name: engine.grade_notebook(_sample(assignment, name),

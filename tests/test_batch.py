@@ -18,7 +18,7 @@ import pytest
 
 from autograder import batch
 from assignments.cnn_mnist import sample_answers as samples
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.lms.submissions import collect
 
 REPO = Path(__file__).resolve().parent.parent
@@ -336,9 +336,9 @@ def _tiny_class(folder: Path, n: int) -> Path:
 def _die_in_worker(monkeypatch, victim: str, marker: Path | None) -> None:
     """Patch the engine (the pool's workers are forked, so they get the patch) to SIGKILL its own worker
     when it grades ``victim``: once if ``marker`` is given, else every time."""
-    from autograder.judge import pipeline
+    from autograder import engine
 
-    real = pipeline.grade_notebook
+    real = engine.grade_notebook
 
     def dying(notebook, *args, **kwargs):
         if Path(notebook).stem == victim and (marker is None or not marker.exists()):
@@ -347,7 +347,7 @@ def _die_in_worker(monkeypatch, victim: str, marker: Path | None) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(notebook, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "grade_notebook", dying)
+    monkeypatch.setattr(engine, "grade_notebook", dying)
 
 
 def test_a_worker_killed_mid_batch_loses_no_result(autograder, tmp_path, monkeypatch):

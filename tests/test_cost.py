@@ -8,7 +8,7 @@ import time
 import pytest
 
 from autograder.verifier import budget as budget_module
-from autograder.verifier import retrain
+from autograder.verifier import recipe as recipe_module, retrain, training
 from autograder.verifier.budget import Budget, check, model_cost, recipe_cost
 from autograder.verifier.rebuild import RefusedModel
 
@@ -187,7 +187,7 @@ def test_a_hidden_heavy_cost_is_refused_from_the_measured_projection(isolated, m
     """The static model is fooled (its check is switched off here); the first real steps are timed and the
     projection refuses the run, as the submission's, with the figures, after a handful of steps (and the
     refusal, which depends on the machine, is not cached)."""
-    monkeypatch.setattr(retrain, "check_budget", lambda *a, **k: None)
+    monkeypatch.setattr(recipe_module, "check_budget", lambda *a, **k: None)
     monkeypatch.setattr(retrain, "PROJECTION_SHARE", 0.1)  # 4 s of the 40 s safety net: a tiny budget, to be quick
     model = _hidden_heavy_recipe()
     settings = retrain.Settings("cnn_mnist", data_subset=(2000, 500), seeds=1, max_seconds=40.0)
@@ -213,8 +213,8 @@ def test_a_normal_recipe_passes_the_projection_and_is_trained():
 def test_a_run_that_overruns_its_own_projection_is_refused_as_the_submissions(monkeypatch):
     """Stop a run well past its projection (made to overrun here by shrinking the allowance): the student's
     refusal with the figures, not a grader_error."""
-    monkeypatch.setattr(retrain, "OVERRUN_FACTOR", 0.01)
-    monkeypatch.setattr(retrain, "OVERRUN_SLACK_S", -1e9)
+    monkeypatch.setattr(training, "OVERRUN_FACTOR", 0.01)
+    monkeypatch.setattr(training, "OVERRUN_SLACK_S", -1e9)
     model = _small_keras_model()
     report = retrain.verify(model.to_json(), [_fit(model, 2, 64)], TINY, cache_dir=None, isolated=False)
     assert report.grader_error is None and report.accuracy is None, report
@@ -278,8 +278,8 @@ def test_the_untouched_notebook_with_a_keras_raising_optimizer_is_graded_not_a_g
     import nbformat
 
     from assignments.cnn_mnist import sample_answers as samples
-    from autograder.judge import pipeline as engine
-    from autograder.judge.pipeline import RetrainOptions
+    from autograder import engine
+    from autograder.engine import RetrainOptions
     from autograder.probe.sandbox import Limits
 
     nb = nbformat.read(samples.SAMPLES_DIR / "untouched.ipynb", as_version=4)
@@ -312,7 +312,7 @@ def test_a_recipe_that_fails_in_the_training_process_before_its_first_step_is_th
                                                                                              monkeypatch):
     """Second line: had the recipe passed the check when prepared, the training process builds it again and
     whatever Keras raises before the first step is the submission's, with Keras's message, not a grader_error."""
-    monkeypatch.setattr(retrain, "check_buildable", lambda *a, **k: None)
+    monkeypatch.setattr(recipe_module, "check_buildable", lambda *a, **k: None)
     config, fits, keras_says = _keras_raising_recipes()[case]
     report = retrain.verify(config, fits, TINY, cache_dir=None, isolated=isolated)
     assert report.grader_error is None and report.accuracy is None, report

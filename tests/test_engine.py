@@ -14,9 +14,9 @@ import nbformat
 import psutil
 import pytest
 
-from autograder.judge import pipeline as engine
+from autograder import engine
 from assignments.cnn_mnist import sample_answers as samples
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.probe.sandbox import Limits
 
 NO_RETRAIN = RetrainOptions(enabled=False)

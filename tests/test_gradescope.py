@@ -253,7 +253,7 @@ def _unpacked(built, tmp_path: Path) -> Path:
     (root / "submission").mkdir(parents=True)
     with zipfile.ZipFile(built.gradescope_zip) as z:
         z.extractall(root / "source")
-        assert {"lib/autograder/judge/pipeline.py", "lib/assignments/cnn_mnist/checks.py"} <= set(z.namelist())
+        assert {"lib/autograder/engine.py", "lib/assignments/cnn_mnist/checks.py"} <= set(z.namelist())
         assert "autograder.lms.gradescope" in z.read("run_otter.py").decode()
     return root
 
@@ -621,3 +621,40 @@ def test_solution_gets_full_marks_retrained_under_a_3_gib_cap_with_no_network(di
     # the runner's own output is as quiet as a batch's: no TensorFlow line between its sections
     sections = run["stdout"].split("=== grader log")[0]
     assert not [noise for noise in TENSORFLOW_NOISE if noise in sections], sections[-3000:]
+
+
+@needs_root
+def test_a_recipe_the_build_pre_verified_is_served_on_gradescope_with_an_empty_cache(digits_image, builds, tmp_path):
+    """The whole pre-verified path, training for real once: the build grades the digits solution (its jail, its
+    canonical recipe, a real retrain: seconds) and signs the verdict into Otter's zip, the Gradescope zip is made
+    from it, and Gradescope, whose every container starts with an empty retraining cache, serves the verdict:
+    full marks, the student told it was pre-verified, nothing trained (the cache stays empty)."""
+    from autograder import build as builder
+    from autograder.preverify import Preverify, preverify_built
+
+    spec = registry.get("digits")
+    shutil.copytree(builds["digits"].student_dir, tmp_path / "dist" / "digits")
+    target = tmp_path / "dist" / "digits"
+    built = builder.BuiltAssignment("digits", target, target / "autograder.zip", target / "solution" / "digits.ipynb")
+    started = time.monotonic()
+    outcome = preverify_built(built, Preverify(key_dir=tmp_path / "key", cache_dir=None, progress=False))
+    build_seconds = time.monotonic() - started
+    assert [v["name"] for v in outcome.verdicts] == ["solution"] and not outcome.skipped, outcome
+    built.gradescope_zip = builder.make_gradescope_zip(built.autograder_zip, target / "gradescope_autograder.zip", spec)
+    with zipfile.ZipFile(built.gradescope_zip) as z:
+        assert {"preverified.json", "preverified.pub"} <= set(z.namelist())
+    empty_cache = tmp_path / "empty-cache"
+    empty_cache.mkdir(mode=0o700)
+    started = time.monotonic()
+    run = run_gradescope(digits_image, built, tmp_path / "gs", spec.samples_dir / "solution.ipynb", cache=empty_cache)
+    seconds = time.monotonic() - started
+    res, retrain = run["results"], run["diagnostics"]["result"]["retrain"]
+    print(f"\npre-verifying the digits solution at build: {build_seconds:.0f} s; served on emulated Gradescope: "
+          f"{seconds:.0f} s wall ({retrain})")
+    _assert_valid_results(res)
+    assert res["extra_data"]["status"] == "graded" and res["score"] == pytest.approx(
+        sum(t["max_score"] for t in res["tests"]))
+    assert retrain["preverified"]["recipe"] == "solution" and retrain["seconds"] == 0
+    assert retrain["accuracies"] == outcome.verdicts[0]["accuracies"]
+    assert "recipe was pre-verified" in res["output"] and "not retrained again" in res["output"]
+    assert not list(empty_cache.rglob("*.json")), "nothing was trained, so nothing was cached"

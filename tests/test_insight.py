@@ -15,7 +15,7 @@ import pytest
 
 from autograder import batch, misconceptions, registry
 from autograder.judge import judge
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.lms import insight
 
 NO_RETRAIN = RetrainOptions(enabled=False)

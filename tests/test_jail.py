@@ -21,9 +21,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from autograder.judge import pipeline as engine
+from autograder import engine
+from autograder.judge import runner
 from autograder.probe import jail
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.probe.sandbox import Limits
 
 NO_RETRAIN = RetrainOptions(enabled=False)
@@ -177,9 +178,9 @@ def test_a_slot_uids_processes_are_all_killed_even_one_that_forks_to_a_new_pid_w
     only once the last of them is dead."""
     import select
 
-    from autograder.probe.sandbox import _become_subreaper
+    from autograder.metering.processes import become_subreaper
 
-    _become_subreaper()  # as the grader is: the dead generations come back to us and are reaped
+    become_subreaper()  # as the grader is: the dead generations come back to us and are reaped
     sh = shutil.which("sh", path="/usr/bin:/bin")  # not the test's interpreter: it may lie under a 0700 home
     uid = jail.SLOT_UID_BASE + jail.SLOT_COUNT - 1  # the last slot: no other test leases it at once
     hop = 'echo x; sh -c "$0" "$0" & exit'  # starts itself again and exits: a new pid each generation
@@ -225,12 +226,12 @@ def test_a_slot_uids_processes_are_all_killed_even_one_that_kills_its_uid_and_lo
     a zombie) must not survive its lease's clean-up: it holds a pipe that reads to its end once it is dead."""
     import select
 
-    from autograder.probe.sandbox import _become_subreaper
+    from autograder.metering.processes import become_subreaper
 
     python = shutil.which("python3", path="/usr/bin:/bin")  # reachable by the slot uid (not under a 0700 home)
     if python is None:
         pytest.skip("no system python3 to run the attacker as the slot uid")
-    _become_subreaper()
+    become_subreaper()
     uid = jail.SLOT_UID_BASE + jail.SLOT_COUNT - 2  # a slot no other test leases at once
     attacker = subprocess.Popen([python, "-I", "-c", ATTACKER], user=uid, group=uid, extra_groups=[], cwd="/",
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -340,7 +341,7 @@ def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict, 
         os.chown(p, uid, uid, follow_symlinks=False)
     for p in (home, home / "pkg", home / "assignments", home / "cache"):
         p.chmod(0o700)
-    code = ("import json\nfrom autograder.judge import pipeline as engine\n"
+    code = ("import json\nfrom autograder import engine\n"
             "r = engine.grade_notebook('sub.ipynb', 'autograder.zip', retrain=engine.RetrainOptions(enabled=False),"
             f" limits=engine.Limits(cell_seconds=30, notebook_seconds=240, memory_mb={memory_mb}))\n"
             "print('@@RESULT@@' + json.dumps(r))")
@@ -604,7 +605,7 @@ def test_a_report_page_with_undecodable_text_is_written_and_stops_nothing(tmp_pa
     ({"status": "nope"}, None, "unknown"),
 ])
 def test_sandbox_values_are_checked_field_by_field(data, n_outputs, why):
-    from autograder.probe.sandbox import checked_value
+    from autograder.jail_messages import checked_value
 
     checked = checked_value(data, n_outputs)
     assert checked["status"] == "error" and why in checked["message"] and len(checked["message"]) < 200
@@ -719,9 +720,9 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
                                              ({"timeout": 0.3}, "time limit")])
 def test_the_judge_runs_under_memory_and_time_limits(limit, expected):
     request = {"tests": {}, "public_module": "", "public_module_name": "cnn_checks", "values": {}, "functions": {}, "retrain": None}
-    assert engine._run_judge(request) == {"questions": [], "retrain": None}  # within its limits: judged
-    with pytest.raises(engine.GraderError, match=re.escape(expected)):
-        engine._run_judge(request, **limit)
+    assert runner.run_judge(request) == {"questions": [], "retrain": None}  # within its limits: judged
+    with pytest.raises(runner.GraderError, match=re.escape(expected)):
+        runner.run_judge(request, **limit)
 
 
 # --- 12. the command line --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from autograder import batch, manual, manual_scores, registry
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.lms import gradescope
 from autograder.lms.submissions import collect
 from autograder.result import CaseResult, GradeResult, QuestionResult
@@ -181,11 +181,11 @@ def graded_class(tmp_path, monkeypatch):
     def no_grading(*args, **kwargs):
         raise AssertionError("graded again")
 
-    from autograder.judge import pipeline
+    from autograder import engine
 
     monkeypatch.setattr(batch, "_run_parallel", no_grading)
     monkeypatch.setattr(batch, "grade_one", no_grading)
-    monkeypatch.setattr(pipeline, "grade_notebook", no_grading)
+    monkeypatch.setattr(engine, "grade_notebook", no_grading)
     return folder, out
 
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from autograder.judge import pipeline as engine
-from autograder.probe import cgroup, jail, sandbox
+from autograder import engine
+from autograder.metering import cgroup, clocks, processes
+from autograder.probe import jail, sandbox
 from autograder.probe.sandbox import Limits
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -167,7 +168,7 @@ def test_a_permission_jails_shared_memory_counts_against_its_memory():
                 "l.shmdt(ctypes.c_void_p(a))")
         subprocess.run(["setpriv", f"--reuid={lease.uid}", f"--regid={lease.uid}", "--clear-groups",
                         sys.executable, "-c", code], check=True, timeout=60)
-        assert sandbox._memory_outside_rss([], lease.uid) >= 64 << 20  # detached, held by no process
+        assert processes.memory_outside_rss([], lease.uid) >= 64 << 20  # detached, held by no process
     finally:
         lease.release()
 
@@ -176,18 +177,18 @@ def test_a_permission_jails_shared_memory_counts_against_its_memory():
 
 def test_a_wall_backstop_is_a_host_fault_only_when_the_jail_waited_for_a_cpu():
     # only the main thread's wait counts: a student's niced or pinned helper that waited excuses nothing
-    assert sandbox._waited({1: 95.0, 2: 300.0}, {1: 5.0}, 1) == 90.0
-    assert sandbox._waited({1: 95.0}, {}, None) == 0.0
-    assert sandbox._starved(90.0, 100.0) and not sandbox._starved(1.0, 100.0)
+    assert clocks.waited({1: 95.0, 2: 300.0}, {1: 5.0}, 1) == 90.0
+    assert clocks.waited({1: 95.0}, {}, None) == 0.0
+    assert clocks.starved(90.0, 100.0) and not clocks.starved(1.0, 100.0)
 
 
 def test_sleeping_is_charged_and_a_neighbours_load_is_not():
     # a cell that slept 100 s used no CPU and waited for none: 100 s charged, as a wall clock would
-    assert sandbox._charged(cpu=0.0, wall=100.0, waited=0.0) == 100.0
+    assert clocks.charged(cpu=0.0, wall=100.0, waited=0.0) == 100.0
     # a cell the host kept waiting 60 of 100 s is charged the 40 s it could run
-    assert sandbox._charged(cpu=40.0, wall=100.0, waited=60.0) == 40.0
+    assert clocks.charged(cpu=40.0, wall=100.0, waited=60.0) == 40.0
     # a main thread waiting behind the jail's own busy threads: their CPU time is charged
-    assert sandbox._charged(cpu=95.0, wall=100.0, waited=90.0) == 95.0
+    assert clocks.charged(cpu=95.0, wall=100.0, waited=90.0) == 95.0
 
 
 def socket_bomb(pairs: int, marker: str) -> str:
@@ -373,9 +374,9 @@ def test_a_run_the_host_starved_of_cpu_runs_again_then_is_a_grader_error_never_t
     run-queue reading) is the host's fault: the run is repeated once, then the result is a grader error, graded
     again by the next run; the student's limits_hit stays empty.  A backstop reached while the jail slept is the
     student's cell limit (tests/test_jail.py, forged status messages)."""
-    monkeypatch.setattr(sandbox, "WALL_BACKSTOP", 2.0)
+    monkeypatch.setattr(clocks, "WALL_BACKSTOP", 2.0)
     monkeypatch.setattr(sandbox, "STARVED_PAUSE", 0.0)
-    monkeypatch.setattr(sandbox, "_waited", lambda delays, before, main: 1e9)  # the main thread waited throughout
+    monkeypatch.setattr(clocks, "waited", lambda delays, before, main: 1e9)  # the main thread waited throughout
     nb = tiny(tmp_path / "sub.ipynb", "import time\ntime.sleep(60)")
     result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=3, notebook_seconds=240, memory_mb=3072),
                                    retrain=NO_RETRAIN)

@@ -191,7 +191,7 @@ def test_a_sheet_full_of_unknown_ids_is_refused_without_a_suggestion_search_per_
     monkeypatch.setattr(difflib, "get_close_matches", lambda *a, **k: calls.append(a[0]) or search(*a, **k))
     roster = _roster(*(f"{1000 + i}" for i in range(300)))
     path = tmp_path / sheets.SCORES_FILE
-    path.write_text(HEADER + "".join(f"{1100 + i}0,{Q},1,\n" for i in range(2000)) + f"1001,written_polling,1,\n")
+    path.write_text(HEADER + "".join(f"{1100 + i}0,{Q},1,\n" for i in range(2000)) + "1001,written_polling,1,\n")
     with pytest.raises(sheets.ManualScoresError) as err:
         sheets.read_scores(path, roster)
     assert len(err.value.problems) == 2001 and "... and 1951 more" in str(err.value)

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 
 from autograder import batch, protocol, registry
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.result import GradeResult
 from autograder.spec import AssignmentSpec, NOTEBOOK_METADATA_KEY, TrainingPolicy
 
@@ -145,11 +145,12 @@ def test_the_typed_result_round_trips_and_keeps_the_documented_shape():
 
 
 def test_both_sides_of_the_probe_take_the_protocol_from_one_module():
+    from autograder import jail_messages
     from autograder.judge import judge
-    from autograder.probe import runtime, sandbox
+    from autograder.probe import runtime
 
     assert runtime.P is protocol and judge.protocol is protocol
-    assert sandbox.MAX_JSON_CHARS == runtime.MAX_JSON_CHARS == protocol.MAX_JSON_CHARS
+    assert jail_messages.MAX_JSON_CHARS == runtime.MAX_JSON_CHARS == protocol.MAX_JSON_CHARS
     source = Path(protocol.__file__).read_text()
     assert not re.findall(r"^\s*(import|from) ", source, flags=re.M)  # dependency-free: copied into the jail
     runtime_source = Path(runtime.__file__).read_text()

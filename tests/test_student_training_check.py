@@ -57,7 +57,7 @@ def _small():
 def _grader_settings(assignment: str):
     """The verifier's settings as the grading engine makes them from the assignment's spec (no overrides)."""
     from autograder import registry
-    from autograder.judge.pipeline import RetrainOptions
+    from autograder.engine import RetrainOptions
 
     return RetrainOptions().settings(registry.get(assignment))
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from assignments.cnn_mnist import checks, variants
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.probe.sandbox import Limits
 from autograder.variants import VariantConfig, lms_identity
 

@@ -8,9 +8,9 @@ import nbformat
 import pytest
 
 from assignments.cnn_mnist import checks
-from autograder.judge import pipeline as engine
+from autograder import engine
 from assignments.cnn_mnist import sample_answers as samples
-from autograder.judge.pipeline import RetrainOptions
+from autograder.engine import RetrainOptions
 from autograder.judge.judge import ExtractedModel
 from autograder.probe.sandbox import Limits
 

@@ -26,7 +26,7 @@ from autograder.probe.sandbox import Limits
 sys.path.insert(0, str(Path(__file__).parent))
 from test_jail import FAST, NO_RETRAIN, ROOT, conv_small, grade, needs_bwrap, tiny  # noqa: E402
 
-from autograder.judge import pipeline as engine  # noqa: E402
+from autograder import engine  # noqa: E402
 
 
 @pytest.fixture
@@ -251,10 +251,10 @@ def test_a_clean_up_spares_what_the_grader_starts_meanwhile_and_kills_orphans():
     import psutil
 
     from autograder import children
-    from autograder.probe.sandbox import _kill_everything, _my_children
+    from autograder.metering.processes import kill_everything, my_children
 
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
-    preexisting = _my_children() - {psutil.Process(victim.pid)}
+    preexisting = my_children() - {psutil.Process(victim.pid)}
     # like a jail: the launched process forks its real work a moment later
     own = children.popen([sys.executable, "-c", "import subprocess, sys, time; time.sleep(0.5); "
                           "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"],
@@ -265,7 +265,7 @@ def test_a_clean_up_spares_what_the_grader_starts_meanwhile_and_kills_orphans():
         time.sleep(0.05)
     grandchild = psutil.Process(own.pid).children()[0]
     try:
-        _kill_everything(victim, preexisting)
+        kill_everything(victim, preexisting)
         assert victim.poll() is not None
         assert orphan_like.wait(timeout=10) is not None  # an unregistered child of ours: killed
         assert own.poll() is None and grandchild.is_running() and grandchild.status() != psutil.STATUS_ZOMBIE

@@ -298,7 +298,7 @@ def training_advice(report: dict, figures: TrainingFigures, owner: str = "the le
                       + (f": they are divided by {scale:g} twice (the notebook's data cell already divides the "
                          f"images by {scale:g}, and your tf.data map or Rescaling layer divides them again)"
                          if twice else "") + ". Inputs that small make the first layer learn very slowly: scale "
-                      f"the pixels to [0, 1] once.")
+                      "the pixels to [0, 1] once.")
     elif isinstance(top, (int, float)) and top > 10:
         advice.append(f"Your model trains on unscaled pixels (up to {top:g}): divide them by {scale:g} once, as the "
                       f"notebook's data cell does, or start the model with Rescaling(1/{scale:g}).")

@@ -90,3 +90,16 @@ def write_samples(student_notebook: Path, solution_notebook: Path, out_dir: Path
     for sample in samples:
         save(fill(student, sample, metadata_key), sample.name)
     return written
+
+
+def write_filled(student_notebook: Path, out_dir: Path, samples: list[Sample], metadata_key: str) -> list[Path]:
+    """Write each of ``samples`` as the student notebook filled in (``out_dir/<name>.ipynb``)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    student = nbformat.read(student_notebook, as_version=4)
+    written = []
+    for sample in samples:
+        path = out_dir / f"{sample.name}.ipynb"
+        nbformat.write(fill(student, sample, metadata_key), path)
+        written.append(path)
+    return written

@@ -29,6 +29,8 @@ ASSIGNMENT = AssignmentSpec(
     training=TrainingPolicy(threshold=0.99, seed_margin=0.003, max_seeds=3, require_lesson_model=False,
                             budget=Budget(), max_seconds=1800.0),
     samples="assignments.cnn_mnist.sample_answers",
+    # the lesson's own recipe, which many students submit as written: build pre-verifies it besides the solution's
+    common_recipes="assignments.cnn_mnist.sample_answers",
     misconceptions="assignments.cnn_common.misconceptions",  # the likely mistakes the feedback names
     shared=("assignments.cnn_common",),  # reference math, check machinery, sample writing shared by the CNN units
     code_answers=("conv2d_impl", "max_pool_impl", "model_structure", "training"),  # compared for copied code

@@ -1,6 +1,6 @@
 """Judge (trusted): run the assignment's Otter tests against extracted data, in a clean process.
 
-Started as ``python -I -m autograder.judge.judge`` by :mod:`autograder.judge.pipeline` after the submission's
+Started as ``python -I -m autograder.judge.judge`` by :mod:`autograder.engine` after the submission's
 processes are gone.  It reads one JSON request on stdin: the Otter test files and the
 student-side check module (both read from the autograder zip before the submission ran), and
 the values the probe extracted.  It never imports or executes student code: values are plain
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from autograder import protocol
-from autograder.probe.sandbox import MAX_ERROR_CHARS, clean_text, decode_npy
+from autograder.jail_messages import MAX_ERROR_CHARS, clean_text, decode_npy
 
 
 MAX_MESSAGE_CHARS = 5_000  # a failed check's message (it may quote student values)

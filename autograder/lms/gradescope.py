@@ -36,7 +36,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from autograder.judge.pipeline import Autograder, RetrainOptions, grade_notebook
+from autograder.engine import Autograder, RetrainOptions, grade_notebook
 from autograder.probe.sandbox import Limits
 from autograder.result import STUDENT_PROVISIONAL, GradeResult, provisional
 from autograder.submission_files import SubmissionFileError, read_notebook
@@ -169,9 +169,13 @@ def autograder_from_source(source: Path) -> Autograder:
     name = config.get("assignment_name", "assignment")
     public = (source / "files" / registry.get(name).public_module_name).read_text()
     digest = hashlib.sha256("".join(tests.values()).encode() + public.encode()).hexdigest()
-    variants = source / "variants.json"
-    return Autograder(name, tests, public, digest,
-                      json.loads(variants.read_text()) if variants.is_file() else None)
+    variants_file = source / "variants.json"
+    variants = json.loads(variants_file.read_text()) if variants_file.is_file() else None
+    from autograder.verifier import preverified
+
+    verdicts = preverified.load(lambda n: (source / n).read_bytes() if (source / n).is_file() else None,
+                                preverified.autograder_digest(name, tests, public, variants), str(source))
+    return Autograder(name, tests, public, digest, variants, verdicts)
 
 
 def submitter(root: Path) -> tuple[str | None, str]:
@@ -264,6 +268,14 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
         lines.append("Your model is being retrained from scratch; its accuracy is not counted yet.")
     elif rt and rt.get("error"):
         lines.append(f"Retraining: {rt['error']}")
+    elif rt and rt.get("accuracy") is not None and rt.get("preverified"):
+        pre, accuracies = rt["preverified"], rt.get("accuracies") or []
+        seeds = (f", median of {len(accuracies)} seeds: " + ", ".join(f"{a:.4f}" for a in accuracies)
+                 if len(accuracies) > 1 else "")
+        lines.append(f"Your model's recipe was pre-verified: the grader retrained this exact recipe from scratch when "
+                     f"the assignment was built ({str(pre.get('built'))[:10]}, on {rt.get('device')}), so it was not "
+                     f"retrained again: test accuracy {rt['accuracy']:.4f} ({rt.get('epochs')} epochs, batch size "
+                     f"{rt.get('batch_size')}{seeds}).")
     elif rt and rt.get("accuracy") is not None:
         lines.append(f"Your model was retrained from scratch: test accuracy {rt['accuracy']:.4f} "
                      f"({rt.get('epochs')} epochs, batch size {rt.get('batch_size')}, {rt.get('device')}).")

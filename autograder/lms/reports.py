@@ -512,7 +512,8 @@ def _clean(message: str) -> str:
 def _accuracy(r: dict) -> str:
     rt = r.get("retrain") or {}
     if rt.get("accuracy") is not None:
-        return f"{rt['accuracy']:.4f}" + (" (cached)" if rt.get("cache_hit") else "")
+        return f"{rt['accuracy']:.4f}" + (" (pre-verified)" if rt.get("preverified") else
+                                          " (cached)" if rt.get("cache_hit") else "")
     if rt.get("error"):
         return f"- ({first_sentences(rt['error'], 160)})"
     return "not retrained (provisional)" if provisional(r) else "-"

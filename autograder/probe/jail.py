@@ -19,7 +19,7 @@ Modes (chosen once per process; ``CNN_GRADER_ISOLATION`` = ``auto`` (default), `
 Slot uids (``SLOT_UID_BASE`` + n) are leased with ``flock`` on files in a root-only folder, so
 concurrent sandboxes, even in separate worker processes, never share a uid.
 
-As root, every jail (any mode) also gets a control group of its own (:mod:`autograder.probe.cgroup`, v1 or
+As root, every jail (any mode) also gets a control group of its own (:mod:`autograder.metering.cgroup`, v1 or
 v2): memory including kernel memory, a CPU quota and equal weight, ``pids.max``; its processes join it
 before they run anything, and it is killed and removed with the jail.  Where none can be made, the
 isolation notes and the self-test say "no cgroup".  A permission jail's slot uid also loses its System V
@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder import children
-from autograder.probe import cgroup
+from autograder.metering import cgroup
+from autograder.metering.processes import SYSVIPC, still_running, uid_ipc, uid_processes  # noqa: F401
 
 ENV_MODE = "CNN_GRADER_ISOLATION"
 ENV_UNSAFE = "CNN_GRADER_UNSAFE_NO_ISOLATION"  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
@@ -225,34 +226,7 @@ class SlotLease:
 
 
 SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")  # world-writable folders of the host
-SYSVIPC = {"shm": ("shmid", 0), "sem": ("semid", 1), "msg": ("msqid", 2)}  # /proc/sysvipc table: (id column, kind)
 IPC_RMID = 0
-
-
-def uid_ipc(uid: int, kinds=tuple(SYSVIPC)) -> list[dict]:
-    """System V IPC objects (shared memory, semaphore sets, message queues) that ``uid`` owns or created,
-    from ``/proc/sysvipc``: ``{"kind", "id", "bytes" (shm: resident, else its size), "attached"}``."""
-    found = []
-    for kind in kinds:
-        try:
-            with open(f"/proc/sysvipc/{kind}") as f:
-                header, *rows = f.read().splitlines()
-        except OSError:
-            continue
-        names = header.split()
-        for row in rows:
-            values = dict(zip(names, row.split()))
-            try:
-                if uid not in (int(values["uid"]), int(values["cuid"])):
-                    continue
-                size = int(values.get("rss", values.get("size", 0))) if kind == "shm" else 0
-                found.append({"kind": kind, "id": int(values[SYSVIPC[kind][0]]), "bytes": size,
-                              "attached": int(values.get("nattch", 0)),
-                              # SHM_DEST: removed, gone once its last user (outside the uid) detaches
-                              "removed": kind == "shm" and bool(int(values.get("perms", "0"), 8) & 0o1000)})
-            except (KeyError, ValueError):
-                continue
-    return found
 
 
 def remove_uid_ipc(uid: int) -> list[str]:
@@ -285,35 +259,6 @@ def killer_uid(uid: int) -> int:
     """The uid the clean-up helper of slot uid ``uid`` takes as its real and saved uid (see _kill_uid):
     one per slot, outside the slot range, so that no two helpers may signal each other either."""
     return uid + SLOT_COUNT
-
-
-def uid_processes(uid: int | None) -> list:
-    """Every process whose real, effective or saved uid is ``uid`` (none for ``None``): for a slot uid,
-    exactly the sandbox's, orphans that left its process tree included, since the uid is leased to
-    that sandbox alone."""
-    import psutil
-
-    if uid is None:
-        return []
-    found = []
-    for p in psutil.process_iter(["uids"]):
-        try:
-            if p.info["uids"] and uid in (p.info["uids"].real, p.info["uids"].effective, p.info["uids"].saved):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
-
-
-def still_running(p) -> bool:
-    """Whether ``p`` (a psutil process) may still run code: a process whose main thread has exited
-    shows as a zombie while its other threads run; a real zombie has its one thread exited."""
-    import psutil
-
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE or p.num_threads() > 1
-    except psutil.Error:
-        return False
 
 
 def _kill_uid(uid: int, passes: int = 20) -> None:

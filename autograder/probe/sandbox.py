@@ -7,9 +7,9 @@ tests, no solutions, no grader.  This parent enforces:
 * a time limit per cell (SIGINT, which IPython turns into an error in that cell only)
   and per notebook (the whole process tree is killed); both start at the first student cell,
   the grader's own start-up has a separate limit whose expiry is a grader error.  With a cgroup
-  (:mod:`autograder.probe.cgroup`) they count wall time less what the host made the cells' thread
+  (:mod:`autograder.metering.cgroup`) they count wall time less what the host made the cells' thread
   wait for a CPU, and never less than the jail's own CPU time (:func:`_charged`), so a neighbour's
-  load cannot run them down while sleeping still counts; a wall-clock backstop ``WALL_BACKSTOP``
+  load cannot run them down while sleeping still counts; a wall-clock backstop ``clocks.WALL_BACKSTOP``
   times longer remains, and a backstop reached while that thread waited for a CPU is the host's
   fault (a grader error, graded again), not the student's.  Without one they count wall time, as
   the isolation notes say;
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import ctypes
-import io
 import json
 import os
 import resource
@@ -48,9 +47,9 @@ import nbformat
 import psutil
 
 from autograder import children, protocol, settings, warm
+from autograder.jail_messages import checked_value, clean_text
+from autograder.metering import cgroup, clocks, processes
 from autograder.probe import jail as jails
-from autograder.verifier.budget import Budget
-from autograder.verifier.retrain import THREAD_VARIABLES
 
 RUNTIME = Path(__file__).with_name("runtime.py")
 PROTOCOL = Path(protocol.__file__)
@@ -59,97 +58,6 @@ MAX_STARVED_RERUNS = 1  # a run the host starved of CPU runs again this often, t
 STARVED_PAUSE = 5.0
 MAX_STATUS_BYTES = 64 * 1024 * 1024  # the whole status stream of one run
 MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10.7 MB in base64: MAX_NPY_CHARS)
-# A value's fields, as the runtime itself bounds them: one definition, in autograder.protocol
-from autograder.protocol import (MAX_ARRAY_ELEMENTS, MAX_ERROR_CHARS, MAX_FIT_CHARS, MAX_FITS,  # noqa: E402
-                                 MAX_JSON_CHARS, MAX_JSON_DEPTH, MAX_JSON_LIST, MAX_JSON_STRING, MAX_NPY_CHARS)
-FIT_FIELDS = {"epochs", "batch_size", "initial_epoch", "validation_split", "has_validation_data", "validation_data",
-              "validation_freq", "shuffle", "class_weight", "sample_weight", "steps_per_epoch", "callbacks", "x", "y", "compile_config",
-              "extra_kwargs"}
-
-
-def clean_text(text, limit: int = MAX_ERROR_CHARS) -> str:
-    """An untrusted string made safe to store and print: at most ``limit`` characters, valid UTF-8
-    (a lone surrogate, which JSON can carry but no UTF-8 file can hold, becomes "?")."""
-    text = str(text)[:limit]
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
-def _plain_ok(value, depth: int = 0) -> bool:
-    """Whether ``value`` is what the runtime's ``plain`` can produce (same depth, list and string caps)."""
-    if depth > MAX_JSON_DEPTH:
-        return False
-    if value is None or isinstance(value, (bool, int, float)):
-        return True
-    if isinstance(value, str):
-        return len(value) <= MAX_JSON_STRING
-    if isinstance(value, list):
-        return len(value) <= MAX_JSON_LIST and all(_plain_ok(v, depth + 1) for v in value)
-    return False
-
-
-def _clean_strings(value):
-    """Every string of plain data made valid UTF-8 (the structure was checked before)."""
-    if isinstance(value, str):
-        return clean_text(value, MAX_JSON_STRING)
-    if isinstance(value, list):
-        return [_clean_strings(v) for v in value]
-    if isinstance(value, dict):
-        return {clean_text(k, 200): _clean_strings(v) for k, v in value.items()}
-    return value
-
-
-def _npy_ok(b64) -> bool:
-    return isinstance(b64, str) and 0 < len(b64) <= MAX_NPY_CHARS and b64.isascii()
-
-
-def checked_value(data, n_outputs: int | None) -> dict:
-    """The structure of one extracted value, checked field by field with hard caps.
-
-    Anything the runtime would never send (student code can write to the status pipe) becomes
-    an ``error`` value with a short reason, never an oversized or malformed record."""
-    def bad(why: str) -> dict:
-        return {"status": protocol.ERROR, "message": f"the sandbox sent an invalid value ({why})"}
-
-    if not isinstance(data, dict):
-        return bad("not a record")
-    status = data.get("status")
-    if status in (protocol.MISSING, protocol.UNANSWERED):
-        return {"status": status}
-    if status == protocol.ERROR:
-        return {"status": protocol.ERROR, "message": clean_text(data.get("message", ""))}
-    if status == protocol.JSON:
-        if "value" not in data or not _plain_ok(data["value"]):
-            return bad("not plain data within the limits")
-        if len(json.dumps(data["value"])) > MAX_JSON_CHARS:
-            return bad("too large")
-        return {"status": protocol.JSON, "value": _clean_strings(data["value"])}
-    if status == protocol.ARRAY:
-        return {"status": protocol.ARRAY, "npy": data["npy"]} if _npy_ok(data.get("npy")) else bad("array too large")
-    if status == protocol.FUNCTION:
-        outputs = data.get("outputs")
-        if not isinstance(outputs, list) or n_outputs is None or len(outputs) != n_outputs:
-            return bad("not one output per planned call")
-        kept = []
-        for out in outputs:
-            if isinstance(out, dict) and out.get("status") == protocol.OK and _npy_ok(out.get("npy")):
-                kept.append({"status": protocol.OK, "npy": out["npy"]})
-            elif isinstance(out, dict) and out.get("status") == protocol.ERROR:
-                kept.append({"status": protocol.ERROR, "message": clean_text(out.get("message", ""))})
-            else:
-                return bad("a malformed function output")
-        return {"status": protocol.FUNCTION, "outputs": kept}
-    if status == protocol.MODEL:
-        config, fits = data.get("config"), data.get("fits")
-        if not isinstance(config, str) or len(config) > Budget().max_config_chars:
-            return bad(f"model config missing or over {Budget().max_config_chars:,} characters")
-        if not isinstance(fits, list) or len(fits) > MAX_FITS:
-            return bad(f"more than {MAX_FITS} fit records")
-        for fit in fits:
-            if not isinstance(fit, dict) or not set(fit) <= FIT_FIELDS or len(json.dumps(fit)) > MAX_FIT_CHARS:
-                return bad("a malformed fit record")
-        return {"status": protocol.MODEL, "config": clean_text(config, Budget().max_config_chars),
-                "fits": [_clean_strings(f) for f in fits]}
-    return bad("unknown status")
 
 
 @dataclass(frozen=True)
@@ -206,123 +114,8 @@ class _BoundedBuffer:
         return (bytes(self.head) + middle.encode() + bytes(self.tail)).decode("utf-8", "replace")
 
 
-def _become_subreaper() -> None:
-    """Orphans of the submission (double forks) re-parent to us, so we can kill them all."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-    except Exception:
-        pass
-
-
 def code_cells(nb: nbformat.NotebookNode) -> list[tuple[int, str]]:
     return [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip()]
-
-
-def _tree(pid: int) -> list[psutil.Process]:
-    try:
-        root = psutil.Process(pid)
-        return [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return []
-
-
-SHARED_DIRS = ("/dev/shm",)  # RAM-backed folders outside the jail's own (size-capped) /tmp
-
-
-def _memory_outside_rss(procs: list[psutil.Process], uid: int | None) -> int:
-    """Bytes the sandbox holds in RAM that no RSS shows: memfd files open in its processes and,
-    for a slot uid, its files in /dev/shm (each file counted once) and its System V shared memory."""
-    seen, total = set(), 0
-    for p in procs:
-        try:
-            fds = os.listdir(f"/proc/{p.pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            path = f"/proc/{p.pid}/fd/{fd}"
-            try:
-                if not os.readlink(path).startswith(("/memfd:", "/dev/shm/")):
-                    continue
-                st = os.stat(path)
-            except OSError:
-                continue
-            if (st.st_dev, st.st_ino) not in seen:
-                seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
-    if uid is not None:
-        for folder in SHARED_DIRS:
-            try:
-                entries = list(os.scandir(folder))
-            except OSError:
-                continue
-            for e in entries:
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_uid == uid and (st.st_dev, st.st_ino) not in seen:
-                    seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
-        # System V shared memory it owns or made, attached or not (resident pages; the host's IPC namespace:
-        # a permission jail's); an attached segment's pages may be in an RSS too: counted twice, never missed
-        total += sum(o["bytes"] for o in jails.uid_ipc(uid, ("shm",)))
-    return total
-
-
-def _my_children() -> set[psutil.Process]:
-    """The grader's processes now, by identity (pid and start time: a pid freed later and taken by a
-    submission's orphan is not one of them)."""
-    try:
-        return set(psutil.Process().children(recursive=True))
-    except psutil.Error:
-        return set()
-
-
-def _kill_everything(child: subprocess.Popen, preexisting: set[psutil.Process]) -> None:
-    """Kill the child, its descendants, and any orphan of it that re-parented to this process
-    (we are a subreaper); processes this grader had before the probe (the same processes, not just
-    the same pids) are left alone.
-
-    The child dies first so it cannot spawn more; then we sweep until nothing new appears,
-    because a process born between two looks would otherwise escape."""
-    me = psutil.Process()
-    preexisting = set(preexisting)
-    if child.poll() is None:  # once reaped, its pid (and group id) may already be another process's
-        for kill in (lambda: os.killpg(child.pid, signal.SIGKILL), child.kill):
-            try:
-                kill()
-            except OSError:
-                pass
-    for _ in range(50):
-        # its descendants: through the child while it is not reaped, else re-parented to us (below)
-        victims = _tree(child.pid) if child.returncode is None else []
-        with children.listing() as own:  # no launch of the grader's falls between the listing and the kill
-            spared = own | warm.all_pids()  # jails, judges and retrains of other work (registered, unreaped)
-            try:
-                # direct children only: an orphan re-parents to us (we are a subreaper), while what a
-                # spared process starts (a warm jail's own bwrap and Python) is its child, not ours
-                for p in me.children():
-                    if p.pid != child.pid and p.pid not in spared and p not in preexisting:
-                        victims += _tree(p.pid)
-            except psutil.Error:
-                pass
-        alive = []
-        for p in victims:
-            try:
-                if jails.still_running(p):
-                    alive.append(p)
-                p.kill()  # harmless on a real zombie
-            except psutil.Error:
-                pass
-        psutil.wait_procs(victims, timeout=0.5)  # also reaps orphans that became our children
-        child.poll()  # the wait above may have reaped the child: from now on its pid is not ours to use
-        if not alive:
-            break
-    try:
-        child.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-    children.forget(child)
 
 
 NOFILE = 1024  # open files per jailed process: each one can hold kernel memory (socket buffers, pipes)
@@ -347,7 +140,7 @@ def _rlimits(file_size_mb: int, slot_uid: bool, join=None):
 
 
 ENV_PROBE_THREADS = "CNN_GRADER_PROBE_THREADS"
-PROBE_THREAD_VARIABLES = THREAD_VARIABLES  # the same variables as a retrain's (autograder.verifier.retrain)
+PROBE_THREAD_VARIABLES = settings.THREAD_VARIABLES  # the same variables as a retrain's
 
 
 def probe_threads() -> int:
@@ -435,12 +228,12 @@ class _WarmProbe:
             return False
 
     def pids(self) -> set[int]:
-        return {p.pid for p in _tree(self.child.pid)}
+        return {p.pid for p in processes.tree(self.child.pid)}
 
     def close(self) -> None:
         """Discard it unused: kill its processes, remove its folder, release its uid."""
         try:
-            _kill_everything(self.child, _my_children() - set(_tree(self.child.pid)))
+            processes.kill_everything(self.child, processes.my_children() - set(processes.tree(self.child.pid)))
         finally:
             try:
                 os.close(self.status_r)
@@ -490,7 +283,7 @@ def probe(
         return result
     cells = code_cells(nb)
     skipped: dict[int, str] = {}
-    _become_subreaper()
+    processes.become_subreaper()
     starved_runs = 0
     while True:
         run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
@@ -671,8 +464,8 @@ class _Run:
     def _process_count(self) -> int:
         if self.root_pid is None:
             return 0
-        procs = {p.pid for p in _tree(self.root_pid)}
-        return len(procs | {p.pid for p in jails.uid_processes(self.uid)})
+        procs = {p.pid for p in processes.tree(self.root_pid)}
+        return len(procs | {p.pid for p in processes.uid_processes(self.uid)})
 
     # -- one run ----------------------------------------------------------------------------
     def execute(self, nb, data_file, private, into: ProbeResult) -> None:
@@ -686,7 +479,7 @@ class _Run:
         if started is None:
             started = _WarmProbe.start(spec, private)
         jail, child = started.jail, started.child
-        preexisting = _my_children() - set(_tree(child.pid))
+        preexisting = processes.my_children() - set(processes.tree(child.pid))
         try:  # from here on the jail is ours: whatever happens, it is killed and its folder and uid released
             warm.PROBES.fill(spec, lambda: _WarmProbe.start(spec, private))  # the next jail warms up meanwhile
             into.isolation["uid"] = jail.uid
@@ -694,7 +487,7 @@ class _Run:
             self.group = jail.group
             into.isolation["cgroup"] = jail.group.version if jail.group else None
             notes = [n for n in into.isolation.get("notes", []) if not n.startswith(
-                ("metered by the kernel", jails.cgroup.NO_CGROUP_NOTE))]
+                ("metered by the kernel", cgroup.NO_CGROUP_NOTE))]
             into.isolation["notes"] = notes + [jail.metering]  # this run's own group (or why it has none)
             files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
             job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
@@ -711,7 +504,7 @@ class _Run:
             self.go_fd = started.go_w
             self._watch(child, started.status_r, preexisting)
         finally:
-            _kill_everything(child, preexisting)
+            processes.kill_everything(child, preexisting)
             with self.lock:
                 self.go_fd = None
             started.stack.close()
@@ -770,15 +563,15 @@ class _Run:
             time.sleep(0.05)
             now = time.monotonic()
             if now >= next_scan:  # every 50 ms, unless a scan of the process table costs more than a fifth of that
-                procs = _tree(child.pid)
+                procs = processes.tree(child.pid)
                 tick += 1
                 if tick % 5 == 1:  # a few times a second: the uid's other processes and RAM held outside RSS
-                    escaped = [p for p in jails.uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
-                    outside = _memory_outside_rss(procs + escaped, self.uid)
+                    escaped = [p for p in processes.uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
+                    outside = processes.memory_outside_rss(procs + escaped, self.uid)
                     if group is not None:  # what the kernel charged (socket buffers, tmpfs, page tables...)
                         kernel_memory = group.memory_bytes()
                         if tick % 20 == 1:  # about once a second: who waited for a CPU, and how long
-                            self.delays = {**self.delays, **_run_delays(group.pids())}
+                            self.delays = {**self.delays, **clocks.run_delays(group.pids())}
                 procs = procs + [p for p in escaped if p.is_running()]
                 rss = outside
                 for p in procs:
@@ -799,7 +592,7 @@ class _Run:
                 running = phase in ("cells", "extract")  # no state without a clock: see _accept
             if phase == "startup":
                 used = (cpu_now - start_cpu) if metered else now - started
-                if used > jails.STARTUP_SECONDS or now - started > jails.STARTUP_SECONDS * (WALL_BACKSTOP if metered else 1):
+                if used > jails.STARTUP_SECONDS or now - started > jails.STARTUP_SECONDS * (clocks.WALL_BACKSTOP if metered else 1):
                     stop = (f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s (grader start-up, "
                             "before any student code); the machine may be overloaded", True)
                     break
@@ -823,33 +616,33 @@ class _Run:
                 runtime_pid = _runtime_pid(child.pid)  # its main thread runs the cells: whose wait is the host's
             if nb_started is not None:
                 wall = now - nb_started
-                nb_waited = _waited(self.delays, nb_delays, runtime_pid) if metered else 0.0
-                if (_charged(cpu_now - nb_cpu, wall, nb_waited) if metered else wall) > limits.notebook_seconds:
+                nb_waited = clocks.waited(self.delays, nb_delays, runtime_pid) if metered else 0.0
+                if (clocks.charged(cpu_now - nb_cpu, wall, nb_waited) if metered else wall) > limits.notebook_seconds:
                     stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step}", False)
                     self.rerunnable = False
                     break
-                if metered and wall > WALL_BACKSTOP * limits.notebook_seconds:
-                    if _starved(nb_waited, wall):
+                if metered and wall > clocks.WALL_BACKSTOP * limits.notebook_seconds:
+                    if clocks.starved(nb_waited, wall):
                         stop = (_starved_message("the notebook", cpu_now - nb_cpu, wall), True)
                         self.starved = True
                         break
                     stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step} "
-                            f"(wall-clock backstop of {WALL_BACKSTOP * limits.notebook_seconds:.0f} s: it mostly "
+                            f"(wall-clock backstop of {clocks.WALL_BACKSTOP * limits.notebook_seconds:.0f} s: it mostly "
                             "waited)", False)
                     self.rerunnable = False
                     break
             over, how = 0.0, ""
             if running and step_started:
                 wall = now - step_started
-                waited = _waited(self.delays, step_delays, runtime_pid) if metered else 0.0
-                over = (_charged(cpu_now - step_cpu, wall, waited) if metered else wall) - limits.cell_seconds
-                if metered and over <= 0 and wall > WALL_BACKSTOP * limits.cell_seconds:
-                    if _starved(waited, wall):
+                waited = clocks.waited(self.delays, step_delays, runtime_pid) if metered else 0.0
+                over = (clocks.charged(cpu_now - step_cpu, wall, waited) if metered else wall) - limits.cell_seconds
+                if metered and over <= 0 and wall > clocks.WALL_BACKSTOP * limits.cell_seconds:
+                    if clocks.starved(waited, wall):
                         stop = (_starved_message(step, cpu_now - step_cpu, wall), True)
                         self.starved = True
                         break
-                    over = wall - WALL_BACKSTOP * limits.cell_seconds
-                    how = f" (wall-clock backstop of {WALL_BACKSTOP * limits.cell_seconds:.0f} s: it mostly waited)"
+                    over = wall - clocks.WALL_BACKSTOP * limits.cell_seconds
+                    how = f" (wall-clock backstop of {clocks.WALL_BACKSTOP * limits.cell_seconds:.0f} s: it mostly waited)"
             if over > 0:
                 if interrupted != (step, step_started):
                     interrupted = (step, step_started)
@@ -861,7 +654,7 @@ class _Run:
                     except OSError:
                         pass
                 elif ((cpu_now - interrupted_cpu if metered else now - interrupted_at) > 10
-                      or now - interrupted_at > 10 * WALL_BACKSTOP):  # the interrupt was ignored: this run cannot go on
+                      or now - interrupted_at > 10 * clocks.WALL_BACKSTOP):  # the interrupt was ignored: this run cannot go on
                     stop = (f"{step} ignored the interrupt", False)
                     break
         if stop is None and group is not None and group.oom_kills() > ooms:  # the kernel ended it: whose memory?
@@ -871,7 +664,7 @@ class _Run:
         if group is not None:
             group.kill()  # everything in the jail's group, whatever session or uid it took
         notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
-        _kill_everything(child, preexisting)
+        processes.kill_everything(child, preexisting)
         for t in threads:
             t.join(timeout=5)
         # Blame only once the status reader has read everything the runtime wrote: on a loaded machine
@@ -901,50 +694,6 @@ class _Run:
             self.rerunnable = culprit is not None and not notebook_limit
 
 
-WALL_BACKSTOP = 4.0  # with a cgroup, time limits count the jail's CPU time; wall time may run this much longer
-STARVED_SHARE = 0.25  # a task of the jail that waited for a CPU this share of the wall time was starved
-
-
-def _run_delays(pids) -> dict[int, float]:
-    """Seconds each task (thread) of ``pids`` has waited on a run queue for a CPU (``schedstat``)."""
-    out: dict[int, float] = {}
-    for pid in pids:
-        try:
-            tids = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    out[int(tid)] = int(f.read().split()[1]) / 1e9
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
-
-
-def _waited(delays: dict, before: dict, main: int | None) -> float:
-    """Seconds the runtime's main thread (the one that runs the cells) waited on a run queue for a CPU since
-    the clock started.  Only that thread counts: a student's own threads or processes that wait (niced,
-    pinned behind a busy sibling) excuse nothing, and its waiting behind the jail's own work is paid for by
-    the CPU time that work used (see :func:`_charged`)."""
-    if main is None:
-        return 0.0
-    return max(0.0, delays.get(main, 0.0) - before.get(main, 0.0))
-
-
-def _charged(cpu: float, wall: float, waited: float) -> float:
-    """The time a step is charged with a cgroup: its wall time less what the host made the main thread wait
-    for a CPU, and never less than the CPU time the jail used.  Sleeping is charged (a cell that sleeps
-    reaches its limit in wall time, as before); a classmate's load is not."""
-    return max(cpu, wall - waited)
-
-
-def _starved(waited: float, wall: float) -> bool:
-    """Whether the main thread waited for a CPU at least ``STARVED_SHARE`` of ``wall``: the host's load, not
-    the submission's (the jail's own work would have been charged as CPU time first)."""
-    return waited >= STARVED_SHARE * wall
-
-
 def _starved_message(step: str, cpu: float, wall: float) -> str:
     return (f"the host was overloaded: {step} got {cpu:.1f} s of CPU in {wall:.0f} s while waiting for a CPU, "
             f"on {1 + MAX_STARVED_RERUNS} runs; not the submission's fault, it is graded again on the next run")
@@ -971,14 +720,3 @@ def _runtime_pid(outer: int) -> int | None:
         return p.pid
     except psutil.Error:
         return None
-
-
-def decode_npy(b64: str, max_elements: int = 1_000_000):
-    """Untrusted ``.npy`` bytes to an array: no pickle, numeric dtypes only, size capped."""
-    import numpy as np
-
-    raw = base64.b64decode(b64, validate=True)
-    arr = np.load(io.BytesIO(raw), allow_pickle=False)
-    if arr.dtype.kind not in "biuf" or arr.size > max_elements:
-        raise ValueError(f"refusing array of dtype {arr.dtype} and size {arr.size}")
-    return arr

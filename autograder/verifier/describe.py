@@ -31,7 +31,12 @@ def describe_run(report: dict) -> str:
     accuracies = list(report.get("accuracies") or [])
     seeds = list(report.get("seeds") or [])
     seed_epochs = list(report.get("seed_epochs") or [])
-    how = "from the retraining cache" if report.get("cache_hit") else f"{float(report.get('seconds') or 0):.0f} s"
+    if report.get("preverified"):
+        how = "pre-verified when the assignment was built"
+    elif report.get("cache_hit"):
+        how = "from the retraining cache"
+    else:
+        how = f"{float(report.get('seconds') or 0):.0f} s"
     setting = (f"at batch size {report.get('batch_size')}, {report.get('optimizer') or 'its optimizer'}, "
                f"on {report.get('device') or 'the grader'} ({report.get('backend') or 'keras'}), {how}")
     if len(accuracies) < 2:

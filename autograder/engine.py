@@ -17,10 +17,6 @@ import hashlib
 import json
 import os
 import platform
-import resource
-import subprocess
-import sys
-import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -30,23 +26,14 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from autograder.spec import AssignmentSpec, TrainingPolicy
 
-from autograder import __version__, children, protocol
+from autograder import __version__, protocol
 from autograder.variants import VariantConfig
+from autograder.verifier import preverified
 from autograder.probe.sandbox import Limits, probe
+from autograder.judge.runner import GraderError, run_judge  # noqa: F401 (GraderError re-exported)
 from autograder.result import GRADER_ERROR, RESULT_SCHEMA_VERSION, GradeResult  # noqa: F401 (re-exported)
 
-PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
-JUDGE_MEMORY_MB = 8192  # the trusted judge's own limits: a fault there is a grader error
-JUDGE_SECONDS = 600.0
-
-
-class GraderError(RuntimeError):
-    """The grader failed (not the submission): the result is a ``grader_error``, graded again next run.
-    ``cause``: one of :data:`autograder.result.GRADER_ERROR_CAUSES`."""
-
-    def __init__(self, message: str, cause: str = "grader_crash"):
-        super().__init__(message)
-        self.cause = cause
+PACKAGE_DIR = Path(__file__).resolve().parent  # the grader package (autograder/)
 
 
 @dataclass(frozen=True)
@@ -61,6 +48,8 @@ class Autograder:
     public_module: str  # files/<spec.public_module_name>: the student-side check module
     sha256: str
     variants: dict | None = None  # variants.json (VariantConfig as a dict): per-student variants on
+    # the build's signed verdicts (autograder.verifier.preverified): recipes served without retraining; None: none
+    verdicts: preverified.Verdicts | None = None
 
     @property
     def variants_on(self) -> bool:
@@ -80,7 +69,9 @@ class Autograder:
             name = config.get("assignment_name") or Path(path).stem
             public = z.read(f"files/{registry.get(name).public_module_name}").decode()
             variants = json.loads(z.read("variants.json")) if "variants.json" in z.namelist() else None
-        return cls(name, tests, public, hashlib.sha256(raw).hexdigest(), variants)
+            verdicts = preverified.load(lambda n: z.read(n) if n in z.namelist() else None,
+                                        preverified.autograder_digest(name, tests, public, variants), str(path))
+        return cls(name, tests, public, hashlib.sha256(raw).hexdigest(), variants, verdicts)
 
     @property
     def spec(self) -> "AssignmentSpec":
@@ -144,8 +135,9 @@ class RetrainOptions:
                 "threshold": policy.threshold}
 
 
-def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec") -> dict[str, dict]:
-    """Retrain every extracted model in its own process; the reports hold numbers and notes only."""
+def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec", verdicts=None) -> dict[str, dict]:
+    """Retrain every extracted model in its own process (unless the zip's ``verdicts`` pre-verified its recipe);
+    the reports hold numbers and notes only."""
     from autograder.verifier import retrain
 
     reports = {}
@@ -154,7 +146,7 @@ def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec
             continue
         try:
             report = retrain.verify(data.get("config"), data.get("fits") or [], options.settings(spec),
-                                    cache_dir=options.cache_dir)
+                                    cache_dir=options.cache_dir, verdicts=verdicts)
         except Exception as exc:  # noqa: BLE001 - the grader's fault, reported as such
             report = retrain.RetrainReport(grader_error=f"{type(exc).__name__}: {exc}", grader_error_cause="grader_crash")
         reports[name] = report.as_dict()
@@ -184,135 +176,6 @@ def _versions() -> dict:
         except PackageNotFoundError:
             pass
     return out
-
-
-class _WarmJudge:
-    """A judge process started ahead: Python, numpy and Otter imported, waiting for its one request on stdin."""
-
-    KEY = "judge"
-
-    def __init__(self, proc: subprocess.Popen, group=None):
-        self.proc = proc
-        self.group = group  # its control group (autograder.probe.cgroup), None where none can be made
-
-    @classmethod
-    def start(cls) -> "_WarmJudge":
-        from autograder.probe import cgroup
-
-        # -I: no environment variables, no user site; the package is found where this one was loaded from
-        bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
-                     "from autograder.judge.judge import main, warm_up; warm_up(); main()")
-        try:  # metered by the kernel: its clock counts its own CPU time (no quota: it is the grader's)
-            group = cgroup.create("judge", memory_bytes=cgroup.memory_ceiling(JUDGE_MEMORY_MB), cpu_cores=None)
-        except OSError:
-            group = None
-        join = group.joiner() if group is not None else None
-
-        def no_core() -> None:
-            if join is not None:
-                join()
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-        try:
-            return cls(children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      start_new_session=True, preexec_fn=no_core), group)
-        except BaseException:
-            if group is not None:
-                group.remove()
-            raise
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def ready(self) -> bool:
-        import select
-
-        try:  # warm_up() prints a line once its imports are done
-            return bool(select.select([self.proc.stdout], [], [], 0)[0])
-        except (OSError, ValueError):
-            return False
-
-    def pids(self) -> set[int]:
-        import psutil
-
-        try:
-            return {self.proc.pid, *(c.pid for c in psutil.Process(self.proc.pid).children(recursive=True))}
-        except psutil.Error:
-            return set()
-
-    def close(self) -> None:
-        try:
-            os.killpg(self.proc.pid, 9)
-        except OSError:
-            pass
-        self.proc.communicate()
-        children.forget(self.proc)
-        if self.group is not None:
-            self.group.remove()
-
-
-def _run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = JUDGE_MEMORY_MB) -> dict:
-    """Run the judge in a fresh process under a time and a memory limit (its whole process tree).
-    With the warm pool on, the process was started ahead; it serves this one request and exits.
-    In a cgroup, the time limit counts the judge's own CPU time, with a wall-clock backstop
-    (``sandbox.WALL_BACKSTOP`` times longer), and the memory limit the kernel's count (socket buffers and
-    all); elsewhere both are sampled (wall time, RSS)."""
-    from autograder import warm
-
-    judge = warm.JUDGES.take(_WarmJudge.KEY) or _WarmJudge.start()
-    warm.JUDGES.fill(_WarmJudge.KEY, _WarmJudge.start)
-    proc, group = judge.proc, judge.group
-    over: list[str] = []
-    from autograder.probe.sandbox import WALL_BACKSTOP
-
-    cpu0 = group.cpu_seconds() if group is not None else None
-
-    def watchdog() -> None:
-        import psutil
-
-        started = time.monotonic()
-        while proc.poll() is None:
-            try:
-                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in tree)
-            except psutil.Error:
-                rss = 0
-            wall = time.monotonic() - started
-            if group is not None:
-                rss = max(rss, group.memory_bytes())
-            if rss > memory_mb * 1024 * 1024 or (group is not None and group.oom_kills()):
-                over.append(f"memory limit ({memory_mb} MiB)")
-            elif cpu0 is None and wall > timeout:
-                over.append(f"time limit ({timeout:.0f} s)")
-            elif cpu0 is not None and ((group.cpu_seconds() or 0.0) - cpu0 > timeout or wall > WALL_BACKSTOP * timeout):
-                over.append(f"time limit ({timeout:.0f} s of CPU time, {WALL_BACKSTOP * timeout:.0f} s of wall time)")
-            if over:
-                try:
-                    os.killpg(proc.pid, 9)
-                except OSError:
-                    pass
-                return
-            time.sleep(0.2)
-
-    guard = threading.Thread(target=watchdog, daemon=True)
-    guard.start()
-    try:
-        stdout, stderr = proc.communicate(json.dumps(request))
-    finally:
-        children.forget(proc)
-        guard.join(timeout=5)
-        if group is not None:
-            if group.oom_kills() and not over:
-                over.append(f"memory limit ({memory_mb} MiB)")
-            group.remove()  # kills by group: nothing of the judge outlives it
-    if over:
-        raise GraderError(f"the judge exceeded its {over[0]}",
-                          "host_limit" if over[0].startswith("memory") else "timeout_infrastructure")
-    marker = stdout.rfind(protocol.JUDGE_REPLY)
-    if proc.returncode != 0 or marker < 0:
-        raise GraderError(f"judge failed (exit {proc.returncode}): {stderr[-2000:]}")
-    return json.loads(stdout[marker + len(protocol.JUDGE_REPLY):])
 
 
 def grade_notebook(
@@ -378,11 +241,11 @@ def grade_notebook(
     try:
         if retrain.enabled and any((d or {}).get("status") == protocol.MODEL for d in values.values()):
             if on_partial is not None:
-                judged = _run_judge({**request, "retrain": retrain.for_judge(spec, pending=True)})
+                judged = run_judge({**request, "retrain": retrain.for_judge(spec, pending=True)})
                 partial = dataclasses.replace(result, retrain_pending=True).judged(judged["questions"], None)
                 on_partial(partial.to_dict())
             clock = time.monotonic()
-            reports = _retrain_models(values, retrain, spec)
+            reports = _retrain_models(values, retrain, spec, ag.verdicts)
             timings["retrain"] = round(time.monotonic() - clock, 3)  # waiting for a training slot included
             request["retrain"] = retrain.for_judge(spec, reports)
             failed = [r for r in reports.values() if r.get("grader_error")]
@@ -390,7 +253,7 @@ def grade_notebook(
                 result.fail(f"retraining failed: {failed[0]['grader_error']}", GRADER_ERROR,
                             failed[0].get("grader_error_cause") or "grader_crash")
         clock = time.monotonic()
-        judged = _run_judge(request)
+        judged = run_judge(request)
         timings["judge"] = round(time.monotonic() - clock, 3)
     except Exception as exc:  # the trusted side failed: not the submission's fault
         cause = result.cause or getattr(exc, "cause", None) or "grader_crash"
