@@ -32,7 +32,8 @@ def describe_run(report: dict) -> str:
     seeds = list(report.get("seeds") or [])
     seed_epochs = list(report.get("seed_epochs") or [])
     if report.get("preverified"):
-        how = "pre-verified when the assignment was built"
+        built = str((report["preverified"] or {}).get("built") or "")[:10] if isinstance(report["preverified"], dict) else ""
+        how = "pre-verified when the assignment was built" + (f" ({built})" if built else "")
     elif report.get("cache_hit"):
         how = "from the retraining cache"
     else:
