@@ -49,6 +49,7 @@ import psutil
 from autograder import children, protocol, settings, warm
 from autograder.jail_messages import checked_value, clean_text
 from autograder.metering import cgroup, clocks, processes
+from autograder.metering.watchdog import Reading, Watchdog
 from autograder.probe import jail as jails
 
 RUNTIME = Path(__file__).with_name("runtime.py")
@@ -357,7 +358,7 @@ class _Run:
         self.group = None  # the jail's control group (None: no cgroup here; wall clocks only)
         self.step_cpu = self.notebook_cpu = 0.0  # the group's CPU seconds when the step / notebook clock started
         self.starved = False  # a wall backstop was reached while the jail waited for a CPU: the host's fault
-        self.delays: dict[int, float] = {}  # task id -> seconds it waited for a CPU (run queue), as last sampled
+        self.watchdog: Watchdog | None = None  # what meters this run (memory, processes, CPU time, run-queue waits)
         self.step_delays: dict[int, float] = {}  # the same when the step / notebook clock started
         self.notebook_delays: dict[int, float] = {}
         self.files: dict[str, bytes] = {}  # put beside the notebook (sent with the submission)
@@ -393,12 +394,13 @@ class _Run:
         self._mark_step()
 
     def cpu(self) -> float | None:
-        """The jail's own CPU seconds so far (its cgroup's), or None without a cgroup."""
-        return self.group.cpu_seconds() if self.group is not None else None
+        """The jail's own CPU seconds since its watch began (its cgroup's), or None without a cgroup."""
+        return self.watchdog.cpu() if self.watchdog is not None else None
 
     def _mark_step(self) -> None:
         """The step clock started: note the jail's CPU time and run-queue wait with it."""
-        self.step_cpu, self.step_delays = self.cpu() or 0.0, self.delays
+        self.step_cpu = self.cpu() or 0.0
+        self.step_delays = self.watchdog.delays if self.watchdog is not None else {}
 
     def _begin_step(self, label: str, now: float) -> None:
         self.step, self.step_started = label, now
@@ -543,103 +545,68 @@ class _Run:
                             if b"\n" in chunk:
                                 buf, skipping = chunk.split(b"\n", 1)[1], False
 
+        watchdog = Watchdog(child, group=self.group, uid=self.uid, run_delays=True)
+        self.watchdog = watchdog  # before the status reader starts: its clocks read it
         threads = [threading.Thread(target=read_output, daemon=True), threading.Thread(target=read_status, daemon=True)]
         for t in threads:
             t.start()
-        started = time.monotonic()
-        start_cpu = self.cpu()
-        group = self.group
-        metered = start_cpu is not None  # the clocks below count the jail's own CPU time, wall time as a backstop
-        ooms = group.oom_kills() if group is not None else 0
+        metered = watchdog.metered  # the clocks below count the jail's own CPU time, wall time as a backstop
         interrupted = None
         interrupted_at = interrupted_cpu = 0.0
         runtime_pid = None
-        tick, escaped, outside, kernel_memory = 0, [], 0, 0
-        procs, rss, next_scan = [], 0, 0.0
-        stop = None  # (message, is a grader fault)
         memory_limit = limits.memory_mb * 1024 * 1024
-        while child.poll() is None:
-            time.sleep(0.05)
-            now = time.monotonic()
-            if now >= next_scan:  # every 50 ms, unless a scan of the process table costs more than a fifth of that
-                procs = processes.tree(child.pid)
-                tick += 1
-                if tick % 5 == 1:  # a few times a second: the uid's other processes and RAM held outside RSS
-                    escaped = [p for p in processes.uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
-                    outside = processes.memory_outside_rss(procs + escaped, self.uid)
-                    if group is not None:  # what the kernel charged (socket buffers, tmpfs, page tables...)
-                        kernel_memory = group.memory_bytes()
-                        if tick % 20 == 1:  # about once a second: who waited for a CPU, and how long
-                            self.delays = {**self.delays, **clocks.run_delays(group.pids())}
-                procs = procs + [p for p in escaped if p.is_running()]
-                rss = outside
-                for p in procs:
-                    try:
-                        rss += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                rss = max(rss, kernel_memory)
-                # on a loaded machine the watchdog's own scans are the grader's largest cost per notebook:
-                # they become rarer (at most 20% of the watchdog's time), the clocks below stay exact
-                next_scan = now + 4 * (time.monotonic() - now)
-            cpu_now = self.cpu() if metered else None
-            oom = group is not None and group.oom_kills() > ooms
+
+        def rule(r: Reading):  # -> (message, is a grader fault), or None to go on
+            nonlocal interrupted, interrupted_at, interrupted_cpu, runtime_pid
             with self.lock:
                 phase, step, step_started, nb_started = self.phase, self.step, self.step_started, self.notebook_started
                 step_cpu, nb_cpu = self.step_cpu, self.notebook_cpu
                 step_delays, nb_delays = self.step_delays, self.notebook_delays
                 running = phase in ("cells", "extract")  # no state without a clock: see _accept
+            now, cpu_now = r.now, r.cpu
             if phase == "startup":
-                used = (cpu_now - start_cpu) if metered else now - started
-                if used > jails.STARTUP_SECONDS or now - started > jails.STARTUP_SECONDS * (clocks.WALL_BACKSTOP if metered else 1):
-                    stop = (f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s (grader start-up, "
+                used = cpu_now if metered else r.wall
+                if used > jails.STARTUP_SECONDS or r.wall > jails.STARTUP_SECONDS * (clocks.WALL_BACKSTOP if metered else 1):
+                    return (f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s (grader start-up, "
                             "before any student code); the machine may be overloaded", True)
-                    break
-                if rss > memory_limit or oom:
-                    stop = (f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
+                if r.memory > memory_limit or r.oom:
+                    return (f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
                             "raise --memory-mb", True)
-                    break
-                continue
-            if rss > memory_limit or oom:
-                stop = (f"memory limit ({limits.memory_mb} MiB{', enforced by the kernel' if oom else ''}) "
+                return None
+            if r.memory > memory_limit or r.oom:
+                return (f"memory limit ({limits.memory_mb} MiB{', enforced by the kernel' if r.oom else ''}) "
                         f"exceeded during {step}", False)
-                break
             with self.lock:
                 left_behind = self.process_culprit
-            if len(procs) > limits.max_processes or left_behind is not None:
+            if r.processes > limits.max_processes or left_behind is not None:
                 if left_behind is not None:
                     step = f"cell {left_behind}"
-                stop = (f"process limit ({limits.max_processes}) exceeded during {step}", False)
-                break
+                return (f"process limit ({limits.max_processes}) exceeded during {step}", False)
             if running and runtime_pid is None:
                 runtime_pid = _runtime_pid(child.pid)  # its main thread runs the cells: whose wait is the host's
             if nb_started is not None:
                 wall = now - nb_started
-                nb_waited = clocks.waited(self.delays, nb_delays, runtime_pid) if metered else 0.0
+                nb_waited = clocks.waited(watchdog.delays, nb_delays, runtime_pid) if metered else 0.0
                 if (clocks.charged(cpu_now - nb_cpu, wall, nb_waited) if metered else wall) > limits.notebook_seconds:
-                    stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step}", False)
                     self.rerunnable = False
-                    break
+                    return (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step}", False)
                 if metered and wall > clocks.WALL_BACKSTOP * limits.notebook_seconds:
                     if clocks.starved(nb_waited, wall):
-                        stop = (_starved_message("the notebook", cpu_now - nb_cpu, wall), True)
                         self.starved = True
-                        break
-                    stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step} "
+                        return (_starved_message("the notebook", cpu_now - nb_cpu, wall), True)
+                    self.rerunnable = False
+                    return (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step} "
                             f"(wall-clock backstop of {clocks.WALL_BACKSTOP * limits.notebook_seconds:.0f} s: it mostly "
                             "waited)", False)
-                    self.rerunnable = False
-                    break
             over, how = 0.0, ""
             if running and step_started:
                 wall = now - step_started
-                waited = clocks.waited(self.delays, step_delays, runtime_pid) if metered else 0.0
+                waited = clocks.waited(watchdog.delays, step_delays, runtime_pid) if metered else 0.0
                 over = (clocks.charged(cpu_now - step_cpu, wall, waited) if metered else wall) - limits.cell_seconds
                 if metered and over <= 0 and wall > clocks.WALL_BACKSTOP * limits.cell_seconds:
                     if clocks.starved(waited, wall):
-                        stop = (_starved_message(step, cpu_now - step_cpu, wall), True)
                         self.starved = True
-                        break
+                        return (_starved_message(step, cpu_now - step_cpu, wall), True)
                     over = wall - clocks.WALL_BACKSTOP * limits.cell_seconds
                     how = f" (wall-clock backstop of {clocks.WALL_BACKSTOP * limits.cell_seconds:.0f} s: it mostly waited)"
             if over > 0:
@@ -654,14 +621,16 @@ class _Run:
                         pass
                 elif ((cpu_now - interrupted_cpu if metered else now - interrupted_at) > 10
                       or now - interrupted_at > 10 * clocks.WALL_BACKSTOP):  # the interrupt was ignored: this run cannot go on
-                    stop = (f"{step} ignored the interrupt", False)
-                    break
-        if stop is None and group is not None and group.oom_kills() > ooms:  # the kernel ended it: whose memory?
+                    return (f"{step} ignored the interrupt", False)
+            return None
+
+        stop = watchdog.watch(rule)  # (message, is a grader fault)
+        if stop is None and watchdog.oom_killed():  # the kernel ended it: whose memory?
             stop = ((f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
                      "raise --memory-mb", True) if self.phase == "startup" else
                     (f"memory limit ({limits.memory_mb} MiB, enforced by the kernel) exceeded during {self.step}", False))
-        if group is not None:
-            group.kill()  # everything in the jail's group, whatever session or uid it took
+        if self.group is not None:
+            self.group.kill()  # everything in the jail's group, whatever session or uid it took
         notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
         processes.kill_everything(child, preexisting)
         for t in threads:

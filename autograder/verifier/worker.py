@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from autograder import children, settings
+from autograder.metering.watchdog import Watchdog
 from autograder.verifier.training import GO, THREAD_VARIABLES, RetrainFailed, device_description, retrain_threads
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
@@ -130,27 +131,14 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
             group.remove()
         raise
     over_memory = threading.Event()
-    peak = [0]
+    watchdog = Watchdog(proc, group=group, interval=0.25)
 
-    def watch():
-        import psutil
+    def guard() -> None:
+        if watchdog.watch(watchdog.over(memory_mb)) is not None:
+            over_memory.set()
+            proc.kill()
 
-        try:
-            p = psutil.Process(proc.pid)
-            while proc.poll() is None:
-                rss = sum(c.memory_info().rss for c in [p, *p.children(recursive=True)])
-                if group is not None:
-                    rss = max(rss, group.memory_bytes())
-                peak[0] = max(peak[0], rss)
-                if rss > memory_mb * 2**20 or (group is not None and group.oom_kills()):
-                    over_memory.set()
-                    proc.kill()
-                    return
-                time.sleep(0.25)
-        except psutil.Error:
-            pass
-
-    threading.Thread(target=watch, daemon=True).start()
+    threading.Thread(target=guard, daemon=True).start()
     try:
         try:
             proc.stdin.write(json.dumps(job) + "\n")
@@ -172,7 +160,7 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     finally:
         children.forget(proc)
         if group is not None:
-            oom = group.oom_kills()
+            oom = watchdog.oom_killed()
             group.remove()  # kills by group: nothing of the retrain outlives it
             if oom:
                 over_memory.set()
@@ -191,5 +179,5 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
         return out  # the recipe's own fault: the verifier reports it
     if not isinstance(out.get("accuracy"), float):
         raise RetrainFailed("the retraining process returned no accuracy")
-    out["peak_mb"] = round(peak[0] / 2**20)  # sampled every 0.25 s: what a memory cap must leave room for
+    out["peak_mb"] = round(watchdog.peak / 2**20)  # sampled every 0.25 s: what a memory cap must leave room for
     return out
