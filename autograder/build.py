@@ -204,7 +204,9 @@ def setup_sh(otter_setup: str, *, embed_package: bool, spec: "AssignmentSpec | N
 def run_autograder_script() -> str:
     from autograder.lms import gradescope
 
-    fallback = gradescope.grader_error_payload("Python could not start in the Gradescope image", 0)
+    from autograder.faults import Fault
+
+    fallback = gradescope.grader_error_payload(Fault("interpreter", "Python could not start in the Gradescope image"), 0)
     return _template("run_autograder.j2").render(cache_dir=IMAGE_CACHE_DIR, fallback_json=json.dumps(fallback),
                                                  timeout_minutes=gradescope.DEFAULT_TIMEOUT_MINUTES)
 

@@ -186,8 +186,21 @@ def _doc(cls) -> str:
     return doc.replace("``", "`")
 
 
+def fault_causes() -> str:
+    """The table of fault causes (``autograder/faults.py``: each cause's comment), with each cause's owner."""
+    from autograder import faults
+
+    source = inspect.getsource(faults)
+    block = source[source.index("Cause = Literal["):source.index("]", source.index("Cause = Literal["))]
+    said = dict(re.findall(r'^\s*"(\w+)",\s*#\s*(.+)$', block, flags=re.M))
+    status = {"submission": "`error`", "host": "`grader_error`", "grader": "`grader_error`"}
+    rows = [[f"`{c}`", faults.OWNER_OF[c], "`graded` (its training check fails)" if c in faults.RECIPE_CAUSES
+             else status[faults.OWNER_OF[c]], said.get(c, "")] for c in faults.CAUSES]
+    return _table(["cause", "owner", "status", "when"], rows) + "\n"
+
+
 def result_schema() -> str:
-    from autograder import result
+    from autograder import faults, result
     from autograder.verifier.retrain import RetrainReport
 
     parts = [f"Schema version **{result.RESULT_SCHEMA_VERSION}** (`schema` in every file). "
@@ -195,8 +208,10 @@ def result_schema() -> str:
     for cls, title in ((result.GradeResult, "`GradeResult`: the file"),
                        (result.QuestionResult, "`QuestionResult`: each of `questions`"),
                        (result.CaseResult, "`CaseResult`: each of a question's `cases`"),
-                       (RetrainReport, "`RetrainReport`: `retrain`")):
+                       (RetrainReport, "`RetrainReport`: `retrain`"),
+                       (faults.Fault, "`Fault`: `fault` (of the result, and of `retrain`)")):
         parts.append(f"### {title}\n\n{_doc(cls)}\n\n{dataclass_table(cls)}\n")
+    parts.append(f"### Fault causes\n\n{fault_causes()}")
     return "\n".join(parts)
 
 
@@ -253,6 +268,7 @@ GENERATORS = {
     "result_schema": result_schema,
     "environment": environment_table,
     "knobs": knobs,
+    "fault_causes": fault_causes,
     "assignment_interface": assignment_interface,
     "limits": lambda: knobs(only=("Limits", "Budget", "ArchiveLimits")),
 }

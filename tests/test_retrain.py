@@ -260,7 +260,7 @@ def test_batch_size_1_is_refused_in_seconds_with_the_cost(monkeypatch, tmp_path)
     started = time.monotonic()
     report = retrain.verify(model.to_json(), [_fit(model, 15, 1)], retrain.Settings("cnn_mnist"), cache_dir=tmp_path)
     assert time.monotonic() - started < 60  # no training: a refusal, not a 76-minute run
-    assert report.accuracy is None and report.grader_error is None
+    assert report.accuracy is None and report.fault["cause"] == "recipe_refused"
     assert "900,000 steps; the assignment allows 30,000" in report.error
     report = retrain.verify(model.to_json(), [_fit(model, 1, 60000)], retrain.Settings("cnn_mnist"), cache_dir=tmp_path)
     assert "batch_size=60,000 is outside the allowed range 16 to 4,096" in report.error
@@ -466,10 +466,10 @@ def test_safety_net_and_crashes_are_grader_errors_never_scores(monkeypatch):
     fits = [_fit(model, 1, 64)]
     slow = retrain.Settings("cnn_mnist", data_subset=(2000, 500), seeds=1, max_seconds=0.5)
     report = retrain.verify(model.to_json(), fits, slow, cache_dir=None)
-    assert report.accuracy is None and "safety limit" in report.grader_error and "not your fault" in report.error
+    assert report.accuracy is None and report.fault["cause"] == "timeout_infrastructure" and "not your fault" in report.error
     tight = retrain.Settings("cnn_mnist", data_subset=(2000, 500), seeds=1, memory_mb=50)
     report = retrain.verify(model.to_json(), fits, tight, cache_dir=None)
-    assert report.accuracy is None and "memory" in report.grader_error
+    assert report.accuracy is None and report.fault["cause"] == "host_limit" and "memory" in report.error
 
 
 def test_same_accuracy_with_the_cpu_loaded():

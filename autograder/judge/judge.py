@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from autograder import protocol
+from autograder.faults import Fault
 from autograder.jail_messages import MAX_ERROR_CHARS, clean_text, decode_npy
 
 
@@ -89,9 +90,9 @@ class ExtractedModel:
         report = self.last_report
         if not isinstance(report, dict):
             raise AssertionError("The model was not retrained.")
-        if report.get("grader_error"):
-            raise AssertionError(f"The grader could not retrain the model (not your fault): {report['grader_error']}")
         notes = "; ".join(report.get("notes") or [])
+        if report.get("fault") and Fault.from_dict(report["fault"]).graders:  # "the grader could not retrain ..."
+            raise AssertionError(report.get("error") or Fault.from_dict(report["fault"]).message)
         if report.get("error"):
             raise AssertionError(report["error"] + (f" Notes: {notes}." if notes else ""))
         summary = RetrainReport(**report).summary()

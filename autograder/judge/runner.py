@@ -1,5 +1,6 @@
 """The judge's own process: a fresh ``python -I`` that never loaded student code (:mod:`autograder.judge.judge`),
-started ahead where the warm pool is on, run under a time and a memory limit; a fault there is the grader's.
+started ahead where the warm pool is on, run under a time and a memory limit; a fault there is the host's or
+the grader's (:class:`autograder.faults.FaultError`).
 """
 
 from __future__ import annotations
@@ -13,20 +14,12 @@ import threading
 from pathlib import Path
 
 from autograder import children, protocol
+from autograder.faults import FaultError
 from autograder.metering.watchdog import Watchdog
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 JUDGE_MEMORY_MB = 8192  # the trusted judge's own limits: a fault there is a grader error
 JUDGE_SECONDS = 600.0
-
-
-class GraderError(RuntimeError):
-    """The grader failed (not the submission): the result is a ``grader_error``, graded again next run.
-    ``cause``: one of :data:`autograder.result.GRADER_ERROR_CAUSES`."""
-
-    def __init__(self, message: str, cause: str = "grader_crash"):
-        super().__init__(message)
-        self.cause = cause
 
 
 class _WarmJudge:
@@ -131,8 +124,8 @@ def run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = JU
             group.remove()  # kills by group: nothing of the judge outlives it
     if over:
         what, limit = over[0]
-        raise GraderError(f"the judge exceeded its {limit}", "host_limit" if what == "memory" else "timeout_infrastructure")
+        raise FaultError.of("host_limit" if what == "memory" else "timeout_infrastructure", f"the judge exceeded its {limit}")
     marker = stdout.rfind(protocol.JUDGE_REPLY)
     if proc.returncode != 0 or marker < 0:
-        raise GraderError(f"judge failed (exit {proc.returncode}): {stderr[-2000:]}")
+        raise FaultError.of("grader_crash", f"judge failed (exit {proc.returncode}): {stderr[-2000:]}")
     return json.loads(stdout[marker + len(protocol.JUDGE_REPLY):])

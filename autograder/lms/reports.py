@@ -27,6 +27,8 @@ from pathlib import Path
 
 import jinja2
 
+from autograder.faults import of_result
+
 from autograder.lms.sheets import (FORMULA_START, SafeCsvWriter, csv_cell,  # noqa: F401 (re-exported)
                                     private_writer as _private_writer, write_private_text)
 
@@ -280,15 +282,16 @@ def write_review_csv(results: list[dict], path: Path) -> int:
     peers = variant_peers(results)
     with _private_writer(path) as f:
         w = SafeCsvWriter(f)
-        w.writerow(["id", "source", "canvas_user_id", "status", "in_canvas_import", "reason"])
+        w.writerow(["id", "source", "canvas_user_id", "status", "owner", "cause", "in_canvas_import", "reason"])
         for r in sorted(results, key=lambda r: r["student"]["id"]):
             row, why = canvas_row(r)
             reasons = ([why] if row is None else []) + [f for f in flags(r, peers) if not why or f not in why]
             if row is None or reasons:
                 n += 1
-                s = r["student"]
+                s, fault = r["student"], of_result(r)  # whose fault and why, typed (autograder.faults)
                 w.writerow([s["id"], s.get("source", ""), (s.get("extra") or {}).get("canvas_user_id", ""),
-                            r["status"], "no" if row is None else "yes", "; ".join(reasons)])
+                            r["status"], fault.owner if fault else "", fault.cause if fault else "",
+                            "no" if row is None else "yes", "; ".join(reasons)])
     return n
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder import children
+from autograder.faults import Fault, FaultError
 from autograder.metering import cgroup
 from autograder.metering.processes import SYSVIPC, still_running, uid_ipc, uid_processes  # noqa: F401
 
@@ -64,8 +65,12 @@ def probe_python() -> str:
     return PROBE_PYTHON or sys.executable
 
 
-class JailError(RuntimeError):
-    """The grader cannot isolate a submission: a grader fault, never the student's."""
+class JailError(FaultError):
+    """The grader cannot isolate a submission: a grader fault, never the student's (cause ``jail_unsafe``, or
+    ``interpreter`` where the jailed Python cannot start)."""
+
+    def __init__(self, message: str, cause: str = "jail_unsafe"):
+        super().__init__(Fault(cause, message))
 
 
 def requested_mode() -> str:
@@ -472,7 +477,7 @@ class Jail:
         }[self.mode]
         notes.append(self.metering)
         return {"mode": self.mode, "isolated": self.mode != "none", "uid": self.uid, "notes": notes,
-                "cgroup": self.group.version if self.group else None}
+                "cgroup": self.group.version if self.group else None, "metering": self.metering}
 
     @property
     def metering(self) -> str:
@@ -624,10 +629,10 @@ def self_test(private=(), *, python: str | None = None) -> dict:
             _SELF_TESTS[key] = _run_self_test(private, python, NOTEBOOK_IMPORTS)
             _CHECKED[key] = secrets
         except JailError as exc:
-            _SELF_TESTS[key] = str(exc)
+            _SELF_TESTS[key] = exc
     found = _SELF_TESTS[key]
-    if isinstance(found, str):
-        raise JailError(found)
+    if isinstance(found, JailError):
+        raise JailError(str(found), found.fault.cause)
     if not secrets <= _CHECKED[key]:
         _run_self_test(private, python, ())  # raises if a newly registered folder is reachable
         _CHECKED[key] |= secrets
@@ -669,7 +674,7 @@ def _run_self_test(private, python: str, imports) -> dict:
                                     preexec_fn=jail.preexec())
             except subprocess.TimeoutExpired:
                 raise JailError(f"the jail's self-test did not finish within {STARTUP_SECONDS:.0f} s "
-                                f"({jail.mode} mode); the machine may be overloaded") from None
+                                f"({jail.mode} mode); the machine may be overloaded", "timeout_infrastructure") from None
             return _judge_self_test(jail, python, proc)
     finally:
         sentinel.kill()
@@ -687,17 +692,19 @@ def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess)
             if cause:
                 raise JailError(f"the interpreter under {needed} is not reachable by {who}: {cause}. Fix: install the "
                                 "grader's Python environment where other users can read it (e.g. a venv in /opt), "
-                                "or install bubblewrap (apt-get install bubblewrap), which mounts it into the jail.")
+                                "or install bubblewrap (apt-get install bubblewrap), which mounts it into the jail.",
+                                "interpreter")
     if mark < 0:
         tail = (proc.stderr or proc.stdout)[-800:].strip()
-        raise JailError(f"the jailed Python did not start ({jail.mode} mode, exit {proc.returncode}): {tail}")
+        raise JailError(f"the jailed Python did not start ({jail.mode} mode, exit {proc.returncode}): {tail}",
+                        "interpreter")
     found = json.loads(proc.stdout[mark + len("@@SELFTEST@@"):].splitlines()[0])
     broken = {m: e for m, e in found["imports"].items() if e}
     if broken:
         raise JailError(f"the jailed Python cannot import what notebooks need ({jail.mode} mode): "
                         + "; ".join(f"{m}: {e}" for m, e in broken.items())
                         + ". Fix: install numpy, keras, IPython and otter-grader into the grader's environment, "
-                        "readable by other users.")
+                        "readable by other users.", "interpreter")
     problems = []
     if found["grader"]:
         problems.append(f"it can import the grader package ({found['grader']}): make that folder unreadable to "

@@ -47,8 +47,9 @@ import nbformat
 import psutil
 
 from autograder import children, protocol, settings, warm
+from autograder.faults import Fault
 from autograder.jail_messages import checked_value, clean_text
-from autograder.metering import cgroup, clocks, processes
+from autograder.metering import clocks, processes
 from autograder.metering.watchdog import Reading, Watchdog
 from autograder.probe import jail as jails
 
@@ -78,9 +79,10 @@ class ProbeResult:
     values: dict = field(default_factory=dict)  # variable -> untrusted plain data (see probe_runtime)
     cells: list = field(default_factory=list)  # per real cell: index, seconds (measured here), error
     limits_hit: list = field(default_factory=list)
-    crashed: str | None = None  # why the last run ended before extraction finished, if it did
-    grader_error: str | None = None  # a fault of the grader (jail, start-up): never the student's
-    skipped: list = field(default_factory=list)  # cells left out of a rerun: index, reason
+    # why the last run ended before extraction finished, if it did: the submission's fault (a limit, a crash,
+    # an unreadable notebook), or the host's or the grader's (the jail, the grader's start-up)
+    fault: Fault | None = None
+    skipped: list = field(default_factory=list)  # cells left out of a rerun: index, reason, cause
     runs: int = 0
     output: str = ""
     seconds: float = 0.0
@@ -89,7 +91,7 @@ class ProbeResult:
 
     @property
     def complete(self) -> bool:
-        return self.crashed is None and self.grader_error is None
+        return self.fault is None
 
 
 class _BoundedBuffer:
@@ -272,17 +274,17 @@ def probe(
     try:  # never through a link; the reason names the fault, never the file's content
         nb = read_notebook(notebook)
     except SubmissionFileError as exc:
-        result.crashed = f"the notebook could not be read: {exc}"
+        result.fault = Fault("unreadable", f"the notebook could not be read: {exc}")
         return result
     private = [*private, Path(notebook).resolve().parent]
     try:
         result.isolation = dict(jails.self_test(private))
     except jails.JailError as exc:
-        result.grader_error = f"the sandbox is not safe to grade in: {exc}"
+        result.fault = exc.fault.with_message(f"the sandbox is not safe to grade in: {exc}")
         result.seconds = round(time.monotonic() - started, 3)
         return result
     cells = code_cells(nb)
-    skipped: dict[int, str] = {}
+    skipped: dict[int, Fault] = {}  # cell -> what it did that brought the run down
     processes.become_subreaper()
     starved_runs = 0
     while True:
@@ -295,22 +297,21 @@ def probe(
             starved_runs += 1
             time.sleep(STARVED_PAUSE)
             continue
-        if run.grader_error:
-            result.grader_error = run.grader_error
+        if run.fault is not None and run.fault.graders:
             break
         culprit = run.crashed_cell
-        if run.crashed and culprit is not None and run.rerunnable and result.runs <= MAX_RERUNS:
+        if run.fault is not None and culprit is not None and run.rerunnable and result.runs <= MAX_RERUNS:
             skipped[culprit] = run.crash_reason
             result.limits_hit += run.limits_hit
             continue
         break
     result.values = run.values
     result.cells = sorted(run.cells + [{"index": i, "seconds": None, "error": f"not run: on an earlier run this cell "
-                                        f"brought the whole notebook down ({why}); the rest was graded without it"}
+                                        f"brought the whole notebook down ({why.message}); the rest was graded without it"}
                                        for i, why in skipped.items()], key=lambda c: c["index"])
-    result.skipped = [{"index": i, "reason": why} for i, why in skipped.items()]
+    result.skipped = [{"index": i, "reason": why.message, "cause": why.cause} for i, why in skipped.items()]
     result.limits_hit += run.limits_hit
-    result.crashed = run.crashed
+    result.fault = run.fault
     result.output = run.output
     result.seconds = round(time.monotonic() - started, 3)
     return result
@@ -335,11 +336,10 @@ class _Run:
         self.values: dict = {}
         self.cells: list = []
         self.limits_hit: list = []
-        self.crashed: str | None = None
-        self.crashed_cell: int | None = None
-        self.crash_reason = ""
+        self.fault: Fault | None = None  # why this run ended before grading finished (see ProbeResult.fault)
+        self.crashed_cell: int | None = None  # the cell that brought it down, if one did
+        self.crash_reason: Fault | None = None  # what that cell did (a limit, an exit), said in skipped cells
         self.rerunnable = False
-        self.grader_error: str | None = None
         self.output = ""
         self.phase = "startup"  # startup -> cells -> extract -> done
         self.position = 0  # next cell of self.expected
@@ -487,9 +487,9 @@ class _Run:
             self.uid = jail.uid
             self.group = jail.group
             into.isolation["cgroup"] = jail.group.version if jail.group else None
-            notes = [n for n in into.isolation.get("notes", []) if not n.startswith(
-                ("metered by the kernel", cgroup.NO_CGROUP_NOTE))]
-            into.isolation["notes"] = notes + [jail.metering]  # this run's own group (or why it has none)
+            # this run's own group (or why it has none), in place of the self-test's
+            notes = [n for n in into.isolation.get("notes", []) if n != into.isolation.get("metering")]
+            into.isolation["notes"], into.isolation["metering"] = notes + [jail.metering], jail.metering
             files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
             job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
                               "files": files}).encode()
@@ -556,7 +556,7 @@ class _Run:
         runtime_pid = None
         memory_limit = limits.memory_mb * 1024 * 1024
 
-        def rule(r: Reading):  # -> (message, is a grader fault), or None to go on
+        def rule(r: Reading) -> _Stop | None:  # None: go on
             nonlocal interrupted, interrupted_at, interrupted_cpu, runtime_pid
             with self.lock:
                 phase, step, step_started, nb_started = self.phase, self.step, self.step_started, self.notebook_started
@@ -567,37 +567,35 @@ class _Run:
             if phase == "startup":
                 used = cpu_now if metered else r.wall
                 if used > jails.STARTUP_SECONDS or r.wall > jails.STARTUP_SECONDS * (clocks.WALL_BACKSTOP if metered else 1):
-                    return (f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s (grader start-up, "
-                            "before any student code); the machine may be overloaded", True)
+                    return _Stop("timeout_infrastructure", f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s "
+                                 "(grader start-up, before any student code); the machine may be overloaded")
                 if r.memory > memory_limit or r.oom:
-                    return (f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
-                            "raise --memory-mb", True)
+                    return _startup_memory(limits)
                 return None
             if r.memory > memory_limit or r.oom:
-                return (f"memory limit ({limits.memory_mb} MiB{', enforced by the kernel' if r.oom else ''}) "
-                        f"exceeded during {step}", False)
+                return _Stop("memory_limit", f"memory limit ({limits.memory_mb} MiB"
+                             f"{', enforced by the kernel' if r.oom else ''}) exceeded", step)
             with self.lock:
                 left_behind = self.process_culprit
             if r.processes > limits.max_processes or left_behind is not None:
                 if left_behind is not None:
                     step = f"cell {left_behind}"
-                return (f"process limit ({limits.max_processes}) exceeded during {step}", False)
+                return _Stop("process_limit", f"process limit ({limits.max_processes}) exceeded", step)
             if running and runtime_pid is None:
                 runtime_pid = _runtime_pid(child.pid)  # its main thread runs the cells: whose wait is the host's
             if nb_started is not None:
                 wall = now - nb_started
                 nb_waited = clocks.waited(watchdog.delays, nb_delays, runtime_pid) if metered else 0.0
                 if (clocks.charged(cpu_now - nb_cpu, wall, nb_waited) if metered else wall) > limits.notebook_seconds:
-                    self.rerunnable = False
-                    return (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step}", False)
+                    return _Stop("notebook_time_limit", f"notebook time limit ({limits.notebook_seconds:.0f} s) reached",
+                                 step)
                 if metered and wall > clocks.WALL_BACKSTOP * limits.notebook_seconds:
                     if clocks.starved(nb_waited, wall):
                         self.starved = True
-                        return (_starved_message("the notebook", cpu_now - nb_cpu, wall), True)
-                    self.rerunnable = False
-                    return (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step} "
-                            f"(wall-clock backstop of {clocks.WALL_BACKSTOP * limits.notebook_seconds:.0f} s: it mostly "
-                            "waited)", False)
+                        return _Stop("host_slow", _starved_message("the notebook", cpu_now - nb_cpu, wall))
+                    return _Stop("notebook_time_limit", f"notebook time limit ({limits.notebook_seconds:.0f} s) reached",
+                                 step, f" (wall-clock backstop of {clocks.WALL_BACKSTOP * limits.notebook_seconds:.0f} s: "
+                                       "it mostly waited)")
             over, how = 0.0, ""
             if running and step_started:
                 wall = now - step_started
@@ -606,7 +604,7 @@ class _Run:
                 if metered and over <= 0 and wall > clocks.WALL_BACKSTOP * limits.cell_seconds:
                     if clocks.starved(waited, wall):
                         self.starved = True
-                        return (_starved_message(step, cpu_now - step_cpu, wall), True)
+                        return _Stop("host_slow", _starved_message(step, cpu_now - step_cpu, wall))
                     over = wall - clocks.WALL_BACKSTOP * limits.cell_seconds
                     how = f" (wall-clock backstop of {clocks.WALL_BACKSTOP * limits.cell_seconds:.0f} s: it mostly waited)"
             if over > 0:
@@ -621,17 +619,16 @@ class _Run:
                         pass
                 elif ((cpu_now - interrupted_cpu if metered else now - interrupted_at) > 10
                       or now - interrupted_at > 10 * clocks.WALL_BACKSTOP):  # the interrupt was ignored: this run cannot go on
-                    return (f"{step} ignored the interrupt", False)
+                    return _Stop("interrupt_ignored", "ignored the interrupt of its time limit", step)
             return None
 
-        stop = watchdog.watch(rule)  # (message, is a grader fault)
+        stop = watchdog.watch(rule)
         if stop is None and watchdog.oom_killed():  # the kernel ended it: whose memory?
-            stop = ((f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
-                     "raise --memory-mb", True) if self.phase == "startup" else
-                    (f"memory limit ({limits.memory_mb} MiB, enforced by the kernel) exceeded during {self.step}", False))
+            stop = (_startup_memory(limits) if self.phase == "startup" else
+                    _Stop("memory_limit", f"memory limit ({limits.memory_mb} MiB, enforced by the kernel) exceeded",
+                          self.step))
         if self.group is not None:
             self.group.kill()  # everything in the jail's group, whatever session or uid it took
-        notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
         processes.kill_everything(child, preexisting)
         for t in threads:
             t.join(timeout=5)
@@ -640,26 +637,50 @@ class _Run:
         # was read, which the watchdog then saw as time "between cells".
         with self.lock:
             culprit = self.current if self.process_culprit is None else self.process_culprit
-            if stop and culprit is not None and stop[0].endswith("during between cells"):
-                stop = (stop[0][: -len("between cells")] + f"cell {culprit}", stop[1])
+            if stop is not None and culprit is not None and stop.step == "between cells":
+                stop.step = f"cell {culprit}"
         self.output = output.text()
         if self.ignored:
             self.limits_hit.append(f"{self.ignored} forged or out-of-order status message(s) ignored")
-        if stop and stop[1]:
-            self.grader_error = stop[0]
+        if stop is not None and stop.fault().graders:
+            self.fault = stop.fault()
             return
-        if stop:
-            self.limits_hit.append(stop[0])
+        if stop is not None:
+            self.limits_hit.append(stop.message)
         if self.phase == "startup":
-            self.grader_error = (f"the probe stopped during the grader's start-up, before any student code ran "
-                                 f"(exit {child.returncode}): {self.output[-1500:].strip()}")
+            self.fault = Fault("interpreter", f"the probe stopped during the grader's start-up, before any student code "
+                                              f"ran (exit {child.returncode}): {self.output[-1500:].strip()}")
             return
         if self.phase != "done":
-            why = stop[0] if stop else _exit_reason(child.returncode)
+            why = stop.fault() if stop is not None else Fault("crashed", _exit_reason(child.returncode))
             self.crash_reason = why
-            self.crashed = f"the submission stopped before grading finished ({why}, during {self.step})"
+            where = "" if stop is not None and stop.step else f", during {self.step}"  # said once
+            self.fault = Fault(why.cause, f"the submission stopped before grading finished ({why.message}{where})")
             self.crashed_cell = culprit
-            self.rerunnable = culprit is not None and not notebook_limit
+            self.rerunnable = culprit is not None and why.cause != "notebook_time_limit"
+
+
+@dataclass
+class _Stop:
+    """Why the watchdog stopped a run: a fault whose message, for the submission's limits, names the step (a cell
+    is named once the status reader has caught up, see :meth:`_Run._watch`)."""
+
+    cause: str  # autograder.faults.CAUSES
+    what: str  # the limit, or what happened
+    step: str | None = None  # where it happened (the submission's faults)
+    detail: str = ""  # said after the step
+
+    @property
+    def message(self) -> str:
+        return self.what if self.step is None else f"{self.what} during {self.step}{self.detail}"
+
+    def fault(self) -> Fault:
+        return Fault(self.cause, self.message)
+
+
+def _startup_memory(limits: Limits) -> _Stop:
+    return _Stop("host_limit", f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
+                               "raise --memory-mb")
 
 
 def _starved_message(step: str, cpu: float, wall: float) -> str:

@@ -3,8 +3,9 @@ assignment's data at a fixed seed, time its steps, return numbers only.
 
 Its first real steps (one warm-up, then up to ``TIMED_STEPS``) are timed; a run whose measured projection
 exceeds the allowance, or that later overruns its own projection, is stopped and refused as the submission's
-(:class:`RecipeFault`), with the figures; whatever Keras raises is the recipe's too, unless the host ran short
-(:func:`host_fault`).  The process itself is started, limited and watched by :mod:`autograder.verifier.worker`.
+(a :class:`autograder.faults.FaultError` of cause ``recipe_too_slow``), with the figures; whatever Keras raises is
+the recipe's too (``recipe_refused``), unless the host ran short (:func:`host_fault`).  A run's outcome crosses
+back to the grader as numbers, or as a fault (``{"fault": Fault.to_dict()}``).  The process itself is started, limited and watched by :mod:`autograder.verifier.worker`.
 """
 
 from __future__ import annotations
@@ -17,24 +18,12 @@ import sys
 import time
 
 from autograder import settings
+from autograder.faults import Fault, FaultError
 from autograder.verifier import pipeline
 
 OVERRUN_FACTOR, OVERRUN_SLACK_S = 3.0, 60.0  # a run past max(3 x its projection, projection + 60 s) overran it
 OVERRUN_SHARE = 0.9  # ... or past this share of max_seconds (the grader's safety net comes after)
 TIMED_STEPS, TIMING_WALL_S = 3, 20.0  # steps measured after one warm-up step, and the wall bound on measuring
-
-
-class RetrainFailed(RuntimeError):
-    """The grader could not retrain (worker crashed, safety-net time or memory hit): a grader error.
-    ``cause`` is one of :data:`autograder.result.GRADER_ERROR_CAUSES`."""
-
-    def __init__(self, message: str, cause: str = "grader_crash"):
-        super().__init__(message)
-        self.cause = cause
-
-
-class RecipeFault(Exception):
-    """Raised inside a training run: the recipe itself failed or overran (the submission's fault)."""
 
 
 def keras_message(exc: BaseException, limit: int = 600) -> str:
@@ -147,9 +136,8 @@ def prepare_run(job: dict):
     try:
         (x_train, y_train), (x_test, y_test) = load_data(job["assignment"], subset, raw=job["raw"])
     except Exception as exc:  # noqa: BLE001 - the grader's data, not the submission's
-        missing = {"grader_error": f"the assignment's data could not be loaded: {type(exc).__name__}: {exc}",
-                   "cause": "dataset_missing"}
-        return lambda: missing
+        missing = Fault("dataset_missing", f"the assignment's data could not be loaded: {type(exc).__name__}: {exc}")
+        return lambda: {"fault": missing.to_dict()}
     shape = tuple(job["model"]["input_shape"])
     x_train, x_test = x_train.reshape((-1, *shape)), x_test.reshape((-1, *shape))
     # the test images as the model sees them: scaled by the notebook's tf.data map, if any (the same in every fit)
@@ -162,18 +150,17 @@ def prepare_run(job: dict):
         try:
             return _train_recipe(keras, np, job, clock, started, (x_train, y_train, x_test_seen, y_test),
                                  (build_model, build_optimizer, build_loss))
-        except RecipeFault as exc:  # the recipe failed to build, failed its first step, or overran its projection
-            return {"refused": str(exc), "projection": clock.projection}
+        except FaultError as exc:  # the recipe failed to build, failed its first step, or overran its projection
+            return {"fault": exc.fault.to_dict(), "projection": clock.projection}
         except Exception as exc:
             if host_fault(exc):
-                return {"grader_error": f"the host ran short while training: {keras_message(exc)}",
-                        "cause": "host_limit"}
+                return {"fault": Fault("host_limit", f"the host ran short while training: {keras_message(exc)}").to_dict()}
             # Keras raised while training a recipe the rebuild accepted (e.g. a callback that sets the learning
             # rate of a schedule at the end of an epoch): the recipe's own fault, before or after its first step
             when = ("" if clock.steps_done == 0 else
                     f" (it stopped after {clock.steps_done:,} training step{'s' if clock.steps_done > 1 else ''})")
-            return {"refused": f"Keras could not train the recipe{when}: {keras_message(exc)}",
-                    "projection": clock.projection}
+            return {"fault": Fault("recipe_refused", f"Keras could not train the recipe{when}: {keras_message(exc)}"
+                                   ).to_dict(), "projection": clock.projection}
 
     return train
 
@@ -185,7 +172,7 @@ def _recipe(what: str, make):
     except Exception as exc:
         if host_fault(exc):
             raise
-        raise RecipeFault(f"Keras could not build the recipe's {what}: {keras_message(exc)}") from None
+        raise FaultError.of("recipe_refused", f"Keras could not build the recipe's {what}: {keras_message(exc)}") from None
 
 
 def _train_recipe(keras, np, job: dict, clock, started: float, data, builders) -> dict:
@@ -278,7 +265,7 @@ def fair_seconds(start: tuple, end: tuple, threads: int) -> float:
 
 def _clock(keras, job: dict):
     """A callback that times the first real training steps (one warm-up step, then up to ``TIMED_STEPS``
-    within ``TIMING_WALL_S``), projects the whole run from them and refuses it (:class:`RecipeFault`) when the
+    within ``TIMING_WALL_S``), projects the whole run from them and refuses it (``recipe_too_slow``) when the
     projection exceeds ``job["allowed_seconds"]``; later it stops a run that overruns its own projection.
 
     A step's cost is :func:`fair_seconds`: its wall time on an idle machine, less what other processes took on a
@@ -328,7 +315,7 @@ def _clock(keras, job: dict):
             self.projection = {"step_seconds": round(step, 4), "steps": total, "measured_steps": len(self.measured),
                                "projected_seconds": round(projected, 1), "allowed_seconds": allowed}
             if allowed and projected > allowed:
-                raise RecipeFault(
+                raise FaultError.of("recipe_too_slow",
                     f"training would take about {projected:,.0f} s: {total:,} steps at {step * 1000:,.0f} ms per step "
                     f"(measured on {len(self.measured)} real training steps after a warm-up step); the assignment "
                     f"allows {allowed:,.0f} s per training run: use fewer epochs, a larger batch size, smaller pooling "
@@ -342,7 +329,7 @@ def _clock(keras, job: dict):
             limit = min(max(OVERRUN_FACTOR * projected, projected + OVERRUN_SLACK_S), OVERRUN_SHARE * max_seconds)
             used = fair_seconds(self.begun, _snapshot(), threads)
             if used > limit:
-                raise RecipeFault(
+                raise FaultError.of("recipe_too_slow",
                     f"your recipe took longer than its own measured estimate: {used:,.0f} s after {self.steps_done:,} of "
                     f"{total:,} steps, against a projection of {projected:,.0f} s "
                     f"({self.projection['step_seconds'] * 1000:,.0f} ms per step); the grader stops a run at "

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from autograder import children, settings
 from autograder.metering.watchdog import Watchdog
-from autograder.verifier.training import GO, THREAD_VARIABLES, RetrainFailed, device_description, retrain_threads
+from autograder.faults import Fault, FaultError
+from autograder.verifier.training import GO, THREAD_VARIABLES, device_description, retrain_threads
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 
@@ -66,9 +67,9 @@ def _owned_private_dir(folder: Path) -> Path:
         os.makedirs(folder, mode=0o700, exist_ok=True)
         st = os.lstat(folder)
     except OSError as exc:
-        raise RetrainFailed(f"cannot create the retraining lock folder {folder}: {exc}") from None
+        raise FaultError.of("grader_crash", f"cannot create the retraining lock folder {folder}: {exc}") from None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise RetrainFailed(f"{folder} must be a folder of this user's own with mode 0700 (it holds the retraining "
+        raise FaultError.of("grader_crash", f"{folder} must be a folder of this user's own with mode 0700 (it holds the retraining "
                             "locks); remove it or fix its owner and mode")
     return folder
 
@@ -150,9 +151,9 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        raise RetrainFailed(f"retraining did not finish within the grader's {max_seconds:.0f} s safety limit "
-                            "(the recipe is within the assignment's budget and its measured projection, so the machine "
-                            "is too slow or overloaded)", "timeout_infrastructure")
+        raise FaultError.of("timeout_infrastructure", f"retraining did not finish within the grader's {max_seconds:.0f} s "
+                            "safety limit (the recipe is within the assignment's budget and its measured projection, so "
+                            "the machine is too slow or overloaded)")
     except BaseException:
         proc.kill()
         proc.wait()
@@ -165,19 +166,20 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
             if oom:
                 over_memory.set()
     if over_memory.is_set():
-        raise RetrainFailed(f"retraining used more than the grader's {memory_mb} MB memory limit", "host_limit")
+        raise FaultError.of("host_limit", f"retraining used more than the grader's {memory_mb} MB memory limit")
     marker = stdout.rfind("\n@@RETRAIN@@")
     if proc.returncode != 0 or marker < 0:
         print(f"retraining process failed (exit {proc.returncode}):\n{stderr[-5000:]}", file=sys.stderr)  # the log
         last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
-        raise RetrainFailed(f"the retraining process failed (exit {proc.returncode}): {last[:300]} "
+        raise FaultError.of("grader_crash", f"the retraining process failed (exit {proc.returncode}): {last[:300]} "
                             "(the traceback is in the grader's log)")
     out = json.loads(stdout[marker + len("\n@@RETRAIN@@"):])
-    if out.get("grader_error"):
-        raise RetrainFailed(str(out["grader_error"]), str(out.get("cause") or "grader_crash"))
-    if out.get("refused"):
+    if out.get("fault"):
+        fault = Fault.from_dict(out["fault"])
+        if fault.graders:
+            raise FaultError(fault)
         return out  # the recipe's own fault: the verifier reports it
     if not isinstance(out.get("accuracy"), float):
-        raise RetrainFailed("the retraining process returned no accuracy")
+        raise FaultError.of("grader_crash", "the retraining process returned no accuracy")
     out["peak_mb"] = round(watchdog.peak / 2**20)  # sampled every 0.25 s: what a memory cap must leave room for
     return out
