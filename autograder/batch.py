@@ -23,14 +23,17 @@ import os
 import re
 import tempfile
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from autograder import settings
 from autograder.engine import RetrainOptions
 from autograder.faults import Fault, FaultError
 from autograder.probe.sandbox import Limits
 from autograder.lms.submissions import ArchiveLimits, Submission, collect, private_dir
 from autograder.result import GradeResult
+from autograder.settings import GraderConfig
 
 
 @dataclass
@@ -53,6 +56,9 @@ class BatchOptions:
     # scores template show codes, not names or ids
     manual_scores: Path | None = None
     anonymous: bool = False
+    # the grader's configuration (CNN_GRADER_*, autograder.settings.GraderConfig) every worker grades with, a Ray
+    # node's too: set by run_batch from this process's environment once its own settings are made
+    config: GraderConfig | None = None
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -171,6 +177,8 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
     from autograder import warm
     from autograder import engine
 
+    if options.config is not None:
+        settings.install(options.config)  # before anything reads it: this worker may not share our environment
     warm.configure(options.warm)
     warm.expect_more(_more_after_this(options))
     autograders = autograders_by_name(autograders)
@@ -219,9 +227,8 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     autograders = autograders_by_name(autograder_zip)
     autograder_zip = autograders  # passed on to the workers
     jail.add_private_paths([out, *{Path(z).parent for z in autograders.values()}, *paths])  # no submission may see these
-    from autograder.probe import sandbox
-
-    os.environ[sandbox.ENV_PROBE_THREADS] = str(options.probe_threads)  # inherited by the workers
+    settings.PROBE_THREADS.set(options.probe_threads)
+    options = dataclasses.replace(options, config=settings.current())  # what every worker grades with
     subs = collect(paths, out, options.archives)
     todo = [s for s in subs if options.force or _needs_grading(result_path(out, s.id))]
     started = time.monotonic()

@@ -761,9 +761,10 @@ def test_retraining_locks_live_in_a_private_folder_and_never_follow_a_planted_li
     planted.mkdir(mode=0o755)
     planted.chmod(0o755)
     (planted / "slot-0.lock").symlink_to(victim)
-    with pytest.raises(retrain.RetrainFailed, match="mode 0700"):
+    with pytest.raises(FaultError, match="mode 0700") as refused:
         with retrain._Slot(planted, 1):
             pass
+    assert refused.value.fault.graders  # the grader's folder: never the student's
     planted.chmod(0o700)  # even in a private folder a planted link is never followed
     with pytest.raises(OSError):
         with retrain._Slot(planted, 1):

@@ -322,9 +322,9 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
         for folder in private:
             if folder.is_dir():
                 os.chmod(folder, 0o700)
-    # the jail masks these and its self-test proves them unreadable (CNN_GRADER_PRIVATE_PATHS)
-    registered = [p for p in os.environ.get("CNN_GRADER_PRIVATE_PATHS", "").split(os.pathsep) if p]
-    os.environ["CNN_GRADER_PRIVATE_PATHS"] = os.pathsep.join(registered + [str(p.resolve()) for p in private])
+    from autograder.probe import jail
+
+    jail.add_private_paths(private)  # the jail masks these and its self-test proves them unreadable
     write_results(results_path, grader_error_payload(Fault(
         "timeout_infrastructure", "the autograder was stopped before it finished (Gradescope's timeout or memory limit?)"),
         0))

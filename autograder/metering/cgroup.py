@@ -34,7 +34,9 @@ import threading
 import time
 from pathlib import Path
 
-ENV_DISABLE = "CNN_GRADER_NO_CGROUP"  # "1": act as if no cgroup could be made (tests; hosts that forbid it)
+from autograder import settings
+
+ENV_DISABLE = settings.NO_CGROUP.name  # "1": act as if no cgroup could be made (tests; hosts that forbid it)
 CPU_CORES_PER_JAIL = 1.0  # the CPU quota of one jail, in cores: the one place to change it
 CPU_PERIOD_US = 100_000
 PIDS_MAX = 4096  # tasks (threads included) in one group: TensorFlow starts many threads
@@ -162,7 +164,7 @@ def _delegate_v2(folder: Path) -> None:
 
 def layout() -> tuple[str, object]:
     """("v1", {controller: the grader's own group folder}), ("v2", folder) or ("none", why)."""
-    if os.environ.get(ENV_DISABLE) == "1":
+    if settings.current().no_cgroup:
         return "none", f"disabled ({ENV_DISABLE}=1)"
     key = os.getpid()
     with _LOCK:

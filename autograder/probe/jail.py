@@ -42,14 +42,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder import children
+from autograder import children, settings
 from autograder.faults import Fault, FaultError
 from autograder.metering import cgroup
 from autograder.metering.processes import SYSVIPC, still_running, uid_ipc, uid_processes  # noqa: F401
 
-ENV_MODE = "CNN_GRADER_ISOLATION"
-ENV_UNSAFE = "CNN_GRADER_UNSAFE_NO_ISOLATION"  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
-ENV_PRIVATE = "CNN_GRADER_PRIVATE_PATHS"  # os.pathsep-separated: outputs and inputs of a batch
+ENV_MODE = settings.ISOLATION.name
+ENV_UNSAFE = settings.UNSAFE_NO_ISOLATION.name  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
+ENV_PRIVATE = settings.PRIVATE_PATHS.name  # os.pathsep-separated: outputs and inputs of a batch
 MODES = ("auto", "bwrap", "permissions", "none")
 SLOT_UID_BASE = 60001
 SLOT_COUNT = 512
@@ -74,7 +74,7 @@ class JailError(FaultError):
 
 
 def requested_mode() -> str:
-    mode = os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"
+    mode = settings.current().isolation
     if mode not in MODES:
         raise JailError(f"{ENV_MODE}={mode!r} is not one of {', '.join(MODES)}")
     return mode
@@ -118,7 +118,7 @@ def choose_mode() -> str:
                         f"{ENV_MODE}=permissions as root.")
     if _is_root() and shutil.which("setpriv"):
         return "permissions"
-    if mode == "auto" and os.environ.get(ENV_UNSAFE) == "1":
+    if mode == "auto" and settings.current().unsafe_no_isolation:
         return "none"
     if mode == "permissions":
         raise JailError("the permission jail needs the grader to run as root (to hand each sandbox its own uid) "
@@ -149,7 +149,7 @@ def private_paths(extra=()) -> list[Path]:
     paths = [PACKAGE_DIR, *assignment_dirs(), cache_dir(), Path.home() / ".cache" / "cnn-grader", Path.home() / ".keras"]
     if (PACKAGE_DIR.parent / "pyproject.toml").is_file():  # an editable install: the whole repository
         paths.append(PACKAGE_DIR.parent)
-    paths += [Path(p) for p in os.environ.get(ENV_PRIVATE, "").split(os.pathsep) if p]
+    paths += [Path(p) for p in settings.current().private_paths]
     paths += [Path(p) for p in extra]
     out: list[Path] = []
     for p in paths:
@@ -164,12 +164,12 @@ def private_paths(extra=()) -> list[Path]:
 
 def add_private_paths(paths) -> None:
     """Register folders (a batch's inputs and outputs) for every jail of this process and its workers."""
-    current = [p for p in os.environ.get(ENV_PRIVATE, "").split(os.pathsep) if p]
+    current = list(settings.current().private_paths)
     for p in paths:
         p = os.path.realpath(p)
         if p not in current:
             current.append(p)
-    os.environ[ENV_PRIVATE] = os.pathsep.join(current)
+    settings.PRIVATE_PATHS.set(os.pathsep.join(current))
 
 
 # --- slot uids --------------------------------------------------------------------------------
@@ -753,7 +753,7 @@ def unreachable(path: str, uid: int | None) -> str | None:
 
 # --- Ray in a permission jail ---------------------------------------------------------------------
 
-ENV_RAY_AUTHENTICATED = "CNN_GRADER_RAY_AUTHENTICATED"  # "1": the operator vouches that the cluster requires authentication
+ENV_RAY_AUTHENTICATED = settings.RAY_AUTHENTICATED.name  # "1": the operator vouches that the cluster requires authentication
 
 
 def ray_authenticated() -> bool:
@@ -762,7 +762,7 @@ def ray_authenticated() -> bool:
     (``CNN_GRADER_RAY_AUTHENTICATED=1``)."""
     return (os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token"
             or os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true")
-            or os.environ.get(ENV_RAY_AUTHENTICATED) == "1")
+            or settings.current().ray_authenticated)
 
 
 def _ray_endpoints(address: str | None) -> list[tuple[str, int]]:

@@ -141,7 +141,7 @@ def _rlimits(file_size_mb: int, slot_uid: bool, join=None):
     return apply
 
 
-ENV_PROBE_THREADS = "CNN_GRADER_PROBE_THREADS"
+ENV_PROBE_THREADS = settings.PROBE_THREADS.name
 PROBE_THREAD_VARIABLES = settings.THREAD_VARIABLES  # the same variables as a retrain's
 
 
@@ -149,10 +149,7 @@ def probe_threads() -> int:
     """CPU threads a probe's TensorFlow and BLAS may use (``CNN_GRADER_PROBE_THREADS``; 0 or unset: their
     defaults).  The batch grader sets 1, so that probes beside a retrain do not oversubscribe the cores;
     ``--real-fit`` probes, which train, keep the defaults."""
-    try:
-        return max(int(os.environ.get(ENV_PROBE_THREADS, "0")), 0)
-    except ValueError:
-        return 0
+    return settings.current().probe_threads
 
 
 @dataclass(frozen=True)
@@ -473,7 +470,7 @@ class _Run:
         limits = self.limits
         spec = _ProbeSpec(str(data_file) if data_file else None, self.real_fit, limits.file_size_mb,
                           jails.probe_python(), jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
-                          tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))),
+                          tuple(sorted(settings.current().private_paths)),
                           0 if self.real_fit else probe_threads(), self.data_setup, limits.memory_mb)
         started = warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
         into.warm_starts.append(started is not None)

@@ -77,8 +77,7 @@ def deterministic() -> bool | None:
     On CPU the kernels these models use already give the same result run after run at a fixed
     seed (``tests/test_retrain.py::test_same_accuracy_with_the_cpu_loaded``), and the switch
     only costs time; GPUs reduce in nondeterministic orders unless it is on."""
-    value = os.environ.get("CNN_GRADER_DETERMINISTIC", "").strip()
-    return None if value == "" else value != "0"
+    return settings.current().deterministic
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -348,15 +347,19 @@ GO = "go"  # the line that tells a prepared retrain process its slot is free
 
 
 def worker_main() -> None:
-    """A retrain process: reads its job (one line), prepares, waits for the go line, trains."""
-    train = prepare_run(json.loads(sys.stdin.readline()))
+    """A retrain process: reads its job (one line), installs the grader's configuration it carries, prepares,
+    waits for the go line, trains."""
+    job = json.loads(sys.stdin.readline())
+    if job.get("config"):
+        settings.install(settings.GraderConfig.from_dict(job["config"]))
+    train = prepare_run(job)
     if sys.stdin.readline().strip() != GO:
         sys.exit(3)  # the grader gave up on it before its slot came
     out = train()
     sys.stdout.write("\n@@RETRAIN@@" + json.dumps(out) + "\n")
 
 
-ENV_RETRAIN_THREADS = "CNN_GRADER_RETRAIN_THREADS"
+ENV_RETRAIN_THREADS = settings.RETRAIN_THREADS.name
 THREAD_VARIABLES = settings.THREAD_VARIABLES  # what TensorFlow and BLAS read at start-up
 
 
@@ -364,7 +367,4 @@ def retrain_threads() -> int:
     """CPU threads one retrain may use (``CNN_GRADER_RETRAIN_THREADS``; 0 or unset: every core).  Set it
     where other work shares the cores (two graders on one machine, a parallel test run): TensorFlow's
     thread pools spin while they wait, and two of them on the same cores stall each other many times over."""
-    try:
-        return max(int(os.environ.get(ENV_RETRAIN_THREADS, "0")), 0)
-    except ValueError:
-        return 0
+    return settings.current().retrain_threads

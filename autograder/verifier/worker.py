@@ -18,7 +18,7 @@ from pathlib import Path
 from autograder import children, settings
 from autograder.metering.watchdog import Watchdog
 from autograder.faults import Fault, FaultError
-from autograder.verifier.training import GO, THREAD_VARIABLES, device_description, retrain_threads
+from autograder.verifier.training import GO, THREAD_VARIABLES, device_description
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 
@@ -26,8 +26,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (auto
 def retrain_slots() -> int:
     """How many retrains may run at once on this machine: one CPU retrain uses every core;
     several small retrains share a GPU.  ``CNN_GRADER_RETRAIN_SLOTS`` overrides."""
-    if os.environ.get("CNN_GRADER_RETRAIN_SLOTS"):
-        return max(int(os.environ["CNN_GRADER_RETRAIN_SLOTS"]), 1)
+    slots = settings.current().retrain_slots
+    if slots is not None:
+        return slots
     return 4 if device_description().startswith("GPU") else 1
 
 
@@ -103,14 +104,18 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     """:func:`train_run` in a fresh ``python -I`` process; only its JSON numbers come back.  The process
     starts, imports and loads its data (:func:`prepare_run`) while this waits for ``slot`` (the
     retraining queue), and builds and trains its model once it has it: a slot is not spent on another
-    retrain's start-up.  The ``max_seconds`` safety limit counts from the slot."""
+    retrain's start-up.  The ``max_seconds`` safety limit counts from the slot.  The process inherits no
+    ``CNN_GRADER_*`` variable: this process's configuration (:class:`autograder.settings.GraderConfig`) travels
+    in its job and is installed there before anything reads it."""
     bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
                  "from autograder.verifier.training import worker_main; worker_main()")
+    config = settings.current()
+    job = {**job, "config": config.to_dict()}
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
-                                                         "CNN_GRADER_CACHE", "CNN_GRADER_MNIST", "TMPDIR", "LANG")}
+                                                         "TMPDIR", "LANG")}
     env.update(settings.QUIET_LOGGING_ENV)  # TensorFlow's and absl's start-up lines
-    if retrain_threads():
-        env.update({name: str(retrain_threads()) for name in THREAD_VARIABLES})
+    if config.retrain_threads:  # read by TensorFlow and BLAS at start-up, before the job is
+        env.update({name: str(config.retrain_threads) for name in THREAD_VARIABLES})
     from autograder.metering import cgroup
 
     try:  # kernel-metered: memory (kernel memory included) and pids; no CPU quota, a retrain has the cores
