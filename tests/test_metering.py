@@ -8,6 +8,7 @@ elsewhere, and the "no cgroup" note is tested everywhere.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -418,3 +419,42 @@ def test_a_notebook_over_its_time_limit_is_the_submissions_typed_fault(autograde
     assert result["status"] == "error" and result["fault"]["cause"] == "notebook_time_limit", result["error"]
     assert result["fault"]["owner"] == "submission" and "cause" not in result
     assert result["execution"]["runs"] == 1  # not run again without a cell: the notebook as a whole took too long
+
+
+def test_a_cell_over_its_limit_on_a_host_slower_than_its_calibration_is_the_hosts_never_the_students(
+        autograder, tmp_path, monkeypatch):
+    """The probe's clocks follow the same rule as retraining: a CPU-bound cell's time counts at the host's normal
+    speed, measured against its calibration with the jail frozen.  On a host measurably slower (a calibration
+    planted as if it ran the reference 1,000 times faster), a busy loop never reaches its limit at normal speed;
+    its wall backstop is then the host's fault: the run is repeated once, then a grader error (``host_slow``),
+    never the student's cell limit.  At the host's own speed the same loop is the student's cell limit."""
+    from autograder import settings
+    from autograder.metering import calibration
+
+    monkeypatch.setattr(sandbox, "STARVED_PAUSE", 0.0)
+    path = tmp_path / "calibration.json"
+    monkeypatch.setenv(settings.CALIBRATION.name, str(path))
+    path.write_text(json.dumps({calibration.host_key(1): {"seconds": calibration.measure(1) / 1000}}))
+    nb = tiny(tmp_path / "sub.ipynb", "while True:\n    pass")
+    limits = Limits(cell_seconds=2, notebook_seconds=240, memory_mb=3072)
+    result = engine.grade_notebook(nb, autograder, limits=limits, retrain=NO_RETRAIN)
+    assert result["status"] == "grader_error" and result["fault"]["cause"] == "host_slow", result["error"]
+    assert "when it runs normally" in result["error"] and result["execution"]["runs"] == 2
+    assert not any("cell time limit" in h for h in result["limits_hit"])
+    path.unlink()  # calibrated afresh: the host runs at its own speed
+    result = engine.grade_notebook(nb, autograder, limits=limits, retrain=NO_RETRAIN)
+    assert result["status"] == "graded" and any("cell time limit" in h for h in result["limits_hit"]), result
+
+
+def test_the_hosts_speed_is_measured_against_its_own_calibration(tmp_path):
+    from autograder.metering import calibration
+
+    path = tmp_path / "calibration.json"
+    first = calibration.host_speed(1, path)  # the first measurement calibrates
+    assert first.slowdown == 1.0 and not first.slow and path.is_file()
+    path.write_text(json.dumps({calibration.host_key(1): {"seconds": first.seconds / 10}}))
+    slow = calibration.host_speed(1, path)
+    assert slow.slow and slow.slowdown > 3  # ten times its calibration, give or take the noise
+    assert calibration.normal_seconds(30.0, 30.0, slow) < 10.0  # CPU-bound time counts at normal speed
+    assert calibration.normal_seconds(30.0, 0.0, slow) == 30.0  # sleeping does not
+    assert calibration.normal_seconds(30.0, 30.0, first) == 30.0 and calibration.normal_seconds(30.0, 30.0, None) == 30.0

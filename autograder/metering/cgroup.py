@@ -32,6 +32,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from autograder import settings
@@ -456,6 +457,17 @@ class Group:
         except OSError:
             pass
         return False
+
+    @contextmanager
+    def frozen(self):
+        """Within: every task of the group is stopped (v2 ``cgroup.freeze``, v1 ``freezer.state``), so that the
+        host can be measured without the group's load; yields whether it could be frozen."""
+        done = self._freeze(True)
+        try:
+            yield done
+        finally:
+            if done:
+                self._freeze(False)
 
     def kill(self, rounds: int = 100) -> bool:
         """Kill every process in the group; True once none is left.  v2: ``cgroup.kill``; else freeze the

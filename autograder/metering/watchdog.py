@@ -9,7 +9,8 @@ says stop or the process ends.  A reading counts:
   socket buffers, tmpfs), whichever is larger; and whether the kernel OOM-killed something in the group;
 * processes: the tree's, and every other process of its uid (orphans that left the tree);
 * time: wall time since the watch began and, with a group, the group's CPU time; each task's run-queue wait
-  (:func:`autograder.metering.clocks.run_delays`) where the caller asks for it.
+  (:func:`autograder.metering.clocks.run_delays`) where the caller asks for it; and, on request, the host's speed
+  against its calibration, measured with the group frozen (:meth:`Watchdog.host_speed`).
 
 The watchdog measures and reports; whose fault an exceeded limit is, the caller decides (a probe's memory
 limit is the submission's, the judge's the host's).  :meth:`Watchdog.over` is the rule the judge and the
@@ -26,7 +27,7 @@ from typing import Callable, TypeVar
 
 import psutil
 
-from autograder.metering import clocks, processes
+from autograder.metering import calibration, clocks, processes
 
 T = TypeVar("T")
 SLOW_SCAN_S = 0.25  # the uid's other processes, RAM outside RSS and the kernel's count: this often at most
@@ -65,6 +66,7 @@ class Watchdog:
         self.cpu_at_start = group.cpu_seconds() if group is not None else None
         self.ooms_at_start = group.oom_kills() if group is not None else 0
         self.peak = 0  # the largest memory reading so far
+        self.paused = 0.0  # seconds the group was frozen to measure the host (host_speed)
         self.delays: dict[int, float] = {}  # task id -> seconds it waited for a CPU, as last sampled
         self._escaped, self._outside, self._kernel = [], 0, 0
         self._next_slow = self._next_delays = 0.0
@@ -114,6 +116,19 @@ class Watchdog:
         if now >= self._next_scan:
             self._scan(now)
         return Reading(now, now - self.started, self._memory, self._count, self.cpu(), self.oom_killed())
+
+    def host_speed(self, threads: int = 1) -> calibration.HostSpeed:
+        """The host's speed now against its calibration (:mod:`autograder.metering.calibration`), measured with the
+        watched group frozen, so that its own load does not count as the host's (without a group, beside it).
+        The pause is added to :attr:`paused`, which the caller's clocks leave out."""
+        started = time.monotonic()
+        if self.group is not None:
+            with self.group.frozen():
+                speed = calibration.host_speed(threads)
+        else:
+            speed = calibration.host_speed(threads)
+        self.paused += time.monotonic() - started
+        return speed
 
     def watch(self, rule: Callable[[Reading], T | None]) -> T | None:
         """Read every ``interval`` seconds while the process lives; return the first thing ``rule`` returns

@@ -50,6 +50,8 @@ from autograder import children, protocol, settings, warm
 from autograder.faults import Fault
 from autograder.jail_messages import checked_value, clean_text
 from autograder.metering import clocks, processes
+from autograder.metering import calibration
+from autograder.metering.calibration import HostSpeed
 from autograder.metering.watchdog import Reading, Watchdog
 from autograder.probe import jail as jails
 
@@ -58,6 +60,7 @@ PROTOCOL = Path(protocol.__file__)
 MAX_RERUNS = 2  # a notebook runs at most this many more times, each without a cell that crashed it
 MAX_STARVED_RERUNS = 1  # a run the host starved of CPU runs again this often, then is a grader error
 STARVED_PAUSE = 5.0
+SPEED_TTL = 30.0  # a measurement of the host's speed (with the jail frozen) stands this many seconds
 MAX_STATUS_BYTES = 64 * 1024 * 1024  # the whole status stream of one run
 MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10.7 MB in base64: MAX_NPY_CHARS)
 
@@ -358,6 +361,7 @@ class _Run:
         self.watchdog: Watchdog | None = None  # what meters this run (memory, processes, CPU time, run-queue waits)
         self.step_delays: dict[int, float] = {}  # the same when the step / notebook clock started
         self.notebook_delays: dict[int, float] = {}
+        self.step_paused = self.notebook_paused = 0.0  # the watchdog's paused seconds when each clock started
         self.files: dict[str, bytes] = {}  # put beside the notebook (sent with the submission)
         self.data_setup: str | None = None  # the dataset's start-up code in the probe (Dataset.probe_setup)
 
@@ -395,9 +399,10 @@ class _Run:
         return self.watchdog.cpu() if self.watchdog is not None else None
 
     def _mark_step(self) -> None:
-        """The step clock started: note the jail's CPU time and run-queue wait with it."""
+        """The step clock started: note the jail's CPU time, run-queue wait and paused time with it."""
         self.step_cpu = self.cpu() or 0.0
         self.step_delays = self.watchdog.delays if self.watchdog is not None else {}
+        self.step_paused = self.watchdog.paused if self.watchdog is not None else 0.0
 
     def _begin_step(self, label: str, now: float) -> None:
         self.step, self.step_started = label, now
@@ -405,6 +410,7 @@ class _Run:
         if self.notebook_started is None:  # the notebook's clock starts with the first student code
             self.notebook_started = now
             self.notebook_cpu, self.notebook_delays = self.step_cpu, self.step_delays
+            self.notebook_paused = self.step_paused
 
     def _accept(self, msg: dict, kind, now: float) -> bool:
         if kind == protocol.READY and self.phase == "startup":
@@ -559,6 +565,7 @@ class _Run:
                 phase, step, step_started, nb_started = self.phase, self.step, self.step_started, self.notebook_started
                 step_cpu, nb_cpu = self.step_cpu, self.notebook_cpu
                 step_delays, nb_delays = self.step_delays, self.notebook_delays
+                step_paused, nb_paused = self.step_paused, self.notebook_paused
                 running = phase in ("cells", "extract")  # no state without a clock: see _accept
             now, cpu_now = r.now, r.cpu
             if phase == "startup":
@@ -581,27 +588,34 @@ class _Run:
             if running and runtime_pid is None:
                 runtime_pid = _runtime_pid(child.pid)  # its main thread runs the cells: whose wait is the host's
             if nb_started is not None:
-                wall = now - nb_started
+                wall = now - nb_started - (watchdog.paused - nb_paused)  # the host's measurements left out
                 nb_waited = clocks.waited(watchdog.delays, nb_delays, runtime_pid) if metered else 0.0
-                if (clocks.charged(cpu_now - nb_cpu, wall, nb_waited) if metered else wall) > limits.notebook_seconds:
+                charged = clocks.charged(cpu_now - nb_cpu, wall, nb_waited) if metered else wall
+                speed = host_speed() if metered and charged > limits.notebook_seconds else None
+                if calibration.normal_seconds(charged, (cpu_now or 0.0) - nb_cpu, speed) > limits.notebook_seconds:
                     return _Stop("notebook_time_limit", f"notebook time limit ({limits.notebook_seconds:.0f} s) reached",
-                                 step)
+                                 step, _normal_speed_note(speed))
                 if metered and wall > clocks.WALL_BACKSTOP * limits.notebook_seconds:
-                    if clocks.starved(nb_waited, wall):
+                    speed = host_speed()
+                    if clocks.starved(nb_waited, wall) or speed.slow:
                         self.starved = True
-                        return _Stop("host_slow", _starved_message("the notebook", cpu_now - nb_cpu, wall))
+                        return _Stop("host_slow", _starved_message("the notebook", cpu_now - nb_cpu, wall, speed))
                     return _Stop("notebook_time_limit", f"notebook time limit ({limits.notebook_seconds:.0f} s) reached",
                                  step, f" (wall-clock backstop of {clocks.WALL_BACKSTOP * limits.notebook_seconds:.0f} s: "
                                        "it mostly waited)")
             over, how = 0.0, ""
             if running and step_started:
-                wall = now - step_started
+                wall = now - step_started - (watchdog.paused - step_paused)  # the host's measurements left out
                 waited = clocks.waited(watchdog.delays, step_delays, runtime_pid) if metered else 0.0
-                over = (clocks.charged(cpu_now - step_cpu, wall, waited) if metered else wall) - limits.cell_seconds
+                charged = clocks.charged(cpu_now - step_cpu, wall, waited) if metered else wall
+                speed = host_speed() if metered and charged > limits.cell_seconds else None
+                over = calibration.normal_seconds(charged, (cpu_now or 0.0) - step_cpu, speed) - limits.cell_seconds
+                how = _normal_speed_note(speed)
                 if metered and over <= 0 and wall > clocks.WALL_BACKSTOP * limits.cell_seconds:
-                    if clocks.starved(waited, wall):
+                    speed = host_speed()
+                    if clocks.starved(waited, wall) or speed.slow:
                         self.starved = True
-                        return _Stop("host_slow", _starved_message(step, cpu_now - step_cpu, wall))
+                        return _Stop("host_slow", _starved_message(step, cpu_now - step_cpu, wall, speed))
                     over = wall - clocks.WALL_BACKSTOP * limits.cell_seconds
                     how = f" (wall-clock backstop of {clocks.WALL_BACKSTOP * limits.cell_seconds:.0f} s: it mostly waited)"
             if over > 0:
@@ -618,6 +632,14 @@ class _Run:
                       or now - interrupted_at > 10 * clocks.WALL_BACKSTOP):  # the interrupt was ignored: this run cannot go on
                     return _Stop("interrupt_ignored", "ignored the interrupt of its time limit", step)
             return None
+
+        measured: list = [None, float("-inf")]  # the host's speed, and when it was measured
+
+        def host_speed() -> HostSpeed:
+            """The host against its calibration, measured with the jail frozen, at most every SPEED_TTL seconds."""
+            if time.monotonic() - measured[1] > SPEED_TTL:
+                measured[:] = [watchdog.host_speed(1), time.monotonic()]
+            return measured[0]
 
         stop = watchdog.watch(rule)
         if stop is None and watchdog.oom_killed():  # the kernel ended it: whose memory?
@@ -680,9 +702,17 @@ def _startup_memory(limits: Limits) -> _Stop:
                                "raise --memory-mb")
 
 
-def _starved_message(step: str, cpu: float, wall: float) -> str:
-    return (f"the host was overloaded: {step} got {cpu:.1f} s of CPU in {wall:.0f} s while waiting for a CPU, "
+def _starved_message(step: str, cpu: float, wall: float, speed: HostSpeed | None = None) -> str:
+    slow = f", and {speed.describe()}" if speed is not None and speed.slow else ""
+    return (f"the host was overloaded: {step} got {cpu:.1f} s of CPU in {wall:.0f} s while waiting for a CPU{slow}, "
             f"on {1 + MAX_STARVED_RERUNS} runs; not the submission's fault, it is graded again on the next run")
+
+
+def _normal_speed_note(speed: HostSpeed | None) -> str:
+    """For a limit reached on a host measured slower than its calibration: how it was counted."""
+    if speed is None or not speed.slow:
+        return ""
+    return f" (its CPU time counted at the host's normal speed: {speed.describe()})"
 
 
 def _exit_reason(code: int | None) -> str:
