@@ -298,8 +298,10 @@ class Group:
             parts.append(f"pids.max {self.pids_max} (threads included)")
         return f"cgroup {self.version}: " + ", ".join(parts)
 
-    def _folder(self, controller: str) -> Path | None:
-        return self.folders.get(controller) or (self.folders.get("") if self.version == "v2" else None)
+    def _folder(self, controller: str) -> Path:
+        """The folder of ``controller``; a removed group's (or a missing controller's) reads as a missing file."""
+        found = self.folders.get(controller) or (self.folders.get("") if self.version == "v2" else None)
+        return found if found is not None else Path("/nonexistent-cgroup")
 
     def limit(self, memory_bytes: int | None, cpu_cores: float | None, pids_max: int | None) -> None:
         mem, cpu, pids = self._folder("memory"), self._folder("cpu"), self._folder("pids")
@@ -370,8 +372,7 @@ class Group:
         """CPU time the group's tasks used (user and system, the dead included), or None if unreadable."""
         try:
             if self.version == "v1":
-                acct = self._folder("cpuacct")
-                return int(_read(acct / "cpuacct.usage")) / 1e9 if acct else None
+                return int(_read(self._folder("cpuacct") / "cpuacct.usage")) / 1e9
             for line in _read(self._folder("cpu") / "cpu.stat").splitlines():
                 if line.startswith("usage_usec "):
                     return int(line.split()[1]) / 1e6

@@ -187,7 +187,8 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
             proc.kill()
 
     threading.Thread(target=read_progress, daemon=True).start()
-    threading.Thread(target=guard, daemon=True).start()
+    guarding = threading.Thread(target=guard, daemon=True)
+    guarding.start()
     try:
         try:
             proc.stdin.write(json.dumps(job) + "\n")
@@ -208,6 +209,7 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
         raise
     finally:
         children.forget(proc)
+        guarding.join(timeout=5)  # it ends with the process: no reading of a group being removed
         if group is not None:
             if watchdog.oom_killed() and not stopped:  # the kernel stopped it at the group's ceiling
                 stopped.append(("memory", None))
