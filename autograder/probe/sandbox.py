@@ -1,25 +1,32 @@
-"""Probe: execute one untrusted submission in a jail, under limits, and collect data.
+"""Probe: run a notebook in a jail and collect its messages, under limits.
 
 The child (:mod:`autograder.probe.runtime`, copied in) runs in a jail (:mod:`autograder.probe.jail`)
 whose working folder holds only the notebook, the runtime and a read-only copy of MNIST; no
-tests, no solutions, no grader.  This parent enforces:
+tests, no solutions, no grader.  What it sends is checked by :mod:`autograder.jail_messages`; what it
+uses is metered by :mod:`autograder.metering` (one :class:`~autograder.metering.watchdog.Watchdog`, whose
+readings the rules below judge).  This parent enforces:
 
 * a time limit per cell (SIGINT, which IPython turns into an error in that cell only)
   and per notebook (the whole process tree is killed); both start at the first student cell,
   the grader's own start-up has a separate limit whose expiry is a grader error.  With a cgroup
-  (:mod:`autograder.metering.cgroup`) they count wall time less what the host made the cells' thread
-  wait for a CPU, and never less than the jail's own CPU time (:func:`_charged`), so a neighbour's
-  load cannot run them down while sleeping still counts; a wall-clock backstop ``clocks.WALL_BACKSTOP``
-  times longer remains, and a backstop reached while that thread waited for a CPU is the host's
-  fault (a grader error, graded again), not the student's.  Without one they count wall time, as
-  the isolation notes say;
+  they count wall time less what the host made the cells' thread wait for a CPU, and never less than
+  the jail's own CPU time (:func:`autograder.metering.clocks.charged`), so a neighbour's load cannot run
+  them down while sleeping still counts; over a limit, the CPU-bound time counts at the host's normal
+  speed where the host, measured with the jail frozen, runs measurably slower than its calibration
+  (:mod:`autograder.metering.calibration`).  A wall-clock backstop ``WALL_BACKSTOP`` times longer
+  remains, and a backstop reached while that thread waited for a CPU, or on a measurably slow host, is
+  the host's fault (``host_slow``: run again once, then a grader error), not the student's.  Without a
+  cgroup they count wall time, as the isolation notes say;
 * a memory limit on the whole jail: the kernel's count of its cgroup (kernel memory, socket buffers,
   tmpfs included; OOM kills are this limit) and, always, the resident size of its process tree plus
-  memfd, /dev/shm and System V shared memory, sampled by a watchdog thread; a process-count limit
-  (fork bombs), and the cgroup's ``pids.max`` on threads;
+  memfd, /dev/shm and System V shared memory; a process-count limit (fork bombs), and the cgroup's
+  ``pids.max`` on threads;
 * capped output (only the head and tail of stdout/stderr are kept);
 * a strict protocol on the status pipe: one record per real cell, in order, with bounded
   fields; values only for the requested names, once; the parent owns every timer.
+
+Every stop is a typed fault (:class:`autograder.faults.Fault`): the submission's (a limit, a crash) or the
+host's or the grader's (the jail, the grader's start-up, a starved or slow host).
 
 A cell that brings the whole run down (``os._exit``, a segfault, a memory or fork bomb, a
 loop that ignores interrupts) costs that cell: the notebook runs again without it, at most
