@@ -23,13 +23,17 @@ import os
 import re
 import tempfile
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from autograder import settings
 from autograder.engine import RetrainOptions
+from autograder.faults import Fault, FaultError
 from autograder.probe.sandbox import Limits
 from autograder.lms.submissions import ArchiveLimits, Submission, collect, private_dir
 from autograder.result import GradeResult
+from autograder.settings import GraderConfig
 
 
 @dataclass
@@ -58,6 +62,9 @@ class BatchOptions:
     # graders' pages and manual_scores.csv name students by anonymous code (True) or by id (False);
     # None: as the output folder's sheet already does (by id for a new one)
     anonymous: bool | None = None
+    # the grader's configuration (CNN_GRADER_*, autograder.settings.GraderConfig) every worker grades with, a Ray
+    # node's too: set by run_batch from this process's environment once its own settings are made
+    config: GraderConfig | None = None
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -79,10 +86,8 @@ def _identity(sub: Submission) -> dict:
     return {"id": sub.id, "source": sub.source, "name": sub.name, "email": sub.email, "extra": sub.extra}
 
 
-def _error_result(sub: Submission, message: str, status: str = "error", assignment: str | None = None,
-                  retry: bool = False, cause: str | None = None) -> dict:
-    return GradeResult.error_row(message, status=status, student=_identity(sub), assignment=assignment,
-                                 retry=retry, cause=cause).to_dict()
+def _error_result(sub: Submission, fault: Fault, assignment: str | None = None, retry: bool = False) -> dict:
+    return GradeResult.error_row(fault, student=_identity(sub), assignment=assignment, retry=retry).to_dict()
 
 
 def _with_earlier_causes(result: dict, path: Path) -> dict:
@@ -119,7 +124,7 @@ def autograders_by_name(zips) -> dict[str, str]:
     return {zip_assignment(z): str(z) for z in zips}
 
 
-def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | None, str | None]:
+def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | None, Fault | None]:
     """(assignment, None) for the notebook's recorded assignment, or (name or None, why it cannot be graded).
 
     The build records the name in the notebook's metadata (``autograder.assignment``; Otter's
@@ -131,9 +136,9 @@ def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | 
     try:  # never through a link, and never quoted (see autograder.submission_files)
         nb = json.loads(read_submission_file(notebook, ArchiveLimits().max_notebook_bytes, what="the notebook"))
     except SubmissionFileError as exc:
-        return None, f"the notebook could not be read: {exc}"
+        return None, Fault("unreadable", f"the notebook could not be read: {exc}")
     except (ValueError, RecursionError) as exc:
-        return None, f"the notebook could not be read ({type(exc).__name__})"
+        return None, Fault("unreadable", f"the notebook could not be read ({type(exc).__name__})")
     meta = nb.get("metadata") if isinstance(nb, dict) and isinstance(nb.get("metadata"), dict) else {}
     name = registry.notebook_assignment(nb)
     if name is None and isinstance(meta.get("otter"), dict) and isinstance(meta["otter"].get("assignment_name"), str):
@@ -141,16 +146,17 @@ def pick_assignment(notebook: Path, autograders: dict[str, str]) -> tuple[str | 
     if name is None:
         if len(autograders) == 1:
             return next(iter(autograders)), None
-        return None, ("the notebook does not say which assignment it is for (its metadata has no assignment name); "
-                      f"grade it with --autograder naming one of {', '.join(sorted(autograders))}")
+        return None, Fault("unknown_assignment", "the notebook does not say which assignment it is for (its metadata "
+                           f"has no assignment name); grade it with --autograder naming one of {', '.join(sorted(autograders))}")
     if name not in autograders:
         known = sorted(set(autograders) | set(registry.names()))
         if name in known:
-            return name, f"assignment {name!r} was not among the autograders of this run ({', '.join(sorted(autograders))})"
+            return name, Fault("unknown_assignment", f"assignment {name!r} was not among the autograders of this run "
+                                                     f"({', '.join(sorted(autograders))})")
         # the notebook's own text, so only a plain name of ordinary length is shown
         plain = re.fullmatch(r"[\w.-]{1,64}", name) is not None
-        return (name if plain else None), str(registry.UnknownAssignment(
-            name if plain else "(a name that is not an assignment's)", known))
+        return (name if plain else None), Fault("unknown_assignment", str(registry.UnknownAssignment(
+            name if plain else "(a name that is not an assignment's)", known)))
     return name, None
 
 
@@ -177,11 +183,13 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
     from autograder import warm
     from autograder import engine
 
+    if options.config is not None:
+        settings.install(options.config)  # before anything reads it: this worker may not share our environment
     warm.configure(options.warm)
     warm.expect_more(_more_after_this(options))
     autograders = autograders_by_name(autograders)
     if sub.error:
-        result = _error_result(sub, sub.error)
+        result = _error_result(sub, Fault("input_refused", sub.error))
     else:
         name, problem = pick_assignment(Path(sub.notebook), autograders)
         if problem:
@@ -199,8 +207,8 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
 
                 manual.enrich(result, sub.notebook)  # hand-graded answers, read as data
             except Exception as exc:  # the engine should not raise; if it does, the batch still goes on
-                result = _error_result(sub, f"grader error: {type(exc).__name__}: {exc}", "grader_error", name,
-                                       cause="grader_crash")
+                fault = exc.fault if isinstance(exc, FaultError) else Fault("grader_crash", f"{type(exc).__name__}: {exc}")
+                result = _error_result(sub, fault.with_message(f"grader error: {fault.message}"), name)
     result = _with_earlier_causes(result, result_path(Path(out), sub.id))
     write_json_atomically(result_path(Path(out), sub.id), result)
     return {"id": sub.id, "status": result["status"], "score": result["score"]}
@@ -230,9 +238,8 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     autograders = autograders_by_name(autograder_zip)
     autograder_zip = autograders  # passed on to the workers
     jail.add_private_paths([out, *{Path(z).parent for z in autograders.values()}, *paths])  # no submission may see these
-    from autograder.probe import sandbox
-
-    os.environ[sandbox.ENV_PROBE_THREADS] = str(options.probe_threads)  # inherited by the workers
+    settings.PROBE_THREADS.set(options.probe_threads)
+    options = dataclasses.replace(options, config=settings.current())  # what every worker grades with
     subs = collect(paths, out, options.archives)
     todo = [s for s in subs if options.force or _needs_grading(result_path(out, s.id), options.retrain.enabled)]
     started = time.monotonic()
@@ -327,8 +334,8 @@ def _run_parallel(todo: list[Submission], autograder_zip: dict[str, str], out: P
             pending = _pool_round(pending, autograder_zip, out, options, workers, died, on_done) if pending else []
         for sub in pending:
             write_json_atomically(result_path(out, sub.id), _with_earlier_causes(_error_result(
-                sub, f"grader error: its worker process died on every try ({died[sub.id]})", "grader_error",
-                retry=True, cause="worker_died"), result_path(out, sub.id)))
+                sub, Fault("worker_died", f"grader error: its worker process died on every try ({died[sub.id]})"),
+                retry=True), result_path(out, sub.id)))
             on_done({"id": sub.id, "status": "grader_error"})
 
 
@@ -409,8 +416,8 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
             try:
                 yield ray.get(ready[0])
             except Exception as exc:  # the task's worker died: keep going, grade it next run
-                failed = _with_earlier_causes(_error_result(sub, f"grader error: worker failed: {exc}", "grader_error",
-                                                            retry=True, cause="worker_died"), result_path(out, sub.id))
+                failed = _with_earlier_causes(_error_result(sub, Fault("worker_died", f"grader error: worker failed: {exc}"),
+                                                            retry=True), result_path(out, sub.id))
                 write_json_atomically(result_path(out, sub.id), failed)
                 yield {"id": sub.id, "status": "error"}
     finally:

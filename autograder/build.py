@@ -31,6 +31,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from autograder import settings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -127,6 +129,8 @@ def build_assignment(spec: "AssignmentSpec", out_dir: Path, *, gradescope: bool 
         from autograder.preverify import preverify_built
 
         built.preverified = preverify_built(built, preverify)
+        if built.preverified.files:
+            add_to_zip(built.autograder_zip, built.preverified.files)
     if gradescope:
         built.gradescope_zip = make_gradescope_zip(built.autograder_zip, target / "gradescope_autograder.zip", spec)
     return built
@@ -199,6 +203,11 @@ def _package_b64(spec: "AssignmentSpec | None" = None) -> str:
     return base64.encodebytes(buf.getvalue()).decode().strip()
 
 
+def _setting_names() -> dict[str, str]:
+    """The environment variables' names the shell scripts use, by their name in :mod:`autograder.settings`."""
+    return {name: value.name for name, value in vars(settings).items() if isinstance(value, settings.Setting)}
+
+
 def _template(name: str):
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -209,7 +218,7 @@ def _template(name: str):
 
 def setup_sh(otter_setup: str, *, embed_package: bool, spec: "AssignmentSpec | None" = None) -> str:
     """Otter's ``setup.sh`` plus our block: the package, MNIST, permissions (``templates/setup_cnn.sh.j2``)."""
-    block = _template("setup_cnn.sh.j2").render(
+    block = _template("setup_cnn.sh.j2").render(names=_setting_names(),
         python_version=f"{sys.version_info.major}.{sys.version_info.minor}", cache_dir=IMAGE_CACHE_DIR,
         embed_package=embed_package, package_b64=_package_b64(spec) if embed_package else "")
     return otter_setup.rstrip("\n") + "\n" + block
@@ -218,8 +227,12 @@ def setup_sh(otter_setup: str, *, embed_package: bool, spec: "AssignmentSpec | N
 def run_autograder_script() -> str:
     from autograder.lms import gradescope
 
-    fallback = gradescope.grader_error_payload("Python could not start in the Gradescope image", 0)
-    return _template("run_autograder.j2").render(cache_dir=IMAGE_CACHE_DIR, fallback_json=json.dumps(fallback),
+    from autograder.faults import Fault
+
+    fallback = gradescope.grader_error_payload(Fault("interpreter", "Python could not start in the Gradescope image"), 0)
+    names, defaults = _setting_names(), {s: getattr(settings, s).default for s in ("GRADESCOPE_ROOT", "PYTHON")}
+    return _template("run_autograder.j2").render(names=names, defaults=defaults, cache_dir=IMAGE_CACHE_DIR,
+                                                 fallback_json=json.dumps(fallback),
                                                  timeout_minutes=gradescope.DEFAULT_TIMEOUT_MINUTES)
 
 

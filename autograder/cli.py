@@ -44,12 +44,10 @@ def data(
 ) -> None:
     """Provision every installed assignment's dataset (offline-capable), verify it by content hash through
     the assignment's own loader, and say where it is."""
-    import os
-
     from autograder import data as datasets, registry, settings
 
     if mnist is not None:
-        os.environ[settings.MNIST.name] = str(mnist)
+        settings.MNIST.set(mnist)
     for name, cause in registry.broken().items():  # a stale or shadowed plug-in: said, not fatal here
         console.print(f"[yellow]{name}: skipped, {cause}[/yellow]")
     for spec in registry.all_assignments():  # each assignment's dataset provisions and verifies itself
@@ -204,15 +202,15 @@ def grade(
     import dataclasses
     import os
 
-    from autograder import batch, build as builder
+    from autograder import batch, build as builder, settings
     from autograder.probe import jail
 
     if isolation is not None:  # not given: the environment's CNN_GRADER_ISOLATION (or auto) stays
         if isolation not in ("auto", "bwrap", "permissions"):
             raise typer.BadParameter("--isolation must be auto, bwrap or permissions")
-        os.environ[jail.ENV_MODE] = isolation  # inherited by worker processes
+        settings.ISOLATION.set(isolation)  # inherited by worker processes
     if unsafe_no_isolation:
-        os.environ[jail.ENV_UNSAFE] = "1"
+        settings.UNSAFE_NO_ISOLATION.set("1")
     if ray or ray_address:  # before anything is graded: a sandbox must not reach an unauthenticated cluster
         try:
             refusal = jail.ray_refusal(ray_address)

@@ -10,7 +10,6 @@ assignment to provision itself (``python -m autograder data``).
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ ENV_CACHE = settings.CACHE.name
 
 def cache_dir() -> Path:
     """The grader's cache folder: verified datasets, the retraining cache (``CNN_GRADER_CACHE``)."""
-    return Path(os.environ.get(ENV_CACHE) or Path.home() / ".cache" / "cnn-grader")
+    return settings.current().cache_dir
 
 
 def array_sha256(arr: np.ndarray) -> str:

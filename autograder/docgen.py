@@ -244,13 +244,27 @@ def _section(title: str, cls, where: str = "", with_defaults: bool = True) -> st
 
 
 def _result_classes() -> list[tuple[type, str]]:
-    from autograder import result
+    from autograder import faults, result
     from autograder.verifier.retrain import RetrainReport
 
     return [(result.GradeResult, "`GradeResult`: the file"),
             (result.QuestionResult, "`QuestionResult`: each of `questions`"),
             (result.CaseResult, "`CaseResult`: each of a question's `cases`"),
-            (RetrainReport, "`RetrainReport`: `retrain`")]
+            (RetrainReport, "`RetrainReport`: `retrain`"),
+            (faults.Fault, "`Fault`: `fault` (of the result, and of `retrain`)")]
+
+
+def fault_causes() -> str:
+    """The table of fault causes (``autograder/faults.py``: each cause's comment), with each cause's owner."""
+    from autograder import faults
+
+    source = inspect.getsource(faults)
+    block = source[source.index("Cause = Literal["):source.index("]", source.index("Cause = Literal["))]
+    said = dict(re.findall(r'^\s*"(\w+)",\s*#\s*(.+)$', block, flags=re.M))
+    status = {"submission": "`error`", "host": "`grader_error`", "grader": "`grader_error`"}
+    rows = [[f"`{c}`", faults.OWNER_OF[c], "`graded` (its training check fails)" if c in faults.RECIPE_CAUSES
+             else status[faults.OWNER_OF[c]], said.get(c, "")] for c in faults.CAUSES]
+    return _table(["cause", "owner", "status", "when"], rows) + "\n"
 
 
 def _knob_classes() -> list[tuple[type, str, str]]:
@@ -306,6 +320,7 @@ def result_schema() -> str:
     parts = [f"Schema version **{result.RESULT_SCHEMA_VERSION}** (`schema` in every file). "
              f"Statuses: {', '.join(f'`{s}`' for s in result.STATUSES)}.\n"]
     parts += [_section(title, cls) for cls, title in _result_classes()]
+    parts.append(f"### Fault causes\n\n{fault_causes()}")
     return "\n".join(parts)
 
 
@@ -335,6 +350,7 @@ GENERATORS = {
     "result_schema": result_schema,
     "environment": environment_table,
     "knobs": knobs,
+    "fault_causes": fault_causes,
     "assignment_interface": assignment_interface,
     "limits": lambda: knobs(only=LIMIT_CLASSES),
     "similarity": lambda: knobs(only=("SimilaritySettings",)),

@@ -30,7 +30,8 @@ from autograder import __version__, protocol
 from autograder.variants import VariantConfig
 from autograder.verifier import preverified
 from autograder.probe.sandbox import Limits, probe
-from autograder.judge.runner import GraderError, run_judge  # noqa: F401 (GraderError re-exported)
+from autograder.judge.runner import run_judge
+from autograder.faults import Fault, FaultError
 from autograder.result import GRADER_ERROR, RESULT_SCHEMA_VERSION, GradeResult  # noqa: F401 (re-exported)
 
 PACKAGE_DIR = Path(__file__).resolve().parent  # the grader package (autograder/)
@@ -148,7 +149,7 @@ def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec
             report = retrain.verify(data.get("config"), data.get("fits") or [], options.settings(spec),
                                     cache_dir=options.cache_dir, verdicts=verdicts)
         except Exception as exc:  # noqa: BLE001 - the grader's fault, reported as such
-            report = retrain.RetrainReport(grader_error=f"{type(exc).__name__}: {exc}", grader_error_cause="grader_crash")
+            report = retrain.RetrainReport.failed(Fault("grader_crash", f"{type(exc).__name__}: {exc}"))
         reports[name] = report.as_dict()
     return reports
 
@@ -212,8 +213,11 @@ def grade_notebook(
     data_file = spec.dataset.probe_file() if spec.dataset.probe_file else None
     # with variants the notebook's first cell imports the student-side checks, as students have them
     files = {spec.public_module_name: ag.public_module.encode()} if ag.variants_on else None
-    probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, data_file=data_file,
-                   data_setup=spec.dataset.probe_setup, private=private, files=files)
+    try:
+        probed = probe(notebook, variables, functions, limits=limits, real_fit=real_fit, data_file=data_file,
+                       data_setup=spec.dataset.probe_setup, private=private, files=files)
+    except FaultError as exc:  # a jail that could not be opened (no uid left, ...): never the submission's
+        return result.fail(exc.fault).finish(started).to_dict()
     result.limits_hit = probed.limits_hit
     result.isolation = probed.isolation
     from autograder.probe.output import host_paths, neutral_paths, student_output
@@ -223,14 +227,14 @@ def grade_notebook(
     result.execution = {"seconds": probed.seconds, "cells": cells, "skipped_cells": probed.skipped,
                         "runs": probed.runs, "warm_starts": probed.warm_starts,
                         "output_tail": student_output(probed.output, hosts)[-20000:]}
-    if probed.grader_error:
-        cause = getattr(probed, "grader_error_cause", None) or "interpreter"  # the jail or the kernel's start-up
-        return result.fail(probed.grader_error, GRADER_ERROR, cause).finish(started).to_dict()
+    if probed.fault is not None and probed.fault.graders:  # the jail, the host or the grader's start-up
+        return result.fail(probed.fault).finish(started).to_dict()
     if _grader_fingerprint(zip_path) != before:
-        return result.fail("the grader's files changed while the submission ran; not graded").finish(started).to_dict()
+        return result.fail(Fault("tampering", "the grader's files changed while the submission ran; not graded")
+                           ).finish(started).to_dict()
     values = probed.values  # plain data, even when the run ended early
-    if not probed.complete:
-        result.fail(probed.crashed)
+    if probed.fault is not None:
+        result.fail(probed.fault)
     request = protocol.judge_request(tests=ag.tests, public_module=ag.public_module,
                                      public_module_name=spec.public_module_stem, values=values, functions=functions,
                                      retrain=retrain.for_judge(spec))
@@ -248,16 +252,17 @@ def grade_notebook(
             reports = _retrain_models(values, retrain, spec, ag.verdicts)
             timings["retrain"] = round(time.monotonic() - clock, 3)  # waiting for a training slot included
             request["retrain"] = retrain.for_judge(spec, reports)
-            failed = [r for r in reports.values() if r.get("grader_error")]
+            failed = [f for f in (Fault.from_dict(r["fault"]) for r in reports.values() if r.get("fault")) if f.graders]
             if failed:
-                result.fail(f"retraining failed: {failed[0]['grader_error']}", GRADER_ERROR,
-                            failed[0].get("grader_error_cause") or "grader_crash")
+                result.fail(failed[0].with_message(f"retraining failed: {failed[0].message}"))
         clock = time.monotonic()
         judged = run_judge(request)
         timings["judge"] = round(time.monotonic() - clock, 3)
     except Exception as exc:  # the trusted side failed: not the submission's fault
-        cause = result.cause or getattr(exc, "cause", None) or "grader_crash"
-        result.fail(f"{result.error + '; ' if result.error else ''}grader error: {exc}", GRADER_ERROR, cause)
+        fault = exc.fault if isinstance(exc, FaultError) else Fault("grader_crash", f"{type(exc).__name__}: {exc}")
+        if result.fault is not None and Fault.from_dict(result.fault).graders:  # retraining failed first: its cause
+            fault = Fault.from_dict(result.fault)
+        result.fail(fault.with_message(f"{result.error + '; ' if result.error else ''}grader error: {exc}"))
         return result.finish(started).to_dict()
     result.variant = judged.get("variant")
     return result.judged(judged["questions"], judged["retrain"]).finish(started).to_dict()

@@ -47,9 +47,9 @@ def to_file(out: Path, verbose: bool = False):
     path = Path(out) / LOG_NAME
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path.parent, 0o700)
-    verbose = verbose or settings.VERBOSE.get() == "1"
+    verbose = verbose or settings.current().verbose
     if verbose:
-        os.environ[settings.VERBOSE.name] = "1"
+        settings.VERBOSE.set("1")
     else:
         quiet_children()
     if verbose or _console_fd is not None:

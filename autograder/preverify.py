@@ -25,10 +25,28 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+from autograder.faults import Fault, of_result
 
 if TYPE_CHECKING:
-    from autograder.build import BuiltAssignment
+    from autograder.spec import AssignmentSpec
+
+
+class Built(Protocol):
+    """What pre-verifying reads of a built assignment (:class:`autograder.build.BuiltAssignment`, which calls
+    this module: this module does not import it back)."""
+
+    name: str
+    student_dir: Path
+    autograder_zip: Path
+    solution_notebook: Path
+
+    @property
+    def student_notebook(self) -> Path: ...
+
+    @property
+    def spec(self) -> AssignmentSpec: ...
 
 
 @dataclass(frozen=True)
@@ -46,12 +64,15 @@ class Preverify:
 class Outcome:
     """What the build pre-verified for one assignment: the verdicts shipped and the recipes left out, with why."""
 
-    verdicts: list[dict] = field(default_factory=list)
+    verdicts: list[dict] = field(default_factory=list)  # the signed verdicts, one per recipe pre-verified
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (recipe's name, why it has no verdict)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the time pre-verifying took
+    # the files to add to the autograder zip ({name: text}: the signed verdicts and their public key); empty
+    # when no recipe has a verdict.  The build adds them (autograder.build), before the Gradescope zip is made
+    files: dict[str, str] = field(default_factory=dict)
 
 
-def notebooks_to_verify(built: "BuiltAssignment", options: Preverify, work: Path) -> list[tuple[str, Path]]:
+def notebooks_to_verify(built: Built, options: Preverify, work: Path) -> list[tuple[str, Path]]:
     """(name, notebook) of every recipe to pre-verify: the solution, the common recipes, the instructor's."""
     found = [("solution", built.solution_notebook)]
     if options.common_recipes:
@@ -74,24 +95,25 @@ def _verdict(name: str, result: dict, seen: list[tuple[str, dict]]) -> tuple[dic
     from autograder.verifier import preverified
 
     report = result.get("retrain") or {}
-    if result.get("status") == "grader_error":
-        return None, f"grader error: {result.get('error')}"
+    fault = of_result(result)
+    if fault is not None and fault.graders:
+        return None, f"grader error ({fault.cause}): {fault.message}"
     if not seen:
         return None, report.get("error") or result.get("error") or "no model was retrained (none was found)"
     if len({digest for digest, _ in seen}) > 1:
         return None, f"the notebook has {len(seen)} models; only a notebook with one model is pre-verified"
-    if report.get("accuracy") is None or report.get("grader_error"):
-        return None, report.get("error") or report.get("grader_error") or "no accuracy was measured"
+    refused = Fault.from_dict(report["fault"]) if report.get("fault") else None  # the recipe's, or the grader's
+    if report.get("accuracy") is None or refused is not None:
+        return None, report.get("error") or (refused.message if refused else "no accuracy was measured")
     digest, ctx = seen[0]
     return preverified.entry(name, digest, ctx, report), None
 
 
-def preverify_built(built: "BuiltAssignment", options: Preverify = Preverify()) -> Outcome:
-    """Grade each recipe to pre-verify with ``built.autograder_zip`` and add the signed verdicts to that zip (call it
-    before the Gradescope zip is made from it)."""
+def preverify_built(built: Built, options: Preverify = Preverify()) -> Outcome:
+    """Grade each recipe to pre-verify with ``built.autograder_zip`` and sign the verdicts: ``Outcome.files``, which
+    the build adds to that zip (:func:`autograder.build.add_to_zip`, before the Gradescope zip is made from it)."""
     import time
 
-    from autograder import build as builder
     from autograder.engine import Autograder, RetrainOptions, grade_notebook
     from autograder.verifier import preverified
 
@@ -120,7 +142,7 @@ def preverify_built(built: "BuiltAssignment", options: Preverify = Preverify()) 
     if outcome.verdicts:
         text, public = preverified.sign(outcome.verdicts, ag.name, preverified.autograder_digest(
             ag.name, ag.tests, ag.public_module, ag.variants), key)
-        builder.add_to_zip(built.autograder_zip, {preverified.VERDICTS_FILE: text, preverified.PUBLIC_KEY_FILE: public})
+        outcome.files = {preverified.VERDICTS_FILE: text, preverified.PUBLIC_KEY_FILE: public}
     outcome.seconds = round(time.monotonic() - started, 1)
     return outcome
 

@@ -12,22 +12,12 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
+from autograder.faults import GRADER_ERROR_CAUSES, Fault  # noqa: F401 (GRADER_ERROR_CAUSES re-exported)
+
 RESULT_SCHEMA_VERSION = 1
 
 GRADED, ERROR, GRADER_ERROR = "graded", "error", "grader_error"  # error: the submission's fault, scored
 STATUSES = (GRADED, ERROR, GRADER_ERROR)  # grader_error: the grader's fault, graded again by the next run
-
-# Why a grader_error happened: never the submission's doing, always one of these.
-GraderErrorCause = Literal[
-    "host_limit",  # the host ran short: memory, disk, processes, a retrain killed at the grader's memory limit
-    "timeout_infrastructure",  # a grader clock ran out while the machine was starved or slow (safety nets)
-    "grader_crash",  # the grader's own code failed (the judge, a retrain worker, an exception in the engine)
-    "dataset_missing",  # the assignment's data could not be found or verified
-    "interpreter",  # Python, the kernel or the jail could not start
-    "worker_died",  # a batch worker process died
-    "unknown",  # a result written before causes were recorded
-]
-GRADER_ERROR_CAUSES: tuple[str, ...] = get_args(GraderErrorCause)
 
 # Why a check was not decided in a run (neither passed nor failed): only the training question's accuracy
 # check, whose points need a retrain of the model.  A result with such a check is provisional.
@@ -115,31 +105,35 @@ class GradeResult:
 
     assignment: str | None = None  # the assignment's name (e.g. "cnn_mnist")
     submission: str | None = None  # the notebook graded
-    status: str = GRADED  # graded, error or grader_error
-    error: str | None = None  # why the status is not graded, for people
+    status: str = GRADED  # graded, error or grader_error (decided by the fault's owner)
+    error: str | None = None  # why the status is not graded, for people (the fault's message)
     score: float = 0.0  # the sum of the questions' scores
     max_score: float | None = None  # the sum of their maximum scores (None: no question was judged)
     questions: list[QuestionResult] = field(default_factory=list)  # one per Otter test file
     retrain: dict | None = None  # autograder.verifier.retrain.RetrainReport, as a dict
     limits_hit: list[str] = field(default_factory=list)  # each limit the submission reached, for people
     execution: dict = field(default_factory=dict)  # seconds, cells, skipped_cells, runs, output_tail
-    isolation: dict = field(default_factory=dict)  # mode, isolated, uid, notes, self_test, cgroup ("v1", "v2" or None)
+    isolation: dict = field(default_factory=dict)  # mode, isolated, uid, notes, self_test, cgroup ("v1", "v2" or None), metering (what the kernel meters of its jail, also the last note)
     versions: dict = field(default_factory=dict)  # the grader, Python, otter-grader, numpy, keras, tensorflow, jax (those installed)
     seconds: float | None = None  # wall time to grade it
     student: dict | None = None  # set by the batch: id, source, name, email, extra
     retry: bool = False  # a worker died: the next run grades it again
     retrain_pending: bool = False  # a partial result, judged before retraining finished
     variant: dict | None = None  # per-student variants: the variant judged with, and the instructor's flags
-    cause: GraderErrorCause | None = None  # with grader_error only: which kind of fault of the grader or host
-    # causes of this submission's grader errors on earlier runs, oldest first (set by the batch; a repeat is
-    # listed by autograder.lms.reports.repeated_grader_error)
-    earlier_causes: list[str] = field(default_factory=list)
+    cause: str | None = None  # with grader_error only: the fault's cause, one of the host's or the grader's
+    # the typed fault behind an error or a grader_error (autograder.faults.Fault): owner (submission, host or
+    # grader), cause (see the table of causes) and message; absent when graded
+    fault: dict | None = None
+    earlier_causes: list[str] = field(default_factory=list)  # causes of this submission's grader errors on earlier
+    # runs, oldest first (set by the batch; a repeat is listed by autograder.lms.reports.repeated_grader_error)
     # hand-graded questions (Otter Assign ``manual: true``), see autograder.manual.ManualAnswer: name,
     # max_score, score (None: pending), comment, answer; their points are in max_score, and in score once graded
     manual: list[dict] = field(default_factory=list)
     schema: int = RESULT_SCHEMA_VERSION  # the version of this layout
 
     def __post_init__(self) -> None:
+        if isinstance(self.fault, Fault):
+            self.fault = self.fault.to_dict()
         if self.status not in STATUSES:
             raise ValueError(f"unknown result status {self.status!r}")
         if self.status == GRADER_ERROR and self.cause is None:
@@ -159,18 +153,18 @@ class GradeResult:
     # --- building ----------------------------------------------------------------------------
 
     @classmethod
-    def error_row(cls, message: str, *, status: str = ERROR, student: dict | None = None,
-                  assignment: str | None = None, retry: bool = False,
-                  cause: GraderErrorCause | None = None) -> "GradeResult":
+    def error_row(cls, fault: Fault, *, student: dict | None = None, assignment: str | None = None,
+                  retry: bool = False) -> "GradeResult":
         """A row for something that was not graded (a PDF, a refused zip, an unknown assignment, a dead worker)."""
-        return cls(assignment=assignment, status=status, error=message, student=student, retry=retry,
-                   cause=cause if status == GRADER_ERROR else None)
+        return cls(assignment=assignment, student=student, retry=retry).fail(fault)
 
-    def fail(self, message: str, status: str = ERROR, cause: GraderErrorCause | None = None) -> "GradeResult":
-        """Set the status and message; a ``grader_error`` names its cause (``grader_crash`` when not given)."""
-        if status == GRADER_ERROR and cause not in GRADER_ERROR_CAUSES:
-            cause = "grader_crash"
-        self.status, self.error, self.cause = status, message, cause if status == GRADER_ERROR else None
+    def fail(self, fault: Fault) -> "GradeResult":
+        """Take ``fault``: the status (``error`` for the submission's, ``grader_error`` for the host's or the
+        grader's), the message and, for a grader_error, the cause follow from it."""
+        self.fault = fault.to_dict()
+        self.status = GRADER_ERROR if fault.graders else ERROR
+        self.error = fault.message
+        self.cause = fault.cause if fault.graders else None
         return self
 
     def judged(self, questions: list[dict], retrain: dict | None) -> "GradeResult":
@@ -193,7 +187,7 @@ class GradeResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of ``results/<id>.json`` (docs: reference/result-schema.md); optional flags only when set."""
         out = asdict(self)
-        for flag in ("retry", "retrain_pending", "variant", "cause", "earlier_causes", "manual"):
+        for flag in ("retry", "retrain_pending", "variant", "cause", "fault", "earlier_causes", "manual"):
             if not out[flag]:
                 del out[flag]
         for q in out["questions"]:

@@ -183,10 +183,7 @@ def close_all() -> None:
 
 
 def default_size() -> int:
-    try:
-        return max(int(os.environ.get(ENV_WARM, "0")), 0)
-    except ValueError:
-        return 0
+    return settings.current().warm
 
 
 def _forget_after_fork() -> None:
@@ -233,7 +230,7 @@ def expect_more(more: bool) -> None:
 
 def configure(size: int) -> None:
     """How many jails and judges wait ahead at most in this process (0: none, every start is cold)."""
-    os.environ[ENV_WARM] = str(max(size, 0))  # inherited by the batch's worker processes
+    settings.WARM.set(max(size, 0))  # inherited by the batch's worker processes
     for pool in (PROBES, JUDGES):
         if pool.size != max(size, 0):
             pool.resize(max(size, 0))

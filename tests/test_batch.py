@@ -370,4 +370,5 @@ def test_a_submission_whose_worker_dies_every_time_is_a_grader_error_that_names_
     rows = {r["student"]["id"]: r for r in results}
     assert rows["s0"]["status"] == "grader_error" and rows["s0"]["retry"] is True
     assert "killed by SIGKILL" in rows["s0"]["error"], rows["s0"]["error"]
+    assert rows["s0"]["cause"] == rows["s0"]["fault"]["cause"] == "worker_died" and rows["s0"]["fault"]["owner"] == "host"
     assert rows["s1"]["status"] == rows["s2"]["status"] == "graded"  # the pool of its own took no other down

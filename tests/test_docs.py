@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import inspect
+import json
 import os
 import re
 import subprocess
@@ -253,3 +254,33 @@ def test_help_texts_lose_nothing_to_rich_markup():
     flat = " ".join(re.sub(r"[│╭╮╰╯─]", " ", shown.output).split())
     assert "pip install 'cnn-autograder[ray]'" in flat
     assert "nbgrader's submitted/ folder" in flat
+
+
+def test_the_configuration_object_is_read_from_the_settings_and_travels_whole(monkeypatch):
+    """``settings.current()`` is the one reading of the ``CNN_GRADER_*`` variables; a worker that inherits none
+    (the retraining worker, a Ray node) gets the object and installs it, and reads the same configuration."""
+    for name in settings.by_name():
+        monkeypatch.delenv(name, raising=False)
+    default = settings.current()
+    assert default.isolation == "auto" and default.retrain_slots is None and default.deterministic is None
+    assert default.cache_dir == Path(settings.CACHE.default).expanduser()
+    monkeypatch.setenv(settings.ISOLATION.name, " BWRAP ")
+    monkeypatch.setenv(settings.PRIVATE_PATHS.name, os.pathsep.join(["/srv/out", "/srv/in"]))
+    monkeypatch.setenv(settings.RETRAIN_THREADS.name, "3")
+    monkeypatch.setenv(settings.RETRAIN_SLOTS.name, "2")
+    monkeypatch.setenv(settings.DETERMINISTIC.name, "0")
+    monkeypatch.setenv(settings.PROBE_THREADS.name, "not a number")  # as before: TensorFlow's default
+    monkeypatch.setenv(settings.CACHE.name, "/srv/cache")
+    config = settings.current()
+    assert (config.isolation, config.private_paths, config.retrain_threads, config.retrain_slots) == (
+        "bwrap", ("/srv/out", "/srv/in"), 3, 2)
+    assert config.deterministic is False and config.probe_threads == 0
+    assert config.calibration_file == Path("/srv/cache/host-calibration.json")
+    travelled = settings.GraderConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert travelled == config
+    for name in settings.by_name():  # a worker that inherited nothing
+        monkeypatch.delenv(name, raising=False)
+    settings.install(travelled)
+    assert settings.current() == config
+    shell_only = {settings.GRADESCOPE_ROOT.name, settings.PYTHON.name}  # read by run_autograder's shell
+    assert set(config.environment()) | shell_only == set(settings.by_name())

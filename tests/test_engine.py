@@ -125,16 +125,17 @@ def test_grader_files_cannot_be_read_or_rewritten(autograder, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, attack, crashes",
+    "name, attack, crashes",  # crashes: the typed cause of the run it brought down, or None
     [
-        ("sys.exit", "import sys\nsys.exit(0)", False),
-        ("raise", "raise RuntimeError('boom')", False),
-        ("os._exit", "import os\nos._exit(0)", True),
-        ("segfault", "import ctypes\nctypes.string_at(0)", True),
-        ("infinite loop", "while True:\n    pass", False),
-        ("loop ignoring interrupts", "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass", True),
-        ("memory bomb", "hog = []\nwhile True:\n    hog.append(bytearray(200 * 1024 * 1024))", True),
-        ("huge output", "for _ in range(200):\n    print('x' * 1_000_000)", False),
+        ("sys.exit", "import sys\nsys.exit(0)", None),
+        ("raise", "raise RuntimeError('boom')", None),
+        ("os._exit", "import os\nos._exit(0)", "crashed"),
+        ("segfault", "import ctypes\nctypes.string_at(0)", "crashed"),
+        ("infinite loop", "while True:\n    pass", None),
+        ("loop ignoring interrupts", "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass",
+         "interrupt_ignored"),
+        ("memory bomb", "hog = []\nwhile True:\n    hog.append(bytearray(200 * 1024 * 1024))", "memory_limit"),
+        ("huge output", "for _ in range(200):\n    print('x' * 1_000_000)", None),
     ],
 )
 def test_crashes_loops_and_bombs_cost_at_most_that_cell(name, attack, crashes, autograder, tmp_path):
@@ -148,6 +149,7 @@ def test_crashes_loops_and_bombs_cost_at_most_that_cell(name, attack, crashes, a
     skipped = result["execution"]["skipped_cells"]
     if crashes:  # the notebook ran again without the cell that brought it down, and says so
         assert [s["index"] for s in skipped] == [20] and result["execution"]["runs"] == 2
+        assert skipped[0]["cause"] == crashes, skipped  # typed: what the cell did, not read from its text
         assert "not run" in next(c for c in result["execution"]["cells"] if c["index"] == 20)["error"]
     else:
         assert skipped == [] and result["execution"]["runs"] == 1
@@ -166,6 +168,7 @@ def test_fork_bomb_of_long_lived_children_is_reaped(autograder, tmp_path):
     result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=20, max_processes=40), retrain=NO_RETRAIN)
     assert any("process limit" in hit for hit in result["limits_hit"])
     assert result["status"] == "graded" and result["execution"]["skipped_cells"][0]["index"] == 20
+    assert result["execution"]["skipped_cells"][0]["cause"] == "process_limit"
     leftovers = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [])[:2] == ["sleep", "987"]]
     assert leftovers == []
 

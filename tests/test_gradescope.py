@@ -35,7 +35,9 @@ import psutil
 import pytest
 
 from autograder import registry
+from autograder.faults import Fault
 from autograder.lms import gradescope
+from autograder.result import GradeResult
 from assignments.cnn_mnist import sample_answers as samples
 from assignments.cnn_mnist.data import ensure_mnist_npz
 from autograder.lms.gradescope import ContainerResources, container_resources, plan_limits
@@ -98,7 +100,18 @@ def test_engine_grader_errors_and_pending_retraining_read_as_such():
     faulty = gradescope.to_gradescope({"status": "grader_error", "error": "the jailed Python did not start",
                                        "score": 0.0, "questions": [question]}, 3.0)
     assert faulty["extra_data"] == {"status": "grader_error", "cause": "the jailed Python did not start",
-                                   "cause_class": "unknown"}  # a result written without a cause class
+                                   "cause_class": "unknown", "owner": "grader",  # a result written without a cause
+                                   "fault": {"cause": "unknown", "owner": "grader",
+                                             "message": "the jailed Python did not start"}}
+    typed = gradescope.to_gradescope(GradeResult(assignment="cnn_mnist").fail(Fault(
+        "host_slow", "the host was overloaded")).to_dict(), 3.0)  # the typed fault, from the result to Gradescope
+    assert typed["extra_data"]["cause_class"] == "host_slow" and typed["extra_data"]["owner"] == "host"
+    assert typed["output"] == gradescope.GRADER_ERROR_MESSAGE
+    own = gradescope.to_gradescope(GradeResult(assignment="cnn_mnist").fail(Fault(
+        "memory_limit", "the submission stopped before grading finished")).to_dict(), 3.0)  # the student's
+    assert own["extra_data"] == {"status": "error", "fault": {"cause": "memory_limit", "owner": "submission",
+                                                              "message": "the submission stopped before grading finished"}}
+    assert own["output"].startswith("Problem with the submission: the submission stopped")
     assert faulty["output"] == gradescope.GRADER_ERROR_MESSAGE and faulty["tests"][0]["max_score"] == 0
     partial = gradescope.to_gradescope({"status": "graded", "score": 1.0, "questions": [question],
                                         "retrain": {"pending": True}}, 3.0, show_hidden=True)
@@ -536,6 +549,7 @@ def test_grader_faults_are_grader_errors_not_zeros(image, built, tmp_path):
     missing = run_gradescope(image, built, tmp_path / "a", _sample("solution"), "--no-retrain", cache=empty_cache)
     res = missing["results"]
     assert res["extra_data"]["status"] == "grader_error" and "MNIST" in res["extra_data"]["cause"]
+    assert res["extra_data"]["cause_class"] == "dataset_missing" and res["extra_data"]["owner"] == "grader"
     assert "not a problem with your work" in res["output"] and res["tests"][0]["visibility"] == "visible"
     assert "MNIST is not provisioned" in missing["stdout"]  # the instructor's diagnostics
     _assert_valid_results(res)
@@ -638,6 +652,7 @@ def test_a_recipe_the_build_pre_verified_is_served_on_gradescope_with_an_empty_c
     built = builder.BuiltAssignment("digits", target, target / "autograder.zip", target / "solution" / "digits.ipynb")
     started = time.monotonic()
     outcome = preverify_built(built, Preverify(key_dir=tmp_path / "key", cache_dir=None, progress=False))
+    builder.add_to_zip(built.autograder_zip, outcome.files)  # as the build does
     build_seconds = time.monotonic() - started
     assert [v["name"] for v in outcome.verdicts] == ["solution"] and not outcome.skipped, outcome
     built.gradescope_zip = builder.make_gradescope_zip(built.autograder_zip, target / "gradescope_autograder.zip", spec)

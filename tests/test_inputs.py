@@ -17,6 +17,7 @@ import nbformat
 import pytest
 
 from autograder import batch
+from autograder.faults import Fault
 from autograder.lms import reports
 from assignments.cnn_mnist import sample_answers as samples
 from autograder.lms.submissions import ArchiveLimits, canvas_owner, collect
@@ -173,7 +174,7 @@ def test_canvas_import_has_only_matchable_rows_and_the_rest_go_to_review(canvas_
     by_id = {s.id: s for s in subs}
     assert by_id["1001~2"].extra["duplicate_of"] == "1001" and "duplicate" in by_id["1001~2"].error
     assert by_id["1001"].extra["canvas_attachment_id"] == "5009"  # the latest upload is the one graded
-    results = [_graded(s, 30.0) if not s.error else batch._error_result(s, s.error) for s in subs]
+    results = [_graded(s, 30.0) if not s.error else batch._error_result(s, Fault("input_refused", s.error)) for s in subs]
     crash = next(r for r in results if r["student"]["id"] == "1003")
     crash.update(status="grader_error", error="the sandbox could not start Python", score=0.0)
     column = reports.canvas_column("CNN on MNIST", 4242)
@@ -212,7 +213,7 @@ def test_a_canvas_name_that_reads_as_another_students_never_takes_their_place(tm
     assert subs["222"].notebook.read_bytes() == _sample("solution").read_bytes()
     assert subs["222~2"].source == ambiguous and "duplicate" in subs["222~2"].error
     assert "canvas_ambiguous" not in subs["222"].extra and "canvas_ambiguous" not in subs["333"].extra
-    results = [_graded(s, 30.0) if not s.error else batch._error_result(s, s.error) for s in subs.values()]
+    results = [_graded(s, 30.0) if not s.error else batch._error_result(s, Fault("input_refused", s.error)) for s in subs.values()]
     out = tmp_path / "out"
     out.mkdir(exist_ok=True)
     left_out = reports.write_canvas_csv(results, out / "canvas_grades.csv", "CNN on MNIST (4242)")
@@ -557,12 +558,14 @@ def test_the_assignment_picker_and_the_probe_refuse_a_link(tmp_path):
     link = tmp_path / "cnn_mnist.ipynb"
     link.symlink_to(secret)
     name, problem = batch.pick_assignment(link, {"cnn_mnist": "unused.zip"})
-    assert "is a symbolic link; not read" in problem
+    assert problem.cause == "unreadable" and "is a symbolic link; not read" in problem.message
     probed = probe(link, [], {})
-    assert "is a symbolic link; not read" in probed.crashed and probed.runs == 0
+    assert probed.fault.cause == "unreadable" and probed.fault.owner == "submission" and probed.runs == 0
+    assert "is a symbolic link; not read" in probed.fault.message
     shutil.copy(secret, tmp_path / "copy.ipynb")  # a file of its own: read, and its fault named, never quoted
     probed = probe(tmp_path / "copy.ipynb", [], {})
-    assert "not JSON" in probed.crashed and SECRET[:6] not in probed.crashed
+    assert probed.fault.cause == "unreadable" and "not JSON" in probed.fault.message
+    assert SECRET[:6] not in probed.fault.message
 
 
 def test_a_symlinked_folder_below_the_root_is_refused(tmp_path):

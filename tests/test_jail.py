@@ -22,6 +22,7 @@ import nbformat
 import pytest
 
 from autograder import engine
+from autograder.faults import FaultError
 from autograder.judge import runner
 from autograder.probe import jail
 from autograder.engine import RetrainOptions
@@ -444,6 +445,7 @@ def test_permission_jail_counts_orphans_of_its_uid_and_leaves_no_files_behind(au
     assert result["isolation"]["mode"] == "permissions" and uid >= jail.SLOT_UID_BASE
     assert [s["index"] for s in result["execution"]["skipped_cells"]] == [2], result["limits_hit"]
     assert "memory limit (1500 MiB" in result["execution"]["skipped_cells"][0]["reason"]
+    assert result["execution"]["skipped_cells"][0]["cause"] == "memory_limit"
     assert "ORPHAN SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
     left = [f"{d}/cnn-grader-test-left-{uid}" for d in ("/dev/shm",)]  # (the wrapper's /tmp and /var/tmp are its own)
     assert not [p for p in left if os.path.lexists(p)]
@@ -482,6 +484,7 @@ def test_memory_held_in_memfds_counts_against_the_limit(autograder, tmp_path):
     result = grade(nb, autograder, Limits(cell_seconds=60, notebook_seconds=240, memory_mb=1500))
     assert [s["index"] for s in result["execution"]["skipped_cells"]] == [1], result["limits_hit"]
     assert "memory limit (1500 MiB" in result["execution"]["skipped_cells"][0]["reason"]
+    assert result["execution"]["skipped_cells"][0]["cause"] == "memory_limit"
     assert "MEMFD SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
 
 
@@ -631,6 +634,7 @@ def test_a_cell_that_kills_the_run_is_left_out_and_the_rest_graded(autograder, t
     assert result["status"] == "graded" and result["execution"]["runs"] == 2
     assert [s["index"] for s in result["execution"]["skipped_cells"]] == [1]
     assert "SIGSEGV" in result["execution"]["skipped_cells"][0]["reason"]
+    assert result["execution"]["skipped_cells"][0]["cause"] == "crashed"
     assert "not run" in result["execution"]["cells"][1]["error"]
     assert conv_small(result) == 2
     assert {q["name"]: q for q in result["questions"]}["output_sizes"]["score"] > 0
@@ -648,6 +652,7 @@ def test_an_unreachable_interpreter_is_a_grader_error_that_names_the_fix(autogra
     nb = tiny(tmp_path / "sub.ipynb", "x = 1")
     result = engine.grade_notebook(nb, autograder, limits=FAST, retrain=NO_RETRAIN)
     assert result["status"] == "grader_error" and result["questions"] == []
+    assert result["cause"] == result["fault"]["cause"] == "interpreter" and result["fault"]["owner"] == "grader"
     assert "not reachable by uid" in result["error"] and "is mode 0700" in result["error"]
     assert "bubblewrap" in result["error"]  # the fix
 
@@ -664,6 +669,7 @@ def test_a_grader_error_is_not_kept_and_the_next_run_grades_it_again(autograder,
     monkeypatch.setattr(jail, "bwrap_works", lambda: False)
     (first,) = batch.run_batch([subs], Path(autograder), tmp_path / "out", options)
     assert first["status"] == "grader_error" and "no isolation is available" in first["error"]
+    assert first["cause"] == "jail_unsafe" and first["fault"]["owner"] == "grader"  # typed, not "interpreter"
     monkeypatch.undo()
     (second,) = batch.run_batch([subs], Path(autograder), tmp_path / "out", options)
     assert second["status"] == "graded" and conv_small(second) == 2
@@ -716,13 +722,14 @@ def test_package_installed_in_a_venv_under_a_0700_folder_grades_the_solution(aut
 
 # --- 11. the trusted judge is bounded too ----------------------------------------------------------
 
-@pytest.mark.parametrize("limit, expected", [({"memory_mb": 20}, "memory limit (20 MiB)"),
-                                             ({"timeout": 0.3}, "time limit")])
-def test_the_judge_runs_under_memory_and_time_limits(limit, expected):
+@pytest.mark.parametrize("limit, expected, cause", [({"memory_mb": 20}, "memory limit (20 MiB)", "host_limit"),
+                                                    ({"timeout": 0.3}, "time limit", "timeout_infrastructure")])
+def test_the_judge_runs_under_memory_and_time_limits(limit, expected, cause):
     request = {"tests": {}, "public_module": "", "public_module_name": "cnn_checks", "values": {}, "functions": {}, "retrain": None}
     assert runner.run_judge(request) == {"questions": [], "retrain": None}  # within its limits: judged
-    with pytest.raises(runner.GraderError, match=re.escape(expected)):
+    with pytest.raises(FaultError, match=re.escape(expected)) as raised:
         runner.run_judge(request, **limit)
+    assert raised.value.fault.cause == cause and raised.value.fault.owner == "host"
 
 
 # --- 12. the command line --------------------------------------------------------------------------
@@ -754,9 +761,10 @@ def test_retraining_locks_live_in_a_private_folder_and_never_follow_a_planted_li
     planted.mkdir(mode=0o755)
     planted.chmod(0o755)
     (planted / "slot-0.lock").symlink_to(victim)
-    with pytest.raises(retrain.RetrainFailed, match="mode 0700"):
+    with pytest.raises(FaultError, match="mode 0700") as refused:
         with retrain._Slot(planted, 1):
             pass
+    assert refused.value.fault.graders  # the grader's folder: never the student's
     planted.chmod(0o700)  # even in a private folder a planted link is never followed
     with pytest.raises(OSError):
         with retrain._Slot(planted, 1):
@@ -788,7 +796,7 @@ def test_a_single_batch_of_60000_images_is_the_students_failed_training_check(au
     options = RetrainOptions(cache_dir=str(tmp_path / "cache"), data_subset=(2000, 500), seeds=1)
     result = engine.grade_notebook(path, autograder, limits=FAST, retrain=options)
     assert result["status"] == "graded", result["error"]
-    assert result["retrain"]["grader_error"] is None and result["retrain"]["accuracy"] is None
+    assert result["retrain"]["fault"]["cause"] == "recipe_refused" and result["retrain"]["accuracy"] is None
     assert "batch_size=60,000 is outside the allowed range" in result["retrain"]["error"]
     training = {q["name"]: q for q in result["questions"]}["training"]
     assert training["score"] < training["max_score"]

@@ -8,6 +8,7 @@ elsewhere, and the "no cgroup" note is tested everywhere.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -224,6 +225,7 @@ def test_a_socket_buffer_memory_bomb_is_the_students_memory_limit_and_the_host_i
     assert result["status"] == "graded", result["error"]
     assert any("memory limit (1024 MiB" in h for h in result["limits_hit"]), result["limits_hit"]
     assert [s["index"] for s in result["execution"]["skipped_cells"]] == [1]
+    assert result["execution"]["skipped_cells"][0]["cause"] == "memory_limit"
     assert "BOMB SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
     assert result["isolation"]["cgroup"] in ("v1", "v2")
     assert any(n.startswith("metered by the kernel") for n in result["isolation"]["notes"])
@@ -380,7 +382,8 @@ def test_a_run_the_host_starved_of_cpu_runs_again_then_is_a_grader_error_never_t
     nb = tiny(tmp_path / "sub.ipynb", "import time\ntime.sleep(60)")
     result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=3, notebook_seconds=240, memory_mb=3072),
                                    retrain=NO_RETRAIN)
-    assert result["status"] == "grader_error" and "host was overloaded" in result["error"], result["error"]
+    assert result["status"] == "grader_error", result["error"]
+    assert result["cause"] == result["fault"]["cause"] == "host_slow" and result["fault"]["owner"] == "host"
     assert result["execution"]["runs"] == 2 and not any("time limit" in h for h in result["limits_hit"])
 
 
@@ -394,3 +397,64 @@ def test_a_cell_that_sleeps_reaches_its_cell_limit_not_the_wall_backstop(autogra
     hits = [h for h in result["limits_hit"] if "cell time limit" in h]
     assert hits and not any("backstop" in h for h in hits), result["limits_hit"]
     assert result["status"] != "grader_error", result["error"]
+
+
+# --- whose fault, typed: a start-up over the memory limit is the host's, a notebook over its limit the student's ----
+
+def test_a_start_up_over_the_memory_limit_is_the_hosts_limit_not_the_interpreters(autograder, tmp_path):
+    """The grader's own start-up (Python, TensorFlow) cannot fit a tiny memory limit: before any student code, so a
+    grader error of the host's (``host_limit``), typed where it is raised; it used to read as ``interpreter``."""
+    nb = tiny(tmp_path / "sub.ipynb", "x = 1")
+    result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=30, notebook_seconds=60, memory_mb=64),
+                                   retrain=NO_RETRAIN)
+    assert result["status"] == "grader_error", result["error"]
+    assert result["cause"] == result["fault"]["cause"] == "host_limit" and result["fault"]["owner"] == "host"
+    assert result["limits_hit"] == []  # nothing of the student's
+
+
+def test_a_notebook_over_its_time_limit_is_the_submissions_typed_fault(autograder, tmp_path):
+    nb = tiny(tmp_path / "sub.ipynb", "import time\ntime.sleep(4)", "import time\ntime.sleep(4)", "y = 2")
+    result = engine.grade_notebook(nb, autograder, limits=Limits(cell_seconds=30, notebook_seconds=6, memory_mb=3072),
+                                   retrain=NO_RETRAIN)
+    assert result["status"] == "error" and result["fault"]["cause"] == "notebook_time_limit", result["error"]
+    assert result["fault"]["owner"] == "submission" and "cause" not in result
+    assert result["execution"]["runs"] == 1  # not run again without a cell: the notebook as a whole took too long
+
+
+def test_a_cell_over_its_limit_on_a_host_slower_than_its_calibration_is_the_hosts_never_the_students(
+        autograder, tmp_path, monkeypatch):
+    """The probe's clocks follow the same rule as retraining: a CPU-bound cell's time counts at the host's normal
+    speed, measured against its calibration with the jail frozen.  On a host measurably slower (a calibration
+    planted as if it ran the reference 1,000 times faster), a busy loop never reaches its limit at normal speed;
+    its wall backstop is then the host's fault: the run is repeated once, then a grader error (``host_slow``),
+    never the student's cell limit.  At the host's own speed the same loop is the student's cell limit."""
+    from autograder import settings
+    from autograder.metering import calibration
+
+    monkeypatch.setattr(sandbox, "STARVED_PAUSE", 0.0)
+    path = tmp_path / "calibration.json"
+    monkeypatch.setenv(settings.CALIBRATION.name, str(path))
+    path.write_text(json.dumps({calibration.host_key(1): {"seconds": calibration.measure(1) / 1000}}))
+    nb = tiny(tmp_path / "sub.ipynb", "while True:\n    pass")
+    limits = Limits(cell_seconds=2, notebook_seconds=240, memory_mb=3072)
+    result = engine.grade_notebook(nb, autograder, limits=limits, retrain=NO_RETRAIN)
+    assert result["status"] == "grader_error" and result["fault"]["cause"] == "host_slow", result["error"]
+    assert "when it runs normally" in result["error"] and result["execution"]["runs"] == 2
+    assert not any("cell time limit" in h for h in result["limits_hit"])
+    path.unlink()  # calibrated afresh: the host runs at its own speed
+    result = engine.grade_notebook(nb, autograder, limits=limits, retrain=NO_RETRAIN)
+    assert result["status"] == "graded" and any("cell time limit" in h for h in result["limits_hit"]), result
+
+
+def test_the_hosts_speed_is_measured_against_its_own_calibration(tmp_path):
+    from autograder.metering import calibration
+
+    path = tmp_path / "calibration.json"
+    first = calibration.host_speed(1, path)  # the first measurement calibrates
+    assert first.slowdown == 1.0 and not first.slow and path.is_file()
+    path.write_text(json.dumps({calibration.host_key(1): {"seconds": first.seconds / 10}}))
+    slow = calibration.host_speed(1, path)
+    assert slow.slow and slow.slowdown > 3  # ten times its calibration, give or take the noise
+    assert calibration.normal_seconds(30.0, 30.0, slow) < 10.0  # CPU-bound time counts at normal speed
+    assert calibration.normal_seconds(30.0, 0.0, slow) == 30.0  # sleeping does not
+    assert calibration.normal_seconds(30.0, 30.0, first) == 30.0 and calibration.normal_seconds(30.0, 30.0, None) == 30.0

@@ -13,6 +13,7 @@ import pytest
 
 from autograder import batch, protocol, registry
 from autograder.engine import RetrainOptions
+from autograder.faults import Fault
 from autograder.result import GradeResult
 from autograder.spec import AssignmentSpec, NOTEBOOK_METADATA_KEY, TrainingPolicy
 
@@ -86,11 +87,12 @@ def test_each_notebook_picks_its_assignment_from_its_metadata(tmp_path):
     assert batch.pick_assignment(otter_only, two) == ("cnn_mnist", None)
     unknown = _notebook(tmp_path / "unknown.ipynb", {NOTEBOOK_METADATA_KEY: {"assignment": "fluid_dynamics"}})
     name, problem = batch.pick_assignment(unknown, two)
-    assert name == "fluid_dynamics" and "unknown assignment 'fluid_dynamics'" in problem
+    assert name == "fluid_dynamics" and problem.cause == "unknown_assignment"
+    assert "unknown assignment 'fluid_dynamics'" in problem.message
     anonymous = _notebook(tmp_path / "anonymous.ipynb", None)
     assert batch.pick_assignment(anonymous, {"cnn_mnist": "a.zip"}) == ("cnn_mnist", None)
     name, problem = batch.pick_assignment(anonymous, two)
-    assert name is None and "does not say which assignment" in problem
+    assert name is None and problem.cause == "unknown_assignment" and "does not say which assignment" in problem.message
 
 
 def test_a_notebook_of_an_unknown_assignment_gets_an_error_row_naming_it(built, tmp_path):
@@ -133,7 +135,7 @@ def test_cli_defaults_are_read_from_the_dataclasses():
 
 
 def test_the_typed_result_round_trips_and_keeps_the_documented_shape():
-    row = GradeResult.error_row("not a notebook", student={"id": "bob"}, retry=True)
+    row = GradeResult.error_row(Fault("input_refused", "not a notebook"), student={"id": "bob"}, retry=True)
     data = row.to_dict()
     assert GradeResult.from_dict(json.loads(json.dumps(data))) == row
     documented = {"student", "assignment", "status", "error", "score", "max_score", "questions", "retrain",

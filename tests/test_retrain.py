@@ -261,7 +261,7 @@ def test_batch_size_1_is_refused_in_seconds_with_the_cost(monkeypatch, tmp_path)
     started = time.monotonic()
     report = retrain.verify(model.to_json(), [_fit(model, 15, 1)], retrain.Settings("cnn_mnist"), cache_dir=tmp_path)
     assert time.monotonic() - started < 60  # no training: a refusal, not a 76-minute run
-    assert report.accuracy is None and report.grader_error is None
+    assert report.accuracy is None and report.fault["cause"] == "recipe_refused"
     assert "900,000 steps; the assignment allows 30,000" in report.error
     report = retrain.verify(model.to_json(), [_fit(model, 1, 60000)], retrain.Settings("cnn_mnist"), cache_dir=tmp_path)
     assert "batch_size=60,000 is outside the allowed range 16 to 4,096" in report.error
@@ -468,15 +468,112 @@ def test_a_retrain_process_starts_up_while_it_waits_for_its_slot(tmp_path):
     assert isinstance(done.get("accuracy"), float) and done["epochs"] == 1, done
 
 
-def test_safety_net_and_crashes_are_grader_errors_never_scores(monkeypatch):
+def test_a_retrain_whose_start_up_is_over_the_memory_limit_is_the_hosts_limit():
     model = _small_model()
-    fits = [_fit(model, 1, 64)]
-    slow = retrain.Settings("cnn_mnist", data_subset=(2000, 500), seeds=1, max_seconds=0.5)
-    report = retrain.verify(model.to_json(), fits, slow, cache_dir=None)
-    assert report.accuracy is None and "safety limit" in report.grader_error and "not your fault" in report.error
     tight = retrain.Settings("cnn_mnist", data_subset=(2000, 500), seeds=1, memory_mb=50)
-    report = retrain.verify(model.to_json(), fits, tight, cache_dir=None)
-    assert report.accuracy is None and "memory" in report.grader_error
+    report = retrain.verify(model.to_json(), [_fit(model, 1, 64)], tight, cache_dir=None)
+    assert report.accuracy is None and report.fault["cause"] == "host_limit" and "memory" in report.error
+
+
+# --- limits cover every window; host or recipe, decided by measurement ------------------------------
+
+def _heavy_model():
+    """Two 28x28 stride-1 poolings: about a second per step of 16 images here, minutes for one of 4096."""
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), layers.Conv2D(64, 3, padding="same", activation="relu"),
+                              layers.MaxPooling2D((28, 28), strides=1, padding="same"),
+                              layers.MaxPooling2D((28, 28), strides=1, padding="same"),
+                              layers.GlobalMaxPooling2D(), layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def _calibrated(monkeypatch, path, slower_by: float | None = None):
+    """This host's calibration in ``path`` (the configuration's, so the training process reads it too): fresh (the
+    host runs at its own speed), or planted as if the host had run the reference ``slower_by`` times faster."""
+    from autograder import settings
+    from autograder.metering import calibration
+
+    monkeypatch.setenv(settings.CALIBRATION.name, str(path))
+    if slower_by is not None:
+        path.write_text(json.dumps({calibration.host_key(t): {"seconds": calibration.measure(t) / slower_by}
+                                    for t in range(1, (os.cpu_count() or 1) + 1)}))
+
+
+def test_a_later_fit_call_is_projected_from_the_time_per_image_measured_before_it(monkeypatch, tmp_path):
+    """Fit call 1 is three cheap steps at batch 16; fit call 2 one step at batch 2,048 of the same heavy model.
+    Every fit call is timed, and the projection made after fit call 1 already counts fit call 2 at the time per
+    image measured: refused as the recipe's, with the figures, before the heavy step starts."""
+    from autograder.verifier import recipe as recipe_module
+
+    monkeypatch.setattr(recipe_module, "check_budget", lambda *a, **k: None)  # the static model is fooled here
+    _calibrated(monkeypatch, tmp_path / "calibration.json")
+    model = _heavy_model()
+    fits = [_fit(model, 1, 16, steps_per_epoch=3), _fit(model, 1, 2048, steps_per_epoch=1)]
+    settings = retrain.Settings("cnn_mnist", data_subset=(2048, 200), seeds=1, max_seconds=40.0)
+    started = time.monotonic()
+    report = retrain.verify(model.to_json(), fits, settings, cache_dir=None, isolated=False)
+    assert report.fault["cause"] == "recipe_too_slow" and report.accuracy is None, report
+    assert report.projection["fit"] == 1 and report.projection["steps"] == 4, report.projection
+    assert report.projection["projected_seconds"] > report.projection["allowed_seconds"] == 30.0
+    assert "training would take about" in report.error and "fit call 1" in report.error
+    assert time.monotonic() - started < 90  # three small steps, not the heavy one
+
+
+@pytest.mark.parametrize("host", ["normal", "slower than its calibration"])
+def test_a_step_that_never_ends_is_stopped_by_a_timer_and_blamed_by_the_hosts_calibration(host, monkeypatch, tmp_path):
+    """The recipe's first step (4,096 images of the heavy model: minutes) never reaches a batch end.  The worker's
+    parent holds the deadline and stops it during the step: on a host running at its calibrated speed, at the
+    allowance, as the recipe's (``recipe_too_slow``, with the figures); on a host measurably slower than its
+    calibration (a calibration planted as if it ran the reference 1,000 times faster), the deadline grows with
+    the slowdown up to the safety net, and that is the host's fault (``host_slow``), never the student's."""
+    from autograder.verifier import recipe as recipe_module
+
+    monkeypatch.setattr(recipe_module, "check_budget", lambda *a, **k: None)
+    _calibrated(monkeypatch, tmp_path / "calibration.json", None if host == "normal" else 1000.0)
+    model = _heavy_model()
+    settings = retrain.Settings("cnn_mnist", data_subset=(4096, 200), seeds=1, max_seconds=8.0)
+    started = time.monotonic()
+    report = retrain.verify(model.to_json(), [_fit(model, 1, 4096, steps_per_epoch=1)], settings, cache_dir=None)
+    assert report.accuracy is None and time.monotonic() - started < 150, report  # not the minutes of the step
+    if host == "normal":
+        assert report.fault["cause"] == "recipe_too_slow" and report.fault["owner"] == "submission", report
+        assert "stopped" in report.error and "during a step" in report.error and "allowance" in report.error
+    else:
+        assert report.fault["cause"] == "host_slow" and report.fault["owner"] == "host", report
+        assert "not your fault" in report.error and "when it runs normally" in report.error
+
+
+def _wide_model(filters: int):
+    """Conv2D(filters, 1) -> GlobalMaxPooling2D -> Dense(10): small to train at batch 16, but its activations
+    take 784 x filters x 4 bytes per image, 3.2 GB at a batch of 1,000 for 1,024 filters."""
+    import keras
+    from keras import layers
+
+    model = keras.Sequential([keras.Input((28, 28, 1)), layers.Conv2D(filters, 1, activation="relu"),
+                              layers.GlobalMaxPooling2D(), layers.Dense(10, activation="softmax")])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def test_memory_is_bounded_at_every_batch_the_worker_uses_and_past_start_up_it_is_the_recipes(tmp_path):
+    """The worker evaluates and predicts at a batch size the budget checked (the largest it trains with), never at
+    a larger one of its own: a recipe fitted at batch 16 whose activations would take 3.2 GB at batch 1,000 is
+    trained and measured within a limit of its start-up's memory plus 300 MB.  Memory over the limit after the
+    start-up, while the recipe trains, is the recipe's (``recipe_memory``, with the figures), not the host's."""
+    small = _small_model()
+    baseline = retrain.verify(small.to_json(), [_fit(small, 1, 64)], TINY, cache_dir=None).peak_mb
+    assert baseline > 100  # the worker's own start-up: Python, TensorFlow, the data
+    wide = _wide_model(1024)
+    limited = retrain.Settings("cnn_mnist", data_subset=(320, 1000), seeds=1, memory_mb=baseline + 300)
+    report = retrain.verify(wide.to_json(), [_fit(wide, 1, 16)], limited, cache_dir=None)
+    assert report.fault is None and isinstance(report.accuracy, float), report
+    assert report.peak_mb < baseline + 300
+    report = retrain.verify(wide.to_json(), [_fit(wide, 1, 128)], limited, cache_dir=None)  # 1.2 GB a batch
+    assert report.fault["cause"] == "recipe_memory" and report.fault["owner"] == "submission", report
+    assert f"{baseline + 300:,} MB memory limit" in report.error and "start-up used" in report.error
 
 
 def test_same_accuracy_with_the_cpu_loaded():

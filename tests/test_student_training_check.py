@@ -253,7 +253,7 @@ def test_a_model_the_grader_cannot_retrain_gets_no_public_point_in_the_notebook_
     model.fit(x[:256], y[:256], epochs=1, batch_size=128, verbose=0)
     fits = [{"epochs": 1, "batch_size": 128}]
     report = retrain.verify(model.to_json(), fits, _grader_settings("cnn_mnist"), cache_dir=None)
-    assert report.accuracy is None and report.error and not report.grader_error
+    assert report.accuracy is None and report.error and report.fault["cause"] == "recipe_refused"
     with pytest.raises(AssertionError) as local:
         public.check_training(model)
     extracted = ExtractedModel(model.to_json(), fits, {"reports": {"model": report.as_dict()}})

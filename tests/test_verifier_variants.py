@@ -142,7 +142,7 @@ def test_verifier_matches_plain_keras(variant, data, monkeypatch):
     code = VARIANTS[variant]
     config, fits = _recorded(code, data, monkeypatch)
     report = retrain.verify(config, fits, SETTINGS, cache_dir=None, isolated=False)
-    assert report.error is None and report.grader_error is None, report
+    assert report.error is None and report.fault is None, report
     plain = _plain_keras(code, data, variant in RAW_PIXELS)
     assert plain > 0.6, plain  # the code trains at all on the subset
     assert abs(report.accuracy - plain) <= TOLERANCE, (report.accuracy, plain, report.notes)
@@ -218,7 +218,7 @@ def test_replayed_as_written_matches_plain_keras(variant, data, monkeypatch):
     code = REPLAYED[variant]
     config, fits = _recorded(code, data, monkeypatch)
     report = retrain.verify(config, fits, SETTINGS, cache_dir=None, isolated=False)
-    assert report.error is None and report.grader_error is None, report
+    assert report.error is None and report.fault is None, report
     assert not any("dropped" in n or "default" in n for n in report.notes), report.notes  # nothing approximated
     plain = _plain_keras(code, data, variant in REPLAYED_RAW)
     assert plain > 0.6, plain
@@ -333,7 +333,7 @@ def test_keras_raising_after_the_first_training_step_is_the_submissions_error(da
             "keras.callbacks.ReduceLROnPlateau(monitor='loss', patience=0, min_delta=100)])\n")
     config, fits = _recorded(code, data, monkeypatch)
     report = retrain.verify(config, fits, SETTINGS, cache_dir=None, isolated=False)
-    assert report.grader_error is None and report.accuracy is None, report
+    assert report.fault["owner"] == "submission" and report.accuracy is None, report
     assert "Keras could not train the recipe" in report.error and "stopped after" in report.error, report.error
 
 

@@ -180,7 +180,7 @@ def test_files_beside_the_notebook_reach_a_warm_jail_with_its_submission(pool, a
                            data_setup=spec.dataset.probe_setup,
                            private=[Path(autograder).resolve().parent],
                            files={"helper.py": b"VALUE = 7\n", "../escape.py": b"x", ".hidden": b"x"})
-    assert probed.warm_starts == [True] and probed.complete, (probed.crashed, probed.output[-2000:])
+    assert probed.warm_starts == [True] and probed.complete, (probed.fault, probed.output[-2000:])
     assert "HELPER 7 0o444" in probed.output
     assert not (tmp_path / "s" / "escape.py").exists()
 

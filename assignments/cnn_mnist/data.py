@@ -193,7 +193,7 @@ def ensure_mnist_npz(path: str | os.PathLike | None = None, *, allow_network: bo
     """
     attempts: list[Attempt] = []
     ours = cache_dir() / "mnist.npz"
-    user = path or os.environ.get(ENV_PATH)
+    user = path or settings.current().mnist or None
 
     def try_file(label: str, candidate: Path, *, copy: bool) -> Path | None:
         if not candidate.is_file():

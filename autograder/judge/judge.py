@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from autograder import protocol
+from autograder.faults import Fault
 from autograder.jail_messages import MAX_ERROR_CHARS, clean_text, decode_npy
 
 
@@ -113,7 +114,9 @@ class ExtractedModel:
         recipe Keras cannot build or that is too slow as measured); None when it was retrained, when this
         run does not retrain (or has not yet), or when the grader failed for reasons of its own."""
         report = self.last_report
-        if not isinstance(report, dict) or report.get("grader_error") or report.get("accuracy") is not None:
+        if not isinstance(report, dict) or not report.get("fault") or report.get("accuracy") is not None:
+            return None
+        if Fault.from_dict(report["fault"]).graders:  # the host's or the grader's: never the recipe's refusal
             return None
         error = report.get("error")
         return error if isinstance(error, str) and error else None
@@ -130,9 +133,9 @@ class ExtractedModel:
         report = self.last_report
         if not isinstance(report, dict):
             raise AssertionError("The model was not retrained.")
-        if report.get("grader_error"):
-            raise AssertionError(f"The grader could not retrain the model (not your fault): {report['grader_error']}")
         notes = "; ".join(report.get("notes") or [])
+        if report.get("fault") and Fault.from_dict(report["fault"]).graders:  # "the grader could not retrain ..."
+            raise AssertionError(report.get("error") or Fault.from_dict(report["fault"]).message)
         if report.get("error"):
             raise AssertionError(report["error"] + (f" Notes: {notes}." if notes else ""))
         summary = RetrainReport.from_dict(report).summary()

@@ -1,5 +1,6 @@
 """The judge's own process: a fresh ``python -I`` that never loaded student code (:mod:`autograder.judge.judge`),
-started ahead where the warm pool is on, run under a time and a memory limit; a fault there is the grader's.
+started ahead where the warm pool is on, run under a time and a memory limit; a fault there is the host's or
+the grader's (:class:`autograder.faults.FaultError`).
 """
 
 from __future__ import annotations
@@ -10,23 +11,15 @@ import resource
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 from autograder import children, protocol
+from autograder.faults import FaultError
+from autograder.metering.watchdog import Watchdog
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 JUDGE_MEMORY_MB = 8192  # the trusted judge's own limits: a fault there is a grader error
 JUDGE_SECONDS = 600.0
-
-
-class GraderError(RuntimeError):
-    """The grader failed (not the submission): the result is a ``grader_error``, graded again next run.
-    ``cause``: one of :data:`autograder.result.GRADER_ERROR_CAUSES`."""
-
-    def __init__(self, message: str, cause: str = "grader_crash"):
-        super().__init__(message)
-        self.cause = cause
 
 
 class _WarmJudge:
@@ -106,53 +99,33 @@ def run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = JU
     judge = warm.JUDGES.take(_WarmJudge.KEY) or _WarmJudge.start()
     warm.JUDGES.fill(_WarmJudge.KEY, _WarmJudge.start)
     proc, group = judge.proc, judge.group
-    over: list[str] = []
-    from autograder.metering.clocks import WALL_BACKSTOP
+    over: list[tuple[str, str]] = []  # (memory or time, the limit for people)
+    watchdog = Watchdog(proc, group=group, interval=0.2)
 
-    cpu0 = group.cpu_seconds() if group is not None else None
-
-    def watchdog() -> None:
-        import psutil
-
-        started = time.monotonic()
-        while proc.poll() is None:
+    def guard() -> None:
+        found = watchdog.watch(watchdog.over(memory_mb, timeout))
+        if found is not None:
+            over.append((found.what, found.limit))
             try:
-                tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-                rss = sum(p.memory_info().rss for p in tree)
-            except psutil.Error:
-                rss = 0
-            wall = time.monotonic() - started
-            if group is not None:
-                rss = max(rss, group.memory_bytes())
-            if rss > memory_mb * 1024 * 1024 or (group is not None and group.oom_kills()):
-                over.append(f"memory limit ({memory_mb} MiB)")
-            elif cpu0 is None and wall > timeout:
-                over.append(f"time limit ({timeout:.0f} s)")
-            elif cpu0 is not None and ((group.cpu_seconds() or 0.0) - cpu0 > timeout or wall > WALL_BACKSTOP * timeout):
-                over.append(f"time limit ({timeout:.0f} s of CPU time, {WALL_BACKSTOP * timeout:.0f} s of wall time)")
-            if over:
-                try:
-                    os.killpg(proc.pid, 9)
-                except OSError:
-                    pass
-                return
-            time.sleep(0.2)
+                os.killpg(proc.pid, 9)
+            except OSError:
+                pass
 
-    guard = threading.Thread(target=watchdog, daemon=True)
-    guard.start()
+    guarding = threading.Thread(target=guard, daemon=True)
+    guarding.start()
     try:
         stdout, stderr = proc.communicate(json.dumps(request))
     finally:
         children.forget(proc)
-        guard.join(timeout=5)
+        guarding.join(timeout=5)
         if group is not None:
-            if group.oom_kills() and not over:
-                over.append(f"memory limit ({memory_mb} MiB)")
+            if watchdog.oom_killed() and not over:
+                over.append(("memory", f"memory limit ({memory_mb} MiB)"))
             group.remove()  # kills by group: nothing of the judge outlives it
     if over:
-        raise GraderError(f"the judge exceeded its {over[0]}",
-                          "host_limit" if over[0].startswith("memory") else "timeout_infrastructure")
+        what, limit = over[0]
+        raise FaultError.of("host_limit" if what == "memory" else "timeout_infrastructure", f"the judge exceeded its {limit}")
     marker = stdout.rfind(protocol.JUDGE_REPLY)
     if proc.returncode != 0 or marker < 0:
-        raise GraderError(f"judge failed (exit {proc.returncode}): {stderr[-2000:]}")
+        raise FaultError.of("grader_crash", f"judge failed (exit {proc.returncode}): {stderr[-2000:]}")
     return json.loads(stdout[marker + len(protocol.JUDGE_REPLY):])

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from autograder.engine import Autograder, RetrainOptions, grade_notebook
 from autograder.probe.sandbox import Limits
+from autograder.faults import Fault, FaultError, of_result
 from autograder.result import STUDENT_PROVISIONAL, GradeResult, provisional
 from autograder.submission_files import SubmissionFileError, read_notebook
 
@@ -194,7 +195,7 @@ def submitter(root: Path) -> tuple[str | None, str]:
     return None, "no e-mail or SID in submission_metadata.json"
 
 
-def find_notebook(submission: Path, assignment: str) -> tuple[Path | None, str | None]:
+def find_notebook(submission: Path, assignment: str) -> tuple[Path | None, Fault | None]:
     """The submitted notebook, ignoring editor copies (``.ipynb_checkpoints``), hidden folders
     and macOS metadata; when several remain, the one named after the assignment.
 
@@ -209,12 +210,12 @@ def find_notebook(submission: Path, assignment: str) -> tuple[Path | None, str |
     chosen = found[0] if len(found) == 1 else named[0] if len(named) == 1 else None
     if chosen is None:
         names = ", ".join(str(p.relative_to(submission)) for p in found) or "none"
-        return None, (f"expected one .ipynb file in the submission (ideally {assignment}.ipynb), "
-                      f"found {len(found)}: {names}")
+        return None, Fault("input_refused", f"expected one .ipynb file in the submission (ideally {assignment}.ipynb), "
+                                            f"found {len(found)}: {names}")
     try:  # read here as every submitted file is: the grading reads it again the same way
         read_notebook(chosen, root=submission)
     except SubmissionFileError as exc:
-        return None, f"the notebook could not be read: {exc}"
+        return None, Fault("unreadable", f"the notebook could not be read: {exc}")
     return chosen, None
 
 
@@ -227,7 +228,7 @@ def _share(q: dict, case: dict) -> float:
 def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) -> dict:
     """One engine result as Gradescope's ``results.json``."""
     if result.get("status") == "grader_error":
-        return grader_error_payload(result.get("error") or "unknown cause", seconds, result)
+        return grader_error_payload(of_result(result) or Fault("unknown", "unknown cause"), seconds)
     hidden_visibility = "after_published" if show_hidden else "hidden"
     tests = []
     for q in result.get("questions", []):
@@ -285,21 +286,23 @@ def to_gradescope(result: dict, seconds: float, *, show_hidden: bool = False) ->
         "output": "\n".join(lines) or "Graded.",
         "visibility": "visible",
         "stdout_visibility": "hidden",  # the instructor's diagnostics (see _diagnostics)
-        "extra_data": {"status": result.get("status", "graded")},
+        "extra_data": {"status": result.get("status", "graded"),
+                       **({"fault": result["fault"]} if result.get("fault") else {})},
         "tests": tests,
     }
 
 
-def grader_error_payload(cause: str, seconds: float, result: dict | None = None) -> dict:
-    """A grader fault: nothing scored, a clear message for the student, the cause for the instructor."""
+def grader_error_payload(fault: Fault, seconds: float) -> dict:
+    """A fault of the host's or the grader's: nothing scored, a clear message for the student; for the instructor,
+    the fault (``extra_data``: ``cause`` its message, ``cause_class`` its cause, ``owner`` and ``fault``)."""
     return {
         "score": 0.0,
         "execution_time": int(round(seconds)),
         "output": GRADER_ERROR_MESSAGE,
         "visibility": "visible",
         "stdout_visibility": "hidden",
-        "extra_data": {"status": "grader_error", "cause": cause[-4000:],
-                       "cause_class": (result.get("cause") or "unknown") if result else "grader_crash"},
+        "extra_data": {"status": "grader_error", "cause": fault.message[-4000:], "cause_class": fault.cause,
+                       "owner": fault.owner, "fault": fault.with_message(fault.message[-4000:]).to_dict()},
         "tests": [{"name": "Autograder error (not your fault)", "score": 0.0, "max_score": 0.0, "status": "failed",
                    "output": GRADER_ERROR_MESSAGE, "visibility": "visible"}],
     }
@@ -335,11 +338,12 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
         for folder in private:
             if folder.is_dir():
                 os.chmod(folder, 0o700)
-    # the jail masks these and its self-test proves them unreadable (CNN_GRADER_PRIVATE_PATHS)
-    registered = [p for p in os.environ.get("CNN_GRADER_PRIVATE_PATHS", "").split(os.pathsep) if p]
-    os.environ["CNN_GRADER_PRIVATE_PATHS"] = os.pathsep.join(registered + [str(p.resolve()) for p in private])
-    write_results(results_path, grader_error_payload(
-        "the autograder was stopped before it finished (Gradescope's timeout or memory limit?)", 0))
+    from autograder.probe import jail
+
+    jail.add_private_paths(private)  # the jail masks these and its self-test proves them unreadable
+    write_results(results_path, grader_error_payload(Fault(
+        "timeout_infrastructure", "the autograder was stopped before it finished (Gradescope's timeout or memory limit?)"),
+        0))
     try:
         resources = container_resources()
         config = json.loads((root / "source" / "otter_config.json").read_text())
@@ -353,8 +357,8 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
             try:  # provisioned by setup.sh; grading never fetches it
                 ag.spec.dataset.probe_file(allow_network=False)
             except Exception as exc:
-                raise RuntimeError(f"{ag.spec.dataset.name} is not provisioned in the image (setup.sh runs "
-                                   f"`python -m autograder data`): {exc}") from None
+                raise FaultError.of("dataset_missing", f"{ag.spec.dataset.name} is not provisioned in the image "
+                                                       f"(setup.sh runs `python -m autograder data`): {exc}") from None
         notebook, problem = find_notebook(root / "submission", ag.name)
         if notebook is None:
             result = GradeResult.error_row(problem, assignment=ag.name).to_dict()
@@ -390,7 +394,8 @@ def run(root: Path, *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES, retrain
     except BaseException as exc:  # noqa: BLE001 - whatever breaks, results.json says so
         cause = "".join(traceback.format_exception(exc))
         _diagnostics("grader error", {"cause": cause})
-        payload = grader_error_payload(f"{type(exc).__name__}: {exc}", elapsed())
+        payload = grader_error_payload(exc.fault if isinstance(exc, FaultError) else
+                                       Fault("grader_crash", f"{type(exc).__name__}: {exc}"), elapsed())
     write_results(results_path, payload)
     return payload
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import jinja2
 
 from autograder import outline
+from autograder.faults import of_result
 from autograder.lms import similarity
 from autograder.lms.sheets import SafeCsvWriter, csv_cell, private_writer as _private_writer, write_private_text  # noqa: F401
 from autograder.result import PROVISIONAL_WHY, STUDENT_PROVISIONAL, provisional
@@ -392,15 +393,16 @@ def write_review_csv(results: list[dict], path: Path, allow_provisional: bool = 
     rest = sorted((r for r in results if not any(r is u for u in first)), key=lambda r: r["student"]["id"])
     with _private_writer(path) as f:
         w = SafeCsvWriter(f)
-        w.writerow(["id", "source", "canvas_user_id", "status", "in_canvas_import", "reason"])
+        w.writerow(["id", "source", "canvas_user_id", "status", "owner", "cause", "in_canvas_import", "reason"])
         for r in [*first, *rest]:
             row, why = canvas_row(r, allow_provisional)
             reasons = ([why] if row is None else []) + [f for f in flags(r, peers) if not why or f not in why]
             if row is None or reasons:
                 n += 1
-                s = r["student"]
+                s, fault = r["student"], of_result(r)  # whose fault and why, typed (autograder.faults)
                 w.writerow([s["id"], s.get("source", ""), (s.get("extra") or {}).get("canvas_user_id", ""),
-                            r["status"], "no" if row is None else "yes", "; ".join(reasons)])
+                            r["status"], fault.owner if fault else "", fault.cause if fault else "",
+                            "no" if row is None else "yes", "; ".join(reasons)])
     return n
 
 

@@ -32,9 +32,12 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
-ENV_DISABLE = "CNN_GRADER_NO_CGROUP"  # "1": act as if no cgroup could be made (tests; hosts that forbid it)
+from autograder import settings
+
+ENV_DISABLE = settings.NO_CGROUP.name  # "1": act as if no cgroup could be made (tests; hosts that forbid it)
 CPU_CORES_PER_JAIL = 1.0  # the CPU quota of one jail, in cores: the one place to change it
 CPU_PERIOD_US = 100_000
 PIDS_MAX = 4096  # tasks (threads included) in one group: TensorFlow starts many threads
@@ -162,7 +165,7 @@ def _delegate_v2(folder: Path) -> None:
 
 def layout() -> tuple[str, object]:
     """("v1", {controller: the grader's own group folder}), ("v2", folder) or ("none", why)."""
-    if os.environ.get(ENV_DISABLE) == "1":
+    if settings.current().no_cgroup:
         return "none", f"disabled ({ENV_DISABLE}=1)"
     key = os.getpid()
     with _LOCK:
@@ -295,8 +298,10 @@ class Group:
             parts.append(f"pids.max {self.pids_max} (threads included)")
         return f"cgroup {self.version}: " + ", ".join(parts)
 
-    def _folder(self, controller: str) -> Path | None:
-        return self.folders.get(controller) or (self.folders.get("") if self.version == "v2" else None)
+    def _folder(self, controller: str) -> Path:
+        """The folder of ``controller``; a removed group's (or a missing controller's) reads as a missing file."""
+        found = self.folders.get(controller) or (self.folders.get("") if self.version == "v2" else None)
+        return found if found is not None else Path("/nonexistent-cgroup")
 
     def limit(self, memory_bytes: int | None, cpu_cores: float | None, pids_max: int | None) -> None:
         mem, cpu, pids = self._folder("memory"), self._folder("cpu"), self._folder("pids")
@@ -367,8 +372,7 @@ class Group:
         """CPU time the group's tasks used (user and system, the dead included), or None if unreadable."""
         try:
             if self.version == "v1":
-                acct = self._folder("cpuacct")
-                return int(_read(acct / "cpuacct.usage")) / 1e9 if acct else None
+                return int(_read(self._folder("cpuacct") / "cpuacct.usage")) / 1e9
             for line in _read(self._folder("cpu") / "cpu.stat").splitlines():
                 if line.startswith("usage_usec "):
                     return int(line.split()[1]) / 1e6
@@ -454,6 +458,17 @@ class Group:
         except OSError:
             pass
         return False
+
+    @contextmanager
+    def frozen(self):
+        """Within: every task of the group is stopped (v2 ``cgroup.freeze``, v1 ``freezer.state``), so that the
+        host can be measured without the group's load; yields whether it could be frozen."""
+        done = self._freeze(True)
+        try:
+            yield done
+        finally:
+            if done:
+                self._freeze(False)
 
     def kill(self, rounds: int = 100) -> bool:
         """Kill every process in the group; True once none is left.  v2: ``cgroup.kill``; else freeze the

@@ -42,13 +42,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from autograder import children
+from autograder import children, settings
+from autograder.faults import Fault, FaultError
 from autograder.metering import cgroup
 from autograder.metering.processes import SYSVIPC, still_running, uid_ipc, uid_processes  # noqa: F401
 
-ENV_MODE = "CNN_GRADER_ISOLATION"
-ENV_UNSAFE = "CNN_GRADER_UNSAFE_NO_ISOLATION"  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
-ENV_PRIVATE = "CNN_GRADER_PRIVATE_PATHS"  # os.pathsep-separated: outputs and inputs of a batch
+ENV_MODE = settings.ISOLATION.name
+ENV_UNSAFE = settings.UNSAFE_NO_ISOLATION.name  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
+ENV_PRIVATE = settings.PRIVATE_PATHS.name  # os.pathsep-separated: outputs and inputs of a batch
 MODES = ("auto", "bwrap", "permissions", "none")
 SLOT_UID_BASE = 60001
 SLOT_COUNT = 512
@@ -67,12 +68,16 @@ def probe_python() -> str:
     return PROBE_PYTHON or sys.executable
 
 
-class JailError(RuntimeError):
-    """The grader cannot isolate a submission: a grader fault, never the student's."""
+class JailError(FaultError):
+    """The grader cannot isolate a submission: a grader fault, never the student's (cause ``jail_unsafe``, or
+    ``interpreter`` where the jailed Python cannot start)."""
+
+    def __init__(self, message: str, cause: str = "jail_unsafe"):
+        super().__init__(Fault(cause, message))
 
 
 def requested_mode() -> str:
-    mode = os.environ.get(ENV_MODE, "auto").strip().lower() or "auto"
+    mode = settings.current().isolation
     if mode not in MODES:
         raise JailError(f"{ENV_MODE}={mode!r} is not one of {', '.join(MODES)}")
     return mode
@@ -116,7 +121,7 @@ def choose_mode() -> str:
                         f"{ENV_MODE}=permissions as root.")
     if _is_root() and shutil.which("setpriv"):
         return "permissions"
-    if mode == "auto" and os.environ.get(ENV_UNSAFE) == "1":
+    if mode == "auto" and settings.current().unsafe_no_isolation:
         return "none"
     if mode == "permissions":
         raise JailError("the permission jail needs the grader to run as root (to hand each sandbox its own uid) "
@@ -147,7 +152,7 @@ def private_paths(extra=()) -> list[Path]:
     paths = [PACKAGE_DIR, *assignment_dirs(), cache_dir(), Path.home() / ".cache" / "cnn-grader", Path.home() / ".keras"]
     if (PACKAGE_DIR.parent / "pyproject.toml").is_file():  # an editable install: the whole repository
         paths.append(PACKAGE_DIR.parent)
-    paths += [Path(p) for p in os.environ.get(ENV_PRIVATE, "").split(os.pathsep) if p]
+    paths += [Path(p) for p in settings.current().private_paths]
     paths += [Path(p) for p in extra]
     out: list[Path] = []
     for p in paths:
@@ -162,12 +167,12 @@ def private_paths(extra=()) -> list[Path]:
 
 def add_private_paths(paths) -> None:
     """Register folders (a batch's inputs and outputs) for every jail of this process and its workers."""
-    current = [p for p in os.environ.get(ENV_PRIVATE, "").split(os.pathsep) if p]
+    current = list(settings.current().private_paths)
     for p in paths:
         p = os.path.realpath(p)
         if p not in current:
             current.append(p)
-    os.environ[ENV_PRIVATE] = os.pathsep.join(current)
+    settings.PRIVATE_PATHS.set(os.pathsep.join(current))
 
 
 # --- slot uids --------------------------------------------------------------------------------
@@ -476,7 +481,7 @@ class Jail:
         }[self.mode]
         notes.append(self.metering)
         return {"mode": self.mode, "isolated": self.mode != "none", "uid": self.uid, "notes": notes,
-                "cgroup": self.group.version if self.group else None}
+                "cgroup": self.group.version if self.group else None, "metering": self.metering}
 
     @property
     def metering(self) -> str:
@@ -639,10 +644,10 @@ def self_test(private=(), *, python: str | None = None) -> dict:
             _SELF_TESTS[key] = _run_self_test(private, python, NOTEBOOK_IMPORTS)
             _CHECKED[key] = secrets
         except JailError as exc:
-            _SELF_TESTS[key] = str(exc)
+            _SELF_TESTS[key] = exc
     found = _SELF_TESTS[key]
-    if isinstance(found, str):
-        raise JailError(found)
+    if isinstance(found, JailError):
+        raise JailError(str(found), found.fault.cause)
     if not secrets <= _CHECKED[key]:
         _run_self_test(private, python, ())  # raises if a newly registered folder is reachable
         _CHECKED[key] |= secrets
@@ -684,7 +689,7 @@ def _run_self_test(private, python: str, imports) -> dict:
                                     preexec_fn=jail.preexec())
             except subprocess.TimeoutExpired:
                 raise JailError(f"the jail's self-test did not finish within {STARTUP_SECONDS:.0f} s "
-                                f"({jail.mode} mode); the machine may be overloaded") from None
+                                f"({jail.mode} mode); the machine may be overloaded", "timeout_infrastructure") from None
             return _judge_self_test(jail, python, proc)
     finally:
         sentinel.kill()
@@ -702,17 +707,19 @@ def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess)
             if cause:
                 raise JailError(f"the interpreter under {needed} is not reachable by {who}: {cause}. Fix: install the "
                                 "grader's Python environment where other users can read it (e.g. a venv in /opt), "
-                                "or install bubblewrap (apt-get install bubblewrap), which mounts it into the jail.")
+                                "or install bubblewrap (apt-get install bubblewrap), which mounts it into the jail.",
+                                "interpreter")
     if mark < 0:
         tail = (proc.stderr or proc.stdout)[-800:].strip()
-        raise JailError(f"the jailed Python did not start ({jail.mode} mode, exit {proc.returncode}): {tail}")
+        raise JailError(f"the jailed Python did not start ({jail.mode} mode, exit {proc.returncode}): {tail}",
+                        "interpreter")
     found = json.loads(proc.stdout[mark + len("@@SELFTEST@@"):].splitlines()[0])
     broken = {m: e for m, e in found["imports"].items() if e}
     if broken:
         raise JailError(f"the jailed Python cannot import what notebooks need ({jail.mode} mode): "
                         + "; ".join(f"{m}: {e}" for m, e in broken.items())
                         + ". Fix: install numpy, keras, IPython and otter-grader into the grader's environment, "
-                        "readable by other users.")
+                        "readable by other users.", "interpreter")
     problems = []
     if found["grader"]:
         problems.append(f"it can import the grader package ({found['grader']}): make that folder unreadable to "
@@ -761,7 +768,7 @@ def unreachable(path: str, uid: int | None) -> str | None:
 
 # --- Ray in a permission jail ---------------------------------------------------------------------
 
-ENV_RAY_AUTHENTICATED = "CNN_GRADER_RAY_AUTHENTICATED"  # "1": the operator vouches that the cluster requires authentication
+ENV_RAY_AUTHENTICATED = settings.RAY_AUTHENTICATED.name  # "1": the operator vouches that the cluster requires authentication
 
 
 def ray_authenticated() -> bool:
@@ -770,7 +777,7 @@ def ray_authenticated() -> bool:
     (``CNN_GRADER_RAY_AUTHENTICATED=1``)."""
     return (os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token"
             or os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true")
-            or os.environ.get(ENV_RAY_AUTHENTICATED) == "1")
+            or settings.current().ray_authenticated)
 
 
 def _ray_endpoints(address: str | None) -> list[tuple[str, int]]:

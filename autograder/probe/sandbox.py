@@ -1,25 +1,32 @@
-"""Probe: execute one untrusted submission in a jail, under limits, and collect data.
+"""Probe: run a notebook in a jail and collect its messages, under limits.
 
 The child (:mod:`autograder.probe.runtime`, copied in) runs in a jail (:mod:`autograder.probe.jail`)
 whose working folder holds only the notebook, the runtime and a read-only copy of MNIST; no
-tests, no solutions, no grader.  This parent enforces:
+tests, no solutions, no grader.  What it sends is checked by :mod:`autograder.jail_messages`; what it
+uses is metered by :mod:`autograder.metering` (one :class:`~autograder.metering.watchdog.Watchdog`, whose
+readings the rules below judge).  This parent enforces:
 
 * a time limit per cell (SIGINT, which IPython turns into an error in that cell only)
   and per notebook (the whole process tree is killed); both start at the first student cell,
   the grader's own start-up has a separate limit whose expiry is a grader error.  With a cgroup
-  (:mod:`autograder.metering.cgroup`) they count wall time less what the host made the cells' thread
-  wait for a CPU, and never less than the jail's own CPU time (:func:`_charged`), so a neighbour's
-  load cannot run them down while sleeping still counts; a wall-clock backstop ``clocks.WALL_BACKSTOP``
-  times longer remains, and a backstop reached while that thread waited for a CPU is the host's
-  fault (a grader error, graded again), not the student's.  Without one they count wall time, as
-  the isolation notes say;
+  they count wall time less what the host made the cells' thread wait for a CPU, and never less than
+  the jail's own CPU time (:func:`autograder.metering.clocks.charged`), so a neighbour's load cannot run
+  them down while sleeping still counts; over a limit, the CPU-bound time counts at the host's normal
+  speed where the host, measured with the jail frozen, runs measurably slower than its calibration
+  (:mod:`autograder.metering.calibration`).  A wall-clock backstop ``WALL_BACKSTOP`` times longer
+  remains, and a backstop reached while that thread waited for a CPU, or on a measurably slow host, is
+  the host's fault (``host_slow``: run again once, then a grader error), not the student's.  Without a
+  cgroup they count wall time, as the isolation notes say;
 * a memory limit on the whole jail: the kernel's count of its cgroup (kernel memory, socket buffers,
   tmpfs included; OOM kills are this limit) and, always, the resident size of its process tree plus
-  memfd, /dev/shm and System V shared memory, sampled by a watchdog thread; a process-count limit
-  (fork bombs), and the cgroup's ``pids.max`` on threads;
+  memfd, /dev/shm and System V shared memory; a process-count limit (fork bombs), and the cgroup's
+  ``pids.max`` on threads;
 * capped output (only the head and tail of stdout/stderr are kept);
 * a strict protocol on the status pipe: one record per real cell, in order, with bounded
   fields; values only for the requested names, once; the parent owns every timer.
+
+Every stop is a typed fault (:class:`autograder.faults.Fault`): the submission's (a limit, a crash) or the
+host's or the grader's (the jail, the grader's start-up, a starved or slow host).
 
 A cell that brings the whole run down (``os._exit``, a segfault, a memory or fork bomb, a
 loop that ignores interrupts) costs that cell: the notebook runs again without it, at most
@@ -47,8 +54,12 @@ import nbformat
 import psutil
 
 from autograder import children, protocol, settings, warm
+from autograder.faults import Fault
 from autograder.jail_messages import checked_value, clean_text
-from autograder.metering import cgroup, clocks, processes
+from autograder.metering import clocks, processes
+from autograder.metering import calibration
+from autograder.metering.calibration import HostSpeed
+from autograder.metering.watchdog import Reading, Watchdog
 from autograder.probe import jail as jails
 
 RUNTIME = Path(__file__).with_name("runtime.py")
@@ -56,6 +67,7 @@ PROTOCOL = Path(protocol.__file__)
 MAX_RERUNS = 2  # a notebook runs at most this many more times, each without a cell that crashed it
 MAX_STARVED_RERUNS = 1  # a run the host starved of CPU runs again this often, then is a grader error
 STARVED_PAUSE = 5.0
+SPEED_TTL = 30.0  # a measurement of the host's speed (with the jail frozen) stands this many seconds
 MAX_STATUS_BYTES = 64 * 1024 * 1024  # the whole status stream of one run
 MAX_STATUS_LINE = 16 * 1024 * 1024  # one message (an array of 1M float64 is ~10.7 MB in base64: MAX_NPY_CHARS)
 
@@ -78,9 +90,10 @@ class ProbeResult:
     values: dict = field(default_factory=dict)  # variable -> untrusted plain data (see probe_runtime)
     cells: list = field(default_factory=list)  # per real cell: index, seconds (measured here), error
     limits_hit: list = field(default_factory=list)
-    crashed: str | None = None  # why the last run ended before extraction finished, if it did
-    grader_error: str | None = None  # a fault of the grader (jail, start-up): never the student's
-    skipped: list = field(default_factory=list)  # cells left out of a rerun: index, reason
+    # why the last run ended before extraction finished, if it did: the submission's fault (a limit, a crash,
+    # an unreadable notebook), or the host's or the grader's (the jail, the grader's start-up)
+    fault: Fault | None = None
+    skipped: list = field(default_factory=list)  # cells left out of a rerun: index, reason, cause
     runs: int = 0
     output: str = ""
     seconds: float = 0.0
@@ -89,7 +102,7 @@ class ProbeResult:
 
     @property
     def complete(self) -> bool:
-        return self.crashed is None and self.grader_error is None
+        return self.fault is None
 
 
 class _BoundedBuffer:
@@ -139,7 +152,7 @@ def _rlimits(file_size_mb: int, slot_uid: bool, join=None):
     return apply
 
 
-ENV_PROBE_THREADS = "CNN_GRADER_PROBE_THREADS"
+ENV_PROBE_THREADS = settings.PROBE_THREADS.name
 PROBE_THREAD_VARIABLES = settings.THREAD_VARIABLES  # the same variables as a retrain's
 
 
@@ -147,10 +160,7 @@ def probe_threads() -> int:
     """CPU threads a probe's TensorFlow and BLAS may use (``CNN_GRADER_PROBE_THREADS``; 0 or unset: their
     defaults).  The batch grader sets 1, so that probes beside a retrain do not oversubscribe the cores;
     ``--real-fit`` probes, which train, keep the defaults."""
-    try:
-        return max(int(os.environ.get(ENV_PROBE_THREADS, "0")), 0)
-    except ValueError:
-        return 0
+    return settings.current().probe_threads
 
 
 @dataclass(frozen=True)
@@ -272,17 +282,17 @@ def probe(
     try:  # never through a link; the reason names the fault, never the file's content
         nb = read_notebook(notebook)
     except SubmissionFileError as exc:
-        result.crashed = f"the notebook could not be read: {exc}"
+        result.fault = Fault("unreadable", f"the notebook could not be read: {exc}")
         return result
     private = [*private, Path(notebook).resolve().parent]
     try:
         result.isolation = dict(jails.self_test(private))
     except jails.JailError as exc:
-        result.grader_error = f"the sandbox is not safe to grade in: {exc}"
+        result.fault = exc.fault.with_message(f"the sandbox is not safe to grade in: {exc}")
         result.seconds = round(time.monotonic() - started, 3)
         return result
     cells = code_cells(nb)
-    skipped: dict[int, str] = {}
+    skipped: dict[int, Fault] = {}  # cell -> what it did that brought the run down
     processes.become_subreaper()
     starved_runs = 0
     while True:
@@ -295,22 +305,21 @@ def probe(
             starved_runs += 1
             time.sleep(STARVED_PAUSE)
             continue
-        if run.grader_error:
-            result.grader_error = run.grader_error
+        if run.fault is not None and run.fault.graders:
             break
         culprit = run.crashed_cell
-        if run.crashed and culprit is not None and run.rerunnable and result.runs <= MAX_RERUNS:
+        if run.fault is not None and culprit is not None and run.rerunnable and result.runs <= MAX_RERUNS:
             skipped[culprit] = run.crash_reason
             result.limits_hit += run.limits_hit
             continue
         break
     result.values = run.values
     result.cells = sorted(run.cells + [{"index": i, "seconds": None, "error": f"not run: on an earlier run this cell "
-                                        f"brought the whole notebook down ({why}); the rest was graded without it"}
+                                        f"brought the whole notebook down ({why.message}); the rest was graded without it"}
                                        for i, why in skipped.items()], key=lambda c: c["index"])
-    result.skipped = [{"index": i, "reason": why} for i, why in skipped.items()]
+    result.skipped = [{"index": i, "reason": why.message, "cause": why.cause} for i, why in skipped.items()]
     result.limits_hit += run.limits_hit
-    result.crashed = run.crashed
+    result.fault = run.fault
     result.output = run.output
     result.seconds = round(time.monotonic() - started, 3)
     return result
@@ -335,11 +344,10 @@ class _Run:
         self.values: dict = {}
         self.cells: list = []
         self.limits_hit: list = []
-        self.crashed: str | None = None
-        self.crashed_cell: int | None = None
-        self.crash_reason = ""
+        self.fault: Fault | None = None  # why this run ended before grading finished (see ProbeResult.fault)
+        self.crashed_cell: int | None = None  # the cell that brought it down, if one did
+        self.crash_reason: Fault | None = None  # what that cell did (a limit, an exit), said in skipped cells
         self.rerunnable = False
-        self.grader_error: str | None = None
         self.output = ""
         self.phase = "startup"  # startup -> cells -> extract -> done
         self.position = 0  # next cell of self.expected
@@ -358,9 +366,10 @@ class _Run:
         self.group = None  # the jail's control group (None: no cgroup here; wall clocks only)
         self.step_cpu = self.notebook_cpu = 0.0  # the group's CPU seconds when the step / notebook clock started
         self.starved = False  # a wall backstop was reached while the jail waited for a CPU: the host's fault
-        self.delays: dict[int, float] = {}  # task id -> seconds it waited for a CPU (run queue), as last sampled
+        self.watchdog: Watchdog | None = None  # what meters this run (memory, processes, CPU time, run-queue waits)
         self.step_delays: dict[int, float] = {}  # the same when the step / notebook clock started
         self.notebook_delays: dict[int, float] = {}
+        self.step_paused = self.notebook_paused = 0.0  # the watchdog's paused seconds when each clock started
         self.files: dict[str, bytes] = {}  # put beside the notebook (sent with the submission)
         self.data_setup: str | None = None  # the dataset's start-up code in the probe (Dataset.probe_setup)
 
@@ -394,12 +403,14 @@ class _Run:
         self._mark_step()
 
     def cpu(self) -> float | None:
-        """The jail's own CPU seconds so far (its cgroup's), or None without a cgroup."""
-        return self.group.cpu_seconds() if self.group is not None else None
+        """The jail's own CPU seconds since its watch began (its cgroup's), or None without a cgroup."""
+        return self.watchdog.cpu() if self.watchdog is not None else None
 
     def _mark_step(self) -> None:
-        """The step clock started: note the jail's CPU time and run-queue wait with it."""
-        self.step_cpu, self.step_delays = self.cpu() or 0.0, self.delays
+        """The step clock started: note the jail's CPU time, run-queue wait and paused time with it."""
+        self.step_cpu = self.cpu() or 0.0
+        self.step_delays = self.watchdog.delays if self.watchdog is not None else {}
+        self.step_paused = self.watchdog.paused if self.watchdog is not None else 0.0
 
     def _begin_step(self, label: str, now: float) -> None:
         self.step, self.step_started = label, now
@@ -407,6 +418,7 @@ class _Run:
         if self.notebook_started is None:  # the notebook's clock starts with the first student code
             self.notebook_started = now
             self.notebook_cpu, self.notebook_delays = self.step_cpu, self.step_delays
+            self.notebook_paused = self.step_paused
 
     def _accept(self, msg: dict, kind, now: float) -> bool:
         if kind == protocol.READY and self.phase == "startup":
@@ -472,7 +484,7 @@ class _Run:
         limits = self.limits
         spec = _ProbeSpec(str(data_file) if data_file else None, self.real_fit, limits.file_size_mb,
                           jails.probe_python(), jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
-                          tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))),
+                          tuple(sorted(settings.current().private_paths)),
                           0 if self.real_fit else probe_threads(), self.data_setup, limits.memory_mb)
         started = warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
         into.warm_starts.append(started is not None)
@@ -486,9 +498,9 @@ class _Run:
             self.uid = jail.uid
             self.group = jail.group
             into.isolation["cgroup"] = jail.group.version if jail.group else None
-            notes = [n for n in into.isolation.get("notes", []) if not n.startswith(
-                ("metered by the kernel", cgroup.NO_CGROUP_NOTE))]
-            into.isolation["notes"] = notes + [jail.metering]  # this run's own group (or why it has none)
+            # this run's own group (or why it has none), in place of the self-test's
+            notes = [n for n in into.isolation.get("notes", []) if n != into.isolation.get("metering")]
+            into.isolation["notes"], into.isolation["metering"] = notes + [jail.metering], jail.metering
             files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
             job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
                               "files": files}).encode()
@@ -544,103 +556,74 @@ class _Run:
                             if b"\n" in chunk:
                                 buf, skipping = chunk.split(b"\n", 1)[1], False
 
+        watchdog = Watchdog(child, group=self.group, uid=self.uid, run_delays=True)
+        self.watchdog = watchdog  # before the status reader starts: its clocks read it
         threads = [threading.Thread(target=read_output, daemon=True), threading.Thread(target=read_status, daemon=True)]
         for t in threads:
             t.start()
-        started = time.monotonic()
-        start_cpu = self.cpu()
-        group = self.group
-        metered = start_cpu is not None  # the clocks below count the jail's own CPU time, wall time as a backstop
-        ooms = group.oom_kills() if group is not None else 0
+        metered = watchdog.metered  # the clocks below count the jail's own CPU time, wall time as a backstop
         interrupted = None
         interrupted_at = interrupted_cpu = 0.0
         runtime_pid = None
-        tick, escaped, outside, kernel_memory = 0, [], 0, 0
-        procs, rss, next_scan = [], 0, 0.0
-        stop = None  # (message, is a grader fault)
         memory_limit = limits.memory_mb * 1024 * 1024
-        while child.poll() is None:
-            time.sleep(0.05)
-            now = time.monotonic()
-            if now >= next_scan:  # every 50 ms, unless a scan of the process table costs more than a fifth of that
-                procs = processes.tree(child.pid)
-                tick += 1
-                if tick % 5 == 1:  # a few times a second: the uid's other processes and RAM held outside RSS
-                    escaped = [p for p in processes.uid_processes(self.uid) if p.pid not in {q.pid for q in procs}]
-                    outside = processes.memory_outside_rss(procs + escaped, self.uid)
-                    if group is not None:  # what the kernel charged (socket buffers, tmpfs, page tables...)
-                        kernel_memory = group.memory_bytes()
-                        if tick % 20 == 1:  # about once a second: who waited for a CPU, and how long
-                            self.delays = {**self.delays, **clocks.run_delays(group.pids())}
-                procs = procs + [p for p in escaped if p.is_running()]
-                rss = outside
-                for p in procs:
-                    try:
-                        rss += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                rss = max(rss, kernel_memory)
-                # on a loaded machine the watchdog's own scans are the grader's largest cost per notebook:
-                # they become rarer (at most 20% of the watchdog's time), the clocks below stay exact
-                next_scan = now + 4 * (time.monotonic() - now)
-            cpu_now = self.cpu() if metered else None
-            oom = group is not None and group.oom_kills() > ooms
+
+        def rule(r: Reading) -> _Stop | None:  # None: go on
+            nonlocal interrupted, interrupted_at, interrupted_cpu, runtime_pid
             with self.lock:
                 phase, step, step_started, nb_started = self.phase, self.step, self.step_started, self.notebook_started
                 step_cpu, nb_cpu = self.step_cpu, self.notebook_cpu
                 step_delays, nb_delays = self.step_delays, self.notebook_delays
+                step_paused, nb_paused = self.step_paused, self.notebook_paused
                 running = phase in ("cells", "extract")  # no state without a clock: see _accept
+            now, cpu_now = r.now, r.cpu
             if phase == "startup":
-                used = (cpu_now - start_cpu) if metered else now - started
-                if used > jails.STARTUP_SECONDS or now - started > jails.STARTUP_SECONDS * (clocks.WALL_BACKSTOP if metered else 1):
-                    stop = (f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s (grader start-up, "
-                            "before any student code); the machine may be overloaded", True)
-                    break
-                if rss > memory_limit or oom:
-                    stop = (f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
-                            "raise --memory-mb", True)
-                    break
-                continue
-            if rss > memory_limit or oom:
-                stop = (f"memory limit ({limits.memory_mb} MiB{', enforced by the kernel' if oom else ''}) "
-                        f"exceeded during {step}", False)
-                break
+                used = cpu_now if metered else r.wall
+                if used > jails.STARTUP_SECONDS or r.wall > jails.STARTUP_SECONDS * (clocks.WALL_BACKSTOP if metered else 1):
+                    return _Stop("timeout_infrastructure", f"the probe did not start within {jails.STARTUP_SECONDS:.0f} s "
+                                 "(grader start-up, before any student code); the machine may be overloaded")
+                if r.memory > memory_limit or r.oom:
+                    return _startup_memory(limits)
+                return None
+            if r.memory > memory_limit or r.oom:
+                return _Stop("memory_limit", f"memory limit ({limits.memory_mb} MiB"
+                             f"{', enforced by the kernel' if r.oom else ''}) exceeded", step)
             with self.lock:
                 left_behind = self.process_culprit
-            if len(procs) > limits.max_processes or left_behind is not None:
+            if r.processes > limits.max_processes or left_behind is not None:
                 if left_behind is not None:
                     step = f"cell {left_behind}"
-                stop = (f"process limit ({limits.max_processes}) exceeded during {step}", False)
-                break
+                return _Stop("process_limit", f"process limit ({limits.max_processes}) exceeded", step)
             if running and runtime_pid is None:
                 runtime_pid = _runtime_pid(child.pid)  # its main thread runs the cells: whose wait is the host's
             if nb_started is not None:
-                wall = now - nb_started
-                nb_waited = clocks.waited(self.delays, nb_delays, runtime_pid) if metered else 0.0
-                if (clocks.charged(cpu_now - nb_cpu, wall, nb_waited) if metered else wall) > limits.notebook_seconds:
-                    stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step}", False)
-                    self.rerunnable = False
-                    break
+                wall = now - nb_started - (watchdog.paused - nb_paused)  # the host's measurements left out
+                nb_waited = clocks.waited(watchdog.delays, nb_delays, runtime_pid) if metered else 0.0
+                charged = clocks.charged(cpu_now - nb_cpu, wall, nb_waited) if metered else wall
+                speed = host_speed() if metered and charged > limits.notebook_seconds else None
+                if calibration.normal_seconds(charged, (cpu_now or 0.0) - nb_cpu, speed) > limits.notebook_seconds:
+                    return _Stop("notebook_time_limit", f"notebook time limit ({limits.notebook_seconds:.0f} s) reached",
+                                 step, _normal_speed_note(speed))
                 if metered and wall > clocks.WALL_BACKSTOP * limits.notebook_seconds:
-                    if clocks.starved(nb_waited, wall):
-                        stop = (_starved_message("the notebook", cpu_now - nb_cpu, wall), True)
+                    speed = host_speed()
+                    if clocks.starved(nb_waited, wall) or speed.slow:
                         self.starved = True
-                        break
-                    stop = (f"notebook time limit ({limits.notebook_seconds:.0f} s) reached during {step} "
-                            f"(wall-clock backstop of {clocks.WALL_BACKSTOP * limits.notebook_seconds:.0f} s: it mostly "
-                            "waited)", False)
-                    self.rerunnable = False
-                    break
+                        return _Stop("host_slow", _starved_message("the notebook", cpu_now - nb_cpu, wall, speed))
+                    return _Stop("notebook_time_limit", f"notebook time limit ({limits.notebook_seconds:.0f} s) reached",
+                                 step, f" (wall-clock backstop of {clocks.WALL_BACKSTOP * limits.notebook_seconds:.0f} s: "
+                                       "it mostly waited)")
             over, how = 0.0, ""
             if running and step_started:
-                wall = now - step_started
-                waited = clocks.waited(self.delays, step_delays, runtime_pid) if metered else 0.0
-                over = (clocks.charged(cpu_now - step_cpu, wall, waited) if metered else wall) - limits.cell_seconds
+                wall = now - step_started - (watchdog.paused - step_paused)  # the host's measurements left out
+                waited = clocks.waited(watchdog.delays, step_delays, runtime_pid) if metered else 0.0
+                charged = clocks.charged(cpu_now - step_cpu, wall, waited) if metered else wall
+                speed = host_speed() if metered and charged > limits.cell_seconds else None
+                over = calibration.normal_seconds(charged, (cpu_now or 0.0) - step_cpu, speed) - limits.cell_seconds
+                how = _normal_speed_note(speed)
                 if metered and over <= 0 and wall > clocks.WALL_BACKSTOP * limits.cell_seconds:
-                    if clocks.starved(waited, wall):
-                        stop = (_starved_message(step, cpu_now - step_cpu, wall), True)
+                    speed = host_speed()
+                    if clocks.starved(waited, wall) or speed.slow:
                         self.starved = True
-                        break
+                        return _Stop("host_slow", _starved_message(step, cpu_now - step_cpu, wall, speed))
                     over = wall - clocks.WALL_BACKSTOP * limits.cell_seconds
                     how = f" (wall-clock backstop of {clocks.WALL_BACKSTOP * limits.cell_seconds:.0f} s: it mostly waited)"
             if over > 0:
@@ -655,15 +638,24 @@ class _Run:
                         pass
                 elif ((cpu_now - interrupted_cpu if metered else now - interrupted_at) > 10
                       or now - interrupted_at > 10 * clocks.WALL_BACKSTOP):  # the interrupt was ignored: this run cannot go on
-                    stop = (f"{step} ignored the interrupt", False)
-                    break
-        if stop is None and group is not None and group.oom_kills() > ooms:  # the kernel ended it: whose memory?
-            stop = ((f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
-                     "raise --memory-mb", True) if self.phase == "startup" else
-                    (f"memory limit ({limits.memory_mb} MiB, enforced by the kernel) exceeded during {self.step}", False))
-        if group is not None:
-            group.kill()  # everything in the jail's group, whatever session or uid it took
-        notebook_limit = bool(stop and stop[0].startswith("notebook time limit"))
+                    return _Stop("interrupt_ignored", "ignored the interrupt of its time limit", step)
+            return None
+
+        measured: list = [None, float("-inf")]  # the host's speed, and when it was measured
+
+        def host_speed() -> HostSpeed:
+            """The host against its calibration, measured with the jail frozen, at most every SPEED_TTL seconds."""
+            if time.monotonic() - measured[1] > SPEED_TTL:
+                measured[:] = [watchdog.host_speed(1), time.monotonic()]
+            return measured[0]
+
+        stop = watchdog.watch(rule)
+        if stop is None and watchdog.oom_killed():  # the kernel ended it: whose memory?
+            stop = (_startup_memory(limits) if self.phase == "startup" else
+                    _Stop("memory_limit", f"memory limit ({limits.memory_mb} MiB, enforced by the kernel) exceeded",
+                          self.step))
+        if self.group is not None:
+            self.group.kill()  # everything in the jail's group, whatever session or uid it took
         processes.kill_everything(child, preexisting)
         for t in threads:
             t.join(timeout=5)
@@ -672,31 +664,63 @@ class _Run:
         # was read, which the watchdog then saw as time "between cells".
         with self.lock:
             culprit = self.current if self.process_culprit is None else self.process_culprit
-            if stop and culprit is not None and stop[0].endswith("during between cells"):
-                stop = (stop[0][: -len("between cells")] + f"cell {culprit}", stop[1])
+            if stop is not None and culprit is not None and stop.step == "between cells":
+                stop.step = f"cell {culprit}"
         self.output = output.text()
         if self.ignored:
             self.limits_hit.append(f"{self.ignored} forged or out-of-order status message(s) ignored")
-        if stop and stop[1]:
-            self.grader_error = stop[0]
+        if stop is not None and stop.fault().graders:
+            self.fault = stop.fault()
             return
-        if stop:
-            self.limits_hit.append(stop[0])
+        if stop is not None:
+            self.limits_hit.append(stop.message)
         if self.phase == "startup":
-            self.grader_error = (f"the probe stopped during the grader's start-up, before any student code ran "
-                                 f"(exit {child.returncode}): {self.output[-1500:].strip()}")
+            self.fault = Fault("interpreter", f"the probe stopped during the grader's start-up, before any student code "
+                                              f"ran (exit {child.returncode}): {self.output[-1500:].strip()}")
             return
         if self.phase != "done":
-            why = stop[0] if stop else _exit_reason(child.returncode)
+            why = stop.fault() if stop is not None else Fault("crashed", _exit_reason(child.returncode))
             self.crash_reason = why
-            self.crashed = f"the submission stopped before grading finished ({why}, during {self.step})"
+            where = "" if stop is not None and stop.step else f", during {self.step}"  # said once
+            self.fault = Fault(why.cause, f"the submission stopped before grading finished ({why.message}{where})")
             self.crashed_cell = culprit
-            self.rerunnable = culprit is not None and not notebook_limit
+            self.rerunnable = culprit is not None and why.cause != "notebook_time_limit"
 
 
-def _starved_message(step: str, cpu: float, wall: float) -> str:
-    return (f"the host was overloaded: {step} got {cpu:.1f} s of CPU in {wall:.0f} s while waiting for a CPU, "
+@dataclass
+class _Stop:
+    """Why the watchdog stopped a run: a fault whose message, for the submission's limits, names the step (a cell
+    is named once the status reader has caught up, see :meth:`_Run._watch`)."""
+
+    cause: str  # autograder.faults.CAUSES
+    what: str  # the limit, or what happened
+    step: str | None = None  # where it happened (the submission's faults)
+    detail: str = ""  # said after the step
+
+    @property
+    def message(self) -> str:
+        return self.what if self.step is None else f"{self.what} during {self.step}{self.detail}"
+
+    def fault(self) -> Fault:
+        return Fault(self.cause, self.message)
+
+
+def _startup_memory(limits: Limits) -> _Stop:
+    return _Stop("host_limit", f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
+                               "raise --memory-mb")
+
+
+def _starved_message(step: str, cpu: float, wall: float, speed: HostSpeed | None = None) -> str:
+    slow = f", and {speed.describe()}" if speed is not None and speed.slow else ""
+    return (f"the host was overloaded: {step} got {cpu:.1f} s of CPU in {wall:.0f} s while waiting for a CPU{slow}, "
             f"on {1 + MAX_STARVED_RERUNS} runs; not the submission's fault, it is graded again on the next run")
+
+
+def _normal_speed_note(speed: HostSpeed | None) -> str:
+    """For a limit reached on a host measured slower than its calibration: how it was counted."""
+    if speed is None or not speed.slow:
+        return ""
+    return f" (its CPU time counted at the host's normal speed: {speed.describe()})"
 
 
 def _exit_reason(code: int | None) -> str:

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from autograder.verifier import pipeline
 from autograder.verifier.budget import Budget, check as check_budget, check_config_size, recipe_cost
 from autograder.verifier.rebuild import RefusedModel, canonical_recipe
-from autograder.verifier.training import RetrainFailed, _dataset, build_callbacks, fingerprint, host_fault, keras_message
+from autograder.faults import FaultError
+from autograder.verifier.training import _dataset, build_callbacks, fingerprint, host_fault, keras_message
 
 DEFAULT_SEED = 1234
 
@@ -142,8 +143,8 @@ def check_buildable(model: dict, plan: list[dict]) -> None:
             return make()
         except Exception as exc:
             if host_fault(exc):
-                raise RetrainFailed(f"the host ran short while building the recipe: {keras_message(exc)}",
-                                    "host_limit") from None
+                raise FaultError.of("host_limit", f"the host ran short while building the recipe: {keras_message(exc)}"
+                                    ) from None
             raise RefusedModel(f"Keras could not build the recipe's {what}: {keras_message(exc)}") from None
 
     with keras.device("cpu"):

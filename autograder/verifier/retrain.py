@@ -19,7 +19,7 @@ a print statement).  From the extracted model config and the recorded ``fit`` ca
    ``TIMED_STEPS``) are timed; a run whose measured projection exceeds ``PROJECTION_SHARE`` of
    ``max_seconds``, or that later overruns its own projection, is stopped and refused as the
    submission's, with the figures; a failure before the first step is the submission's too.  A
-   ``grader_error`` is left for the grader's and the host's faults, each with its cause;
+   ``grader_error`` is left for the grader's and the host's faults (:mod:`autograder.faults`), each with its cause;
 4. when the first accuracy lies within ``seed_margin`` of the threshold, more seeds are
    trained, up to ``seeds``, and the median is scored (every accuracy is reported);
 5. results are cached (:mod:`autograder.verifier.signed_cache`) by the canonical recipe, the data description, every option and the
@@ -40,13 +40,14 @@ from pathlib import Path
 from autograder.verifier.rebuild import RefusedModel, describe_optimizer, learning_rates
 from autograder.verifier.recipe import DEFAULT_SEED, Settings, input_max, prepare  # noqa: F401 (DEFAULT_SEED re-exported)
 from autograder.verifier.signed_cache import _hmac_key, _private_dir, _read_entry, _write_entry, cache_key, default_cache_dir
-from autograder.verifier.training import RetrainFailed, deterministic, device_description, select_backend, train_run
+from autograder.faults import Fault, FaultError
+from autograder.verifier.training import deterministic, device_description, select_backend, train_run
 from autograder.verifier.worker import _run_isolated, _Slot, default_slot_dir, retrain_slots
 
 # the verifier's parts, as callers and tests know them from here
 from autograder.verifier.recipe import _data_notes, check_buildable  # noqa: E402,F401
 from autograder.verifier.signed_cache import VERIFIER_VERSION  # noqa: E402,F401
-from autograder.verifier.training import TIMED_STEPS, RecipeFault, fingerprint, load_data  # noqa: E402,F401
+from autograder.verifier.training import TIMED_STEPS, fingerprint, load_data  # noqa: E402,F401
 
 PROJECTION_SHARE = 0.75  # a recipe whose measured projection exceeds this share of max_seconds is refused
 
@@ -78,9 +79,10 @@ class RetrainReport:
     cache_hit: bool = False  # every run came from the retraining cache
     # where the retraining differs from the notebook's own run (data, pixel scale, capped epochs, seeds)
     notes: list[str] = field(default_factory=list)
-    error: str | None = None  # why there is no accuracy (a refused recipe, or the grader_error)
-    grader_error: str | None = None  # the grader failed (never scored; the result is a grader_error)
-    grader_error_cause: str | None = None  # with grader_error: autograder.result.GRADER_ERROR_CAUSES
+    error: str | None = None  # why there is no accuracy, for people (a refused recipe, or the grader's fault)
+    # why there is no accuracy, typed (autograder.faults.Fault: owner, cause, message): the recipe's (refused,
+    # with the figures) or the host's or the grader's (then the result is a grader_error)
+    fault: dict | None = None
     projection: dict | None = None  # the timed projection of the last run: step seconds, steps, projected seconds
     # served from the build's signed verdict instead of training (autograder.verifier.preverified): which recipe,
     # when it was built, on which device, its seeds' accuracies; None: trained here (or from the cache)
@@ -91,6 +93,17 @@ class RetrainReport:
         from autograder.verifier.describe import describe_run
 
         return describe_run(self.as_dict())
+
+    def fail(self, fault: Fault) -> "RetrainReport":
+        """No accuracy, because of ``fault``: the recipe's (refused) or the host's or the grader's."""
+        self.fault = fault.to_dict()
+        self.error = (f"The grader could not retrain the model (not your fault): {fault.message}." if fault.graders
+                      else f"The model was not retrained: {fault.message}.")
+        return self
+
+    @classmethod
+    def failed(cls, fault: Fault) -> "RetrainReport":
+        return cls().fail(fault)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -114,8 +127,7 @@ def train_seed_cached(job: dict, recipe: dict, settings: Settings, cache: Path |
     """One seed's training, through the authenticated cache (locked: parallel graders train once)."""
     if cache is None:
         result = _train(job, settings, isolated, default_slot_dir())
-        if result.get("grader_error"):
-            raise RetrainFailed(str(result["grader_error"]), str(result.get("cause") or "grader_crash"))
+        _raise_graders(result)
         return {**result, "cache_hit": False}
     _private_dir(cache)
     secret = _hmac_key(cache)
@@ -127,11 +139,18 @@ def train_seed_cached(job: dict, recipe: dict, settings: Settings, cache: Path |
         if cached is not None:
             return {**cached, "cache_hit": True}
         result = _train(job, settings, isolated, cache / "slots")
-        if result.get("grader_error"):  # (not isolated: the run says so itself)
-            raise RetrainFailed(str(result["grader_error"]), str(result.get("cause") or "grader_crash"))
-        if not result.get("refused"):  # a refusal from measured time is not cached: it depends on the machine
+        _raise_graders(result)  # (not isolated: the run says so itself)
+        if not result.get("fault"):  # a refusal from measured time is not cached: it depends on the machine
             _write_entry(entry, result, secret)
         return {**result, "cache_hit": False}
+
+
+def _raise_graders(result: dict) -> None:
+    """A training run's fault of the host's or the grader's, raised (the recipe's own is reported)."""
+    if result.get("fault"):
+        fault = Fault.from_dict(result["fault"])
+        if fault.graders:
+            raise FaultError(fault)
 
 
 def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | None = "default",
@@ -144,20 +163,15 @@ def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | N
     try:
         recipe, plan, cost, notes = prepare(config, fits, settings)
     except RefusedModel as exc:
-        report.error = f"The model was not retrained: {exc}."
-        return report
-    except RetrainFailed as exc:
-        report.grader_error, report.grader_error_cause = str(exc), exc.cause
-        report.error = f"The grader could not retrain the model (not your fault): {exc}."
-        return report
+        return report.fail(Fault("recipe_refused", str(exc)))
+    except FaultError as exc:
+        return report.fail(exc.fault)
     except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        report.error = f"The model was not retrained: its description could not be read ({type(exc).__name__})."
-        return report
+        return report.fail(Fault("recipe_refused", f"its description could not be read ({type(exc).__name__})"))
     try:
         raw, data_notes = _data_notes(recipe, settings.assignment, settings.data_subset)
     except RefusedModel as exc:
-        report.error = f"The model was not retrained: {exc}."
-        return report
+        return report.fail(Fault("recipe_refused", str(exc)))
     report.notes = notes + data_notes
     report.steps, report.batch_size = cost.steps, plan[0]["batch_size"]
     report.epochs_requested = sum(fit["epochs"] for fit in plan)
@@ -181,17 +195,14 @@ def verify(config, fits, settings: Settings, *, cache_dir: str | os.PathLike | N
                    "allowed_seconds": round(PROJECTION_SHARE * settings.max_seconds, 1)}
             run = train_seed_cached(job, planned, settings, cache, isolated)
             report.projection = run.get("projection") or report.projection
-            if run.get("refused"):  # failed to build, failed its first step, or too slow as measured: the recipe's
-                report.error = f"The model was not retrained: {run['refused']}."
-                return report
+            if run.get("fault"):  # failed to build, failed its first step, or too slow as measured: the recipe's
+                return report.fail(Fault.from_dict(run["fault"]))
             runs.append(run)
             report.seeds.append(seed)
             if abs(runs[0]["accuracy"] - settings.threshold) >= settings.seed_margin:
                 break  # clearly above or below: one seed decides
-    except RetrainFailed as exc:  # error too, so every page that shows error shows why
-        report.grader_error, report.grader_error_cause = str(exc), exc.cause
-        report.error = f"The grader could not retrain the model (not your fault): {exc}."
-        return report
+    except FaultError as exc:  # error too, so every page that shows error shows why
+        return report.fail(exc.fault)
     report.accuracies = [r["accuracy"] for r in runs]
     report.accuracy = float(statistics.median(report.accuracies))
     report.seed_epochs = [r["epochs"] for r in runs]

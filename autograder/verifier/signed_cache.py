@@ -13,7 +13,8 @@ import secrets
 from pathlib import Path
 
 from autograder.verifier.recipe import Settings
-from autograder.verifier.training import RetrainFailed, device_description, deterministic
+from autograder.faults import FaultError
+from autograder.verifier.training import device_description, deterministic
 
 VERIFIER_VERSION = 5  # 5: tf.data pipelines, validation_data; 4: the timed projection may refuse (never cached);
 # 3: the dataset comes from the spec
@@ -42,7 +43,8 @@ def _hmac_key(cache: Path) -> bytes:
         pass
     st = key_file.stat()
     if st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise RetrainFailed(f"the retraining cache key {key_file} must belong to the grader and be private (0600)")
+        raise FaultError.of("grader_crash", f"the retraining cache key {key_file} must belong to the grader and be "
+                                            "private (0600)")
     return key_file.read_bytes()
 
 

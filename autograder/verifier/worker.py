@@ -16,7 +16,10 @@ import time
 from pathlib import Path
 
 from autograder import children, settings
-from autograder.verifier.training import GO, THREAD_VARIABLES, RetrainFailed, device_description, retrain_threads
+from autograder.metering import calibration
+from autograder.metering.watchdog import Reading, Watchdog
+from autograder.faults import Fault, FaultError
+from autograder.verifier.training import GO, THREAD_VARIABLES, device_description
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 
@@ -24,8 +27,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (auto
 def retrain_slots() -> int:
     """How many retrains may run at once on this machine: one CPU retrain uses every core;
     several small retrains share a GPU.  ``CNN_GRADER_RETRAIN_SLOTS`` overrides."""
-    if os.environ.get("CNN_GRADER_RETRAIN_SLOTS"):
-        return max(int(os.environ["CNN_GRADER_RETRAIN_SLOTS"]), 1)
+    slots = settings.current().retrain_slots
+    if slots is not None:
+        return slots
     return 4 if device_description().startswith("GPU") else 1
 
 
@@ -65,9 +69,9 @@ def _owned_private_dir(folder: Path) -> Path:
         os.makedirs(folder, mode=0o700, exist_ok=True)
         st = os.lstat(folder)
     except OSError as exc:
-        raise RetrainFailed(f"cannot create the retraining lock folder {folder}: {exc}") from None
+        raise FaultError.of("grader_crash", f"cannot create the retraining lock folder {folder}: {exc}") from None
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise RetrainFailed(f"{folder} must be a folder of this user's own with mode 0700 (it holds the retraining "
+        raise FaultError.of("grader_crash", f"{folder} must be a folder of this user's own with mode 0700 (it holds the retraining "
                             "locks); remove it or fix its owner and mode")
     return folder
 
@@ -101,14 +105,32 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
     """:func:`train_run` in a fresh ``python -I`` process; only its JSON numbers come back.  The process
     starts, imports and loads its data (:func:`prepare_run`) while this waits for ``slot`` (the
     retraining queue), and builds and trains its model once it has it: a slot is not spent on another
-    retrain's start-up.  The ``max_seconds`` safety limit counts from the slot."""
+    retrain's start-up.  The process inherits no ``CNN_GRADER_*`` variable: this process's configuration
+    (:class:`autograder.settings.GraderConfig`) travels in its job and is installed there before anything reads it.
+
+    Watched (:class:`autograder.metering.watchdog.Watchdog`) from start to end:
+
+    * memory over ``memory_mb`` before the training starts (the grader's own start-up: imports, data) is the
+      host's (``host_limit``); after it, while the recipe is built, trained, evaluated and predicted with, the
+      recipe's (``recipe_memory``, with the figures);
+    * time: from the training's start, a deadline the training process sends with each projection of its clock (first the
+      allowance, then :func:`autograder.verifier.training.overrun_limit` of its projection), enforced by this
+      timer also during a step that never ends.  At the deadline the host is measured against its calibration
+      with the process frozen: running normally, the recipe is stopped and refused (``recipe_too_slow``, with the
+      figures); measurably slower, the deadline grows by its slowdown, up to ``max_seconds``, the safety net,
+      which is then the host's fault (``host_slow``)."""
     bootstrap = (f"import sys; sys.path.insert(0, {str(PACKAGE_DIR.parent)!r}); "
                  "from autograder.verifier.training import worker_main; worker_main()")
+    config = settings.current()
+    progress_r, progress_w = os.pipe()
+    job = {**job, "config": config.to_dict(), "progress_fd": progress_w}
+    allowed = float(job.get("allowed_seconds") or max_seconds)
+    threads = config.retrain_threads or len(os.sched_getaffinity(0))
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "CUDA_VISIBLE_DEVICES",
-                                                         "CNN_GRADER_CACHE", "CNN_GRADER_MNIST", "TMPDIR", "LANG")}
+                                                         "TMPDIR", "LANG")}
     env.update(settings.QUIET_LOGGING_ENV)  # TensorFlow's and absl's start-up lines
-    if retrain_threads():
-        env.update({name: str(retrain_threads()) for name in THREAD_VARIABLES})
+    if config.retrain_threads:  # read by TensorFlow and BLAS at start-up, before the job is
+        env.update({name: str(config.retrain_threads) for name in THREAD_VARIABLES})
     from autograder.metering import cgroup
 
     try:  # kernel-metered: memory (kernel memory included) and pids; no CPU quota, a retrain has the cores
@@ -124,72 +146,155 @@ def _run_isolated(job: dict, max_seconds: float, memory_mb: int, slot) -> dict:
 
     try:
         proc = children.popen([sys.executable, "-I", "-c", bootstrap], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env, start_new_session=True, preexec_fn=start)
+                              stderr=subprocess.PIPE, text=True, env=env, start_new_session=True, preexec_fn=start,
+                              pass_fds=(progress_w,))
     except BaseException:
+        os.close(progress_r)
         if group is not None:
             group.remove()
         raise
-    over_memory = threading.Event()
-    peak = [0]
+    finally:
+        os.close(progress_w)
+    watchdog = Watchdog(proc, group=group, interval=0.25)
+    run = _Deadlines(allowed, max_seconds, watchdog)
+    stopped: list = []  # what stopped it: ("memory", reading), ("time", used, limit, speed), ("host", used, speed)
 
-    def watch():
-        import psutil
+    def read_progress() -> None:
+        with os.fdopen(progress_r, "rb") as f:
+            for line in f:
+                run.told(line[:100_000])
 
-        try:
-            p = psutil.Process(proc.pid)
-            while proc.poll() is None:
-                rss = sum(c.memory_info().rss for c in [p, *p.children(recursive=True)])
-                if group is not None:
-                    rss = max(rss, group.memory_bytes())
-                peak[0] = max(peak[0], rss)
-                if rss > memory_mb * 2**20 or (group is not None and group.oom_kills()):
-                    over_memory.set()
-                    proc.kill()
-                    return
-                time.sleep(0.25)
-        except psutil.Error:
-            pass
+    def rule(r: Reading):
+        if r.memory > memory_mb * 2**20 or r.oom:
+            return ("memory", r)
+        if run.go is None or r.now <= run.check_at:
+            return None
+        used = r.now - run.go - (watchdog.paused - run.paused_at_go)  # the host's measurements left out
+        if used <= run.check_at - run.go:
+            return None
+        speed = run.measured(watchdog.host_speed(threads))  # with the process frozen; the slowest of the run
+        if calibration.normal_seconds(used, used, speed) > run.limit:
+            return ("time", used, run.limit, speed)  # on this host running normally, past the recipe's own limit
+        if used >= max_seconds:  # the safety net, reached only on a host measurably slower than its calibration
+            return ("host", used, speed)
+        run.check_at = run.go + min(max(run.limit * speed.slowdown, used + 1.0), max_seconds)  # the slow host's time
+        return None
 
-    threading.Thread(target=watch, daemon=True).start()
+    def guard() -> None:
+        found = watchdog.watch(rule)
+        if found is not None:
+            stopped.append(found)
+            proc.kill()
+
+    threading.Thread(target=read_progress, daemon=True).start()
+    guarding = threading.Thread(target=guard, daemon=True)
+    guarding.start()
     try:
         try:
             proc.stdin.write(json.dumps(job) + "\n")
             proc.stdin.flush()
         except BrokenPipeError:
             pass  # it died starting: its exit and stderr are reported below
-        with slot:
-            stdout, stderr = proc.communicate(GO + "\n", timeout=max_seconds)
-    except subprocess.TimeoutExpired:
+        with slot:  # the process trains once it is prepared and has the go-ahead; it says when it starts
+            stdout, stderr = proc.communicate(GO + "\n", timeout=max_seconds + SAFETY_SLACK_S)
+    except subprocess.TimeoutExpired:  # the timer above failed to act: the grader's own safety net
         proc.kill()
         proc.communicate()
-        raise RetrainFailed(f"retraining did not finish within the grader's {max_seconds:.0f} s safety limit "
-                            "(the recipe is within the assignment's budget and its measured projection, so the machine "
-                            "is too slow or overloaded)", "timeout_infrastructure")
+        raise FaultError.of("timeout_infrastructure", f"retraining did not finish within the grader's {max_seconds:.0f} s "
+                            "safety limit (the recipe is within the assignment's budget and its measured projection, so "
+                            "the machine is too slow or overloaded)")
     except BaseException:
         proc.kill()
         proc.wait()
         raise
     finally:
         children.forget(proc)
+        guarding.join(timeout=5)  # it ends with the process: no reading of a group being removed
         if group is not None:
-            oom = group.oom_kills()
+            if watchdog.oom_killed() and not stopped:  # the kernel stopped it at the group's ceiling
+                stopped.append(("memory", None))
             group.remove()  # kills by group: nothing of the retrain outlives it
-            if oom:
-                over_memory.set()
-    if over_memory.is_set():
-        raise RetrainFailed(f"retraining used more than the grader's {memory_mb} MB memory limit", "host_limit")
+    if stopped:
+        return _stopped(stopped[0], run, memory_mb, watchdog)
     marker = stdout.rfind("\n@@RETRAIN@@")
     if proc.returncode != 0 or marker < 0:
         print(f"retraining process failed (exit {proc.returncode}):\n{stderr[-5000:]}", file=sys.stderr)  # the log
         last = next((line.strip() for line in reversed(stderr.splitlines()) if line.strip()), "")
-        raise RetrainFailed(f"the retraining process failed (exit {proc.returncode}): {last[:300]} "
+        raise FaultError.of("grader_crash", f"the retraining process failed (exit {proc.returncode}): {last[:300]} "
                             "(the traceback is in the grader's log)")
     out = json.loads(stdout[marker + len("\n@@RETRAIN@@"):])
-    if out.get("grader_error"):
-        raise RetrainFailed(str(out["grader_error"]), str(out.get("cause") or "grader_crash"))
-    if out.get("refused"):
+    if out.get("fault"):
+        fault = Fault.from_dict(out["fault"])
+        if fault.graders:
+            raise FaultError(fault)
         return out  # the recipe's own fault: the verifier reports it
     if not isinstance(out.get("accuracy"), float):
-        raise RetrainFailed("the retraining process returned no accuracy")
-    out["peak_mb"] = round(peak[0] / 2**20)  # sampled every 0.25 s: what a memory cap must leave room for
+        raise FaultError.of("grader_crash", "the retraining process returned no accuracy")
+    out["peak_mb"] = round(watchdog.peak / 2**20)  # sampled every 0.25 s: what a memory cap must leave room for
     return out
+
+
+SAFETY_SLACK_S = 30.0  # the last resort after max_seconds, should the timer above not act
+
+
+class _Deadlines:
+    """The training run's clock as this process keeps it: started when the training process says it starts
+    training (after its start-up and the go-ahead); ``limit`` is the recipe's own (seconds from that start: the
+    allowance, then the deadline the training process last sent, a monotonic time on the same clock on both
+    sides); ``check_at`` is when this timer looks next (later than the limit only on a host measured slower
+    than its calibration)."""
+
+    def __init__(self, allowed: float, max_seconds: float, watchdog: Watchdog):
+        self.allowed, self.max_seconds, self.watchdog = min(allowed, max_seconds), max_seconds, watchdog
+        self.go: float | None = None
+        self.limit = self.allowed
+        self.check_at = float("inf")
+        self.paused_at_go = 0.0
+        self.baseline = 0  # the memory of the grader's own start-up, when the slot came
+        self.projection: dict | None = None
+        self.slowest = None  # the slowest the host was measured during this run
+
+    def told(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+            deadline = float(msg["deadline"])
+        except (ValueError, KeyError, TypeError):
+            return
+        if self.go is None:  # the first message: training starts now (its start-up's memory is the grader's)
+            self.go, self.paused_at_go, self.baseline = time.monotonic(), self.watchdog.paused, self.watchdog.peak
+        if isinstance(msg.get("projection"), dict):
+            self.projection = msg["projection"]
+        self.limit = min(max(deadline - self.go, 0.0), self.max_seconds)
+        self.check_at = self.go + self.limit
+
+    def measured(self, speed: calibration.HostSpeed) -> calibration.HostSpeed:
+        if self.slowest is None or speed.slowdown > self.slowest.slowdown:
+            self.slowest = speed
+        return self.slowest
+
+
+def _stopped(why: tuple, run: _Deadlines, memory_mb: int, watchdog: Watchdog) -> dict:
+    """The outcome of a run this process stopped: the recipe's fault (returned, as the worker's own refusals are)
+    or the host's (raised)."""
+    if why[0] == "memory":
+        if run.go is None:  # before training: the grader's imports and data
+            raise FaultError.of("host_limit", f"the retraining process's own start-up needs more than the grader's "
+                                              f"{memory_mb} MB memory limit")
+        fault = Fault("recipe_memory", f"retraining the recipe needed more than the {memory_mb:,} MB memory limit "
+                                       f"(the grader's own start-up used {run.baseline / 2**20:,.0f} MB of it; the "
+                                       f"largest reading was {watchdog.peak / 2**20:,.0f} MB): use a smaller batch "
+                                       "size or a smaller model")
+        return {"fault": fault.to_dict(), "projection": run.projection}
+    if why[0] == "time":
+        _, used, limit, speed = why
+        projected = (run.projection or {}).get("projected_seconds")
+        estimate = f"its own measured projection of {projected:,.0f} s" if projected is not None else \
+            "the assignment's allowance, before any step could be measured"
+        note = f"; counted at the host's normal speed: {speed.describe()}" if speed.slow else ""
+        fault = Fault("recipe_too_slow", f"your recipe was stopped {used:,.0f} s into its training run, during a step "
+                                         f"or an evaluation, at the {limit:,.0f} s that {estimate} allows{note}; use "
+                                         "fewer epochs, a smaller batch of a heavy layer, or a smaller model")
+        return {"fault": fault.to_dict(), "projection": run.projection}
+    _, used, speed = why
+    raise FaultError.of("host_slow", f"retraining did not finish within the grader's {run.max_seconds:.0f} s safety "
+                                     f"limit while {speed.describe()}; not the submission's fault")
