@@ -320,7 +320,7 @@ def result_schema() -> str:
     parts = [f"Schema version **{result.RESULT_SCHEMA_VERSION}** (`schema` in every file). "
              f"Statuses: {', '.join(f'`{s}`' for s in result.STATUSES)}.\n"]
     parts += [_section(title, cls) for cls, title in _result_classes()]
-    parts.append(f"### Fault causes\n\n{fault_causes()}")
+    parts.append(f"### Causes of a fault\n\n{fault_causes()}")
     return "\n".join(parts)
 
 
