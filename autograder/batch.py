@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from autograder import output_lock
 from autograder.judge.pipeline import RetrainOptions
 from autograder.probe.sandbox import Limits
 from autograder.lms.submissions import ArchiveLimits, Submission, collect, private_dir
@@ -52,6 +53,8 @@ class BatchOptions:
     # scores template show codes, not names or ids
     manual_scores: Path | None = None
     anonymous: bool = False
+    # another run holds the output folder: wait until it is done (True), or refuse at once (False: OutputFolderBusy)
+    wait: bool = False
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -156,6 +159,13 @@ def _init_worker(unstarted) -> None:
     _UNSTARTED = unstarted
 
 
+def _init_pool_worker(unstarted) -> None:
+    """A worker process of the pool: forked with the run's descriptors, of which it closes the output
+    folder's lock (only the run itself holds it), then as :func:`_init_worker`."""
+    output_lock.close_inherited()
+    _init_worker(unstarted)
+
+
 def _more_after_this(options: BatchOptions) -> bool:
     """Whether a warm jail started now would find a submission: only while at least one is left for
     each worker (a jail started for the last ones would be thrown away when the batch ends)."""
@@ -212,7 +222,15 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     """Grade everything under ``paths`` into ``out``; returns every result (done before or now).
 
     ``autograder_zip``: one zip, several, or ``{assignment: zip}``; each notebook is graded by the zip of
-    the assignment it names (a batch may mix assignments)."""
+    the assignment it names (a batch may mix assignments).  Another run working in ``out`` is refused
+    (:class:`autograder.output_lock.OutputFolderBusy`, naming it) or, with ``options.wait``, waited for."""
+    from autograder import logs
+
+    with output_lock.hold(out, wait=options.wait, on_wait=lambda holder: logs.say(output_lock.wait_message(out, holder))):
+        return _run_batch(paths, autograder_zip, out, options)
+
+
+def _run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOptions) -> list[dict]:
     private_dir(out)
     from autograder.probe import jail
 
@@ -320,7 +338,7 @@ def _pool_round(todo: list[Submission], autograder_zip: dict[str, str], out: Pat
             return [lost for round_lost in rounds for lost in round_lost]
     lost: list[Submission] = []
     unstarted = multiprocessing.Value("i", len(todo))
-    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(unstarted,)) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker, initargs=(unstarted,)) as pool:
         futures = {pool.submit(grade_one, s, autograder_zip, str(out), options): s for s in todo}
         processes = list(getattr(pool, "_processes", {}).values())  # for the exit codes, should one die
         for fut in cf.as_completed(futures):

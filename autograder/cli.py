@@ -146,6 +146,10 @@ def grade(
         False, "--anonymous",
         help="Graders' pages of the hand-graded questions (OUT/manual/) and a new manual_scores.csv show a code "
              "per student, not names or ids."),
+    wait: bool = typer.Option(
+        False, "--wait",
+        help="If another run is grading into the same --out folder, wait until it is done, then grade what it "
+             "left (default: refuse at once, naming the run that holds the folder)."),
     verbose: bool = typer.Option(
         False, "--verbose", "-v",
         help="Show the grader's log (its subprocesses' stderr, TensorFlow's start-up lines) on the console "
@@ -184,26 +188,39 @@ def grade(
         except ValueError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2)
-    if not autograder_zips:
-        autograder_zips = [b.autograder_zip for b in builder.build_all(out / "_autograder", gradescope=False)]
+    from contextlib import ExitStack
+
+    from rich.markup import escape
+
+    from autograder import output_lock
+
     options = batch.BatchOptions(
         jobs=jobs or max(os.cpu_count() or 1, 1), warm=warm, force=force, real_fit=real_fit, ray=ray or bool(ray_address), ray_address=ray_address,
-        canvas=canvas, manual_scores=manual_scores, anonymous=anonymous,
+        canvas=canvas, manual_scores=manual_scores, anonymous=anonymous, wait=wait,
         limits=dataclasses.replace(Limits(), cell_seconds=cell_seconds, notebook_seconds=notebook_seconds,
                                    memory_mb=memory_mb),
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )
-    from autograder import logs
-    from autograder.manual import ManualScoresError
+    with ExitStack() as held:
+        try:  # nothing is written into the folder (autograders, log, results) while another run holds it
+            held.enter_context(output_lock.hold(
+                out, wait=wait, on_wait=lambda holder: console.print(escape(output_lock.wait_message(out, holder)))))
+        except output_lock.OutputFolderBusy as exc:  # (the holder's command is printed as text, not markup)
+            console.print(f"[red]{escape(str(exc))}[/red]")
+            raise typer.Exit(2)
+        if not autograder_zips:
+            autograder_zips = [b.autograder_zip for b in builder.build_all(out / "_autograder", gradescope=False)]
+        from autograder import logs
+        from autograder.manual import ManualScoresError
 
-    try:
-        with logs.to_file(out, verbose) as log:
-            results = batch.run_batch(paths, autograder_zips, out, options)
-    except ManualScoresError as exc:  # every result is kept; the reports are left as they were
-        console.print(f"[red]manual scores refused: {exc}[/red]\nNothing was lost: the results in {out / 'results'} "
-                      "are kept; fix the file and run grade again (nothing is graded again).")
-        raise typer.Exit(2)
+        try:
+            with logs.to_file(out, verbose) as log:
+                results = batch.run_batch(paths, autograder_zips, out, options)
+        except ManualScoresError as exc:  # every result is kept; the reports are left as they were
+            console.print(f"[red]manual scores refused: {exc}[/red]\nNothing was lost: the results in {out / 'results'} "
+                          "are kept; fix the file and run grade again (nothing is graded again).")
+            raise typer.Exit(2)
     _print_results(results)
     imports = [f"{out / file} (column {column})" for file, _, column in reports.canvas_files(results, canvas)[0]]
     console.print(f"\nGrade sheet: {out / 'grades.csv'}   To review: {out / 'needs_review.csv'}   Canvas import: "
