@@ -36,14 +36,13 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder import children
-from autograder.probe import cgroup
+from autograder.probe import cgroup, disk, seccomp
 
 ENV_MODE = "CNN_GRADER_ISOLATION"
 ENV_UNSAFE = "CNN_GRADER_UNSAFE_NO_ISOLATION"  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
@@ -395,7 +394,10 @@ class Jail:
     uid: int | None = None  # the slot uid (root graders)
     private: list[Path] = field(default_factory=list)
     python: str = field(default_factory=probe_python)
-    tmp_bytes: int = 512 * 1024 * 1024
+    disk_mb: int = disk.DISK_MB  # what the submission may write, working folder and /tmp together: MB...
+    disk_files: int = disk.DISK_FILES  # ...and files
+    disk_how: str | None = None  # "tmpfs": ours, mounted on `work`; "bwrap": bubblewrap's (bytes only); None: none
+    disk_missing: str | None = None  # why the total is not (fully) capped
     exposed: tuple | None = None  # view() when the sandbox's command was built
     group: "cgroup.Group | None" = None  # the kernel-metered control group its processes join (root graders)
     group_missing: str | None = None  # why it has none
@@ -430,14 +432,55 @@ class Jail:
         return f"{self.inside}/{name}"
 
     def hand_over(self) -> None:
-        """Give the filled folder to the sandbox's uid (root graders); nothing is written into it after."""
-        if self.mode == "permissions":
+        """Give the filled folder to the sandbox's uid (root graders); nothing is written into it after.  Its
+        ``tmp`` (the jail's /tmp) is made first, and a tmpfs of ours is capped: what it holds now (the files the
+        notebook must see) plus the submission's allowance."""
+        if self.mode == "permissions" or self.disk_how == "tmpfs":
             os.mkdir(self.work / "tmp", 0o700)
         if self.uid is not None:
-            if self.mode == "permissions":
+            if self.mode == "permissions" or self.disk_how == "tmpfs":
                 os.chown(self.work / "tmp", self.uid, self.uid, follow_symlinks=False)
             os.chown(self.work, self.uid, self.uid, follow_symlinks=False)
         os.chmod(self.work, 0o700, follow_symlinks=False)
+        if self.disk_how == "tmpfs":
+            disk.cap(self.work, self.disk_mb * 2**20, self.disk_files)
+
+    def disk_full(self, pid: int | None = None) -> bool:
+        """Whether the jail's disk has no room left for a page or a file (``pid``: a process inside the jail,
+        through whose root bubblewrap's own tmpfs is seen); False where it cannot be read."""
+        where = (self.work if self.disk_how == "tmpfs" else
+                 f"/proc/{pid}/root{WORK_INSIDE}" if self.disk_how == "bwrap" and pid else None)
+        try:
+            return where is not None and disk.full(where)
+        except OSError:
+            return False
+
+    @property
+    def disk_limit(self) -> str:
+        """The limit as ``limits_hit`` names it."""
+        return (f"disk limit ({self.disk_mb} MB / {self.disk_files} files)" if self.disk_how == "tmpfs"
+                else f"disk limit ({self.disk_mb} MB)")
+
+    @property
+    def disk_note(self) -> str:
+        """What caps this jail's writing, for its isolation notes."""
+        places = "working folder and /tmp" if self.mode == "bwrap" else (
+            ", ".join(["working folder", *disk.shared_targets()]) if self.private_shared() else "working folder")
+        if self.disk_how == "tmpfs":
+            note = (f"disk: {self.disk_mb} MB and {self.disk_files} files in all ({places}: one tmpfs, in RAM, "
+                    "charged to the jail's memory)")
+            if self.mode == "permissions" and not self.private_shared():
+                note += ("; the host's /tmp, /var/tmp, /dev/shm and /run/lock stay writable by the sandbox uid, "
+                         "not capped (no mount namespace can be made here)")
+            return note
+        if self.disk_how == "bwrap":
+            return (f"disk: {self.disk_mb} MB in all ({places}: one tmpfs); no file-count limit "
+                    f"({self.disk_missing or 'bubblewrap cannot set one'})")
+        return f"{disk.NO_DISK_NOTE}: {self.disk_missing or 'no tmpfs could be mounted'}"
+
+    def private_shared(self) -> bool:
+        """Whether a permission jail's processes see its tmpfs in place of the host's world-writable folders."""
+        return self.mode == "permissions" and self.disk_how == "tmpfs" and disk.can_unshare_mounts()
 
     def env(self, extra: dict | None = None) -> dict:
         env = {"PATH": f"{os.path.dirname(self.python)}:/usr/local/bin:/usr/bin:/bin", "HOME": self.inside,
@@ -473,8 +516,8 @@ class Jail:
             if os.path.exists(f):
                 a += ["--ro-bind", f, f]
         self.exposed = self.view()
-        a += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
-        made = {"/", "/usr", "/etc", "/tmp"}  # /tmp first: an environment may live under it
+        a += ["--proc", "/proc", "--dev", "/dev", *self._bwrap_writable()]
+        made = {"/", "/usr", "/etc", "/tmp", WORK_INSIDE}  # /tmp first: an environment may live under it
         trees = list(self.exposed[0])
         for tree in trees:
             parts = Path(tree).parents
@@ -486,8 +529,19 @@ class Jail:
             a += ["--ro-bind", tree, tree]
         for p in self.exposed[1]:  # masked wherever a mounted tree contains it
             a += (["--perms", "0000", "--tmpfs", p] if os.path.isdir(p) else ["--ro-bind", "/dev/null", p])
-        a += ["--bind", str(self.work), WORK_INSIDE, "--chdir", WORK_INSIDE]
+        a += ["--chdir", WORK_INSIDE]
         return a
+
+    def _bwrap_writable(self) -> list[str]:
+        """The working folder and /tmp, one tmpfs for both: ours, mounted on the working folder (its ``tmp``
+        bound on /tmp), or bubblewrap's own, capped in bytes, with the grader's (read-only) files mounted into it
+        and /tmp a link to its ``tmp``."""
+        if self.disk_how == "tmpfs":
+            return ["--bind", str(self.work), WORK_INSIDE, "--bind", str(self.work / "tmp"), "/tmp"]
+        a = ["--size", str(self.disk_mb * 2**20), "--perms", "0700", "--tmpfs", WORK_INSIDE]
+        for entry in sorted(os.listdir(self.work)):
+            a += ["--ro-bind", str(self.work / entry), f"{WORK_INSIDE}/{entry}"]
+        return a + ["--perms", "0700", "--dir", f"{WORK_INSIDE}/tmp", "--symlink", f"{WORK_INSIDE}/tmp", "/tmp"]
 
     def masked(self) -> list[str]:
         """The private paths this jail hides (bwrap: those inside a mounted tree; what we cannot even stat,
@@ -509,7 +563,8 @@ class Jail:
         A warm jail opened before its submission was known serves it only if so."""
         if self.mode != "bwrap":
             return True
-        fresh = Jail(self.mode, self.work, self.uid, private_paths(private), self.python, self.tmp_bytes)
+        fresh = Jail(self.mode, self.work, self.uid, private_paths(private), self.python, self.disk_mb, self.disk_files,
+                     self.disk_how)
         trees, masked = self.exposed if self.exposed is not None else self.view()  # as its command was built
         fresh_trees, fresh_masked = fresh.view()
         return trees == fresh_trees and all(
@@ -526,6 +581,9 @@ class Jail:
             "none": ["not isolated (--unsafe-no-isolation): the submission ran as the grader's own user"],
         }[self.mode]
         notes.append(self.metering)
+        notes.append(self.disk_note)
+        if self.mode != "none":
+            notes.append(seccomp.FILTERED_NOTE if seccomp.supported() else seccomp.NOT_FILTERED_NOTE)
         return {"mode": self.mode, "isolated": self.mode != "none", "uid": self.uid, "notes": notes,
                 "cgroup": self.group.version if self.group else None}
 
@@ -537,17 +595,31 @@ class Jail:
         return f"{cgroup.NO_CGROUP_NOTE}: {self.group_missing or cgroup.unavailable() or 'none made'}"
 
     def preexec(self):
-        """What a jailed child runs between fork and exec: join the jail's group (before any student code)."""
-        return self.group.joiner() if self.group is not None else (lambda: None)
+        """What a jailed child runs between fork and exec, before any student code: join the jail's group, and
+        install the seccomp filter that denies key system calls (:mod:`autograder.probe.seccomp`), which every
+        process of the jail inherits."""
+        steps = [self.group.joiner()] if self.group is not None else []
+        if self.private_shared():
+            steps.append(disk.private_shared(self.work / "tmp"))
+        if self.mode != "none" and seccomp.supported():
+            steps.append(seccomp.installer(no_new_privs=not _is_root()))
+
+        def run() -> None:
+            for step in steps:
+                step()
+
+        return run
 
 
 @contextmanager
-def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1024 * 1024,
-              memory_mb: int | None = None):
-    """A fresh jail (folder, slot uid, control group) for one run; everything is removed when the block ends."""
+def open_jail(private=(), *, python: str | None = None, disk_mb: int = disk.DISK_MB,
+              disk_files: int = disk.DISK_FILES, memory_mb: int | None = None):
+    """A fresh jail (folder, slot uid, control group) for one run; everything is removed when the block ends.
+    The submission may write ``disk_mb`` MB and ``disk_files`` files in all (:mod:`autograder.probe.disk`)."""
     mode = choose_mode()
     lease = SlotLease(clean_shared=mode == "permissions") if _is_root() and mode != "none" else None
-    work = Path(tempfile.mkdtemp(prefix="cnn-probe-"))  # 0700, ours, unpredictable name
+    work, disk_missing = disk.working_folder()  # 0700, ours, unpredictable name; a tmpfs of ours as root
+    disk_how = "tmpfs" if disk_missing is None else "bwrap" if mode == "bwrap" else None
     group, missing = None, cgroup.unavailable()
     try:
         if missing is None:
@@ -556,10 +628,14 @@ def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1
             except OSError as exc:  # made for the self-test, but not now: said in this result's notes
                 missing = f"this jail's cgroup could not be made ({exc})"
         yield Jail(mode, work, lease.uid if lease else None, private_paths(private), python or probe_python(),
-                   tmp_bytes, group=group, group_missing=missing)
+                   disk_mb, disk_files, disk_how, disk_missing, group=group, group_missing=missing)
     finally:
         if group is not None:
-            group.remove()  # kills by group: nothing of the jail outlives it, whatever session it started
+            group.kill()  # by group: nothing of the jail outlives it, whatever session it started
+        if disk_how == "tmpfs":
+            disk.unmount(work)  # its pages go (before its group does: they are charged to it)
+        if group is not None:
+            group.remove()
         shutil.rmtree(work, ignore_errors=True)  # fd-based: does not follow links planted inside
         if lease:
             lease.release()
@@ -630,6 +706,18 @@ for top in args.get("hunt", []):
                             out["copies"].append(e.path)
             except OSError:
                 pass
+st, here = os.statvfs("."), os.stat(".").st_dev
+out["disk"] = {"bytes": st.f_blocks * st.f_frsize, "files": st.f_files,
+               "apart": [p for p in args["writable"] if os.path.isdir(p) and os.stat(p).st_dev != here]}
+out["keyring"] = None
+if args["key_syscalls"]:  # a key added here would reach the next jail of this uid
+    import ctypes
+    add_key, _, keyctl = args["key_syscalls"]
+    libc = ctypes.CDLL(None, use_errno=True)
+    serial = libc.syscall(add_key, b"user", b"cnn-grader-self-test", b"x", 1, ctypes.c_int(-4))
+    out["keyring"] = serial >= 0
+    if serial >= 0:  # keyctl(KEYCTL_UNLINK, key, KEY_SPEC_USER_KEYRING): take it back
+        libc.syscall(keyctl, 9, ctypes.c_int(serial), ctypes.c_int(-4))
 try:
     os.kill(args["pid"], 0)
     out["signal"] = True
@@ -714,7 +802,10 @@ def _run_self_test(private, python: str, imports) -> dict:
                 "skip": python_trees(python, []),
                 "port": listener.getsockname()[1],
                 "hunt": [d for d in HUNT_DIRS if os.path.isdir(d)] if jail.mode == "permissions" else [],
-                "hunt_seconds": HUNT_SECONDS}).encode())
+                "hunt_seconds": HUNT_SECONDS,
+                "key_syscalls": seccomp.key_syscall_numbers(),
+                "writable": ["/tmp"] if jail.mode == "bwrap" else
+                            disk.shared_targets() if jail.private_shared() else []}).encode())
             jail.hand_over()
             try:
                 proc = children.run(jail.command([python, "-I", script, args]), cwd=jail.work,
@@ -765,6 +856,10 @@ def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess)
                         "delete them or make them unreadable to other users (chmod go-rwx), or use bubblewrap")
     if found["signal"]:
         problems.append("it can signal the grader's processes (it runs as the grader's user)")
+    problems += _disk_problems(jail, found["disk"])
+    if found.get("keyring"):
+        problems.append("it can add keys to its uid's keyring, which the next sandbox of that uid could read "
+                        "(the seccomp filter did not hold)")
     if jail.mode == "bwrap" and found["sees"]:
         problems.append("it can see the grader's processes (no PID namespace)")
     if jail.mode == "bwrap" and found["network"]:
@@ -780,6 +875,21 @@ def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess)
         description["notes"] = [n for n in description["notes"]] + (
             ["the network is reachable from the sandbox"] if found["network"] else [])
     return description
+
+
+SELF_TEST_DISK_SLACK = 16 * 2**20  # what the grader's own files and page rounding may add to a jail's disk
+
+
+def _disk_problems(jail: Jail, found: dict) -> list[str]:
+    """Whether the jail's working folder is capped as its notes say, and /tmp shares its total."""
+    problems = []
+    if jail.disk_how is not None and found["bytes"] > jail.disk_mb * 2**20 + SELF_TEST_DISK_SLACK:
+        problems.append(f"its working folder is not capped at {jail.disk_mb} MB ({found['bytes'] >> 20} MB)")
+    if jail.disk_how == "tmpfs" and found["files"] > jail.disk_files + 1000:
+        problems.append(f"its working folder is not capped at {jail.disk_files} files ({found['files']})")
+    if found["apart"]:
+        problems.append(f"{', '.join(found['apart'])} is not on its capped disk")
+    return problems
 
 
 def unreachable(path: str, uid: int | None) -> str | None:

@@ -48,7 +48,7 @@ import nbformat
 import psutil
 
 from autograder import children, protocol, settings, warm
-from autograder.probe import jail as jails
+from autograder.probe import disk, jail as jails
 from autograder.verifier.budget import Budget
 from autograder.verifier.retrain import THREAD_VARIABLES
 
@@ -161,7 +161,11 @@ class Limits:
     memory_mb: int = 6144
     max_processes: int = 64
     output_kb: int = 64
-    file_size_mb: int = 512
+    file_size_mb: int = 512  # one file (RLIMIT_FSIZE)
+    # all a submission writes, its working folder and /tmp together (a tmpfs, in RAM: it counts against
+    # memory_mb too), in MB and in files (folders and links included); reaching it is in limits_hit
+    disk_mb: int = disk.DISK_MB
+    disk_files: int = disk.DISK_FILES
 
 
 @dataclass
@@ -329,7 +333,7 @@ NOFILE = 1024  # open files per jailed process: each one can hold kernel memory 
 
 def _rlimits(file_size_mb: int, slot_uid: bool, join=None):
     def apply() -> None:
-        if join is not None:  # into the jail's control group, before anything of the submission runs
+        if join is not None:  # the jail's own steps first (its control group, its seccomp filter)
             join()
         try:  # if the grader dies (even by SIGKILL), the submission dies with it
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -373,6 +377,8 @@ class _ProbeSpec:
     threads: int = 0  # CPU threads for TensorFlow and BLAS in the probe (0: their defaults, every core)
     data_setup: str | None = None  # the dataset's start-up code, run with data_file (Dataset.probe_setup)
     memory_mb: int = 0  # the submission's memory limit: its jail's cgroup is made for it (0: none set)
+    disk_mb: int = disk.DISK_MB  # what the submission may write (its jail's tmpfs is capped to it)
+    disk_files: int = disk.DISK_FILES
 
 
 class _WarmProbe:
@@ -386,9 +392,8 @@ class _WarmProbe:
     def start(cls, spec: _ProbeSpec, private) -> "_WarmProbe":
         stack = ExitStack()
         try:
-            jail = stack.enter_context(jails.open_jail(private, python=spec.python,
-                                                       tmp_bytes=spec.file_size_mb * 1024 * 1024,
-                                                       memory_mb=spec.memory_mb or None))
+            jail = stack.enter_context(jails.open_jail(private, python=spec.python, disk_mb=spec.disk_mb,
+                                                       disk_files=spec.disk_files, memory_mb=spec.memory_mb or None))
             runtime = jail.put(protocol.RUNTIME_FILE, RUNTIME.read_bytes())
             jail.put(protocol.PROTOCOL_FILE, PROTOCOL.read_bytes())  # the runtime loads it before any student code
             data = jail.copy_in(Path(spec.data_file).name, Path(spec.data_file)) if spec.data_file else None
@@ -411,7 +416,7 @@ class _WarmProbe:
                     [*cmd, str(status_w), str(go_r)], cwd=jail.work, env=env, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(status_w, go_r),
                     start_new_session=True,
-                    preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None, jail.group and jail.group.joiner()))
+                    preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None, jail.preexec()))
             except BaseException:
                 os.close(status_r)
                 raise
@@ -679,7 +684,8 @@ class _Run:
         spec = _ProbeSpec(str(data_file) if data_file else None, self.real_fit, limits.file_size_mb,
                           jails.probe_python(), jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
                           tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))),
-                          0 if self.real_fit else probe_threads(), self.data_setup, limits.memory_mb)
+                          0 if self.real_fit else probe_threads(), self.data_setup, limits.memory_mb,
+                          limits.disk_mb, limits.disk_files)
         started = warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
         into.warm_starts.append(started is not None)
         if started is None:
@@ -693,8 +699,8 @@ class _Run:
             self.group = jail.group
             into.isolation["cgroup"] = jail.group.version if jail.group else None
             notes = [n for n in into.isolation.get("notes", []) if not n.startswith(
-                ("metered by the kernel", jails.cgroup.NO_CGROUP_NOTE))]
-            into.isolation["notes"] = notes + [jail.metering]  # this run's own group (or why it has none)
+                ("metered by the kernel", jails.cgroup.NO_CGROUP_NOTE, "disk:", disk.NO_DISK_NOTE))]
+            into.isolation["notes"] = notes + [jail.metering, jail.disk_note]  # this run's own group and disk
             files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
             job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
                               "files": files}).encode()
@@ -708,7 +714,8 @@ class _Run:
 
             self.on_ready = lambda: threading.Thread(target=hand_over, daemon=True).start()
             self.go_fd = started.go_w
-            self._watch(child, started.status_r, preexisting)
+            with _DiskWatch(self, jail, child.pid):
+                self._watch(child, started.status_r, preexisting)
         finally:
             _kill_everything(child, preexisting)
             with self.lock:
@@ -898,6 +905,41 @@ class _Run:
             self.crashed = f"the submission stopped before grading finished ({why}, during {self.step})"
             self.crashed_cell = culprit
             self.rerunnable = culprit is not None and not notebook_limit
+
+
+class _DiskWatch:
+    """While a run's watchdog runs: notes in ``limits_hit`` the first step in which the jail's disk was full
+    (the kernel refuses the write, which fails in the student's cell; the run goes on).  A thread of its own
+    that reads the file system's free space a few times a second."""
+
+    INTERVAL = 0.2
+
+    def __init__(self, run: "_Run", jail, outer_pid: int):
+        self.run, self.jail, self.outer_pid = run, jail, outer_pid
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "_DiskWatch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        inside = None
+        while not self.stop.wait(self.INTERVAL):
+            with self.run.lock:
+                phase, step = self.run.phase, self.run.step
+            if phase not in ("cells", "extract"):
+                continue
+            if self.jail.disk_how == "bwrap" and inside is None:  # bubblewrap's tmpfs: seen through the jail's root
+                inside = _runtime_pid(self.outer_pid)
+            if self.jail.disk_full(inside):
+                with self.run.lock:
+                    self.run.limits_hit.append(f"{self.jail.disk_limit} reached during {step}")
+                return
 
 
 WALL_BACKSTOP = 4.0  # with a cgroup, time limits count the jail's CPU time; wall time may run this much longer
