@@ -120,6 +120,10 @@ def grade(
     notebook_seconds: float = typer.Option(_LIMITS.notebook_seconds, "--notebook-timeout",
                                            help="Seconds a whole notebook may run."),
     memory_mb: int = typer.Option(_LIMITS.memory_mb, "--memory-mb", help="Memory limit for a submission's processes."),
+    disk_mb: int = typer.Option(_LIMITS.disk_mb, "--disk-mb",
+                                help="MB a submission may write in all (its folder and /tmp: in RAM, within --memory-mb)."),
+    disk_files: int = typer.Option(_LIMITS.disk_files, "--disk-files",
+                                   help="Files (and folders) a submission may create in all."),
     ray: bool = typer.Option(False, "--ray", help="Spread the batch over Ray (pip install 'cnn-autograder[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster to grade on (implies --ray; without it --ray starts a local one)."),
     isolation: Optional[str] = typer.Option(
@@ -198,7 +202,7 @@ def grade(
         jobs=jobs or max(os.cpu_count() or 1, 1), warm=warm, force=force, real_fit=real_fit, ray=ray or bool(ray_address), ray_address=ray_address,
         canvas=canvas, manual_scores=manual_scores, anonymous=anonymous, wait=wait,
         limits=dataclasses.replace(Limits(), cell_seconds=cell_seconds, notebook_seconds=notebook_seconds,
-                                   memory_mb=memory_mb),
+                                   memory_mb=memory_mb, disk_mb=disk_mb, disk_files=disk_files),
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )

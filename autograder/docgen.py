@@ -212,7 +212,7 @@ def knobs(only: tuple[str, ...] | None = None) -> str:
 
     sections = (
         (Limits, "autograder.probe.sandbox", "Per submission; `grade --cell-timeout`, `--notebook-timeout`, "
-                                             "`--memory-mb` override three of them."),
+                                             "`--memory-mb`, `--disk-mb` and `--disk-files` override five of them."),
         (TrainingPolicy, "autograder.spec", "Per assignment, in its `spec.py`; `grade --seeds`, "
                                             "`--require-lesson-model`, `--retrain-seconds` override for a run."),
         (Budget, "autograder.verifier.budget", "Per assignment (`TrainingPolicy.budget`); `grade --max-epochs`, "

@@ -655,6 +655,22 @@ def test_every_folder_a_jail_can_write_shares_one_capped_tmpfs(mode, monkeypatch
     assert not [line for line in open("/proc/self/mountinfo") if jail.disk.PREFIX in line]  # unmounted
 
 
+@needs_root
+def test_a_jails_tmpfs_left_by_a_grader_killed_with_sigkill_is_swept(tmp_path):
+    """A grader killed mid-run cannot unmount its jail's tmpfs (which holds RAM): the next grader does."""
+    code = ("import sys, time\nfrom autograder.probe import jail\n"
+            "with jail.open_jail() as j:\n    print(j.work, flush=True)\n    time.sleep(600)\n")
+    killed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        work = killed.stdout.readline().strip()
+    finally:
+        killed.kill()
+        killed.wait()
+    assert work.startswith(str(jail.disk.JAILS_DIR)) and jail.disk.is_mounted(Path(work))
+    jail.disk.sweep()
+    assert not jail.disk.is_mounted(Path(work)) and not os.path.exists(work)
+
+
 def test_non_root_grader_without_namespaces_refuses_unless_told_otherwise(autograder, tmp_path, monkeypatch):
     monkeypatch.setattr(jail, "_is_root", lambda: False)
     monkeypatch.setattr(jail, "bwrap_works", lambda: False)
