@@ -380,18 +380,22 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
     share a GPU.  A task whose node dies runs once more elsewhere (``max_retries=1``); if that fails
     too its row is a grader error that the next run grades again.  ``out`` and the zip must be
     on storage every node sees.  Yields each submission's summary as it finishes."""
-    from autograder.probe import jail
+    from autograder.probe import jail, ray_access
 
-    refusal = jail.ray_refusal(options.ray_address)
+    ray_access.prepare_local_token(options.ray_address)  # before Ray writes one everybody can read
+    refusal = ray_access.ray_refusal(options.ray_address)
     if refusal:
         raise jail.JailError(refusal)
     import ray
 
     started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=options.ray_address, num_cpus=None if options.ray_address else options.jobs,
-                 include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    local = started_here and not options.ray_address and not os.environ.get("RAY_ADDRESS")
+    temp = ray_access.private_temp_dir() if local else None  # Ray's session folders (0777) out of sandboxes' reach
     try:
+        if started_here:
+            ray.init(address=options.ray_address, num_cpus=None if options.ray_address else options.jobs,
+                     include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                     **({"_temp_dir": str(temp)} if temp else {}))
         gpu_share = 0.25 if ray.cluster_resources().get("GPU") else 0
         # what one submission may hold at once: its probe (or, later, its retrain) under the probe's memory cap
         memory = options.limits.memory_mb * 2**20
@@ -410,3 +414,7 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
     finally:
         if started_here:
             ray.shutdown()
+        if temp is not None:
+            import shutil
+
+            shutil.rmtree(temp, ignore_errors=True)

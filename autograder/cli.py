@@ -172,11 +172,14 @@ def grade(
         os.environ[jail.ENV_MODE] = isolation  # inherited by worker processes
     if unsafe_no_isolation:
         os.environ[jail.ENV_UNSAFE] = "1"
-    if ray or ray_address:  # before anything is graded: a sandbox must not reach an unauthenticated cluster
+    if ray or ray_address:  # before anything is graded: a sandbox must not reach the cluster or its credentials
+        from autograder.probe import ray_access
+
         try:
-            refusal = jail.ray_refusal(ray_address)
-        except jail.JailError as exc:
-            refusal = str(exc)
+            ray_access.prepare_local_token(ray_address)
+            refusal = ray_access.ray_refusal(ray_address)
+        except (jail.JailError, OSError) as exc:
+            refusal = f"--ray cannot be checked: {exc}"
         if refusal:
             console.print(f"[red]{refusal}[/red]")
             raise typer.Exit(2)
