@@ -182,7 +182,8 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
     from autograder.judge import pipeline as engine
 
     warm.configure(options.warm)
-    warm.expect_more(_more_after_this(options))
+    more = _more_after_this(options)
+    warm.expect_more(more)
     autograders = autograders_by_name(autograders)
     if sub.error:
         result = _error_result(sub, sub.error)
@@ -195,6 +196,9 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
                 from autograder.variants import lms_identity
 
                 identity, source = lms_identity(_identity(sub))  # chooses the variant, when the assignment has them
+                warm.expect_more(True)
+                engine.start_judge_ahead()  # this submission's own judge, beside its jail (a single grade's too)
+                warm.expect_more(more)
                 result = engine.grade_notebook(sub.notebook, autograders[name], limits=options.limits,
                                                retrain=options.retrain, real_fit=options.real_fit,
                                                identity=identity, identity_source=source)

@@ -685,6 +685,124 @@ def test_non_root_grader_without_namespaces_refuses_unless_told_otherwise(autogr
     assert conv_small(unsafe) == 2
 
 
+# --- 5b. the self-test, kept per host and version -----------------------------------------------------
+
+@pytest.fixture
+def kept_tests(tmp_path, monkeypatch):
+    """An empty store of kept self-tests, and a fresh process's memory of self-tests."""
+    from autograder.probe import self_test_cache
+
+    folder = tmp_path / "kept"
+    monkeypatch.setattr(self_test_cache, "folder", lambda: folder)
+    monkeypatch.setattr(jail, "_SELF_TESTS", {})
+    monkeypatch.setattr(jail, "_CHECKED", {})
+    return folder
+
+
+def _no_full_self_test(monkeypatch) -> list:
+    """Record the self-test's runs: the full one must not run (raises), a light rerun is allowed."""
+    runs = []
+
+    def run(private, python, imports):
+        runs.append(list(imports))
+        if imports:
+            raise AssertionError("the full self-test ran again")
+        return {}
+
+    monkeypatch.setattr(jail, "_run_self_test", run)
+    return runs
+
+
+@needs_bwrap
+def test_a_passed_self_test_is_kept_and_served_until_anything_it_depends_on_changes(kept_tests, monkeypatch, tmp_path):
+    """The full self-test runs once per host and version; a batch's own folders (outputs, inputs) are proved
+    by a light rerun each time; any change to what the jail is built from runs the full test again."""
+    from autograder.probe import self_test_cache
+
+    outputs = tmp_path / "outputs"  # a batch's outputs: registered for every jail of the batch
+    outputs.mkdir(mode=0o700)
+    monkeypatch.setenv(jail.ENV_PRIVATE, str(outputs))
+    first = jail.self_test()  # the real one, once
+    assert first["self_test"] == "passed" and len(list(kept_tests.glob("*.json"))) == 1
+    assert stat.S_IMODE(kept_tests.stat().st_mode) == 0o700
+    assert stat.S_IMODE(next(kept_tests.glob("*.json")).stat().st_mode) == 0o600
+    runs = _no_full_self_test(monkeypatch)
+
+    def served() -> bool:  # as a new grader process on this host would find it
+        monkeypatch.setattr(jail, "_SELF_TESTS", {})
+        runs.clear()
+        try:
+            found = jail.self_test()
+        except AssertionError:
+            return False
+        assert found["mode"] == "bwrap" and "kept for this host and version" in found["self_test"]
+        return True
+
+    assert served() and runs == [[]]  # kept; the outputs folder proved by the light rerun (no imports)
+    monkeypatch.setenv(jail.ENV_PRIVATE, f"{outputs}:{tmp_path / 'another batch'}")
+    assert served() and runs == [[]]
+    originals = {"dirs": jail.assignment_dirs, "bwrap": self_test_cache._bwrap}
+    monkeypatch.setattr(jail, "assignment_dirs", lambda: [tmp_path])  # another installation of the answer keys
+    assert not served()
+    monkeypatch.setattr(jail, "assignment_dirs", originals["dirs"])
+    assert served()
+    monkeypatch.setattr(self_test_cache, "_SOURCE_DIGEST", ["another version of the grader"])
+    assert not served()
+    monkeypatch.setattr(self_test_cache, "_SOURCE_DIGEST", [])
+    monkeypatch.setattr(self_test_cache, "_bwrap", lambda: ["bubblewrap 9.9"])
+    assert not served()
+    monkeypatch.setattr(self_test_cache, "_bwrap", originals["bwrap"])
+    release = self_test_cache.platform.release
+    monkeypatch.setattr(self_test_cache.platform, "release", lambda: "9.9.9-another-kernel")
+    assert not served()
+    monkeypatch.setattr(self_test_cache.platform, "release", release)
+    assert served()
+
+
+@needs_bwrap
+def test_a_kept_self_test_is_used_only_from_a_private_store_and_while_fresh(kept_tests, monkeypatch):
+    from autograder.probe import self_test_cache
+
+    jail.self_test()
+    (entry,) = kept_tests.glob("*.json")
+    runs = _no_full_self_test(monkeypatch)
+
+    def served() -> bool:
+        monkeypatch.setattr(jail, "_SELF_TESTS", {})
+        try:
+            jail.self_test()
+            return True
+        except AssertionError:
+            return False
+
+    assert served()
+    kept_tests.chmod(0o777)  # anyone could have written it
+    assert not served()
+    kept_tests.chmod(0o700)
+    entry.chmod(0o666)
+    assert not served()
+    entry.chmod(0o600)
+    os.chown(entry, 12345, 12345)  # not the grader's
+    assert not served()
+    os.chown(entry, os.geteuid(), os.getegid())
+    data = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**data, "passed_at": time.time() - self_test_cache.MAX_AGE_SECONDS - 60}))
+    assert not served()
+    entry.write_text(json.dumps(data))
+    assert served()
+
+
+@needs_root
+def test_a_permission_jails_self_test_is_never_kept(kept_tests, monkeypatch):
+    monkeypatch.setenv(jail.ENV_MODE, "permissions")
+    runs = []
+    monkeypatch.setattr(jail, "_run_self_test", lambda private, python, imports: runs.append(imports) or {"m": 1})
+    jail.self_test()
+    monkeypatch.setattr(jail, "_SELF_TESTS", {})
+    jail.self_test()
+    assert len(runs) == 2 and not kept_tests.exists()
+
+
 # --- 6. the status pipe --------------------------------------------------------------------------
 
 @needs_bwrap

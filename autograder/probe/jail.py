@@ -135,14 +135,16 @@ def assignment_dirs() -> list[Path]:
     return [Path(p) for p in (found.submodule_search_locations or [])] if found else []
 
 
-def private_paths(extra=()) -> list[Path]:
-    """What a submission must never see: the grader, its caches, inputs and outputs."""
+def private_paths(extra=(), *, registered: bool = True) -> list[Path]:
+    """What a submission must never see: the grader, its caches, inputs and outputs (``registered``: with
+    the folders a batch registered, :func:`add_private_paths`; else the grader's own alone)."""
     from autograder.data import cache_dir
 
     paths = [PACKAGE_DIR, *assignment_dirs(), cache_dir(), Path.home() / ".cache" / "cnn-grader", Path.home() / ".keras"]
     if (PACKAGE_DIR.parent / "pyproject.toml").is_file():  # an editable install: the whole repository
         paths.append(PACKAGE_DIR.parent)
-    paths += [Path(p) for p in os.environ.get(ENV_PRIVATE, "").split(os.pathsep) if p]
+    if registered:
+        paths += [Path(p) for p in os.environ.get(ENV_PRIVATE, "").split(os.pathsep) if p]
     paths += [Path(p) for p in extra]
     out: list[Path] = []
     for p in paths:
@@ -755,26 +757,50 @@ def self_test(private=(), *, python: str | None = None) -> dict:
 
     The full test (Python starts and imports what notebooks need; the grader, its zip, caches
     and outputs are out of reach; no other process can be seen or signalled; no network) runs
-    once per process and setting; folders registered later are checked by a light rerun.
+    once per process and setting, or, in ``bwrap`` mode, once per host and version: a passed one is
+    kept (:mod:`autograder.probe.self_test_cache`) and served while nothing it depends on changes.
+    Folders registered later (or not covered by a kept test) are checked by a light rerun.
     Returns the isolation description for results; raises :class:`JailError` naming the cause
     and the fix.  It has ``STARTUP_SECONDS`` of its own, never a submission's time."""
+    from autograder.probe import self_test_cache
+
     python = python or probe_python()
     mode = choose_mode()
     key = (mode, python, os.geteuid())
     secrets = {str(p) for p in private_paths(private) if os.path.exists(p)}
     if key not in _SELF_TESTS:
-        try:
-            _SELF_TESTS[key] = _run_self_test(private, python, NOTEBOOK_IMPORTS)
-            _CHECKED[key] = secrets
-        except JailError as exc:
-            _SELF_TESTS[key] = str(exc)
+        kept = None
+        if mode == "bwrap":  # (a permission jail's test depends on every file of the host: never kept)
+            base = private_paths(registered=False)  # a batch's own folders: proved by the light rerun below
+            kept_key = self_test_cache.key(mode, python, base, *_secret_modules(), NOTEBOOK_IMPORTS)
+            kept = self_test_cache.load(kept_key)
+        if kept is not None:
+            _SELF_TESTS[key] = kept
+            _CHECKED[key] = {str(p) for p in base if os.path.exists(p)}
+        else:
+            try:
+                _SELF_TESTS[key] = _run_self_test(private, python, NOTEBOOK_IMPORTS)
+                _CHECKED[key] = secrets
+                if mode == "bwrap":
+                    self_test_cache.store(kept_key, _SELF_TESTS[key])
+            except JailError as exc:
+                _SELF_TESTS[key] = str(exc)
     found = _SELF_TESTS[key]
     if isinstance(found, str):
         raise JailError(found)
     if not secrets <= _CHECKED[key]:
         _run_self_test(private, python, ())  # raises if a newly registered folder is reachable
         _CHECKED[key] |= secrets
-    return found
+    return dict(found)
+
+
+def _secret_modules() -> tuple[list[str], list[str]]:
+    """What must not import in a jail (every assignment's answer key), and the student-side check modules."""
+    from autograder import registry
+
+    specs = registry.all_assignments()
+    return ([s.checks for s in specs] + [f"{s.package}.reference" for s in specs],
+            sorted({s.public_module_name for s in specs}))
 
 
 def _run_self_test(private, python: str, imports) -> dict:
@@ -784,11 +810,7 @@ def _run_self_test(private, python: str, imports) -> dict:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    from autograder import registry
-
-    specs = registry.all_assignments()
-    answer_keys = [s.checks for s in specs] + [f"{s.package}.reference" for s in specs]  # what must not import
-    public_modules = sorted({s.public_module_name for s in specs})
+    answer_keys, public_modules = _secret_modules()
     try:
         with open_jail(private, python=python) as jail:
             if jail.mode == "none":

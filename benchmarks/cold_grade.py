@@ -1,0 +1,173 @@
+"""A single cold `grade` of one notebook against `otter run`, each a fresh process, in one run; and where
+the grader's time goes before the student's first cell.
+
+    python benchmarks/cold_grade.py [--notebook untouched] [--rounds 3]
+
+Each round runs, one after the other and each in a new interpreter:
+
+* ``otter run -a ZIP NOTEBOOK``;
+* ``python -m autograder grade NOTEBOOK --autograder ZIP --no-retrain --jobs 1 --warm 0``, first with no
+  kept self-test (as on a host's first grade: the jail's self-test runs), then with the self-test this run
+  kept (every later grade on the host, until the grader, its environment or the host changes);
+* the same grade by a script that times its stages (``--breakdown``, below).
+
+The breakdown of a grade with the self-test kept, from the interpreter's start: the grader's start-up
+(interpreter and imports), reading the autograder zip, the self-test (served from the kept result, or run),
+the jail (made, filled, its Python started and its imports done: "ready"), the hand-over up to the first
+student cell, the student's cells, the extraction of the answers, the judge (a clean process that runs
+Otter's tests), the reports, and the interpreter's exit.  Medians of the rounds; the ratios are otter's
+time over the grader's, measured in this run.  The kept self-tests live in ``/run/cnn-grader-self-test``
+(root) or ``<cache>/self-test``: the benchmark empties the entry of this host before each "not kept" grade.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+STAGES = ("start-up", "autograder zip", "self-test", "jail ready", "to first cell", "cells", "extract", "judge",
+          "reports", "exit")
+
+BREAKDOWN = r'''
+import json, sys, time
+import psutil
+born = psutil.Process().create_time()
+marks = {"start": born}
+def mark(name):
+    marks.setdefault(name, time.time())
+from autograder import cli  # what `grade` imports before anything else
+from autograder import batch, protocol
+from autograder.judge import pipeline
+from autograder.probe import jail, sandbox
+mark("imported")
+def timed(owner, name, before, after):
+    original = getattr(owner, name)
+    def wrapper(*a, **k):
+        mark(before)
+        try:
+            return original(*a, **k)
+        finally:
+            mark(after)
+    setattr(owner, name, wrapper)
+timed(pipeline.Autograder, "from_zip", "zip start", "zip done")
+timed(jail, "self_test", "self-test start", "self-test done")
+timed(pipeline, "_run_judge", "judge start", "judge done")
+timed(batch.reports if hasattr(batch, "reports") else __import__("autograder.lms.reports", fromlist=["x"]),
+      "write_all", "reports start", "reports done")
+accept = sandbox._Run._accept
+def watch(self, msg, kind, now):
+    ok = accept(self, msg, kind, now)
+    if ok and kind == protocol.READY:
+        mark("ready")
+    elif ok and kind == protocol.CELL:
+        mark("first cell")
+    elif ok and kind == protocol.STEP and msg.get("label") == "extract":
+        mark("extract")
+    elif ok and kind == protocol.DONE:
+        mark("done")
+    return ok
+sandbox._Run._accept = watch
+nb, zip_path, out = sys.argv[1:4]
+from autograder.probe.sandbox import Limits
+options = batch.BatchOptions(jobs=1, warm=0, progress=False, retrain=pipeline.RetrainOptions(enabled=False))
+results = batch.run_batch([__import__("pathlib").Path(nb)], {"cnn_mnist": zip_path}, __import__("pathlib").Path(out), options)
+mark("end")
+print("@@MARKS@@" + json.dumps({"marks": marks, "score": results[0]["score"], "status": results[0]["status"]}), flush=True)
+'''
+
+
+def _stages(marks: dict, exited: float) -> dict[str, float]:
+    m = {**marks, "exit": exited}
+    spans = {
+        "start-up": ("start", "imported"), "autograder zip": ("zip start", "zip done"),
+        "self-test": ("self-test start", "self-test done"), "jail ready": ("self-test done", "ready"),
+        "to first cell": ("ready", "first cell"), "cells": ("first cell", "extract"), "extract": ("extract", "done"),
+        "judge": ("judge start", "judge done"), "reports": ("reports start", "reports done"), "exit": ("end", "exit"),
+    }
+    return {name: m[b] - m[a] for name, (a, b) in spans.items() if a in m and b in m}
+
+
+def _forget_kept_self_tests() -> None:
+    from autograder.probe import self_test_cache
+
+    shutil.rmtree(self_test_cache.folder(), ignore_errors=True)
+
+
+def _timed(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    return time.perf_counter() - started, proc
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--notebook", default="untouched", help="a sample's name or a path to a notebook")
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args(argv)
+    from assignments.cnn_mnist import sample_answers as samples
+    from autograder import build
+
+    nb = Path(args.notebook) if args.notebook.endswith(".ipynb") else samples.SAMPLES_DIR / f"{args.notebook}.ipynb"
+    python = sys.executable
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    times: dict[str, list[float]] = {"otter run": [], "grade, self-test not kept": [], "grade, self-test kept": [],
+                                     "grade with breakdown, kept": []}
+    stages: dict[str, list[float]] = {s: [] for s in STAGES}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        (built,) = build.build_all(Path(tmp) / "dist", ["cnn_mnist"], gradescope=False)
+        zip_path = str(built.autograder_zip)
+        for i in range(args.rounds):
+            seconds, proc = _timed([python, "-m", "otter", "run", "-a", zip_path, str(nb), "-o", f"{tmp}/otter{i}",
+                                    "--no-logo"], env=env, cwd=tmp)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+            times["otter run"].append(seconds)
+            grade = [python, "-m", "autograder", "grade", str(nb), "--autograder", zip_path, "--no-retrain",
+                     "--jobs", "1", "--warm", "0"]
+            _forget_kept_self_tests()
+            seconds, proc = _timed([*grade, "--out", f"{tmp}/cold{i}"], env=env, cwd=tmp)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+            times["grade, self-test not kept"].append(seconds)
+            seconds, proc = _timed([*grade, "--out", f"{tmp}/kept{i}"], env=env, cwd=tmp)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+            times["grade, self-test kept"].append(seconds)
+            seconds, proc = _timed([python, "-c", BREAKDOWN, str(nb), zip_path, f"{tmp}/breakdown{i}"], env=env, cwd=tmp)
+            exited = time.time()
+            mark = proc.stdout.rfind("@@MARKS@@")
+            assert proc.returncode == 0 and mark >= 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+            found = json.loads(proc.stdout[mark + len("@@MARKS@@"):])
+            times["grade with breakdown, kept"].append(seconds)
+            for name, value in _stages(found["marks"], exited).items():
+                stages[name].append(value)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in med.items():
+        print(f"{k:30s} median {v:7.2f} s of {args.rounds}  ({', '.join(f'{x:.1f}' for x in times[k])})")
+    print("\nwhere a grade's time goes (self-test kept; medians):")
+    for name in STAGES:
+        if stages[name]:
+            print(f"  {name:16s} {statistics.median(stages[name]):7.2f} s")
+    before_first_cell = sum(statistics.median(stages[s]) for s in STAGES[:5] if stages[s])
+    print(f"  before the first cell: {before_first_cell:.2f} s")
+    out = {"otter_over_not_kept": med["otter run"] / med["grade, self-test not kept"],
+           "otter_over_kept": med["otter run"] / med["grade, self-test kept"], "medians": med,
+           "stages": {k: statistics.median(v) for k, v in stages.items() if v}}
+    print(f"\nratio otter run / grade: {out['otter_over_not_kept']:.2f}x with the self-test run, "
+          f"{out['otter_over_kept']:.2f}x with it kept")
+    print(f"notebook {nb.name}; load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after "
+          f"({os.cpu_count()} cores)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
