@@ -6,10 +6,10 @@ the grader's time goes before the student's first cell.
 Each round runs, one after the other and each in a new interpreter:
 
 * ``otter run -a ZIP NOTEBOOK``;
-* ``python -m autograder grade NOTEBOOK --autograder ZIP --no-retrain --jobs 1 --warm 0``, first with no
-  kept self-test (as on a host's first grade: the jail's self-test runs), then with the self-test this run
-  kept (every later grade on the host, until the grader, its environment or the host changes);
-* the same grade by a script that times its stages (``--breakdown``, below).
+* ``python -m autograder grade NOTEBOOK --autograder ZIP`` (its defaults), first with no kept self-test (as
+  on a host's first grade: the jail's self-test runs), then with the self-test this run kept (every later
+  grade on the host, until the grader, its environment or the host changes);
+* the same grade by a script that times its stages (below), in one process (``--jobs 1``).
 
 The breakdown of a grade with the self-test kept, from the interpreter's start: the grader's start-up
 (interpreter and imports), reading the autograder zip, the self-test (served from the kept result, or run),
@@ -17,7 +17,7 @@ the jail (made, filled, its Python started and its imports done: "ready"), the h
 student cell, the student's cells, the extraction of the answers, the judge (a clean process that runs
 Otter's tests), the reports, and the interpreter's exit.  Medians of the rounds; the ratios are otter's
 time over the grader's, measured in this run.  The kept self-tests live in ``/run/cnn-grader-self-test``
-(root) or ``<cache>/self-test``: the benchmark empties the entry of this host before each "not kept" grade.
+(root) or ``<cache>/self-test``: the benchmark removes this grader's entry before each "not kept" grade.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -80,7 +79,7 @@ def watch(self, msg, kind, now):
 sandbox._Run._accept = watch
 nb, zip_path, out = sys.argv[1:4]
 from autograder.probe.sandbox import Limits
-options = batch.BatchOptions(jobs=1, warm=0, progress=False, retrain=pipeline.RetrainOptions(enabled=False))
+options = batch.BatchOptions(jobs=1, progress=False)  # as grade's defaults, in this process (no worker pool)
 results = batch.run_batch([__import__("pathlib").Path(nb)], {"cnn_mnist": zip_path}, __import__("pathlib").Path(out), options)
 mark("end")
 print("@@MARKS@@" + json.dumps({"marks": marks, "score": results[0]["score"], "status": results[0]["status"]}), flush=True)
@@ -98,16 +97,31 @@ def _stages(marks: dict, exited: float) -> dict[str, float]:
     return {name: m[b] - m[a] for name, (a, b) in spans.items() if a in m and b in m}
 
 
-def _forget_kept_self_tests() -> None:
-    from autograder.probe import self_test_cache
+def _forget_kept_self_test() -> None:
+    """As on a host where this grader never ran: its kept self-test (and no other grader's) is removed."""
+    from autograder.probe import jail, self_test_cache
 
-    shutil.rmtree(self_test_cache.folder(), ignore_errors=True)
+    (self_test_cache.folder() / f"{jail.kept_self_test_key()}.json").unlink(missing_ok=True)
 
 
-def _timed(cmd: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
-    started = time.perf_counter()
+def _children_cpu() -> float:
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return kids.ru_utime + kids.ru_stime
+
+
+def _timed(cmd: list[str], cpu: list[float], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    """Wall seconds of ``cmd``; its CPU seconds, and its descendants' (each reaped by its parent), into ``cpu``."""
+    started, cpu_started = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    cpu.append(_children_cpu() - cpu_started)
     return time.perf_counter() - started, proc
+
+
+def _self_test_said(out: str) -> str:
+    (result,) = [json.loads(p.read_text()) for p in Path(out, "results").glob("*.json")]
+    return result["isolation"].get("self_test", "?")
 
 
 def main(argv=None) -> dict:
@@ -123,26 +137,30 @@ def main(argv=None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     times: dict[str, list[float]] = {"otter run": [], "grade, self-test not kept": [], "grade, self-test kept": [],
                                      "grade with breakdown, kept": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         (built,) = build.build_all(Path(tmp) / "dist", ["cnn_mnist"], gradescope=False)
         zip_path = str(built.autograder_zip)
         for i in range(args.rounds):
+            os.makedirs(f"{tmp}/otter{i}")
             seconds, proc = _timed([python, "-m", "otter", "run", "-a", zip_path, str(nb), "-o", f"{tmp}/otter{i}",
-                                    "--no-logo"], env=env, cwd=tmp)
+                                    "--no-logo"], cpu["otter run"], env=env, cwd=tmp)
             assert proc.returncode == 0, proc.stderr[-2000:]
             times["otter run"].append(seconds)
-            grade = [python, "-m", "autograder", "grade", str(nb), "--autograder", zip_path, "--no-retrain",
-                     "--jobs", "1", "--warm", "0"]
-            _forget_kept_self_tests()
-            seconds, proc = _timed([*grade, "--out", f"{tmp}/cold{i}"], env=env, cwd=tmp)
+            grade = [python, "-m", "autograder", "grade", str(nb), "--autograder", zip_path]  # its defaults
+            _forget_kept_self_test()
+            seconds, proc = _timed([*grade, "--out", f"{tmp}/cold{i}"], cpu["grade, self-test not kept"], env=env, cwd=tmp)
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+            assert _self_test_said(f"{tmp}/cold{i}") == "passed"  # run, not kept
             times["grade, self-test not kept"].append(seconds)
-            seconds, proc = _timed([*grade, "--out", f"{tmp}/kept{i}"], env=env, cwd=tmp)
+            seconds, proc = _timed([*grade, "--out", f"{tmp}/kept{i}"], cpu["grade, self-test kept"], env=env, cwd=tmp)
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+            assert "kept" in _self_test_said(f"{tmp}/kept{i}")
             times["grade, self-test kept"].append(seconds)
-            seconds, proc = _timed([python, "-c", BREAKDOWN, str(nb), zip_path, f"{tmp}/breakdown{i}"], env=env, cwd=tmp)
+            seconds, proc = _timed([python, "-c", BREAKDOWN, str(nb), zip_path, f"{tmp}/breakdown{i}"],
+                                   cpu["grade with breakdown, kept"], env=env, cwd=tmp)
             exited = time.time()
             mark = proc.stdout.rfind("@@MARKS@@")
             assert proc.returncode == 0 and mark >= 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -151,8 +169,10 @@ def main(argv=None) -> dict:
             for name, value in _stages(found["marks"], exited).items():
                 stages[name].append(value)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     for k, v in med.items():
-        print(f"{k:30s} median {v:7.2f} s of {args.rounds}  ({', '.join(f'{x:.1f}' for x in times[k])})")
+        print(f"{k:30s} median {v:7.2f} s of {args.rounds}  ({', '.join(f'{x:.1f}' for x in times[k])});"
+              f"  CPU {med_cpu[k]:6.1f} s")
     print("\nwhere a grade's time goes (self-test kept; medians):")
     for name in STAGES:
         if stages[name]:
@@ -160,10 +180,12 @@ def main(argv=None) -> dict:
     before_first_cell = sum(statistics.median(stages[s]) for s in STAGES[:5] if stages[s])
     print(f"  before the first cell: {before_first_cell:.2f} s")
     out = {"otter_over_not_kept": med["otter run"] / med["grade, self-test not kept"],
-           "otter_over_kept": med["otter run"] / med["grade, self-test kept"], "medians": med,
+           "otter_over_kept": med["otter run"] / med["grade, self-test kept"], "medians": med, "cpu": med_cpu,
            "stages": {k: statistics.median(v) for k, v in stages.items() if v}}
     print(f"\nratio otter run / grade: {out['otter_over_not_kept']:.2f}x with the self-test run, "
-          f"{out['otter_over_kept']:.2f}x with it kept")
+          f"{out['otter_over_kept']:.2f}x with it kept (CPU: "
+          f"{med_cpu['otter run'] / med_cpu['grade, self-test not kept']:.2f}x, "
+          f"{med_cpu['otter run'] / med_cpu['grade, self-test kept']:.2f}x)")
     print(f"notebook {nb.name}; load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after "
           f"({os.cpu_count()} cores)")
     return out

@@ -803,6 +803,33 @@ def test_a_permission_jails_self_test_is_never_kept(kept_tests, monkeypatch):
     assert len(runs) == 2 and not kept_tests.exists()
 
 
+@needs_bwrap
+def test_the_first_jail_starts_beside_the_self_test_and_gets_nothing_if_the_test_fails(tmp_path, monkeypatch):
+    """A single grade's jail starts while the self-test runs (their start-ups overlap); the notebook goes in
+    only once the test has passed, and a failed test closes the jail unused."""
+    from autograder.probe import sandbox
+
+    started = []
+    start = sandbox._WarmProbe.start
+
+    def record(spec, private):
+        started.append(start(spec, private))
+        return started[-1]
+
+    monkeypatch.setattr(sandbox._WarmProbe, "start", record)
+    monkeypatch.setattr(jail, "self_test_done", lambda *a, **k: False)
+    nb = tiny(tmp_path / "sub.ipynb", "print('RAN')")
+    monkeypatch.setattr(jail, "self_test", lambda private: (_ for _ in ()).throw(jail.JailError("it does not hold")))
+    refused = sandbox.probe(nb, ["conv_small"], {}, limits=FAST)
+    assert refused.grader_error and "it does not hold" in refused.grader_error and refused.runs == 0
+    assert len(started) == 1 and not started[0].alive() and not started[0].jail.work.exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(sandbox._WarmProbe, "start", record)
+    monkeypatch.setattr(jail, "self_test_done", lambda *a, **k: False)
+    ran = sandbox.probe(nb, ["conv_small"], {}, limits=FAST)
+    assert "RAN" in ran.output and ran.warm_starts == [False] and len(started) == 2  # the one started beside
+
+
 # --- 6. the status pipe --------------------------------------------------------------------------
 
 @needs_bwrap

@@ -24,6 +24,11 @@ v2): memory including kernel memory, a CPU quota and equal weight, ``pids.max``;
 before they run anything, and it is killed and removed with the jail.  Where none can be made, the
 isolation notes and the self-test say "no cgroup".  A permission jail's slot uid also loses its System V
 IPC objects and POSIX message queues when its lease is taken and released.
+
+Everything a jail can write is one tmpfs capped in bytes and files (:mod:`autograder.probe.disk`), and every
+jail runs under a seccomp filter that denies the kernel's key system calls, whose keyrings outlive a jail in
+its uid (:mod:`autograder.probe.seccomp`).  A passed ``bwrap`` self-test is kept per host and version
+(:mod:`autograder.probe.self_test_cache`).
 """
 
 from __future__ import annotations
@@ -772,7 +777,7 @@ def self_test(private=(), *, python: str | None = None) -> dict:
         kept = None
         if mode == "bwrap":  # (a permission jail's test depends on every file of the host: never kept)
             base = private_paths(registered=False)  # a batch's own folders: proved by the light rerun below
-            kept_key = self_test_cache.key(mode, python, base, *_secret_modules(), NOTEBOOK_IMPORTS)
+            kept_key = kept_self_test_key(python)
             kept = self_test_cache.load(kept_key)
         if kept is not None:
             _SELF_TESTS[key] = kept
@@ -792,6 +797,28 @@ def self_test(private=(), *, python: str | None = None) -> dict:
         _run_self_test(private, python, ())  # raises if a newly registered folder is reachable
         _CHECKED[key] |= secrets
     return dict(found)
+
+
+def self_test_done(private=(), *, python: str | None = None) -> bool:
+    """Whether :func:`self_test` for ``private`` would return at once: passed in this process, with every
+    private path checked."""
+    python = python or probe_python()
+    try:
+        found = _SELF_TESTS.get((choose_mode(), python, os.geteuid()))
+    except JailError:
+        return False
+    if not isinstance(found, dict):
+        return False
+    secrets = {str(p) for p in private_paths(private) if os.path.exists(p)}
+    return secrets <= _CHECKED.get((choose_mode(), python, os.geteuid()), set())
+
+
+def kept_self_test_key(python: str | None = None) -> str:
+    """The key a passed ``bwrap`` self-test of this grader is kept under (:mod:`autograder.probe.self_test_cache`)."""
+    from autograder.probe import self_test_cache
+
+    return self_test_cache.key("bwrap", python or probe_python(), private_paths(registered=False),
+                               *_secret_modules(), NOTEBOOK_IMPORTS)
 
 
 def _secret_modules() -> tuple[list[str], list[str]]:

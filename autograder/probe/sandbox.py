@@ -381,6 +381,28 @@ class _ProbeSpec:
     disk_files: int = disk.DISK_FILES
 
 
+def _probe_spec(limits: Limits, real_fit: bool, data_file, data_setup: str | None) -> _ProbeSpec:
+    return _ProbeSpec(str(data_file) if data_file else None, real_fit, limits.file_size_mb, jails.probe_python(),
+                      jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
+                      tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))),
+                      0 if real_fit else probe_threads(), data_setup, limits.memory_mb, limits.disk_mb,
+                      limits.disk_files)
+
+
+def _start_beside_self_test(spec: _ProbeSpec, private) -> "_WarmProbe | None":
+    """The first run's jail, started now where the self-test still has work to do in this process: its start-up
+    (the grader's, importing what notebooks need) overlaps the test's.  Nothing of the submission is in it
+    until the test has passed (it goes in on stdin, in :meth:`_Run.execute`).  None where the test is done
+    here already (a batch's later submissions: the warm pool serves them) or no jail can be made (the
+    self-test then says why)."""
+    if jails.self_test_done(private):
+        return None
+    try:
+        return _WarmProbe.start(spec, private)
+    except Exception:  # noqa: BLE001 - the self-test, run next, names the fault
+        return None
+
+
 class _WarmProbe:
     """A jail opened and its runtime started, importing what notebooks need; it gets its one submission
     on stdin after it says ``ready`` (:meth:`_Run.execute`).  Nothing of any submission is in it before."""
@@ -486,21 +508,27 @@ def probe(
         result.crashed = f"the notebook could not be read: {exc}"
         return result
     private = [*private, Path(notebook).resolve().parent]
+    _become_subreaper()
+    first = _start_beside_self_test(_probe_spec(limits, real_fit, data_file, data_setup), private)
     try:
         result.isolation = dict(jails.self_test(private))
-    except jails.JailError as exc:
+    except BaseException as exc:
+        if first is not None:
+            first.close()
+        if not isinstance(exc, jails.JailError):
+            raise
         result.grader_error = f"the sandbox is not safe to grade in: {exc}"
         result.seconds = round(time.monotonic() - started, 3)
         return result
     cells = code_cells(nb)
     skipped: dict[int, str] = {}
-    _become_subreaper()
     starved_runs = 0
     while True:
         run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
         run.files = dict(files or {})
         run.data_setup = data_setup
-        run.execute(nb, data_file, private, result)
+        run.execute(nb, data_file, private, result, ready=first)
+        first = None
         result.runs += 1
         if run.starved and starved_runs < MAX_STARVED_RERUNS:  # the host's fault: the same run again, a moment later
             starved_runs += 1
@@ -679,15 +707,11 @@ class _Run:
         return len(procs | {p.pid for p in jails.uid_processes(self.uid)})
 
     # -- one run ----------------------------------------------------------------------------
-    def execute(self, nb, data_file, private, into: ProbeResult) -> None:
-        limits = self.limits
-        spec = _ProbeSpec(str(data_file) if data_file else None, self.real_fit, limits.file_size_mb,
-                          jails.probe_python(), jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
-                          tuple(sorted(os.environ.get(jails.ENV_PRIVATE, "").split(os.pathsep))),
-                          0 if self.real_fit else probe_threads(), self.data_setup, limits.memory_mb,
-                          limits.disk_mb, limits.disk_files)
-        started = warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
-        into.warm_starts.append(started is not None)
+    def execute(self, nb, data_file, private, into: ProbeResult, ready: "_WarmProbe | None" = None) -> None:
+        """One run, in ``ready`` (a jail started for it beside the self-test), a warm jail, or a new one."""
+        spec = _probe_spec(self.limits, self.real_fit, data_file, self.data_setup)
+        started = ready or warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
+        into.warm_starts.append(started is not None and ready is None)
         if started is None:
             started = _WarmProbe.start(spec, private)
         jail, child = started.jail, started.child
