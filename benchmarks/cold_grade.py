@@ -112,10 +112,20 @@ def _children_cpu() -> float:
 
 
 def _timed(cmd: list[str], cpu: list[float], **kw) -> tuple[float, subprocess.CompletedProcess]:
-    """Wall seconds of ``cmd``; its CPU seconds, and its descendants' (each reaped by its parent), into ``cpu``."""
+    """Wall seconds of ``cmd``, and into ``cpu`` the CPU seconds of its whole process tree: read from a control
+    group of its own where one can be made (the jails' groups nest below it; a killed jail's processes count
+    too), else from the children it reaped (which misses what was killed before its parent waited for it)."""
+    from autograder.probe import cgroup
+
+    group = cgroup.create("bench", cpu_cores=None, pids_max=None)
     started, cpu_started = time.perf_counter(), _children_cpu()
-    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    cpu.append(_children_cpu() - cpu_started)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, preexec_fn=group.joiner() if group else None,
+                              **kw)
+        cpu.append(group.cpu_seconds() if group else _children_cpu() - cpu_started)
+    finally:
+        if group is not None:
+            group.remove()
     return time.perf_counter() - started, proc
 
 

@@ -101,10 +101,19 @@ def _bwrap() -> list:
     return [_stat(os.path.realpath(path)), version]
 
 
+def _cgroup_kind() -> list:
+    """The cgroup layout as a jail sees it: the version and its controllers, or why there is none (not the
+    grader's own group, which differs from one service or session to the next)."""
+    from autograder.probe import cgroup
+
+    kind, detail = cgroup.layout()
+    return [kind, sorted(detail) if isinstance(detail, dict) else [] if kind == "v2" else str(detail)]
+
+
 def key(mode: str, python: str, private: list[Path], answer_keys: list[str], public_modules: list[str],
         imports: tuple) -> str:
     """The digest of everything a full self-test's outcome depends on (see the module's description)."""
-    from autograder.probe import cgroup, seccomp
+    from autograder.probe import seccomp
     from autograder.probe.jail import python_trees
 
     parts = {
@@ -112,7 +121,7 @@ def key(mode: str, python: str, private: list[Path], answer_keys: list[str], pub
         "python": [python, os.path.realpath(python), _stat(os.path.realpath(python))],
         "trees": [_stat(t) for t in python_trees(python, private)],
         "mode": mode, "euid": os.geteuid(), "egid": os.getegid(), "caps": _capabilities(),
-        "cgroup": list(map(str, cgroup.layout())), "seccomp": [seccomp.machine(), seccomp.supported()],
+        "cgroup": _cgroup_kind(), "seccomp": [seccomp.machine(), seccomp.supported()],
         "private": [[str(p), os.path.isdir(p), os.path.exists(p)] for p in private],  # masked where a tree holds it
         "answer_keys": answer_keys, "public_modules": public_modules, "imports": list(imports),
         "bwrap": _bwrap(), "kernel": [platform.release(), platform.version()],
