@@ -817,7 +817,7 @@ def test_the_first_jail_starts_beside_the_self_test_and_gets_nothing_if_the_test
         return started[-1]
 
     monkeypatch.setattr(sandbox._WarmProbe, "start", record)
-    monkeypatch.setattr(jail, "self_test_done", lambda *a, **k: False)
+    monkeypatch.setattr(jail, "self_test_passed", lambda **k: False)
     nb = tiny(tmp_path / "sub.ipynb", "print('RAN')")
     monkeypatch.setattr(jail, "self_test", lambda private: (_ for _ in ()).throw(jail.JailError("it does not hold")))
     refused = sandbox.probe(nb, ["conv_small"], {}, limits=FAST)
@@ -825,7 +825,7 @@ def test_the_first_jail_starts_beside_the_self_test_and_gets_nothing_if_the_test
     assert len(started) == 1 and not started[0].alive() and not started[0].jail.work.exists()
     monkeypatch.undo()
     monkeypatch.setattr(sandbox._WarmProbe, "start", record)
-    monkeypatch.setattr(jail, "self_test_done", lambda *a, **k: False)
+    monkeypatch.setattr(jail, "self_test_passed", lambda **k: False)
     ran = sandbox.probe(nb, ["conv_small"], {}, limits=FAST)
     assert "RAN" in ran.output and ran.warm_starts == [False] and len(started) == 2  # the one started beside
 

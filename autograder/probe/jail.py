@@ -799,18 +799,13 @@ def self_test(private=(), *, python: str | None = None) -> dict:
     return dict(found)
 
 
-def self_test_done(private=(), *, python: str | None = None) -> bool:
-    """Whether :func:`self_test` for ``private`` would return at once: passed in this process, with every
-    private path checked."""
-    python = python or probe_python()
+def self_test_passed(*, python: str | None = None) -> bool:
+    """Whether the full self-test has passed in this process (what may remain, for folders registered since,
+    is a light rerun)."""
     try:
-        found = _SELF_TESTS.get((choose_mode(), python, os.geteuid()))
+        return isinstance(_SELF_TESTS.get((choose_mode(), python or probe_python(), os.geteuid())), dict)
     except JailError:
         return False
-    if not isinstance(found, dict):
-        return False
-    secrets = {str(p) for p in private_paths(private) if os.path.exists(p)}
-    return secrets <= _CHECKED.get((choose_mode(), python, os.geteuid()), set())
 
 
 def kept_self_test_key(python: str | None = None) -> str:

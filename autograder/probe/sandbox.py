@@ -390,12 +390,12 @@ def _probe_spec(limits: Limits, real_fit: bool, data_file, data_setup: str | Non
 
 
 def _start_beside_self_test(spec: _ProbeSpec, private) -> "_WarmProbe | None":
-    """The first run's jail, started now where the self-test still has work to do in this process: its start-up
-    (the grader's, importing what notebooks need) overlaps the test's.  Nothing of the submission is in it
-    until the test has passed (it goes in on stdin, in :meth:`_Run.execute`).  None where the test is done
-    here already (a batch's later submissions: the warm pool serves them) or no jail can be made (the
-    self-test then says why)."""
-    if jails.self_test_done(private):
+    """The first run's jail, started now where the full self-test has not passed in this process yet (a single
+    grade, a worker's first submission): its start-up (the grader's, importing what notebooks need) overlaps
+    the test's.  Nothing of the submission is in it until the test has passed (it goes in on stdin, in
+    :meth:`_Run.execute`).  None where the test passed here already (a batch's later submissions: the warm
+    pool serves them) or no jail can be made (the self-test then says why)."""
+    if jails.self_test_passed():
         return None
     try:
         return _WarmProbe.start(spec, private)
