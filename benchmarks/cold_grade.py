@@ -143,6 +143,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--notebook", default="untouched", help="a sample's name or a path to a notebook")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="an export of an earlier version of this repository (git archive COMMIT | tar -x -C DIR): its "
+                         "`grade` is measured too, in the same rounds")
     args = ap.parse_args(argv)
     from assignments.cnn_mnist import sample_answers as samples
     from autograder import build
@@ -152,6 +155,8 @@ def main(argv=None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     times: dict[str, list[float]] = {"otter run": [], "grade, self-test not kept": [], "grade, self-test kept": [],
                                      "grade with breakdown, kept": []}
+    if args.baseline:
+        times["grade, earlier version"] = []
     cpu: dict[str, list[float]] = {k: [] for k in times}
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
     load_before = os.getloadavg()
@@ -174,6 +179,11 @@ def main(argv=None) -> dict:
             assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
             assert "kept" in _self_test_said(f"{tmp}/kept{i}")
             times["grade, self-test kept"].append(seconds)
+            if args.baseline:
+                seconds, proc = _timed([*grade, "--out", f"{tmp}/baseline{i}"], cpu["grade, earlier version"],
+                                       env={**env, "PYTHONPATH": str(args.baseline.resolve())}, cwd=args.baseline)
+                assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+                times["grade, earlier version"].append(seconds)
             seconds, proc = _timed([python, "-c", BREAKDOWN, str(nb), zip_path, f"{tmp}/breakdown{i}"],
                                    cpu["grade with breakdown, kept"], env=env, cwd=tmp)
             exited = time.time()
