@@ -710,6 +710,9 @@ class _Run:
     def execute(self, nb, data_file, private, into: ProbeResult, ready: "_WarmProbe | None" = None) -> None:
         """One run, in ``ready`` (a jail started for it beside the self-test), a warm jail, or a new one."""
         spec = _probe_spec(self.limits, self.real_fit, data_file, self.data_setup)
+        if ready is not None and not ready.alive():  # it ended during its start-up: a fresh one, as a warm jail's
+            ready.close()
+            ready = None
         started = ready or warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
         into.warm_starts.append(started is not None and ready is None)
         if started is None:
