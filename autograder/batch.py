@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from autograder import output_lock
 from autograder.engine import RetrainOptions
 from autograder.probe.sandbox import Limits
 from autograder.lms.submissions import ArchiveLimits, Submission, collect, private_dir
@@ -58,6 +59,8 @@ class BatchOptions:
     # graders' pages and manual_scores.csv name students by anonymous code (True) or by id (False);
     # None: as the output folder's sheet already does (by id for a new one)
     anonymous: bool | None = None
+    # another run holds the output folder: wait until it is done (True), or refuse at once (False: OutputFolderBusy)
+    wait: bool = False
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -162,6 +165,13 @@ def _init_worker(unstarted) -> None:
     _UNSTARTED = unstarted
 
 
+def _init_pool_worker(unstarted) -> None:
+    """A worker process of the pool: forked with the run's descriptors, of which it closes the output
+    folder's lock (only the run itself holds it), then as :func:`_init_worker`."""
+    output_lock.close_inherited()
+    _init_worker(unstarted)
+
+
 def _more_after_this(options: BatchOptions) -> bool:
     """Whether a warm jail started now would find a submission: only while at least one is left for
     each worker (a jail started for the last ones would be thrown away when the batch ends)."""
@@ -178,7 +188,8 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
     from autograder import engine
 
     warm.configure(options.warm)
-    warm.expect_more(_more_after_this(options))
+    more = _more_after_this(options)
+    warm.expect_more(more)
     autograders = autograders_by_name(autograders)
     if sub.error:
         result = _error_result(sub, sub.error)
@@ -191,6 +202,9 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
                 from autograder.variants import lms_identity
 
                 identity, source = lms_identity(_identity(sub))  # chooses the variant, when the assignment has them
+                warm.expect_more(True)
+                engine.start_judge_ahead()  # this submission's own judge, beside its jail (a single grade's too)
+                warm.expect_more(more)
                 result = engine.grade_notebook(sub.notebook, autograders[name], limits=options.limits,
                                                retrain=options.retrain, real_fit=options.real_fit,
                                                identity=identity, identity_source=source)
@@ -223,7 +237,15 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     """Grade everything under ``paths`` into ``out``; returns every result (done before or now).
 
     ``autograder_zip``: one zip, several, or ``{assignment: zip}``; each notebook is graded by the zip of
-    the assignment it names (a batch may mix assignments)."""
+    the assignment it names (a batch may mix assignments).  Another run working in ``out`` is refused
+    (:class:`autograder.output_lock.OutputFolderBusy`, naming it) or, with ``options.wait``, waited for."""
+    from autograder import logs
+
+    with output_lock.hold(out, wait=options.wait, on_wait=lambda holder: logs.say(output_lock.wait_message(out, holder))):
+        return _run_batch(paths, autograder_zip, out, options)
+
+
+def _run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOptions) -> list[dict]:
     private_dir(out)
     from autograder.probe import jail
 
@@ -344,7 +366,7 @@ def _pool_round(todo: list[Submission], autograder_zip: dict[str, str], out: Pat
             return [lost for round_lost in rounds for lost in round_lost]
     lost: list[Submission] = []
     unstarted = multiprocessing.Value("i", len(todo))
-    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(unstarted,)) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker, initargs=(unstarted,)) as pool:
         futures = {pool.submit(grade_one, s, autograder_zip, str(out), options): s for s in todo}
         processes = list(getattr(pool, "_processes", {}).values())  # for the exit codes, should one die
         for fut in cf.as_completed(futures):
@@ -386,18 +408,22 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
     share a GPU.  A task whose node dies runs once more elsewhere (``max_retries=1``); if that fails
     too its row is a grader error that the next run grades again.  ``out`` and the zip must be
     on storage every node sees.  Yields each submission's summary as it finishes."""
-    from autograder.probe import jail
+    from autograder.probe import jail, ray_access
 
-    refusal = jail.ray_refusal(options.ray_address)
+    ray_access.prepare_local_token(options.ray_address)  # before Ray writes one everybody can read
+    refusal = ray_access.ray_refusal(options.ray_address)
     if refusal:
         raise jail.JailError(refusal)
     import ray
 
     started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=options.ray_address, num_cpus=None if options.ray_address else options.jobs,
-                 include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    local = started_here and not options.ray_address and not os.environ.get("RAY_ADDRESS")
+    temp = ray_access.private_temp_dir() if local else None  # Ray's session folders (0777) out of sandboxes' reach
     try:
+        if started_here:
+            ray.init(address=options.ray_address, num_cpus=None if options.ray_address else options.jobs,
+                     include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                     **({"_temp_dir": str(temp)} if temp else {}))
         gpu_share = 0.25 if ray.cluster_resources().get("GPU") else 0
         # what one submission may hold at once: its probe (or, later, its retrain) under the probe's memory cap
         memory = options.limits.memory_mb * 2**20
@@ -416,3 +442,7 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
     finally:
         if started_here:
             ray.shutdown()
+        if temp is not None:
+            import shutil
+
+            shutil.rmtree(temp, ignore_errors=True)
