@@ -72,10 +72,10 @@ class Limits:
     # output of the notebook kept, in KiB: the first and the last this many of everything it printed
     output_kb: int = 64
     file_size_mb: int = 512  # the largest file the submission may write (MiB)
-    # all a submission writes, its working folder and /tmp together (a tmpfs, in RAM: it counts against
-    # memory_mb too), in MB and in files (folders and links included); reaching it is in limits_hit
+    # all a submission writes, its working folder and /tmp together, in MB (a tmpfs, in RAM: it counts against
+    # memory_mb too); reaching it is in limits_hit
     disk_mb: int = disk.DISK_MB
-    disk_files: int = disk.DISK_FILES
+    disk_files: int = disk.DISK_FILES  # the files, folders and links a submission may create in all
 
 
 @dataclass
@@ -173,7 +173,7 @@ class _ProbeSpec:
     data_setup: str | None = None  # the dataset's start-up code, run with data_file (Dataset.probe_setup)
     memory_mb: int = 0  # the submission's memory limit: its jail's cgroup is made for it (0: none set)
     disk_mb: int = disk.DISK_MB  # what the submission may write (its jail's tmpfs is capped to it)
-    disk_files: int = disk.DISK_FILES
+    disk_files: int = disk.DISK_FILES  # the files it may create (its jail's tmpfs has this many inodes)
 
 
 def _probe_spec(limits: Limits, real_fit: bool, data_file, data_setup: str | None) -> _ProbeSpec:
@@ -304,7 +304,11 @@ def probe(
         return result
     private = [*private, Path(notebook).resolve().parent]
     processes.become_subreaper()
-    first = _start_beside_self_test(_probe_spec(limits, real_fit, data_file, data_setup), private)
+    try:
+        spec = _probe_spec(limits, real_fit, data_file, data_setup)
+    except jails.JailError:  # no jail can be made here: the self-test, run next, says why
+        spec = None
+    first = _start_beside_self_test(spec, private) if spec is not None else None
     try:
         result.isolation = dict(jails.self_test(private))
     except BaseException as exc:
