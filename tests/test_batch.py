@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -29,13 +30,22 @@ def _sample(name: str) -> Path:
     return samples.SAMPLES_DIR / f"{name}.ipynb"
 
 
+def _shape_mistakes_trained() -> nbformat.NotebookNode:
+    """The shape_mistakes sample with its model compiled and trained as by_hand_mistakes trains it: a result
+    whose training question retraining decides (the sample itself never trains, so nothing is left to decide)."""
+    by_name = {s.name: s for s in samples.SAMPLES}
+    sample = dataclasses.replace(by_name["shape_mistakes"], training=by_name["by_hand_mistakes"].training)
+    student = nbformat.read(REPO / "assignments" / "cnn_mnist" / "student" / "cnn_mnist.ipynb", as_version=4)
+    return samples.fill(student, sample)
+
+
 def _make_class_folder(folder: Path) -> Path:
     """A messy class: Canvas names, a stray PDF, an empty notebook, a corrupt zip, a duplicate."""
     folder.mkdir()
     shutil.copy(_sample("shape_mistakes"), folder / "lovelaceada_1001_5001_cnn_mnist.ipynb")
     shutil.copy(_sample("untouched"), folder / "turingalan_LATE_1002_5002_cnn_mnist.ipynb")
     shutil.copy(_sample("untouched"), folder / "hopper_1003_5003_cnn_mnist.ipynb")  # identical bytes to 1002
-    shutil.copy(_sample("shape_mistakes"), folder / "lovelaceada_1001_5009_cnn_mnist-1.ipynb")  # second try
+    nbformat.write(_shape_mistakes_trained(), folder / "lovelaceada_1001_5009_cnn_mnist-1.ipynb")  # second try
     (folder / "knuth_1004_5004_report.pdf").write_bytes(b"%PDF-1.4 not a notebook")
     nbformat.write(nbformat.v4.new_notebook(), folder / "empty_1005_5005_cnn_mnist.ipynb")
     (folder / "broken_1006_5006_cnn_mnist.zip").write_bytes(b"PK\x03\x04 this is not a zip")
@@ -179,7 +189,9 @@ def test_canvas_import_holds_each_student_once_with_the_real_grade(class_run, bu
     assert all(review[k]["in_canvas_import"] == "no" for k in ("1001~2", "1004", "1005", "1006"))
     assert review["1002"]["in_canvas_import"] == "no" and "byte-identical to 1003" in review["1002"]["reason"]
     assert "waits for 1 hand-graded question" in review["1002"]["reason"]
-    assert "provisional: graded with retraining off" in review["1002"]["reason"]
+    # 1001's model waits for retraining (provisional); the untouched 1002 has none: retraining decides nothing there
+    assert "provisional: graded with retraining off" in review["1001"]["reason"]
+    assert "provisional" not in review["1002"]["reason"]
     # once question 11 has its points, each student is there once, with the real grade (nothing graded again)
     done = tmp_path / "out"
     shutil.copytree(out, done)

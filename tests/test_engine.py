@@ -188,9 +188,10 @@ def test_printed_accuracy_and_fake_model_wrapper_count_for_nothing(autograder, t
         "model = models.Sequential()\n...": "model = models.Sequential()\n" + samples.SEED_MODEL_CODE})
     otter = _otter(nb, autograder, tmp_path)
     result = engine.grade_notebook(nb, autograder, limits=FAST, retrain=RetrainOptions(cache_dir=str(tmp_path / "cache")))
-    assert otter.results["training"].score == otter.results["training"].possible  # Otter alone: fooled
+    # Otter alone: its public check refuses the subclassed wrapper, but the hidden accuracy case believes it
+    assert otter.results["training"].score > 0
     training = next(q for q in result["questions"] if q["name"] == "training")
-    assert training["score"] < training["max_score"]
+    assert training["score"] == 0
     assert "not retrained" in " ".join(c["message"] for c in training["cases"])
 
 
