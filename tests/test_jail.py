@@ -725,10 +725,13 @@ def test_a_passed_self_test_is_kept_and_served_until_anything_it_depends_on_chan
     outputs.mkdir(mode=0o700)
     monkeypatch.setenv(jail.ENV_PRIVATE, str(outputs))
     first = jail.self_test()  # the real one, once
+    stored = self_test_cache.key_parts(*jail.kept_self_test_inputs())
     assert first["self_test"] == "passed" and len(list(kept_tests.glob("*.json"))) == 1
     assert stat.S_IMODE(kept_tests.stat().st_mode) == 0o700
     assert stat.S_IMODE(next(kept_tests.glob("*.json")).stat().st_mode) == 0o600
     runs = _no_full_self_test(monkeypatch)
+    now = self_test_cache.key_parts(*jail.kept_self_test_inputs())
+    assert now == stored, {part: (stored[part], now[part]) for part in stored if stored[part] != now[part]}
 
     def served() -> bool:  # as a new grader process on this host would find it
         monkeypatch.setattr(jail, "_SELF_TESTS", {})

@@ -773,8 +773,12 @@ def kept_self_test_key(python: str | None = None) -> str:
     """The key a passed ``bwrap`` self-test of this grader is kept under (:mod:`autograder.probe.self_test_cache`)."""
     from autograder.probe import self_test_cache
 
-    return self_test_cache.key("bwrap", python or probe_python(), private_paths(registered=False),
-                               *_secret_modules(), NOTEBOOK_IMPORTS)
+    return self_test_cache.key(*kept_self_test_inputs(python))
+
+
+def kept_self_test_inputs(python: str | None = None) -> tuple:
+    """What :func:`kept_self_test_key` digests (``self_test_cache.key_parts(*these)`` shows it part by part)."""
+    return ("bwrap", python or probe_python(), private_paths(registered=False), *_secret_modules(), NOTEBOOK_IMPORTS)
 
 
 def _secret_modules() -> tuple[list[str], list[str]]:

@@ -113,6 +113,13 @@ def _cgroup_kind() -> list:
 def key(mode: str, python: str, private: list[Path], answer_keys: list[str], public_modules: list[str],
         imports: tuple) -> str:
     """The digest of everything a full self-test's outcome depends on (see the module's description)."""
+    parts = key_parts(mode, python, private, answer_keys, public_modules, imports)
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def key_parts(mode: str, python: str, private: list[Path], answer_keys: list[str], public_modules: list[str],
+              imports: tuple) -> dict:
+    """What :func:`key` digests, part by part (a test names the part that changed)."""
     from autograder.probe import seccomp
     from autograder.probe.jail import python_trees
 
@@ -127,7 +134,7 @@ def key(mode: str, python: str, private: list[Path], answer_keys: list[str], pub
         "bwrap": _bwrap(), "kernel": [platform.release(), platform.version()],
         "interpreter": [sys.version, sys.executable],
     }
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+    return parts
 
 
 def _trusted(path: Path, kind) -> bool:
