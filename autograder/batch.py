@@ -312,6 +312,10 @@ def merge_manual_scores(results: list[dict], out: Path, options: BatchOptions) -
         logs.say(f"{target.name}: {change.renamed} row(s) now name the student by "
                  f"{'anonymous code' if anonymous else 'id'}, as the graders' pages do; the file as it was is kept "
                  f"as {change.backup}")
+    for line in change.restored:  # the page's saves a stale copy dropped count again (and the scores say so)
+        logs.say(f"{target.name}: {line}")
+    if change.restored:
+        scores = sheets.read_scores(target, roster, anonymous)
     return manual.merge(results, scores), anonymous
 
 
