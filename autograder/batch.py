@@ -27,7 +27,7 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autograder import settings
+from autograder import output_lock, settings
 from autograder.engine import RetrainOptions
 from autograder.faults import Fault, FaultError
 from autograder.probe.sandbox import Limits
@@ -65,6 +65,8 @@ class BatchOptions:
     # the grader's configuration (CNN_GRADER_*, autograder.settings.GraderConfig) every worker grades with, a Ray
     # node's too: set by run_batch from this process's environment once its own settings are made
     config: GraderConfig | None = None
+    # another run holds the output folder: wait until it is done (True), or refuse at once (False: OutputFolderBusy)
+    wait: bool = False
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -168,6 +170,13 @@ def _init_worker(unstarted) -> None:
     _UNSTARTED = unstarted
 
 
+def _init_pool_worker(unstarted) -> None:
+    """A worker process of the pool: forked with the run's descriptors, of which it closes the output
+    folder's lock (only the run itself holds it), then as :func:`_init_worker`."""
+    output_lock.close_inherited()
+    _init_worker(unstarted)
+
+
 def _more_after_this(options: BatchOptions) -> bool:
     """Whether a warm jail started now would find a submission: only while at least one is left for
     each worker (a jail started for the last ones would be thrown away when the batch ends)."""
@@ -186,7 +195,8 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
     if options.config is not None:
         settings.install(options.config)  # before anything reads it: this worker may not share our environment
     warm.configure(options.warm)
-    warm.expect_more(_more_after_this(options))
+    more = _more_after_this(options)
+    warm.expect_more(more)
     autograders = autograders_by_name(autograders)
     if sub.error:
         result = _error_result(sub, Fault("input_refused", sub.error))
@@ -199,6 +209,9 @@ def grade_one(sub: Submission, autograders: dict[str, str] | str, out: str, opti
                 from autograder.variants import lms_identity
 
                 identity, source = lms_identity(_identity(sub))  # chooses the variant, when the assignment has them
+                warm.expect_more(True)
+                engine.start_judge_ahead()  # this submission's own judge, beside its jail (a single grade's too)
+                warm.expect_more(more)
                 result = engine.grade_notebook(sub.notebook, autograders[name], limits=options.limits,
                                                retrain=options.retrain, real_fit=options.real_fit,
                                                identity=identity, identity_source=source)
@@ -231,7 +244,15 @@ def run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOption
     """Grade everything under ``paths`` into ``out``; returns every result (done before or now).
 
     ``autograder_zip``: one zip, several, or ``{assignment: zip}``; each notebook is graded by the zip of
-    the assignment it names (a batch may mix assignments)."""
+    the assignment it names (a batch may mix assignments).  Another run working in ``out`` is refused
+    (:class:`autograder.output_lock.OutputFolderBusy`, naming it) or, with ``options.wait``, waited for."""
+    from autograder import logs
+
+    with output_lock.hold(out, wait=options.wait, on_wait=lambda holder: logs.say(output_lock.wait_message(out, holder))):
+        return _run_batch(paths, autograder_zip, out, options)
+
+
+def _run_batch(paths: list[Path], autograder_zip, out: Path, options: BatchOptions) -> list[dict]:
     private_dir(out)
     from autograder.probe import jail
 
@@ -297,6 +318,10 @@ def merge_manual_scores(results: list[dict], out: Path, options: BatchOptions) -
         logs.say(f"{target.name}: {change.renamed} row(s) now name the student by "
                  f"{'anonymous code' if anonymous else 'id'}, as the graders' pages do; the file as it was is kept "
                  f"as {change.backup}")
+    for line in change.restored:  # the page's saves a stale copy dropped count again (and the scores say so)
+        logs.say(f"{target.name}: {line}")
+    if change.restored:
+        scores = sheets.read_scores(target, roster, anonymous)
     return manual.merge(results, scores), anonymous
 
 
@@ -351,7 +376,7 @@ def _pool_round(todo: list[Submission], autograder_zip: dict[str, str], out: Pat
             return [lost for round_lost in rounds for lost in round_lost]
     lost: list[Submission] = []
     unstarted = multiprocessing.Value("i", len(todo))
-    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(unstarted,)) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, initializer=_init_pool_worker, initargs=(unstarted,)) as pool:
         futures = {pool.submit(grade_one, s, autograder_zip, str(out), options): s for s in todo}
         processes = list(getattr(pool, "_processes", {}).values())  # for the exit codes, should one die
         for fut in cf.as_completed(futures):
@@ -393,18 +418,22 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
     share a GPU.  A task whose node dies runs once more elsewhere (``max_retries=1``); if that fails
     too its row is a grader error that the next run grades again.  ``out`` and the zip must be
     on storage every node sees.  Yields each submission's summary as it finishes."""
-    from autograder.probe import jail
+    from autograder.probe import jail, ray_access
 
-    refusal = jail.ray_refusal(options.ray_address)
+    ray_access.prepare_local_token(options.ray_address)  # before Ray writes one everybody can read
+    refusal = ray_access.ray_refusal(options.ray_address)
     if refusal:
         raise jail.JailError(refusal)
     import ray
 
     started_here = not ray.is_initialized()
-    if started_here:
-        ray.init(address=options.ray_address, num_cpus=None if options.ray_address else options.jobs,
-                 include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    local = started_here and not options.ray_address and not os.environ.get("RAY_ADDRESS")
+    temp = ray_access.private_temp_dir() if local else None  # Ray's session folders (0777) out of sandboxes' reach
     try:
+        if started_here:
+            ray.init(address=options.ray_address, num_cpus=None if options.ray_address else options.jobs,
+                     include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+                     **({"_temp_dir": str(temp)} if temp else {}))
         gpu_share = 0.25 if ray.cluster_resources().get("GPU") else 0
         # what one submission may hold at once: its probe (or, later, its retrain) under the probe's memory cap
         memory = options.limits.memory_mb * 2**20
@@ -423,3 +452,7 @@ def _run_ray(todo: list[Submission], autograder_zip: dict[str, str], out: Path, 
     finally:
         if started_here:
             ray.shutdown()
+        if temp is not None:
+            import shutil
+
+            shutil.rmtree(temp, ignore_errors=True)

@@ -160,6 +160,10 @@ def grade(
     notebook_seconds: float = typer.Option(_LIMITS.notebook_seconds, "--notebook-timeout",
                                            help="Seconds a whole notebook may run."),
     memory_mb: int = typer.Option(_LIMITS.memory_mb, "--memory-mb", help="Memory limit for a submission's processes."),
+    disk_mb: int = typer.Option(_LIMITS.disk_mb, "--disk-mb",
+                                help="MB a submission may write in all (its folder and /tmp: in RAM, within --memory-mb)."),
+    disk_files: int = typer.Option(_LIMITS.disk_files, "--disk-files",
+                                   help="Files (and folders) a submission may create in all."),
     ray: bool = typer.Option(False, "--ray", help="Spread the batch over Ray (pip install 'cnn-autograder\\[ray]')."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="An existing Ray cluster to grade on (implies --ray; without it --ray starts a local one)."),
     isolation: Optional[str] = typer.Option(
@@ -193,6 +197,10 @@ def grade(
              "student by a code, not by name or id (--anonymous), or by id (--no-anonymous); a sheet that names "
              "them the other way is rewritten, its earlier copy kept in OUT/.private/. Default: as the output "
              "folder's sheet already does (by id for a new one)."),
+    wait: bool = typer.Option(
+        False, "--wait",
+        help="If another run is grading into the same --out folder, wait until it is done, then grade what it "
+             "left (default: refuse at once, naming the run that holds the folder)."),
     verbose: bool = typer.Option(
         False, "--verbose", "-v",
         help="Show the grader's log (its subprocesses' stderr, TensorFlow's start-up lines) on the console "
@@ -211,11 +219,14 @@ def grade(
         settings.ISOLATION.set(isolation)  # inherited by worker processes
     if unsafe_no_isolation:
         settings.UNSAFE_NO_ISOLATION.set("1")
-    if ray or ray_address:  # before anything is graded: a sandbox must not reach an unauthenticated cluster
+    if ray or ray_address:  # before anything is graded: a sandbox must not reach the cluster or its credentials
+        from autograder.probe import ray_access
+
         try:
-            refusal = jail.ray_refusal(ray_address)
-        except jail.JailError as exc:
-            refusal = str(exc)
+            ray_access.prepare_local_token(ray_address)
+            refusal = ray_access.ray_refusal(ray_address)
+        except (jail.JailError, OSError) as exc:
+            refusal = f"--ray cannot be checked: {exc}"
         if refusal:
             console.print(f"[red]{refusal}[/red]")
             raise typer.Exit(2)
@@ -231,28 +242,42 @@ def grade(
         except ValueError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2)
-    if not autograder_zips:
-        autograder_zips = [b.autograder_zip for b in builder.build_all(out / "_autograder", gradescope=False)]
+    from contextlib import ExitStack
+
+    from rich.markup import escape
+
+    from autograder import output_lock
+
     options = batch.BatchOptions(
         jobs=jobs or max(os.cpu_count() or 1, 1), warm=warm, force=force, real_fit=real_fit, ray=ray or bool(ray_address), ray_address=ray_address,
         canvas=canvas, canvas_provisional=canvas_provisional, manual_scores=manual_scores, anonymous=anonymous,
+        wait=wait,
         limits=dataclasses.replace(Limits(), cell_seconds=cell_seconds, notebook_seconds=notebook_seconds,
-                                   memory_mb=memory_mb),
+                                   memory_mb=memory_mb, disk_mb=disk_mb, disk_files=disk_files),
         retrain=RetrainOptions(enabled=retrain, max_epochs=max_epochs, max_steps=max_steps, max_seconds=retrain_seconds,
                                seeds=seeds, require_lesson_model=require_lesson_model),
     )
-    from autograder import logs
-    from autograder.manual_scores import ManualScoresError
+    with ExitStack() as held:
+        try:  # nothing is written into the folder (autograders, log, results) while another run holds it
+            held.enter_context(output_lock.hold(
+                out, wait=wait, on_wait=lambda holder: console.print(escape(output_lock.wait_message(out, holder)))))
+        except output_lock.OutputFolderBusy as exc:  # (the holder's command is printed as text, not markup)
+            console.print(f"[red]{escape(str(exc))}[/red]")
+            raise typer.Exit(2)
+        if not autograder_zips:
+            autograder_zips = [b.autograder_zip for b in builder.build_all(out / "_autograder", gradescope=False)]
+        from autograder import logs
+        from autograder.manual_scores import ManualScoresError
 
-    try:
-        with logs.to_file(out, verbose) as log:
-            results = batch.run_batch(paths, autograder_zips, out, options)
-    except ManualScoresError as exc:  # every result is kept; the reports are left as they were
-        console.print(f"Hand-grading sheet refused: {exc}", style="red", markup=False, highlight=False)
-        console.print(f"Nothing was merged and nothing was lost: the sheet is left as it is, the results in "
-                      f"{out / 'results'} are kept and the reports are not rewritten. Fix the sheet and run grade "
-                      "again (nothing is graded again).", markup=False, highlight=False)
-        raise typer.Exit(2)
+        try:
+            with logs.to_file(out, verbose) as log:
+                results = batch.run_batch(paths, autograder_zips, out, options)
+        except ManualScoresError as exc:  # every result is kept; the reports are left as they were
+            console.print(f"Hand-grading sheet refused: {exc}", style="red", markup=False, highlight=False)
+            console.print(f"Nothing was merged and nothing was lost: the sheet is left as it is, the results in "
+                          f"{out / 'results'} are kept and the reports are not rewritten. Fix the sheet and run grade "
+                          "again (nothing is graded again).", markup=False, highlight=False)
+            raise typer.Exit(2)
     _print_unowned(results, out)
     _print_results(results)
     _print_provisional(results)

@@ -279,9 +279,9 @@ def _knob_classes() -> list[tuple[type, str, str]]:
     from autograder.verifier.budget import Budget
 
     return [
-        (Limits, "autograder.probe.sandbox", "Per submission; `grade --cell-timeout`, `--notebook-timeout` and "
-                                             "`--memory-mb` set three of them for a run, and the Gradescope runner "
-                                             "fits them inside the container's limits."),
+        (Limits, "autograder.probe.sandbox", "Per submission; `grade --cell-timeout`, `--notebook-timeout`, "
+                                             "`--memory-mb`, `--disk-mb` and `--disk-files` set five of them for a "
+                                             "run, and the Gradescope runner fits them inside the container's limits."),
         (TrainingPolicy, "autograder.spec", "Per assignment, in its `spec.py`; `grade --seeds`, "
                                             "`--require-lesson-model`, `--retrain-seconds` override for a run."),
         (Budget, "autograder.verifier.budget", "Per assignment (`TrainingPolicy.budget`); `grade --max-epochs`, "

@@ -266,3 +266,11 @@ def grade_notebook(
         return result.finish(started).to_dict()
     result.variant = judged.get("variant")
     return result.judged(judged["questions"], judged["retrain"]).finish(started).to_dict()
+
+
+def start_judge_ahead() -> None:
+    """Start a judge for this process's next submission now, in the background (the warm pool's, when it is
+    on and none waits already), so that its start-up (Otter's imports) overlaps with the submission's jail."""
+    from autograder.judge import runner
+
+    runner.start_ahead()

@@ -41,6 +41,7 @@ import fcntl
 import functools
 import hashlib
 import io
+import json
 import os
 import re
 import secrets
@@ -62,6 +63,8 @@ OLD_KEY = Path("manual") / ".anonymous-key"  # where earlier versions kept the k
 CODE_PREFIX = "anon:"
 LEGACY_CODE_PREFIX = "anon-"  # codes written before: still read (where no id has that form), rewritten with CODE_PREFIX
 CODE = re.compile("anon[:-][0-9a-f]{8}")
+SAVES_FILE = "page-saves.jsonl"  # in OUT/.private: the review page's saves, to notice a stale copy saved over them
+MAX_SAVES_LINES = 5000  # the journal is compacted to each answer's last save past this many lines
 ANONYMITY_FILE = "anonymity"  # in OUT/.private: how this folder names students ("codes" or "ids"), once chosen
 MAX_SHEET_BYTES = 20 * 2**20
 MAX_PROBLEMS = 50  # listed one by one; the rest counted
@@ -505,6 +508,104 @@ class SheetUpdate:
     added: int = 0
     renamed: int = 0
     backup: Path | None = None
+    # the review page's saves that a stale copy of the sheet had undone, put back (one line each, for people)
+    restored: list[str] = field(default_factory=list)
+
+
+# --- the review page's saves, remembered ------------------------------------------------------------
+# A spreadsheet that opened the sheet before the page saved scores into it, and is saved later, writes its
+# old copy over those scores.  The page keeps a journal of its saves (OUT/.private/page-saves.jsonl): an
+# answer whose row holds again exactly what the page replaced, in a file someone rewrote since, lost the
+# page's save to such a copy; the next page load or grade run puts it back and says so.  A row changed to
+# anything else was edited on purpose and is left as it is.
+
+def _saves_path(sheet_path: Path) -> Path:
+    return private_folder(Path(sheet_path).parent) / SAVES_FILE
+
+
+def _state_json(state: tuple[float | None, str]) -> list:
+    return [state[0], state[1]]
+
+
+def _is_state(value) -> bool:
+    """Whether a journal's state is (points or None, comment) as the page saves it."""
+    return (isinstance(value, list) and len(value) == 2 and isinstance(value[1], str)
+            and (value[0] is None or (isinstance(value[0], (int, float)) and not isinstance(value[0], bool))))
+
+
+def _record_saves(sheet_path: Path, entries: list[dict]) -> None:
+    """Append the page's saves to the journal (under the sheet's lock: the caller holds it)."""
+    journal = _saves_path(sheet_path)
+    written = version(sheet_path)
+    lines = [json.dumps({**e, "version": written, "at": time.time()}, ensure_ascii=True) + "\n" for e in entries]
+    fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "a", encoding="ascii") as f:
+        f.writelines(lines)
+
+
+def _last_saves(sheet_path: Path) -> dict[tuple[str, str], dict]:
+    """{(student id, question): the page's last save of it} (what the journal holds; a damaged line is skipped)."""
+    journal = _saves_path(sheet_path)
+    found: dict[tuple[str, str], dict] = {}
+    try:
+        fd = os.open(journal, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return found
+    with os.fdopen(fd, encoding="ascii", errors="replace") as f:
+        for line in f:
+            try:
+                entry = json.loads(line)
+                if all(_is_state(entry[k]) for k in ("before", "after")):
+                    found[(str(entry["sid"]), str(entry["question"]))] = entry
+            except (ValueError, KeyError, TypeError):
+                continue
+    return found
+
+
+def _rewrite_saves(sheet_path: Path, entries: list[dict]) -> None:
+    journal = _saves_path(sheet_path)
+    fd, tmp = tempfile.mkstemp(dir=journal.parent, prefix=".saves-")
+    with os.fdopen(fd, "w", encoding="ascii") as f:
+        f.writelines(json.dumps(e, ensure_ascii=True) + "\n" for e in entries)
+    os.replace(tmp, journal)
+
+
+def _restore_dropped_saves(sheet: Sheet, path: Path, roster: Roster, anonymous: bool) -> list[str]:
+    """Put back into ``sheet`` each page save a stale copy undid (see above); the journal keeps only what is
+    still to be watched.  Returns a line per answer put back."""
+    saves = _last_saves(path)
+    if not saves:
+        return []
+    current = version(path)
+    restored, keep = [], []
+    for (sid, question), entry in saves.items():
+        if (sid, question) not in roster.expected:
+            continue  # an answer no longer graded: forgotten
+        row = find(sheet, roster, sid, question)
+        try:
+            now = cell_state(row)
+        except ValueError:
+            keep.append(entry)
+            continue
+        before, after = tuple(entry.get("before") or (None, "")), tuple(entry.get("after") or (None, ""))
+        if entry.get("version") != current and now == before and now != after:
+            if row is None:
+                row = SheetRow.new(roster.shown(sid, anonymous), question, "", "")
+                sheet.rows.append(row)
+            row.set(2, "" if after[0] is None else sheet.points_text(after[0]))
+            row.set(3, after[1])
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(entry.get("at") or 0)))
+            shown = roster.shown(sid, anonymous)
+            points = "pending" if after[0] is None else f"{after[0]:g} points"
+            restored.append(f"{shown}, {question}: the review page saved {points} at {when}, and the sheet was later "
+                            f"saved from a copy opened before that (a spreadsheet left open?), which dropped it; the "
+                            f"page's score is put back (change it in the page or the sheet if that was meant)")
+            continue  # settled
+        if now == after:
+            keep.append(entry)  # still as the page left it: a later stale copy could still undo it
+    if restored or len(keep) != len(saves) or sum(1 for _ in open(_saves_path(path), "rb")) > MAX_SAVES_LINES:
+        _rewrite_saves(path, keep)
+    return restored
 
 
 @contextlib.contextmanager
@@ -534,6 +635,8 @@ def _update(path: Path, roster: Roster, anonymous: bool, out: Path) -> SheetUpda
     path = Path(path)
     sheet = parse(path) if path.is_file() else Sheet()
     change = SheetUpdate()
+    if path.is_file():
+        change.restored = _restore_dropped_saves(sheet, path, roster, anonymous)
     have = set()
     for row in sheet.rows:
         sid = roster.student(row.cell(0))
@@ -547,7 +650,7 @@ def _update(path: Path, roster: Roster, anonymous: bool, out: Path) -> SheetUpda
     new = [(roster.shown(sid, anonymous), q) for sid, q in roster.expected if (sid, q) not in have]
     sheet.rows.extend(SheetRow.new(shown, question, "", "") for shown, question in sorted(new))
     change.added = len(new)
-    if path.is_file() and not (change.added or change.renamed):
+    if path.is_file() and not (change.added or change.renamed or change.restored):
         return change
     if change.renamed:
         change.backup = backup(path, out, "before-codes" if anonymous else "before-ids")
@@ -625,6 +728,7 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
         if c.points is not None and not 0 <= c.points <= top:
             raise ValueError(f"points {c.points:g} out of range 0..{top:g}")
     done = Saved()
+    journal: list[dict] = []
     with locked(path):
         sheet = parse(path, strict=False) if path.is_file() else Sheet()
         check(sheet, path, roster, anonymous)  # raises with every problem: a broken sheet is not overwritten
@@ -644,8 +748,11 @@ def save(path: Path, roster: Roster, anonymous: bool, changes: list[Change]) -> 
             row.set(2, "" if new[0] is None else sheet.points_text(new[0]))
             row.set(3, new[1])
             done.written.append(c.sid)
+            journal.append({"sid": c.sid, "question": c.question, "before": _state_json(now),
+                            "after": _state_json(new)})
         if done.written:
             write(sheet, path)
+            _record_saves(path, journal)
     return done
 
 

@@ -113,7 +113,7 @@ class GradeResult:
     retrain: dict | None = None  # autograder.verifier.retrain.RetrainReport, as a dict
     limits_hit: list[str] = field(default_factory=list)  # each limit the submission reached, for people
     execution: dict = field(default_factory=dict)  # seconds, cells, skipped_cells, runs, output_tail
-    isolation: dict = field(default_factory=dict)  # mode, isolated, uid, notes, self_test, cgroup ("v1", "v2" or None), metering (what the kernel meters of its jail, also the last note)
+    isolation: dict = field(default_factory=dict)  # mode, isolated, uid, notes, self_test, cgroup ("v1", "v2" or None), metering (what the kernel meters of its jail), disk (its total disk limit), both also among the notes
     versions: dict = field(default_factory=dict)  # the grader, Python, otter-grader, numpy, keras, tensorflow, jax (those installed)
     seconds: float | None = None  # wall time to grade it
     student: dict | None = None  # set by the batch: id, source, name, email, extra

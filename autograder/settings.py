@@ -94,8 +94,8 @@ NO_CGROUP = Setting(
 RAY_AUTHENTICATED = Setting(
     "CNN_GRADER_RAY_AUTHENTICATED", "",
     "`1`: the operator vouches that the Ray cluster requires authentication, so `--ray` is allowed in a "
-    "permission jail whose uids reach the network.",
-    "autograder.probe.jail")
+    "permission jail whose uids reach the network (where no sandbox uid can read or replace its credentials).",
+    "autograder.probe.ray_access")
 PYTHON = Setting(
     "CNN_GRADER_PYTHON", "/root/miniforge3/envs/otter-env/bin/python",
     "The interpreter Gradescope's `run_autograder` grades with; your own to try the zip on your machine.",

@@ -577,7 +577,8 @@ def test_blank_notebook_gets_zero_with_checkpoints_ignored_and_show_hidden(image
     cells = run["diagnostics"]["result"]["cells"]
     assert len(cells) > 10 and not cells[0]["error"], cells  # the notebook really ran, as the sandbox user
     isolation = run["diagnostics"]["result"]["isolation"]  # the jail's start-up self-test proved it
-    assert isinstance(isolation, dict) and isolation["isolated"] and isolation["self_test"] == "passed", isolation
+    assert isinstance(isolation, dict) and isolation["isolated"] and isolation["self_test"].startswith("passed"), \
+        isolation  # (run here, or kept for this host and version)
     if run["memory"].startswith("cgroup"):  # the limits were read from the container's cgroup
         container = run["diagnostics"]["container and limits"]
         assert container["resources"]["memory_mb"] == CAP_BYTES >> 20

@@ -253,6 +253,90 @@ def test_a_slot_uids_processes_are_all_killed_even_one_that_kills_its_uid_and_lo
             attacker.wait(timeout=30)
 
 
+# --- 3b. what the kernel keeps per uid: keyrings ----------------------------------------------------
+
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")  # reachable by a slot uid in every mode
+
+
+def run_jailed(code: str, mode: str, monkeypatch, before=None, **limits) -> tuple[int | None, str]:
+    """``code`` run by a plain Python in a fresh jail of ``mode`` (no notebook, no self-test: the jail alone),
+    after ``before(jail)``; returns the jail's uid and the output.  ``limits``: ``open_jail``'s."""
+    from autograder import children
+
+    monkeypatch.setenv(jail.ENV_MODE, mode)
+    with jail.open_jail(python=SYSTEM_PYTHON, **limits) as j:
+        script = j.put("attack.py", textwrap.dedent(code).encode())
+        j.hand_over()
+        if before is not None:
+            before(j)
+        proc = children.run(j.command([j.python, "-I", script]), cwd=j.work, env=j.env(), capture_output=True,
+                            text=True, timeout=120, preexec_fn=j.preexec())
+        return j.uid, proc.stdout + proc.stderr
+
+
+KEY_ATTACK = """
+    import ctypes, errno, platform
+    add_key, request_key, keyctl = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}[platform.machine()]
+    libc = ctypes.CDLL(None, use_errno=True)
+    USER_KEYRING = ctypes.c_int(-4)
+    def outcome(r):
+        return "OK %d" % r if r >= 0 else "FAILED " + errno.errorcode.get(ctypes.get_errno(), "?")
+    print("ADD", outcome(libc.syscall(add_key, b"user", b"left-for-the-next", b"secret 42", 9, USER_KEYRING)))
+    print("SEARCH", outcome(libc.syscall(keyctl, 10, USER_KEYRING, b"user", b"planted-before", 0)))
+    print("REQUEST", outcome(libc.syscall(request_key, b"user", b"planted-before", None, 0)))
+    print("SESSION", outcome(libc.syscall(keyctl, 1, None)))  # KEYCTL_JOIN_SESSION_KEYRING: a fresh one
+    """
+
+
+def _as_uid(uid: int, action) -> None:
+    """Run ``action`` in a forked helper as ``uid`` (the grader's own code: not under any jail's filter)."""
+    from autograder import children
+
+    def helper() -> None:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        action()
+
+    assert children.run_forked(helper) == 0
+
+
+def _key_call(*args) -> None:
+    import ctypes
+    import platform
+
+    numbers = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}[platform.machine()]
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(numbers[args[0]], *args[1:]) < 0:
+        raise OSError(ctypes.get_errno(), "key call failed")
+
+
+@needs_root
+@pytest.mark.skipif(SYSTEM_PYTHON is None, reason="needs a system python3 that a slot uid can run")
+@pytest.mark.parametrize("mode", [pytest.param("bwrap", marks=needs_bwrap), "permissions"])
+def test_a_key_left_in_a_slot_uids_keyring_reaches_no_later_jail_of_that_uid(mode, monkeypatch):
+    """A submission adds a key to its uid's user keyring for the next submission of that uid (the keyring is
+    the uid's, not the jail's), and the next one looks for a key planted there before it: every key
+    system call fails in every jail, so nothing is added and nothing planted is found."""
+    import ctypes
+
+    user_keyring = ctypes.c_int(-4)
+    planted = []
+
+    def plant(j) -> None:  # a key in the slot uid's keyring, as an earlier holder of the uid could have left it
+        _as_uid(j.uid, lambda: _key_call(0, b"user", b"planted-before", b"secret 7", 8, user_keyring))
+        planted.append(j.uid)
+
+    try:
+        uid, out = run_jailed(KEY_ATTACK, mode, monkeypatch, before=plant)
+        assert uid is not None and uid >= jail.SLOT_UID_BASE
+        for call in ("ADD", "SEARCH", "REQUEST", "SESSION"):
+            assert f"{call} FAILED EPERM" in out, out
+    finally:
+        for uid in planted:  # KEYCTL_CLEAR: the planted key goes
+            _as_uid(uid, lambda: _key_call(2, 7, user_keyring))
+
+
 # --- 4. symlinks planted for the root grader ---------------------------------------------------------
 
 @needs_root
@@ -329,7 +413,7 @@ def home():
 
 
 def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict, memory_mb: int = 3072,
-                   binds: dict | None = None) -> dict:
+                   binds: dict | None = None, disk: str = "") -> dict:
     from autograder import data
 
     (home / "cache").mkdir(parents=True)
@@ -344,7 +428,7 @@ def _grade_wrapped(home: Path, autograder, notebook: Path, uid: int, env: dict, 
         p.chmod(0o700)
     code = ("import json\nfrom autograder import engine\n"
             "r = engine.grade_notebook('sub.ipynb', 'autograder.zip', retrain=engine.RetrainOptions(enabled=False),"
-            f" limits=engine.Limits(cell_seconds=30, notebook_seconds=240, memory_mb={memory_mb}))\n"
+            f" limits=engine.Limits(cell_seconds=30, notebook_seconds=240, memory_mb={memory_mb}{disk}))\n"
             "print('@@RESULT@@' + json.dumps(r))")
     proc = subprocess.run(_outer_wrapper(home, uid, binds) + [sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=600, env={**os.environ, **env})
@@ -389,11 +473,15 @@ ATTACK_FROM_OUTSIDE = """
 @needs_root
 @needs_bwrap
 def test_non_root_grader_jails_with_a_user_namespace_and_its_cache_cannot_be_forged(autograder, tmp_path, home):
-    """The grader itself runs as uid 60999 (set up by an outer bubblewrap as root); retraining is off."""
-    nb = tiny(tmp_path / "attack.ipynb", ATTACK_FROM_OUTSIDE.format(home=home))
-    result = _grade_wrapped(home, autograder, nb, 60999, {})
+    """The grader itself runs as uid 60999 (set up by an outer bubblewrap as root); retraining is off.  It cannot
+    mount a tmpfs: bubblewrap's own caps the bytes a submission writes (not its files), and says so."""
+    nb = tiny(tmp_path / "attack.ipynb", ATTACK_FROM_OUTSIDE.format(home=home), DISK_FILL)
+    result = _grade_wrapped(home, autograder, nb, 60999, {}, disk=", disk_mb=64, disk_files=2000")
     out = result["execution"]["output_tail"]
     assert result["status"] == "graded" and result["isolation"]["mode"] == "bwrap", result["error"]
+    assert re.search(r"FILL big STOPPED AT 6[0-4] MB ENOSPC", out) and "SAME DISK True" in out, out[-1500:]
+    assert "disk limit (64 MB) reached during cell 2" in result["limits_hit"], result["limits_hit"]
+    assert "no file-count limit" in " ".join(result["isolation"]["notes"])
     assert result["isolation"]["uid"] is None and "user namespace" in " ".join(result["isolation"]["notes"])
     assert "BLOCKED import" in out and "VISIBLE" not in out and "COULD SIGNAL GRADER" not in out
     # the jail's /tmp is its own tmpfs: a write to the cache's path lands there, never in the real cache
@@ -488,8 +576,43 @@ def test_memory_held_in_memfds_counts_against_the_limit(autograder, tmp_path):
     assert "MEMFD SURVIVED" not in result["execution"]["output_tail"] and conv_small(result) == 2
 
 
+DISK_FILL = """
+    import errno, os, time
+    def fill(path):
+        written = 0
+        try:
+            with open(path, 'wb') as f:
+                for _ in range(2000):  # 2000 MB, each file under the file size limit
+                    f.write(b'x' * (1 << 20))
+                    written += 1
+        except OSError as exc:
+            print('FILL', path, 'STOPPED AT', written, 'MB', errno.errorcode[exc.errno])
+        time.sleep(1)  # full for a moment: the grader looks a few times a second
+        os.remove(path)
+    fill('big')
+    fill('/tmp/big')
+    print('SAME DISK', os.stat('/tmp').st_dev == os.stat('.').st_dev)
+    """
+FILE_FLOOD = """
+    import errno, os
+    made = 0
+    try:
+        for folder in ('.', '/tmp'):
+            os.makedirs(f'{folder}/many', exist_ok=True)
+            for i in range(300_000):
+                open(f'{folder}/many/{i}', 'w').close()
+                made += 1
+    except OSError as exc:
+        print('FILES STOPPED AT', made, errno.errorcode[exc.errno])
+    """
+DISK_ATTACK = DISK_FILL + FILE_FLOOD
+
+
 @needs_bwrap
-def test_shared_memory_is_not_writable_and_the_private_tmp_is_capped(autograder, tmp_path):
+def test_disk_is_capped_in_bytes_and_files_for_the_folder_and_tmp_together_and_shm_is_closed(autograder, tmp_path):
+    """A cell writes 2000 MB into its working folder and /tmp, then 300,000 empty files: the jail's one tmpfs
+    stops both at the disk limit (the write fails in that cell), the limit is named in limits_hit, and the
+    rest of the notebook is graded; /dev/shm is not writable."""
     nb = tiny(tmp_path / "sub.ipynb", """
         import os
         try:
@@ -497,12 +620,60 @@ def test_shared_memory_is_not_writable_and_the_private_tmp_is_capped(autograder,
             print('SHM WRITABLE')
         except OSError:
             print('SHM CLOSED')
-        st = os.statvfs('/tmp')
-        print('TMP MiB', st.f_blocks * st.f_frsize >> 20)
-        """)
-    out = grade(nb, autograder, Limits(cell_seconds=60, notebook_seconds=240, memory_mb=3072, file_size_mb=256))
+        """, DISK_ATTACK)
+    out = grade(nb, autograder, Limits(cell_seconds=60, notebook_seconds=240, memory_mb=3072, disk_mb=64,
+                                       disk_files=2000))
     tail = out["execution"]["output_tail"]
-    assert "SHM CLOSED" in tail and "TMP MiB 256" in tail, tail[-1000:]
+    assert "SHM CLOSED" in tail and "SAME DISK True" in tail, tail[-1000:]
+    assert re.search(r"FILL big STOPPED AT 6[0-4] MB ENOSPC", tail) and "FILL /tmp/big STOPPED AT" in tail, tail[-1000:]
+    made = int(re.search(r"FILES STOPPED AT (\d+) ENOSPC", tail).group(1))
+    assert 1900 <= made < 2000, tail[-1000:]
+    assert "disk limit (64 MB / 2000 files) reached during cell 2" in out["limits_hit"], out["limits_hit"]
+    assert "disk: 64 MB and 2000 files in all" in " ".join(out["isolation"]["notes"])
+    assert conv_small(out) == 2 and not out["execution"]["skipped_cells"]
+
+
+@needs_root
+@pytest.mark.skipif(SYSTEM_PYTHON is None, reason="needs a system python3 that a slot uid can run")
+@pytest.mark.parametrize("mode", [pytest.param("bwrap", marks=needs_bwrap), "permissions"])
+def test_every_folder_a_jail_can_write_shares_one_capped_tmpfs(mode, monkeypatch):
+    """The same attack in each mode, on the jail alone: in a permission jail the host's /tmp, /var/tmp,
+    /dev/shm and /run/lock are the jail's own tmpfs folder too (its own mount namespace), so nothing it
+    writes reaches the host's disk; the tmpfs is gone with the jail."""
+    code = """
+    import errno, os
+    for shared in ('/var/tmp', '/dev/shm', '/run/lock'):  # writable only where they are the jail's own disk
+        try:
+            open(f'{shared}/escape', 'w').close()
+            print(shared, 'SAME' if os.stat(shared).st_dev == os.stat('.').st_dev else 'ESCAPED')
+        except OSError as exc:
+            print(shared, 'CLOSED', errno.errorcode[exc.errno])
+    """ + DISK_ATTACK
+    uid, out = run_jailed(code, mode, monkeypatch, disk_mb=64, disk_files=2000)
+    assert re.search(r"FILL big STOPPED AT 6[0-4] MB ENOSPC", out), out
+    assert re.search(r"FILL /tmp/big STOPPED AT \d+ MB ENOSPC", out), out
+    assert 1900 <= int(re.search(r"FILES STOPPED AT (\d+) ENOSPC", out).group(1)) < 2000, out
+    assert "SAME DISK True" in out and "ESCAPED" not in out, out
+    if mode == "permissions":  # the host's shared folders, as the jail sees them, are its own tmpfs
+        assert "/var/tmp SAME" in out and "/dev/shm SAME" in out, out
+    # unmounted (this process's own jails: other graders may be running on the machine)
+    assert not [line for line in open("/proc/self/mountinfo") if jail.disk.folder_name() in line]
+
+
+@needs_root
+def test_a_jails_tmpfs_left_by_a_grader_killed_with_sigkill_is_swept(tmp_path):
+    """A grader killed mid-run cannot unmount its jail's tmpfs (which holds RAM): the next grader does."""
+    code = ("import sys, time\nfrom autograder.probe import jail\n"
+            "with jail.open_jail() as j:\n    print(j.work, flush=True)\n    time.sleep(600)\n")
+    killed = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        work = killed.stdout.readline().strip()
+    finally:
+        killed.kill()
+        killed.wait()
+    assert work.startswith(str(jail.disk.JAILS_DIR)) and jail.disk.is_mounted(Path(work))
+    jail.disk.sweep()
+    assert not jail.disk.is_mounted(Path(work)) and not os.path.exists(work)
 
 
 def test_non_root_grader_without_namespaces_refuses_unless_told_otherwise(autograder, tmp_path, monkeypatch):
@@ -517,6 +688,154 @@ def test_non_root_grader_without_namespaces_refuses_unless_told_otherwise(autogr
     assert unsafe["status"] == "graded" and unsafe["isolation"]["mode"] == "none"
     assert not unsafe["isolation"]["isolated"] and "not isolated" in unsafe["isolation"]["notes"][0]
     assert conv_small(unsafe) == 2
+
+
+# --- 5b. the self-test, kept per host and version -----------------------------------------------------
+
+@pytest.fixture
+def kept_tests(tmp_path, monkeypatch):
+    """An empty store of kept self-tests, and a fresh process's memory of self-tests."""
+    from autograder.probe import self_test_cache
+
+    folder = tmp_path / "kept"
+    monkeypatch.setattr(self_test_cache, "folder", lambda: folder)
+    monkeypatch.setattr(jail, "_SELF_TESTS", {})
+    monkeypatch.setattr(jail, "_CHECKED", {})
+    return folder
+
+
+def _no_full_self_test(monkeypatch) -> list:
+    """Record the self-test's runs: the full one must not run (raises), a light rerun is allowed."""
+    runs = []
+
+    def run(private, python, imports):
+        runs.append(list(imports))
+        if imports:
+            raise AssertionError("the full self-test ran again")
+        return {}
+
+    monkeypatch.setattr(jail, "_run_self_test", run)
+    return runs
+
+
+@needs_bwrap
+def test_a_passed_self_test_is_kept_and_served_until_anything_it_depends_on_changes(kept_tests, monkeypatch, tmp_path):
+    """The full self-test runs once per host and version; a batch's own folders (outputs, inputs) are proved
+    by a light rerun each time; any change to what the jail is built from runs the full test again."""
+    from autograder.probe import self_test_cache
+
+    outputs = tmp_path / "outputs"  # a batch's outputs: registered for every jail of the batch
+    outputs.mkdir(mode=0o700)
+    monkeypatch.setenv(jail.ENV_PRIVATE, str(outputs))
+    first = jail.self_test()  # the real one, once
+    stored = self_test_cache.key_parts(*jail.kept_self_test_inputs())
+    assert first["self_test"] == "passed" and len(list(kept_tests.glob("*.json"))) == 1
+    assert stat.S_IMODE(kept_tests.stat().st_mode) == 0o700
+    assert stat.S_IMODE(next(kept_tests.glob("*.json")).stat().st_mode) == 0o600
+    runs = _no_full_self_test(monkeypatch)
+    now = self_test_cache.key_parts(*jail.kept_self_test_inputs())
+    assert now == stored, {part: (stored[part], now[part]) for part in stored if stored[part] != now[part]}
+
+    def served() -> bool:  # as a new grader process on this host would find it
+        monkeypatch.setattr(jail, "_SELF_TESTS", {})
+        runs.clear()
+        try:
+            found = jail.self_test()
+        except AssertionError:
+            return False
+        assert found["mode"] == "bwrap" and "kept for this host and version" in found["self_test"]
+        return True
+
+    assert served() and runs == [[]]  # kept; the outputs folder proved by the light rerun (no imports)
+    monkeypatch.setenv(jail.ENV_PRIVATE, f"{outputs}:{tmp_path / 'another batch'}")
+    assert served() and runs == [[]]
+    originals = {"dirs": jail.assignment_dirs, "bwrap": self_test_cache._bwrap}
+    monkeypatch.setattr(jail, "assignment_dirs", lambda: [tmp_path])  # another installation of the answer keys
+    assert not served()
+    monkeypatch.setattr(jail, "assignment_dirs", originals["dirs"])
+    assert served()
+    monkeypatch.setattr(self_test_cache, "_SOURCE_DIGEST", ["another version of the grader"])
+    assert not served()
+    monkeypatch.setattr(self_test_cache, "_SOURCE_DIGEST", [])
+    monkeypatch.setattr(self_test_cache, "_bwrap", lambda: ["bubblewrap 9.9"])
+    assert not served()
+    monkeypatch.setattr(self_test_cache, "_bwrap", originals["bwrap"])
+    release = self_test_cache.platform.release
+    monkeypatch.setattr(self_test_cache.platform, "release", lambda: "9.9.9-another-kernel")
+    assert not served()
+    monkeypatch.setattr(self_test_cache.platform, "release", release)
+    assert served()
+
+
+@needs_bwrap
+def test_a_kept_self_test_is_used_only_from_a_private_store_and_while_fresh(kept_tests, monkeypatch):
+    from autograder.probe import self_test_cache
+
+    jail.self_test()
+    (entry,) = kept_tests.glob("*.json")
+    _no_full_self_test(monkeypatch)
+
+    def served() -> bool:
+        monkeypatch.setattr(jail, "_SELF_TESTS", {})
+        try:
+            jail.self_test()
+            return True
+        except AssertionError:
+            return False
+
+    assert served()
+    kept_tests.chmod(0o777)  # anyone could have written it
+    assert not served()
+    kept_tests.chmod(0o700)
+    entry.chmod(0o666)
+    assert not served()
+    entry.chmod(0o600)
+    os.chown(entry, 12345, 12345)  # not the grader's
+    assert not served()
+    os.chown(entry, os.geteuid(), os.getegid())
+    data = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**data, "passed_at": time.time() - self_test_cache.MAX_AGE_SECONDS - 60}))
+    assert not served()
+    entry.write_text(json.dumps(data))
+    assert served()
+
+
+@needs_root
+def test_a_permission_jails_self_test_is_never_kept(kept_tests, monkeypatch):
+    monkeypatch.setenv(jail.ENV_MODE, "permissions")
+    runs = []
+    monkeypatch.setattr(jail, "_run_self_test", lambda private, python, imports: runs.append(imports) or {"m": 1})
+    jail.self_test()
+    monkeypatch.setattr(jail, "_SELF_TESTS", {})
+    jail.self_test()
+    assert len(runs) == 2 and not kept_tests.exists()
+
+
+@needs_bwrap
+def test_the_first_jail_starts_beside_the_self_test_and_gets_nothing_if_the_test_fails(tmp_path, monkeypatch):
+    """A single grade's jail starts while the self-test runs (their start-ups overlap); the notebook goes in
+    only once the test has passed, and a failed test closes the jail unused."""
+    from autograder.probe import sandbox
+
+    started = []
+    start = sandbox._WarmProbe.start
+
+    def record(spec, private):
+        started.append(start(spec, private))
+        return started[-1]
+
+    monkeypatch.setattr(sandbox._WarmProbe, "start", record)
+    monkeypatch.setattr(jail, "self_test_passed", lambda **k: False)
+    nb = tiny(tmp_path / "sub.ipynb", "print('RAN')")
+    monkeypatch.setattr(jail, "self_test", lambda private: (_ for _ in ()).throw(jail.JailError("it does not hold")))
+    refused = sandbox.probe(nb, ["conv_small"], {}, limits=FAST)
+    assert refused.fault.cause == "jail_unsafe" and "it does not hold" in refused.fault.message and refused.runs == 0
+    assert len(started) == 1 and not started[0].alive() and not started[0].jail.work.exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(sandbox._WarmProbe, "start", record)
+    monkeypatch.setattr(jail, "self_test_passed", lambda **k: False)
+    ran = sandbox.probe(nb, ["conv_small"], {}, limits=FAST)
+    assert "RAN" in ran.output and ran.warm_starts == [False] and len(started) == 2  # the one started beside
 
 
 # --- 6. the status pipe --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Metering: what a submission uses is counted and capped by the kernel (a cgroup per jail), clocks count the
-jail's own CPU time, a permission jail's IPC objects die with its lease, and ``--ray`` is refused where a
-sandbox could reach an unauthenticated cluster.  Each test fails if its defence goes.
+jail's own CPU time, and a permission jail's IPC objects die with its lease (``--ray``: tests/test_ray_access.py).
+Each test fails if its defence goes.
 
 The cgroup tests run where the grader is root and a cgroup (v1 or v2) can be made; they are skipped
 elsewhere, and the "no cgroup" note is tested everywhere.
@@ -243,49 +243,6 @@ def test_every_result_says_no_cgroup_where_none_can_be_made(autograder, tmp_path
     assert result["isolation"]["cgroup"] is None and conv_small(result) == 2
     assert any(n.startswith(cgroup.NO_CGROUP_NOTE) for n in result["isolation"]["notes"]), result["isolation"]
     assert any(n.startswith(cgroup.NO_CGROUP_NOTE) for n in jail._SELF_TESTS[next(iter(jail._SELF_TESTS))]["notes"])
-
-
-# --- Ray in a permission jail ------------------------------------------------------------------
-
-def _grade_cli(tmp_path, monkeypatch, *argv):
-    from typer.testing import CliRunner
-
-    from autograder import batch, cli
-
-    graded = []
-    monkeypatch.setattr(batch, "run_batch", lambda *a, **k: graded.append(a) or [])
-    (tmp_path / "subs").mkdir(exist_ok=True)
-    (tmp_path / "ag.zip").write_bytes(b"")
-    run = CliRunner().invoke(cli.app, ["grade", str(tmp_path / "subs"), "--autograder", str(tmp_path / "ag.zip"),
-                                       "--out", str(tmp_path / "out"), *argv])
-    return run, graded
-
-
-@needs_root
-def test_ray_is_refused_in_a_permission_jail_whose_sandbox_reaches_the_network(tmp_path, monkeypatch):
-    for name in ("RAY_AUTH_MODE", "RAY_USE_TLS", jail.ENV_RAY_AUTHENTICATED):
-        monkeypatch.delenv(name, raising=False)
-    run, graded = _grade_cli(tmp_path, monkeypatch, "--isolation", "permissions", "--ray")
-    assert run.exit_code == 2 and graded == [], run.output  # refused before anything was graded
-    assert "--ray is refused" in run.output and "127.0.0.1" in run.output
-    from autograder import batch  # the batch refuses too, for callers that skip the command line
-
-    with pytest.raises(jail.JailError, match="--ray is refused"):
-        list(batch._run_ray([], {}, tmp_path, batch.BatchOptions(ray=True)))
-    # allowed where the cluster requires authentication, or where sandbox uids cannot reach the network
-    monkeypatch.setenv("RAY_AUTH_MODE", "token")
-    run, graded = _grade_cli(tmp_path, monkeypatch, "--isolation", "permissions", "--ray")
-    assert run.exit_code == 0 and len(graded) == 1, run.output
-    monkeypatch.delenv("RAY_AUTH_MODE")
-    monkeypatch.setattr(jail, "slot_reaches", lambda endpoints=(): [])
-    run, graded = _grade_cli(tmp_path, monkeypatch, "--isolation", "permissions", "--ray")
-    assert run.exit_code == 0 and len(graded) == 1, run.output
-
-
-def test_ray_is_not_refused_where_the_jail_has_its_own_network(monkeypatch):
-    monkeypatch.setattr(jail, "choose_mode", lambda: "bwrap")
-    monkeypatch.setattr(jail, "slot_reaches", lambda endpoints=(): ["127.0.0.1:1"])
-    assert jail.ray_refusal() is None
 
 
 # --- the issue's "done when": a bombing classmate costs a correct solution nothing ------------------

@@ -5,6 +5,7 @@ those left open are ``xfail(strict=True)`` with the reason."""
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import asdict
 from pathlib import Path
 
@@ -502,18 +503,44 @@ def _results(out: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
 
 
-@pytest.mark.xfail(strict=True, reason="open: the sheet is the one source of truth, so a spreadsheet that saves the "
-                   "copy it opened before the page's saves silently drops them; noticing needs a record of the "
-                   "page's saves (a journal in OUT/.private) compared on the next run or page load")
 def test_a_spreadsheet_saving_its_stale_copy_over_the_pages_saves_is_noticed(tmp_path):
+    """A TA leaves the sheet open in a spreadsheet while another grades in the page, then saves the old copy:
+    the page's save is put back on the next load (and said), while a row changed on purpose stays."""
+    from autograder import batch
+
     out = _graded_folder(tmp_path, {"1001": "Weights are shared", "1002": "Pooling"})
     review, _ = review_app.Review.load(out)
     stale = review.sheet_path.read_bytes()  # a TA opens the sheet in LibreOffice and leaves it open
     assert sheets.save(review.sheet_path, review.roster, False,
-                       [sheets.Change("1001", Q, 3.0, "Full marks", (None, ""))]).written == ["1001"]  # the page
-    review.sheet_path.write_bytes(stale)  # then saves LibreOffice's copy, which never had 1001's points
-    _, said = review_app.Review.load(out)
-    assert any("1001" in line for line in said)
+                       [sheets.Change("1001", Q, 3.0, "Full marks", (None, "")),
+                        sheets.Change("1002", Q, 1.0, "Thin", (None, ""))]).written == ["1001", "1002"]  # the page
+    journal = out / ".private" / sheets.SAVES_FILE
+    assert stat.S_IMODE(journal.stat().st_mode) == 0o600
+    # then LibreOffice's copy is saved: it never had 1001's points, and the other TA typed 2 for 1002 there
+    review.sheet_path.write_bytes(stale.replace(f"1002,{Q},,".encode(), f"1002,{Q},2,Better".encode()))
+    again, said = review_app.Review.load(out)
+    assert [line for line in said if "1001" in line and "put back" in line] and not [l for l in said if "1002" in l]
+    scores = sheets.read_scores(review.sheet_path, again.roster)
+    assert scores[("1001", Q)] == (3.0, "Full marks") and scores[("1002", Q)] == (2.0, "Better")
+    # said once: a later load, or grade run, has nothing more to put back; the run's totals count the points
+    assert not [line for line in review_app.Review.load(out)[1] if "put back" in line]
+    merged, _ = batch.merge_manual_scores(_results(out), out, batch.BatchOptions())
+    by_id = {r["student"]["id"]: r for r in merged}
+    assert by_id["1001"]["manual"][0]["score"] == 3.0
+
+
+def test_a_stale_copy_seen_first_by_a_grade_run_is_put_back_there(tmp_path):
+    from autograder import batch
+
+    out = _graded_folder(tmp_path, {"1001": "Weights are shared", "1002": "Pooling"})
+    review, _ = review_app.Review.load(out)
+    stale = review.sheet_path.read_bytes()
+    sheets.save(review.sheet_path, review.roster, False, [sheets.Change("1001", Q, 2.5, "Most of it", (None, ""))])
+    review.sheet_path.write_bytes(stale)
+    merged, _ = batch.merge_manual_scores(_results(out), out, batch.BatchOptions())
+    assert {r["student"]["id"]: r for r in merged}["1001"]["manual"][0]["score"] == 2.5
+    (out / ".private" / sheets.SAVES_FILE).write_text('{"sid": "1001", "question": "x", "before": 1}\nnot json\n')
+    assert sheets.update(review.sheet_path, review.roster, False, out).restored == []  # a damaged journal: nothing
 
 
 def test_review_anonymous_after_a_plain_run_leaves_no_graders_page_naming_students(tmp_path):

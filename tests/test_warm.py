@@ -57,7 +57,7 @@ def test_a_waiting_jail_holds_nothing_of_any_submission(pool, autograder, tmp_pa
     from autograder import protocol
 
     assert sorted(n for n in os.listdir(waiting.jail.work) if not n.startswith(".") and n != "__pycache__") == \
-        sorted(["mnist.npz", protocol.RUNTIME_FILE, protocol.PROTOCOL_FILE, "setup.json"])
+        sorted(["mnist.npz", protocol.RUNTIME_FILE, protocol.PROTOCOL_FILE, "setup.json", "tmp"])
     for folder, _, files in os.walk(waiting.jail.work):
         for name in files:
             if name != "mnist.npz":
@@ -282,8 +282,9 @@ def test_a_clean_up_spares_what_the_grader_starts_meanwhile_and_kills_orphans():
 
 @needs_bwrap
 def test_a_batch_starts_no_jail_ahead_for_a_submission_that_is_not_coming(autograder, tmp_path, monkeypatch):
-    """One worker, three submissions: the first starts cold, the next two take a jail and a judge started
-    ahead, and nothing is started after the last one (it would only be thrown away)."""
+    """One worker, three submissions: the first starts its jail cold, the next two take a jail started ahead;
+    each takes a judge started ahead (the first's beside its own jail), and nothing is started after the last
+    one (it would only be thrown away)."""
     from autograder import batch
 
     monkeypatch.delenv(warm.ENV_WARM, raising=False)
@@ -295,7 +296,7 @@ def test_a_batch_starts_no_jail_ahead_for_a_submission_that_is_not_coming(autogr
     results = batch.run_batch([folder], autograder, tmp_path / "out",
                               batch.BatchOptions(jobs=1, warm=1, progress=False, limits=FAST, retrain=NO_RETRAIN))
     assert sorted(r["execution"]["warm_starts"] for r in results) == [[False], [True], [True]]
-    for pool in (warm.PROBES, warm.JUDGES):
+    for pool, ahead in ((warm.PROBES, 2), (warm.JUDGES, 3)):
         grew = {k: v - before[pool.name][k] for k, v in pool.stats.items()}
-        assert grew["started_warm"] == grew["taken_warm"] == 2 and grew["discarded"] == 0, (pool.name, grew)
+        assert grew["started_warm"] == grew["taken_warm"] == ahead and grew["discarded"] == 0, (pool.name, grew)
     assert warm.PROBES.size == 0  # and nothing waits after the batch

@@ -88,6 +88,14 @@ class _WarmJudge:
             self.group.remove()
 
 
+def start_ahead() -> None:
+    """Start a judge for this process's next request now, in the background (the warm pool's, when it is on
+    and none waits already)."""
+    from autograder import warm
+
+    warm.JUDGES.fill(_WarmJudge.KEY, _WarmJudge.start)
+
+
 def run_judge(request: dict, timeout: float = JUDGE_SECONDS, memory_mb: int = JUDGE_MEMORY_MB) -> dict:
     """Run the judge in a fresh process under a time and a memory limit (its whole process tree).
     With the warm pool on, the process was started ahead; it serves this one request and exits.

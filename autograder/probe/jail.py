@@ -24,6 +24,11 @@ v2): memory including kernel memory, a CPU quota and equal weight, ``pids.max``;
 before they run anything, and it is killed and removed with the jail.  Where none can be made, the
 isolation notes and the self-test say "no cgroup".  A permission jail's slot uid also loses its System V
 IPC objects and POSIX message queues when its lease is taken and released.
+
+Everything a jail can write is one tmpfs capped in bytes and files (:mod:`autograder.probe.disk`), and every
+jail runs under a seccomp filter that denies the kernel's key system calls, whose keyrings outlive a jail in
+its uid (:mod:`autograder.probe.seccomp`).  A passed ``bwrap`` self-test is kept per host and version
+(:mod:`autograder.probe.self_test_cache`).
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,6 +50,7 @@ from autograder import children, settings
 from autograder.faults import Fault, FaultError
 from autograder.metering import cgroup
 from autograder.metering.processes import SYSVIPC, still_running, uid_ipc, uid_processes  # noqa: F401
+from autograder.probe import disk, seccomp
 
 ENV_MODE = settings.ISOLATION.name
 ENV_UNSAFE = settings.UNSAFE_NO_ISOLATION.name  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
@@ -145,14 +150,16 @@ def assignment_dirs() -> list[Path]:
     return [Path(p) for p in (found.submodule_search_locations or [])] if found else []
 
 
-def private_paths(extra=()) -> list[Path]:
-    """What a submission must never see: the grader, its caches, inputs and outputs."""
+def private_paths(extra=(), *, registered: bool = True) -> list[Path]:
+    """What a submission must never see: the grader, its caches, inputs and outputs (``registered``: with
+    the folders a batch registered, :func:`add_private_paths`; else the grader's own alone)."""
     from autograder.data import cache_dir
 
     paths = [PACKAGE_DIR, *assignment_dirs(), cache_dir(), Path.home() / ".cache" / "cnn-grader", Path.home() / ".keras"]
     if (PACKAGE_DIR.parent / "pyproject.toml").is_file():  # an editable install: the whole repository
         paths.append(PACKAGE_DIR.parent)
-    paths += [Path(p) for p in settings.current().private_paths]
+    if registered:
+        paths += [Path(p) for p in settings.current().private_paths]
     paths += [Path(p) for p in extra]
     out: list[Path] = []
     for p in paths:
@@ -348,7 +355,10 @@ class Jail:
     uid: int | None = None  # the slot uid (root graders)
     private: list[Path] = field(default_factory=list)
     python: str = field(default_factory=probe_python)
-    tmp_bytes: int = 512 * 1024 * 1024
+    disk_mb: int = disk.DISK_MB  # what the submission may write, working folder and /tmp together: MB...
+    disk_files: int = disk.DISK_FILES  # ...and files
+    disk_how: str | None = None  # "tmpfs": ours, mounted on `work`; "bwrap": bubblewrap's (bytes only); None: none
+    disk_missing: str | None = None  # why the total is not (fully) capped
     exposed: tuple | None = None  # view() when the sandbox's command was built
     group: "cgroup.Group | None" = None  # the kernel-metered control group its processes join (root graders)
     group_missing: str | None = None  # why it has none
@@ -383,14 +393,55 @@ class Jail:
         return f"{self.inside}/{name}"
 
     def hand_over(self) -> None:
-        """Give the filled folder to the sandbox's uid (root graders); nothing is written into it after."""
-        if self.mode == "permissions":
+        """Give the filled folder to the sandbox's uid (root graders); nothing is written into it after.  Its
+        ``tmp`` (the jail's /tmp) is made first, and a tmpfs of ours is capped: what it holds now (the files the
+        notebook must see) plus the submission's allowance."""
+        if self.mode == "permissions" or self.disk_how == "tmpfs":
             os.mkdir(self.work / "tmp", 0o700)
         if self.uid is not None:
-            if self.mode == "permissions":
+            if self.mode == "permissions" or self.disk_how == "tmpfs":
                 os.chown(self.work / "tmp", self.uid, self.uid, follow_symlinks=False)
             os.chown(self.work, self.uid, self.uid, follow_symlinks=False)
         os.chmod(self.work, 0o700, follow_symlinks=False)
+        if self.disk_how == "tmpfs":
+            disk.cap(self.work, self.disk_mb * 2**20, self.disk_files)
+
+    def disk_full(self, pid: int | None = None) -> bool:
+        """Whether the jail's disk has no room left for a page or a file (``pid``: a process inside the jail,
+        through whose root bubblewrap's own tmpfs is seen); False where it cannot be read."""
+        where = (self.work if self.disk_how == "tmpfs" else
+                 f"/proc/{pid}/root{WORK_INSIDE}" if self.disk_how == "bwrap" and pid else None)
+        try:
+            return where is not None and disk.full(where)
+        except OSError:
+            return False
+
+    @property
+    def disk_limit(self) -> str:
+        """The limit as ``limits_hit`` names it."""
+        return (f"disk limit ({self.disk_mb} MB / {self.disk_files} files)" if self.disk_how == "tmpfs"
+                else f"disk limit ({self.disk_mb} MB)")
+
+    @property
+    def disk_note(self) -> str:
+        """What caps this jail's writing, for its isolation notes."""
+        places = "working folder and /tmp" if self.mode == "bwrap" else (
+            ", ".join(["working folder", *disk.shared_targets()]) if self.private_shared() else "working folder")
+        if self.disk_how == "tmpfs":
+            note = (f"disk: {self.disk_mb} MB and {self.disk_files} files in all ({places}: one tmpfs, in RAM, "
+                    "charged to the jail's memory)")
+            if self.mode == "permissions" and not self.private_shared():
+                note += ("; the host's /tmp, /var/tmp, /dev/shm and /run/lock stay writable by the sandbox uid, "
+                         "not capped (no mount namespace can be made here)")
+            return note
+        if self.disk_how == "bwrap":
+            return (f"disk: {self.disk_mb} MB in all ({places}: one tmpfs); no file-count limit "
+                    f"({self.disk_missing or 'bubblewrap cannot set one'})")
+        return f"{disk.NO_DISK_NOTE}: {self.disk_missing or 'no tmpfs could be mounted'}"
+
+    def private_shared(self) -> bool:
+        """Whether a permission jail's processes see its tmpfs in place of the host's world-writable folders."""
+        return self.mode == "permissions" and self.disk_how == "tmpfs" and disk.can_unshare_mounts()
 
     def env(self, extra: dict | None = None) -> dict:
         """The environment of a process in this jail: quiet libraries (see :func:`quiet_env`), then ``extra``."""
@@ -427,8 +478,8 @@ class Jail:
             if os.path.exists(f):
                 a += ["--ro-bind", f, f]
         self.exposed = self.view()
-        a += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(self.tmp_bytes), "--tmpfs", "/tmp"]
-        made = {"/", "/usr", "/etc", "/tmp"}  # /tmp first: an environment may live under it
+        a += ["--proc", "/proc", "--dev", "/dev", *self._bwrap_writable()]
+        made = {"/", "/usr", "/etc", "/tmp", WORK_INSIDE}  # /tmp first: an environment may live under it
         trees = list(self.exposed[0])
         for tree in trees:
             parts = Path(tree).parents
@@ -440,8 +491,19 @@ class Jail:
             a += ["--ro-bind", tree, tree]
         for p in self.exposed[1]:  # masked wherever a mounted tree contains it
             a += (["--perms", "0000", "--tmpfs", p] if os.path.isdir(p) else ["--ro-bind", "/dev/null", p])
-        a += ["--bind", str(self.work), WORK_INSIDE, "--chdir", WORK_INSIDE]
+        a += ["--chdir", WORK_INSIDE]
         return a
+
+    def _bwrap_writable(self) -> list[str]:
+        """The working folder and /tmp, one tmpfs for both: ours, mounted on the working folder (its ``tmp``
+        bound on /tmp), or bubblewrap's own, capped in bytes, with the grader's (read-only) files mounted into it
+        and /tmp a link to its ``tmp``."""
+        if self.disk_how == "tmpfs":
+            return ["--bind", str(self.work), WORK_INSIDE, "--bind", str(self.work / "tmp"), "/tmp"]
+        a = ["--size", str(self.disk_mb * 2**20), "--perms", "0700", "--tmpfs", WORK_INSIDE]
+        for entry in sorted(os.listdir(self.work)):
+            a += ["--ro-bind", str(self.work / entry), f"{WORK_INSIDE}/{entry}"]
+        return a + ["--perms", "0700", "--dir", f"{WORK_INSIDE}/tmp", "--symlink", f"{WORK_INSIDE}/tmp", "/tmp"]
 
     def masked(self) -> list[str]:
         """The private paths this jail hides (bwrap: those inside a mounted tree; what we cannot even stat,
@@ -463,7 +525,8 @@ class Jail:
         A warm jail opened before its submission was known serves it only if so."""
         if self.mode != "bwrap":
             return True
-        fresh = Jail(self.mode, self.work, self.uid, private_paths(private), self.python, self.tmp_bytes)
+        fresh = Jail(self.mode, self.work, self.uid, private_paths(private), self.python, self.disk_mb, self.disk_files,
+                     self.disk_how)
         trees, masked = self.exposed if self.exposed is not None else self.view()  # as its command was built
         fresh_trees, fresh_masked = fresh.view()
         return trees == fresh_trees and all(
@@ -480,8 +543,12 @@ class Jail:
             "none": ["not isolated (--unsafe-no-isolation): the submission ran as the grader's own user"],
         }[self.mode]
         notes.append(self.metering)
+        notes.append(self.disk_note)
+        if self.mode != "none":
+            notes.append(seccomp.FILTERED_NOTE if seccomp.supported() else seccomp.NOT_FILTERED_NOTE)
         return {"mode": self.mode, "isolated": self.mode != "none", "uid": self.uid, "notes": notes,
-                "cgroup": self.group.version if self.group else None, "metering": self.metering}
+                "cgroup": self.group.version if self.group else None, "metering": self.metering,
+                "disk": self.disk_note}
 
     @property
     def metering(self) -> str:
@@ -491,8 +558,20 @@ class Jail:
         return f"{cgroup.NO_CGROUP_NOTE}: {self.group_missing or cgroup.unavailable() or 'none made'}"
 
     def preexec(self):
-        """What a jailed child runs between fork and exec: join the jail's group (before any student code)."""
-        return self.group.joiner() if self.group is not None else (lambda: None)
+        """What a jailed child runs between fork and exec, before any student code: join the jail's group, and
+        install the seccomp filter that denies key system calls (:mod:`autograder.probe.seccomp`), which every
+        process of the jail inherits."""
+        steps = [self.group.joiner()] if self.group is not None else []
+        if self.private_shared():
+            steps.append(disk.private_shared(self.work / "tmp"))
+        if self.mode != "none" and seccomp.supported():
+            steps.append(seccomp.installer(no_new_privs=not _is_root()))
+
+        def run() -> None:
+            for step in steps:
+                step()
+
+        return run
 
 
 def quiet_env(home: str) -> dict[str, str]:
@@ -507,12 +586,14 @@ def quiet_env(home: str) -> dict[str, str]:
 
 
 @contextmanager
-def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1024 * 1024,
-              memory_mb: int | None = None):
-    """A fresh jail (folder, slot uid, control group) for one run; everything is removed when the block ends."""
+def open_jail(private=(), *, python: str | None = None, disk_mb: int = disk.DISK_MB,
+              disk_files: int = disk.DISK_FILES, memory_mb: int | None = None):
+    """A fresh jail (folder, slot uid, control group) for one run; everything is removed when the block ends.
+    The submission may write ``disk_mb`` MB and ``disk_files`` files in all (:mod:`autograder.probe.disk`)."""
     mode = choose_mode()
     lease = SlotLease(clean_shared=mode == "permissions") if _is_root() and mode != "none" else None
-    work = Path(tempfile.mkdtemp(prefix="cnn-probe-"))  # 0700, ours, unpredictable name
+    work, disk_missing = disk.working_folder()  # 0700, ours, unpredictable name; a tmpfs of ours as root
+    disk_how = "tmpfs" if disk_missing is None else "bwrap" if mode == "bwrap" else None
     group, missing = None, cgroup.unavailable()
     try:
         if missing is None:
@@ -521,10 +602,14 @@ def open_jail(private=(), *, python: str | None = None, tmp_bytes: int = 512 * 1
             except OSError as exc:  # made for the self-test, but not now: said in this result's notes
                 missing = f"this jail's cgroup could not be made ({exc})"
         yield Jail(mode, work, lease.uid if lease else None, private_paths(private), python or probe_python(),
-                   tmp_bytes, group=group, group_missing=missing)
+                   disk_mb, disk_files, disk_how, disk_missing, group=group, group_missing=missing)
     finally:
         if group is not None:
-            group.remove()  # kills by group: nothing of the jail outlives it, whatever session it started
+            group.kill()  # by group: nothing of the jail outlives it, whatever session it started
+        if disk_how == "tmpfs":
+            disk.unmount(work)  # its pages go (before its group does: they are charged to it)
+        if group is not None:
+            group.remove()
         shutil.rmtree(work, ignore_errors=True)  # fd-based: does not follow links planted inside
         if lease:
             lease.release()
@@ -595,6 +680,18 @@ for top in args.get("hunt", []):
                             out["copies"].append(e.path)
             except OSError:
                 pass
+st, here = os.statvfs("."), os.stat(".").st_dev
+out["disk"] = {"bytes": st.f_blocks * st.f_frsize, "files": st.f_files,
+               "apart": [p for p in args["writable"] if os.path.isdir(p) and os.stat(p).st_dev != here]}
+out["keyring"] = None
+if args["key_syscalls"]:  # a key added here would reach the next jail of this uid
+    import ctypes
+    add_key, _, keyctl = args["key_syscalls"]
+    libc = ctypes.CDLL(None, use_errno=True)
+    serial = libc.syscall(add_key, b"user", b"cnn-grader-self-test", b"x", 1, ctypes.c_int(-4))
+    out["keyring"] = serial >= 0
+    if serial >= 0:  # keyctl(KEYCTL_UNLINK, key, KEY_SPEC_USER_KEYRING): take it back
+        libc.syscall(keyctl, 9, ctypes.c_int(serial), ctypes.c_int(-4))
 try:
     os.kill(args["pid"], 0)
     out["signal"] = True
@@ -632,26 +729,73 @@ def self_test(private=(), *, python: str | None = None) -> dict:
 
     The full test (Python starts and imports what notebooks need; the grader, its zip, caches
     and outputs are out of reach; no other process can be seen or signalled; no network) runs
-    once per process and setting; folders registered later are checked by a light rerun.
+    once per process and setting, or, in ``bwrap`` mode, once per host and version: a passed one is
+    kept (:mod:`autograder.probe.self_test_cache`) and served while nothing it depends on changes.
+    Folders registered later (or not covered by a kept test) are checked by a light rerun.
     Returns the isolation description for results; raises :class:`JailError` naming the cause
     and the fix.  It has ``STARTUP_SECONDS`` of its own, never a submission's time."""
+    from autograder.probe import self_test_cache
+
     python = python or probe_python()
     mode = choose_mode()
     key = (mode, python, os.geteuid())
     secrets = {str(p) for p in private_paths(private) if os.path.exists(p)}
     if key not in _SELF_TESTS:
-        try:
-            _SELF_TESTS[key] = _run_self_test(private, python, NOTEBOOK_IMPORTS)
-            _CHECKED[key] = secrets
-        except JailError as exc:
-            _SELF_TESTS[key] = exc
+        kept = None
+        if mode == "bwrap":  # (a permission jail's test depends on every file of the host: never kept)
+            base = private_paths(registered=False)  # a batch's own folders: proved by the light rerun below
+            kept_key = kept_self_test_key(python)
+            kept = self_test_cache.load(kept_key)
+        if kept is not None:
+            _SELF_TESTS[key] = kept
+            _CHECKED[key] = {str(p) for p in base if os.path.exists(p)}
+        else:
+            try:
+                _SELF_TESTS[key] = _run_self_test(private, python, NOTEBOOK_IMPORTS)
+                _CHECKED[key] = secrets
+                if mode == "bwrap":
+                    self_test_cache.store(kept_key, _SELF_TESTS[key])
+            except JailError as exc:
+                _SELF_TESTS[key] = exc
     found = _SELF_TESTS[key]
     if isinstance(found, JailError):
         raise JailError(str(found), found.fault.cause)
     if not secrets <= _CHECKED[key]:
         _run_self_test(private, python, ())  # raises if a newly registered folder is reachable
         _CHECKED[key] |= secrets
-    return found
+    return dict(found)
+
+
+def self_test_passed(*, python: str | None = None) -> bool:
+    """Whether the full self-test has passed in this process (what may remain, for folders registered since,
+    is a light rerun)."""
+    try:
+        return isinstance(_SELF_TESTS.get((choose_mode(), python or probe_python(), os.geteuid())), dict)
+    except JailError:
+        return False
+
+
+def kept_self_test_key(python: str | None = None) -> str:
+    """The key a passed ``bwrap`` self-test of this grader is kept under (:mod:`autograder.probe.self_test_cache`)."""
+    from autograder.probe import self_test_cache
+
+    return self_test_cache.key(*kept_self_test_inputs(python))
+
+
+def kept_self_test_inputs(python: str | None = None) -> tuple:
+    """What :func:`kept_self_test_key` digests (``self_test_cache.key_parts(*these)`` shows it part by part)."""
+    python = python or probe_python()
+    private = private_paths(registered=False)
+    return ("bwrap", python, python_trees(python, private), private, *_secret_modules(), NOTEBOOK_IMPORTS)
+
+
+def _secret_modules() -> tuple[list[str], list[str]]:
+    """What must not import in a jail (every assignment's answer key), and the student-side check modules."""
+    from autograder import registry
+
+    specs = registry.all_assignments()
+    return ([s.checks for s in specs] + [f"{s.package}.reference" for s in specs],
+            sorted({s.public_module_name for s in specs}))
 
 
 def _run_self_test(private, python: str, imports) -> dict:
@@ -661,11 +805,7 @@ def _run_self_test(private, python: str, imports) -> dict:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
-    from autograder import registry
-
-    specs = registry.all_assignments()
-    answer_keys = [s.checks for s in specs] + [f"{s.package}.reference" for s in specs]  # what must not import
-    public_modules = sorted({s.public_module_name for s in specs})
+    answer_keys, public_modules = _secret_modules()
     try:
         with open_jail(private, python=python) as jail:
             if jail.mode == "none":
@@ -679,7 +819,10 @@ def _run_self_test(private, python: str, imports) -> dict:
                 "skip": python_trees(python, []),
                 "port": listener.getsockname()[1],
                 "hunt": [d for d in HUNT_DIRS if os.path.isdir(d)] if jail.mode == "permissions" else [],
-                "hunt_seconds": HUNT_SECONDS}).encode())
+                "hunt_seconds": HUNT_SECONDS,
+                "key_syscalls": seccomp.key_syscall_numbers(),
+                "writable": ["/tmp"] if jail.mode == "bwrap" else
+                            disk.shared_targets() if jail.private_shared() else []}).encode())
             jail.hand_over()
             try:
                 proc = children.run(jail.command([python, "-I", script, args]), cwd=jail.work,
@@ -732,6 +875,10 @@ def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess)
                         "delete them or make them unreadable to other users (chmod go-rwx), or use bubblewrap")
     if found["signal"]:
         problems.append("it can signal the grader's processes (it runs as the grader's user)")
+    problems += _disk_problems(jail, found["disk"])
+    if found.get("keyring"):
+        problems.append("it can add keys to its uid's keyring, which the next sandbox of that uid could read "
+                        "(the seccomp filter did not hold)")
     if jail.mode == "bwrap" and found["sees"]:
         problems.append("it can see the grader's processes (no PID namespace)")
     if jail.mode == "bwrap" and found["network"]:
@@ -749,6 +896,21 @@ def _judge_self_test(jail: Jail, python: str, proc: subprocess.CompletedProcess)
     return description
 
 
+SELF_TEST_DISK_SLACK = 16 * 2**20  # what the grader's own files and page rounding may add to a jail's disk
+
+
+def _disk_problems(jail: Jail, found: dict) -> list[str]:
+    """Whether the jail's working folder is capped as its notes say, and /tmp shares its total."""
+    problems = []
+    if jail.disk_how is not None and found["bytes"] > jail.disk_mb * 2**20 + SELF_TEST_DISK_SLACK:
+        problems.append(f"its working folder is not capped at {jail.disk_mb} MB ({found['bytes'] >> 20} MB)")
+    if jail.disk_how == "tmpfs" and found["files"] > jail.disk_files + 1000:
+        problems.append(f"its working folder is not capped at {jail.disk_files} files ({found['files']})")
+    if found["apart"]:
+        problems.append(f"{', '.join(found['apart'])} is not on its capped disk")
+    return problems
+
+
 def unreachable(path: str, uid: int | None) -> str | None:
     """Why ``uid`` cannot reach ``path`` (a folder on the way it may not enter), or None."""
     if uid is None:
@@ -764,79 +926,3 @@ def unreachable(path: str, uid: int | None) -> str | None:
             if not st.st_mode & bit:
                 return f"{folder} is mode {stat.S_IMODE(st.st_mode):04o} (owner uid {st.st_uid})"
     return None
-
-
-# --- Ray in a permission jail ---------------------------------------------------------------------
-
-ENV_RAY_AUTHENTICATED = settings.RAY_AUTHENTICATED.name  # "1": the operator vouches that the cluster requires authentication
-
-
-def ray_authenticated() -> bool:
-    """Whether the Ray cluster requires authentication: Ray's token authentication (``RAY_AUTH_MODE=token``),
-    mutual TLS (``RAY_USE_TLS=1``: a client needs the grader's private key), or the operator's word
-    (``CNN_GRADER_RAY_AUTHENTICATED=1``)."""
-    return (os.environ.get("RAY_AUTH_MODE", "").strip().lower() == "token"
-            or os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true")
-            or settings.current().ray_authenticated)
-
-
-def _ray_endpoints(address: str | None) -> list[tuple[str, int]]:
-    """Where a sandbox would reach the cluster: a listener of ours on the loopback (a local Ray instance
-    listens there, unauthenticated) and the address given, where it names a host and port."""
-    found = []
-    if address and address not in ("auto", "local"):
-        hostport = address.split("://", 1)[-1].rsplit("/", 1)[0]
-        host, _, port = hostport.rpartition(":")
-        if host and port.isdigit():
-            found.append((host.strip("[]"), int(port)))
-    return found
-
-
-def slot_reaches(endpoints: list[tuple[str, int]] = ()) -> list[str]:
-    """Which of ``endpoints`` (and a listener on 127.0.0.1 opened here) a process under a sandbox uid can
-    connect to: a forked helper takes a leased slot uid and tries each for 3 s."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    targets = [("127.0.0.1", listener.getsockname()[1]), *endpoints]
-    reached = []
-    lease = SlotLease()
-    try:
-        for host, port in targets:
-            try:  # resolved here: the helper, under the sandbox uid, may not read the codecs a lookup imports
-                family, _, _, _, where = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-            except OSError:
-                continue
-
-            def attempt(family=family, where=(where[0].encode(), *where[1:])) -> None:
-                os.setgroups([])
-                os.setresgid(lease.uid, lease.uid, lease.uid)
-                os.setresuid(lease.uid, lease.uid, lease.uid)
-                s = socket.socket(family, socket.SOCK_STREAM)
-                s.settimeout(3)
-                s.connect(where)  # raises: exit status 1
-                s.close()
-
-            if children.run_forked(attempt, timeout=10) == 0:
-                reached.append(f"{host}:{port}")
-    finally:
-        listener.close()
-        lease.release()
-    return reached
-
-
-def ray_refusal(address: str | None = None) -> str | None:
-    """Why ``--ray`` must not run here, or None.  In a permission jail the sandbox shares the host's network,
-    and a Ray instance's ports take tasks from anyone who connects without authentication: a submission could
-    run code as the grader.  Allowed only where sandbox uids cannot reach the network (a firewall rule by uid
-    owner) or the cluster requires authentication."""
-    if choose_mode() != "permissions" or ray_authenticated():
-        return None
-    reached = slot_reaches(_ray_endpoints(address))
-    if not reached:
-        return None
-    return (f"--ray is refused in the permission jail: sandbox uids can reach the network ({', '.join(reached)}), "
-            "and a Ray cluster without authentication runs any task sent to it, so a submission could run code as "
-            "the grader. Fix: install bubblewrap (its network namespace cuts the sandbox off), block the sandbox uids "
-            f"{SLOT_UID_BASE}-{SLOT_UID_BASE + SLOT_COUNT - 1} from the network (e.g. iptables -m owner --uid-owner), "
-            f"or run Ray with authentication (RAY_AUTH_MODE=token; {ENV_RAY_AUTHENTICATED}=1 where it has another).")

@@ -61,6 +61,7 @@ from autograder.metering import calibration
 from autograder.metering.calibration import HostSpeed
 from autograder.metering.watchdog import Reading, Watchdog
 from autograder.probe import jail as jails
+from autograder.probe import disk
 
 RUNTIME = Path(__file__).with_name("runtime.py")
 PROTOCOL = Path(protocol.__file__)
@@ -82,7 +83,11 @@ class Limits:
     max_processes: int = 64  # processes the submission may have at once
     # output of the notebook kept, in KiB: the first and the last this many of everything it printed
     output_kb: int = 64
-    file_size_mb: int = 512  # the largest file the submission may write, and the size of its private /tmp (MiB)
+    file_size_mb: int = 512  # the largest file the submission may write (MiB)
+    # all a submission writes, its working folder and /tmp together, in MB (a tmpfs, in RAM: it counts against
+    # memory_mb too); reaching it is in limits_hit
+    disk_mb: int = disk.DISK_MB
+    disk_files: int = disk.DISK_FILES  # the files, folders and links a submission may create in all
 
 
 @dataclass
@@ -136,7 +141,7 @@ NOFILE = 1024  # open files per jailed process: each one can hold kernel memory 
 
 def _rlimits(file_size_mb: int, slot_uid: bool, join=None):
     def apply() -> None:
-        if join is not None:  # into the jail's control group, before anything of the submission runs
+        if join is not None:  # the jail's own steps first (its control group, its seccomp filter)
             join()
         try:  # if the grader dies (even by SIGKILL), the submission dies with it
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -177,6 +182,30 @@ class _ProbeSpec:
     threads: int = 0  # CPU threads for TensorFlow and BLAS in the probe (0: their defaults, every core)
     data_setup: str | None = None  # the dataset's start-up code, run with data_file (Dataset.probe_setup)
     memory_mb: int = 0  # the submission's memory limit: its jail's cgroup is made for it (0: none set)
+    disk_mb: int = disk.DISK_MB  # what the submission may write (its jail's tmpfs is capped to it)
+    disk_files: int = disk.DISK_FILES  # the files it may create (its jail's tmpfs has this many inodes)
+
+
+def _probe_spec(limits: Limits, real_fit: bool, data_file, data_setup: str | None) -> _ProbeSpec:
+    return _ProbeSpec(str(data_file) if data_file else None, real_fit, limits.file_size_mb, jails.probe_python(),
+                      jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
+                      tuple(sorted(settings.current().private_paths)),
+                      0 if real_fit else probe_threads(), data_setup, limits.memory_mb, limits.disk_mb,
+                      limits.disk_files)
+
+
+def _start_beside_self_test(spec: _ProbeSpec, private) -> "_WarmProbe | None":
+    """The first run's jail, started now where the full self-test has not passed in this process yet (a single
+    grade, a worker's first submission): its start-up (the grader's, importing what notebooks need) overlaps
+    the test's.  Nothing of the submission is in it until the test has passed (it goes in on stdin, in
+    :meth:`_Run.execute`).  None where the test passed here already (a batch's later submissions: the warm
+    pool serves them) or no jail can be made (the self-test then says why)."""
+    if jails.self_test_passed():
+        return None
+    try:
+        return _WarmProbe.start(spec, private)
+    except Exception:  # noqa: BLE001 - the self-test, run next, names the fault
+        return None
 
 
 class _WarmProbe:
@@ -190,9 +219,8 @@ class _WarmProbe:
     def start(cls, spec: _ProbeSpec, private) -> "_WarmProbe":
         stack = ExitStack()
         try:
-            jail = stack.enter_context(jails.open_jail(private, python=spec.python,
-                                                       tmp_bytes=spec.file_size_mb * 1024 * 1024,
-                                                       memory_mb=spec.memory_mb or None))
+            jail = stack.enter_context(jails.open_jail(private, python=spec.python, disk_mb=spec.disk_mb,
+                                                       disk_files=spec.disk_files, memory_mb=spec.memory_mb or None))
             runtime = jail.put(protocol.RUNTIME_FILE, RUNTIME.read_bytes())
             jail.put(protocol.PROTOCOL_FILE, PROTOCOL.read_bytes())  # the runtime loads it before any student code
             data = jail.copy_in(Path(spec.data_file).name, Path(spec.data_file)) if spec.data_file else None
@@ -215,7 +243,7 @@ class _WarmProbe:
                     [*cmd, str(status_w), str(go_r)], cwd=jail.work, env=env, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(status_w, go_r),
                     start_new_session=True,
-                    preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None, jail.group and jail.group.joiner()))
+                    preexec_fn=_rlimits(spec.file_size_mb, jail.uid is not None, jail.preexec()))
             except BaseException:
                 os.close(status_r)
                 raise
@@ -285,21 +313,31 @@ def probe(
         result.fault = Fault("unreadable", f"the notebook could not be read: {exc}")
         return result
     private = [*private, Path(notebook).resolve().parent]
+    processes.become_subreaper()
+    try:
+        spec = _probe_spec(limits, real_fit, data_file, data_setup)
+    except jails.JailError:  # no jail can be made here: the self-test, run next, says why
+        spec = None
+    first = _start_beside_self_test(spec, private) if spec is not None else None
     try:
         result.isolation = dict(jails.self_test(private))
-    except jails.JailError as exc:
+    except BaseException as exc:
+        if first is not None:
+            first.close()
+        if not isinstance(exc, jails.JailError):
+            raise
         result.fault = exc.fault.with_message(f"the sandbox is not safe to grade in: {exc}")
         result.seconds = round(time.monotonic() - started, 3)
         return result
     cells = code_cells(nb)
     skipped: dict[int, Fault] = {}  # cell -> what it did that brought the run down
-    processes.become_subreaper()
     starved_runs = 0
     while True:
         run = _Run([(i, src) for i, src in cells if i not in skipped], variables, functions, limits, real_fit)
         run.files = dict(files or {})
         run.data_setup = data_setup
-        run.execute(nb, data_file, private, result)
+        run.execute(nb, data_file, private, result, ready=first)
+        first = None
         result.runs += 1
         if run.starved and starved_runs < MAX_STARVED_RERUNS:  # the host's fault: the same run again, a moment later
             starved_runs += 1
@@ -480,14 +518,14 @@ class _Run:
         return len(procs | {p.pid for p in processes.uid_processes(self.uid)})
 
     # -- one run ----------------------------------------------------------------------------
-    def execute(self, nb, data_file, private, into: ProbeResult) -> None:
-        limits = self.limits
-        spec = _ProbeSpec(str(data_file) if data_file else None, self.real_fit, limits.file_size_mb,
-                          jails.probe_python(), jails.choose_mode(), os.environ.get("KERAS_BACKEND"),
-                          tuple(sorted(settings.current().private_paths)),
-                          0 if self.real_fit else probe_threads(), self.data_setup, limits.memory_mb)
-        started = warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
-        into.warm_starts.append(started is not None)
+    def execute(self, nb, data_file, private, into: ProbeResult, ready: "_WarmProbe | None" = None) -> None:
+        """One run, in ``ready`` (a jail started for it beside the self-test), a warm jail, or a new one."""
+        spec = _probe_spec(self.limits, self.real_fit, data_file, self.data_setup)
+        if ready is not None and not ready.alive():  # it ended during its start-up: a fresh one, as a warm jail's
+            ready.close()
+            ready = None
+        started = ready or warm.PROBES.take(spec, lambda w: w.jail.hides_as_much_as(private))
+        into.warm_starts.append(started is not None and ready is None)
         if started is None:
             started = _WarmProbe.start(spec, private)
         jail, child = started.jail, started.child
@@ -498,9 +536,11 @@ class _Run:
             self.uid = jail.uid
             self.group = jail.group
             into.isolation["cgroup"] = jail.group.version if jail.group else None
-            # this run's own group (or why it has none), in place of the self-test's
-            notes = [n for n in into.isolation.get("notes", []) if n != into.isolation.get("metering")]
-            into.isolation["notes"], into.isolation["metering"] = notes + [jail.metering], jail.metering
+            # this run's own group and disk (or why it has none), in place of the self-test's
+            shown = (into.isolation.get("metering"), into.isolation.get("disk"))
+            notes = [n for n in into.isolation.get("notes", []) if n not in shown]
+            into.isolation["notes"] = notes + [jail.metering, jail.disk_note]
+            into.isolation["metering"], into.isolation["disk"] = jail.metering, jail.disk_note
             files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
             job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
                               "files": files}).encode()
@@ -514,7 +554,8 @@ class _Run:
 
             self.on_ready = lambda: threading.Thread(target=hand_over, daemon=True).start()
             self.go_fd = started.go_w
-            self._watch(child, started.status_r, preexisting)
+            with _DiskWatch(self, jail, child.pid):
+                self._watch(child, started.status_r, preexisting)
         finally:
             processes.kill_everything(child, preexisting)
             with self.lock:
@@ -708,6 +749,41 @@ class _Stop:
 def _startup_memory(limits: Limits) -> _Stop:
     return _Stop("host_limit", f"the probe's own start-up needs more than the memory limit ({limits.memory_mb} MiB); "
                                "raise --memory-mb")
+
+
+class _DiskWatch:
+    """While a run's watchdog runs: notes in ``limits_hit`` the first step in which the jail's disk was full
+    (the kernel refuses the write, which fails in the student's cell; the run goes on).  A thread of its own
+    that reads the file system's free space a few times a second."""
+
+    INTERVAL = 0.2
+
+    def __init__(self, run: "_Run", jail, outer_pid: int):
+        self.run, self.jail, self.outer_pid = run, jail, outer_pid
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> "_DiskWatch":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        inside = None
+        while not self.stop.wait(self.INTERVAL):
+            with self.run.lock:
+                phase, step = self.run.phase, self.run.step
+            if phase not in ("cells", "extract"):
+                continue
+            if self.jail.disk_how == "bwrap" and inside is None:  # bubblewrap's tmpfs: seen through the jail's root
+                inside = _runtime_pid(self.outer_pid)
+            if self.jail.disk_full(inside):
+                with self.run.lock:
+                    self.run.limits_hit.append(f"{self.jail.disk_limit} reached during {step}")
+                return
 
 
 def _starved_message(step: str, cpu: float, wall: float, speed: HostSpeed | None = None) -> str:

@@ -131,6 +131,7 @@ class Review:
             if change.renamed:
                 said.append(f"{target.name}: {change.renamed} row(s) now name the student by "
                             f"{'anonymous code' if anonymous else 'id'}; the file as it was is kept as {change.backup}")
+            said += [f"{target.name}: {line}" for line in change.restored]
         return cls(out, results, roster, anonymous, questions, stamp), said
 
     def answers(self, sheet: sheets.Sheet, assignment: str, question: str) -> list[dict]:
