@@ -50,7 +50,7 @@ from autograder import children, protocol, settings, warm
 from autograder.jail_messages import checked_value, clean_text
 from autograder.metering import cgroup, clocks, processes
 from autograder.probe import jail as jails
-from autograder.probe import disk
+from autograder.probe import disk, forkserver
 
 RUNTIME = Path(__file__).with_name("runtime.py")
 PROTOCOL = Path(protocol.__file__)
@@ -229,6 +229,10 @@ class _WarmProbe:
             os.set_blocking(go_w, False)
             stack.callback(os.close, go_w)
             try:
+                if forkserver.unavailable(jail) is None:  # forked from a template that has imported the libraries
+                    child = forkserver.start(jail, [runtime, setup, "3", "4"], env, spec.file_size_mb, status_w, go_r)
+                    stack.callback(child.release)
+                    return cls(stack, jail, child, status_r, go_w)
                 child = children.popen(
                     [*cmd, str(status_w), str(go_r)], cwd=jail.work, env=env, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(status_w, go_r),
@@ -520,6 +524,7 @@ class _Run:
             self.uid = jail.uid
             self.group = jail.group
             into.isolation["cgroup"] = jail.group.version if jail.group else None
+            into.isolation["started"] = "forked" if isinstance(child, forkserver.ForkedChild) else "fresh"
             notes = [n for n in into.isolation.get("notes", []) if not n.startswith(
                 ("metered by the kernel", cgroup.NO_CGROUP_NOTE, "disk:", disk.NO_DISK_NOTE))]
             into.isolation["notes"] = notes + [jail.metering, jail.disk_note]  # this run's own group and disk
@@ -780,6 +785,8 @@ def _exit_reason(code: int | None) -> str:
 
 def _runtime_pid(outer: int) -> int | None:
     """The probe runtime's pid: under bubblewrap, the first process below the bwrap processes."""
+    if forkserver.is_outer(outer):  # a forked jail: by position, whatever its processes call themselves
+        return forkserver.runtime_pid(outer)
     try:
         p = psutil.Process(outer)
         while p.name() == "bwrap":
