@@ -97,9 +97,14 @@ VERBOSE = Setting(
     "`1`: `grade` leaves the log of the grader and its subprocesses (TensorFlow's start-up lines, warnings) on "
     "the console instead of writing it to `<out>/logs/grader.log` (same as `grade --verbose`).",
     "autograder.logs")
+FORKSERVER = Setting(
+    "CNN_GRADER_FORKSERVER", "auto",
+    "`auto`: a root grader's bubblewrap jails are forked from a template that has imported NumPy, TensorFlow/Keras "
+    "and IPython once (see Isolation); `0`: every jail starts a fresh interpreter.",
+    "autograder.probe.forkserver")
 SETTINGS: tuple[Setting, ...] = (CACHE, MNIST, ISOLATION, UNSAFE_NO_ISOLATION, PRIVATE_PATHS, WARM, PROBE_THREADS,
                                  RETRAIN_THREADS, RETRAIN_SLOTS, DETERMINISTIC, NO_CGROUP, RAY_AUTHENTICATED,
-                                 GRADESCOPE_ROOT, PYTHON, VERBOSE)
+                                 GRADESCOPE_ROOT, PYTHON, VERBOSE, FORKSERVER)
 
 # The variables TensorFlow and BLAS read at start-up for their thread pools: set for a probe
 # (CNN_GRADER_PROBE_THREADS) and a retrain (CNN_GRADER_RETRAIN_THREADS).

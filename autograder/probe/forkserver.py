@@ -41,7 +41,7 @@ from autograder import children, settings
 from autograder.probe import disk, seccomp
 from autograder.probe import jail as jails
 
-ENV = "CNN_GRADER_FORKSERVER"
+ENV = settings.FORKSERVER.name
 TEMPLATE = Path(__file__).with_name("forkserver_template.py")
 IMPORTS = ("numpy", "tensorflow", "keras")  # as the runtime's WARM_IMPORTS (IPython's shell too, in the template)
 WRAPPER_NAME = "cnn-jail"  # the name of a forked jail's outer process and of its PID 1
@@ -130,6 +130,7 @@ class Template:
             raise jails.JailError(f"the fork server's template did not start (exit {self.proc.poll()}): {tail}")
         ours.settimeout(None)
         self.hello = json.loads(hello)
+        self._drop_host_folder()
         self.outers: set[int] = set()
 
     def _drain(self) -> None:
@@ -195,10 +196,16 @@ class Template:
             self.proc.kill()
             self.proc.wait()
         children.forget(self.proc)
-        disk.unmount(self.own.work)
+        self._drop_host_folder()
+
+    def _drop_host_folder(self) -> None:
+        """The template's folder leaves the host once the template has it mounted (its own mount namespace
+        keeps it): no tmpfs of a jail stays mounted on the host while the template lives."""
         import shutil
 
-        shutil.rmtree(self.own.work, ignore_errors=True)
+        if self.own.work.exists():
+            disk.unmount(self.own.work)
+            shutil.rmtree(self.own.work, ignore_errors=True)
 
 
 NOFILE = 1024  # as sandbox.NOFILE
@@ -263,6 +270,7 @@ def template_for(jail, env: dict) -> Template:
         if found is None:
             base = jail.env({**settings.QUIET_LOGGING_ENV, "MPLBACKEND": "Agg", "KERAS_HOME": f"{jail.inside}/.keras",
                              "PYTHONDONTWRITEBYTECODE": "1", "CUDA_VISIBLE_DEVICES": "", **dict(imports_env)})
+            _close_at_exit()
             try:
                 found = _TEMPLATES[key] = Template(jail, base)
             except jails.JailError as exc:
@@ -368,7 +376,21 @@ def _forget_after_fork() -> None:
     _OUTERS.clear()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
-import atexit  # noqa: E402
+_REGISTERED: list[int] = []  # the pid that registered _close_at_exit
 
-atexit.register(close_all)
+
+def _close_at_exit() -> None:
+    """Close the templates when this process exits, also as a worker of a process pool (whose exit skips atexit):
+    the template's jails end with it, and its CPU time is counted to this process.  Registered with the first
+    template of each process (a pool worker clears what it inherited when it starts)."""
+    if _REGISTERED == [os.getpid()]:
+        return
+    import atexit
+    from multiprocessing import util
+
+    _REGISTERED[:] = [os.getpid()]
+    atexit.register(close_all)
+    util.Finalize(None, close_all, exitpriority=90)
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)

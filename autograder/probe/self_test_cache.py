@@ -38,7 +38,7 @@ from pathlib import Path
 MAX_AGE_SECONDS = 24 * 3600.0
 FOLDER_NAME = "self-test"
 SOURCES = ("probe/jail.py", "probe/disk.py", "probe/seccomp.py", "probe/cgroup.py", "probe/runtime.py",
-           "probe/sandbox.py", "protocol.py", "children.py")
+           "probe/sandbox.py", "probe/forkserver.py", "probe/forkserver_template.py", "protocol.py", "children.py")
 
 _SOURCE_DIGEST: list[str] = []
 
