@@ -45,6 +45,12 @@ out = {
     "numpy_pi": None, "tf_version": None, "argv": sys.argv,
     "planted": [p for p in ("/planted", "/etc/planted", "/dev/planted", "/dev/shm/planted") if os.path.exists(p)],
 }
+for name, path in (("pid1_readable", "/proc/1/environ"), ("own_readable", "/proc/self/environ")):
+    try:
+        open(path, "rb").read()
+        out[name] = True
+    except OSError:
+        out[name] = False
 numpy = sys.modules.get("numpy")
 if numpy is not None:
     out["numpy_random"] = float(numpy.random.random())
@@ -156,6 +162,7 @@ def test_two_forked_jails_share_no_uid_folder_namespace_or_process_and_hold_no_p
             assert out["tmp"] == [] and set(out["dev"]) >= {"null", "zero", "urandom", "shm", "fd"}
             assert out["procs"] == [1, out["pid"]], out["procs"]  # its PID 1 and itself
             assert not out["signal_template"] and out["loopback"] and not out["outside"]
+            assert not out["pid1_readable"] and out["own_readable"]  # its PID 1 (root until it dropped) is closed
             assert out["cgroup"] and all(line.endswith(":/") for line in out["cgroup"]), out["cgroup"]
             assert set(out["ns"].values()).isdisjoint(mine.values()), out["ns"]
             assert out["env"]["HOME"] == "/sandbox" and "CNN_GRADER_PRIVATE_PATHS" not in out["env"]

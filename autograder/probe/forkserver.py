@@ -131,6 +131,7 @@ class Template:
         ours.settimeout(None)
         self.hello = json.loads(hello)
         self._drop_host_folder()
+        self.anonymous = _status_kb(f"/proc/{self.hello['pid']}/status", "RssAnon")  # what its imports hold
         self.outers: set[int] = set()
 
     def _drain(self) -> None:
@@ -208,6 +209,18 @@ class Template:
             shutil.rmtree(self.own.work, ignore_errors=True)
 
 
+def _status_kb(path: str, field: str) -> int:
+    """A ``kB`` field of a /proc file, in bytes (0 if unreadable)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 NOFILE = 1024  # as sandbox.NOFILE
 NPROC = 4096
 
@@ -221,6 +234,7 @@ class ForkedChild:
         self.returncode: int | None = None
         self.stdin = self.stdout = None
         self.released = False
+        self._runtime: int | None = None
 
     def poll(self) -> int | None:
         if self.returncode is None and not self.released:
@@ -243,6 +257,14 @@ class ForkedChild:
                 os.kill(self.pid, signal.SIGKILL)
             except OSError:
                 pass
+
+    def shared_with_template(self) -> int:
+        """Bytes of its runtime's memory still shared with the template (dirty pages mapped by both: the
+        libraries' heap as imported), which the template's group was charged for; 0 once it is gone."""
+        if self._runtime is None and not self.released:
+            self._runtime = runtime_pid(self.pid)
+        shared = _status_kb(f"/proc/{self._runtime}/smaps_rollup", "Shared_Dirty")
+        return min(shared, self.template.anonymous)  # (also shared with its own children: at most the template's)
 
     def release(self) -> None:
         """Done with it: the template reaps its outer process (killed first if still there)."""
@@ -305,7 +327,21 @@ def start(jail, argv: list[str], env: dict, file_size_mb: int, status_w: int, go
         os.close(out_w)
     child.stdin = os.fdopen(in_w, "wb")
     child.stdout = os.fdopen(out_r, "rb")
+    if jail.group is not None:
+        count_shared_memory(jail.group, child)
     return child
+
+
+def count_shared_memory(group, child: ForkedChild) -> None:
+    """The jail's memory counts what a fresh jail's would, its imports included, though the template's group was
+    charged for the pages it still shares with the template: the watchdog's count adds them (as long as they are
+    shared), and the kernel's hard limit is lowered by the template's anonymous memory (pages the jail rewrites
+    are then counted twice by the kernel: at most the template's own size, which the limit's margin covers)."""
+    group.shared_elsewhere = child.shared_with_template
+    if group.memory_limit is not None:
+        whole = group.memory_limit
+        group.limit(max(whole - child.template.anonymous, whole // 2), group.cpu_cores, group.pids_max)
+        group.memory_limit = whole  # as the jail's notes say: its total
 
 
 def run(jail, argv: list[str], env: dict, timeout: float) -> subprocess.CompletedProcess:

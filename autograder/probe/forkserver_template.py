@@ -39,7 +39,7 @@ MNT_DETACH = 2
 AT_FDCWD = -100
 SYS_MOVE_MOUNT = 429  # the same number on every architecture (424 and later are shared)
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
-PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 15, 22, 24, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME, PR_SET_SECCOMP, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 4, 15, 22, 24, 38
 SECCOMP_MODE_FILTER = 2
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")  # what bubblewrap's --dev binds
 WRAPPER_NAME = b"cnn-jail"
@@ -258,6 +258,7 @@ def runtime(req, fds):
     """The process that runs the script: the jail's pipes as fds 0-4, its environment, fresh random state."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    prctl(PR_SET_DUMPABLE, 1)  # as after a fresh jail's execve (the change of uid cleared it): its own /proc files
     import fcntl
 
     high = {name: fcntl.fcntl(fds[name], fcntl.F_DUPFD, 100) for name in JAIL_FDS}  # out of the way first
@@ -286,8 +287,7 @@ def reseed():
     random.seed()
     numpy = sys.modules.get("numpy")
     if numpy is not None:
-        numpy.random.seed(int.from_bytes(os.urandom(4), "little"))
-        numpy.random.default_rng  # noqa: B018 - the new API seeds each Generator itself
+        numpy.random.seed(int.from_bytes(os.urandom(4), "little"))  # (default_rng() seeds each Generator itself)
 
 
 def run_guarded(step, req, fds):
