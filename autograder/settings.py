@@ -111,9 +111,14 @@ CALIBRATION = Setting(
     "`host-calibration.json` in the cache folder). A limit reached while the host runs measurably slower than "
     "this is the host's fault, not the submission's.",
     "autograder.metering.calibration")
+FORKSERVER = Setting(
+    "CNN_GRADER_FORKSERVER", "0",
+    "`1`: a root grader's bubblewrap jails are forked from a template that has imported NumPy, TensorFlow/Keras "
+    "and IPython once (see Isolation); `0` (the default for now): every jail starts a fresh interpreter.",
+    "autograder.probe.forkserver")
 SETTINGS: tuple[Setting, ...] = (CACHE, MNIST, ISOLATION, UNSAFE_NO_ISOLATION, PRIVATE_PATHS, WARM, PROBE_THREADS,
                                  RETRAIN_THREADS, RETRAIN_SLOTS, DETERMINISTIC, NO_CGROUP, RAY_AUTHENTICATED,
-                                 CALIBRATION, GRADESCOPE_ROOT, PYTHON, VERBOSE)
+                                 CALIBRATION, GRADESCOPE_ROOT, PYTHON, VERBOSE, FORKSERVER)
 
 # The variables TensorFlow and BLAS read at start-up for their thread pools: set for a probe
 # (CNN_GRADER_PROBE_THREADS) and a retrain (CNN_GRADER_RETRAIN_THREADS).

@@ -265,6 +265,9 @@ class Group:
         self.memory_limit: int | None = None
         self.cpu_cores: float | None = None
         self.pids_max: int | None = None
+        # memory its processes hold that another group was charged for (the pages a forked jail still shares
+        # with its template, which a fresh jail's own imports would have charged here): a function, or None
+        self.shared_elsewhere = None
 
     @classmethod
     def _make(cls, found, kind: str) -> "Group":
@@ -409,7 +412,7 @@ class Group:
                 file_cache = stat.get("file", 0) - stat.get("shmem", 0)
         except (OSError, ValueError):
             return 0
-        return max(usage - max(file_cache, 0), 0)
+        return max(usage - max(file_cache, 0), 0) + (self.shared_elsewhere() if self.shared_elsewhere else 0)
 
     def memory_peak(self) -> int:
         name = "memory.max_usage_in_bytes" if self.version == "v1" else "memory.peak"

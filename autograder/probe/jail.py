@@ -50,7 +50,7 @@ from autograder import children, settings
 from autograder.faults import Fault, FaultError
 from autograder.metering import cgroup
 from autograder.metering.processes import SYSVIPC, still_running, uid_ipc, uid_processes  # noqa: F401
-from autograder.probe import disk, seccomp
+from autograder.probe import disk, forkserver, seccomp
 
 ENV_MODE = settings.ISOLATION.name
 ENV_UNSAFE = settings.UNSAFE_NO_ISOLATION.name  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
@@ -738,7 +738,7 @@ def self_test(private=(), *, python: str | None = None) -> dict:
 
     python = python or probe_python()
     mode = choose_mode()
-    key = (mode, python, os.geteuid())
+    key = (mode, python, os.geteuid(), _forking(mode))
     secrets = {str(p) for p in private_paths(private) if os.path.exists(p)}
     if key not in _SELF_TESTS:
         kept = None
@@ -770,7 +770,8 @@ def self_test_passed(*, python: str | None = None) -> bool:
     """Whether the full self-test has passed in this process (what may remain, for folders registered since,
     is a light rerun)."""
     try:
-        return isinstance(_SELF_TESTS.get((choose_mode(), python or probe_python(), os.geteuid())), dict)
+        mode = choose_mode()
+        return isinstance(_SELF_TESTS.get((mode, python or probe_python(), os.geteuid(), _forking(mode))), dict)
     except JailError:
         return False
 
@@ -786,7 +787,13 @@ def kept_self_test_inputs(python: str | None = None) -> tuple:
     """What :func:`kept_self_test_key` digests (``self_test_cache.key_parts(*these)`` shows it part by part)."""
     python = python or probe_python()
     private = private_paths(registered=False)
-    return ("bwrap", python, python_trees(python, private), private, *_secret_modules(), NOTEBOOK_IMPORTS)
+    return ("bwrap" + ("+forked" if _forking("bwrap") else ""), python, python_trees(python, private), private, *_secret_modules(), NOTEBOOK_IMPORTS)
+
+
+def _forking(mode: str) -> bool:
+    """Whether this process's jails of ``mode`` are meant to be forked from a template (then so is the self-test
+    that proves them, kept apart from a fresh jail's)."""
+    return mode == "bwrap" and _is_root() and forkserver.wanted() and not forkserver._BROKEN
 
 
 def _secret_modules() -> tuple[list[str], list[str]]:
@@ -824,16 +831,18 @@ def _run_self_test(private, python: str, imports) -> dict:
                 "writable": ["/tmp"] if jail.mode == "bwrap" else
                             disk.shared_targets() if jail.private_shared() else []}).encode())
             jail.hand_over()
+            env = jail.env({"PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""})
             try:
-                proc = children.run(jail.command([python, "-I", script, args]), cwd=jail.work,
-                                    env=jail.env({"PYTHONDONTWRITEBYTECODE": "1", "TF_CPP_MIN_LOG_LEVEL": "3",
-                                                  "CUDA_VISIBLE_DEVICES": ""}),
+                if forkserver.unavailable(jail) is None:  # the jails will be forked: so is their self-test
+                    proc = forkserver.run(jail, [script, args], env, STARTUP_SECONDS)
+                    return {**_judge_self_test(jail, python, proc), "started": "forked"}
+                proc = children.run(jail.command([python, "-I", script, args]), cwd=jail.work, env=env,
                                     capture_output=True, text=True, timeout=STARTUP_SECONDS,
                                     preexec_fn=jail.preexec())
             except subprocess.TimeoutExpired:
                 raise JailError(f"the jail's self-test did not finish within {STARTUP_SECONDS:.0f} s "
                                 f"({jail.mode} mode); the machine may be overloaded", "timeout_infrastructure") from None
-            return _judge_self_test(jail, python, proc)
+            return {**_judge_self_test(jail, python, proc), "started": "fresh"}
     finally:
         sentinel.kill()
         sentinel.wait()

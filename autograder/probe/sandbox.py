@@ -61,7 +61,7 @@ from autograder.metering import calibration
 from autograder.metering.calibration import HostSpeed
 from autograder.metering.watchdog import Reading, Watchdog
 from autograder.probe import jail as jails
-from autograder.probe import disk
+from autograder.probe import disk, forkserver
 
 RUNTIME = Path(__file__).with_name("runtime.py")
 PROTOCOL = Path(protocol.__file__)
@@ -239,6 +239,10 @@ class _WarmProbe:
             os.set_blocking(go_w, False)
             stack.callback(os.close, go_w)
             try:
+                if forkserver.unavailable(jail) is None:  # forked from a template that has imported the libraries
+                    child = forkserver.start(jail, [runtime, setup, "3", "4"], env, spec.file_size_mb, status_w, go_r)
+                    stack.callback(child.release)
+                    return cls(stack, jail, child, status_r, go_w)
                 child = children.popen(
                     [*cmd, str(status_w), str(go_r)], cwd=jail.work, env=env, stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(status_w, go_r),
@@ -541,6 +545,7 @@ class _Run:
             notes = [n for n in into.isolation.get("notes", []) if n not in shown]
             into.isolation["notes"] = notes + [jail.metering, jail.disk_note]
             into.isolation["metering"], into.isolation["disk"] = jail.metering, jail.disk_note
+            into.isolation["started"] = "forked" if isinstance(child, forkserver.ForkedChild) else "fresh"
             files = {name: base64.b64encode(data).decode() for name, data in self.files.items()}
             job = json.dumps({"cells": self.job_cells, "variables": self.variables, "functions": self.functions,
                               "files": files}).encode()
@@ -810,6 +815,8 @@ def _exit_reason(code: int | None) -> str:
 
 def _runtime_pid(outer: int) -> int | None:
     """The probe runtime's pid: under bubblewrap, the first process below the bwrap processes."""
+    if forkserver.is_outer(outer):  # a forked jail: by position, whatever its processes call themselves
+        return forkserver.runtime_pid(outer)
     try:
         p = psutil.Process(outer)
         while p.name() == "bwrap":
