@@ -116,6 +116,7 @@ FORKSERVER = Setting(
     "`1`: a root grader's bubblewrap jails are forked from a template that has imported NumPy, TensorFlow/Keras "
     "and IPython once (see Isolation); `0` (the default for now): every jail starts a fresh interpreter.",
     "autograder.probe.forkserver")
+FORKSERVER_ON = ("1", "on", "yes", "true", "auto")  # the values of CNN_GRADER_FORKSERVER that turn it on
 SETTINGS: tuple[Setting, ...] = (CACHE, MNIST, ISOLATION, UNSAFE_NO_ISOLATION, PRIVATE_PATHS, WARM, PROBE_THREADS,
                                  RETRAIN_THREADS, RETRAIN_SLOTS, DETERMINISTIC, NO_CGROUP, RAY_AUTHENTICATED,
                                  CALIBRATION, GRADESCOPE_ROOT, PYTHON, VERBOSE, FORKSERVER)
@@ -173,6 +174,7 @@ class GraderConfig:
     ray_authenticated: bool  # CNN_GRADER_RAY_AUTHENTICATED=1
     calibration: str  # CNN_GRADER_CALIBRATION ("": in the cache folder; see calibration_file)
     verbose: bool  # CNN_GRADER_VERBOSE=1
+    forkserver: bool = False  # CNN_GRADER_FORKSERVER=1 (jails forked from a template; see autograder.probe.forkserver)
 
     @classmethod
     def from_environment(cls, env=None) -> "GraderConfig":
@@ -190,7 +192,8 @@ class GraderConfig:
                    retrain_slots=max(_int(slots, 1), 1) if slots else None,
                    deterministic=None if determinism == "" else determinism != "0",
                    no_cgroup=get(NO_CGROUP) == "1", ray_authenticated=get(RAY_AUTHENTICATED) == "1",
-                   calibration=get(CALIBRATION), verbose=get(VERBOSE) == "1")
+                   calibration=get(CALIBRATION), verbose=get(VERBOSE) == "1",
+                   forkserver=get(FORKSERVER).strip().lower() in FORKSERVER_ON)
 
     @property
     def cache_dir(self) -> Path:
@@ -211,7 +214,8 @@ class GraderConfig:
                RETRAIN_SLOTS.name: "" if self.retrain_slots is None else str(self.retrain_slots),
                DETERMINISTIC.name: "" if self.deterministic is None else flag[self.deterministic] or "0",
                NO_CGROUP.name: flag[self.no_cgroup], RAY_AUTHENTICATED.name: flag[self.ray_authenticated],
-               CALIBRATION.name: self.calibration, VERBOSE.name: flag[self.verbose]}
+               CALIBRATION.name: self.calibration, VERBOSE.name: flag[self.verbose],
+               FORKSERVER.name: flag[self.forkserver] or "0"}
         if self.cache:
             out[CACHE.name] = self.cache
         return out

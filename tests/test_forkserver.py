@@ -125,6 +125,14 @@ def report(stack: ExitStack, then: str = "", port: int = 9) -> tuple:
     return opened, child, json.loads(line[2:])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def forkserver_on():
+    """The fork server is off by default (CNN_GRADER_FORKSERVER): these tests turn it on."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(forkserver.ENV, "1")
+        yield
+
+
 @pytest.fixture(scope="module")
 def template():
     """The template, started once for this file (its own start-up: seconds of TensorFlow import)."""
@@ -286,3 +294,24 @@ def test_the_fork_server_is_bwrap_and_root_only_and_can_be_turned_off(monkeypatc
     assert "root grader" in forkserver.unavailable(fake)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert "tmpfs of ours" in forkserver.unavailable(jail.Jail("bwrap", tmp_path, None, disk_how="bwrap"))
+
+
+
+@needs_forkserver
+def test_a_notebook_graded_in_a_forked_jail_gets_its_score_and_says_it_was_forked(autograder, tmp_path):
+    """The whole path (engine, sandbox, watchdog, judge) with the fork server on: a forked jail grades a
+    notebook as a fresh one does, and the result says how its jail started."""
+    import nbformat
+
+    from autograder import engine
+    from autograder.engine import RetrainOptions
+    from autograder.probe.sandbox import Limits
+
+    nb = tmp_path / "sub.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import numpy as np\nconv_small = np.array([[1, 4], [3, 3]])"),
+        nbformat.v4.new_code_cell("import random\nprint('draw', random.random())")]), nb)
+    limits = Limits(cell_seconds=30, notebook_seconds=240, memory_mb=3072, max_processes=48)
+    result = engine.grade_notebook(nb, autograder, limits=limits, retrain=RetrainOptions(enabled=False))
+    assert result["status"] == "graded" and result["isolation"]["started"] == "forked", result["isolation"]
+    assert {q["name"]: q["score"] for q in result["questions"]}["conv_small"] == 2

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from autograder import children, settings
 from autograder.probe import disk, seccomp
-from autograder.probe import jail as jails
+from autograder.probe import jail_basics as jails
 
 ENV = settings.FORKSERVER.name
 TEMPLATE = Path(__file__).with_name("forkserver_template.py")
@@ -56,7 +56,7 @@ AT_FDCWD = -100
 def wanted() -> bool:
     """Whether the fork server is asked for (``CNN_GRADER_FORKSERVER=1``; off by default while one crash seen
     in testing is unexplained: see the operators' Isolation page)."""
-    return settings.FORKSERVER.get().strip().lower() in ("1", "on", "yes", "true", "auto")
+    return settings.current().forkserver
 
 
 def unavailable(jail) -> str | None:
@@ -103,8 +103,8 @@ class Template:
         self.view = jail.view()
         self.python = jail.python
         work, missing = disk.working_folder()
-        self.own = jails.Jail("bwrap", work, None, list(jail.private), jail.python,
-                              disk_how="tmpfs" if missing is None else "bwrap", disk_missing=missing)
+        self.own = type(jail)("bwrap", work, None, list(jail.private), jail.python,
+                               disk_how="tmpfs" if missing is None else "bwrap", disk_missing=missing)
         self.own.put(TEMPLATE.name, TEMPLATE.read_bytes())
         self.own.hand_over()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

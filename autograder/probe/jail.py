@@ -47,10 +47,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from autograder import children, settings
-from autograder.faults import Fault, FaultError
 from autograder.metering import cgroup
 from autograder.metering.processes import SYSVIPC, still_running, uid_ipc, uid_processes  # noqa: F401
 from autograder.probe import disk, forkserver, seccomp
+from autograder.probe.jail_basics import STARTUP_SECONDS, WORK_INSIDE, JailError  # noqa: F401 (named here too)
 
 ENV_MODE = settings.ISOLATION.name
 ENV_UNSAFE = settings.UNSAFE_NO_ISOLATION.name  # "1": where no jail is possible, grade unjailed (--unsafe-no-isolation)
@@ -59,26 +59,16 @@ MODES = ("auto", "bwrap", "permissions", "none")
 SLOT_UID_BASE = 60001
 SLOT_COUNT = 512
 SLOT_DIR = Path("/run/cnn-grader-slots")
-WORK_INSIDE = "/sandbox"  # the working folder as the probe sees it under bwrap
 # /etc/fonts: Matplotlib (imported with Keras) asks fontconfig for the fonts; without its configuration every
 # probe printed "Fontconfig error: Cannot load default config file" into the student's output
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives",
              "/etc/fonts")
-STARTUP_SECONDS = 300.0  # generous: the grader's own start-up is never charged to a submission
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the grader package (autograder/)
 PROBE_PYTHON: str | None = None  # the interpreter submissions run under (None: the grader's own)
 
 
 def probe_python() -> str:
     return PROBE_PYTHON or sys.executable
-
-
-class JailError(FaultError):
-    """The grader cannot isolate a submission: a grader fault, never the student's (cause ``jail_unsafe``, or
-    ``interpreter`` where the jailed Python cannot start)."""
-
-    def __init__(self, message: str, cause: str = "jail_unsafe"):
-        super().__init__(Fault(cause, message))
 
 
 def requested_mode() -> str:

@@ -37,9 +37,8 @@ from pathlib import Path
 
 MAX_AGE_SECONDS = 24 * 3600.0
 FOLDER_NAME = "self-test"
-SOURCES = ("probe/jail.py", "probe/disk.py", "probe/seccomp.py", "probe/runtime.py", "probe/sandbox.py", "probe/forkserver.py",
-           "probe/forkserver_template.py",
-           "metering/cgroup.py", "metering/processes.py", "metering/watchdog.py", "faults.py", "settings.py",
+SOURCES = ("probe/jail.py", "probe/jail_basics.py", "probe/disk.py", "probe/seccomp.py", "probe/runtime.py",
+           "probe/sandbox.py", "probe/forkserver.py", "probe/forkserver_template.py", "metering/cgroup.py", "metering/processes.py", "metering/watchdog.py", "faults.py", "settings.py",
            "protocol.py", "children.py")
 
 _SOURCE_DIGEST: list[str] = []
