@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import platform
+import stat
 import statistics
 import tempfile
 import threading
@@ -73,8 +74,15 @@ def host_key(threads: int) -> str:
 
 
 def _load(path: Path) -> dict:
+    """The calibrations kept at ``path``; none from a file the grader does not own or others may write (a
+    forged, tiny calibration would make every host look slow and every limit it reached the host's)."""
     try:
-        data = json.loads(path.read_text())
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            return {}
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as f:
+            data = json.loads(f.read(1 << 20))
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}
