@@ -461,3 +461,72 @@ def test_a_planted_tiny_calibration_does_not_make_the_host_look_slow(tmp_path, m
     path.write_text(json.dumps({calibration.host_key(1): {"seconds": 0.01, "measured": time.time()}}))
     path.chmod(0o600)
     assert calibration.host_speed(1, path).slow
+
+
+# --- the fork server: what a forked jail can reach of its PID 1, the template and the host's environment -----
+
+FORKED_ATTACK = r'''
+import ctypes, errno, json, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+out = {}
+def err(r):
+    return r if r >= 0 else -ctypes.get_errno()
+PTRACE_ATTACH, PTRACE_SEIZE = 16, 0x4206
+out["ptrace pid1"] = err(libc.ptrace(ctypes.c_long(PTRACE_ATTACH), ctypes.c_long(1), None, None))
+out["seize pid1"] = err(libc.ptrace(ctypes.c_long(PTRACE_SEIZE), ctypes.c_long(1), None, None))
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+buf = ctypes.create_string_buffer(64)
+local, remote = iovec(ctypes.addressof(buf), 64), iovec(0x400000, 64)
+out["process_vm_readv pid1"] = err(libc.process_vm_readv(1, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0))
+for name in ("mem", "maps", "environ", "cmdline", "stack", "syscall"):
+    try:
+        open(f"/proc/1/{name}", "rb").read(64)
+        out[f"/proc/1/{name}"] = "READ"
+    except OSError as exc:
+        out[f"/proc/1/{name}"] = errno.errorcode.get(exc.errno, exc.errno)
+try:
+    os.listdir("/proc/1/fd")
+    out["/proc/1/fd"] = "READ"
+except OSError as exc:
+    out["/proc/1/fd"] = errno.errorcode.get(exc.errno, exc.errno)
+# the i386 ABI's keyctl, as the template installed the filter (the grader built it)
+code = bytes([0x53, 0xB8, 0x20, 0x01, 0, 0, 0xBB, 0, 0, 0, 0, 0xB9, 0xFC, 0xFF, 0xFF, 0xFF, 0x31, 0xD2, 0xCD, 0x80,
+              0x5B, 0xC3])
+m = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+m.write(code)
+out["int80 keyctl"] = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(m)))()
+out["x32 keyctl"] = err(libc.syscall(ctypes.c_long(0x40000000 | 250), 0, -4, 0))
+# what the template's start left in this process: its first environment block and argv
+environ = open("/proc/self/environ", "rb").read()
+out["environ grader names"] = sorted({w.split(b"=")[0].decode() for w in environ.split(b"\0") if b"CNN_GRADER" in w})
+out["fds"] = sorted(int(f) for f in os.listdir("/proc/self/fd"))
+print("@@" + json.dumps(out), flush=True)
+sys.stdin.read()
+'''
+
+
+@pytest.mark.skipif(not (ROOT and jail.bwrap_works() and X86_64), reason="the fork server needs a root grader with "
+                    "bubblewrap; the i386 ABI is x86_64's")
+def test_a_forked_jail_reaches_neither_its_pid1_nor_the_keyrings_nor_the_graders_environment(monkeypatch):
+    """ptrace (attach and seize), process_vm_readv and /proc/1 of its PID 1 (the slot uid's, not dumpable),
+    the key system calls through the i386 and x32 ABIs under the filter the template installed, the
+    template's environment block (``/proc/self/environ`` of a fork is the template's) and any descriptor
+    beyond the jail's five."""
+    from contextlib import ExitStack
+
+    from autograder.probe import forkserver
+    import test_forkserver as fs
+
+    monkeypatch.setenv(forkserver.ENV, "1")
+    with ExitStack() as stack:
+        _, child = fs.start(FORKED_ATTACK, stack=stack)
+        line = fs.read_line(child, timeout=300)
+        assert line.startswith("@@"), line[-2000:]
+        out = json.loads(line[2:])
+    for call in ("ptrace pid1", "seize pid1", "process_vm_readv pid1"):
+        assert out[call] in (-errno.EPERM, -errno.ESRCH), out
+    assert all(v != "READ" for k, v in out.items() if k.startswith("/proc/1/") and k != "/proc/1/cmdline"), out
+    assert out["int80 keyctl"] == -errno.EPERM and out["x32 keyctl"] == -errno.EPERM, out
+    assert out["environ grader names"] == [], out
+    assert set(out["fds"]) <= {0, 1, 2, 3, 4, max(out["fds"])}, out  # the jail's pipes (and the listing's own fd)
