@@ -13,7 +13,9 @@ Where a mount is impossible (a non-root grader; a root grader without ``CAP_SYS_
 ``--size`` tmpfs caps the bytes but not the files, and a permission jail without a mount has no total:
 the jail's notes say so (:data:`NO_DISK_NOTE`).  A permission jail sees the host's world-writable folders
 (``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run/lock``); where the grader can give a process a mount namespace
-of its own, they are replaced, for the jail's processes only, by its tmpfs folder (:func:`private_shared`).
+of its own, they are replaced, for the jail's processes only, by its tmpfs folder, and every other mount of
+the host is read-only there, so that no folder anyone may write to (``/var/crash``, a spool folder) takes
+what the cap refuses (:func:`private_shared`).
 
 A grader killed with SIGKILL leaves its mounts behind: :func:`sweep` unmounts those of graders (named by
 pid in the folder's name) that no longer run.
@@ -191,17 +193,67 @@ def shared_targets() -> list[str]:
     return found
 
 
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64),
+                ("userns_fd", ctypes.c_uint64)]
+
+
+SYS_MOUNT_SETATTR = 442  # the same on every architecture (424 and later are shared); Linux 5.12
+AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = -100, 0x8000, 0x1
+
+
+def _mount_setattr(path: bytes, flags: int, attr_set: int = 0, attr_clr: int = 0) -> None:
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    _check(_libc.syscall(ctypes.c_long(SYS_MOUNT_SETATTR), ctypes.c_int(AT_FDCWD), path, ctypes.c_uint(flags),
+                         ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr))), f"mount_setattr {path!r}")
+
+
+_READ_ONLY_OK: dict[int, bool] = {}
+READ_ONLY_NOTE = ("the rest of the host stays writable where its permissions allow (this kernel cannot make it "
+                  "read-only for the jail: mount_setattr, Linux 5.12)")
+
+
+def can_make_host_read_only() -> bool:
+    """Whether a child of this grader may, in a mount namespace of its own, make every mount read-only
+    (``mount_setattr``, Linux 5.12; a container's seccomp profile may deny it); cached, tried in a forked helper."""
+    from autograder import children
+
+    key = os.getpid()
+    if key not in _READ_ONLY_OK:
+        def attempt() -> None:
+            _check(_libc.unshare(CLONE_NEWNS), "unshare")
+            _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+            _mount_setattr(b"/", AT_RECURSIVE, attr_set=MOUNT_ATTR_RDONLY)
+
+        try:
+            _READ_ONLY_OK[key] = can_unshare_mounts() and children.run_forked(attempt) == 0
+        except OSError:
+            _READ_ONLY_OK[key] = False
+    return _READ_ONLY_OK[key]
+
+
 def private_shared(folder: Path):
     """A step for a jailed child between fork and exec (a permission jail's): a mount namespace of its own in
-    which the host's world-writable folders (:data:`SHARED_FOLDERS`) are ``folder`` (its tmpfs's ``tmp``), so
-    everything the jail can write is on its capped tmpfs.  Nothing changes for any other process."""
+    which every mount of the host is read-only but the jail's tmpfs (``folder``'s parent, its working folder)
+    and ``/proc``, and the host's world-writable folders (:data:`SHARED_FOLDERS`) are ``folder`` (its tmpfs's
+    ``tmp``): everything the jail can write is on its capped tmpfs, also a folder anyone may write to that the
+    list does not name (``/var/crash``, a spool folder).  Nothing changes for any other process.  Where the
+    kernel cannot (:func:`can_make_host_read_only`), the rest of the host stays as its permissions make it."""
     source = os.fsencode(folder)
+    own = os.fsencode(folder.parent)
     targets = [os.fsencode(d) for d in shared_targets()]
+    read_only = can_make_host_read_only()
+    proc = read_only and os.path.ismount("/proc")
 
     def enter() -> None:
         _check(_libc.unshare(CLONE_NEWNS), "unshare the mount namespace")
         _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-        for target in targets:
+        if read_only:
+            _mount_setattr(b"/", AT_RECURSIVE, attr_set=MOUNT_ATTR_RDONLY)  # every mount, in this namespace only
+            _mount_setattr(own, 0, attr_clr=MOUNT_ATTR_RDONLY)  # the jail's own tmpfs stays writable
+            if proc:  # a process's own /proc files (no disk), as before
+                _mount_setattr(b"/proc", 0, attr_clr=MOUNT_ATTR_RDONLY)
+        for target in targets:  # binds of a writable mount: writable
             _check(_libc.mount(source, target, None, MS_BIND, None), f"bind {folder} on {target!r}")
 
     return enter

@@ -423,6 +423,8 @@ class Jail:
             if self.mode == "permissions" and not self.private_shared():
                 note += ("; the host's /tmp, /var/tmp, /dev/shm and /run/lock stay writable by the sandbox uid, "
                          "not capped (no mount namespace can be made here)")
+            elif self.mode == "permissions" and not disk.can_make_host_read_only():
+                note += f"; {disk.READ_ONLY_NOTE}"
             return note
         if self.disk_how == "bwrap":
             return (f"disk: {self.disk_mb} MB in all ({places}: one tmpfs); no file-count limit "
