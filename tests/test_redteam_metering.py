@@ -531,3 +531,27 @@ def test_a_forked_jail_reaches_neither_its_pid1_nor_the_keyrings_nor_the_graders
     assert out["int80 keyctl"] == -errno.EPERM and out["x32 keyctl"] == -errno.EPERM, out
     assert out["environ grader names"] == [], out
     assert set(out["fds"]) <= {0, 1, 2, 3, 4, max(out["fds"])}, out  # the jail's pipes (and the listing's own fd)
+
+
+def test_a_permission_jail_says_where_the_rest_of_the_host_stays_writable(monkeypatch, tmp_path):
+    """Where the kernel (or a container's seccomp profile) refuses to make the host read-only for the jail,
+    its notes say so; where it can, they do not."""
+    from autograder.probe import disk
+
+    monkeypatch.setattr(disk, "can_unshare_mounts", lambda: True)
+    j = jail.Jail("permissions", tmp_path, disk_how="tmpfs")
+    monkeypatch.setattr(disk, "can_make_host_read_only", lambda: False)
+    assert disk.READ_ONLY_NOTE in j.disk_note
+    monkeypatch.setattr(disk, "can_make_host_read_only", lambda: True)
+    assert disk.READ_ONLY_NOTE not in j.disk_note
+
+
+@needs_root
+def test_this_kernel_can_make_the_host_read_only_for_a_permission_jail():
+    """The control for the test above: on this machine (Linux 5.12+, root) the protection is on, so the
+    world-writable folder attack is really stopped by it and not skipped."""
+    from autograder.probe import disk
+
+    if not disk.can_unshare_mounts():
+        pytest.skip("no mount namespace can be made here")
+    assert disk.can_make_host_read_only()
