@@ -555,3 +555,77 @@ def test_this_kernel_can_make_the_host_read_only_for_a_permission_jail():
     if not disk.can_unshare_mounts():
         pytest.skip("no mount namespace can be made here")
     assert disk.can_make_host_read_only()
+
+
+# --- IPC just outside System V: a POSIX message queue left for the next sandbox of the uid -------------------
+
+MQUEUE_ATTACK = r"""
+import ctypes, os
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+class attr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long),
+                ("curmsgs", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+q = rt.mq_open(b"/cnn-redteam-left", os.O_CREAT | os.O_RDWR, 0o600, ctypes.byref(attr(0, 4, 64, 0)))
+print("OPENED", q, "SENT", rt.mq_send(q, b"for-the-next-one", 16, 0) if q >= 0 else None)
+"""
+
+
+def _host_queue(name: bytes) -> bytes | None:
+    """What the host's IPC namespace holds in queue ``name`` (read and removed), or None if there is none."""
+    rt = ctypes.CDLL("librt.so.1", use_errno=True)
+    q = rt.mq_open(name, os.O_RDWR | os.O_NONBLOCK)
+    if q < 0:
+        return None
+    buf = ctypes.create_string_buffer(64)
+    n = rt.mq_receive(q, buf, 64, None)
+    rt.mq_unlink(name)
+    os.close(q)
+    return buf.raw[:max(n, 0)]
+
+
+@needs_root
+@pytest.mark.skipif(SYSTEM_PYTHON is None, reason="needs a system python3 that a slot uid can run")
+def test_a_posix_message_queue_left_by_a_permission_jail_is_gone_with_its_lease(monkeypatch):
+    """System V objects are removed at lease and release; a POSIX message queue (``mq_open``) is not a System V
+    object and not a file where no ``/dev/mqueue`` is mounted: it outlived the jail in the host's IPC
+    namespace, and the next sandbox of that uid could read it.  It is removed with the lease."""
+    from autograder.probe import disk
+
+    if not disk.can_unshare_mounts() or os.path.ismount("/dev/mqueue"):
+        pytest.skip("needs a root grader that may make mount namespaces, and no /dev/mqueue mounted")
+    _host_queue(b"/cnn-redteam-left")  # nothing of an earlier run
+    out = _run_jailed(MQUEUE_ATTACK, "permissions", monkeypatch, disk_mb=16, disk_files=500)
+    assert "OPENED" in out and "SENT 0" in out, out  # the queue was made and filled inside the jail
+    assert _host_queue(b"/cnn-redteam-left") is None
+
+
+@needs_root
+def test_the_mqueue_clean_up_removes_only_the_uids_queues():
+    from autograder import children
+
+    rt = ctypes.CDLL("librt.so.1", use_errno=True)
+
+    def make_as(uid: int, name: bytes):
+        def action() -> None:
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            if rt.mq_open(name, os.O_CREAT | os.O_RDWR, 0o600, None) < 0:
+                raise OSError(ctypes.get_errno(), "mq_open")
+        assert children.run_forked(action) == 0
+
+    uid, other = jail.SLOT_UID_BASE + jail.SLOT_COUNT - 1, jail.SLOT_UID_BASE + jail.SLOT_COUNT - 2
+    make_as(uid, b"/cnn-redteam-mine")
+    make_as(other, b"/cnn-redteam-theirs")
+    try:
+        found = jail.remove_uid_mqueues(uid)
+        if found is None:
+            pytest.skip("the queues cannot be looked at here")
+        assert found is True
+        assert rt.mq_open(b"/cnn-redteam-mine", os.O_RDWR, 0, None) < 0
+        theirs = rt.mq_open(b"/cnn-redteam-theirs", os.O_RDWR, 0, None)
+        assert theirs >= 0
+        os.close(theirs)
+    finally:
+        rt.mq_unlink(b"/cnn-redteam-mine")
+        rt.mq_unlink(b"/cnn-redteam-theirs")

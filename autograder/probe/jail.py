@@ -225,6 +225,8 @@ class SlotLease:
             left = remove_uid_ipc(self.uid)
             if left:
                 raise JailError(f"IPC objects of sandbox uid {self.uid} could not be removed: {', '.join(left[:5])}")
+            if remove_uid_mqueues(self.uid) is False:
+                raise JailError(f"POSIX message queues of sandbox uid {self.uid} could not be removed")
 
 
 SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/dev/mqueue")  # world-writable folders of the host
@@ -234,7 +236,7 @@ IPC_RMID = 0
 def remove_uid_ipc(uid: int) -> list[str]:
     """Remove every System V IPC object ``uid`` owns or created (``IPC_RMID``: a shared-memory segment
     still attached goes once its last user detaches; the uid's processes are killed first).  POSIX
-    message queues are files in ``/dev/mqueue`` (:data:`SHARED_WRITABLE`).  Returns what is left."""
+    message queues: :func:`remove_uid_mqueues`.  Returns what is left."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
@@ -243,6 +245,46 @@ def remove_uid_ipc(uid: int) -> list[str]:
     for obj in uid_ipc(uid):
         remove[obj["kind"]](obj["id"])
     return [f"{o['kind']} {o['id']}" for o in uid_ipc(uid) if not o["removed"]]
+
+
+MQUEUES_LEFT = 3  # the exit status of remove_uid_mqueues's helper when a queue of the uid could not be removed
+
+
+def remove_uid_mqueues(uid: int) -> bool | None:
+    """Remove every POSIX message queue ``uid`` owns.  They live in the IPC namespace, not on a disk: where no
+    ``mqueue`` file system is mounted on ``/dev/mqueue`` (:func:`remove_uid_files` cleans it where one is), a
+    queue a permission jail made (``mq_open``) outlived it, readable by the next sandbox of that uid.  A forked
+    helper mounts the namespace's queues in a mount namespace of its own, where nobody else sees the mount,
+    and removes the uid's.  True: none is left; False: one could not be removed; None: the queues could not
+    be looked at here (no mount namespace: a root grader without ``CAP_SYS_ADMIN``)."""
+    import ctypes
+
+    if os.path.ismount("/dev/mqueue") or not disk.can_unshare_mounts():
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def helper() -> None:
+        if libc.unshare(disk.CLONE_NEWNS) != 0 or libc.mount(b"none", b"/", None, disk.MS_REC | disk.MS_PRIVATE,
+                                                             None) != 0:
+            raise OSError(ctypes.get_errno(), "unshare")
+        if libc.mount(b"mqueue", b"/tmp", b"mqueue", disk.MS_NOSUID | disk.MS_NODEV, None) != 0:
+            raise OSError(ctypes.get_errno(), "mount mqueue")  # over /tmp, in this helper's namespace alone
+        left = False
+        for name in os.listdir("/tmp"):
+            try:
+                if os.lstat(f"/tmp/{name}").st_uid != uid:
+                    continue
+            except OSError:
+                continue  # gone meanwhile
+            try:
+                os.unlink(f"/tmp/{name}")
+            except OSError:
+                left = True
+        if left:
+            os._exit(MQUEUES_LEFT)
+
+    status = children.run_forked(helper)
+    return True if status == 0 else False if status == MQUEUES_LEFT else None
 
 
 def remove_uid_files(uid: int, folders=SHARED_WRITABLE) -> None:
