@@ -272,17 +272,13 @@ def test_a_lock_path_planted_as_a_link_is_never_followed(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     output_lock.lock_path(out).symlink_to(victim)
-    with pytest.raises(OSError):
-        with output_lock.hold(out):
-            pass
+    with pytest.raises(OSError), output_lock.hold(out):
+        pass
     assert victim.read_text() == "precious"
 
 
-def test_a_lock_replaced_while_held_does_not_let_a_second_run_in_beside_the_first(tmp_path):
-    """The lock file removed by hand while a run holds it: a second run takes the new file, and then a third
-    run is refused (the second holds the path); the first run's hold is on a file that is no longer the lock,
-    so it is shown to anyone who asks as not holding it.  What matters: two runs that start after the removal
-    never both hold the path."""
+def test_a_second_run_beside_a_live_holder_is_refused_and_names_it(tmp_path):
+    """Another process holds the folder: the second run is refused at once, naming the holder's pid."""
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
         import sys
@@ -294,9 +290,8 @@ def test_a_lock_replaced_while_held_does_not_let_a_second_run_in_beside_the_firs
     """), str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "HELD"
-        with pytest.raises(output_lock.OutputFolderBusy) as busy:
-            with output_lock.hold(out):
-                pass
+        with pytest.raises(output_lock.OutputFolderBusy) as busy, output_lock.hold(out):
+            pass
         assert str(holder.pid) in str(busy.value)
     finally:
         holder.stdin.close()
@@ -516,8 +511,9 @@ def test_a_forked_jail_reaches_neither_its_pid1_nor_the_keyrings_nor_the_graders
     beyond the jail's five."""
     from contextlib import ExitStack
 
-    from autograder.probe import forkserver
     import test_forkserver as fs
+
+    from autograder.probe import forkserver
 
     monkeypatch.setenv(forkserver.ENV, "1")
     with ExitStack() as stack:
