@@ -150,6 +150,8 @@ def _retrain_models(values: dict, options: RetrainOptions, spec: "AssignmentSpec
                                     cache_dir=options.cache_dir, verdicts=verdicts)
         except Exception as exc:  # noqa: BLE001 - the grader's fault, reported as such
             report = retrain.RetrainReport.failed(Fault("grader_crash", f"{type(exc).__name__}: {exc}"))
+        if report.fault is None and not isinstance(report.accuracy, (int, float)):  # neither a figure nor a cause
+            report = retrain.RetrainReport.failed(Fault("grader_crash", "the retraining report holds no accuracy"))
         reports[name] = report.as_dict()
     return reports
 

@@ -217,8 +217,10 @@ def test_under_the_grader_the_public_check_leaves_accuracy_to_the_hidden_one(pub
     public.check_training(extracted)
     below = {"reports": {"model": {"accuracy": 0.5, "accuracies": [0.5], "error": None}}}
     public.check_training(ExtractedModel(model.to_json(), [{"epochs": 1, "batch_size": 64}], below))
-    fault = {"reports": {"model": {"accuracy": None, "error": "The grader could not retrain the model (not your "
-                                   "fault): out of memory.", "grader_error": "out of memory"}}}
+    from autograder.faults import Fault
+    from autograder.verifier.retrain import RetrainReport
+
+    fault = {"reports": {"model": RetrainReport.failed(Fault("host_limit", "out of memory")).as_dict()}}
     public.check_training(ExtractedModel(model.to_json(), [{"epochs": 1, "batch_size": 64}], fault))
 
 

@@ -52,10 +52,17 @@ def test_training_credit_is_judged_on_its_own_unless_the_assignment_requires_the
 
 def test_the_judge_only_reads_numbers_and_grader_errors_are_not_the_students():
     fits = [{"epochs": 1, "batch_size": 64}]
-    broken = ExtractedModel(_same_padding_config(), fits,
-                            {"reports": {"model": {**_report(0.0), "accuracy": None, "grader_error": "safety limit"}}})
+    from autograder.faults import Fault
+    from autograder.verifier.retrain import RetrainReport
+
+    failed = RetrainReport.failed(Fault("timeout_infrastructure", "safety limit")).as_dict()
+    broken = ExtractedModel(_same_padding_config(), fits, {"reports": {"model": failed}})
     with pytest.raises(AssertionError, match="not your fault"):
         checks.check_accuracy(broken)
+    # a report with neither a figure nor a cause (never written by the grader's worker) is not the student's either
+    empty = ExtractedModel(_same_padding_config(), fits, {"reports": {"model": {**_report(0.0), "accuracy": None}}})
+    with pytest.raises(AssertionError, match="not your fault"):
+        checks.check_accuracy(empty)
     pending = ExtractedModel(_same_padding_config(), fits, {"reports": {}, "pending": True})
     with pytest.raises(AssertionError, match="provisional"):
         checks.check_accuracy(pending)

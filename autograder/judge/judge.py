@@ -138,6 +138,8 @@ class ExtractedModel:
             raise AssertionError(report.get("error") or Fault.from_dict(report["fault"]).message)
         if report.get("error"):
             raise AssertionError(report["error"] + (f" Notes: {notes}." if notes else ""))
+        if not isinstance(report.get("accuracy"), (int, float)) or isinstance(report.get("accuracy"), bool):
+            raise AssertionError("The grader could not retrain the model (not your fault): its report holds no accuracy.")
         summary = RetrainReport.from_dict(report).summary()
         return float(report["accuracy"]), summary + (f"; notes: {notes}" if notes else "")
 
