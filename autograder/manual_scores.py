@@ -90,6 +90,20 @@ class ManualScoresError(ValueError):
 
 # --- the anonymous codes ------------------------------------------------------------------------
 
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` whole: a private temporary file beside it (0600), synced, renamed over it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def private_folder(out: Path) -> Path:
     """``OUT/.private``: the grader's secrets and backups, a folder (0700) graders are not given."""
     folder = Path(out) / PRIVATE_DIR
@@ -116,16 +130,7 @@ def anonymous_key(out: Path) -> bytes:
         key = _read_key(path)
         if key is None:
             key = secrets.token_hex(16).encode()
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{KEY_FILE}.", suffix=".tmp")  # 0600
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(key)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            replace_atomically(path, key)  # 0600
         return key
 
 
@@ -487,16 +492,7 @@ def install(given: Path, target: Path, out: Path) -> Path | None:
     with locked(target):
         if Path(target).is_file() and Path(target).read_bytes() != data:
             kept = backup(target, out, "replaced")
-        fd, tmp = tempfile.mkstemp(dir=Path(target).parent, prefix=f".{Path(target).name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_atomically(Path(target), data)
     return kept
 
 
@@ -563,11 +559,8 @@ def _last_saves(sheet_path: Path) -> dict[tuple[str, str], dict]:
 
 
 def _rewrite_saves(sheet_path: Path, entries: list[dict]) -> None:
-    journal = _saves_path(sheet_path)
-    fd, tmp = tempfile.mkstemp(dir=journal.parent, prefix=".saves-")
-    with os.fdopen(fd, "w", encoding="ascii") as f:
-        f.writelines(json.dumps(e, ensure_ascii=True) + "\n" for e in entries)
-    os.replace(tmp, journal)
+    replace_atomically(_saves_path(sheet_path), "".join(json.dumps(e, ensure_ascii=True) + "\n"
+                                                        for e in entries).encode("ascii"))
 
 
 def _restore_dropped_saves(sheet: Sheet, path: Path, roster: Roster, anonymous: bool) -> list[str]:
